@@ -1,0 +1,127 @@
+"""The platform audit chain: control-plane actions (sign-ins, users, tenants, keys).
+
+``record()`` writes in the caller's transaction, so the action and its event commit or roll back
+together. Writers lock the single head row, so concurrent writers never fork the chain and
+``seq`` stays contiguous. ``chain_hash = sha256(canonical_content || prev_hash)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.db import utcnow
+from control_plane.models import PlatformAuditEvent, PlatformAuditHead
+
+GENESIS_HASH = "0" * 64
+
+
+class AuthEvents:
+    SIGN_IN = "auth.sign_in"
+    SIGN_IN_FAILED = "auth.sign_in_failed"
+    SIGN_IN_RATE_LIMITED = "auth.sign_in_rate_limited"
+    SIGN_OUT = "auth.sign_out"
+    SIGN_OUT_EVERYWHERE = "auth.sign_out_everywhere"
+    MFA_CHALLENGE_PASSED = "auth.mfa_challenge_passed"
+    MFA_CHALLENGE_FAILED = "auth.mfa_challenge_failed"
+    MFA_ENROLLED = "auth.mfa_enrolled"
+    MFA_DISABLED = "auth.mfa_disabled"
+    BACKUP_CODE_USED = "auth.backup_code_used"
+    PASSWORD_CHANGED = "auth.password_changed"  # noqa: S105 - an event name
+
+
+class UserEvents:
+    CREATED = "user.created"
+    DEACTIVATED = "user.deactivated"
+    REACTIVATED = "user.reactivated"
+
+
+@dataclass(frozen=True)
+class Actor:
+    type: str  # "user", "api_key" or "system"
+    id: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def user(cls, user_id: int, name: str) -> Actor:
+        return cls("user", str(user_id), name)
+
+
+SYSTEM = Actor("system")
+
+
+def canonical_content(
+    *, seq: int, occurred_at: datetime, actor: Actor, event_type: str,
+    target_type: str | None, target_id: str | None, details: dict[str, Any],
+) -> bytes:
+    """The bytes that are hashed: JSON, sorted keys, no whitespace, UTF-8, UTC microseconds."""
+    document = {
+        "seq": seq,
+        "occurred_at": occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "actor_type": actor.type,
+        "actor_id": actor.id,
+        "actor_name": actor.name,
+        "event_type": event_type,
+        "target_type": target_type,
+        "target_id": target_id,
+        "details": details,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def chain_hash(content: bytes, prev_hash: str) -> str:
+    return hashlib.sha256(content + prev_hash.encode("ascii")).hexdigest()
+
+
+def record(
+    session: Session, event_type: str, *, actor: Actor, target_type: str | None = None,
+    target_id: str | int | None = None, details: dict[str, Any] | None = None,
+) -> PlatformAuditEvent:
+    """Append one event to the platform chain inside the caller's transaction."""
+    head = session.execute(
+        select(PlatformAuditHead).where(PlatformAuditHead.id == 1).with_for_update()
+    ).scalar_one()
+    seq = head.seq + 1
+    occurred_at = utcnow()
+    details = details or {}
+    tid = None if target_id is None else str(target_id)
+    content = canonical_content(seq=seq, occurred_at=occurred_at, actor=actor,
+                                event_type=event_type, target_type=target_type, target_id=tid,
+                                details=details)
+    digest = chain_hash(content, head.chain_hash)
+    event = PlatformAuditEvent(
+        seq=seq, occurred_at=occurred_at, actor_type=actor.type, actor_id=actor.id,
+        actor_name=actor.name, event_type=event_type, target_type=target_type, target_id=tid,
+        details=details, prev_hash=head.chain_hash, chain_hash=digest,
+    )
+    session.add(event)
+    head.seq = seq
+    head.chain_hash = digest
+    session.flush()
+    return event
+
+
+def verify_chain(session: Session) -> list[str]:
+    """Recompute the chain; returns the problems found (empty when it verifies)."""
+    problems: list[str] = []
+    prev = GENESIS_HASH
+    expected_seq = 1
+    for event in session.scalars(select(PlatformAuditEvent).order_by(PlatformAuditEvent.seq)):
+        if event.seq != expected_seq:
+            problems.append(f"sequence gap: expected {expected_seq}, found {event.seq}")
+        actor = Actor(event.actor_type, event.actor_id, event.actor_name)
+        content = canonical_content(seq=event.seq, occurred_at=event.occurred_at, actor=actor,
+                                    event_type=event.event_type, target_type=event.target_type,
+                                    target_id=event.target_id, details=event.details)
+        if event.prev_hash != prev or chain_hash(content, prev) != event.chain_hash:
+            problems.append(f"event {event.seq} does not match its hash")
+        prev = event.chain_hash
+        expected_seq = event.seq + 1
+    return problems

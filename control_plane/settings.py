@@ -1,0 +1,386 @@
+"""Every setting Magistrate reads, read once, typed and documented.
+
+Nothing else in the code base reads ``os.environ``: ``Settings.from_env()`` is the one place.
+Each entry of ``SETTINGS`` is documented in the README's configuration table (a test checks).
+
+In production (``MAGISTRATE_ENV=production``) ``production_problems()`` lists every unsafe
+combination, and the CLI refuses to start, before binding a port, when the list is not empty.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+ENVIRONMENTS = ("development", "test", "production")
+KEY_PROVIDERS = ("local", "aws-kms", "azure-keyvault", "gcp-kms")
+
+# Values that appear in docs, examples and tutorials: never acceptable in production.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "secret",
+        "secret-key",
+        "dev",
+        "development",
+        "insecure",
+        "magistrate",
+        "please-change-this-secret-key-in-production",
+        "x" * 32,
+        "0" * 32,
+    }
+)
+KNOWN_DEFAULT_PASSWORDS = frozenset(
+    {"admin", "password", "changeme", "magistrate", "123456", "12345678", "letmein", "owner"}
+)
+MIN_SECRET_KEY_BYTES = 32
+MIN_ADMIN_PASSWORD_LENGTH = 12
+
+
+class Secret:
+    """A string that never prints: ``repr``/``str`` show asterisks; ``reveal()`` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    name: str
+    default: str
+    description: str
+
+
+# The documented list. The README's configuration table must name every one (tests/test_docs.py).
+SETTINGS: tuple[SettingDoc, ...] = (
+    SettingDoc("MAGISTRATE_ENV", "development", "`development`, `test` or `production`."),
+    SettingDoc(
+        "MAGISTRATE_HOME",
+        "./.magistrate",
+        "Folder (mode 0700) for embedded Postgres and Redis data, the development secret key "
+        "and local key files.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_SECRET_KEY",
+        "generated into `$MAGISTRATE_HOME/secret_key` outside production",
+        "Signs session cookies and derives the control plane's sealing key. Production: required, "
+        "at least 32 bytes, not a known default.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_PUBLIC_URL",
+        "http://$MAGISTRATE_HOST:$MAGISTRATE_PORT",
+        "The address users reach. Production: must be `https://`. Its origin is the only one "
+        "accepted by the CSRF Origin check.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_ALLOWED_HOSTS",
+        "127.0.0.1,localhost",
+        "Comma-separated Host header values the web app answers. Production: must not be empty.",
+    ),
+    SettingDoc("MAGISTRATE_DEBUG", "false", "Verbose logs. Production: must be off."),
+    SettingDoc(
+        "MAGISTRATE_DATABASE_URL",
+        "embedded Postgres under `$MAGISTRATE_HOME`",
+        "Control-plane Postgres (`postgresql://…`). Its role needs CREATEDB and CREATEROLE. "
+        "Production: required; off-loopback it must use `sslmode=require`, `verify-ca` or "
+        "`verify-full`.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_REDIS_URL",
+        "embedded Redis under `$MAGISTRATE_HOME`",
+        "Redis for jobs and rate limits. Production: required; off-loopback it must be `rediss://`.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_KEY_PROVIDER",
+        "local",
+        "Default key provider for new tenants: `local`, `aws-kms`, `azure-keyvault`, `gcp-kms`. "
+        "Production: `local` is refused.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_ADMIN_EMAIL",
+        "owner@magistrate.local",
+        "E-mail of the first Owner, created by `magistrate up` when no user exists.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_ADMIN_PASSWORD",
+        "a random one-time password, printed once",
+        "Password of the first Owner. Production: at least 12 characters and not a known default.",
+    ),
+    SettingDoc("MAGISTRATE_HOST", "127.0.0.1", "Address `magistrate web` binds."),
+    SettingDoc("MAGISTRATE_PORT", "8000", "Port `magistrate web` binds."),
+    SettingDoc("MAGISTRATE_LOG_LEVEL", "INFO", "Python log level of the structured logs."),
+    SettingDoc(
+        "MAGISTRATE_TRUST_PROXY_HEADERS",
+        "false",
+        "Take the client address from `X-Forwarded-For` (only behind a proxy you run).",
+    ),
+    SettingDoc(
+        "MAGISTRATE_LOGIN_MAX_PER_IP",
+        "20",
+        "Sign-in attempts allowed per client address per window before 429.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_LOGIN_MAX_PER_ACCOUNT",
+        "5",
+        "Failed sign-in attempts allowed per account per window before 429.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_LOGIN_WINDOW_SECONDS", "300", "Length of the sign-in rate-limit window."
+    ),
+    SettingDoc("MAGISTRATE_EMBEDDED_PG_PORT", "54329", "Port of the embedded Postgres (loopback)."),
+    SettingDoc("MAGISTRATE_EMBEDDED_REDIS_PORT", "63790", "Port of the embedded Redis (loopback)."),
+    SettingDoc(
+        "MAGISTRATE_SESSION_CLEANUP_SECONDS",
+        "900",
+        "How often the worker's periodic job deletes expired sessions.",
+    ),
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be parsed; the message names it."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}.")
+
+
+def _int(name: str, raw: str, minimum: int = 1) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}.") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, not {value}.")
+    return value
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    home: Path = Path(".magistrate")
+    secret_key: Secret | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    debug: bool = False
+    database_url: Secret | None = None
+    redis_url: Secret | None = None
+    key_provider: str = "local"
+    admin_email: str = "owner@magistrate.local"
+    admin_password: Secret | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    trust_proxy_headers: bool = False
+    login_max_per_ip: int = 20
+    login_max_per_account: int = 5
+    login_window_seconds: int = 300
+    embedded_pg_port: int = 54329
+    embedded_redis_port: int = 63790
+    session_cleanup_seconds: int = 900
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str) -> str:
+            return env.get(name, default)
+
+        def secret(name: str) -> Secret | None:
+            raw = env.get(name)
+            return Secret(raw) if raw else None
+
+        environment = get("MAGISTRATE_ENV", "development").strip().lower()
+        if environment not in ENVIRONMENTS:
+            raise SettingsError(
+                f"MAGISTRATE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {environment!r}."
+            )
+        hosts = tuple(
+            h.strip()
+            for h in get("MAGISTRATE_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+            if h.strip()
+        )
+        provider = get("MAGISTRATE_KEY_PROVIDER", "local").strip()
+        if provider not in KEY_PROVIDERS:
+            raise SettingsError(
+                f"MAGISTRATE_KEY_PROVIDER must be one of {', '.join(KEY_PROVIDERS)}, "
+                f"not {provider!r}."
+            )
+        return cls(
+            env=environment,
+            home=Path(get("MAGISTRATE_HOME", ".magistrate")).expanduser().absolute(),
+            secret_key=secret("MAGISTRATE_SECRET_KEY"),
+            public_url=get(
+                "MAGISTRATE_PUBLIC_URL",
+                f"http://{get('MAGISTRATE_HOST', '127.0.0.1')}:{get('MAGISTRATE_PORT', '8000')}",
+            ).rstrip("/"),
+            allowed_hosts=hosts,
+            debug=_bool("MAGISTRATE_DEBUG", get("MAGISTRATE_DEBUG", "false")),
+            database_url=secret("MAGISTRATE_DATABASE_URL"),
+            redis_url=secret("MAGISTRATE_REDIS_URL"),
+            key_provider=provider,
+            admin_email=get("MAGISTRATE_ADMIN_EMAIL", "owner@magistrate.local").strip().lower(),
+            admin_password=secret("MAGISTRATE_ADMIN_PASSWORD"),
+            host=get("MAGISTRATE_HOST", "127.0.0.1"),
+            port=_int("MAGISTRATE_PORT", get("MAGISTRATE_PORT", "8000")),
+            log_level=get("MAGISTRATE_LOG_LEVEL", "INFO").upper(),
+            trust_proxy_headers=_bool(
+                "MAGISTRATE_TRUST_PROXY_HEADERS", get("MAGISTRATE_TRUST_PROXY_HEADERS", "false")
+            ),
+            login_max_per_ip=_int(
+                "MAGISTRATE_LOGIN_MAX_PER_IP", get("MAGISTRATE_LOGIN_MAX_PER_IP", "20")
+            ),
+            login_max_per_account=_int(
+                "MAGISTRATE_LOGIN_MAX_PER_ACCOUNT", get("MAGISTRATE_LOGIN_MAX_PER_ACCOUNT", "5")
+            ),
+            login_window_seconds=_int(
+                "MAGISTRATE_LOGIN_WINDOW_SECONDS", get("MAGISTRATE_LOGIN_WINDOW_SECONDS", "300")
+            ),
+            embedded_pg_port=_int(
+                "MAGISTRATE_EMBEDDED_PG_PORT", get("MAGISTRATE_EMBEDDED_PG_PORT", "54329")
+            ),
+            embedded_redis_port=_int(
+                "MAGISTRATE_EMBEDDED_REDIS_PORT", get("MAGISTRATE_EMBEDDED_REDIS_PORT", "63790")
+            ),
+            session_cleanup_seconds=_int(
+                "MAGISTRATE_SESSION_CLEANUP_SECONDS",
+                get("MAGISTRATE_SESSION_CLEANUP_SECONDS", "900"),
+            ),
+        )
+
+    # ---------------------------------------------------------------- derived values
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def public_origin(self) -> str:
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def session_cookie_name(self) -> str:
+        # The __Host- prefix makes the browser insist on Secure, Path=/ and no Domain.
+        return "__Host-magistrate_session" if self.secure_cookies else "magistrate_session"
+
+    @property
+    def anon_cookie_name(self) -> str:
+        return "__Host-magistrate_anon" if self.secure_cookies else "magistrate_anon"
+
+    # ---------------------------------------------------------------- production checks
+
+    def production_problems(self) -> list[str]:
+        """Every reason this configuration is unsafe for production (empty when it is fine)."""
+        problems: list[str] = []
+        key = self.secret_key.reveal() if self.secret_key else ""
+        if not key:
+            problems.append(
+                "MAGISTRATE_SECRET_KEY is not set; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`."
+            )
+        elif key.strip().lower() in KNOWN_DEFAULT_SECRETS:
+            problems.append("MAGISTRATE_SECRET_KEY is a known default value; generate a new one.")
+        elif len(key.encode()) < MIN_SECRET_KEY_BYTES:
+            problems.append(
+                f"MAGISTRATE_SECRET_KEY is {len(key.encode())} bytes; it must be at least "
+                f"{MIN_SECRET_KEY_BYTES}."
+            )
+        if not self.public_url.startswith("https://"):
+            problems.append(
+                f"MAGISTRATE_PUBLIC_URL must start with https:// (it is {self.public_url!r})."
+            )
+        if self.debug:
+            problems.append("MAGISTRATE_DEBUG is on; turn it off in production.")
+        if not self.allowed_hosts:
+            problems.append("MAGISTRATE_ALLOWED_HOSTS is empty; list the host names users reach.")
+        if self.key_provider == "local":
+            problems.append(
+                "MAGISTRATE_KEY_PROVIDER is 'local', which is for development only; "
+                "choose aws-kms, azure-keyvault or gcp-kms."
+            )
+        problems.extend(_database_url_problems(self.database_url))
+        problems.extend(_redis_url_problems(self.redis_url))
+        if self.admin_password is not None:
+            pw = self.admin_password.reveal()
+            if pw.lower() in KNOWN_DEFAULT_PASSWORDS:
+                problems.append("MAGISTRATE_ADMIN_PASSWORD is a known default password.")
+            elif len(pw) < MIN_ADMIN_PASSWORD_LENGTH:
+                problems.append(
+                    f"MAGISTRATE_ADMIN_PASSWORD must be at least "
+                    f"{MIN_ADMIN_PASSWORD_LENGTH} characters."
+                )
+        return problems
+
+
+def _database_url_problems(url: Secret | None) -> list[str]:
+    if url is None:
+        return ["MAGISTRATE_DATABASE_URL is not set; production uses an external Postgres."]
+    parts = urlsplit(url.reveal())
+    if not parts.scheme.startswith("postgresql"):
+        return ["MAGISTRATE_DATABASE_URL must be a postgresql:// URL."]
+    sslmode = parse_qs(parts.query).get("sslmode", [""])[0]
+    if not is_loopback_host(parts.hostname) and sslmode not in {
+        "require",
+        "verify-ca",
+        "verify-full",
+    }:
+        return [
+            "MAGISTRATE_DATABASE_URL points off this machine without TLS; add "
+            "sslmode=verify-full (or require)."
+        ]
+    return []
+
+
+def _redis_url_problems(url: Secret | None) -> list[str]:
+    if url is None:
+        return ["MAGISTRATE_REDIS_URL is not set; production uses an external Redis."]
+    parts = urlsplit(url.reveal())
+    if parts.scheme not in {"redis", "rediss"}:
+        return ["MAGISTRATE_REDIS_URL must be a redis:// or rediss:// URL."]
+    if parts.scheme == "redis" and not is_loopback_host(parts.hostname):
+        return ["MAGISTRATE_REDIS_URL points off this machine without TLS; use rediss://."]
+    return []

@@ -1,0 +1,65 @@
+"""The Starlette application: dashboard, (later) JSON API and gateway, behind one security edge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from control_plane.auth import routes as auth_routes
+from control_plane.auth.ratelimit import LoginRateLimiter
+from control_plane.auth.sessions import CookieSigner
+from control_plane.db import make_engine, make_session_factory
+from control_plane.exceptions import MagistrateError
+from control_plane.sealing import ControlSealer
+from control_plane.settings import Settings
+from control_plane.users import routes as user_routes
+from control_plane.web import dashboard
+from control_plane.web.errors import handle_error
+from control_plane.web.security import SecurityMiddleware
+from control_plane.web.services import Services, redis_client
+from control_plane.web.templating import STATIC_DIR
+
+
+def build_services(settings: Settings, *, database_url: str, redis_url: str,
+                   secret_key: str) -> Services:
+    engine = make_engine(database_url)
+    client = redis_client(redis_url)
+    return Services(
+        settings=settings,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        redis=client,
+        limiter=LoginRateLimiter(client, max_per_ip=settings.login_max_per_ip,
+                                 max_per_account=settings.login_max_per_account,
+                                 window_seconds=settings.login_window_seconds),
+        signer=CookieSigner(secret_key),
+        sealer=ControlSealer(secret_key),
+    )
+
+
+def build_app(svc: Services) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        svc.close()
+
+    app = Starlette(
+        debug=False,  # never show tracebacks to users, whatever MAGISTRATE_DEBUG says
+        routes=[
+            *dashboard.routes,
+            *auth_routes.routes,
+            *user_routes.routes,
+            Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
+        ],
+        middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],
+        exception_handlers={MagistrateError: handle_error, HTTPException: handle_error},
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    return app

@@ -1,0 +1,63 @@
+"""The dashboard home and the health endpoints."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from control_plane.models import PlatformAuditEvent, Tenant, User
+from control_plane.web.deps import require_user
+from control_plane.web.services import services
+from control_plane.web.templating import render
+
+RECENT_EVENTS = 20
+
+
+def home(request: Request) -> Response:
+    with services(request).session_factory() as s, s.begin():
+        me = require_user(s, request)
+        context = {
+            "user_count": s.scalar(select(func.count()).select_from(User)
+                                   .where(User.is_active)),
+            "tenant_count": s.scalar(select(func.count()).select_from(Tenant)
+                                     .where(Tenant.state != "deleted")),
+            "events": list(s.scalars(select(PlatformAuditEvent)
+                                     .order_by(PlatformAuditEvent.seq.desc())
+                                     .limit(RECENT_EVENTS))) if me.user.is_owner else [],
+        }
+    return render(request, "dashboard/home.html", context)
+
+
+def healthz(request: Request) -> Response:
+    """Alive: the process answers. Says nothing about dependencies."""
+    return JSONResponse({"status": "ok"})
+
+
+def readyz(request: Request) -> Response:
+    """Ready: Postgres and Redis both answer; otherwise 503 naming what does not."""
+    svc = services(request)
+    checks: dict[str, str] = {}
+    try:
+        with svc.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["postgres"] = "ok"
+    except SQLAlchemyError:
+        checks["postgres"] = "unreachable"
+    try:
+        svc.redis.ping()
+        checks["redis"] = "ok"
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        checks["redis"] = "unreachable"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "unavailable", **checks},
+                        status_code=200 if ready else 503)
+
+
+routes = [
+    Route("/", home, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

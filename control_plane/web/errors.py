@@ -1,0 +1,71 @@
+"""Error responses: an HTML page for browsers, JSON for ``/api/`` and ``/v1/``; both carry the
+request id and one clear sentence, never a stack trace."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from control_plane.exceptions import (
+    MagistrateError,
+    NotSignedIn,
+    PasswordChangeRequired,
+    RateLimited,
+)
+from control_plane.web.templating import is_htmx, render
+
+HTTP_MESSAGES = {
+    400: "The request could not be understood.",
+    404: "There is nothing here. Check the address.",
+    405: "That method is not allowed on this address.",
+    413: "The request body is too large.",
+    415: "That content type is not supported here.",
+}
+TITLES = {400: "Bad request", 401: "Sign in", 403: "Not allowed", 404: "Not found",
+          405: "Method not allowed", 409: "Conflict", 413: "Too large", 415: "Unsupported",
+          422: "Invalid input", 429: "Too many requests", 500: "Server error",
+          503: "Unavailable"}
+
+
+def wants_json(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith(("/api/", "/v1/")) or (
+        "application/json" in request.headers.get("accept", "")
+        and "text/html" not in request.headers.get("accept", ""))
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, NotSignedIn) and not wants_json(request):
+        target = "/sign-in?next=" + quote(request.url.path, safe="/")
+        if is_htmx(request):
+            return Response(status_code=401, headers={"HX-Redirect": target})
+        return RedirectResponse(target, status_code=303)
+    if isinstance(exc, PasswordChangeRequired) and not wants_json(request):
+        if is_htmx(request):
+            return Response(status_code=403, headers={"HX-Redirect": "/account"})
+        return RedirectResponse("/account", status_code=303)
+    if isinstance(exc, MagistrateError):
+        status, message = exc.status_code, exc.message
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        message = HTTP_MESSAGES.get(status, "The request could not be handled.")
+    else:
+        status, message = 500, ("Something went wrong on our side. It has been logged; quote "
+                                "the request id if you contact support.")
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    request_id = getattr(request.state, "request_id", "")
+    if wants_json(request):
+        return JSONResponse({"error": message, "status": status, "request_id": request_id},
+                            status_code=status, headers=headers)
+    return render(request, "errors/error.html",
+                  {"status": status, "title": TITLES.get(status, "Error"), "message": message},
+                  status_code=status, partial="errors/_error.html", headers=headers)
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    return error_response(request, exc)

@@ -1,0 +1,71 @@
+"""Form parsing: pydantic models with ``extra="forbid"``, so an unknown field is refused with a
+sentence naming it. Handlers stay plain ``def`` functions run in the threadpool."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from control_plane.exceptions import InvalidInput, UnsupportedMediaType
+
+F = TypeVar("F", bound="Form")
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class Form(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, frozen=True)
+
+    csrf_token: str = ""  # checked by SecurityMiddleware before the handler runs
+
+
+def validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "form"
+    if first["type"] == "extra_forbidden":
+        return f"Unknown field '{field}': remove it and send the form again."
+    if first["type"] == "missing":
+        return f"The field '{field}' is required."
+    return f"The field '{field}' is not valid: {first['msg']}."
+
+
+def parse_form(model: type[F], data: dict[str, Any]) -> F:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc)) from None
+
+
+async def read_form(request: Request, model: type[F]) -> F:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(FORM_TYPES):
+        raise UnsupportedMediaType()
+    async with request.form() as form:
+        data: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if not isinstance(value, str):
+                raise InvalidInput(f"The field '{key}' does not take a file.")
+            data[key] = value
+    return parse_form(model, data)
+
+
+def form_endpoint(model: type[F]) -> Callable[[Callable[[Request, F], Response]],
+                                              Callable[[Request], Awaitable[Response]]]:
+    """Wrap a plain ``def handler(request, form)``: parse and validate, then run it in the
+    threadpool, so database work never blocks the event loop."""
+
+    def decorate(handler: Callable[[Request, F], Response]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            form = await read_form(request, model)
+            return await run_in_threadpool(handler, request, form)
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+    return decorate

@@ -1,0 +1,248 @@
+"""The edge of every HTTP request, as one ASGI middleware:
+
+1. a request id (returned in ``X-Request-ID``, shown on error pages, in every log line);
+2. the Host check against ``MAGISTRATE_ALLOWED_HOSTS``;
+3. CSRF: every state-changing request carries the synchronizer token (form field
+   ``csrf_token`` or header ``X-CSRF-Token``, which htmx sends) bound to the browser's session or
+   anonymous cookie, and an Origin (or Referer) of our own; the only exemption is
+   ``CSRF_EXEMPT_PREFIXES`` with bearer authentication and no cookie;
+4. security headers on every response, error pages included;
+5. any unhandled exception becomes a 500 page with the request id, never a stack trace;
+6. one structured log line per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control_plane.auth.sessions import CookieSigner
+from control_plane.exceptions import BadRequest, CsrfRefused, MagistrateError, PayloadTooLarge
+from control_plane.settings import Settings
+
+log = logging.getLogger("magistrate.http")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+# Reviewable exemption list: these prefixes are exempt ONLY for requests authenticated with an
+# ``Authorization: Bearer`` header and carrying no Magistrate cookie (programs, not browsers).
+CSRF_EXEMPT_PREFIXES: tuple[str, ...] = ("/api/", "/v1/")
+MAX_FORM_BYTES = 10 * 1024 * 1024
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "object-src 'none'; frame-ancestors 'none'"
+)
+PERMISSIONS_POLICY = (
+    "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
+    "microphone=(), payment=(), usb=(), interest-cohort=()"
+)
+
+
+def security_headers(settings: Settings) -> dict[str, str]:
+    headers = {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "strict-origin-when-cross-origin",
+        "Permissions-Policy": PERMISSIONS_POLICY,
+        "Cross-Origin-Opener-Policy": "same-origin",
+    }
+    if settings.is_production:
+        headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    return headers
+
+
+def _cookies(headers: Headers) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    for raw in headers.getlist("cookie"):
+        try:
+            jar.load(raw)
+        except Exception:  # noqa: S112 - a malformed cookie header is treated as no cookie
+            continue
+    return {k: v.value for k, v in jar.items()}
+
+
+def _origin_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, *, settings: Settings, signer: CookieSigner) -> None:
+        self.app = app
+        self.settings = settings
+        self.signer = signer
+        self.headers = security_headers(settings)
+        self.allowed_hosts = {h.lower() for h in settings.allowed_hosts}
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def host_allowed(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.lower()
+        return "*" in self.allowed_hosts or name in self.allowed_hosts
+
+    def origin_allowed(self, headers: Headers, scope: Scope) -> bool:
+        claimed = headers.get("origin")
+        if claimed is None:
+            referer = headers.get("referer")
+            if referer is None:
+                return True  # neither sent (some clients): the token alone decides
+            claimed = _origin_of(referer) or "null"
+        claimed = claimed.lower()
+        allowed = {self.settings.public_origin.lower()}
+        if not self.settings.is_production:
+            scheme = scope.get("scheme", "http")
+            allowed.add(f"{scheme}://{headers.get('host', '')}".lower())
+        return claimed in allowed
+
+    def is_exempt(self, path: str, headers: Headers, cookies: dict[str, str]) -> bool:
+        if not path.startswith(CSRF_EXEMPT_PREFIXES):
+            return False
+        bearer = headers.get("authorization", "").lower().startswith("bearer ")
+        has_cookie = (self.settings.session_cookie_name in cookies
+                      or self.settings.anon_cookie_name in cookies)
+        return bearer and not has_cookie
+
+    # -- the middleware -------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = secrets.token_hex(8)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        headers = Headers(scope=scope)
+        cookies = _cookies(headers)
+        response_started = False
+        status = 500
+        new_anon: str | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal response_started, status
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                out = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    out[name] = value
+                out["X-Request-ID"] = request_id
+                if "cache-control" not in out:
+                    out["Cache-Control"] = "no-store"
+                if new_anon is not None:
+                    out.append("Set-Cookie", self._anon_cookie(new_anon))
+            await send(message)
+
+        try:
+            if not self.host_allowed(headers.get("host", "")):
+                raise BadRequest("This host name is not served here. Use the address your "
+                                 "administrator published.")
+            # the CSRF binding: the session token if signed in, else an anonymous token
+            binding = (self.signer.unsign_session(cookies.get(self.settings.session_cookie_name))
+                       or self.signer.unsign_anon(cookies.get(self.settings.anon_cookie_name)))
+            if binding is None and scope["method"] in SAFE_METHODS:
+                new_anon = binding = secrets.token_urlsafe(24)
+            state["csrf_binding"] = binding
+            state["csrf_token"] = self.signer.csrf_token(binding) if binding else ""
+            if scope["method"] not in SAFE_METHODS and not self.is_exempt(
+                    scope["path"], headers, cookies):
+                receive = await self._check_csrf(scope, receive, headers, binding)
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if isinstance(exc, MagistrateError):
+                status = exc.status_code
+            else:
+                log.exception("unhandled error", extra={"request_id": request_id})
+            if response_started:
+                raise
+            from control_plane.web.errors import error_response
+
+            response = error_response(Request(scope), exc)
+            await response(scope, receive, send_wrapper)
+        finally:
+            self._log(scope, state, status, started)
+
+    async def _check_csrf(self, scope: Scope, receive: Receive, headers: Headers,
+                          binding: str | None) -> Receive:
+        if not self.origin_allowed(headers, scope):
+            raise CsrfRefused("This request came from another site and was refused.")
+        body = await _read_body(receive)
+        presented = headers.get(CSRF_HEADER)
+        if presented is None:
+            content_type = headers.get("content-type", "")
+            if content_type.startswith(("application/x-www-form-urlencoded",
+                                        "multipart/form-data")):
+                replay = _replay(body, receive)
+                form = await Request(scope, replay).form()
+                value = form.get(CSRF_FIELD)
+                presented = value if isinstance(value, str) else None
+                await form.close()
+        if not self.signer.csrf_valid(binding, presented):
+            raise CsrfRefused()
+        return _replay(body, receive)
+
+    def _anon_cookie(self, token: str) -> str:
+        parts = [f"{self.settings.anon_cookie_name}={self.signer.sign_anon(token)}", "Path=/",
+                 "HttpOnly", "SameSite=Lax"]
+        if self.settings.secure_cookies:
+            parts.append("Secure")
+        return "; ".join(parts)
+
+    def _log(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+        record = {
+            "request_id": state.get("request_id"),
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "tenant": state.get("tenant"),
+            "actor": state.get("actor"),
+        }
+        log.info(json.dumps(record, separators=(",", ":")), extra={"structured": record})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """Hand the buffered body to the app once, then pass through (for disconnect notices)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive

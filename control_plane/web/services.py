@@ -1,0 +1,42 @@
+"""What a running web process holds: settings, database, Redis, signers. Built once by
+``build_app`` and reached from handlers through ``services(request)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
+
+from control_plane.auth.ratelimit import LoginRateLimiter
+from control_plane.auth.sessions import CookieSigner
+from control_plane.sealing import ControlSealer
+from control_plane.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    redis: redis.Redis
+    limiter: LoginRateLimiter
+    signer: CookieSigner
+    sealer: ControlSealer
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.redis.close()
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def redis_client(url: str) -> redis.Redis:
+    """Short timeouts: a missing Redis must degrade quickly, never hang a request."""
+    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0,
+                                health_check_interval=30)

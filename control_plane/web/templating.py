@@ -1,0 +1,49 @@
+"""Jinja2 templates (autoescaped) from the repository's ``templates/`` folder.
+
+One endpoint per resource: a normal request gets the full page, an ``HX-Request`` gets the
+``_``-prefixed partial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.templating import Jinja2Templates
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TEMPLATES_DIR = ROOT / "templates"
+STATIC_DIR = ROOT / "static"
+
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+templates.env.globals["nav_areas"] = (
+    # (label, path or None while the area is not built yet)
+    ("Dashboard", "/"),
+    ("Tenants", None),
+    ("Gateway", None),
+    ("Approvals", None),
+    ("Recommendations", None),
+    ("Audit", None),
+    ("Jobs", None),
+)
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def render(request: Request, template: str, context: dict[str, Any] | None = None, *,
+           status_code: int = 200, partial: str | None = None,
+           headers: dict[str, str] | None = None) -> HTMLResponse:
+    """Render ``template`` (or ``partial`` for htmx requests) with the request's CSRF token and
+    signed-in user available to every template."""
+    name = partial if partial and is_htmx(request) else template
+    ctx: dict[str, Any] = {
+        "csrf_token": getattr(request.state, "csrf_token", ""),
+        "current_user": getattr(request.state, "user", None),
+        "request_id": getattr(request.state, "request_id", ""),
+    }
+    ctx.update(context or {})
+    return templates.TemplateResponse(request, name, ctx, status_code=status_code,
+                                      headers=headers)
