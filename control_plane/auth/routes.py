@@ -96,6 +96,9 @@ def sign_in(request: Request, form: SignInForm) -> Response:
         with svc.session_factory() as s, s.begin():
             result = service.do_sign_in(s, email=form.email, password=form.password,
                                         client=client_info(request), limiter=svc.limiter)
+            previous = current_session(s, request)
+            if result.outcome is not SignInOutcome.FAILED and previous is not None:
+                sessions.revoke_session(s, previous)  # a new token at every sign-in
     except RateLimited as exc:
         return render(request, "auth/sign_in.html", {**context, "error": exc.message},
                       status_code=429, headers={"Retry-After": str(exc.retry_after)})

@@ -13,6 +13,22 @@ from control_plane.models import User, WebSession
 from control_plane.web.services import services
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """What templates may know about the signed-in user: a snapshot, valid after the
+    transaction ends (even one rolled back by an error)."""
+
+    id: int
+    email: str
+    display_name: str
+    is_owner: bool
+    mfa_enabled: bool
+
+    @classmethod
+    def of(cls, user: User) -> Viewer:
+        return cls(user.id, user.email, user.display_name, user.is_owner, user.mfa_enabled)
+
+
 @dataclass
 class SignedIn:
     user: User
@@ -49,7 +65,7 @@ def require_user(s: Session, request: Request, *, allow_password_change: bool = 
     row = current_session(s, request)
     if row is None or row.mfa_pending:
         raise NotSignedIn()
-    request.state.user = row.user
+    request.state.user = Viewer.of(row.user)
     request.state.actor = f"user:{row.user.id}"
     if row.user.must_change_password and not allow_password_change:
         raise PasswordChangeRequired()

@@ -42,6 +42,8 @@ def parse_form(model: type[F], data: dict[str, Any]) -> F:
 
 async def read_form(request: Request, model: type[F]) -> F:
     content_type = request.headers.get("content-type", "")
+    if not content_type and not await request.body():
+        return parse_form(model, {})  # an empty POST is an empty form
     if not content_type.startswith(FORM_TYPES):
         raise UnsupportedMediaType()
     async with request.form() as form:

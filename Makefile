@@ -1,0 +1,31 @@
+# Magistrate's scripts. `make run` and `make test` work on a fresh machine with Python >= 3.11.
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := .tools/bin/uv
+endif
+
+.PHONY: install run test lint bench
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv
+
+run: install  ## the one-machine stack: embedded Postgres and Redis, web app, worker
+	.venv/bin/magistrate up
+
+test: lint  ## ruff, mypy, then the whole pytest suite
+	.venv/bin/pytest
+
+lint: install  ## ruff and mypy
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+bench: install  ## every benchmark under ops/bench, each printing JSON
+	@set -e; found=0; for f in ops/bench/*.py; do [ -e "$$f" ] || continue; found=1; .venv/bin/python "$$f"; done; \
+	[ $$found = 1 ] || echo '{"benchmarks": 0, "note": "no benchmark under ops/bench yet"}'

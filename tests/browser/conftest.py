@@ -1,0 +1,106 @@
+"""Fixtures for the browser tests: the real app served by uvicorn on a loopback port, and a
+headless Debian Chromium driven by Playwright (its own browser download is never used).
+
+The live server's settings replace the suite's ``settings`` fixture, so ``services``/``db`` are
+built for ``http://127.0.0.1:<port>`` (the Host and Origin checks of the security edge pass).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from control_plane.settings import Settings
+from control_plane.web.app import build_app
+from control_plane.web.services import Services
+from tests.conftest import free_port, make_settings
+
+CHROMIUM_CANDIDATE = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SERVER_START_TIMEOUT = 10.0
+ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's Chromium; skipped when absent unless MAGISTRATE_REQUIRE_BROWSER=1."""
+    path = CHROMIUM_CANDIDATE if os.access(CHROMIUM_CANDIDATE, os.X_OK) else None
+    path = path or shutil.which("chromium")
+    if path is None:
+        if os.environ.get("MAGISTRATE_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is required (MAGISTRATE_REQUIRE_BROWSER=1) but was not found")
+        pytest.skip("Chromium is not installed (set MAGISTRATE_REQUIRE_BROWSER=1 to fail instead)")
+    return path
+
+
+@pytest.fixture
+def live_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def settings(live_port: int) -> Settings:
+    """Overrides the suite's ``settings``: the app answers on the live server's address."""
+    return make_settings(public_url=f"http://127.0.0.1:{live_port}",
+                         allowed_hosts=("127.0.0.1",))
+
+
+@pytest.fixture
+def live_server(chromium_path: str, services: Services, live_port: int) -> Iterator[str]:
+    """The real app under uvicorn in a background thread; yields its base URL.
+
+    ``lifespan="off"``: the ``services`` fixture owns (and closes) the engine and Redis client.
+    """
+    config = uvicorn.Config(build_app(services), host="127.0.0.1", port=live_port,
+                            lifespan="off", ws="none", http="h11", log_level="warning",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-live-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(timeout=5)
+            pytest.fail(f"uvicorn did not start on 127.0.0.1:{live_port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{live_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser(chromium_path: str) -> Iterator[object]:
+    """A headless Chromium (``playwright.sync_api.Browser``), closed after the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=chromium_path, headless=True,
+                                      args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    return ARTIFACTS_DIR

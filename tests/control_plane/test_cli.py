@@ -1,0 +1,84 @@
+"""The `magistrate` command: help everywhere, clear failures, user creation, migrations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import select
+
+from control_plane.models import User
+from tests.conftest import TEST_SECRET_KEY
+
+
+def run(*args: str, env_extra: dict[str, str] | None = None, stdin: str | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAGISTRATE_")}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "control_plane", *args], env=env,
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args", [[], ["up"], ["web"], ["worker"], ["migrate"], ["user"],
+                                  ["user", "create"]])
+def test_every_command_has_help(args):
+    result = run(*args, "--help")
+    assert result.returncode == 0
+    assert "usage: magistrate" in result.stdout
+
+
+def test_unknown_command_fails_clearly():
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+@pytest.fixture
+def cli_env(database_url, redis_url, services):
+    return {"MAGISTRATE_DATABASE_URL": database_url, "MAGISTRATE_REDIS_URL": redis_url,
+            "MAGISTRATE_SECRET_KEY": TEST_SECRET_KEY, "MAGISTRATE_ENV": "test"}
+
+
+def test_user_create_prints_a_one_time_password_once(cli_env, db):
+    result = run("user", "create", "--email", "Ops@Example.com", "--name", "Ops",
+                 env_extra=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "created user ops@example.com" in result.stdout
+    assert "one-time password (shown once):" in result.stdout
+    with db() as s:
+        user = s.scalars(select(User).where(User.email == "ops@example.com")).one()
+        assert user.must_change_password and not user.is_owner
+        password = result.stdout.rsplit(":", 1)[1].strip()
+        assert password not in user.password_hash and user.password_hash.startswith("$argon2id$")
+
+
+def test_user_create_with_password_from_stdin_and_duplicate(cli_env, db):
+    ok = run("user", "create", "--email", "o@example.com", "--owner", "--password-stdin",
+             env_extra=cli_env, stdin="a-strong-password-123\n")
+    assert ok.returncode == 0, ok.stderr
+    assert "one-time password" not in ok.stdout
+    again = run("user", "create", "--email", "o@example.com", env_extra=cli_env)
+    assert again.returncode == 1
+    assert "magistrate: An account with the e-mail o@example.com already exists." in again.stderr
+    weak = run("user", "create", "--email", "w@example.com", "--password-stdin",
+               env_extra=cli_env, stdin="short\n")
+    assert weak.returncode == 1 and "at least 12 characters" in weak.stderr
+
+
+def test_migrate_reports_the_revision(cli_env):
+    result = run("migrate", env_extra=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "control plane migrated to revision 0001" in result.stdout
+
+
+def test_unreachable_database_is_a_clear_failure(tmp_path):
+    from tests.conftest import free_port
+
+    result = run("migrate", env_extra={
+        "MAGISTRATE_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/nothing",
+        "MAGISTRATE_HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert "magistrate: cannot reach the control-plane database" in result.stderr
+    assert "Traceback" not in result.stderr
