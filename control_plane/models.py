@@ -46,6 +46,8 @@ class User(Base):
     must_change_password: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     mfa_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     mfa_enabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the last TOTP time step accepted: a code is never accepted twice
+    mfa_last_step: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
     password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
                                                           server_default=NOW)

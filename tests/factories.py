@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import pyotp
@@ -47,6 +48,12 @@ def enable_mfa(db: sessionmaker[Session], made: MadeUser, sealer: ControlSealer)
     made.totp_secret = secret
     made.backup_codes = codes
     return made
+
+
+def next_code(secret: str) -> str:
+    """The code of the next 30-second step (accepted: one step of drift is allowed). Used
+    after a code of the current step was consumed, since a code is never accepted twice."""
+    return pyotp.TOTP(secret).at(time.time() + 30)
 
 
 def csrf_from(html: str) -> str:

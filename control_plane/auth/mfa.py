@@ -4,7 +4,9 @@ one-time backup codes stored as SHA-256 digests."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
+import time
 
 import pyotp
 import segno
@@ -26,12 +28,25 @@ def qr_svg(uri: str) -> str:
     return segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff")
 
 
-def verify_totp(secret: str, code: str) -> bool:
+STEP_SECONDS = 30
+
+
+def matching_step(secret: str, code: str, *, last_used_step: int | None = None,
+                  now: float | None = None) -> int | None:
+    """The time step whose code equals ``code`` (one step of drift either way, as
+    authenticator apps expect), or None. A step at or before ``last_used_step`` is refused, so
+    a code is accepted at most once (RFC 6238, section 5.2)."""
     cleaned = "".join(ch for ch in code if ch.isdigit())
     if len(cleaned) != 6:
-        return False
-    # one step of drift either way, as authenticator apps expect
-    return pyotp.TOTP(secret).verify(cleaned, valid_window=1)
+        return None
+    totp = pyotp.TOTP(secret, interval=STEP_SECONDS)
+    current = int((time.time() if now is None else now) // STEP_SECONDS)
+    for step in (current - 1, current, current + 1):
+        if last_used_step is not None and step <= last_used_step:
+            continue
+        if hmac.compare_digest(totp.generate_otp(step), cleaned):
+            return step
+    return None
 
 
 def new_backup_codes() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import quote
 
 from pydantic import Field
 from starlette.requests import Request
@@ -109,7 +110,7 @@ def sign_in(request: Request, form: SignInForm) -> Response:
     if result.token is None or result.user is None:
         raise RuntimeError("sign-in succeeded without a session")
     if result.outcome is SignInOutcome.MFA_REQUIRED:
-        target = "/sign-in/mfa?next=" + context["next"]
+        target = "/sign-in/mfa?next=" + quote(context["next"], safe="/")
     elif result.user.must_change_password:
         target = "/account"
     else:

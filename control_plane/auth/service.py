@@ -104,10 +104,16 @@ def do_pass_mfa_challenge(s: Session, pending: WebSession, *, code: str, client:
     """Verify a TOTP or backup code for a pending session; returns the new full session token."""
     user = pending.user
     limiter.check(client.ip, user.email)
+    # lock the user row: two requests with the same code cannot both pass
+    s.refresh(user, with_for_update=True)
     secret = totp_secret(sealer, user)
     used_backup = False
-    ok = secret is not None and mfa.verify_totp(secret, code)
-    if not ok and _use_backup_code(s, user, code):
+    step = None if secret is None else mfa.matching_step(secret, code,
+                                                          last_used_step=user.mfa_last_step)
+    ok = step is not None
+    if ok:
+        user.mfa_last_step = step
+    elif _use_backup_code(s, user, code):
         ok = used_backup = True
     if not ok:
         limiter.record_failure(user.email)
@@ -182,10 +188,12 @@ def do_confirm_mfa_enrollment(s: Session, *, code: str, sealer: ControlSealer,
     secret = totp_secret(sealer, acting_user)
     if secret is None:
         raise Conflict("Start the enrollment again: no pending authenticator secret was found.")
-    if not mfa.verify_totp(secret, code):
+    step = mfa.matching_step(secret, code)
+    if step is None:
         raise InvalidInput("That code does not match. Check your authenticator app's clock and "
                            "enter the current 6-digit code.")
     acting_user.mfa_enabled_at = utcnow()
+    acting_user.mfa_last_step = step
     s.execute(delete(BackupCode).where(BackupCode.user_id == acting_user.id))
     codes = mfa.new_backup_codes()
     s.add_all(BackupCode(user_id=acting_user.id, code_hash=mfa.backup_code_hash(c))
@@ -202,6 +210,7 @@ def do_disable_mfa(s: Session, *, password: str, acting_user: User) -> None:
         raise InvalidInput("The password is not correct.")
     acting_user.mfa_enabled_at = None
     acting_user.mfa_secret_sealed = None
+    acting_user.mfa_last_step = None
     s.execute(delete(BackupCode).where(BackupCode.user_id == acting_user.id))
     audit.record(s, AuthEvents.MFA_DISABLED, actor=actor_for(acting_user), target_type="user",
                  target_id=acting_user.id)

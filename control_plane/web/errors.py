@@ -39,7 +39,8 @@ def wants_json(request: Request) -> bool:
 
 def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotSignedIn) and not wants_json(request):
-        target = "/sign-in?next=" + quote(request.url.path, safe="/")
+        wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = "/sign-in?next=" + quote(wanted, safe="/")
         if is_htmx(request):
             return Response(status_code=401, headers={"HX-Redirect": target})
         return RedirectResponse(target, status_code=303)

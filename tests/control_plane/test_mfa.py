@@ -8,8 +8,16 @@ import pyotp
 from sqlalchemy import select
 
 from control_plane.audit import AuthEvents
+from control_plane.auth import mfa
 from control_plane.models import BackupCode, PlatformAuditEvent, User
-from tests.factories import csrf_token, enable_mfa, make_user, post_form, sign_in
+from tests.factories import (
+    csrf_token,
+    enable_mfa,
+    make_user,
+    next_code,
+    post_form,
+    sign_in,
+)
 
 
 def events(db) -> list[str]:
@@ -55,7 +63,7 @@ def test_challenge_with_totp(client, db, services):
                                             "code": "123456"})
     assert bad.status_code == 401 and "not correct" in bad.text
     ok = client.post("/sign-in/mfa", data={"csrf_token": csrf_token(client, "/sign-in/mfa"),
-                                           "code": pyotp.TOTP(user.totp_secret).now()},
+                                           "code": next_code(user.totp_secret)},
                      follow_redirects=False)
     assert ok.status_code == 303 and ok.headers["location"] == "/"
     assert "Signed in as" in client.get("/").text
@@ -81,7 +89,7 @@ def test_disable_needs_the_password(client, db, services):
     user = enable_mfa(db, make_user(db), services.sealer)
     sign_in(client, user.email)
     client.post("/sign-in/mfa", data={"csrf_token": csrf_token(client, "/sign-in/mfa"),
-                                      "code": pyotp.TOTP(user.totp_secret).now()})
+                                      "code": next_code(user.totp_secret)})
     refused = post_form(client, "/account/mfa/disable", {"password": "wrong password!"})
     assert refused.status_code == 422
     done = post_form(client, "/account/mfa/disable", {"password": user.password})
@@ -89,3 +97,30 @@ def test_disable_needs_the_password(client, db, services):
     with db() as s:
         assert not s.get(User, user.id).mfa_enabled
         assert s.scalars(select(BackupCode)).all() == []
+
+
+def test_a_totp_code_is_accepted_only_once(client, db, services):
+    user = enable_mfa(db, make_user(db), services.sealer)
+    code = next_code(user.totp_secret)
+    for expected in (303, 401):
+        client.cookies.clear()
+        sign_in(client, user.email)
+        response = client.post("/sign-in/mfa", data={
+            "csrf_token": csrf_token(client, "/sign-in/mfa"), "code": code},
+            follow_redirects=False)
+        assert response.status_code == expected
+    with db() as s:
+        assert s.get(User, user.id).mfa_last_step is not None
+
+
+def test_matching_step_refuses_spent_and_far_steps():
+    secret = pyotp.random_base32()
+    now = 1_800_000_000.0
+    step = int(now // 30)
+    code = pyotp.TOTP(secret).at(now)
+    assert mfa.matching_step(secret, code, now=now) == step
+    assert mfa.matching_step(secret, code, last_used_step=step - 1, now=now) == step
+    assert mfa.matching_step(secret, code, last_used_step=step, now=now) is None
+    assert mfa.matching_step(secret, code, now=now + 60) is None  # two steps late
+    assert mfa.matching_step(secret, code, now=now + 30) == step  # one step of drift
+    assert mfa.matching_step(secret, "12345", now=now) is None

@@ -59,6 +59,7 @@ def upgrade() -> None:
     sa.Column('must_change_password', sa.Boolean(), server_default=sa.text('false'), nullable=False),
     sa.Column('mfa_secret_sealed', sa.LargeBinary(), nullable=True),
     sa.Column('mfa_enabled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('mfa_last_step', sa.BigInteger(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('password_changed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('deactivated_at', sa.DateTime(timezone=True), nullable=True),
