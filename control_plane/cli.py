@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from control_plane.embedded import EmbeddedServiceError
 from control_plane.runtime import (
@@ -155,6 +158,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_home
 
     ensure_home(settings.home)
+    lock = _lock_home(settings.home)
     pg = EmbeddedPostgres(settings.home, settings.embedded_pg_port)
     rd = EmbeddedRedis(settings.home, settings.embedded_redis_port)
     children: list[subprocess.Popen[bytes]] = []
@@ -204,7 +208,20 @@ def cmd_up(args: argparse.Namespace) -> int:
             pg.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        lock.close()
         print("stopped.", flush=True)
+
+
+def _lock_home(home: Path) -> IO[str]:
+    """One `magistrate up` per home: a second one would share, then stop, the first's servers."""
+    handle = (home / "up.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CommandError(f"`magistrate up` is already running for {home}; stop it first, "
+                           "or set MAGISTRATE_HOME to another folder.") from None
+    return handle
 
 
 def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], stopping: object) -> bool:
@@ -259,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "app and one worker until Ctrl-C.")
     up.set_defaults(func=cmd_up)
 
-    web = sub.add_parser("web", help="serve the dashboard, API and gateway",
+    web = sub.add_parser("web", help="serve the web app (dashboard and health endpoints)",
                          description="Serve the web app with uvicorn.")
     web.add_argument("--host", help="address to bind (default MAGISTRATE_HOST)")
     web.add_argument("--port", type=int, help="port to bind (default MAGISTRATE_PORT)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
-from alembic import command
 from control_plane.db import sqlalchemy_url
 
 ALEMBIC_ROOT = Path(__file__).resolve().parent.parent / "alembic"

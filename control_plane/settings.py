@@ -1,6 +1,7 @@
 """Every setting Magistrate reads, read once, typed and documented.
 
-Nothing else in the code base reads ``os.environ``: ``Settings.from_env()`` is the one place.
+Nothing else in the code base reads a setting from ``os.environ``: ``Settings.from_env()`` is the
+one place (``magistrate up`` only copies the environment on to the processes it starts).
 Each entry of ``SETTINGS`` is documented in the README's configuration table (a test checks).
 
 In production (``MAGISTRATE_ENV=production``) ``production_problems()`` lists every unsafe
@@ -91,9 +92,8 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "MAGISTRATE_PUBLIC_URL",
         "http://$MAGISTRATE_HOST:$MAGISTRATE_PORT",
-        "The address users reach. Production: must be `https://`. Its origin is the only one "
-        "accepted by the CSRF Origin check.",
-    ),
+        "The address users reach. Production: must be `https://`. The CSRF Origin check accepts "
+        "its origin (outside production also the request's own `scheme://Host`)."),
     SettingDoc(
         "MAGISTRATE_ALLOWED_HOSTS",
         "127.0.0.1,localhost",
@@ -337,6 +337,9 @@ class Settings:
             problems.append("MAGISTRATE_DEBUG is on; turn it off in production.")
         if not self.allowed_hosts:
             problems.append("MAGISTRATE_ALLOWED_HOSTS is empty; list the host names users reach.")
+        elif "*" in self.allowed_hosts:
+            problems.append("MAGISTRATE_ALLOWED_HOSTS contains '*', which accepts any Host "
+                            "header; list the host names users reach.")
         if self.key_provider == "local":
             problems.append(
                 "MAGISTRATE_KEY_PROVIDER is 'local', which is for development only; "

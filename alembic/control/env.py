@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from alembic import context
 from sqlalchemy import create_engine, pool
 
-from alembic import context
 from control_plane import models  # noqa: F401 - registers the tables on the metadata
 from control_plane.db import Base, sqlalchemy_url
 

@@ -101,6 +101,8 @@ def sign_in(request: Request, form: SignInForm) -> Response:
             if result.outcome is not SignInOutcome.FAILED and previous is not None:
                 sessions.revoke_session(s, previous)  # a new token at every sign-in
     except RateLimited as exc:
+        with svc.session_factory() as s, s.begin():
+            service.do_record_rate_limited(s, client=client_info(request))
         return render(request, "auth/sign_in.html", {**context, "error": exc.message},
                       status_code=429, headers={"Retry-After": str(exc.retry_after)})
     if result.outcome is SignInOutcome.FAILED:
@@ -143,6 +145,8 @@ def mfa_challenge(request: Request, form: CodeForm) -> Response:
                 s, row, code=form.code, client=client_info(request), sealer=svc.sealer,
                 limiter=svc.limiter)
     except RateLimited as exc:
+        with svc.session_factory() as s, s.begin():
+            service.do_record_rate_limited(s, client=client_info(request))
         return render(request, "auth/mfa_challenge.html", {**context, "error": exc.message},
                       status_code=429, headers={"Retry-After": str(exc.retry_after)})
     if token is None:

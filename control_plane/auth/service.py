@@ -76,6 +76,13 @@ def do_sign_in(s: Session, *, email: str, password: str, client: ClientInfo,
     return SignInResult(SignInOutcome.SIGNED_IN, token, user)
 
 
+def do_record_rate_limited(s: Session, *, client: ClientInfo) -> None:
+    """Audit a sign-in refused by the rate limit (in its own transaction: the attempt itself
+    changed nothing)."""
+    audit.record(s, AuthEvents.SIGN_IN_RATE_LIMITED, actor=audit.SYSTEM,
+                 details={"ip": client.ip})
+
+
 def totp_secret(sealer: ControlSealer, user: User) -> str | None:
     if user.mfa_secret_sealed is None:
         return None

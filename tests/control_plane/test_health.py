@@ -33,3 +33,9 @@ def test_not_ready_names_what_is_missing(database_url, redis_url, services):
                 assert client.get("/healthz").status_code == 200
         finally:
             svc.close()
+
+
+def test_probes_answer_whatever_the_host(client):
+    assert client.get("/readyz", headers={"Host": "10.0.1.15:8000"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "10.0.1.15"}).status_code == 200
+    assert client.get("/sign-in", headers={"Host": "10.0.1.15"}).status_code == 400

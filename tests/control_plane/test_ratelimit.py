@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from control_plane.audit import AuthEvents
+from control_plane.models import PlatformAuditEvent
 from control_plane.web.app import build_app, build_services
 from tests.conftest import TEST_SECRET_KEY, free_port, make_settings
 from tests.factories import make_user, sign_in
@@ -21,6 +24,10 @@ def test_account_limit_answers_429_with_retry_after(client, db, redis_client):
     assert 1 <= int(limited.headers["retry-after"]) <= 60
     assert "Too many attempts" in limited.text
     assert any(k.startswith(b"magistrate:rl:login:acct:") for k in redis_client.keys())
+    with db() as s:
+        kinds = s.scalars(select(PlatformAuditEvent.event_type)).all()
+        assert kinds.count(AuthEvents.SIGN_IN_FAILED) == 5
+        assert kinds.count(AuthEvents.SIGN_IN_RATE_LIMITED) == 1
 
 
 def test_address_limit(database_url, redis_url, services, db):

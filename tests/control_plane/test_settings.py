@@ -47,6 +47,7 @@ def test_a_good_production_configuration_has_no_problems():
     ({"MAGISTRATE_PUBLIC_URL": "http://magistrate.example.com"}, "must start with https://"),
     ({"MAGISTRATE_DEBUG": "true"}, "MAGISTRATE_DEBUG is on"),
     ({"MAGISTRATE_ALLOWED_HOSTS": ""}, "MAGISTRATE_ALLOWED_HOSTS is empty"),
+    ({"MAGISTRATE_ALLOWED_HOSTS": "magistrate.example.com,*"}, "accepts any Host header"),
     ({"MAGISTRATE_KEY_PROVIDER": "local"}, "'local', which is for development only"),
     ({"MAGISTRATE_DATABASE_URL": "postgresql://m:pw@db.internal/magistrate_control"},
      "MAGISTRATE_DATABASE_URL points off this machine without TLS"),

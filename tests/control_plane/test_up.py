@@ -87,6 +87,10 @@ def test_up_on_external_servers(database_url, redis_url, services, tmp_path):
         assert not any("embedded" in line for line in lines)
         assert "first Owner created: admin@example.com" in lines
         assert sign_in_over_http(port, "admin@example.com", "a-chosen-admin-password") == 303
+        second = subprocess.run([sys.executable, "-m", "control_plane", "up"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "`magistrate up` is already running" in second.stderr
     finally:
         stop_up(process)
     assert not (tmp_path / "home" / "postgres").exists()

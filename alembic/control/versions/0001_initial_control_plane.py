@@ -6,9 +6,8 @@ Create Date: 2026-11-25
 """
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = '0001'
 down_revision = None
@@ -126,14 +125,11 @@ def upgrade() -> None:
 
     op.execute("INSERT INTO platform_audit_head (id, seq, chain_hash) VALUES (1, 0, '"
                + "0" * 64 + "')")
-    # The chain is append-only: no UPDATE or DELETE, except by the retention procedure, which
-    # sets magistrate.audit_retention for its own transaction.
+    # The chain is append-only: the database refuses every UPDATE and DELETE. Retention, when it
+    # comes, prunes through its own audited procedure.
     op.execute("""
         CREATE FUNCTION platform_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF TG_OP = 'DELETE' AND current_setting('magistrate.audit_retention', true) = 'on' THEN
-                RETURN OLD;
-            END IF;
             RAISE EXCEPTION 'platform_audit_events is append-only (% refused)', TG_OP;
         END $$;
     """)
