@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, pool
+from sqlalchemy import MetaData, create_engine, pool
 
 from control_plane.db import sqlalchemy_url
 
@@ -20,6 +20,26 @@ def _config(tree: str, url: str) -> Config:
     cfg.set_main_option("script_location", str(ALEMBIC_ROOT / tree))
     cfg.attributes["database_url"] = url
     return cfg
+
+
+def run_online(metadata: MetaData | None, *, advisory_lock: int | None = None) -> None:
+    """The body of each tree's ``env.py``: migrate the database whose URL the caller handed in
+    ``config.attributes["database_url"]``, one migrator at a time when a lock id is given."""
+    config = context.config
+    url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL was given to the migrations")
+    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            context.configure(connection=connection, target_metadata=metadata,
+                              compare_type=True, transaction_per_migration=True)
+            with context.begin_transaction():
+                if advisory_lock is not None:
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({advisory_lock})")
+                context.run_migrations()
+    finally:
+        engine.dispose()
 
 
 def upgrade_control(url: str) -> str:
