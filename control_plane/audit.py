@@ -7,10 +7,7 @@ together. Writers lock the single head row, so concurrent writers never fork the
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -18,8 +15,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.db import utcnow
 from control_plane.models import PlatformAuditEvent, PlatformAuditHead
-
-GENESIS_HASH = "0" * 64
+from tenant_runtime.audit import GENESIS_HASH, canonical_content, chain_hash
 
 
 class AuthEvents:
@@ -56,28 +52,14 @@ class Actor:
 SYSTEM = Actor("system")
 
 
-def canonical_content(
-    *, seq: int, occurred_at: datetime, actor: Actor, event_type: str,
-    target_type: str | None, target_id: str | None, details: dict[str, Any],
-) -> bytes:
-    """The bytes that are hashed: JSON, sorted keys, no whitespace, UTF-8, UTC microseconds."""
-    document = {
-        "seq": seq,
-        "occurred_at": occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "actor_type": actor.type,
-        "actor_id": actor.id,
-        "actor_name": actor.name,
-        "event_type": event_type,
-        "target_type": target_type,
-        "target_id": target_id,
-        "details": details,
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
-
-
-def chain_hash(content: bytes, prev_hash: str) -> str:
-    return hashlib.sha256(content + prev_hash.encode("ascii")).hexdigest()
+def _content(event: PlatformAuditEvent | None = None, **fields: Any) -> bytes:
+    if event is not None:
+        fields = {"seq": event.seq, "occurred_at": event.occurred_at,
+                  "actor_type": event.actor_type, "actor_id": event.actor_id,
+                  "actor_name": event.actor_name, "event_type": event.event_type,
+                  "target_type": event.target_type, "target_id": event.target_id,
+                  "details": event.details}
+    return canonical_content(**fields)
 
 
 def record(
@@ -92,9 +74,9 @@ def record(
     occurred_at = utcnow()
     details = details or {}
     tid = None if target_id is None else str(target_id)
-    content = canonical_content(seq=seq, occurred_at=occurred_at, actor=actor,
-                                event_type=event_type, target_type=target_type, target_id=tid,
-                                details=details)
+    content = _content(seq=seq, occurred_at=occurred_at, actor_type=actor.type,
+                       actor_id=actor.id, actor_name=actor.name, event_type=event_type,
+                       target_type=target_type, target_id=tid, details=details)
     digest = chain_hash(content, head.chain_hash)
     event = PlatformAuditEvent(
         seq=seq, occurred_at=occurred_at, actor_type=actor.type, actor_id=actor.id,
@@ -116,10 +98,7 @@ def verify_chain(session: Session) -> list[str]:
     for event in session.scalars(select(PlatformAuditEvent).order_by(PlatformAuditEvent.seq)):
         if event.seq != expected_seq:
             problems.append(f"sequence gap: expected {expected_seq}, found {event.seq}")
-        actor = Actor(event.actor_type, event.actor_id, event.actor_name)
-        content = canonical_content(seq=event.seq, occurred_at=event.occurred_at, actor=actor,
-                                    event_type=event.event_type, target_type=event.target_type,
-                                    target_id=event.target_id, details=event.details)
+        content = _content(event)
         if event.prev_hash != prev or chain_hash(content, prev) != event.chain_hash:
             problems.append(f"event {event.seq} does not match its hash")
         prev = event.chain_hash

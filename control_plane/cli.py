@@ -99,7 +99,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run_worker
 
     run_worker(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url,
-               burst=args.burst)
+               secret_key=endpoints.secret_key, burst=args.burst)
     return 0
 
 

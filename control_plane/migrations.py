@@ -42,6 +42,12 @@ def run_online(metadata: MetaData | None, *, advisory_lock: int | None = None) -
         engine.dispose()
 
 
+def upgrade_tenant(url: str) -> str:
+    """Upgrade one tenant (or template) database to the tenant tree's head."""
+    command.upgrade(_config("tenant", url), "head")
+    return current_revision(url) or "base"
+
+
 def upgrade_control(url: str) -> str:
     """Upgrade the control-plane database to head; returns the revision it is at."""
     command.upgrade(_config("control", url), "head")

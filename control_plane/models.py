@@ -69,6 +69,21 @@ class BackupCode(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class DbServer(Base):
+    """A Postgres server that holds tenant databases. The admin URL (a role with CREATEDB and
+    CREATEROLE) is sealed; host and port are kept plain for display and placement."""
+
+    __tablename__ = "db_servers"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    admin_url_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column()
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
 
@@ -76,12 +91,103 @@ class Tenant(Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(20), server_default=text("'provisioning'"))
+    db_server_id: Mapped[int | None] = mapped_column(ForeignKey("db_servers.id"), index=True)
+    key_provider: Mapped[str] = mapped_column(String(20), server_default=text("'local'"))
+    key_ref: Mapped[str] = mapped_column(String(500), server_default=text("''"))
+    owner_password_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    app_password_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    suspended_reason: Mapped[str | None] = mapped_column(String(500))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+    db_server: Mapped[DbServer | None] = relationship()
 
     __table_args__ = (
         CheckConstraint(
             "state IN ('provisioning', 'active', 'suspended', 'deleted')", name="state_known"
         ),
+        CheckConstraint("slug ~ '^[a-z][a-z0-9-]{1,62}$'", name="slug_format"),
+    )
+
+    @property
+    def db_name(self) -> str:
+        return f"magistrate_t_{self.id}"
+
+    @property
+    def owner_role(self) -> str:
+        return f"magistrate_t_{self.id}_owner"
+
+    @property
+    def app_role(self) -> str:
+        return f"magistrate_t_{self.id}_app"
+
+
+class TenantKey(Base):
+    """One version of a tenant's data key, stored only wrapped by the tenant's KEK."""
+
+    __tablename__ = "tenant_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column()
+    provider: Mapped[str] = mapped_column(String(20))
+    key_ref: Mapped[str] = mapped_column(String(500))
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("tenant_id", "version", name="uq_tenant_keys_version"),)
+
+
+class TenantTombstone(Base):
+    """What remains of a deleted tenant: who deleted it, when and why. Nothing else."""
+
+    __tablename__ = "tenant_tombstones"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    slug: Mapped[str] = mapped_column(String(63))
+    deleted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    deleted_by_email: Mapped[str | None] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(1000))
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+
+class Job(Base):
+    """The outbox: a job is recorded in the same transaction as the change that asks for it,
+    dispatched to RQ after commit, run under a lease with a fencing token."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    state: Mapped[str] = mapped_column(String(20), server_default=text("'pending'"))
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(server_default=text("5"))
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    fencing_token: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    progress: Mapped[int] = mapped_column(server_default=text("0"))
+    progress_total: Mapped[int] = mapped_column(server_default=text("0"))
+    progress_note: Mapped[str | None] = mapped_column(String(300))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'dispatched', 'running', 'succeeded', 'failed')",
+            name="state_known",
+        ),
+        Index("ix_jobs_state", "state"),
     )
 
 

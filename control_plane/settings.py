@@ -151,6 +151,28 @@ SETTINGS: tuple[SettingDoc, ...] = (
     ),
     SettingDoc("MAGISTRATE_EMBEDDED_PG_PORT", "54329", "Port of the embedded Postgres (loopback)."),
     SettingDoc("MAGISTRATE_EMBEDDED_REDIS_PORT", "63790", "Port of the embedded Redis (loopback)."),
+    SettingDoc("MAGISTRATE_AWS_REGION", "us-east-1", "Region of the AWS KMS client."),
+    SettingDoc(
+        "MAGISTRATE_AWS_KMS_ENDPOINT",
+        "AWS's public endpoint",
+        "Endpoint URL of AWS KMS (a VPC endpoint, or a local test server).",
+    ),
+    SettingDoc(
+        "MAGISTRATE_GCP_KMS_ENDPOINT",
+        "Google's public endpoint",
+        "Endpoint of Cloud KMS (a Private Service Connect endpoint, or a local test server).",
+    ),
+    SettingDoc(
+        "MAGISTRATE_DEK_CACHE_SECONDS",
+        "300",
+        "How long an unwrapped tenant data key stays in memory; a revoked customer key stops "
+        "working within this time.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_DEK_CACHE_USES",
+        "10000",
+        "How many uses an unwrapped data key serves before it is unwrapped again.",
+    ),
     SettingDoc(
         "MAGISTRATE_SESSION_CLEANUP_SECONDS",
         "900",
@@ -216,6 +238,11 @@ class Settings:
     embedded_pg_port: int = 54329
     embedded_redis_port: int = 63790
     session_cleanup_seconds: int = 900
+    aws_region: str = "us-east-1"
+    aws_kms_endpoint: str | None = None
+    gcp_kms_endpoint: str | None = None
+    dek_cache_seconds: int = 300
+    dek_cache_uses: int = 10_000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -284,6 +311,15 @@ class Settings:
             session_cleanup_seconds=_int(
                 "MAGISTRATE_SESSION_CLEANUP_SECONDS",
                 get("MAGISTRATE_SESSION_CLEANUP_SECONDS", "900"),
+            ),
+            aws_region=get("MAGISTRATE_AWS_REGION", "us-east-1"),
+            aws_kms_endpoint=env.get("MAGISTRATE_AWS_KMS_ENDPOINT") or None,
+            gcp_kms_endpoint=env.get("MAGISTRATE_GCP_KMS_ENDPOINT") or None,
+            dek_cache_seconds=_int(
+                "MAGISTRATE_DEK_CACHE_SECONDS", get("MAGISTRATE_DEK_CACHE_SECONDS", "300")
+            ),
+            dek_cache_uses=_int(
+                "MAGISTRATE_DEK_CACHE_USES", get("MAGISTRATE_DEK_CACHE_USES", "10000")
             ),
         )
 

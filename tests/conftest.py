@@ -31,7 +31,8 @@ from control_plane.web.services import Services
 
 TEST_SECRET_KEY = "test-secret-key-" + "k" * 40
 RESET_SQL = """
-TRUNCATE users, backup_codes, tenants, memberships, web_sessions, api_keys,
+TRUNCATE users, backup_codes, tenants, memberships, web_sessions, api_keys, db_servers,
+         tenant_keys, tenant_tombstones, jobs,
          platform_audit_events RESTART IDENTITY CASCADE;
 UPDATE platform_audit_head SET seq = 0, chain_hash = repeat('0', 64);
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,9 +20,20 @@ log = logging.getLogger("magistrate.periodic")
 
 @dataclass(frozen=True)
 class PeriodicJob:
+    """Enqueued on RQ once per period (one worker wins the period's Redis claim)."""
+
     name: str
     func: Callable[..., object]
     every_seconds: int
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    """Run in the scheduler thread of every worker (cheap, safe to run concurrently)."""
+
+    name: str
+    func: Callable[[], object]
+    every_seconds: float
 
 
 def enqueue_if_due(connection: redis.Redis, job: PeriodicJob) -> bool:
@@ -37,15 +49,29 @@ def enqueue_if_due(connection: redis.Redis, job: PeriodicJob) -> bool:
 
 class PeriodicScheduler(threading.Thread):
     def __init__(self, connection: redis.Redis, jobs: list[PeriodicJob],
-                 tick_seconds: float = 5.0) -> None:
+                 tasks: list[PeriodicTask] | None = None, tick_seconds: float = 2.0) -> None:
         super().__init__(name="magistrate-periodic", daemon=True)
         self.connection = connection
         self.jobs = jobs
+        self.tasks = tasks or []
         self.tick = tick_seconds
         self.stopped = threading.Event()
+        self._last_run: dict[str, float] = {}
+
+    def run_tasks(self) -> None:
+        now = time.monotonic()
+        for task in self.tasks:
+            if now - self._last_run.get(task.name, 0.0) < task.every_seconds:
+                continue
+            self._last_run[task.name] = now
+            try:
+                task.func()
+            except Exception as exc:  # noqa: BLE001 - the next period tries again
+                log.warning("periodic task %s failed: %s", task.name, type(exc).__name__)
 
     def run(self) -> None:
         while not self.stopped.is_set():
+            self.run_tasks()
             for job in self.jobs:
                 try:
                     if enqueue_if_due(self.connection, job):

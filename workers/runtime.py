@@ -1,35 +1,70 @@
-"""What a job needs to open its own unit of work: the database URL the worker was started with.
+"""What jobs need to open their own unit of work: the settings, the control-plane database, the
+secret key's sealer and the key providers, configured once by the worker process.
 
-A job runs in RQ's forked work horse; it opens (and disposes) its own engine, so no connection
-is ever shared across a fork."""
+RQ runs each job in a forked work horse; the engine is created per process (never shared across
+a fork)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-from sqlalchemy import pool
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db import make_session_factory, sqlalchemy_url
+from control_plane.db import make_engine, make_session_factory
+from control_plane.keys.providers import KeyProvider
+from control_plane.keys.registry import DataKeyCache, build_key_providers
+from control_plane.sealing import ControlSealer
+from control_plane.settings import Settings
 
-_database_url: str | None = None
+
+@dataclass
+class WorkerEnv:
+    settings: Settings
+    database_url: str
+    secret_key: str
+    key_providers: dict[str, KeyProvider]
+    sealer: ControlSealer
+    dek_cache: DataKeyCache
+    _engine: Engine | None = field(default=None, repr=False)
+    _pid: int = 0
+
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            self._engine = make_engine(self.database_url, pool_size=2)
+            self._pid = os.getpid()
+        return self._engine
 
 
-def configure(database_url: str) -> None:
-    global _database_url
-    _database_url = database_url
+_env: WorkerEnv | None = None
+
+
+def configure(settings: Settings, *, database_url: str, secret_key: str,
+              key_providers: dict[str, KeyProvider] | None = None) -> WorkerEnv:
+    global _env
+    providers = key_providers if key_providers is not None else build_key_providers(
+        home=settings.home, production=settings.is_production, aws_region=settings.aws_region,
+        aws_endpoint_url=settings.aws_kms_endpoint, gcp_endpoint=settings.gcp_kms_endpoint)
+    _env = WorkerEnv(settings, database_url, secret_key, providers, ControlSealer(secret_key),
+                     DataKeyCache(ttl_seconds=settings.dek_cache_seconds,
+                                  max_uses=settings.dek_cache_uses))
+    return _env
+
+
+def env() -> WorkerEnv:
+    if _env is None:
+        raise RuntimeError("the worker runtime was not configured")
+    return _env
+
+
+def session_factory() -> sessionmaker[Session]:
+    return make_session_factory(env().engine())
 
 
 @contextmanager
 def job_session() -> Iterator[Session]:
-    if _database_url is None:
-        raise RuntimeError("the worker runtime was not configured with a database URL")
-    from sqlalchemy import create_engine
-
-    engine = create_engine(sqlalchemy_url(_database_url), poolclass=pool.NullPool)
-    try:
-        with make_session_factory(engine)() as s:
-            yield s
-    finally:
-        engine.dispose()
+    with session_factory()() as s:
+        yield s

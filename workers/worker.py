@@ -8,7 +8,7 @@ from rq.serializers import JSONSerializer
 
 from control_plane.settings import Settings
 from workers import jobs, runtime
-from workers.periodic import PeriodicJob, PeriodicScheduler
+from workers.periodic import PeriodicJob, PeriodicScheduler, PeriodicTask
 from workers.queues import QUEUE_NAMES, get_queue
 
 
@@ -17,12 +17,27 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
                         settings.session_cleanup_seconds)]
 
 
-def run_worker(settings: Settings, *, database_url: str, redis_url: str,
+def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
+    from control_plane.jobs import dispatch_pending
+    from workers.runner import reap_expired_leases
+
+    return [
+        PeriodicTask("dispatch_outbox",
+                     lambda: dispatch_pending(runtime.session_factory(), connection), 2),
+        PeriodicTask("reap_expired_leases",
+                     lambda: reap_expired_leases(runtime.session_factory()), 10),
+    ]
+
+
+def run_worker(settings: Settings, *, database_url: str, redis_url: str, secret_key: str,
                burst: bool = False) -> bool:
-    runtime.configure(database_url)
+    runtime.configure(settings, database_url=database_url, secret_key=secret_key)
     connection = redis.Redis.from_url(redis_url)
-    scheduler = PeriodicScheduler(connection, periodic_jobs(settings))
-    if not burst:
+    scheduler = PeriodicScheduler(connection, periodic_jobs(settings),
+                                  periodic_tasks(connection))
+    if burst:
+        scheduler.run_tasks()  # send what waits in the outbox, then work through the queue
+    else:
         scheduler.start()
     worker = Worker([get_queue(connection, n) for n in QUEUE_NAMES], connection=connection,
                     serializer=JSONSerializer)

@@ -16,20 +16,32 @@ from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
 from control_plane.db import make_engine, make_session_factory
 from control_plane.exceptions import MagistrateError
+from control_plane.keys.providers import KeyProvider
+from control_plane.keys.registry import DataKeyCache, build_key_providers
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
+from control_plane.tenancy import routes as tenant_routes
+from control_plane.tenancy.connections import TenantConnections
 from control_plane.users import routes as user_routes
 from control_plane.web import dashboard
 from control_plane.web.errors import handle_error
 from control_plane.web.security import SecurityMiddleware
 from control_plane.web.services import Services, redis_client
-from control_plane.web.templating import STATIC_DIR
+from control_plane.web.templating import STATIC_DIR, render
+from tenant_runtime.exceptions import TenantError
 
 
 def build_services(settings: Settings, *, database_url: str, redis_url: str,
-                   secret_key: str) -> Services:
+                   secret_key: str, key_providers: dict[str, KeyProvider] | None = None
+                   ) -> Services:
     engine = make_engine(database_url)
     client = redis_client(redis_url)
+    sealer = ControlSealer(secret_key)
+    providers = key_providers if key_providers is not None else build_key_providers(
+        home=settings.home, production=settings.is_production, aws_region=settings.aws_region,
+        aws_endpoint_url=settings.aws_kms_endpoint, gcp_endpoint=settings.gcp_kms_endpoint)
+    dek_cache = DataKeyCache(ttl_seconds=settings.dek_cache_seconds,
+                             max_uses=settings.dek_cache_uses)
     return Services(
         settings=settings,
         engine=engine,
@@ -39,7 +51,11 @@ def build_services(settings: Settings, *, database_url: str, redis_url: str,
                                  max_per_account=settings.login_max_per_account,
                                  window_seconds=settings.login_window_seconds),
         signer=CookieSigner(secret_key),
-        sealer=ControlSealer(secret_key),
+        sealer=sealer,
+        key_providers=providers,
+        dek_cache=dek_cache,
+        tenant_connections=TenantConnections(sealer=sealer, providers=providers,
+                                             dek_cache=dek_cache),
     )
 
 
@@ -55,11 +71,14 @@ def build_app(svc: Services) -> Starlette:
             *dashboard.routes,
             *auth_routes.routes,
             *user_routes.routes,
+            *tenant_routes.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],
-        exception_handlers={MagistrateError: handle_error, HTTPException: handle_error},
+        exception_handlers={MagistrateError: handle_error, HTTPException: handle_error,
+                            TenantError: handle_error},
         lifespan=lifespan,
     )
     app.state.services = svc
+    app.state.render = render  # for tenant areas, which do not import the control plane
     return app

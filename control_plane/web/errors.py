@@ -16,6 +16,7 @@ from control_plane.exceptions import (
     RateLimited,
 )
 from control_plane.web.templating import is_htmx, render
+from tenant_runtime.exceptions import TenantError
 
 HTTP_MESSAGES = {
     400: "The request could not be understood.",
@@ -23,6 +24,7 @@ HTTP_MESSAGES = {
     405: "That method is not allowed on this address.",
     413: "The request body is too large.",
     415: "That content type is not supported here.",
+    503: "A service Magistrate depends on is unavailable. Try again shortly.",
 }
 TITLES = {400: "Bad request", 401: "Sign in", 403: "Not allowed", 404: "Not found",
           405: "Method not allowed", 409: "Conflict", 413: "Too large", 415: "Unsupported",
@@ -48,7 +50,7 @@ def error_response(request: Request, exc: Exception) -> Response:
         if is_htmx(request):
             return Response(status_code=403, headers={"HX-Redirect": "/account"})
         return RedirectResponse("/account", status_code=303)
-    if isinstance(exc, MagistrateError):
+    if isinstance(exc, MagistrateError | TenantError):
         status, message = exc.status_code, exc.message
     elif isinstance(exc, HTTPException):
         status = exc.status_code

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from control_plane.auth.sessions import CookieSigner
 from control_plane.exceptions import BadRequest, CsrfRefused, MagistrateError, PayloadTooLarge
 from control_plane.settings import Settings
+from tenant_runtime.exceptions import TenantError
 
 log = logging.getLogger("magistrate.http")
 
@@ -168,7 +169,7 @@ class SecurityMiddleware:
                 receive = await self._check_csrf(scope, receive, headers, binding)
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
-            if isinstance(exc, MagistrateError):
+            if isinstance(exc, MagistrateError | TenantError):
                 status = exc.status_code
             else:
                 log.exception("unhandled error", extra={"request_id": request_id})

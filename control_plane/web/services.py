@@ -12,8 +12,11 @@ from starlette.requests import Request
 
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
+from control_plane.keys.providers import KeyProvider
+from control_plane.keys.registry import DataKeyCache
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
+from control_plane.tenancy.connections import TenantConnections
 
 
 @dataclass
@@ -25,8 +28,12 @@ class Services:
     limiter: LoginRateLimiter
     signer: CookieSigner
     sealer: ControlSealer
+    key_providers: dict[str, KeyProvider]
+    dek_cache: DataKeyCache
+    tenant_connections: TenantConnections
 
     def close(self) -> None:
+        self.tenant_connections.close()
         self.engine.dispose()
         self.redis.close()
 

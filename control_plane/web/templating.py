@@ -20,7 +20,7 @@ templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.globals["nav_areas"] = (
     # (label, path or None while the area is not built yet)
     ("Dashboard", "/"),
-    ("Tenants", None),
+    ("Tenants", "/tenants"),
     ("Gateway", None),
     ("Approvals", None),
     ("Recommendations", None),

@@ -1,0 +1,74 @@
+"""The job outbox, control-plane side: record a job in the caller's transaction, dispatch it to
+RQ after commit. If Redis is down the job waits in the outbox; the worker's periodic dispatcher
+sends it when Redis returns. The worker side (leases, fencing, running) is ``workers/runner.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.db import utcnow
+from control_plane.models import Job
+
+log = logging.getLogger("magistrate.jobs")
+
+RUNNER = "workers.runner.run_job"
+QUEUE = "default"
+JOB_TIMEOUT_SECONDS = 3600
+
+
+class JobKinds:
+    PROVISION_TENANT = "provision_tenant"
+    DELETE_TENANT = "delete_tenant"
+    EXPORT_TENANT = "export_tenant"
+    ROTATE_TENANT_KEY = "rotate_tenant_key"
+
+
+def enqueue_job(s: Session, kind: str, payload: dict[str, Any], *, idempotency_key: str,
+                tenant_id: int | None = None, created_by: int | None = None,
+                progress_total: int = 0) -> Job:
+    """Record a job (or find the one already recorded under ``idempotency_key``)."""
+    s.execute(insert(Job).values(
+        kind=kind, payload=payload, idempotency_key=idempotency_key, tenant_id=tenant_id,
+        created_by=created_by, progress_total=progress_total,
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"]))
+    return s.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one()
+
+
+def requeue_job(s: Session, job: Job) -> None:
+    """Send a failed job round again (an Owner's retry)."""
+    job.state = "pending"
+    job.last_error = None
+    job.attempts = 0
+    job.updated_at = utcnow()
+
+
+def dispatch_pending(session_factory: sessionmaker[Session], connection: redis.Redis,
+                     limit: int = 100) -> int:
+    """Hand pending jobs to RQ; returns how many were sent. Safe to run from many processes."""
+    queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer)
+    sent = 0
+    with session_factory() as s, s.begin():
+        jobs = s.scalars(select(Job).where(Job.state == "pending").order_by(Job.id)
+                         .limit(limit).with_for_update(skip_locked=True)).all()
+        for job in jobs:
+            try:
+                queue.enqueue(RUNNER, job.id, job_id=f"magistrate-job-{job.id}-{job.attempts}",
+                              job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600,
+                              failure_ttl=86400, description=f"{job.kind} #{job.id}")
+            except redis.RedisError as exc:
+                log.warning("jobs wait in the outbox: Redis is unreachable (%s)",
+                            type(exc).__name__)
+                break
+            job.state = "dispatched"
+            job.dispatched_at = utcnow()
+            sent += 1
+    return sent

@@ -1,0 +1,91 @@
+"""The key providers a process can use, and the in-memory cache of unwrapped data keys.
+
+Unwrapped DEKs live only in memory, for at most ``ttl_seconds`` and ``max_uses`` uses, so
+steady-state reads make no KMS call while a revoked KEK stops working within the TTL. A failure
+to unwrap is never cached and never falls back to anything: it raises ``KeyUnavailable``."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from control_plane.keys.local import LocalKeyProvider
+from control_plane.keys.providers import KeyProvider, KeyUnavailable
+
+DEK_BYTES = 32
+
+
+def new_data_key() -> bytes:
+    return os.urandom(DEK_BYTES)
+
+
+def build_key_providers(*, home: Path, production: bool, aws_region: str,
+                        aws_endpoint_url: str | None, gcp_endpoint: str | None
+                        ) -> dict[str, KeyProvider]:
+    """The providers of this installation. ``local`` exists only outside production."""
+    from control_plane.keys.aws import AwsKmsProvider
+    from control_plane.keys.azure import AzureKeyVaultProvider
+    from control_plane.keys.gcp import GcpKmsProvider
+
+    providers: dict[str, KeyProvider] = {
+        "aws-kms": AwsKmsProvider(region=aws_region, endpoint_url=aws_endpoint_url),
+        "azure-keyvault": AzureKeyVaultProvider(),
+        "gcp-kms": GcpKmsProvider(endpoint=gcp_endpoint),
+    }
+    if not production:
+        providers["local"] = LocalKeyProvider(home / "keys")
+    return providers
+
+
+@dataclass
+class _Entry:
+    key: bytes
+    expires_at: float
+    uses_left: int
+
+
+class DataKeyCache:
+    def __init__(self, *, ttl_seconds: float = 300.0, max_uses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl_seconds
+        self.max_uses = max_uses
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[int, int], _Entry] = {}
+
+    def get(self, tenant_id: int, version: int, unwrap: Callable[[], bytes]) -> bytes:
+        """The DEK of ``(tenant_id, version)``, unwrapping through the KMS when not cached."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get((tenant_id, version))
+            if entry is not None and entry.expires_at > now and entry.uses_left > 0:
+                entry.uses_left -= 1
+                return entry.key
+            self._entries.pop((tenant_id, version), None)
+        key = unwrap()  # outside the lock: a slow KMS must not block other tenants
+        if len(key) != DEK_BYTES:
+            raise KeyUnavailable("cache", "the unwrapped data key has the wrong length")
+        with self._lock:
+            self._entries[(tenant_id, version)] = _Entry(key, now + self.ttl, self.max_uses - 1)
+        return key
+
+    def forget(self, tenant_id: int) -> None:
+        with self._lock:
+            for k in [k for k in self._entries if k[0] == tenant_id]:
+                del self._entries[k]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def provider_for(providers: Mapping[str, KeyProvider], name: str) -> KeyProvider:
+    try:
+        return providers[name]
+    except KeyError:
+        raise KeyUnavailable(name, "this key provider is not available on this "
+                                   "installation") from None

@@ -1,0 +1,108 @@
+"""From a control-plane tenant row to a ``TenantContext``: an engine on the tenant's own
+database as its ``_app`` role, and a sealer whose data key comes from the customer's KMS
+through the in-memory cache. Built once per request or job, at the edge."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from control_plane.db import make_engine, make_session_factory
+from control_plane.keys.providers import KeyProvider, KeyUnavailable
+from control_plane.keys.registry import DataKeyCache, provider_for
+from control_plane.models import Tenant, TenantKey
+from control_plane.sealing import ControlSealer
+from control_plane.tenancy.database import url_for
+from control_plane.tenancy.provisioning import tenant_secrets
+from tenant_runtime.context import Actor, TenantContext
+from tenant_runtime.exceptions import TenantKeyUnavailable
+from tenant_runtime.sealing import TenantSealer
+
+
+class TenantConnections:
+    def __init__(self, *, sealer: ControlSealer, providers: Mapping[str, KeyProvider],
+                 dek_cache: DataKeyCache, max_engines: int = 100) -> None:
+        self.sealer = sealer
+        self.providers = providers
+        self.dek_cache = dek_cache
+        self.max_engines = max_engines
+        self._engines: OrderedDict[int, Engine] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def app_url(self, tenant: Tenant) -> str:
+        secrets = tenant_secrets(self.sealer, tenant)
+        return url_for(secrets.admin_url, database=tenant.db_name, user=tenant.app_role,
+                       password=secrets.app_password)
+
+    def owner_url(self, tenant: Tenant) -> str:
+        secrets = tenant_secrets(self.sealer, tenant)
+        return url_for(secrets.admin_url, database=tenant.db_name, user=tenant.owner_role,
+                       password=secrets.owner_password)
+
+    def engine(self, tenant: Tenant) -> Engine:
+        with self._lock:
+            engine = self._engines.get(tenant.id)
+            if engine is not None:
+                self._engines.move_to_end(tenant.id)
+                return engine
+        engine = make_engine(self.app_url(tenant), pool_size=2)
+        with self._lock:
+            self._engines[tenant.id] = engine
+            while len(self._engines) > self.max_engines:
+                _, old = self._engines.popitem(last=False)
+                old.dispose()
+        return engine
+
+    def forget(self, tenant_id: int) -> None:
+        """Drop the pooled connections and cached data keys of a tenant."""
+        with self._lock:
+            engine = self._engines.pop(tenant_id, None)
+        if engine is not None:
+            engine.dispose()
+        self.dek_cache.forget(tenant_id)
+
+    def close(self) -> None:
+        with self._lock:
+            engines = list(self._engines.values())
+            self._engines.clear()
+        for engine in engines:
+            engine.dispose()
+
+    def sealer_for(self, s: Session, tenant: Tenant) -> TenantSealer:
+        keys = {k.version: k for k in s.scalars(
+            select(TenantKey).where(TenantKey.tenant_id == tenant.id))}
+        if not keys:
+            raise TenantKeyUnavailable("This tenant has no data key yet.")
+        current = max(v for v, k in keys.items() if k.retired_at is None) if any(
+            k.retired_at is None for k in keys.values()) else max(keys)
+        wrapped = {v: (k.provider, k.key_ref, k.wrapped_dek) for v, k in keys.items()}
+        tenant_id = tenant.id
+
+        def key_for(version: int) -> bytes:
+            if version not in wrapped:
+                raise TenantKeyUnavailable(f"Data key version {version} is not known.")
+            provider_name, key_ref, blob = wrapped[version]
+
+            def unwrap() -> bytes:
+                provider = provider_for(self.providers, provider_name)
+                return provider.unwrap(blob, tenant_id=str(tenant_id), key_ref=key_ref)
+
+            try:
+                return self.dek_cache.get(tenant_id, version, unwrap)
+            except KeyUnavailable as exc:
+                raise TenantKeyUnavailable(
+                    f"Tenant key unavailable: the customer-held key cannot be used "
+                    f"({exc.provider}: {exc.reason}). Nothing was read or written.") from None
+
+        return TenantSealer(str(tenant_id), current, key_for)
+
+    def context(self, s: Session, tenant: Tenant, actor: Actor) -> TenantContext:
+        return TenantContext(
+            tenant_id=tenant.id, slug=tenant.slug,
+            session_factory=make_session_factory(self.engine(tenant)),
+            sealer=self.sealer_for(s, tenant), actor=actor,
+        )

@@ -1,0 +1,205 @@
+"""Tenant databases on a Postgres server, through the server's admin role (CREATEDB, CREATEROLE).
+
+- A migrated template database per tenant-tree revision (``magistrate_tenant_tmpl_<rev>``),
+  owned by the NOLOGIN role ``magistrate_template_owner``; rebuilt when the tree's head changes.
+- Per tenant: database ``magistrate_t_<id>`` cloned from the template, and two roles:
+  ``…_owner`` (owns the database and its objects, runs migrations) and ``…_app`` (DML only; on
+  ``audit_events`` only INSERT and SELECT). CONNECT and TEMP are revoked from PUBLIC, so no other
+  tenant's role can even open the database.
+
+Every function here is idempotent: a crash in the middle, then a second call, ends in the same
+state without duplicates or leftovers.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from control_plane.db import sqlalchemy_url
+from control_plane.migrations import head_revision, upgrade_tenant
+
+TEMPLATE_OWNER = "magistrate_template_owner"
+TEMPLATE_PREFIX = "magistrate_tenant_tmpl_"
+TEMPLATE_LOCK = 74210
+APPEND_ONLY_TABLES = ("audit_events",)
+
+
+def libpq_url(url: str) -> str:
+    """A plain ``postgresql://`` URL for psycopg (no SQLAlchemy driver suffix)."""
+    return sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def url_for(admin_url: str, *, database: str, user: str | None = None,
+            password: str | None = None, options: str | None = None) -> str:
+    """The admin URL pointed at another database (and optionally as another role)."""
+    parts = urlsplit(libpq_url(admin_url))
+    netloc = parts.netloc
+    if user is not None:
+        host = netloc.rsplit("@", 1)[-1]
+        credentials = quote(user, safe="")
+        if password is not None:
+            credentials += ":" + quote(password, safe="")
+        netloc = f"{credentials}@{host}"
+    query = parts.query
+    if options:
+        query = (query + "&" if query else "") + "options=" + quote(options, safe="")
+    return urlunsplit((parts.scheme, netloc, "/" + database, query, ""))
+
+
+def template_name() -> str:
+    revision = head_revision("tenant") or "base"
+    return TEMPLATE_PREFIX + revision.lower()
+
+
+def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=10)
+
+
+def database_exists(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() \
+        is not None
+
+
+def role_exists(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() \
+        is not None
+
+
+def _grant_self(conn: psycopg.Connection[tuple[object, ...]], role: str) -> None:
+    """A non-superuser admin must be a member of a role to create objects owned by it."""
+    is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                            ).fetchone()
+    if is_super and not is_super[0]:
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+
+
+def ensure_template(admin_url: str) -> str:
+    """The migrated template database for the current tenant tree, built when missing."""
+    name = template_name()
+    with _connect(url_for(admin_url, database="postgres")) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
+        try:
+            if database_exists(conn, name):
+                return name
+            if not role_exists(conn, TEMPLATE_OWNER):
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(
+                    sql.Identifier(TEMPLATE_OWNER)))
+            _grant_self(conn, TEMPLATE_OWNER)
+            building = name + "_building"
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(building)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+                sql.Identifier(building), sql.Identifier(TEMPLATE_OWNER)))
+            # the migrations run with the template owner as session role, so it owns every object
+            upgrade_tenant(url_for(admin_url, database=building,
+                                   options=f"-c role={TEMPLATE_OWNER}"))
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(building), sql.Identifier(name)))
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true "
+                                 "ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+            _drop_old_templates(conn, keep=name)
+            return name
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK,))
+
+
+def _drop_old_templates(conn: psycopg.Connection[tuple[object, ...]], *, keep: str) -> None:
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s AND datname <> %s",
+                        (TEMPLATE_PREFIX + "%", keep)).fetchall()
+    for (old,) in rows:
+        ident = sql.Identifier(str(old))
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(ident))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+def ensure_roles(admin_url: str, *, owner: str, owner_password: str, app: str,
+                 app_password: str) -> None:
+    with _connect(url_for(admin_url, database="postgres")) as conn:
+        for role, password in ((owner, owner_password), (app, app_password)):
+            verb = "ALTER" if role_exists(conn, role) else "CREATE"
+            conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN NOINHERIT NOCREATEDB NOCREATEROLE "
+                                        "PASSWORD {}").format(sql.Identifier(role),
+                                                              sql.Literal(password)))
+        _grant_self(conn, owner)
+
+
+def ensure_database(admin_url: str, *, database: str, owner: str, app: str) -> None:
+    """Clone the template into ``database`` (owned by ``owner``) and lock down CONNECT."""
+    template = ensure_template(admin_url)
+    with _connect(url_for(admin_url, database="postgres")) as conn:
+        if not database_exists(conn, database):
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
+                    sql.Identifier(database), sql.Identifier(owner), sql.Identifier(template)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # a concurrent retry created it: same end state
+        db = sql.Identifier(database)
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(
+            db, sql.Identifier(owner), sql.Identifier(app)))
+
+
+def apply_privileges(admin_url: str, *, database: str, owner: str, app: str) -> None:
+    """Inside the tenant database: the owner owns everything; the app role gets DML only, and
+    only INSERT and SELECT on the append-only tables."""
+    with _connect(url_for(admin_url, database=database)) as conn:
+        if role_exists(conn, TEMPLATE_OWNER):
+            _grant_self(conn, TEMPLATE_OWNER)
+            _take_ownership(conn, owner)
+        o, a = sql.Identifier(owner), sql.Identifier(app)
+        statements: list[sql.Composed | sql.SQL] = [
+            sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"),
+            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(a),
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+                    ).format(a),
+            sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(a),
+            sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT, INSERT, "
+                    "UPDATE, DELETE ON TABLES TO {}").format(o, a),
+            sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT USAGE, SELECT "
+                    "ON SEQUENCES TO {}").format(o, a),
+        ]
+        statements += [sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(
+            sql.Identifier(table), a) for table in APPEND_ONLY_TABLES]
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _take_ownership(conn: psycopg.Connection[tuple[object, ...]], owner: str) -> None:
+    """Hand every object the clone inherited from the template owner to the tenant's owner.
+    (Not REASSIGN OWNED: that would also hand over the template database itself.)"""
+    for kind, query in (
+        ("TABLE", "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN "
+                  "pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', "
+                  "'m') AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = %s)"),
+        ("SEQUENCE", "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN "
+                     "pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND "
+                     "c.relowner = (SELECT oid FROM pg_roles WHERE rolname = %s)"),
+        ("FUNCTION", "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proowner = "
+                     "(SELECT oid FROM pg_roles WHERE rolname = %s)"),
+        ("TYPE", "SELECT format('%%I.%%I', n.nspname, t.typname) FROM pg_type t JOIN "
+                 "pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype IN ('e', 'd') AND "
+                 "t.typowner = (SELECT oid FROM pg_roles WHERE rolname = %s)"),
+    ):
+        # tables first: their owned sequences follow them, so re-read before each kind
+        for (name,) in conn.execute(query, (TEMPLATE_OWNER,)).fetchall():
+            conn.execute(sql.SQL("ALTER " + kind + " {} OWNER TO {}").format(
+                sql.SQL(str(name)), sql.Identifier(owner)))
+
+
+def drop_tenant(admin_url: str, *, database: str, owner: str, app: str) -> None:
+    """Drop the database and both roles. Idempotent: what is already gone is skipped."""
+    with _connect(url_for(admin_url, database="postgres")) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(database)))
+        for role in (app, owner):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def tenant_exists(admin_url: str, *, database: str, roles: tuple[str, ...]) -> dict[str, bool]:
+    with _connect(url_for(admin_url, database="postgres")) as conn:
+        found = {database: database_exists(conn, database)}
+        found.update({role: role_exists(conn, role) for role in roles})
+        return found

@@ -1,0 +1,20 @@
+"""Platform audit event types of the tenancy area."""
+
+
+class TenantEvents:
+    CREATED = "tenant.created"
+    PROVISIONED = "tenant.provisioned"
+    PROVISIONING_RETRIED = "tenant.provisioning_retried"
+    SUSPENDED = "tenant.suspended"
+    RESUMED = "tenant.resumed"
+    DELETION_REQUESTED = "tenant.deletion_requested"
+    DELETED = "tenant.deleted"
+    MEMBER_ADDED = "tenant.member_added"
+    MEMBER_REMOVED = "tenant.member_removed"
+    KEY_TESTED = "key.tested"
+    KEY_ROTATED = "key.rotated"
+    KEY_REENCRYPTED = "key.reencrypted"
+    EXPORT_REQUESTED = "tenant.export_requested"
+    EXPORT_DOWNLOADED = "tenant.export_downloaded"
+    API_KEY_CREATED = "api_key.created"
+    API_KEY_REVOKED = "api_key.revoked"

@@ -1,0 +1,361 @@
+"""Tenant pages and the tenants JSON API.
+
+Every route below ``/tenants/{tenant_id}`` resolves the caller's membership first
+(``access_tenant``): another tenant's id answers 404, the same as a missing one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from control_plane.exceptions import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    UnsupportedMediaType,
+)
+from control_plane.jobs import dispatch_pending, requeue_job
+from control_plane.keys.providers import KeyUnavailable
+from control_plane.keys.registry import new_data_key
+from control_plane.models import ROLES, Tenant
+from control_plane.tenancy import service
+from control_plane.tenancy.service import TenantAccess
+from control_plane.web.deps import SignedIn, require_user
+from control_plane.web.forms import Form, form_endpoint, read_form, validation_message
+from control_plane.web.services import Services, services
+from control_plane.web.templating import render
+from tenant_runtime.context import Actor
+from tenant_runtime.credentials import routes as credential_routes
+from tenant_runtime.routing import TenantRoute
+
+TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes]
+
+
+class CreateTenantForm(Form):
+    slug: str = Field(max_length=63)
+    name: str = Field(default="", max_length=200)
+    key_provider: str = Field(max_length=20)
+    key_ref: str = Field(max_length=500)
+
+
+class CreateTenantRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str = Field(max_length=63)
+    name: str = Field(default="", max_length=200)
+    key_provider: str = Field(max_length=20)
+    key_ref: str = Field(max_length=500)
+
+
+class TestKeyForm(Form):
+    key_provider: str = Field(max_length=20)
+    key_ref: str = Field(max_length=500)
+    slug: str = Field(default="", max_length=63)
+    name: str = Field(default="", max_length=200)
+
+
+class ReasonForm(Form):
+    reason: str = Field(default="", max_length=500)
+
+
+class MemberForm(Form):
+    email: str = Field(max_length=320)
+    role: str = Field(max_length=20)
+
+
+class EmptyForm(Form):
+    pass
+
+
+def tenant_json(tenant: Tenant, job_state: str | None = None,
+                progress: tuple[int, int] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": tenant.id, "slug": tenant.slug, "name": tenant.name,
+                            "state": tenant.state, "key_provider": tenant.key_provider,
+                            "key_ref": tenant.key_ref,
+                            "database_server": tenant.db_server.name if tenant.db_server
+                            else None}
+    if job_state is not None:
+        body["provisioning"] = {"job_state": job_state,
+                                "done": progress[0] if progress else 0,
+                                "total": progress[1] if progress else 0}
+    return body
+
+
+def _dispatch(svc: Services) -> None:
+    dispatch_pending(svc.session_factory, svc.redis)
+
+
+# ------------------------------------------------------------------------------- list, create
+
+
+def _list_page(request: Request, *, status_code: int = 200, **extra: object) -> Response:
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
+        me = require_user(s, request)
+        rows = service.list_tenants(s, user=me.user)
+        context = {"tenants": rows, "providers": sorted(svc.key_providers), **extra}
+    return render(request, "tenants/list.html", context, status_code=status_code)
+
+
+def tenants_page(request: Request) -> Response:
+    return _list_page(request)
+
+
+@form_endpoint(CreateTenantForm)
+def create_tenant(request: Request, form: CreateTenantForm) -> Response:
+    svc = services(request)
+    try:
+        with svc.session_factory() as s, s.begin():
+            me = require_user(s, request)
+            tenant, _ = service.do_create_tenant(
+                s, slug=form.slug, name=form.name, key_provider=form.key_provider,
+                key_ref=form.key_ref, providers=svc.key_providers, sealer=svc.sealer,
+                acting_user=me.user)
+            tenant_id = tenant.id
+    except (InvalidInput, Conflict) as exc:
+        return _list_page(request, status_code=exc.status_code, error=exc.message,
+                          form=form.model_dump())
+    _dispatch(svc)
+    return RedirectResponse(f"/tenants/{tenant_id}", 303)
+
+
+@form_endpoint(TestKeyForm)
+def test_key(request: Request, form: TestKeyForm) -> Response:
+    """Wrap and unwrap a throw-away key with the chosen KEK, before anything is saved."""
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
+        me = require_user(s, request)
+        if not me.user.is_owner:
+            raise Forbidden("Only an Owner of this installation can test tenant keys.")
+        try:
+            service.check_key_choice(svc.key_providers, form.key_provider, form.key_ref)
+        except InvalidInput as exc:
+            return render(request, "tenants/_key_test.html", {"ok": False,
+                                                              "message": exc.message},
+                          status_code=422)
+    probe = new_data_key()
+    provider = svc.key_providers[form.key_provider]
+    try:
+        wrapped = provider.wrap(probe, tenant_id="key-test", key_ref=form.key_ref)
+        ok = provider.unwrap(wrapped, tenant_id="key-test", key_ref=form.key_ref) == probe
+        message = ("Wrap and unwrap worked with this key." if ok else
+                   "The key unwrapped to different bytes; do not use it.")
+    except KeyUnavailable as exc:
+        ok, message = False, str(exc)
+    from control_plane import audit
+    from control_plane.tenancy.events import TenantEvents
+
+    with svc.session_factory() as s, s.begin():
+        audit.record(s, TenantEvents.KEY_TESTED, actor=service.actor_of(me.user),
+                     details={"provider": form.key_provider, "ok": ok})
+    return render(request, "tenants/_key_test.html", {"ok": ok, "message": message},
+                  status_code=200 if ok else 422)
+
+
+# ------------------------------------------------------------------------------- one tenant
+
+
+def _with_tenant(request: Request, s: Session, *, roles: tuple[str, ...] | None = None
+                 ) -> tuple[SignedIn, TenantAccess]:
+    me = require_user(s, request)
+    access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
+                                   roles=roles)
+    request.state.tenant = access.tenant.id
+    return me, access
+
+
+def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Response:
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
+        me, access = _with_tenant(request, s)
+        tenant = access.tenant
+        job = service.provisioning_job(s, tenant)
+        context = {
+            "tenant": tenant, "role": access.role, "job": job,
+            "server": tenant.db_server.name if tenant.db_server else "",
+            "members": service.members(s, tenant) if access.role in service.MANAGE_ROLES
+            else [],
+            "keys": service.key_versions(s, tenant), "roles": ROLES, **extra,
+        }
+    return render(request, "tenants/detail.html", context, status_code=status_code,
+                  partial="tenants/_status.html")
+
+
+def tenant_page(request: Request) -> Response:
+    return _detail(request)
+
+
+@form_endpoint(EmptyForm)
+def retry_provisioning(request: Request, form: EmptyForm) -> Response:
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
+        me, access = _with_tenant(request, s, roles=("Owner",))
+        job = service.provisioning_job(s, access.tenant)
+        if access.tenant.state != "provisioning" or job is None or job.state != "failed":
+            raise Conflict("Only a failed provisioning can be retried.")
+        requeue_job(s, job)
+        from control_plane import audit
+        from control_plane.tenancy.events import TenantEvents
+
+        audit.record(s, TenantEvents.PROVISIONING_RETRIED, actor=service.actor_of(me.user),
+                     target_type="tenant", target_id=access.tenant.id)
+    _dispatch(svc)
+    return RedirectResponse(f"/tenants/{access.tenant.id}", 303)
+
+
+@form_endpoint(ReasonForm)
+def suspend_tenant(request: Request, form: ReasonForm) -> Response:
+    svc = services(request)
+    try:
+        with svc.session_factory() as s, s.begin():
+            me, access = _with_tenant(request, s, roles=("Owner",))
+            service.do_suspend_tenant(s, access, reason=form.reason, acting_user=me.user)
+            tenant_id = access.tenant.id
+    except Conflict as exc:
+        return _detail(request, status_code=409, error=exc.message)
+    svc.tenant_connections.forget(tenant_id)
+    return _detail(request, notice="The tenant is suspended: its API keys and pages are "
+                                   "refused until it is resumed.")
+
+
+@form_endpoint(EmptyForm)
+def resume_tenant(request: Request, form: EmptyForm) -> Response:
+    try:
+        with services(request).session_factory() as s, s.begin():
+            me, access = _with_tenant(request, s, roles=("Owner",))
+            service.do_resume_tenant(s, access, acting_user=me.user)
+    except Conflict as exc:
+        return _detail(request, status_code=409, error=exc.message)
+    return _detail(request, notice="The tenant is active again.")
+
+
+@form_endpoint(MemberForm)
+def add_member(request: Request, form: MemberForm) -> Response:
+    try:
+        with services(request).session_factory() as s, s.begin():
+            me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+            service.do_add_member(s, access, email=form.email, role=form.role,
+                                  acting_user=me.user)
+    except (InvalidInput, Conflict) as exc:
+        return _detail(request, status_code=exc.status_code, error=exc.message)
+    return _detail(request, notice=f"{form.email} added as {form.role}.")
+
+
+@form_endpoint(EmptyForm)
+def remove_member(request: Request, form: EmptyForm) -> Response:
+    try:
+        with services(request).session_factory() as s, s.begin():
+            me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+            service.do_remove_member(s, access, int(request.path_params["membership_id"]),
+                                     acting_user=me.user)
+    except Conflict as exc:
+        return _detail(request, status_code=409, error=exc.message)
+    return _detail(request, notice="Member removed.")
+
+
+# ------------------------------------------------------------------------------- tenant areas
+
+
+def mount_area(route: TenantRoute) -> Route:
+    """Wrap a tenant area's handler: membership and role first, then the TenantContext."""
+
+    def run(request: Request) -> Response:
+        svc = services(request)
+        with svc.session_factory() as s, s.begin():
+            me, access = _with_tenant(request, s, roles=route.roles)
+            if access.tenant.state == "suspended":
+                raise Forbidden("This tenant is suspended; an Owner can resume it on the "
+                                "tenant's page.")
+            if access.tenant.state != "active":
+                raise Conflict("This tenant is not active yet.")
+            actor = Actor("user", str(me.user.id), me.user.email, access.role)
+            ctx = svc.tenant_connections.context(s, access.tenant, actor)
+        return route.handler(request, ctx)
+
+    async def endpoint(request: Request) -> Response:
+        if route.form is not None:
+            request.state.form = await read_form(request, route.form)
+        return await run_in_threadpool(run, request)
+
+    return Route("/tenants/{tenant_id:int}" + route.path, endpoint, methods=[route.method],
+                 name=f"tenant:{route.handler.__name__}")
+
+
+# ------------------------------------------------------------------------------- JSON API
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidInput("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object.")
+    return body
+
+
+def _api_create(request: Request, payload: CreateTenantRequest) -> Response:
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
+        me = require_user(s, request)
+        tenant, job = service.do_create_tenant(
+            s, slug=payload.slug, name=payload.name, key_provider=payload.key_provider,
+            key_ref=payload.key_ref, providers=svc.key_providers, sealer=svc.sealer,
+            acting_user=me.user)
+        body = tenant_json(tenant, job.state, (job.progress, job.progress_total))
+    _dispatch(svc)
+    return JSONResponse(body, status_code=202,
+                        headers={"Location": f"/api/tenants/{body['id']}"})
+
+
+async def api_create_tenant(request: Request) -> Response:
+    """POST /api/tenants: create a tenant; provisioning continues as a job (202)."""
+    body = await _json_body(request)
+    try:
+        payload = CreateTenantRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc)) from None
+    return await run_in_threadpool(_api_create, request, payload)
+
+
+def api_get_tenant(request: Request) -> Response:
+    with services(request).session_factory() as s, s.begin():
+        _, access = _with_tenant(request, s)
+        job = service.provisioning_job(s, access.tenant)
+        body = tenant_json(access.tenant, job.state if job else None,
+                           (job.progress, job.progress_total) if job else None)
+    return JSONResponse(body)
+
+
+def api_list_tenants(request: Request) -> Response:
+    with services(request).session_factory() as s, s.begin():
+        me = require_user(s, request)
+        rows = service.list_tenants(s, user=me.user)
+        body = {"tenants": [{**tenant_json(t), "role": role} for t, role in rows]}
+    return JSONResponse(body)
+
+
+routes = [
+    Route("/tenants", tenants_page, methods=["GET"]),
+    Route("/tenants", create_tenant, methods=["POST"]),
+    Route("/tenants/test-key", test_key, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}", tenant_page, methods=["GET"]),
+    Route("/tenants/{tenant_id:int}/retry", retry_provisioning, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/suspend", suspend_tenant, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/resume", resume_tenant, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/members", add_member, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/members/{membership_id:int}/remove", remove_member,
+          methods=["POST"]),
+    *[mount_area(r) for r in TENANT_AREAS],
+    Route("/api/tenants", api_list_tenants, methods=["GET"]),
+    Route("/api/tenants", api_create_tenant, methods=["POST"]),
+    Route("/api/tenants/{tenant_id:int}", api_get_tenant, methods=["GET"]),
+]

@@ -1,0 +1,201 @@
+"""Tenants: creation (provisioning runs as a job), access, memberships, lifecycle.
+
+``access_tenant`` answers the same 404 for a tenant that does not exist and for one the user
+is not a member of: another tenant's id looks exactly like a missing one."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control_plane import audit
+from control_plane.audit import Actor
+from control_plane.db import utcnow
+from control_plane.exceptions import Conflict, Forbidden, InvalidInput, NotFound
+from control_plane.jobs import JobKinds, enqueue_job
+from control_plane.keys.providers import KeyProvider, KeyReferenceInvalid
+from control_plane.models import ROLES, Job, Membership, Tenant, TenantKey, User
+from control_plane.sealing import ControlSealer
+from control_plane.tenancy.events import TenantEvents
+from control_plane.tenancy.provisioning import STEPS
+from control_plane.tenancy.servers import pick_server
+
+SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+MANAGE_ROLES = ("Owner", "Admin")
+
+
+@dataclass
+class TenantAccess:
+    tenant: Tenant
+    membership: Membership
+
+    @property
+    def role(self) -> str:
+        return self.membership.role
+
+
+def actor_of(user: User) -> Actor:
+    return Actor.user(user.id, user.email)
+
+
+def access_tenant(s: Session, tenant_id: int, *, user: User,
+                  roles: tuple[str, ...] | None = None) -> TenantAccess:
+    """The tenant if ``user`` is a member (with one of ``roles`` when given). Missing, deleted
+    and not-a-member all answer the same NotFound; a member without the role gets Forbidden."""
+    row = s.execute(
+        select(Tenant, Membership).join(Membership, Membership.tenant_id == Tenant.id)
+        .where(Tenant.id == tenant_id, Membership.user_id == user.id,
+               Tenant.state != "deleted")
+    ).first()
+    if row is None:
+        raise NotFound("No such tenant.")
+    access = TenantAccess(row[0], row[1])
+    if roles is not None and access.role not in roles:
+        raise Forbidden(f"This needs the {' or '.join(roles)} role in this tenant; yours is "
+                        f"{access.role}.")
+    return access
+
+
+def list_tenants(s: Session, *, user: User) -> list[tuple[Tenant, str]]:
+    rows = s.execute(
+        select(Tenant, Membership.role).join(Membership, Membership.tenant_id == Tenant.id)
+        .where(Membership.user_id == user.id, Tenant.state != "deleted")
+        .order_by(Tenant.created_at, Tenant.id)
+    ).all()
+    return [(t, r) for t, r in rows]
+
+
+def check_key_choice(providers: Mapping[str, KeyProvider], provider: str, key_ref: str) -> None:
+    if provider not in providers:
+        raise InvalidInput(f"The key provider {provider!r} is not available here; choose one of "
+                           f"{', '.join(sorted(providers))}.")
+    try:
+        providers[provider].check_reference(key_ref)
+    except KeyReferenceInvalid as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def do_create_tenant(s: Session, *, slug: str, name: str, key_provider: str, key_ref: str,
+                     providers: Mapping[str, KeyProvider], sealer: ControlSealer,
+                     acting_user: User) -> tuple[Tenant, Job]:
+    """Record the tenant (state ``provisioning``), make the creator its Owner, and queue the
+    provisioning job, all in the caller's transaction."""
+    if not acting_user.is_owner:
+        raise Forbidden("Only an Owner of this installation can create tenants.")
+    slug = slug.strip().lower()
+    if not SLUG_PATTERN.fullmatch(slug):
+        raise InvalidInput("The slug must be 2 to 63 characters: lowercase letters, digits and "
+                           "'-', starting with a letter.")
+    check_key_choice(providers, key_provider, key_ref)
+    if s.scalars(select(Tenant.id).where(Tenant.slug == slug)).first() is not None:
+        raise Conflict(f"A tenant with the slug {slug} already exists.")
+    server = pick_server(s)
+    tenant = Tenant(slug=slug, name=name.strip() or slug, key_provider=key_provider,
+                    key_ref=key_ref, db_server_id=server.id, created_by=acting_user.id)
+    s.add(tenant)
+    s.flush()
+    tenant.owner_password_sealed = sealer.seal(secrets.token_urlsafe(32).encode(),
+                                               table="tenants", column="owner_password",
+                                               row_key=tenant.id)
+    tenant.app_password_sealed = sealer.seal(secrets.token_urlsafe(32).encode(),
+                                             table="tenants", column="app_password",
+                                             row_key=tenant.id)
+    s.add(Membership(user_id=acting_user.id, tenant_id=tenant.id, role="Owner"))
+    job = enqueue_job(s, JobKinds.PROVISION_TENANT, {"tenant_id": tenant.id},
+                      idempotency_key=f"provision:{tenant.id}", tenant_id=tenant.id,
+                      created_by=acting_user.id, progress_total=len(STEPS))
+    audit.record(s, TenantEvents.CREATED, actor=actor_of(acting_user), target_type="tenant",
+                 target_id=tenant.id, details={"slug": slug, "server": server.name,
+                                               "key_provider": key_provider})
+    return tenant, job
+
+
+def provisioning_job(s: Session, tenant: Tenant) -> Job | None:
+    return s.scalars(select(Job).where(Job.idempotency_key == f"provision:{tenant.id}")).first()
+
+
+def do_suspend_tenant(s: Session, access: TenantAccess, *, reason: str,
+                      acting_user: User) -> None:
+    tenant = access.tenant
+    if access.role != "Owner":
+        raise Forbidden("Only an Owner of this tenant can suspend it.")
+    if tenant.state != "active":
+        raise Conflict(f"Only an active tenant can be suspended; this one is {tenant.state}.")
+    tenant.state = "suspended"
+    tenant.suspended_reason = reason.strip()[:500] or "suspended by an Owner"
+    tenant.updated_at = utcnow()
+    audit.record(s, TenantEvents.SUSPENDED, actor=actor_of(acting_user), target_type="tenant",
+                 target_id=tenant.id, details={"reason_length": len(reason)})
+
+
+def do_resume_tenant(s: Session, access: TenantAccess, *, acting_user: User) -> None:
+    tenant = access.tenant
+    if access.role != "Owner":
+        raise Forbidden("Only an Owner of this tenant can resume it.")
+    if tenant.state != "suspended":
+        raise Conflict(f"Only a suspended tenant can be resumed; this one is {tenant.state}.")
+    tenant.state = "active"
+    tenant.suspended_reason = None
+    tenant.updated_at = utcnow()
+    audit.record(s, TenantEvents.RESUMED, actor=actor_of(acting_user), target_type="tenant",
+                 target_id=tenant.id)
+
+
+def do_add_member(s: Session, access: TenantAccess, *, email: str, role: str,
+                  acting_user: User) -> Membership:
+    if access.role not in MANAGE_ROLES:
+        raise Forbidden("Only an Owner or Admin of this tenant can manage members.")
+    if role not in ROLES:
+        raise InvalidInput(f"The role must be one of {', '.join(ROLES)}.")
+    if role == "Owner" and access.role != "Owner":
+        raise Forbidden("Only an Owner can make someone an Owner.")
+    user = s.scalars(select(User).where(User.email == email.strip().lower(),
+                                        User.is_active)).first()
+    if user is None:
+        raise InvalidInput(f"No active account has the e-mail {email.strip()}; create it on "
+                           "the Users page first.")
+    existing = s.scalars(select(Membership).where(Membership.tenant_id == access.tenant.id,
+                                                  Membership.user_id == user.id)).first()
+    if existing is not None:
+        raise Conflict(f"{user.email} is already a member ({existing.role}).")
+    membership = Membership(user_id=user.id, tenant_id=access.tenant.id, role=role)
+    s.add(membership)
+    s.flush()
+    audit.record(s, TenantEvents.MEMBER_ADDED, actor=actor_of(acting_user),
+                 target_type="tenant", target_id=access.tenant.id,
+                 details={"user_id": user.id, "role": role})
+    return membership
+
+
+def do_remove_member(s: Session, access: TenantAccess, membership_id: int, *,
+                     acting_user: User) -> None:
+    if access.role not in MANAGE_ROLES:
+        raise Forbidden("Only an Owner or Admin of this tenant can manage members.")
+    membership = s.get(Membership, membership_id)
+    if membership is None or membership.tenant_id != access.tenant.id:
+        raise NotFound("No such member.")
+    if membership.role == "Owner":
+        owners = s.scalar(select(func.count()).select_from(Membership).where(
+            Membership.tenant_id == access.tenant.id, Membership.role == "Owner"))
+        if (owners or 0) <= 1:
+            raise Conflict("That is the tenant's last Owner.")
+    s.delete(membership)
+    audit.record(s, TenantEvents.MEMBER_REMOVED, actor=actor_of(acting_user),
+                 target_type="tenant", target_id=access.tenant.id,
+                 details={"user_id": membership.user_id})
+
+
+def members(s: Session, tenant: Tenant) -> list[tuple[Membership, User]]:
+    rows = s.execute(select(Membership, User).join(User, User.id == Membership.user_id)
+                     .where(Membership.tenant_id == tenant.id).order_by(Membership.id)).all()
+    return [(m, u) for m, u in rows]
+
+
+def key_versions(s: Session, tenant: Tenant) -> list[TenantKey]:
+    return list(s.scalars(select(TenantKey).where(TenantKey.tenant_id == tenant.id)
+                          .order_by(TenantKey.version)))

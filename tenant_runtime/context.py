@@ -1,0 +1,32 @@
+"""The ``TenantContext``: everything tenant code may use, built once per request or job at the
+edge by the control plane. Tenant code reaches data only through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from tenant_runtime.sealing import TenantSealer
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a user (id, display name), an API key, or the system."""
+
+    type: str
+    id: str | None = None
+    name: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    tenant_id: int
+    slug: str
+    session_factory: sessionmaker[Session]
+    sealer: TenantSealer
+    actor: Actor
+
+    def session(self) -> Session:
+        return self.session_factory()

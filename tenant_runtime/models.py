@@ -1,0 +1,65 @@
+"""The tenant database's tables. Every column is classified ``plain``, ``pii`` or ``secret``
+(``info={"classification": ...}``); ``pii`` and ``secret`` columns hold sealed bytes.
+A test fails when a column is left unclassified."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Identity, LargeBinary, MetaData, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+CLASSIFICATIONS = ("plain", "pii", "secret")
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+PLAIN = {"classification": "plain"}
+PII = {"classification": "pii"}
+SECRET = {"classification": "secret"}
+NOW = text("now()")
+
+
+class TenantBase(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class AuditEvent(TenantBase):
+    """The tenant's audit chain (the audit area fills in checkpoints, export and verification).
+    The service role may only INSERT and SELECT here; a trigger refuses UPDATE and DELETE."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False,
+                                     info=PLAIN)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), info=PLAIN)
+    actor_type: Mapped[str] = mapped_column(String(20), info=PLAIN)
+    actor_id: Mapped[str | None] = mapped_column(String(64), info=PLAIN)
+    actor_name: Mapped[str | None] = mapped_column(String(320), info=PLAIN)
+    event_type: Mapped[str] = mapped_column(String(100), info=PLAIN)
+    target_type: Mapped[str | None] = mapped_column(String(50), info=PLAIN)
+    target_id: Mapped[str | None] = mapped_column(String(64), info=PLAIN)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, info=PLAIN)
+    prev_hash: Mapped[str] = mapped_column(String(64), info=PLAIN)
+    chain_hash: Mapped[str] = mapped_column(String(64), info=PLAIN)
+
+
+class ProviderCredential(TenantBase):
+    """A credential for an LLM provider (API key, token), sealed; the gateway's routes use it."""
+
+    __tablename__ = "provider_credentials"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
+    name: Mapped[str] = mapped_column(String(100), unique=True, info=PLAIN)
+    provider: Mapped[str] = mapped_column(String(30), info=PLAIN)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary, info=SECRET)
+    hint: Mapped[str] = mapped_column(String(8), info=PLAIN)  # last 4 characters, for display
+    contact_email_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, info=PII)
+    created_by: Mapped[str | None] = mapped_column(String(320), info=PLAIN)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
+                                                 info=PLAIN)

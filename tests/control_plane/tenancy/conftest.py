@@ -1,0 +1,45 @@
+"""Tenancy fixtures: the test Postgres server registered as the primary database server, a
+local KEK, and a clean slate of tenant databases and roles for each test."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from control_plane.keys.local import LocalKeyProvider
+from control_plane.tenancy.servers import ensure_primary_server
+from tests.conftest import make_settings
+
+
+def drop_tenant_leftovers(server_url: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname ~ "
+                                    "'^magistrate_t_[0-9]+$'").fetchall():
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+        for (name,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname ~ "
+                                    "'^magistrate_t_[0-9]+_(owner|app)$'").fetchall():
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def local_kek(settings) -> str:
+    LocalKeyProvider(settings.home / "keys").create_key("test-kek")
+    return "test-kek"
+
+
+@pytest.fixture
+def primary_server(services, pg_server_url):
+    drop_tenant_leftovers(pg_server_url)
+    with services.session_factory() as s, s.begin():
+        server = ensure_primary_server(s, url=pg_server_url, sealer=services.sealer)
+        server_id = server.id
+    yield server_id
+    services.tenant_connections.close()
+    drop_tenant_leftovers(pg_server_url)
