@@ -1,0 +1,3 @@
+"""Outbox job handlers, one module per area; importing this package registers them all."""
+
+from workers.handlers import provisioning  # noqa: F401
