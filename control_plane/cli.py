@@ -60,20 +60,72 @@ def _check_database(url: str) -> None:
 
 
 def _migrate(endpoints: Endpoints) -> str:
+    from control_plane.db import make_engine, make_session_factory
     from control_plane.migrations import upgrade_control
+    from control_plane.sealing import ControlSealer
+    from control_plane.tenancy.servers import ensure_primary_server
 
     _check_database(endpoints.database_url)
-    return upgrade_control(endpoints.database_url)
+    revision = upgrade_control(endpoints.database_url)
+    # the control plane's own server holds tenant databases until others are added
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            ensure_primary_server(s, url=endpoints.database_url,
+                                  sealer=ControlSealer(endpoints.secret_key))
+    finally:
+        engine.dispose()
+    return revision
 
 
 # ------------------------------------------------------------------------------- commands
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    import logging
+
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.sealing import ControlSealer
+    from control_plane.tenancy import fanout
+
+    if args.concurrency < 1:
+        raise CommandError("--concurrency must be at least 1")
     _, endpoints = _prepare(args)
     revision = _migrate(endpoints)
-    print(f"control plane migrated to revision {revision}")
-    return 0
+    print(f"control plane migrated to revision {revision}", flush=True)
+    # Alembic's "Context impl" lines, once per tenant, would bury the progress display
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    sealer = ControlSealer(endpoints.secret_key)
+    on_terminal = sys.stderr.isatty()
+
+    def show(done: int, total: int, result: fanout.TenantMigrationResult) -> None:
+        if on_terminal:
+            print("\r" + fanout.progress_bar(done, total), end="", file=sys.stderr, flush=True)
+        else:
+            print(fanout.progress_line(done, total, result), file=sys.stderr, flush=True)
+
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        factory = make_session_factory(engine)
+        templates = fanout.ensure_templates(factory, sealer)
+        for template in templates:
+            print(f"template on {template.server}: "
+                  + (f"FAILED: {template.error}" if template.error else
+                     f"{template.template} ready"), flush=True)
+        results = fanout.migrate_tenants(factory, sealer, concurrency=args.concurrency,
+                                         progress=show)
+    finally:
+        engine.dispose()
+    if on_terminal and results:
+        print(file=sys.stderr)
+    if results:
+        print("\n".join(fanout.result_table(results)))
+    print(fanout.summary_line(results))
+    failed_templates = [t.server for t in templates if t.error]
+    if failed_templates:
+        print(f"templates: {len(failed_templates)} failed ({', '.join(failed_templates)})")
+    failed = bool(failed_templates) or any(r.status == "failed" for r in results)
+    return 1 if failed else 0
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -153,6 +205,38 @@ def _bootstrap_owner(settings: Settings, endpoints: Endpoints) -> None:
         print("password: the one in MAGISTRATE_ADMIN_PASSWORD")
 
 
+def _bootstrap_demo_tenant(settings: Settings, endpoints: Endpoints) -> None:
+    """Outside production, a first run also gets a demo tenant on a local development key, so
+    the dashboard has something to show; the worker provisions it."""
+    from sqlalchemy import func, select
+
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.keys.local import LocalKeyProvider
+    from control_plane.models import Tenant, User
+    from control_plane.sealing import ControlSealer
+    from control_plane.tenancy.service import do_create_tenant
+
+    if settings.is_production:
+        return
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            if s.scalar(select(func.count()).select_from(Tenant)):
+                return
+            owner = s.scalars(select(User).where(User.is_owner, User.is_active)
+                              .order_by(User.id)).first()
+            if owner is None:
+                return
+            local = LocalKeyProvider(settings.home / "keys")
+            local.create_key("dev")
+            do_create_tenant(s, slug="demo", name="Demo", key_provider="local", key_ref="dev",
+                             providers={"local": local},
+                             sealer=ControlSealer(endpoints.secret_key), acting_user=owner)
+        print("demo tenant created (local development key 'dev'); the worker provisions it")
+    finally:
+        engine.dispose()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     settings, endpoints = _prepare(args)
     from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_home
@@ -179,6 +263,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             rd.start()
         print(f"control plane migrated to revision {_migrate(endpoints)}")
         _bootstrap_owner(settings, endpoints)
+        _bootstrap_demo_tenant(settings, endpoints)
         env = dict(os.environ)
         env.update(MAGISTRATE_DATABASE_URL=endpoints.database_url,
                    MAGISTRATE_REDIS_URL=endpoints.redis_url,
@@ -289,8 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="process what is queued, then exit")
     worker.set_defaults(func=cmd_worker)
 
-    migrate = sub.add_parser("migrate", help="upgrade the control-plane database",
-                             description="Apply the control-plane migrations (alembic/control).")
+    migrate = sub.add_parser(
+        "migrate", help="upgrade the control-plane database, then every tenant database",
+        description="Apply the control-plane migrations (alembic/control), make sure every "
+                    "active server has the current tenant template, then upgrade every active "
+                    "or suspended tenant database (alembic/tenant) as its owner role, N at a "
+                    "time. A tenant already at head is skipped, so a rerun resumes; one "
+                    "failing tenant does not stop the others. Exits 1 if any tenant failed.")
+    migrate.add_argument("--concurrency", type=int, default=8, metavar="N",
+                         help="tenants migrated at the same time (default 8)")
     migrate.set_defaults(func=cmd_migrate)
 
     user = sub.add_parser("user", help="manage operator accounts",
@@ -305,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of standard input")
     create.set_defaults(func=cmd_user_create)
+    from control_plane.tenancy.cli import register as register_tenant_commands
+
+    register_tenant_commands(sub)
     return parser
 
 

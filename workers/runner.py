@@ -149,7 +149,7 @@ def run_job(job_id: int) -> dict[str, Any]:
         log.warning("job %s finished after losing its lease; its outcome was not recorded",
                     job_id)
         return {"job": job_id, "outcome": "fenced"}
-    return {"job": job_id, "outcome": "succeeded", **result}
+    return {**result, "job": job_id, "outcome": "succeeded"}
 
 
 def _fail(session_factory: sessionmaker[Session], job_id: int, token: int, message: str, *,

@@ -45,6 +45,8 @@ _env: WorkerEnv | None = None
 def configure(settings: Settings, *, database_url: str, secret_key: str,
               key_providers: dict[str, KeyProvider] | None = None) -> WorkerEnv:
     global _env
+    if _env is not None and _env._engine is not None:
+        _env._engine.dispose()  # a reconfigured process (tests, CLI) must not leak connections
     providers = key_providers if key_providers is not None else build_key_providers(
         home=settings.home, production=settings.is_production, aws_region=settings.aws_region,
         aws_endpoint_url=settings.aws_kms_endpoint, gcp_endpoint=settings.gcp_kms_endpoint)

@@ -73,6 +73,11 @@ class EmptyForm(Form):
     pass
 
 
+class DeleteForm(Form):
+    confirm_slug: str = Field(max_length=63)
+    reason: str = Field(max_length=1000)
+
+
 def tenant_json(tenant: Tenant, job_state: str | None = None,
                 progress: tuple[int, int] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"id": tenant.id, "slug": tenant.slug, "name": tenant.name,
@@ -259,6 +264,26 @@ def remove_member(request: Request, form: EmptyForm) -> Response:
     return _detail(request, notice="Member removed.")
 
 
+@form_endpoint(DeleteForm)
+def delete_tenant(request: Request, form: DeleteForm) -> Response:
+    from control_plane.tenancy.deletion import do_request_deletion
+
+    svc = services(request)
+    try:
+        with svc.session_factory() as s, s.begin():
+            me, access = _with_tenant(request, s, roles=("Owner",))
+            do_request_deletion(s, access, confirm_slug=form.confirm_slug, reason=form.reason,
+                                acting_user=me.user)
+            tenant_id = access.tenant.id
+    except InvalidInput as exc:
+        return _detail(request, status_code=422, error=exc.message)
+    svc.tenant_connections.forget(tenant_id)
+    _dispatch(svc)
+    return _list_page(request, notice="The tenant is being deleted: its database, roles and "
+                                      "data keys are destroyed. A tombstone records who, when "
+                                      "and why.")
+
+
 # ------------------------------------------------------------------------------- tenant areas
 
 
@@ -351,6 +376,7 @@ routes = [
     Route("/tenants/{tenant_id:int}/retry", retry_provisioning, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/suspend", suspend_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/resume", resume_tenant, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/delete", delete_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members", add_member, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members/{membership_id:int}/remove", remove_member,
           methods=["POST"]),

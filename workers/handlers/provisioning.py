@@ -22,3 +22,14 @@ def provision_tenant(run: JobRun) -> dict[str, Any]:
         # the customer's key cannot be used: retrying blindly will not help; an Owner retries
         raise JobFailed(str(exc)) from None
     return {"tenant_id": run.payload["tenant_id"], "state": state}
+
+
+@handler(JobKinds.DELETE_TENANT)
+def delete_tenant_job(run: JobRun) -> dict[str, Any]:
+    from control_plane.tenancy.deletion import delete_tenant
+
+    env = runtime.env()
+    outcome = delete_tenant(run.session_factory, int(run.payload["tenant_id"]),
+                            sealer=env.sealer, progress=run.progress,
+                            forget=env.dek_cache.forget)
+    return {"tenant_id": run.payload["tenant_id"], "deletion": outcome}
