@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     from control_plane.tenancy.cli import register as register_tenant_commands
 
     register_tenant_commands(sub)
+    from control_plane.tenancy.rotation_cli import register as register_key_commands
+    register_key_commands(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ a fork)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -26,7 +26,7 @@ class WorkerEnv:
     settings: Settings
     database_url: str
     secret_key: str
-    key_providers: dict[str, KeyProvider]
+    key_providers: Mapping[str, KeyProvider]
     sealer: ControlSealer
     dek_cache: DataKeyCache
     _engine: Engine | None = field(default=None, repr=False)
@@ -43,7 +43,7 @@ _env: WorkerEnv | None = None
 
 
 def configure(settings: Settings, *, database_url: str, secret_key: str,
-              key_providers: dict[str, KeyProvider] | None = None) -> WorkerEnv:
+              key_providers: Mapping[str, KeyProvider] | None = None) -> WorkerEnv:
     global _env
     if _env is not None and _env._engine is not None:
         _env._engine.dispose()  # a reconfigured process (tests, CLI) must not leak connections

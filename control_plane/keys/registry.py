@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,22 +23,53 @@ def new_data_key() -> bytes:
     return os.urandom(DEK_BYTES)
 
 
+class KeyProviderRegistry(Mapping[str, KeyProvider]):
+    """The providers of an installation, each built on first use: the KMS SDKs are heavy to
+    import, and most processes only ever touch the one or two their tenants use."""
+
+    def __init__(self, factories: dict[str, Callable[[], KeyProvider]]) -> None:
+        self._factories = factories
+        self._built: dict[str, KeyProvider] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> KeyProvider:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = self._factories[name]()
+            return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
 def build_key_providers(*, home: Path, production: bool, aws_region: str,
                         aws_endpoint_url: str | None, gcp_endpoint: str | None
-                        ) -> dict[str, KeyProvider]:
+                        ) -> KeyProviderRegistry:
     """The providers of this installation. ``local`` exists only outside production."""
-    from control_plane.keys.aws import AwsKmsProvider
-    from control_plane.keys.azure import AzureKeyVaultProvider
-    from control_plane.keys.gcp import GcpKmsProvider
 
-    providers: dict[str, KeyProvider] = {
-        "aws-kms": AwsKmsProvider(region=aws_region, endpoint_url=aws_endpoint_url),
-        "azure-keyvault": AzureKeyVaultProvider(),
-        "gcp-kms": GcpKmsProvider(endpoint=gcp_endpoint),
-    }
+    def aws() -> KeyProvider:
+        from control_plane.keys.aws import AwsKmsProvider
+
+        return AwsKmsProvider(region=aws_region, endpoint_url=aws_endpoint_url)
+
+    def azure() -> KeyProvider:
+        from control_plane.keys.azure import AzureKeyVaultProvider
+
+        return AzureKeyVaultProvider()
+
+    def gcp() -> KeyProvider:
+        from control_plane.keys.gcp import GcpKmsProvider
+
+        return GcpKmsProvider(endpoint=gcp_endpoint)
+
+    factories: dict[str, Callable[[], KeyProvider]] = {
+        "aws-kms": aws, "azure-keyvault": azure, "gcp-kms": gcp}
     if not production:
-        providers["local"] = LocalKeyProvider(home / "keys")
-    return providers
+        factories["local"] = lambda: LocalKeyProvider(home / "keys")
+    return KeyProviderRegistry(factories)
 
 
 @dataclass

@@ -6,6 +6,7 @@ the Owner or Compliance role. A download also needs a signed link from the expor
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -72,18 +73,26 @@ def export_status(request: Request) -> Response:
 def download_export(request: Request) -> Response:
     svc = services(request)
     job_id = int(request.path_params["job_id"])
-    with svc.session_factory() as s, s.begin():
-        me, access = _access(request, s)
-        export.access_export(s, access, job_id)  # another tenant's job: 404 before the token
-        nonce = _links(svc).check(request.query_params.get("token", ""),
-                                  tenant_id=access.tenant.id, job_id=job_id)
-        download = export.do_take_download(s, access, job_id, nonce=nonce, acting_user=me.user,
-                                           out_dir=svc.settings.home / "exports")
-    download.release()
+    download: export.ExportDownload | None = None
+    try:
+        with svc.session_factory() as s, s.begin():
+            me, access = _access(request, s)
+            export.access_export(s, access, job_id)  # another tenant's job: 404 before the token
+            nonce = _links(svc).check(request.query_params.get("token", ""),
+                                      tenant_id=access.tenant.id, job_id=job_id)
+            download = export.do_take_download(s, access, job_id, nonce=nonce,
+                                               acting_user=me.user,
+                                               out_dir=svc.settings.home / "exports")
+    except BaseException:
+        if download is not None:  # the commit failed: the export stays available
+            download.handle.close()
+        raise
+    download.release()  # committed: from now on only the open handle reads the file
     return StreamingResponse(
         download.chunks(), media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{download.name}"',
-                 "Content-Length": str(download.size), "Cache-Control": "no-store"})
+                 "Content-Length": str(download.size), "Cache-Control": "no-store"},
+        background=BackgroundTask(download.handle.close))  # also when the client goes away
 
 
 routes = [

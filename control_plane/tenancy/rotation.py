@@ -99,7 +99,7 @@ class ReencryptReport:
     tenant_id: int
     from_versions: list[int]
     to_version: int
-    created_version: bool  # this run created ``to_version`` (False when resuming or dry)
+    resumed: bool  # an unfinished re-encryption was continued (else ``to_version`` is new)
     dry_run: bool
     rows_total: int = 0  # rows with a value not at ``to_version`` when the pass started
     rows_moved: int = 0  # (dry run: rows that would move)
@@ -274,7 +274,7 @@ class _Plan:
     slug: str
     from_versions: list[int]
     to_version: int
-    created: bool
+    resumed: bool
     known_versions: frozenset[int]
     sealer: TenantSealer
 
@@ -296,7 +296,7 @@ def reencrypt(session_factory: sessionmaker[Session], tenant_id: int,
     with rotation_lock(session_factory, tenant_id):
         plan = _begin(session_factory, tenant_id, connections, dry_run=dry_run, actor=actor)
         report = ReencryptReport(tenant_id, plan.from_versions, plan.to_version,
-                                 plan.created, dry_run)
+                                 plan.resumed, dry_run)
         with session_factory() as s:
             engine = connections.engine(_rotatable(s, tenant_id))
         tables = sealed_tables()
@@ -350,8 +350,8 @@ def _begin(session_factory: sessionmaker[Session], tenant_id: int,
                            "tenant is provisioned.")
         deks = {k.version: _unwrap(providers, k) for k in live}
         wrapped = {k.version: k for k in keys}
-        created = False
-        if len(live) > 1:  # an unfinished re-encryption: continue towards its target
+        resumed = len(live) > 1
+        if resumed:  # an unfinished re-encryption: continue towards its target
             target = live[-1].version
             from_versions = [k.version for k in live[:-1]]
         else:
@@ -365,7 +365,6 @@ def _begin(session_factory: sessionmaker[Session], tenant_id: int,
                                 provider=tenant.key_provider, key_ref=tenant.key_ref,
                                 wrapped_dek=blob))
                 deks[target] = dek
-                created = True
                 audit.record(s, TenantEvents.KEY_REENCRYPTED, actor=actor, target_type="tenant",
                              target_id=tenant.id, details={
                                  "phase": "started", "from_versions": from_versions,
@@ -384,7 +383,7 @@ def _begin(session_factory: sessionmaker[Session], tenant_id: int,
         return deks[version]
 
     known = frozenset(deks) | frozenset(retired)
-    return _Plan(tenant_id, slug, from_versions, target, created, known,
+    return _Plan(tenant_id, slug, from_versions, target, resumed, known,
                  TenantSealer(tenant_key, target, key_for))
 
 

@@ -32,6 +32,7 @@ from control_plane.web.services import Services, services
 from control_plane.web.templating import render
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials import routes as credential_routes
+from tenant_runtime.exceptions import TenantKeyUnavailable
 from tenant_runtime.routing import TenantRoute
 
 TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes]
@@ -181,8 +182,15 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
         me, access = _with_tenant(request, s)
         tenant = access.tenant
         job = service.provisioning_job(s, tenant)
+        key_problem = None
+        if tenant.state in ("active", "suspended"):
+            try:  # served from the key cache in steady state; a revoked KEK shows here
+                sealer = svc.tenant_connections.sealer_for(s, tenant)
+                sealer.seal(b"probe", table="-", column="-", row_key="-")
+            except TenantKeyUnavailable as exc:
+                key_problem = exc.message
         context = {
-            "tenant": tenant, "role": access.role, "job": job,
+            "tenant": tenant, "role": access.role, "job": job, "key_problem": key_problem,
             "server": tenant.db_server.name if tenant.db_server else "",
             "members": service.members(s, tenant) if access.role in service.MANAGE_ROLES
             else [],
@@ -308,6 +316,7 @@ def mount_area(route: TenantRoute) -> Route:
             request.state.form = await read_form(request, route.form)
         return await run_in_threadpool(run, request)
 
+    endpoint.form_model = route.form  # type: ignore[attr-defined]  # for route-walking tests
     return Route("/tenants/{tenant_id:int}" + route.path, endpoint, methods=[route.method],
                  name=f"tenant:{route.handler.__name__}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -32,7 +32,7 @@ from tenant_runtime.exceptions import TenantError
 
 
 def build_services(settings: Settings, *, database_url: str, redis_url: str,
-                   secret_key: str, key_providers: dict[str, KeyProvider] | None = None
+                   secret_key: str, key_providers: Mapping[str, KeyProvider] | None = None
                    ) -> Services:
     engine = make_engine(database_url)
     client = redis_client(redis_url)

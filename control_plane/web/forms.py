@@ -68,6 +68,7 @@ def form_endpoint(model: type[F]) -> Callable[[Callable[[Request, F], Response]]
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
+        endpoint.form_model = model  # type: ignore[attr-defined]  # for route-walking tests
         return endpoint
 
     return decorate

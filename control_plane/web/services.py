@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
@@ -28,7 +29,7 @@ class Services:
     limiter: LoginRateLimiter
     signer: CookieSigner
     sealer: ControlSealer
-    key_providers: dict[str, KeyProvider]
+    key_providers: Mapping[str, KeyProvider]
     dek_cache: DataKeyCache
     tenant_connections: TenantConnections
 

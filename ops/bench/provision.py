@@ -1,0 +1,273 @@
+"""Benchmark: tenant provisioning time and the no-op `magistrate migrate` fan-out.
+
+Self-contained: starts its own embedded Postgres in a temporary folder, migrates a control
+database, creates an Owner, registers the server and a local key-encryption key, then
+
+1. builds the tenant template once (``template_build_ms``),
+2. provisions 50 tenants one after another through the real ``do_create_tenant`` and
+   ``provision(...)`` (the code the provisioning job runs), timing ``provision`` only, and each
+   of its steps through its progress callback,
+3. provisions more tenants up to 200 (not timed),
+4. times the fan-out over the 200 tenants, all already at head (``fanout_noop_seconds``), and
+   the whole ``magistrate migrate`` command around it (``migrate_command_seconds``),
+5. times the building blocks of provisioning on their own (``floor_ms``): an admin connection,
+   ``CREATE DATABASE`` from the template with each strategy.
+
+Prints one JSON object on stdout (progress goes to stderr), and removes everything it started.
+Run: ``.venv/bin/python ops/bench/provision.py`` or ``make bench``. See ops/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from control_plane.db import make_engine, make_session_factory  # noqa: E402
+from control_plane.embedded import EmbeddedPostgres  # noqa: E402
+from control_plane.keys.local import LocalKeyProvider  # noqa: E402
+from control_plane.keys.providers import KeyProvider  # noqa: E402
+from control_plane.migrations import upgrade_control  # noqa: E402
+from control_plane.models import User  # noqa: E402
+from control_plane.sealing import ControlSealer  # noqa: E402
+from control_plane.tenancy import database  # noqa: E402
+from control_plane.tenancy.fanout import migrate_tenants  # noqa: E402
+from control_plane.tenancy.provisioning import STEPS, provision  # noqa: E402
+from control_plane.tenancy.servers import ensure_primary_server  # noqa: E402
+from control_plane.tenancy.service import do_create_tenant  # noqa: E402
+from control_plane.users.service import do_create_user  # noqa: E402
+
+TIMED_TENANTS = 50
+TOTAL_TENANTS = 200
+CONCURRENCY = 8
+KEK = "bench-kek"
+TARGETS = {"provision_p95_ms": 300, "fanout_noop_seconds": 20}
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: the value below which ``q`` of the samples fall."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 1), "p95": round(percentile(values, 0.95), 1),
+            "max": round(max(values), 1)}
+
+
+def ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+class Bench:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.pg = EmbeddedPostgres(home, free_port())
+        self.secret_key = secrets.token_urlsafe(48)
+        self.sealer = ControlSealer(self.secret_key)
+        local = LocalKeyProvider(home / "keys")
+        local.create_key(KEK)
+        self.providers: dict[str, KeyProvider] = {"local": local}
+        self.engine: Engine | None = None
+        self.factory: sessionmaker[Session] | None = None
+        self.owner_id = 0
+
+    @property
+    def session_factory(self) -> sessionmaker[Session]:
+        if self.factory is None:
+            raise RuntimeError("the control database is not set up")
+        return self.factory
+
+    def set_up(self) -> None:
+        self.pg.start()
+        self.pg.ensure_database()
+        upgrade_control(self.pg.url())
+        self.engine = make_engine(self.pg.url(), pool_size=2)
+        self.factory = make_session_factory(self.engine)
+        with self.session_factory() as s, s.begin():
+            created = do_create_user(s, email="bench@example.com", display_name="Bench",
+                                     is_owner=True, password=secrets.token_urlsafe(24),
+                                     acting_user=None)
+            self.owner_id = created.user.id
+            ensure_primary_server(s, url=self.pg.url(), sealer=self.sealer)
+
+    def create_tenant(self, number: int) -> int:
+        with self.session_factory() as s, s.begin():
+            owner = s.get(User, self.owner_id)
+            assert owner is not None
+            tenant, _ = do_create_tenant(s, slug=f"bench-{number:03d}", name=f"Bench {number}",
+                                         key_provider="local", key_ref=KEK,
+                                         providers=self.providers, sealer=self.sealer,
+                                         acting_user=owner)
+            return tenant.id
+
+    def provision(self, tenant_id: int) -> tuple[float, list[float]]:
+        """Provisioning time in ms, and each step's share of it."""
+        marks: list[float] = []
+        started = time.perf_counter()
+        state = provision(self.session_factory, tenant_id, sealer=self.sealer,
+                          providers=self.providers,
+                          progress=lambda done, total, note: marks.append(time.perf_counter()))
+        total = ms_since(started)
+        if state != "active":
+            raise RuntimeError(f"tenant {tenant_id} ended {state}, not active")
+        edges = [started, *marks]
+        return total, [(b - a) * 1000 for a, b in zip(edges, edges[1:], strict=False)]
+
+    def floors(self) -> dict[str, Any]:
+        """The building blocks on their own: the floor under each provisioning step."""
+        admin = database.url_for(self.pg.url(), database="postgres")
+        template = database.template_name()
+
+        def timed(action: Callable[[], object], n: int = 20) -> dict[str, float]:
+            samples = []
+            for _ in range(n):
+                started = time.perf_counter()
+                action()
+                samples.append(ms_since(started))
+            return summary(samples)
+
+        def connect() -> None:
+            psycopg.connect(database.libpq_url(admin), autocommit=True).close()
+
+        out: dict[str, Any] = {
+            "admin_connection": timed(connect),
+            "ensure_template_when_present": timed(lambda: database.ensure_template(admin)),
+        }
+        with psycopg.connect(database.libpq_url(admin), autocommit=True) as conn:
+            for strategy in ("WAL_LOG", "FILE_COPY"):
+                samples = []
+                for i in range(10):
+                    name = sql.Identifier(f"bench_floor_{strategy.lower()}_{i}")
+                    started = time.perf_counter()
+                    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY {}").format(
+                        name, sql.Identifier(template), sql.SQL(strategy)))
+                    samples.append(ms_since(started))
+                    conn.execute(sql.SQL("DROP DATABASE {}").format(name))
+                out[f"create_database_{strategy.lower()}"] = summary(samples)
+            size = conn.execute("SELECT pg_database_size(%s)", (template,)).fetchone()
+            out["template_bytes"] = int(size[0]) if size else None
+        return out
+
+    def migrate_command_seconds(self) -> float:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAGISTRATE_")}
+        env.update(MAGISTRATE_DATABASE_URL=self.pg.url(), MAGISTRATE_SECRET_KEY=self.secret_key,
+                   MAGISTRATE_HOME=str(self.home), MAGISTRATE_ENV="development")
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "control_plane", "migrate",
+                                 "--concurrency", str(CONCURRENCY)], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=600, check=False)
+        seconds = time.perf_counter() - started
+        last = result.stdout.strip().splitlines()[-1:] or [""]
+        if result.returncode != 0 or not last[0].startswith(f"tenants: {TOTAL_TENANTS} ok"):
+            raise RuntimeError(f"magistrate migrate failed ({result.returncode}): "
+                               f"{last[0]} {result.stderr[-500:]}")
+        return seconds
+
+    def server_version(self) -> str:
+        with psycopg.connect(self.pg.url(), autocommit=True) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            return str(row[0]) if row else "?"
+
+
+def run(bench: Bench) -> dict[str, Any]:
+    log(f"starting Postgres on port {bench.pg.port} under {bench.home}")
+    bench.set_up()
+    admin = bench.pg.url()
+
+    started = time.perf_counter()
+    database.ensure_template(admin)
+    template_build_ms = ms_since(started)
+    log(f"template built in {template_build_ms:.0f} ms")
+
+    totals, steps = [], []
+    for number in range(1, TOTAL_TENANTS + 1):
+        tenant_id = bench.create_tenant(number)
+        total, per_step = bench.provision(tenant_id)
+        if number <= TIMED_TENANTS:
+            totals.append(total)
+            steps.append(per_step)
+        if number % 25 == 0:
+            log(f"{number} tenants provisioned")
+
+    started = time.perf_counter()
+    results = migrate_tenants(bench.session_factory, bench.sealer, concurrency=CONCURRENCY)
+    fanout_seconds = time.perf_counter() - started
+    not_current = [r for r in results if r.status != "already-current"]
+    if len(results) != TOTAL_TENANTS or not_current:
+        raise RuntimeError(f"the no-op fan-out was not a no-op: {not_current[:3]}")
+    log(f"no-op fan-out over {len(results)} tenants in {fanout_seconds:.2f} s")
+    command_seconds = bench.migrate_command_seconds()
+    log(f"`magistrate migrate` in {command_seconds:.2f} s")
+    floors = bench.floors()
+
+    provision_ms = {**summary(totals), "n": len(totals)}
+    met = {"provision_p95_ms": provision_ms["p95"] <= TARGETS["provision_p95_ms"],
+           "fanout_noop_seconds": fanout_seconds <= TARGETS["fanout_noop_seconds"]}
+    return {
+        "benchmark": "provision",
+        "provision_ms": provision_ms,
+        "provision_steps_ms": {name: summary([s[i] for s in steps])
+                               for i, name in enumerate(STEPS)},
+        "template_build_ms": round(template_build_ms, 1),
+        "fanout_noop_seconds": round(fanout_seconds, 2),
+        "migrate_command_seconds": round(command_seconds, 2),
+        "tenants": TOTAL_TENANTS,
+        "concurrency": CONCURRENCY,
+        "floor_ms": floors,
+        "targets": TARGETS,
+        "met": met,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "postgres": bench.server_version(), "platform": platform.platform()},
+    }
+
+
+def main() -> int:
+    # The home is the temporary folder itself: as root, the server's system user must be able
+    # to reach it, which a folder inside mkdtemp's 0700 one would forbid.
+    home = Path(tempfile.mkdtemp(prefix="magistrate-bench-"))
+    bench = Bench(home)
+    try:
+        report = run(bench)
+    finally:
+        if bench.engine is not None:
+            bench.engine.dispose()
+        bench.pg.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+    return 0  # a missed target shows in "met"; a benchmark is not a test
+
+
+if __name__ == "__main__":
+    sys.exit(main())
