@@ -24,7 +24,7 @@ from control_plane.jobs import dispatch_pending, requeue_job
 from control_plane.keys.providers import KeyUnavailable
 from control_plane.keys.registry import new_data_key
 from control_plane.models import ROLES, Tenant
-from control_plane.tenancy import service
+from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.service import TenantAccess
 from control_plane.web.deps import SignedIn, require_user
 from control_plane.web.forms import Form, form_endpoint, read_form, validation_message
@@ -72,6 +72,10 @@ class MemberForm(Form):
 
 class EmptyForm(Form):
     pass
+
+
+class ApiKeyForm(Form):
+    name: str = Field(max_length=200)
 
 
 class DeleteForm(Form):
@@ -194,7 +198,9 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
             "server": tenant.db_server.name if tenant.db_server else "",
             "members": service.members(s, tenant) if access.role in service.MANAGE_ROLES
             else [],
-            "keys": service.key_versions(s, tenant), "roles": ROLES, **extra,
+            "keys": service.key_versions(s, tenant), "roles": ROLES,
+            "api_keys": api_keys.list_api_keys(s, tenant) if access.role in
+            service.MANAGE_ROLES else [], **extra,
         }
     return render(request, "tenants/detail.html", context, status_code=status_code,
                   partial="tenants/_status.html")
@@ -270,6 +276,39 @@ def remove_member(request: Request, form: EmptyForm) -> Response:
     except Conflict as exc:
         return _detail(request, status_code=409, error=exc.message)
     return _detail(request, notice="Member removed.")
+
+
+@form_endpoint(ApiKeyForm)
+def create_api_key(request: Request, form: ApiKeyForm) -> Response:
+    try:
+        with services(request).session_factory() as s, s.begin():
+            me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+            _, key = api_keys.do_create_api_key(s, access, name=form.name, acting_user=me.user)
+    except InvalidInput as exc:
+        return _detail(request, status_code=422, error=exc.message)
+    return _detail(request, status_code=201, new_api_key=key)
+
+
+@form_endpoint(EmptyForm)
+def revoke_api_key(request: Request, form: EmptyForm) -> Response:
+    with services(request).session_factory() as s, s.begin():
+        me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+        api_keys.do_revoke_api_key(s, access, int(request.path_params["key_id"]),
+                                   acting_user=me.user)
+    return _detail(request, notice="API key revoked.")
+
+
+def api_whoami(request: Request) -> Response:
+    """GET /api/whoami: the tenant and key behind a bearer API key (programs check setup)."""
+    with services(request).session_factory() as s, s.begin():
+        principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"))
+        request.state.tenant = principal.tenant.id
+        request.state.actor = f"api_key:{principal.api_key.id}"
+        body = {"tenant": {"id": principal.tenant.id, "slug": principal.tenant.slug,
+                           "state": principal.tenant.state},
+                "api_key": {"id": principal.api_key.id, "name": principal.api_key.name,
+                            "prefix": principal.api_key.prefix}}
+    return JSONResponse(body)
 
 
 @form_endpoint(DeleteForm)
@@ -386,10 +425,14 @@ routes = [
     Route("/tenants/{tenant_id:int}/suspend", suspend_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/resume", resume_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/delete", delete_tenant, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/api-keys", create_api_key, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/api-keys/{key_id:int}/revoke", revoke_api_key,
+          methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members", add_member, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members/{membership_id:int}/remove", remove_member,
           methods=["POST"]),
     *[mount_area(r) for r in TENANT_AREAS],
+    Route("/api/whoami", api_whoami, methods=["GET"]),
     Route("/api/tenants", api_list_tenants, methods=["GET"]),
     Route("/api/tenants", api_create_tenant, methods=["POST"]),
     Route("/api/tenants/{tenant_id:int}", api_get_tenant, methods=["GET"]),

@@ -334,3 +334,35 @@ def test_key_test_button(client, db, services, local_kek):
                                                      "key_ref": "no-such-key"},
                           headers={"X-CSRF-Token": token, "HX-Request": "true"})
     assert missing.status_code == 422 and "tenant key unavailable" in missing.text
+
+
+def test_api_keys_are_shown_once_and_refused_when_suspended_or_revoked(client, services, db,
+                                                                        two_tenants):
+    from starlette.testclient import TestClient
+
+    from control_plane.models import ApiKey
+
+    owner, a, _ = two_tenants
+    sign_in(client, owner.email)
+    created = post_form(client, f"/tenants/{a}/api-keys", {"name": "ci-agent"},
+                        page=f"/tenants/{a}")
+    assert created.status_code == 201
+    key = re.search(r'data-testid="new-api-key">([^<]+)<', created.text).group(1)
+    assert key.startswith("mgk_") and key not in client.get(f"/tenants/{a}").text
+    with db() as s:
+        row = s.scalars(select(ApiKey)).one()
+        assert key not in (row.secret_hash, row.prefix) and len(row.secret_hash) == 64
+    with TestClient(client.app, base_url="http://testserver") as program:
+        auth = {"Authorization": f"Bearer {key}"}
+        me = program.get("/api/whoami", headers=auth)
+        assert me.status_code == 200 and me.json()["tenant"]["slug"] == "alpha"
+        assert program.get("/api/whoami", headers={"Authorization": "Bearer mgk_x_y"}
+                           ).status_code == 401
+        post_form(client, f"/tenants/{a}/suspend", {"reason": "unpaid"}, page=f"/tenants/{a}")
+        refused = program.get("/api/whoami", headers=auth)
+        assert refused.status_code == 403 and "suspended" in refused.json()["error"]
+        post_form(client, f"/tenants/{a}/resume", page=f"/tenants/{a}")
+        assert program.get("/api/whoami", headers=auth).status_code == 200
+        post_form(client, f"/tenants/{a}/api-keys/{row.id}/revoke", page=f"/tenants/{a}")
+        revoked = program.get("/api/whoami", headers=auth)
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]

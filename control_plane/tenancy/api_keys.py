@@ -1,0 +1,95 @@
+"""Tenant API keys: what programs present to the gateway and the JSON API as
+``Authorization: Bearer mgk_<prefix>_<secret>``. Only the SHA-256 of the whole key is stored;
+the key is shown once. A suspended tenant's keys are refused with a clear message."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane import audit
+from control_plane.db import utcnow
+from control_plane.exceptions import Forbidden, InvalidInput, NotFound, NotSignedIn
+from control_plane.models import ApiKey, Tenant, User
+from control_plane.tenancy.events import TenantEvents
+from control_plane.tenancy.service import MANAGE_ROLES, TenantAccess, actor_of
+
+KEY_PREFIX = "mgk_"
+
+
+@dataclass
+class ApiPrincipal:
+    api_key: ApiKey
+    tenant: Tenant
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def do_create_api_key(s: Session, access: TenantAccess, *, name: str,
+                      acting_user: User) -> tuple[ApiKey, str]:
+    if access.role not in MANAGE_ROLES:
+        raise Forbidden("Only an Owner or Admin of this tenant can create API keys.")
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("Give the key a name (at most 200 characters).")
+    prefix = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(tenant_id=access.tenant.id, name=name, prefix=prefix, secret_hash=key_hash(key),
+                 created_by=acting_user.id)
+    s.add(row)
+    s.flush()
+    audit.record(s, TenantEvents.API_KEY_CREATED, actor=actor_of(acting_user),
+                 target_type="api_key", target_id=row.id,
+                 details={"tenant_id": access.tenant.id, "prefix": prefix})
+    return row, key
+
+
+def do_revoke_api_key(s: Session, access: TenantAccess, key_id: int, *,
+                      acting_user: User) -> None:
+    if access.role not in MANAGE_ROLES:
+        raise Forbidden("Only an Owner or Admin of this tenant can revoke API keys.")
+    row = s.get(ApiKey, key_id)
+    if row is None or row.tenant_id != access.tenant.id:
+        raise NotFound("No such API key.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit.record(s, TenantEvents.API_KEY_REVOKED, actor=actor_of(acting_user),
+                     target_type="api_key", target_id=row.id,
+                     details={"tenant_id": access.tenant.id, "prefix": row.prefix})
+
+
+def list_api_keys(s: Session, tenant: Tenant) -> list[ApiKey]:
+    return list(s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)
+                          .order_by(ApiKey.id)))
+
+
+def authenticate_bearer(s: Session, authorization: str | None) -> ApiPrincipal:
+    """The API key and tenant behind an ``Authorization: Bearer`` header, or a clear refusal."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
+        raise NotSignedIn("Send a tenant API key as 'Authorization: Bearer mgk_…'.")
+    prefix = key[len(KEY_PREFIX):].split("_", 1)[0]
+    row = s.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).first()
+    if row is None or not hmac.compare_digest(row.secret_hash, key_hash(key)):
+        raise NotSignedIn("This API key is not valid.")
+    if row.revoked_at is not None:
+        raise NotSignedIn("This API key was revoked.")
+    tenant = s.get(Tenant, row.tenant_id)
+    if tenant is None or tenant.state == "deleted":
+        raise NotSignedIn("This API key is not valid.")
+    if tenant.state == "suspended":
+        raise Forbidden("This tenant is suspended; its API keys are refused until an Owner "
+                        "resumes it.")
+    if tenant.state != "active":
+        raise Forbidden("This tenant is not active yet.")
+    now = utcnow()
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+        row.last_used_at = now
+    return ApiPrincipal(row, tenant)
