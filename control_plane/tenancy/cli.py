@@ -31,6 +31,23 @@ def register(sub: Any) -> None:
     listing = tsub.add_parser("list", help="list tenants", description="List every tenant.")
     listing.set_defaults(func=cmd_tenant_list)
 
+    server = sub.add_parser("server", help="database servers that hold tenant databases",
+                            description="Database servers that hold tenant databases. A new "
+                                        "tenant goes to the active server with the fewest "
+                                        "tenants.")
+    ssub = server.add_subparsers(dest="server_command", metavar="ACTION", required=True)
+    add = ssub.add_parser("add", help="register a Postgres server",
+                          description="Register a Postgres server. The URL's role needs "
+                                      "CREATEDB and CREATEROLE; the URL is stored sealed.")
+    add.add_argument("--name", required=True, help="short name: a-z, 0-9 and '-'")
+    add.add_argument("--url-stdin", action="store_true", required=True,
+                     help="read the server's admin URL from standard input (keeps the "
+                          "password out of the process list and shell history)")
+    add.set_defaults(func=cmd_server_add)
+    slist = ssub.add_parser("list", help="list servers and their tenant counts",
+                            description="List database servers and their tenant counts.")
+    slist.set_defaults(func=cmd_server_list)
+
 
 def cmd_tenant_create(args: argparse.Namespace) -> int:
     from control_plane.cli import CommandError, _check_database, _prepare
@@ -95,6 +112,71 @@ def cmd_tenant_list(args: argparse.Namespace) -> int:
             print(f"{tenant.id:>5}  {tenant.slug:<24} {tenant.state:<13} {server or '-':<12} "
                   f"{tenant.key_provider}")
         print(f"{len(rows)} tenant(s)")
+        return 0
+    finally:
+        engine.dispose()
+
+
+def cmd_server_add(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from control_plane.audit import SYSTEM
+    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.exceptions import MagistrateError
+    from control_plane.sealing import ControlSealer
+    from control_plane.tenancy.database import libpq_url, url_for
+    from control_plane.tenancy.servers import do_add_db_server
+
+    _, endpoints = _prepare(args)
+    _check_database(endpoints.database_url)
+    url = sys.stdin.readline().strip()
+    if not url:
+        raise CommandError("no URL on standard input")
+    try:
+        with psycopg.connect(libpq_url(url_for(url, database="postgres")), connect_timeout=5
+                             ) as conn:
+            row = conn.execute("SELECT rolcreatedb, rolcreaterole, rolsuper FROM pg_roles "
+                               "WHERE rolname = current_user").fetchone()
+    except (psycopg.Error, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"cannot connect to that server: {first}") from None
+    if row is None or not (row[2] or (row[0] and row[1])):
+        raise CommandError("the URL's role needs CREATEDB and CREATEROLE on that server")
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            server = do_add_db_server(s, name=args.name, url=url,
+                                      sealer=ControlSealer(endpoints.secret_key), actor=SYSTEM)
+            print(f"database server {server.name} ({server.host}:{server.port}) added")
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_server_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import func
+
+    from control_plane.cli import _check_database, _prepare
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.models import DbServer, Tenant
+
+    _, endpoints = _prepare(args)
+    _check_database(endpoints.database_url)
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s:
+            rows = s.execute(
+                select(DbServer, func.count(Tenant.id))
+                .outerjoin(Tenant, (Tenant.db_server_id == DbServer.id)
+                           & (Tenant.state != "deleted"))
+                .group_by(DbServer.id).order_by(DbServer.id)).all()
+        for server, count in rows:
+            status = "active" if server.is_active else "inactive"
+            print(f"{server.name:<16} {server.host}:{server.port:<6} {status:<9} "
+                  f"{count} tenant(s)")
         return 0
     finally:
         engine.dispose()

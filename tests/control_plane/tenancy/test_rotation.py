@@ -122,7 +122,7 @@ def key_rows(db, tenant_id: int) -> list[tuple[int, str, str, bytes, bool]]:
                                    .order_by(TenantKey.version))]
 
 
-def audit_events(db, event_type: str) -> list[dict]:
+def audit_events(db, event_type: str) -> list[dict[str, object]]:
     with db() as s:
         return [e.details for e in s.scalars(select(PlatformAuditEvent).where(
             PlatformAuditEvent.event_type == event_type).order_by(PlatformAuditEvent.seq))]
@@ -365,7 +365,7 @@ def test_a_kms_rotation_keeps_the_wrapped_key_valid_and_rewrap_moves_it(kms_serv
     before = secrets_of(svc, acme)
 
     def kms_version() -> int:  # the fake's ciphertext names the CryptoKeyVersion it used
-        return struct.unpack(">4sI", key_rows(db, acme)[0][3][:8])[1]
+        return int(struct.unpack(">4sI", key_rows(db, acme)[0][3][:8])[1])
 
     assert kms_version() == 1
     fake.rotate_key(ref)  # the customer's scheduled rotation: version 2 becomes primary

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from sqlalchemy import select
+
 from tests.conftest import TEST_SECRET_KEY
 from tests.control_plane.tenancy.helpers import tenant_state
 from tests.factories import make_user
@@ -44,3 +46,30 @@ def test_create_and_list(services, db, database_url, redis_url, primary_server, 
         failed = run(*merged, env_extra=env)
         assert failed.returncode == 1, (args, failed.stdout)
         assert message in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_server_add_and_list(services, db, database_url, redis_url, primary_server, settings,
+                             pg_server_url):
+    env = {"MAGISTRATE_DATABASE_URL": database_url, "MAGISTRATE_REDIS_URL": redis_url,
+           "MAGISTRATE_SECRET_KEY": TEST_SECRET_KEY, "MAGISTRATE_HOME": str(settings.home)}
+
+    def run_stdin(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("MAGISTRATE_")}
+        full.update(env)
+        return subprocess.run([sys.executable, "-m", "control_plane", *args], env=full,
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    added = run_stdin("server", "add", "--name", "replica-two", "--url-stdin",
+                      stdin=pg_server_url + "\n")
+    assert added.returncode == 0, added.stderr
+    assert "database server replica-two" in added.stdout
+    listed = run("server", "list", env_extra=env)
+    assert "primary" in listed.stdout and "replica-two" in listed.stdout
+    refused = run_stdin("server", "add", "--name", "nowhere", "--url-stdin",
+                        stdin="postgresql://x@127.0.0.1:1/postgres\n")
+    assert refused.returncode == 1 and "cannot connect to that server" in refused.stderr
+    with db() as s:
+        from control_plane.models import DbServer
+
+        sealed = s.scalars(select(DbServer.admin_url_sealed)).all()
+        assert all(pg_server_url.encode() not in blob for blob in sealed)
