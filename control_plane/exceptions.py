@@ -8,6 +8,7 @@
     │   └── PasswordChangeRequired 403 (pages redirect to the account page)
     ├── NotFound              404 (also for another tenant's ids)
     ├── Conflict              409
+    ├── Gone                  410
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
     ├── InvalidInput          422
@@ -65,6 +66,11 @@ class NotFound(MagistrateError):
 class Conflict(MagistrateError):
     status_code = 409
     default_message = "That conflicts with the current state."
+
+
+class Gone(MagistrateError):
+    status_code = 410
+    default_message = "This is no longer available."
 
 
 class PayloadTooLarge(MagistrateError):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import redis
 from rq import Worker
 from rq.serializers import JSONSerializer
@@ -26,7 +29,26 @@ def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
                      lambda: dispatch_pending(runtime.session_factory(), connection), 2),
         PeriodicTask("reap_expired_leases",
                      lambda: reap_expired_leases(runtime.session_factory()), 10),
+        PeriodicTask("purge_stale_exports",
+                     lambda: purge_stale_exports(runtime.env().settings.home / "exports"), 600),
     ]
+
+
+EXPORT_MAX_AGE_SECONDS = 3600
+
+
+def purge_stale_exports(folder: Path, max_age: float = EXPORT_MAX_AGE_SECONDS) -> int:
+    """Delete export files nobody downloaded within ``max_age``: decrypted personal data must
+    not linger on disk (a download link lives 5 minutes; the page re-issues it for an hour)."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age
+    removed = 0
+    for path in folder.iterdir():
+        if path.is_file() and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def run_worker(settings: Settings, *, database_url: str, redis_url: str, secret_key: str,

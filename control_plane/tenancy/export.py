@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from control_plane import audit
 from control_plane.db import utcnow
 from control_plane.embedded import read_or_create_secret_key
-from control_plane.exceptions import Conflict, Forbidden, MagistrateError, NotFound, RateLimited
+from control_plane.exceptions import Conflict, Forbidden, Gone, NotFound, RateLimited
 from control_plane.jobs import JobKinds, enqueue_job
 from control_plane.models import Job, Tenant, User
 from control_plane.settings import Settings
@@ -60,11 +60,9 @@ ACTIVE_STATES = ("pending", "dispatched", "running")
 Progress = Callable[[int, int, str], None]
 
 
-class ExportGone(MagistrateError):
-    """410: the export was already downloaded, or its file is no longer on the server.
-    (Belongs in ``control_plane/exceptions.py`` as a general ``Gone``.)"""
+class ExportGone(Gone):
+    """410: the export was already downloaded, or its file is no longer on the server."""
 
-    status_code = 410
     default_message = ("This export was already downloaded: a download works once. Request a "
                        "new export from the tenant's page.")
 

@@ -271,7 +271,6 @@ class _RowRefused(Exception):
 @dataclass
 class _Plan:
     tenant_id: int
-    slug: str
     from_versions: list[int]
     to_version: int
     resumed: bool
@@ -370,7 +369,6 @@ def _begin(session_factory: sessionmaker[Session], tenant_id: int,
                                  "phase": "started", "from_versions": from_versions,
                                  "to_version": target})
         tenant_key = str(tenant.id)
-        slug = tenant.slug
         # retired versions stay readable, should a value still name one
         retired = {v: (k.provider, k.key_ref, k.wrapped_dek) for v, k in wrapped.items()
                    if v not in deks}
@@ -383,7 +381,7 @@ def _begin(session_factory: sessionmaker[Session], tenant_id: int,
         return deks[version]
 
     known = frozenset(deks) | frozenset(retired)
-    return _Plan(tenant_id, slug, from_versions, target, resumed, known,
+    return _Plan(tenant_id, from_versions, target, resumed, known,
                  TenantSealer(tenant_key, target, key_for))
 
 

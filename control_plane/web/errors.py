@@ -27,7 +27,8 @@ HTTP_MESSAGES = {
     503: "A service Magistrate depends on is unavailable. Try again shortly.",
 }
 TITLES = {400: "Bad request", 401: "Sign in", 403: "Not allowed", 404: "Not found",
-          405: "Method not allowed", 409: "Conflict", 413: "Too large", 415: "Unsupported",
+          405: "Method not allowed", 409: "Conflict", 410: "Gone", 413: "Too large",
+          415: "Unsupported",
           422: "Invalid input", 429: "Too many requests", 500: "Server error",
           503: "Unavailable"}
 

@@ -54,10 +54,10 @@ def live_port() -> int:
 
 
 @pytest.fixture
-def settings(live_port: int) -> Settings:
+def settings(live_port: int, tmp_path: Path) -> Settings:
     """Overrides the suite's ``settings``: the app answers on the live server's address."""
     return make_settings(public_url=f"http://127.0.0.1:{live_port}",
-                         allowed_hosts=("127.0.0.1",))
+                         allowed_hosts=("127.0.0.1",), home=tmp_path / "home")
 
 
 @pytest.fixture

@@ -61,3 +61,17 @@ def test_worker_process_runs_the_expiry_job(client, db, database_url, redis_url,
     with db() as s:
         assert len(s.scalars(select(WebSession)).all()) == 1
     assert get_queue(redis_client).count == 0
+
+
+def test_stale_export_files_are_purged(tmp_path):
+    from workers.worker import purge_stale_exports
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    old, fresh = folder / "old.zip", folder / "fresh.zip"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(old, (0, 0))
+    assert purge_stale_exports(folder, max_age=60) == 1
+    assert not old.exists() and fresh.exists()
+    assert purge_stale_exports(tmp_path / "missing") == 0

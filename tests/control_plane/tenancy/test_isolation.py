@@ -13,7 +13,6 @@ from control_plane.web.app import build_app
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import csrf_token, make_user, sign_in
 
-
 SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            "confirm_slug": "tenant-b", "name": "n", "provider": "openai",
            "secret": "sk-should-never-be-stored", "contact_email": "", "key_provider": "local",
