@@ -3,13 +3,18 @@ local KEK, and a clean slate of tenant databases and roles for each test."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import psycopg
 import pytest
 from psycopg import sql
 
+from control_plane.embedded import EmbeddedPostgres
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.tenancy.servers import ensure_primary_server
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 
 def drop_tenant_leftovers(server_url: str) -> None:
@@ -43,3 +48,13 @@ def primary_server(services, pg_server_url):
     yield server_id
     services.tenant_connections.close()
     drop_tenant_leftovers(pg_server_url)
+
+
+@pytest.fixture(scope="session")
+def second_server():
+    home = Path(tempfile.mkdtemp(prefix="magistrate-second-pg-"))
+    server = EmbeddedPostgres(home, free_port())
+    server.start()
+    yield server.url("postgres")
+    server.stop()
+    shutil.rmtree(home, ignore_errors=True)

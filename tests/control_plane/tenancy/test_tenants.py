@@ -4,15 +4,11 @@ servers, lifecycle, sealed columns, deletion, and the JSON API."""
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import psycopg
 import pytest
 from sqlalchemy import select, text
 
-from control_plane.embedded import EmbeddedPostgres
 from control_plane.models import Job, Membership, Tenant, TenantKey, TenantTombstone
 from control_plane.tenancy import database
 from control_plane.tenancy.provisioning import provision
@@ -21,7 +17,6 @@ from tenant_runtime.context import Actor
 from tenant_runtime.credentials import service as credentials
 from tenant_runtime.exceptions import SealedValueRefused
 from tenant_runtime.models import CLASSIFICATIONS, TenantBase
-from tests.conftest import free_port
 from tests.control_plane.tenancy.helpers import (
     create_tenant,
     run_pending_jobs,
@@ -158,16 +153,6 @@ def test_a_crash_midway_then_a_retry_finishes_without_duplicates(services, db, d
     # running the finished job's steps again changes nothing
     assert provision(services.session_factory, tenant_id, sealer=services.sealer,
                      providers=services.key_providers, progress=lambda *a: None) == "active"
-
-
-@pytest.fixture(scope="session")
-def second_server():
-    home = Path(tempfile.mkdtemp(prefix="magistrate-second-pg-"))
-    server = EmbeddedPostgres(home, free_port())
-    server.start()
-    yield server.url("postgres")
-    server.stop()
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_placement_spreads_tenants_over_two_servers(services, db, database_url, primary_server,
