@@ -62,6 +62,7 @@ def test_owner_creates_a_tenant_and_watches_it_provision(browser: Browser, live_
     expect(page.get_by_test_id("tenant-state")).to_have_text("active")  # by polling, no reload
 
     page.reload()
+    page.screenshot(path=str(artifacts_dir / "tenant-detail.png"), full_page=True)
     page.get_by_role("link", name="Provider credentials").click()
     page.get_by_label("Name").fill("openai-prod")
     page.get_by_label("Secret").fill("sk-browser-secret-7777")
