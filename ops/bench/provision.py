@@ -165,20 +165,42 @@ class Bench:
             "admin_connection": timed(connect),
             "ensure_template_when_present": timed(lambda: database.ensure_template(admin)),
         }
+        created = []
         with psycopg.connect(database.libpq_url(admin), autocommit=True) as conn:
             for strategy in ("WAL_LOG", "FILE_COPY"):
                 samples = []
-                for i in range(10):
-                    name = sql.Identifier(f"bench_floor_{strategy.lower()}_{i}")
+                for i in range(10):  # dropped only at the end: a drop would hide the cost
+                    name = f"bench_floor_{strategy.lower()}_{i}"
                     started = time.perf_counter()
                     conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY {}").format(
-                        name, sql.Identifier(template), sql.SQL(strategy)))
+                        sql.Identifier(name), sql.Identifier(template), sql.SQL(strategy)))
                     samples.append(ms_since(started))
-                    conn.execute(sql.SQL("DROP DATABASE {}").format(name))
+                    created.append(name)
                 out[f"create_database_{strategy.lower()}"] = summary(samples)
-            size = conn.execute("SELECT pg_database_size(%s)", (template,)).fetchone()
-            out["template_bytes"] = int(size[0]) if size else None
+            row = conn.execute("SELECT count(*) FROM pg_ls_dir('base/' || (SELECT oid FROM "
+                               "pg_database WHERE datname = %s))", (created[0],)).fetchone()
+            files = int(row[0]) if row else 0
+            out["files_per_database"] = files
+            for name in created:
+                conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+        out["filesystem_create_files"] = self.file_creation_ms(files)
         return out
+
+    def file_creation_ms(self, files: int) -> dict[str, float]:
+        """Creating as many files as a new database has, with one page each, on the
+        filesystem that holds the data folder: what the kernel charges CREATE DATABASE."""
+        samples = []
+        for round_ in range(5):
+            folder = self.home / f"files-{round_}"
+            folder.mkdir()
+            started = time.perf_counter()
+            for i in range(files):
+                fd = os.open(folder / str(i), os.O_CREAT | os.O_WRONLY, 0o600)
+                os.pwrite(fd, bytes(8192), 0)
+                os.close(fd)
+            samples.append(ms_since(started))
+            shutil.rmtree(folder)
+        return summary(samples)
 
     def migrate_command_seconds(self) -> float:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAGISTRATE_")}
