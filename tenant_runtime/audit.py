@@ -22,6 +22,10 @@ GENESIS_HASH = "0" * 64
 CHAIN_LOCK = 74203  # transaction-scoped advisory lock id of the tenant chain head
 
 
+class CheckpointEvents:
+    KEY_CREATED = "audit.checkpoint_key_created"
+
+
 class CredentialEvents:
     ADDED = "credential.added"
     DELETED = "credential.deleted"

@@ -7,7 +7,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Identity, LargeBinary, MetaData, String, text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Identity,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -63,3 +73,36 @@ class ProviderCredential(TenantBase):
     created_by: Mapped[str | None] = mapped_column(String(320), info=PLAIN)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
                                                  info=PLAIN)
+
+
+class CheckpointKey(TenantBase):
+    """The tenant's Ed25519 key that signs audit checkpoints. The public half is plain (shown on
+    the dashboard, in every export, pinned by compliance teams); the raw 32-byte private half is
+    sealed under the tenant's data key (row key: ``id``). At most one key is active (not
+    retired) at a time; retired keys stay, so older checkpoints remain verifiable."""
+
+    __tablename__ = "checkpoint_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True, info=PLAIN)
+    public_key: Mapped[str] = mapped_column(Text, info=PLAIN)  # raw 32 bytes, base64
+    private_key_sealed: Mapped[bytes] = mapped_column(LargeBinary, info=SECRET)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
+                                                 info=PLAIN)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), info=PLAIN)
+
+
+class AuditCheckpoint(TenantBase):
+    """A signed statement "the chain had reached ``seq`` with ``chain_hash`` at ``created_at``"
+    (tenant_runtime/checkpoints.py). Append-only like ``audit_events``: a trigger refuses UPDATE
+    and DELETE, and the service role may only INSERT and SELECT."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False,
+                                     info=PLAIN)
+    chain_hash: Mapped[str] = mapped_column(String(64), info=PLAIN)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), info=PLAIN)
+    signature: Mapped[str] = mapped_column(Text, info=PLAIN)  # Ed25519, base64
+    key_id: Mapped[str] = mapped_column(String(16), ForeignKey("checkpoint_keys.key_id"),
+                                        info=PLAIN)

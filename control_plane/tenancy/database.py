@@ -4,7 +4,7 @@
   owned by the NOLOGIN role ``magistrate_template_owner``; rebuilt when the tree's head changes.
 - Per tenant: database ``magistrate_t_<id>`` cloned from the template, and two roles:
   ``…_owner`` (owns the database and its objects, runs migrations) and ``…_app`` (DML only; on
-  ``audit_events`` only INSERT and SELECT). CONNECT and TEMP are revoked from PUBLIC, so no other
+  the audit tables only INSERT and SELECT). CONNECT and TEMP are revoked from PUBLIC, so no other
   tenant's role can even open the database.
 
 Every function here is idempotent: a crash in the middle, then a second call, ends in the same
@@ -24,7 +24,7 @@ from control_plane.migrations import head_revision, upgrade_tenant
 TEMPLATE_OWNER = "magistrate_template_owner"
 TEMPLATE_PREFIX = "magistrate_tenant_tmpl_"
 TEMPLATE_LOCK = 74210
-APPEND_ONLY_TABLES = ("audit_events",)
+APPEND_ONLY_TABLES = ("audit_events", "audit_checkpoints")
 
 
 def libpq_url(url: str) -> str:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from control_plane.db import make_session_factory
 from control_plane.exceptions import (
     Conflict,
     Forbidden,
@@ -30,6 +31,7 @@ from control_plane.web.deps import SignedIn, require_user
 from control_plane.web.forms import Form, form_endpoint, read_form, validation_message
 from control_plane.web.services import Services, services
 from control_plane.web.templating import render
+from tenant_runtime import checkpoints
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials import routes as credential_routes
 from tenant_runtime.exceptions import TenantKeyUnavailable
@@ -186,7 +188,10 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
         tenant = access.tenant
         job = service.provisioning_job(s, tenant)
         key_problem = None
+        checkpoint_key = None
         if tenant.state in ("active", "suspended"):
+            with make_session_factory(svc.tenant_connections.engine(tenant))() as ts:
+                checkpoint_key = checkpoints.active_public_key(ts)
             try:  # served from the key cache in steady state; a revoked KEK shows here
                 sealer = svc.tenant_connections.sealer_for(s, tenant)
                 sealer.seal(b"probe", table="-", column="-", row_key="-")
@@ -194,6 +199,7 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
                 key_problem = exc.message
         context = {
             "tenant": tenant, "role": access.role, "job": job, "key_problem": key_problem,
+            "checkpoint_key": checkpoint_key,
             "server": tenant.db_server.name if tenant.db_server else "",
             "members": service.members(s, tenant) if access.role in service.MANAGE_ROLES
             else [],

@@ -10,8 +10,9 @@ database, creates an Owner, registers the server and a local key-encryption key,
 3. provisions more tenants up to 200 (not timed),
 4. times the fan-out over the 200 tenants, all already at head (``fanout_noop_seconds``), and
    the whole ``magistrate migrate`` command around it (``migrate_command_seconds``),
-5. times the building blocks of provisioning on their own (``floor_ms``): an admin connection,
-   ``CREATE DATABASE`` from the template with each strategy.
+5. times the building blocks on their own (``floor_ms``): an admin connection, the template
+   check, ``CREATE DATABASE`` from the template with each strategy, and creating as many files
+   as a new database has on the same filesystem.
 
 Prints one JSON object on stdout (progress goes to stderr), and removes everything it started.
 Run: ``.venv/bin/python ops/bench/provision.py`` or ``make bench``. See ops/BENCHMARKS.md.
@@ -20,6 +21,7 @@ Run: ``.venv/bin/python ops/bench/provision.py`` or ``make bench``. See ops/BENC
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import secrets
@@ -77,8 +79,7 @@ def free_port() -> int:
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile: the value below which ``q`` of the samples fall."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -1,0 +1,218 @@
+"""The tenant's audit chain as a JSON Lines export a compliance team verifies offline.
+
+The format is specified in ops/AUDIT_FORMAT.md and checked by ops/verify_audit_chain.py:
+a header line, one line per event in seq order, the signed checkpoints of the range, and a
+manifest. ``export_lines`` streams it:
+
+- one REPEATABLE READ, READ ONLY transaction, so events, checkpoints and keys come from one
+  snapshot (a checkpoint written meanwhile never names a row the export lacks);
+- keyset batches of ``BATCH_SIZE`` rows (``seq > last seen ORDER BY seq LIMIT n``) read as plain
+  rows, not ORM objects, so memory holds one batch whatever the size of the log;
+- a date range is first resolved to the seq range it covers, so the exported rows are always
+  contiguous (the verifier checks that);
+- the tables of checkpoints and keys may not exist in an older tenant database: then the export
+  has no checkpoints and no keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, func, select, text
+from sqlalchemy.orm import Session
+
+from tenant_runtime.exceptions import TenantInvalidInput
+from tenant_runtime.models import AuditEvent
+
+FORMAT = 1
+BATCH_SIZE = 5_000
+RANGE_PARAMS = ("first_seq", "last_seq", "since", "until")
+SEQ = re.compile(r"[0-9]{1,18}")  # fits a bigint
+EVENTS = AuditEvent.__table__
+
+
+@dataclass(frozen=True)
+class ExportRange:
+    """What to export: a seq range or a date range (``since`` inclusive, ``until`` exclusive),
+    each end optional; nothing given means the whole chain."""
+
+    first_seq: int | None = None
+    last_seq: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"first_seq": self.first_seq, "last_seq": self.last_seq,
+                "since": timestamp(self.since) if self.since else None,
+                "until": timestamp(self.until) if self.until else None}
+
+
+def timestamp(moment: datetime) -> str:
+    """The one way the audit format writes a time: UTC, microseconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_line(document: Mapping[str, Any]) -> bytes:
+    """A line of the export: canonical JSON (sorted keys, no whitespace, UTF-8) and ``\\n``."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+# ------------------------------------------------------------------------------- the range
+
+
+def _seq(name: str, value: str | None) -> int | None:
+    if value is None or value.strip() == "":
+        return None
+    if not SEQ.fullmatch(value.strip()) or int(value) < 1:
+        raise TenantInvalidInput(f"{name} must be a whole number of at least 1.")
+    return int(value)
+
+
+def _moment(name: str, value: str | None) -> datetime | None:
+    """A date (midnight UTC) or an ISO 8601 date and time; without an offset it is UTC."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise TenantInvalidInput(f"{name} must be a date (2025-01-31) or a date and time "
+                                 "(2025-01-31T12:00:00Z).") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_range(params: Mapping[str, str | None]) -> ExportRange:
+    """An ``ExportRange`` from strings (query parameters, command-line options), or
+    TenantInvalidInput with one sentence saying what is wrong."""
+    return check_range(ExportRange(
+        first_seq=_seq("first_seq", params.get("first_seq")),
+        last_seq=_seq("last_seq", params.get("last_seq")),
+        since=_moment("since", params.get("since")),
+        until=_moment("until", params.get("until"))))
+
+
+def check_range(wanted: ExportRange) -> ExportRange:
+    by_seq = wanted.first_seq is not None or wanted.last_seq is not None
+    by_date = wanted.since is not None or wanted.until is not None
+    if by_seq and by_date:
+        raise TenantInvalidInput("Give a range by seq (first_seq, last_seq) or by date "
+                                 "(since, until), not both.")
+    for name in ("first_seq", "last_seq"):
+        value = getattr(wanted, name)
+        if value is not None and value < 1:
+            raise TenantInvalidInput(f"{name} must be a whole number of at least 1.")
+    if wanted.first_seq and wanted.last_seq and wanted.last_seq < wanted.first_seq:
+        raise TenantInvalidInput("last_seq must not be smaller than first_seq.")
+    if wanted.since and wanted.until and wanted.until <= wanted.since:
+        raise TenantInvalidInput("until must be later than since.")
+    return wanted
+
+
+def _seq_bounds(session: Session, wanted: ExportRange) -> tuple[int, int | None] | None:
+    """The seq range to export, ``(first, last)`` with ``last`` None for "to the end"; a date
+    range becomes the seqs it covers. None when a date range holds no event."""
+    first, last = wanted.first_seq or 1, wanted.last_seq
+    if wanted.since is not None:
+        first = session.scalar(select(func.min(EVENTS.c.seq))
+                               .where(EVENTS.c.occurred_at >= wanted.since))
+        if first is None:
+            return None
+    if wanted.until is not None:
+        last = session.scalar(select(func.max(EVENTS.c.seq))
+                              .where(EVENTS.c.occurred_at < wanted.until))
+        if last is None:
+            return None
+    return first, last
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def _table_exists(session: Session, name: str) -> bool:
+    return session.scalar(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name}) is True
+
+
+def _event_line(row: Row[Any]) -> bytes:
+    return canonical_line({
+        "type": "event", "seq": row.seq, "occurred_at": timestamp(row.occurred_at),
+        "actor_type": row.actor_type, "actor_id": row.actor_id, "actor_name": row.actor_name,
+        "event_type": row.event_type, "target_type": row.target_type,
+        "target_id": row.target_id, "details": row.details, "prev_hash": row.prev_hash,
+        "chain_hash": row.chain_hash})
+
+
+def _events(session: Session, first: int, last: int | None, batch: int) -> Iterator[Row[Any]]:
+    after = first - 1
+    while True:
+        query = select(EVENTS).where(EVENTS.c.seq > after).order_by(EVENTS.c.seq).limit(batch)
+        if last is not None:
+            query = query.where(EVENTS.c.seq <= last)
+        rows = session.execute(query).all()
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1].seq
+
+
+def _checkpoints(session: Session, low: int, high: int, batch: int) -> Iterator[Row[Any]]:
+    after = low - 1
+    while True:
+        rows = session.execute(text(
+            "SELECT seq, chain_hash, created_at, signature, key_id FROM audit_checkpoints "
+            "WHERE seq > :after AND seq <= :high ORDER BY seq LIMIT :batch"),
+            {"after": after, "high": high, "batch": batch}).all()
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1].seq
+
+
+def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int | None = None,
+                 last_seq: int | None = None, since: datetime | None = None,
+                 until: datetime | None = None, batch_size: int = BATCH_SIZE,
+                 exported_at: datetime | None = None) -> Iterator[bytes]:
+    """The export, line by line (each ``bytes`` ends with ``\\n``). ``session`` must not have
+    run a statement yet: the export opens its own read-only snapshot in it."""
+    wanted = check_range(ExportRange(first_seq, last_seq, since, until))
+    session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    has_checkpoints = _table_exists(session, "audit_checkpoints")
+    keys = [] if not _table_exists(session, "checkpoint_keys") else [
+        {"key_id": key_id, "public_key": public_key} for key_id, public_key in session.execute(
+            text("SELECT key_id, public_key FROM checkpoint_keys ORDER BY id"))]
+    digest = hashlib.sha256()
+
+    def emit(line: bytes) -> bytes:
+        digest.update(line)
+        return line
+
+    yield emit(canonical_line({
+        "type": "header", "format": FORMAT, "tenant_id": tenant_id, "tenant": slug,
+        "exported_at": timestamp(exported_at or datetime.now(UTC)), "range": wanted.as_json(),
+        "public_keys": keys}))
+    bounds = _seq_bounds(session, wanted)
+    count, first_row, head = 0, None, None
+    for row in _events(session, *bounds, batch_size) if bounds else ():
+        count += 1
+        if first_row is None:
+            first_row = row.seq
+        head = row
+        yield emit(_event_line(row))
+    checkpoints = 0
+    if has_checkpoints and head is not None and first_row is not None:
+        for cp in _checkpoints(session, first_row - 1, head.seq, batch_size):
+            checkpoints += 1
+            yield emit(canonical_line({
+                "type": "checkpoint", "tenant_id": tenant_id, "seq": cp.seq,
+                "chain_hash": cp.chain_hash, "created_at": timestamp(cp.created_at),
+                "signature": cp.signature, "key_id": cp.key_id}))
+    yield canonical_line({"type": "manifest", "first_seq": first_row,
+                          "last_seq": head.seq if head is not None else None,
+                          "head_hash": head.chain_hash if head is not None else None,
+                          "events": count, "checkpoints": checkpoints,
+                          "sha256": digest.hexdigest()})

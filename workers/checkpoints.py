@@ -1,0 +1,99 @@
+"""The periodic checkpoint task: every active tenant gets a signed checkpoint of its audit chain
+when one is due (tenant_runtime/checkpoints.py decides; most runs write nothing).
+
+It runs in the scheduler thread of every worker. Two workers on one tenant are safe: the
+tenant's checkpoint lock serializes them and the second finds nothing due. One failing tenant
+(a revoked customer key, a database that does not answer) is logged and skipped; the others go
+on, and the next run tries it again."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.models import Tenant
+from control_plane.tenancy.connections import TenantConnections
+from tenant_runtime.checkpoints import make_checkpoint
+from tenant_runtime.context import Actor
+from tenant_runtime.exceptions import TenantError
+from workers import runtime
+
+log = logging.getLogger("magistrate.checkpoints")
+SYSTEM = Actor("system", None, "checkpoints")
+
+
+def checkpoint_all_tenants(session_factory: sessionmaker[Session],
+                           connections: TenantConnections) -> dict[str, int]:
+    """Write the due checkpoint of every active tenant; each tenant in its own transaction.
+    Returns ``{"tenants", "written", "not_due", "failed"}``."""
+    with session_factory() as s:
+        tenant_ids = list(s.scalars(select(Tenant.id).where(Tenant.state == "active")
+                                    .order_by(Tenant.id)))
+    counts = {"tenants": len(tenant_ids), "written": 0, "not_due": 0, "failed": 0}
+    for tenant_id in tenant_ids:
+        try:
+            with session_factory() as s:
+                tenant = s.get(Tenant, tenant_id)
+                if tenant is None or tenant.state != "active":
+                    counts["not_due"] += 1  # deleted or suspended since the list was read
+                    continue
+                ctx = connections.context(s, tenant, SYSTEM)
+            with ctx.session() as ts, ts.begin():
+                checkpoint = make_checkpoint(ts, ctx)
+        except TenantError as exc:
+            counts["failed"] += 1
+            log.warning("checkpoint of tenant %d failed: %s", tenant_id, exc.message)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one tenant must not stop the others
+            counts["failed"] += 1
+            # the type only: a driver message may carry a host or a role name
+            log.warning("checkpoint of tenant %d failed: %s", tenant_id, type(exc).__name__)
+            continue
+        if checkpoint is None:
+            counts["not_due"] += 1
+        else:
+            counts["written"] += 1
+            log.info("checkpoint of tenant %d at seq %d (key %s)", tenant_id, checkpoint.seq,
+                     checkpoint.key_id)
+    return counts
+
+
+_connections: TenantConnections | None = None
+_connections_for: tuple[int, runtime.WorkerEnv] | None = None
+_lock = threading.Lock()
+
+
+def _process_connections() -> TenantConnections:
+    """One pool of tenant engines per worker process (and configuration), reused from run to
+    run, so a minute's run does not open a new engine per tenant."""
+    global _connections, _connections_for
+    env = runtime.env()
+    with _lock:
+        owner = _connections_for
+        if _connections is None or owner is None or owner[0] != os.getpid() \
+                or owner[1] is not env:
+            if _connections is not None and owner is not None and owner[0] == os.getpid():
+                _connections.close()  # reconfigured in this process (never after a fork)
+            _connections = TenantConnections(sealer=env.sealer, providers=env.key_providers,
+                                             dek_cache=env.dek_cache)
+            _connections_for = (os.getpid(), env)
+        return _connections
+
+
+def run_checkpoints() -> dict[str, int]:
+    """The periodic task's body: every active tenant, with this process's tenant engines."""
+    return checkpoint_all_tenants(runtime.session_factory(), _process_connections())
+
+
+def close_connections() -> None:
+    """Dispose of this process's tenant engines (worker shutdown, tests)."""
+    global _connections, _connections_for
+    with _lock:
+        if _connections is not None and _connections_for is not None \
+                and _connections_for[0] == os.getpid():
+            _connections.close()
+        _connections, _connections_for = None, None
