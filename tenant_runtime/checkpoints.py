@@ -159,7 +159,8 @@ def _ensure_key(s: Session, ctx: TenantContext) -> CheckpointKey:
     s.add(key)
     s.flush()
     audit.record(s, audit.CheckpointEvents.KEY_CREATED, actor=ctx.actor,
-                 target_type="checkpoint_key", target_id=key.key_id, details={"key_id": key.key_id, "public_key": public_b64})
+                 target_type="checkpoint_key", target_id=key.key_id,
+                 details={"key_id": key.key_id, "public_key": public_b64})
     return key
 
 
