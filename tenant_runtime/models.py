@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Identity,
+    Index,
     LargeBinary,
     MetaData,
     String,
@@ -57,6 +58,13 @@ class AuditEvent(TenantBase):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, info=PLAIN)
     prev_hash: Mapped[str] = mapped_column(String(64), info=PLAIN)
     chain_hash: Mapped[str] = mapped_column(String(64), info=PLAIN)
+
+    __table_args__ = (
+        # the timeline's filters, each walked newest first by seq (keyset pagination)
+        Index("ix_audit_events_event_type_seq", "event_type", "seq"),
+        Index("ix_audit_events_actor_name_seq", "actor_name", "seq"),
+        Index("ix_audit_events_occurred_at", "occurred_at"),
+    )
 
 
 class ProviderCredential(TenantBase):

@@ -1,0 +1,57 @@
+"""The audit timeline page of a tenant (Owners, Admins and Compliance)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tenant_runtime.audit_views import service
+from tenant_runtime.context import TenantContext
+from tenant_runtime.exceptions import TenantInvalidInput
+from tenant_runtime.routing import TenantRoute
+
+READERS = ("Owner", "Admin", "Compliance")
+
+
+def _date(name: str, raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise TenantInvalidInput(f"'{name}' must be a date like 2026-11-25 or "
+                                 f"2026-11-25T14:00.") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def parse_filter(request: Request) -> service.TimelineFilter:
+    q = request.query_params
+    unknown = set(q) - {"event_type", "actor", "since", "until", "before_seq"}
+    if unknown:
+        raise TenantInvalidInput(f"Unknown filter '{sorted(unknown)[0]}'.")
+    before = q.get("before_seq") or None
+    if before is not None and (not before.isdigit() or len(before) > 18):
+        raise TenantInvalidInput("'before_seq' must be a positive whole number.")
+    return service.TimelineFilter(
+        event_type=(q.get("event_type") or "").strip()[:100] or None,
+        actor=(q.get("actor") or "").strip()[:320] or None,
+        since=_date("since", q.get("since")), until=_date("until", q.get("until")),
+        before_seq=int(before) if before else None)
+
+
+def timeline_page(request: Request, ctx: TenantContext) -> Response:
+    render = request.app.state.render
+    f = parse_filter(request)
+    with ctx.session() as s:
+        page = service.timeline(s, f)
+        types = service.event_types(s)
+    params = {k: v for k, v in request.query_params.items() if k != "before_seq" and v}
+    return render(request, "tenants/audit.html",  # type: ignore[no-any-return]
+                  {"page": page, "filter": f, "types": types, "params": params,
+                   "tenant_id": ctx.tenant_id},
+                  partial="tenants/_audit_rows.html")
+
+
+routes = [TenantRoute("/audit", timeline_page, "GET", READERS)]
