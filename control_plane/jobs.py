@@ -30,6 +30,7 @@ class JobKinds:
     DELETE_TENANT = "delete_tenant"
     EXPORT_TENANT = "export_tenant"
     ROTATE_TENANT_KEY = "rotate_tenant_key"
+    VERIFY_AUDIT = "verify_audit"
 
 
 def enqueue_job(s: Session, kind: str, payload: dict[str, Any], *, idempotency_key: str,

@@ -317,6 +317,43 @@ def api_whoami(request: Request) -> Response:
     return JSONResponse(body)
 
 
+AUDIT_VERIFIERS = ("Owner", "Admin", "Compliance")
+
+
+@form_endpoint(EmptyForm)
+def verify_audit(request: Request, form: EmptyForm) -> Response:
+    """Queue "Verify now": a job recomputes the tenant's whole chain and its checkpoints."""
+    import uuid
+
+    from control_plane.jobs import JobKinds, enqueue_job
+
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
+        me, access = _with_tenant(request, s, roles=AUDIT_VERIFIERS)
+        enqueue_job(s, JobKinds.VERIFY_AUDIT, {"tenant_id": access.tenant.id},
+                    idempotency_key=f"verify:{access.tenant.id}:{uuid.uuid4()}",
+                    tenant_id=access.tenant.id, created_by=me.user.id)
+        tenant_id = access.tenant.id
+    _dispatch(svc)
+    return RedirectResponse(f"/tenants/{tenant_id}/audit", 303)
+
+
+def verification_status(request: Request) -> Response:
+    """The latest "Verify now" of this tenant (an htmx partial that polls while it runs)."""
+    from sqlalchemy import select
+
+    from control_plane.jobs import JobKinds
+    from control_plane.models import Job
+
+    with services(request).session_factory() as s, s.begin():
+        _, access = _with_tenant(request, s, roles=AUDIT_VERIFIERS)
+        job = s.scalars(select(Job).where(Job.kind == JobKinds.VERIFY_AUDIT,
+                                          Job.tenant_id == access.tenant.id)
+                        .order_by(Job.id.desc()).limit(1)).first()
+        context = {"job": job, "tenant_id": access.tenant.id}
+    return render(request, "tenants/_verification.html", context)
+
+
 @form_endpoint(DeleteForm)
 def delete_tenant(request: Request, form: DeleteForm) -> Response:
     from control_plane.tenancy.deletion import do_request_deletion
@@ -431,6 +468,9 @@ routes = [
     Route("/tenants/{tenant_id:int}/suspend", suspend_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/resume", resume_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/delete", delete_tenant, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/audit/verify", verify_audit, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/audit/verification", verification_status,
+          methods=["GET"]),
     Route("/tenants/{tenant_id:int}/api-keys", create_api_key, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/api-keys/{key_id:int}/revoke", revoke_api_key,
           methods=["POST"]),

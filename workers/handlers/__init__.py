@@ -1,6 +1,7 @@
 """Outbox job handlers, one module per area; importing this package registers them all."""
 
-from workers.handlers import (
-    export,  # noqa: F401
-    provisioning,  # noqa: F401
+from workers.handlers import (  # noqa: F401
+    audit,
+    export,
+    provisioning,
 )

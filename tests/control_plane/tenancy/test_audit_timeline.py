@@ -64,3 +64,39 @@ def test_timeline_pages_and_filters(client, services, db, database_url, primary_
     sign_in(client, viewer.email)
     refused = client.get(url)
     assert refused.status_code == 403 and "Compliance" in refused.text
+
+
+def test_verify_now_reports_ok_then_names_the_first_bad_row(client, services, db, database_url,
+                                                            primary_server, local_kek):
+    import psycopg
+
+    from tenant_runtime.checkpoints import make_checkpoint
+    from tests.factories import post_form
+
+    owner = make_user(db)
+    tenant_id = create_tenant(services, owner.email, "verified")
+    run_pending_jobs(services, database_url)
+    with services.session_factory() as s:
+        tenant = s.get(Tenant, tenant_id)
+        ctx = services.tenant_connections.context(s, tenant, Actor("system"))
+        owner_url = services.tenant_connections.owner_url(tenant)
+    with ctx.session() as s, s.begin():
+        for i in range(30):
+            audit.record(s, "test.event", actor=Actor("system"), details={"i": i})
+        assert make_checkpoint(s, ctx, force=True) is not None
+    sign_in(client, owner.email)
+    page = f"/tenants/{tenant_id}/audit"
+    assert post_form(client, page + "/verify", page=page).status_code == 303
+    run_pending_jobs(services, database_url)
+    status = client.get(page + "/verification")
+    assert "OK, 31 rows" in status.text  # 30 events and the checkpoint key's creation
+
+    with psycopg.connect(owner_url) as conn:  # a superuser-level rewrite of one row
+        conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+        conn.execute("""UPDATE audit_events SET details = '{"i": 999}' WHERE seq = 12""")
+        conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
+        conn.commit()
+    post_form(client, page + "/verify", page=page)
+    run_pending_jobs(services, database_url)
+    failed = client.get(page + "/verification")
+    assert "Verification failed at seq 12: content changed" in failed.text
