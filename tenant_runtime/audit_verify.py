@@ -36,6 +36,7 @@ def verify_tenant_chain(s: Session, tenant_id: int,
     checkpoints = list(s.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)))
     wanted = {c.seq for c in checkpoints}
     prev, expected, rows, after = GENESIS_HASH, None, 0, 0
+    first_prev = GENESIS_HASH
     while True:
         batch = list(s.scalars(select(AuditEvent).where(AuditEvent.seq > after)
                                .order_by(AuditEvent.seq).limit(BATCH)))
@@ -46,6 +47,7 @@ def verify_tenant_chain(s: Session, tenant_id: int,
             if expected is None:
                 expected = e.seq  # pruned logs start after a checkpoint: anchored below
                 prev = e.prev_hash if e.seq != 1 else GENESIS_HASH
+                first_prev = e.prev_hash
             if e.seq != expected:
                 return VerifyResult(False, rows, prev, f"seq {e.seq}: gap in seq (expected "
                                                        f"{expected})")
@@ -63,6 +65,15 @@ def verify_tenant_chain(s: Session, tenant_id: int,
         after = batch[-1].seq
         if progress is not None:
             progress(rows, total)
+    first_seq = None if expected is None else expected - rows
+    if first_seq is not None and first_seq > 1:
+        anchor = next((c for c in checkpoints if c.seq == first_seq - 1), None)
+        if anchor is None:
+            return VerifyResult(False, rows, prev, f"seq {first_seq}: the log starts without a "
+                                                   "checkpoint anchoring it")
+        if anchor.chain_hash != first_prev:
+            return VerifyResult(False, rows, prev, f"seq {first_seq}: previous hash does not "
+                                                   "match the anchoring checkpoint")
     keys = {k.key_id: k.public_key for k in s.scalars(select(CheckpointKey))}
     last_seq = (expected or 1) - 1
     for c in checkpoints:

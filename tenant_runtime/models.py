@@ -114,3 +114,29 @@ class AuditCheckpoint(TenantBase):
     signature: Mapped[str] = mapped_column(Text, info=PLAIN)  # Ed25519, base64
     key_id: Mapped[str] = mapped_column(String(16), ForeignKey("checkpoint_keys.key_id"),
                                         info=PLAIN)
+
+
+class AuditSettings(TenantBase):
+    """One row: where checkpoints are sent as they are made (an HMAC-signed webhook to a copy
+    the platform does not hold), and how long audit events are kept."""
+
+    __tablename__ = "audit_settings"
+
+    id: Mapped[int] = mapped_column(primary_key=True, info=PLAIN)
+    webhook_url: Mapped[str | None] = mapped_column(String(500), info=PLAIN)
+    webhook_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, info=SECRET)
+    retention_days: Mapped[int] = mapped_column(server_default=text("396"), info=PLAIN)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
+                                                 info=PLAIN)
+
+
+class CheckpointDelivery(TenantBase):
+    """A checkpoint's webhook delivery: retried until the receiver answers 2xx."""
+
+    __tablename__ = "checkpoint_deliveries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False,
+                                     info=PLAIN)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), info=PLAIN)
+    attempts: Mapped[int] = mapped_column(server_default=text("0"), info=PLAIN)
+    last_error: Mapped[str | None] = mapped_column(String(300), info=PLAIN)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.models import Tenant
 from control_plane.tenancy.connections import TenantConnections
+from tenant_runtime.audit_retention import deliver_checkpoints, prune
 from tenant_runtime.checkpoints import make_checkpoint
 from tenant_runtime.context import Actor
 from tenant_runtime.exceptions import TenantError
@@ -44,6 +45,8 @@ def checkpoint_all_tenants(session_factory: sessionmaker[Session],
                 ctx = connections.context(s, tenant, SYSTEM)
             with ctx.session() as ts, ts.begin():
                 checkpoint = make_checkpoint(ts, ctx)
+            with ctx.session() as ts, ts.begin():  # send what is made, retry what failed
+                deliver_checkpoints(ts, ctx)
         except TenantError as exc:
             counts["failed"] += 1
             log.warning("checkpoint of tenant %d failed: %s", tenant_id, exc.message)
@@ -60,6 +63,31 @@ def checkpoint_all_tenants(session_factory: sessionmaker[Session],
             log.info("checkpoint of tenant %d at seq %d (key %s)", tenant_id, checkpoint.seq,
                      checkpoint.key_id)
     return counts
+
+
+def prune_all_tenants(session_factory: sessionmaker[Session],
+                      connections: TenantConnections) -> dict[str, int]:
+    """Retention for every active tenant (each in its own transaction; failures skipped)."""
+    with session_factory() as s:
+        tenant_ids = list(s.scalars(select(Tenant.id).where(Tenant.state == "active")))
+    counts = {"tenants": len(tenant_ids), "removed": 0, "failed": 0}
+    for tenant_id in tenant_ids:
+        try:
+            with session_factory() as s:
+                tenant = s.get(Tenant, tenant_id)
+                if tenant is None or tenant.state != "active":
+                    continue
+                ctx = connections.context(s, tenant, SYSTEM)
+            with ctx.session() as ts, ts.begin():
+                counts["removed"] += prune(ts, ctx).removed
+        except Exception as exc:  # noqa: BLE001 - one tenant must not stop the others
+            counts["failed"] += 1
+            log.warning("retention of tenant %d failed: %s", tenant_id, type(exc).__name__)
+    return counts
+
+
+def run_retention() -> dict[str, int]:
+    return prune_all_tenants(runtime.session_factory(), _process_connections())
 
 
 _connections: TenantConnections | None = None

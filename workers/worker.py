@@ -22,7 +22,7 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
 
 def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
     from control_plane.jobs import dispatch_pending
-    from workers.checkpoints import run_checkpoints
+    from workers.checkpoints import run_checkpoints, run_retention
     from workers.runner import reap_expired_leases
 
     return [
@@ -31,6 +31,7 @@ def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
         PeriodicTask("reap_expired_leases",
                      lambda: reap_expired_leases(runtime.session_factory()), 10),
         PeriodicTask("audit_checkpoints", run_checkpoints, 60),
+        PeriodicTask("audit_retention", run_retention, 3600),
         PeriodicTask("purge_stale_exports",
                      lambda: purge_stale_exports(runtime.env().settings.home / "exports"), 600),
     ]

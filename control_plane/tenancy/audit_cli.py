@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 VERIFIER = Path(__file__).resolve().parents[2] / "ops" / "verify_audit_chain.py"
 
@@ -88,33 +88,34 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     out: Path = args.out
     partial = out.with_name(out.name + ".partial")
     name = "magistrate audit export"
-    try:
-        with make_session_factory(engine)() as s, s.begin():
-            ident = args.tenant.strip()
-            by_id = ident.isascii() and ident.isdigit() and len(ident) <= 18
-            where = Tenant.id == int(ident) if by_id else Tenant.slug == ident.lower()
-            tenant = s.scalars(select(Tenant).where(where, Tenant.state != "deleted")).first()
-            if tenant is None:
-                raise CommandError(f"no tenant has the slug or id {ident!r}")
-            if tenant.state not in EXPORTABLE_STATES:
-                raise CommandError(f"tenant {tenant.slug} is {tenant.state}: only an active or "
-                                   "suspended tenant's audit log can be exported")
-            ctx = connections.context(s, tenant, Actor("system", None, name))
-            audit.record(s, AuditExportEvents.EXPORTED, actor=audit.Actor("system", None, name),
-                         target_type="tenant", target_id=tenant.id,
-                         details={"range": wanted.as_json(), "via": "cli"})
-        last = b""
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # also when the .partial file was already there
-        with os.fdopen(fd, "wb") as f, ctx.session() as ts:
-            for line in export_lines(ts, tenant_id=ctx.tenant_id, slug=ctx.slug,
-                                     first_seq=wanted.first_seq, last_seq=wanted.last_seq,
-                                     since=wanted.since, until=wanted.until):
-                f.write(line)
-                last = line
+    try:  # the file first: an unwritable --out fails before anything is recorded
+        with _private_file(partial) as f:
+            with make_session_factory(engine)() as s, s.begin():
+                ident = args.tenant.strip()
+                by_id = ident.isascii() and ident.isdigit() and len(ident) <= 18
+                where = Tenant.id == int(ident) if by_id else Tenant.slug == ident.lower()
+                tenant = s.scalars(select(Tenant).where(where, Tenant.state != "deleted")
+                                   ).first()
+                if tenant is None:
+                    raise CommandError(f"no tenant has the slug or id {ident!r}")
+                if tenant.state not in EXPORTABLE_STATES:
+                    raise CommandError(f"tenant {tenant.slug} is {tenant.state}: only an active "
+                                       "or suspended tenant's audit log can be exported")
+                ctx = connections.context(s, tenant, Actor("system", None, name))
+                audit.record(s, AuditExportEvents.EXPORTED,
+                             actor=audit.Actor("system", None, name), target_type="tenant",
+                             target_id=tenant.id,
+                             details={"range": wanted.as_json(), "via": "cli"})
+            last = b""
+            with ctx.session() as ts:
+                for line in export_lines(ts, tenant_id=ctx.tenant_id, slug=ctx.slug,
+                                         first_seq=wanted.first_seq, last_seq=wanted.last_seq,
+                                         since=wanted.since, until=wanted.until):
+                    f.write(line)
+                    last = line
         os.replace(partial, out)
     except OSError as exc:
-        raise CommandError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
     except (MagistrateError, TenantError) as exc:
         raise CommandError(exc.message) from None
     finally:
@@ -128,6 +129,13 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
           f"rows ({span}), {manifest['checkpoints']} checkpoint(s)")
     print(f"{manifest['events']} rows, head {manifest['head_hash'] or 'none'}")
     return 0
+
+
+def _private_file(path: Path) -> BinaryIO:
+    """``path`` opened for writing with mode 0600, also when it existed already."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:

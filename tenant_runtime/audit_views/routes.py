@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tenant_runtime import audit_retention
 from tenant_runtime.audit_views import service
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
+from tenant_runtime.models import AuditSettings
 from tenant_runtime.routing import TenantRoute
 
 READERS = ("Owner", "Admin", "Compliance")
@@ -41,17 +44,49 @@ def parse_filter(request: Request) -> service.TimelineFilter:
         before_seq=int(before) if before else None)
 
 
-def timeline_page(request: Request, ctx: TenantContext) -> Response:
+class AuditSettingsForm(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    csrf_token: str = ""
+    webhook_url: str = Field(default="", max_length=500)
+    retention_days: int = Field(ge=1, le=100_000)
+
+
+def _page(request: Request, ctx: TenantContext, *, status_code: int = 200,
+          **extra: object) -> Response:
     render = request.app.state.render
-    f = parse_filter(request)
+    f = parse_filter(request) if request.method == "GET" else service.TimelineFilter()
     with ctx.session() as s:
         page = service.timeline(s, f)
         types = service.event_types(s)
+        settings = s.get(AuditSettings, 1)
     params = {k: v for k, v in request.query_params.items() if k != "before_seq" and v}
     return render(request, "tenants/audit.html",  # type: ignore[no-any-return]
                   {"page": page, "filter": f, "types": types, "params": params,
-                   "tenant_id": ctx.tenant_id},
-                  partial="tenants/_audit_rows.html")
+                   "tenant_id": ctx.tenant_id, "role": ctx.actor.role,
+                   "webhook_url": settings.webhook_url if settings else None,
+                   "retention_days": settings.retention_days if settings
+                   else audit_retention.DEFAULT_RETENTION_DAYS, **extra},
+                  status_code=status_code, partial="tenants/_audit_rows.html")
 
 
-routes = [TenantRoute("/audit", timeline_page, "GET", READERS)]
+def timeline_page(request: Request, ctx: TenantContext) -> Response:
+    return _page(request, ctx)
+
+
+def save_settings(request: Request, ctx: TenantContext) -> Response:
+    form: AuditSettingsForm = request.state.form
+    try:
+        with ctx.session() as s, s.begin():
+            secret = audit_retention.do_configure_audit(
+                s, ctx, webhook_url=form.webhook_url or None,
+                retention_days=form.retention_days)
+    except TenantInvalidInput as exc:
+        return _page(request, ctx, status_code=422, settings_error=exc.message)
+    return _page(request, ctx, new_webhook_secret=secret, settings_notice="Saved.")
+
+
+routes = [
+    TenantRoute("/audit", timeline_page, "GET", READERS),
+    TenantRoute("/audit/settings", save_settings, "POST", ("Owner",), AuditSettingsForm),
+]

@@ -499,21 +499,37 @@ def test_random_bit_flips_are_rejected(exports, tmp_path):
 # ------------------------------------------------------------------------------- the spec
 
 
-def test_the_worked_example_of_the_format_page_is_what_the_code_computes():
-    """ops/AUDIT_FORMAT.md shows an event, its canonical content and chain hash: both the
-    application's encoder and the verifier must produce exactly those bytes."""
+def example(page: str, name: str) -> str:
+    match = re.search(rf"<!-- example-{name} -->\n```\n(.*?)\n```", page, re.S)
+    assert match, f"ops/AUDIT_FORMAT.md has no example-{name} block"
+    return match.group(1)
+
+
+def test_the_worked_examples_of_the_format_page_are_what_the_code_computes():
+    """ops/AUDIT_FORMAT.md shows an event, its canonical content, chain hash and export line,
+    and a signed checkpoint: the application's encoder and the verifier agree with each byte."""
     from datetime import datetime
 
     page = FORMAT_DOC.read_text(encoding="utf-8")
-    content = re.search(r"<!-- example-content -->\n```\n(.*?)\n```", page, re.S).group(1)
-    prev_hash = re.search(r"<!-- example-prev -->\n```\n([0-9a-f]{64})\n```", page).group(1)
-    expected = re.search(r"<!-- example-hash -->\n```\n([0-9a-f]{64})\n```", page).group(1)
+    content, prev_hash = example(page, "content"), example(page, "prev")
+    expected = example(page, "hash")
     fields = json.loads(content)
     ours = audit.canonical_content(**{**fields, "occurred_at": datetime.fromisoformat(
         fields["occurred_at"])})
-    assert ours == content.encode("utf-8")
+    assert ours == content.encode("utf-8") and len(ours) == 283
+    assert prev_hash == audit.GENESIS_HASH
     assert audit.chain_hash(ours, prev_hash) == expected
     assert verifier.event_hash(fields, prev_hash) == expected
-    line = re.search(r"<!-- example-line -->\n```\n(.*?)\n```", page, re.S).group(1)
+    line = example(page, "line")
     assert json.loads(line) == {"type": "event", **fields, "prev_hash": prev_hash,
                                 "chain_hash": expected}
+    assert verifier.canonical(json.loads(line)) == line
+
+    signed, signature = example(page, "checkpoint"), example(page, "signature")
+    public_key = re.search(r"public key `([A-Za-z0-9+/]{43}=)`", page).group(1)
+    key = re.search(r"\(key_id `([0-9a-f]{16})`\)", page).group(1)
+    assert verifier.canonical(json.loads(signed)) == signed
+    assert json.loads(signed)["chain_hash"] == expected
+    assert verifier.public_key_id(public_key, "the page") == key
+    assert verifier.signature_valid(public_key, signature, signed.encode())
+    assert not verifier.signature_valid(public_key, signature, signed.replace("42", "43").encode())

@@ -16,7 +16,8 @@ from tests.factories import csrf_token, make_user, sign_in
 SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            "confirm_slug": "tenant-b", "name": "n", "provider": "openai",
            "secret": "sk-should-never-be-stored", "contact_email": "", "key_provider": "local",
-           "key_ref": "k", "slug": "s", "code": "123456"}
+           "key_ref": "k", "slug": "s", "code": "123456", "webhook_url": "",
+           "retention_days": "396"}
 
 
 def tenant_routes(app) -> list[tuple[str, str, dict[str, str]]]:

@@ -1,0 +1,201 @@
+"""Audit settings, the checkpoint webhook and retention.
+
+- Checkpoints are sent out as they are made: an HMAC-SHA256-signed POST of the checkpoint's
+  export line to a URL the tenant configures, so a copy exists that the platform does not hold.
+  Deliveries are recorded and retried until the receiver answers 2xx.
+- Retention prunes events older than the tenant's retention, and only up to a signed
+  checkpoint: the database procedure ``prune_audit_events`` refuses any other cut. What remains
+  verifies from that checkpoint as its anchor; sequence numbers keep counting up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from tenant_runtime import audit
+from tenant_runtime.context import TenantContext
+from tenant_runtime.exceptions import TenantInvalidInput
+from tenant_runtime.models import AuditCheckpoint, AuditEvent, AuditSettings, CheckpointDelivery
+
+DEFAULT_RETENTION_DAYS = 396  # 13 months
+MIN_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 3650
+SIGNATURE_HEADER = "X-Magistrate-Signature"
+DELIVERY_BATCH = 20
+
+# (url, body, headers) -> HTTP status; the real one is ``post_json``
+Poster = Callable[[str, bytes, dict[str, str]], int]
+
+
+class AuditEvents:
+    SETTINGS_CHANGED = "audit.settings_changed"
+    PRUNED = "audit.pruned"
+    PRUNE_REFUSED = "audit.prune_refused"
+
+
+def settings_row(s: Session) -> AuditSettings:
+    row = s.get(AuditSettings, 1)
+    if row is None:
+        row = AuditSettings(id=1, retention_days=DEFAULT_RETENTION_DAYS)
+        s.add(row)
+        s.flush()
+    return row
+
+
+def check_webhook_url(url: str) -> str:
+    """https anywhere; plain http only to this machine (development and tests)."""
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname:
+        host = parts.hostname
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url
+    raise TenantInvalidInput("The webhook URL must start with https:// (plain http is accepted "
+                             "only for this machine).")
+
+
+def do_configure_audit(s: Session, ctx: TenantContext, *, webhook_url: str | None,
+                       retention_days: int) -> str | None:
+    """Save the settings; returns a new webhook signing secret (shown once) when the URL was
+    set or changed, else None."""
+    if not MIN_RETENTION_DAYS <= retention_days <= MAX_RETENTION_DAYS:
+        raise TenantInvalidInput(f"Retention must be between {MIN_RETENTION_DAYS} and "
+                                 f"{MAX_RETENTION_DAYS} days.")
+    row = settings_row(s)
+    changed: list[str] = []
+    new_secret = None
+    url = check_webhook_url(webhook_url) if webhook_url else None
+    if url != row.webhook_url:
+        changed.append("webhook_url")
+        row.webhook_url = url
+        if url is None:
+            row.webhook_secret_sealed = None
+        else:
+            new_secret = secrets.token_urlsafe(32)
+            row.webhook_secret_sealed = ctx.sealer.seal(new_secret, table="audit_settings",
+                                                        column="webhook_secret_sealed",
+                                                        row_key=1)
+            changed.append("webhook_secret")
+    if retention_days != row.retention_days:
+        changed.append("retention_days")
+        row.retention_days = retention_days
+    if changed:
+        row.updated_at = datetime.now(UTC)
+        audit.record(s, AuditEvents.SETTINGS_CHANGED, actor=ctx.actor,
+                     target_type="audit_settings", details={"changed": changed})
+    return new_secret
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def checkpoint_line(tenant_id: int, c: AuditCheckpoint) -> bytes:
+    document = {"type": "checkpoint", "tenant_id": tenant_id, "seq": c.seq,
+                "chain_hash": c.chain_hash,
+                "created_at": c.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "signature": c.signature, "key_id": c.key_id}
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def post_json(url: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=body, method="POST",  # noqa: S310 - checked
+                                     headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@dataclass
+class DeliveryResult:
+    sent: int = 0
+    failed: int = 0
+
+
+def deliver_checkpoints(s: Session, ctx: TenantContext, post: Poster = post_json
+                        ) -> DeliveryResult:
+    """Send every checkpoint not yet delivered (oldest first, a batch per run)."""
+    result = DeliveryResult()
+    row = s.get(AuditSettings, 1)
+    if row is None or not row.webhook_url or row.webhook_secret_sealed is None:
+        return result
+    secret = ctx.sealer.open_text(row.webhook_secret_sealed, table="audit_settings",
+                                  column="webhook_secret_sealed", row_key=1)
+    delivered = select(CheckpointDelivery.seq).where(CheckpointDelivery.delivered_at
+                                                     .is_not(None))
+    pending = list(s.scalars(select(AuditCheckpoint).where(AuditCheckpoint.seq.not_in(delivered))
+                             .order_by(AuditCheckpoint.seq).limit(DELIVERY_BATCH)))
+    for checkpoint in pending:
+        body = checkpoint_line(ctx.tenant_id, checkpoint)
+        delivery = s.get(CheckpointDelivery, checkpoint.seq) or CheckpointDelivery(
+            seq=checkpoint.seq, attempts=0)
+        s.add(delivery)
+        delivery.attempts += 1
+        try:
+            status = post(row.webhook_url, body, {SIGNATURE_HEADER: signature(secret, body),
+                                                  "X-Magistrate-Tenant": str(ctx.tenant_id)})
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except (OSError, ValueError) as exc:
+            error = type(exc).__name__
+        if error is None:
+            delivery.delivered_at = datetime.now(UTC)
+            delivery.last_error = None
+            result.sent += 1
+        else:
+            delivery.last_error = error[:300]
+            result.failed += 1
+            break  # in order: the next run starts with this one again
+    s.flush()
+    return result
+
+
+@dataclass
+class PruneResult:
+    removed: int
+    upto_seq: int | None
+    reason: str | None = None
+
+
+def prune(s: Session, ctx: TenantContext, *, now: datetime | None = None) -> PruneResult:
+    """Remove events older than the retention, up to the newest signed checkpoint that the
+    cut-off reaches. Without such a checkpoint nothing is removed (and the refusal is audited)."""
+    now = now or datetime.now(UTC)
+    row = settings_row(s)
+    cutoff_time = now - timedelta(days=row.retention_days)
+    cutoff_seq = s.scalar(select(func.max(AuditEvent.seq))
+                          .where(AuditEvent.occurred_at < cutoff_time))
+    if cutoff_seq is None:
+        return PruneResult(0, None, "nothing is older than the retention")
+    upto = s.scalar(select(func.max(AuditCheckpoint.seq))
+                    .where(AuditCheckpoint.seq <= cutoff_seq))
+    first = s.scalar(select(func.min(AuditEvent.seq)))
+    if upto is None or first is None or upto < first:
+        audit.record(s, AuditEvents.PRUNE_REFUSED, actor=ctx.actor,
+                     details={"cutoff_seq": cutoff_seq, "reason": "no checkpoint"})
+        return PruneResult(0, None, "no signed checkpoint covers the old events")
+    removed = int(s.scalar(text("SELECT prune_audit_events(:upto)"), {"upto": upto}) or 0)
+    audit.record(s, AuditEvents.PRUNED, actor=ctx.actor,
+                 details={"upto_seq": upto, "removed": removed,
+                          "retention_days": row.retention_days})
+    return PruneResult(removed, upto)
