@@ -214,9 +214,10 @@ def verify(path, pinned=None, external=None):
             intact = event_hash(obj, obj["prev_hash"]) == obj["chain_hash"]
             if gap and not intact:
                 raise Bad(gap)
-            if rows == 1:  # the anchor: genesis, or the prev_hash of a range's first row
-                first, expected = seq, expected or seq
-                prev = GENESIS_HASH if expected == 1 else obj["prev_hash"]
+            if rows == 1:  # the anchor: genesis, or the prev_hash of the first row
+                if expected is None or (seq > expected and seq - 1 in wanted):
+                    expected = seq  # a date range, or a log pruned up to a checkpoint
+                first, prev = seq, GENESIS_HASH if expected == 1 else obj["prev_hash"]
                 hashes[seq - 1] = obj["prev_hash"]
             if seq == expected and obj["prev_hash"] != prev:
                 raise Bad(f"{where}: previous hash mismatch (prev_hash is not the chain_hash "
@@ -264,6 +265,9 @@ def summary(rows, first, head, checkpoints, pinned):
         chain = "chain: no rows in this range"
     elif first == 1:
         chain = "chain: from genesis"
+    elif first - 1 in checkpoints:
+        chain = (f"chain: starts at seq {first}, after the checkpoint at seq {first - 1} that "
+                 "vouches for its prev_hash (earlier events pruned or not exported)")
     else:
         chain = (f"chain: starts at seq {first} from its prev_hash, "
                  + ("which the checkpoints vouch for" if checkpoints else "taken on trust"))
