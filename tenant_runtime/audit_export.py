@@ -55,7 +55,7 @@ class ExportRange:
 
 def timestamp(moment: datetime) -> str:
     """The one way the audit format writes a time: UTC, microseconds, ``Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def canonical_line(document: Mapping[str, Any]) -> bytes:
@@ -81,10 +81,10 @@ def _moment(name: str, value: str | None) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value.strip())
-    except ValueError:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         raise TenantInvalidInput(f"{name} must be a date (2025-01-31) or a date and time "
                                  "(2025-01-31T12:00:00Z).") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def parse_range(params: Mapping[str, str | None]) -> ExportRange:

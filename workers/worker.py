@@ -31,10 +31,27 @@ def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
         PeriodicTask("reap_expired_leases",
                      lambda: reap_expired_leases(runtime.session_factory()), 10),
         PeriodicTask("audit_checkpoints", run_checkpoints, 60),
+        PeriodicTask("refill_spare_databases", refill_all_servers, 30),
         PeriodicTask("audit_retention", run_retention, 3600),
         PeriodicTask("purge_stale_exports",
                      lambda: purge_stale_exports(runtime.env().settings.home / "exports"), 600),
     ]
+
+
+def refill_all_servers() -> int:
+    """Keep spare template clones ready on every active database server, so provisioning
+    renames one instead of waiting for ``CREATE DATABASE``."""
+    from sqlalchemy import select
+
+    from control_plane.models import DbServer
+    from control_plane.tenancy.database import refill_spares
+    from control_plane.tenancy.servers import admin_url
+
+    env = runtime.env()
+    with runtime.session_factory()() as s:
+        urls = [admin_url(env.sealer, server) for server in
+                s.scalars(select(DbServer).where(DbServer.is_active))]
+    return sum(refill_spares(url) for url in urls)
 
 
 EXPORT_MAX_AGE_SECONDS = 3600

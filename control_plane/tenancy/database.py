@@ -13,6 +13,7 @@ state without duplicates or leftovers.
 
 from __future__ import annotations
 
+import secrets
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
@@ -24,6 +25,8 @@ from control_plane.migrations import head_revision, upgrade_tenant
 TEMPLATE_OWNER = "magistrate_template_owner"
 TEMPLATE_PREFIX = "magistrate_tenant_tmpl_"
 TEMPLATE_LOCK = 74210
+SPARE_PREFIX = "magistrate_spare_"
+SPARES = 2  # ready clones per server: provisioning renames one instead of cloning
 APPEND_ONLY_TABLES = ("audit_events", "audit_checkpoints")
 
 
@@ -126,20 +129,75 @@ def ensure_roles(admin_url: str, *, owner: str, owner_password: str, app: str,
         _grant_self(conn, owner)
 
 
-def ensure_database(admin_url: str, *, database: str, owner: str, app: str) -> None:
-    """Clone the template into ``database`` (owned by ``owner``) and lock down CONNECT."""
+def ensure_database(admin_url: str, *, database: str, owner: str, app: str) -> bool:
+    """Give ``database`` (owned by ``owner``) a migrated schema and lock down CONNECT.
+
+    A spare clone of the template is renamed into place when one is ready (milliseconds); else
+    the template is cloned now (``CREATE DATABASE`` is most of a provisioning's time). Returns
+    True when a spare was used."""
     template = ensure_template(admin_url)
+    used_spare = False
     with _connect(url_for(admin_url, database="postgres")) as conn:
         if not database_exists(conn, database):
-            try:
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
-                    sql.Identifier(database), sql.Identifier(owner), sql.Identifier(template)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # a concurrent retry created it: same end state
+            used_spare = _claim_spare(conn, database)
+            if not used_spare:
+                try:
+                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
+                        sql.Identifier(database), sql.Identifier(owner),
+                        sql.Identifier(template)))
+                except psycopg.errors.DuplicateDatabase:
+                    pass  # a concurrent retry created it: same end state
         db = sql.Identifier(database)
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(owner)))
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(
             db, sql.Identifier(owner), sql.Identifier(app)))
+    return used_spare
+
+
+def _spare_prefix() -> str:
+    return SPARE_PREFIX + template_name()[len(TEMPLATE_PREFIX):] + "_"
+
+
+def _claim_spare(conn: psycopg.Connection[tuple[object, ...]], database: str) -> bool:
+    """Rename one ready spare of the current template revision to ``database``."""
+    rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
+                        "ORDER BY datname", (_spare_prefix(),)).fetchall()
+    for (spare,) in rows:
+        try:
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(str(spare)), sql.Identifier(database)))
+            return True
+        except (psycopg.errors.UndefinedObject, psycopg.errors.InvalidCatalogName,
+                psycopg.errors.ObjectInUse):
+            continue  # another provisioning took it first
+    return False
+
+
+def refill_spares(admin_url: str, *, want: int = SPARES) -> int:
+    """Keep ``want`` spare clones of the current template ready on this server (and none of an
+    older revision); returns how many were created. Spares are owned by the template owner,
+    closed to PUBLIC, and hold no tenant data."""
+    ensure_template(admin_url)
+    prefix = _spare_prefix()
+    created = 0
+    with _connect(url_for(admin_url, database="postgres")) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                            (SPARE_PREFIX,)).fetchall()
+        current = [str(r[0]) for r in rows if str(r[0]).startswith(prefix)]
+        for (old,) in rows:
+            if not str(old).startswith(prefix):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(str(old))))
+        for _ in range(max(0, want - len(current))):
+            name = prefix + secrets.token_hex(4)
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE_OWNER),
+                sql.Identifier(template_name())))
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(name)))
+            created += 1
+    return created
 
 
 def apply_privileges(admin_url: str, *, database: str, owner: str, app: str) -> None:

@@ -20,7 +20,7 @@ from tests.conftest import free_port, make_settings
 def drop_tenant_leftovers(server_url: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname ~ "
-                                    "'^magistrate_t_[0-9]+$'").fetchall():
+                                    "'^magistrate_(t_[0-9]+|spare_.*)$'").fetchall():
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
         for (name,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname ~ "

@@ -352,3 +352,36 @@ def test_api_keys_are_shown_once_and_refused_when_suspended_or_revoked(client, s
         post_form(client, f"/tenants/{a}/api-keys/{row.id}/revoke", page=f"/tenants/{a}")
         revoked = program.get("/api/whoami", headers=auth)
         assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]
+
+
+def test_provisioning_takes_a_ready_spare_and_the_worker_refills(services, db, database_url,
+                                                                  primary_server, local_kek,
+                                                                  pg_server_url):
+    from control_plane.tenancy.database import SPARE_PREFIX, refill_spares
+    from workers.worker import refill_all_servers
+
+    def spares() -> list[str]:
+        with psycopg.connect(pg_server_url) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                (SPARE_PREFIX,)).fetchall()]
+
+    assert refill_spares(services_admin(services), want=1) == 1
+    (spare,) = spares()
+    owner = make_user(db)
+    tenant_id = create_tenant(services, owner.email, "quick")
+    assert run_pending_jobs(services, database_url)[0]["outcome"] == "succeeded"
+    assert spares() == []  # renamed into place
+    ctx = tenant_ctx(services, tenant_id)
+    with ctx.session() as s, s.begin():  # a working tenant database, owned by its roles
+        credentials.do_add_credential(s, ctx, name="k", provider="openai", secret=SECRET,
+                                      contact_email=None)
+    with psycopg.connect(services_admin(services)) as conn:
+        owner_of = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE "
+                                "datname = %s", (f"magistrate_t_{tenant_id}",)).fetchone()[0]
+        assert owner_of == f"magistrate_t_{tenant_id}_owner"
+        acl = conn.execute("SELECT datacl::text FROM pg_database WHERE datname = %s",
+                           (f"magistrate_t_{tenant_id}",)).fetchone()[0]
+        assert not re.search(r"(^|[{,])=", acl)
+    assert refill_all_servers() >= 2 and len(spares()) == 2  # the worker's periodic refill
+    assert spare not in spares()
