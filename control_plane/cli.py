@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_tenant_commands(sub)
     from control_plane.tenancy.rotation_cli import register as register_key_commands
     register_key_commands(sub)
+    from control_plane.tenancy.audit_cli import register as register_audit_commands
+
+    register_audit_commands(sub)
     return parser
 
 

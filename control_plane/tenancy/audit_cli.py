@@ -63,8 +63,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from control_plane.keys.registry import DataKeyCache, build_key_providers
     from control_plane.models import Tenant
     from control_plane.sealing import ControlSealer
-    from control_plane.tenancy.audit_routes import AuditExportEvents
     from control_plane.tenancy.connections import TenantConnections
+    from control_plane.tenancy.events import TenantEvents
     from control_plane.tenancy.export import EXPORTABLE_STATES
     from tenant_runtime.audit_export import export_lines, parse_range
     from tenant_runtime.context import Actor
@@ -102,7 +102,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
                     raise CommandError(f"tenant {tenant.slug} is {tenant.state}: only an active "
                                        "or suspended tenant's audit log can be exported")
                 ctx = connections.context(s, tenant, Actor("system", None, name))
-                audit.record(s, AuditExportEvents.EXPORTED,
+                audit.record(s, TenantEvents.AUDIT_EXPORTED,
                              actor=audit.Actor("system", None, name), target_type="tenant",
                              target_id=tenant.id,
                              details={"range": wanted.as_json(), "via": "cli"})

@@ -32,6 +32,7 @@ from control_plane import audit
 from control_plane.exceptions import Conflict, InvalidInput, NotFound
 from control_plane.models import Tenant
 from control_plane.tenancy import api_keys, service
+from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.export import EXPORT_ROLES, EXPORTABLE_STATES
 from control_plane.web.deps import require_user
 from control_plane.web.services import services
@@ -41,12 +42,6 @@ from tenant_runtime.context import Actor, TenantContext
 CHUNK_BYTES = 64 * 1024
 TENANT_ID = re.compile(r"[0-9]{1,18}")
 MEDIA_TYPE = "application/x-ndjson"
-
-
-class AuditExportEvents:
-    """Platform audit event types of audit exports."""
-
-    EXPORTED = "audit.exported"
 
 
 def _range(request: Request, *, allowed: tuple[str, ...]) -> ExportRange:
@@ -88,7 +83,7 @@ def _export(request: Request, s: Session, tenant: Tenant, *, actor: audit.Actor,
     _check_state(tenant)
     request.state.tenant = tenant.id
     ctx = services(request).tenant_connections.context(s, tenant, tenant_actor)
-    audit.record(s, AuditExportEvents.EXPORTED, actor=actor, target_type="tenant",
+    audit.record(s, TenantEvents.AUDIT_EXPORTED, actor=actor, target_type="tenant",
                  target_id=tenant.id, details={"range": wanted.as_json(), "via": via})
     return ctx
 

@@ -16,5 +16,6 @@ class TenantEvents:
     KEY_REENCRYPTED = "key.reencrypted"
     EXPORT_REQUESTED = "tenant.export_requested"
     EXPORT_DOWNLOADED = "tenant.export_downloaded"
+    AUDIT_EXPORTED = "audit.exported"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"

@@ -20,7 +20,7 @@ from control_plane.keys.providers import KeyProvider
 from control_plane.keys.registry import DataKeyCache, build_key_providers
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
-from control_plane.tenancy import export_routes
+from control_plane.tenancy import audit_routes, export_routes
 from control_plane.tenancy import routes as tenant_routes
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.users import routes as user_routes
@@ -74,6 +74,7 @@ def build_app(svc: Services) -> Starlette:
             *user_routes.routes,
             *tenant_routes.routes,
             *export_routes.routes,
+            *audit_routes.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],

@@ -30,6 +30,7 @@ from sqlalchemy import insert, select, text
 from control_plane.cli import build_parser
 from control_plane.models import Membership, PlatformAuditEvent, Tenant, User
 from control_plane.tenancy import api_keys, audit_routes
+from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.service import access_tenant
 from control_plane.web.app import build_app
 from tenant_runtime import audit
@@ -70,8 +71,7 @@ def mounted(app) -> bool:
 
 @pytest.fixture
 def app_client(client):
-    if not mounted(client.app):  # until control_plane/web/app.py mounts them
-        client.app.router.routes[0:0] = audit_routes.routes
+    assert mounted(client.app)
     return client
 
 
@@ -109,7 +109,7 @@ def tenants(services, db, database_url, primary_server, local_kek):
 def exported_events(db) -> list[PlatformAuditEvent]:
     with db() as s:
         return list(s.scalars(select(PlatformAuditEvent).where(
-            PlatformAuditEvent.event_type == audit_routes.AuditExportEvents.EXPORTED)
+            PlatformAuditEvent.event_type == TenantEvents.AUDIT_EXPORTED)
             .order_by(PlatformAuditEvent.seq)))
 
 
@@ -464,5 +464,5 @@ def test_export_and_verify_from_the_shell(services, db, database_url, redis_url,
     assert missing.returncode == 2 and "No such file" in missing.stderr
     with db() as s:
         via = [e.details["via"] for e in s.scalars(select(PlatformAuditEvent).where(
-            PlatformAuditEvent.event_type == audit_routes.AuditExportEvents.EXPORTED))]
+            PlatformAuditEvent.event_type == TenantEvents.AUDIT_EXPORTED))]
     assert via == ["cli", "cli"]  # the refused ones were refused before the request
