@@ -30,12 +30,16 @@ from control_plane.web.app import build_app, build_services
 from control_plane.web.services import Services
 
 TEST_SECRET_KEY = "test-secret-key-" + "k" * 40
+# Tenant ids (and so tenant database and role names) of this run start at a random base, so
+# two suites sharing one Postgres server (two developers, a helper and CI) never collide.
+TENANT_ID_BASE = secrets.randbelow(900_000) * 1000 + 100_000
 RESET_SQL = """
 TRUNCATE users, backup_codes, tenants, memberships, web_sessions, api_keys, db_servers,
          tenant_keys, tenant_tombstones, jobs,
          platform_audit_events RESTART IDENTITY CASCADE;
 UPDATE platform_audit_head SET seq = 0, chain_hash = repeat('0', 64);
 """
+RESTART_TENANT_IDS = f"ALTER TABLE tenants ALTER COLUMN id RESTART WITH {TENANT_ID_BASE}"
 
 
 def free_port() -> int:
@@ -128,6 +132,7 @@ def services(settings: Settings, database_url: str, redis_url: str,
                          secret_key=TEST_SECRET_KEY)
     with svc.engine.begin() as conn:
         conn.exec_driver_sql(RESET_SQL)
+        conn.exec_driver_sql(RESTART_TENANT_IDS)
     yield svc
     svc.close()
 

@@ -120,10 +120,13 @@ def _drop_old_templates(conn: psycopg.Connection[tuple[object, ...]], *, keep: s
 
 def ensure_roles(admin_url: str, *, owner: str, owner_password: str, app: str,
                  app_password: str) -> None:
+    """Both roles log in with their own password and are members of nothing. INHERIT (the
+    default) matters for the owner: on Postgres 15 the database owner's rights on the public
+    schema come through the implicit pg_database_owner membership, which NOINHERIT would cut."""
     with _connect(url_for(admin_url, database="postgres")) as conn:
         for role, password in ((owner, owner_password), (app, app_password)):
             verb = "ALTER" if role_exists(conn, role) else "CREATE"
-            conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN NOINHERIT NOCREATEDB NOCREATEROLE "
+            conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN INHERIT NOCREATEDB NOCREATEROLE "
                                         "PASSWORD {}").format(sql.Identifier(role),
                                                               sql.Literal(password)))
         _grant_self(conn, owner)

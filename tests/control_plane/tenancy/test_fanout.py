@@ -60,13 +60,15 @@ def make_outdated(services, tenant_id: int) -> None:
 
 
 def set_owner_password(services, tenant_id: int, password: str | None) -> None:
-    """Give the owner role another password (``None``: back to its sealed one)."""
+    """Lock the owner role out (``None``: let it in again with its sealed password). NOLOGIN
+    refuses the connection whatever the server's authentication method (a server with trust
+    authentication ignores passwords)."""
     with services.session_factory() as s:
         tenant = s.get(Tenant, tenant_id)
         role, sealed = tenant.owner_role, tenant_secrets(services.sealer, tenant).owner_password
     with admin_conn(services, tenant_id) as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password or sealed)))
+        conn.execute(sql.SQL("ALTER ROLE {} " + ("LOGIN" if password is None else "NOLOGIN")
+                             + " PASSWORD {}").format(sql.Identifier(role), sql.Literal(sealed)))
 
 
 def assert_tables_owned_by_owner(services, tenant_id: int) -> None:
@@ -115,7 +117,7 @@ def test_an_outdated_tenant_is_upgraded_a_failing_one_stops_no_other_and_a_rerun
     assert first["charlie"].status == "already-current"
     bravo = first["bravo"]
     assert (bravo.status, bravo.before, bravo.after) == ("failed", None, None)
-    assert "password authentication failed" in bravo.error
+    assert "not permitted to log in" in bravo.error
     assert bravo.error.startswith("connection failed") and "\n" not in bravo.error
     assert_tables_owned_by_owner(services, tenants["alpha"])
 
@@ -150,7 +152,7 @@ def test_migrate_command_reports_each_tenant_and_fails_when_one_does(
         [str(i)] for i in tenants.values())}
     assert rows["alpha"][3:6] == ["ok", "base", HEAD]
     assert rows["charlie"][3:6] == ["ok", "base", HEAD]
-    assert rows["bravo"][3] == "failed" and "password authentication failed" in " ".join(
+    assert rows["bravo"][3] == "failed" and "not permitted to log in" in " ".join(
         rows["bravo"])
     assert out[-1] == "tenants: 2 ok, 1 failed (2 upgraded, 0 already current)"
     # not a terminal: one progress line per tenant on stderr
