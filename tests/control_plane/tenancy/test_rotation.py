@@ -417,7 +417,7 @@ def test_cli_rotates_end_to_end(services, db, settings, database_url, tenants, k
     dry = cli(settings, database_url, "--tenant", "acme", "--new-key-ref", "kek-2",
               "--reencrypt", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "dry run: tenant acme (id 1): would rewrap 1 data key version(s) under " \
+    assert f"dry run: tenant acme (id {acme}): would rewrap 1 data key version(s) under " \
            "local:kek-2" in dry.stdout
     assert "3 row(s) would move, 0 would fail" in dry.stdout
     assert "  checking 3/3 rows" in dry.stderr
