@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.db import utcnow
 from control_plane.models import PlatformAuditEvent, PlatformAuditHead
-from tenant_runtime.audit import GENESIS_HASH, canonical_content, chain_hash
+from tenant_runtime.audit import GENESIS_HASH, canonical_content, chain_hash, check_details
 
 
 class AuthEvents:
@@ -73,6 +73,7 @@ def record(
     seq = head.seq + 1
     occurred_at = utcnow()
     details = details or {}
+    check_details(details)
     tid = None if target_id is None else str(target_id)
     content = _content(seq=seq, occurred_at=occurred_at, actor_type=actor.type,
                        actor_id=actor.id, actor_name=actor.name, event_type=event_type,

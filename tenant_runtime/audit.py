@@ -55,6 +55,29 @@ def chain_hash(content: bytes, prev_hash: str) -> str:
     return hashlib.sha256(content + prev_hash.encode("ascii")).hexdigest()
 
 
+def check_details(value: Any, path: str = "details") -> None:
+    """Details hold counts and identifiers: strings, whole numbers, booleans, null, lists and
+    objects with string keys. A float is refused: Postgres' JSONB may give it back written
+    differently (1e16 comes back as 10000000000000000), and the row would no longer match its
+    hash."""
+    if isinstance(value, bool) or value is None or isinstance(value, int | str):
+        return
+    if isinstance(value, float):
+        raise ValueError(f"{path} holds a non-integer number; audit details hold counts and "
+                         "identifiers only")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_details(item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path} has a non-string key")
+            check_details(item, f"{path}.{key}")
+        return
+    raise ValueError(f"{path} holds a {type(value).__name__}, which JSON cannot carry")
+
+
 def record(session: Session, event_type: str, *, actor: Actor, target_type: str | None = None,
            target_id: str | int | None = None,
            details: dict[str, Any] | None = None) -> AuditEvent:
@@ -66,6 +89,7 @@ def record(session: Session, event_type: str, *, actor: Actor, target_type: str 
     seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
     occurred_at = datetime.now(UTC)
     details = details or {}
+    check_details(details)
     tid = None if target_id is None else str(target_id)
     content = canonical_content(seq=seq, occurred_at=occurred_at, actor_type=actor.type,
                                 actor_id=actor.id, actor_name=actor.name,

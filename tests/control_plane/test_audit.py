@@ -52,3 +52,12 @@ def test_rows_cannot_be_changed_or_deleted_and_tampering_is_detected(db):
                        "platform_audit_append_only"))
     with db() as s:
         assert audit.verify_chain(s) == ["event 2 does not match its hash"]
+
+
+@pytest.mark.parametrize("details", [{"x": 1e16}, {"n": [1, 2.5]}, {"a": {"b": -0.0}},
+                                     {1: "x"}, {"when": object()}])
+def test_details_that_would_not_hash_back_are_refused(db, details):
+    with pytest.raises(ValueError, match="details"), db() as s, s.begin():
+        audit.record(s, audit.UserEvents.CREATED, actor=Actor("system"), details=details)
+    with db() as s:
+        assert s.scalars(select(PlatformAuditEvent)).all() == []
