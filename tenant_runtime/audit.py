@@ -12,8 +12,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent
@@ -78,27 +80,84 @@ def check_details(value: Any, path: str = "details") -> None:
     raise ValueError(f"{path} holds a {type(value).__name__}, which JSON cannot carry")
 
 
+# The append, one statement run once the chain lock is held: it reads the head, takes the next
+# seq and computes ``chain_hash(canonical_content, prev_hash)`` in the database, from the
+# content's bytes before and after the seq (``_content_around``), which only the head decides.
+_APPEND = """
+WITH head AS (SELECT seq, chain_hash FROM audit_events ORDER BY seq DESC LIMIT 1),
+     next AS (SELECT coalesce((SELECT seq FROM head), 0) + 1 AS seq,
+                     coalesce((SELECT chain_hash FROM head), %(genesis)s) AS prev)
+INSERT INTO audit_events (seq, occurred_at, actor_type, actor_id, actor_name, event_type,
+                          target_type, target_id, details, prev_hash, chain_hash)
+SELECT next.seq, %(occurred_at)s, %(actor_type)s, %(actor_id)s, %(actor_name)s,
+       %(event_type)s, %(target_type)s, %(target_id)s, %(details)s, next.prev,
+       encode(sha256(%(before_seq)s || convert_to(next.seq::text, 'UTF8') || %(after_seq)s
+                     || convert_to(next.prev, 'UTF8')), 'hex')
+FROM next
+RETURNING seq, prev_hash, chain_hash
+"""
+_LOCK = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"
+_PLACEHOLDER_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+_PLACEHOLDER = b'"occurred_at":"2000-01-01T00:00:00.000000Z","seq":0,'
+
+
+def _content_around(event: AuditEvent) -> tuple[bytes, bytes]:
+    """``canonical_content`` of ``event`` cut around its time and seq, which the keys' order
+    puts side by side: the bytes up to ``"occurred_at":"`` and those from ``,"target_id":`` on.
+    Its time and seq are placeholders, found at the last match: ``details`` comes before them,
+    and after them come only strings, whose quotes are escaped."""
+    content = canonical_content(
+        seq=0, occurred_at=_PLACEHOLDER_TIME, actor_type=event.actor_type,
+        actor_id=event.actor_id, actor_name=event.actor_name, event_type=event.event_type,
+        target_type=event.target_type, target_id=event.target_id, details=event.details)
+    at = content.rindex(_PLACEHOLDER)
+    return content[:at] + b'"occurred_at":"', content[at + len(_PLACEHOLDER) - 1:]
+
+
+def _execute(cursor: Any, statement: str, params: dict[str, Any] | None = None) -> None:
+    """Run a statement on the driver's cursor; its errors surface as SQLAlchemy's, as they
+    would through the session."""
+    try:
+        cursor.execute(statement, params)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, params, exc, psycopg.Error) from exc
+
+
 def record(session: Session, event_type: str, *, actor: Actor, target_type: str | None = None,
            target_id: str | int | None = None,
            details: dict[str, Any] | None = None) -> AuditEvent:
-    """Append an event to this tenant's chain, in the caller's transaction."""
-    session.execute(text(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"))
-    head = session.execute(
-        select(AuditEvent.seq, AuditEvent.chain_hash).order_by(AuditEvent.seq.desc()).limit(1)
-    ).first()
-    seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
-    occurred_at = datetime.now(UTC)
+    """Append an event to this tenant's chain, in the caller's transaction.
+
+    Writers are serialized by a transaction-scoped advisory lock, held until the caller commits,
+    so what runs under it bounds the chain's appends per second (ops/BENCHMARKS.md, "Audit").
+    Everything that does not depend on the head is prepared before the lock; under it run one
+    statement, ``_APPEND``, and the commit. The lock is a statement of its own: a statement
+    reads with the snapshot taken when it starts, so one that waited for the lock would read a
+    stale head. Both go straight to the session's psycopg connection: SQLAlchemy's execution
+    layer and ORM flush cost more than the statements, and under the lock every waiting writer
+    pays for them. The event returned is in the session, as a flushed one would be."""
     details = details or {}
     check_details(details)
-    tid = None if target_id is None else str(target_id)
-    content = canonical_content(seq=seq, occurred_at=occurred_at, actor_type=actor.type,
-                                actor_id=actor.id, actor_name=actor.name,
-                                event_type=event_type, target_type=target_type, target_id=tid,
-                                details=details)
-    event = AuditEvent(seq=seq, occurred_at=occurred_at, actor_type=actor.type,
-                       actor_id=actor.id, actor_name=actor.name, event_type=event_type,
-                       target_type=target_type, target_id=tid, details=details, prev_hash=prev,
-                       chain_hash=chain_hash(content, prev))
+    event = AuditEvent(actor_type=actor.type, actor_id=actor.id, actor_name=actor.name,
+                       event_type=event_type, target_type=target_type,
+                       target_id=None if target_id is None else str(target_id), details=details)
+    before_time, after_seq = _content_around(event)
+    params: dict[str, Any] = {
+        "genesis": GENESIS_HASH, "actor_type": event.actor_type, "actor_id": event.actor_id,
+        "actor_name": event.actor_name, "event_type": event.event_type,
+        "target_type": event.target_type, "target_id": event.target_id,
+        "details": Jsonb(details), "after_seq": after_seq}
+    session.flush()  # the caller's pending changes first, as autoflush did
+    driver: Any = session.connection(bind_arguments={"mapper": AuditEvent}).connection \
+        .driver_connection  # a psycopg connection, in the session's transaction
+    with driver.cursor() as cursor:
+        _execute(cursor, _LOCK)
+        event.occurred_at = datetime.now(UTC)  # under the lock: times follow seq
+        moment = event.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode("ascii")
+        params.update(occurred_at=event.occurred_at,
+                      before_seq=before_time + moment + b'","seq":')
+        _execute(cursor, _APPEND, params)
+        event.seq, event.prev_hash, event.chain_hash = cursor.fetchone()
+    make_transient_to_detached(event)  # the row exists: the session holds it as loaded
     session.add(event)
-    session.flush()
     return event
