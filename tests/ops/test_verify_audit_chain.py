@@ -52,6 +52,7 @@ K = 37  # the row the mutations aim at
 def load_verifier():
     spec = importlib.util.spec_from_file_location("verify_audit_chain", VERIFIER)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its worker processes find their functions by name
     spec.loader.exec_module(module)
     return module
 
@@ -488,6 +489,52 @@ def test_without_cryptography_the_chain_still_verifies(exports, tmp_path):
     assert "Traceback" not in refused.stderr
 
 
+def verdict(path: Path, chunk: int) -> str:
+    try:
+        return verifier.verify(str(path), chunk=chunk)[-1]
+    except verifier.Bad as exc:
+        return f"FAIL {exc}"
+
+
+def test_a_long_file_shared_out_to_workers_gets_the_same_verdicts(exports, tmp_path):
+    """Files longer than a chunk are checked by worker processes in runs that the main process
+    joins: with tiny chunks, every mutation gets the verdict the one-process path gives."""
+    path = tmp_path / "export.jsonl"
+    intact = dump(with_checkpoints(exports["acme"], KEY_A, [20, 60]))
+    path.write_bytes(intact)
+    assert verdict(path, 3000) == verdict(path, len(intact)) == (
+        f"OK 60 rows, head {events(parse(intact))[-1]['chain_hash']}")
+    for name in sorted(MUTATIONS):
+        mutate, reason = MUTATIONS[name]
+        path.write_bytes(dump(reseal(mutate(with_checkpoints(exports["acme"], KEY_A,
+                                                             [20, 60])))))
+        shared, alone = verdict(path, 2000), verdict(path, 1 << 30)
+        assert shared == alone and shared.startswith(f"FAIL {reason}"), (name, shared, alone)
+
+
+def test_rows_after_the_last_checkpoint_are_read_in_full(exports, tmp_path):
+    """The quick path (hashing an event line's bytes without parsing it) is only for rows a
+    checkpoint vouches for; a later row must be canonical JSON even if its hash is right."""
+    lines = with_checkpoints(exports["acme"], KEY_A, [20])
+    body = dump(lines[:-1])
+    last = body.splitlines(keepends=True)[-2]  # the last event, after it the checkpoint
+    assert b'"seq":60,' in last
+    prev = json.loads(last)["prev_hash"].encode()
+    loose = last.replace(b'"details":{', b'"details": {')
+    i, j = loose.find(b',"chain_hash":"'), loose.rfind(b',"prev_hash":"')
+    content = loose[:i] + loose[i + 80:j] + loose[j + 79:-len(b',"type":"event"}\n')] + b"}"
+    forged_hash = hashlib.sha256(content + prev).hexdigest().encode()
+    loose = loose[:i + 15] + forged_hash + loose[i + 79:]
+    body = body.replace(last, loose)
+    manifest = {**lines[-1], "head_hash": forged_hash.decode(),
+                "sha256": hashlib.sha256(body).hexdigest()}
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(body + dump([manifest]))
+    for chunk in (2000, 1 << 30):
+        assert verdict(path, chunk) == (
+            "FAIL line 61: not a JSON object in the canonical encoding"), chunk
+
+
 # ------------------------------------------------------------------------------- fuzzing
 
 
@@ -500,6 +547,8 @@ def test_every_truncation_is_rejected(exports, tmp_path):
         path.write_bytes(data[:size])
         code, output = run_in_process(path)
         assert code == 1 and output.startswith("FAIL "), (size, output)
+        if size % 97 == 0:  # and through worker processes (slower to start)
+            assert verdict(path, 300).startswith("FAIL "), size
 
 
 def test_random_bit_flips_are_rejected(exports, tmp_path):
