@@ -405,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     from control_plane.tenancy.audit_cli import register as register_audit_commands
 
     register_audit_commands(sub)
+    from control_plane.redact_cli import register as register_redact_command
+
+    register_redact_command(sub)
     return parser
 
 

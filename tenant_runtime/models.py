@@ -9,10 +9,15 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -140,3 +145,121 @@ class CheckpointDelivery(TenantBase):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), info=PLAIN)
     attempts: Mapped[int] = mapped_column(server_default=text("0"), info=PLAIN)
     last_error: Mapped[str | None] = mapped_column(String(300), info=PLAIN)
+
+
+# --- the gateway --------------------------------------------------------------------------------
+
+
+class GatewaySettings(TenantBase):
+    """One row: the tenant's redaction profile, monthly spend cap and rate limits. Custom
+    redaction terms are the tenant's own sensitive words, so they are sealed (row key ``id``)."""
+
+    __tablename__ = "gateway_settings"
+
+    id: Mapped[int] = mapped_column(primary_key=True, info=PLAIN)
+    redaction_profile: Mapped[str] = mapped_column(String(20), server_default="standard",
+                                                   info=PLAIN)
+    custom_detectors: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"),
+                                                        info=PLAIN)
+    custom_terms_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, info=PII)
+    custom_patterns: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"),
+                                                       info=PLAIN)
+    monthly_cap_micros: Mapped[int] = mapped_column(BigInteger,
+                                                    server_default=text("100000000"),
+                                                    info=PLAIN)  # $100 by default
+    requests_per_minute: Mapped[int] = mapped_column(Integer, server_default=text("600"),
+                                                     info=PLAIN)
+    tokens_per_minute: Mapped[int] = mapped_column(Integer, server_default=text("400000"),
+                                                   info=PLAIN)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
+                                                 info=PLAIN)
+
+
+class GatewayRoute(TenantBase):
+    """A model name the tenant's programs use, mapped to a provider, its model id (an Azure
+    deployment name), endpoint and credential. ``allowed`` puts it on the allowlist; a route
+    that is not allowed can still serve as another route's fallback. ``fallbacks`` are the
+    model names of other routes, tried in order when this one fails."""
+
+    __tablename__ = "gateway_routes"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
+    model_name: Mapped[str] = mapped_column(String(100), unique=True, info=PLAIN)
+    provider: Mapped[str] = mapped_column(String(20), info=PLAIN)
+    provider_model: Mapped[str] = mapped_column(String(200), info=PLAIN)
+    endpoint: Mapped[str | None] = mapped_column(String(500), info=PLAIN)
+    api_version: Mapped[str | None] = mapped_column(String(40), info=PLAIN)
+    region: Mapped[str | None] = mapped_column(String(40), info=PLAIN)
+    credential_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("provider_credentials.id", ondelete="RESTRICT"), info=PLAIN)
+    timeout_seconds: Mapped[float] = mapped_column(Float, server_default=text("60"), info=PLAIN)
+    fallbacks: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"),
+                                                 info=PLAIN)
+    allowed: Mapped[bool] = mapped_column(Boolean, server_default=text("true"), info=PLAIN)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
+                                                 info=PLAIN)
+
+
+class GatewayPrice(TenantBase):
+    """The tenant's price for a provider model, in micro-dollars per million tokens; models
+    without a row use the built-in defaults (tenant_runtime/gateway/pricing.py)."""
+
+    __tablename__ = "gateway_prices"
+
+    provider_model: Mapped[str] = mapped_column(String(200), primary_key=True, info=PLAIN)
+    input_micros_per_mtok: Mapped[int] = mapped_column(BigInteger, info=PLAIN)
+    output_micros_per_mtok: Mapped[int] = mapped_column(BigInteger, info=PLAIN)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
+                                                 info=PLAIN)
+
+
+class GatewaySpendMonth(TenantBase):
+    """Spend of one calendar month (UTC): what was settled and what is reserved by calls in
+    flight. A call reserves its worst case with one conditional UPDATE (spent + reserved + the
+    new reservation must stay within the cap), so concurrent calls cannot overspend."""
+
+    __tablename__ = "gateway_spend_months"
+
+    month: Mapped[datetime] = mapped_column(Date, primary_key=True, info=PLAIN)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), info=PLAIN)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
+                                                 info=PLAIN)
+
+    __table_args__ = (
+        CheckConstraint("spent_micros >= 0 AND reserved_micros >= 0", name="not_negative"),
+    )
+
+
+class GatewayCall(TenantBase):
+    """One gateway call: counts, cost and outcome, never prompt or response text. A row is
+    written with its reservation before the provider is called, and settled afterwards."""
+
+    __tablename__ = "gateway_calls"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
+                                                 info=PLAIN)
+    month: Mapped[datetime] = mapped_column(Date, info=PLAIN)
+    api_key_id: Mapped[str | None] = mapped_column(String(64), info=PLAIN)
+    model_name: Mapped[str] = mapped_column(String(100), info=PLAIN)
+    provider: Mapped[str | None] = mapped_column(String(20), info=PLAIN)
+    provider_model: Mapped[str | None] = mapped_column(String(200), info=PLAIN)
+    endpoint_kind: Mapped[str] = mapped_column(String(20), info=PLAIN)  # openai / anthropic
+    stream: Mapped[bool] = mapped_column(Boolean, info=PLAIN)
+    status: Mapped[str] = mapped_column(String(20), info=PLAIN)  # reserved, ok, error
+    reserved_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
+                                                 info=PLAIN)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), info=PLAIN)
+    tokens_in: Mapped[int] = mapped_column(Integer, server_default=text("0"), info=PLAIN)
+    tokens_out: Mapped[int] = mapped_column(Integer, server_default=text("0"), info=PLAIN)
+    latency_ms: Mapped[int | None] = mapped_column(Integer, info=PLAIN)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"), info=PLAIN)
+    redactions: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'"),
+                                                       info=PLAIN)
+    error: Mapped[str | None] = mapped_column(String(300), info=PLAIN)
+
+    __table_args__ = (
+        Index("ix_gateway_calls_created_at", "created_at"),
+        Index("ix_gateway_calls_status_reserved", "status",
+              postgresql_where=text("status = 'reserved'")),
+    )

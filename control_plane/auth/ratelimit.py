@@ -18,7 +18,7 @@ from control_plane.exceptions import RateLimited
 log = logging.getLogger("magistrate.ratelimit")
 
 
-class _LocalWindows:
+class LocalWindows:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[int, float]] = {}
@@ -31,13 +31,13 @@ class _LocalWindows:
                 return 0, 0
             return count, int(reset_at - now) + 1
 
-    def incr(self, key: str, window: int) -> None:
+    def incr(self, key: str, window: int, amount: int = 1) -> None:
         with self._lock:
             now = time.monotonic()
             count, reset_at = self._counts.get(key, (0, 0.0))
             if reset_at <= now:
                 count, reset_at = 0, now + window
-            self._counts[key] = (count + 1, reset_at)
+            self._counts[key] = (count + amount, reset_at)
             if len(self._counts) > 100_000:  # bounded memory under a flood
                 self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
 
@@ -53,7 +53,7 @@ class LoginRateLimiter:
         self.max_per_ip = max_per_ip
         self.max_per_account = max_per_account
         self.window = window_seconds
-        self.local = _LocalWindows()
+        self.local = LocalWindows()
         self.degraded = False
 
     @staticmethod

@@ -1,6 +1,8 @@
 """Tenant API keys: what programs present to the gateway and the JSON API as
-``Authorization: Bearer mgk_<prefix>_<secret>``. Only the SHA-256 of the whole key is stored;
-the key is shown once. A suspended tenant's keys are refused with a clear message."""
+``Authorization: Bearer mg_<prefix>_<secret>`` (or ``x-api-key: mg_…``, as the Anthropic SDK
+sends it). The secret is 256 random bits; only the SHA-256 of the whole key is stored, and the
+key is shown once. A key may expire; a revoked or expired key is refused at once (every request
+looks it up). A suspended tenant's keys are refused with a clear message."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +22,8 @@ from control_plane.models import ApiKey, Tenant, User
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.service import MANAGE_ROLES, TenantAccess, actor_of
 
-KEY_PREFIX = "mgk_"
+KEY_PREFIX = "mg_"
+MAX_EXPIRY_DAYS = 3650
 
 
 @dataclass
@@ -32,22 +36,27 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def do_create_api_key(s: Session, access: TenantAccess, *, name: str,
-                      acting_user: User) -> tuple[ApiKey, str]:
+def do_create_api_key(s: Session, access: TenantAccess, *, name: str, acting_user: User,
+                      expires_in_days: int | None = None) -> tuple[ApiKey, str]:
     if access.role not in MANAGE_ROLES:
         raise Forbidden("Only an Owner or Admin of this tenant can create API keys.")
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput("Give the key a name (at most 200 characters).")
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+        raise InvalidInput(f"A key expires after 1 to {MAX_EXPIRY_DAYS} days (or leave the "
+                           "expiry empty for a key that does not expire).")
     prefix = secrets.token_hex(6)
     key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    expires_at = (utcnow() + timedelta(days=expires_in_days)) if expires_in_days else None
     row = ApiKey(tenant_id=access.tenant.id, name=name, prefix=prefix, secret_hash=key_hash(key),
-                 created_by=acting_user.id)
+                 created_by=acting_user.id, expires_at=expires_at)
     s.add(row)
     s.flush()
     audit.record(s, TenantEvents.API_KEY_CREATED, actor=actor_of(acting_user),
                  target_type="api_key", target_id=row.id,
-                 details={"tenant_id": access.tenant.id, "prefix": prefix})
+                 details={"tenant_id": access.tenant.id, "prefix": prefix,
+                          "expires_in_days": expires_in_days})
     return row, key
 
 
@@ -70,17 +79,30 @@ def list_api_keys(s: Session, tenant: Tenant) -> list[ApiKey]:
                           .order_by(ApiKey.id)))
 
 
-def authenticate_bearer(s: Session, authorization: str | None) -> ApiPrincipal:
-    """The API key and tenant behind an ``Authorization: Bearer`` header, or a clear refusal."""
+def presented_key(authorization: str | None, x_api_key: str | None = None) -> str | None:
+    """The key a request carries: ``Authorization: Bearer <key>`` or ``x-api-key: <key>``."""
     scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
-        raise NotSignedIn("Send a tenant API key as 'Authorization: Bearer mgk_…'.")
+    if scheme.lower() == "bearer" and key.strip():
+        return key.strip()
+    return x_api_key.strip() if x_api_key and x_api_key.strip() else None
+
+
+def authenticate_bearer(s: Session, authorization: str | None,
+                        x_api_key: str | None = None) -> ApiPrincipal:
+    """The API key and tenant behind an ``Authorization: Bearer`` (or ``x-api-key``) header, or
+    a clear refusal."""
+    key = presented_key(authorization, x_api_key) or ""
+    if not key.startswith(KEY_PREFIX):
+        raise NotSignedIn("Send a tenant API key as 'Authorization: Bearer mg_…'.")
     prefix = key[len(KEY_PREFIX):].split("_", 1)[0]
     row = s.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).first()
     if row is None or not hmac.compare_digest(row.secret_hash, key_hash(key)):
         raise NotSignedIn("This API key is not valid.")
     if row.revoked_at is not None:
         raise NotSignedIn("This API key was revoked.")
+    now = utcnow()
+    if row.expires_at is not None and row.expires_at <= now:
+        raise NotSignedIn("This API key has expired; an Owner or Admin can create a new one.")
     tenant = s.get(Tenant, row.tenant_id)
     if tenant is None or tenant.state == "deleted":
         raise NotSignedIn("This API key is not valid.")
@@ -89,7 +111,6 @@ def authenticate_bearer(s: Session, authorization: str | None) -> ApiPrincipal:
                         "resumes it.")
     if tenant.state != "active":
         raise Forbidden("This tenant is not active yet.")
-    now = utcnow()
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         row.last_used_at = now
     return ApiPrincipal(row, tenant)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from control_plane.db import make_session_factory
+from control_plane.db import make_session_factory, utcnow
 from control_plane.exceptions import (
     Conflict,
     Forbidden,
@@ -36,9 +36,11 @@ from tenant_runtime.audit_views import routes as audit_view_routes
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials import routes as credential_routes
 from tenant_runtime.exceptions import TenantKeyUnavailable
+from tenant_runtime.gateway import routes as gateway_routes
 from tenant_runtime.routing import TenantRoute
 
-TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes, *audit_view_routes.routes]
+TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes, *audit_view_routes.routes,
+                                   *gateway_routes.routes]
 
 
 class CreateTenantForm(Form):
@@ -79,6 +81,12 @@ class EmptyForm(Form):
 
 class ApiKeyForm(Form):
     name: str = Field(max_length=200)
+    expires_in_days: int | None = Field(default=None, ge=1, le=api_keys.MAX_EXPIRY_DAYS)
+
+    @field_validator("expires_in_days", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class DeleteForm(Form):
@@ -206,7 +214,7 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
             else [],
             "keys": service.key_versions(s, tenant), "roles": ROLES,
             "api_keys": api_keys.list_api_keys(s, tenant) if access.role in
-            service.MANAGE_ROLES else [], **extra,
+            service.MANAGE_ROLES else [], "now": utcnow(), **extra,
         }
     return render(request, "tenants/detail.html", context, status_code=status_code,
                   partial="tenants/_status.html")
@@ -289,7 +297,8 @@ def create_api_key(request: Request, form: ApiKeyForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
             me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
-            _, key = api_keys.do_create_api_key(s, access, name=form.name, acting_user=me.user)
+            _, key = api_keys.do_create_api_key(s, access, name=form.name, acting_user=me.user,
+                                                expires_in_days=form.expires_in_days)
     except InvalidInput as exc:
         return _detail(request, status_code=422, error=exc.message)
     return _detail(request, status_code=201, new_api_key=key)
@@ -307,7 +316,8 @@ def revoke_api_key(request: Request, form: EmptyForm) -> Response:
 def api_whoami(request: Request) -> Response:
     """GET /api/whoami: the tenant and key behind a bearer API key (programs check setup)."""
     with services(request).session_factory() as s, s.begin():
-        principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"))
+        principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"),
+                                                 request.headers.get("x-api-key"))
         request.state.tenant = principal.tenant.id
         request.state.actor = f"api_key:{principal.api_key.id}"
         body = {"tenant": {"id": principal.tenant.id, "slug": principal.tenant.slug,

@@ -16,6 +16,7 @@ from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
 from control_plane.db import make_engine, make_session_factory
 from control_plane.exceptions import MagistrateError
+from control_plane.gateway import api as gateway_api
 from control_plane.keys.providers import KeyProvider
 from control_plane.keys.registry import DataKeyCache, build_key_providers
 from control_plane.sealing import ControlSealer
@@ -75,6 +76,7 @@ def build_app(svc: Services) -> Starlette:
             *tenant_routes.routes,
             *export_routes.routes,
             *audit_routes.routes,
+            *gateway_api.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],

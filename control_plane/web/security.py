@@ -5,7 +5,7 @@
 3. CSRF: every state-changing request carries the synchronizer token (form field
    ``csrf_token`` or header ``X-CSRF-Token``, which htmx sends) bound to the browser's session or
    anonymous cookie, and an Origin (or Referer) of our own; the only exemption is
-   ``CSRF_EXEMPT_PREFIXES`` with bearer authentication and no cookie;
+   ``CSRF_EXEMPT_PREFIXES`` with bearer (or ``x-api-key``) authentication and no cookie;
 4. security headers on every response, error pages included;
 5. any unhandled exception becomes a 500 page with the request id, never a stack trace;
 6. one structured log line per request.
@@ -116,7 +116,8 @@ class SecurityMiddleware:
     def is_exempt(self, path: str, headers: Headers, cookies: dict[str, str]) -> bool:
         if not path.startswith(CSRF_EXEMPT_PREFIXES):
             return False
-        bearer = headers.get("authorization", "").lower().startswith("bearer ")
+        bearer = (headers.get("authorization", "").lower().startswith("bearer ")
+                  or "x-api-key" in headers)  # the Anthropic SDK's way of sending the key
         has_cookie = (self.settings.session_cookie_name in cookies
                       or self.settings.anon_cookie_name in cookies)
         return bearer and not has_cookie

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from control_plane.settings import Settings
-from control_plane.web.app import build_app
 from control_plane.web.services import Services
 from tests.conftest import free_port, make_settings
+from tests.live_server import serve
 
 CHROMIUM_CANDIDATE = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,7 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SERVER_START_TIMEOUT = 10.0
 ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
@@ -62,28 +58,9 @@ def settings(live_port: int, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def live_server(chromium_path: str, services: Services, live_port: int) -> Iterator[str]:
-    """The real app under uvicorn in a background thread; yields its base URL.
-
-    ``lifespan="off"``: the ``services`` fixture owns (and closes) the engine and Redis client.
-    """
-    config = uvicorn.Config(build_app(services), host="127.0.0.1", port=live_port,
-                            lifespan="off", ws="none", http="h11", log_level="warning",
-                            access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-live-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(timeout=5)
-            pytest.fail(f"uvicorn did not start on 127.0.0.1:{live_port}")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{live_port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """The real app under uvicorn in a background thread; yields its base URL."""
+    with serve(services, live_port) as url:
+        yield url
 
 
 @pytest.fixture

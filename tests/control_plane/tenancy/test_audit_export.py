@@ -182,7 +182,7 @@ def test_a_tenant_api_key_exports_its_own_tenant_only(app_client, services, db, 
     other = client.get(f"/api/audit/export?tenant={globex}", headers=auth)
     assert other.status_code == 404 and other.json()["error"] == "No such tenant."
     assert client.get("/api/audit/export", headers={
-        "Authorization": "Bearer mgk_nope_nope"}).status_code == 401
+        "Authorization": "Bearer mg_nope_nope"}).status_code == 401
     (first, *_) = exported_events(db)
     assert first.actor_type == "api_key" and first.actor_name == "auditor"
     assert first.details == {"range": {"first_seq": None, "last_seq": 10, "since": None,

@@ -211,7 +211,7 @@ def test_two_downloads_at_once_hand_the_export_out_once(app_client, services, db
             racer = threading.Thread(target=second)
             racer.start()
             with db() as watcher:  # wait until the racer is blocked on that lock
-                for _ in range(100):
+                for _ in range(600):  # up to 30 s on a busy machine
                     waiting = watcher.scalar(select(func.count()).select_from(
                         text("pg_stat_activity")).where(text("wait_event_type = 'Lock'")))
                     if waiting:

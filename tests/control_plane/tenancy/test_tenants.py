@@ -334,7 +334,7 @@ def test_api_keys_are_shown_once_and_refused_when_suspended_or_revoked(client, s
                         page=f"/tenants/{a}")
     assert created.status_code == 201
     key = re.search(r'data-testid="new-api-key">([^<]+)<', created.text).group(1)
-    assert key.startswith("mgk_") and key not in client.get(f"/tenants/{a}").text
+    assert key.startswith("mg_") and key not in client.get(f"/tenants/{a}").text
     with db() as s:
         row = s.scalars(select(ApiKey)).one()
         assert key not in (row.secret_hash, row.prefix) and len(row.secret_hash) == 64
@@ -342,7 +342,7 @@ def test_api_keys_are_shown_once_and_refused_when_suspended_or_revoked(client, s
         auth = {"Authorization": f"Bearer {key}"}
         me = program.get("/api/whoami", headers=auth)
         assert me.status_code == 200 and me.json()["tenant"]["slug"] == "alpha"
-        assert program.get("/api/whoami", headers={"Authorization": "Bearer mgk_x_y"}
+        assert program.get("/api/whoami", headers={"Authorization": "Bearer mg_x_y"}
                            ).status_code == 401
         post_form(client, f"/tenants/{a}/suspend", {"reason": "unpaid"}, page=f"/tenants/{a}")
         refused = program.get("/api/whoami", headers=auth)

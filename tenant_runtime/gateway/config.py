@@ -1,0 +1,76 @@
+"""The tenant's gateway configuration as the call path reads it: settings (one row, created
+with defaults on first use), routes, the allowlist, and the redaction profile."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from tenant_runtime.context import TenantContext
+from tenant_runtime.credentials.service import reveal_secret
+from tenant_runtime.gateway.providers.base import Target
+from tenant_runtime.models import GatewayRoute, GatewaySettings
+from tenant_runtime.redaction import Profile
+
+SETTINGS_TABLE = "gateway_settings"
+
+
+def load_settings(s: Session) -> GatewaySettings:
+    row = s.get(GatewaySettings, 1)
+    if row is None:
+        s.execute(insert(GatewaySettings).values(id=1).on_conflict_do_nothing())
+        row = s.get(GatewaySettings, 1)
+    assert row is not None  # noqa: S101 - just inserted
+    return row
+
+
+def custom_terms(ctx: TenantContext, settings: GatewaySettings) -> list[str]:
+    if settings.custom_terms_sealed is None:
+        return []
+    terms: Any = json.loads(ctx.sealer.open_text(settings.custom_terms_sealed,
+                                                 table=SETTINGS_TABLE,
+                                                 column="custom_terms_sealed", row_key=1))
+    return [str(term) for term in terms]
+
+
+def seal_terms(ctx: TenantContext, terms: list[str]) -> bytes | None:
+    if not terms:
+        return None
+    return ctx.sealer.seal(json.dumps(terms), table=SETTINGS_TABLE,
+                           column="custom_terms_sealed", row_key=1)
+
+
+def profile_of(ctx: TenantContext, settings: GatewaySettings) -> Profile:
+    return Profile.from_settings(settings.redaction_profile, list(settings.custom_detectors),
+                                 custom_terms(ctx, settings), list(settings.custom_patterns))
+
+
+def route_for(s: Session, model_name: str) -> GatewayRoute | None:
+    return s.scalars(select(GatewayRoute).where(GatewayRoute.model_name == model_name)).first()
+
+
+def allowed_routes(s: Session) -> list[GatewayRoute]:
+    return list(s.scalars(select(GatewayRoute).where(GatewayRoute.allowed)
+                          .order_by(GatewayRoute.model_name)))
+
+
+def routes_of_call(s: Session, route: GatewayRoute) -> list[GatewayRoute]:
+    """The route, then its fallbacks in order: only other routes of this tenant, each once."""
+    chain, seen = [route], {route.model_name}
+    for name in route.fallbacks:
+        fallback = route_for(s, name)
+        if fallback is not None and fallback.model_name not in seen:
+            chain.append(fallback)
+            seen.add(fallback.model_name)
+    return chain
+
+
+def target_of(s: Session, ctx: TenantContext, route: GatewayRoute) -> Target:
+    secret = reveal_secret(s, ctx, route.credential_id) if route.credential_id else None
+    return Target(provider=route.provider, model=route.provider_model, endpoint=route.endpoint,
+                  api_key=secret, timeout_seconds=route.timeout_seconds,
+                  api_version=route.api_version, region=route.region)

@@ -1,0 +1,84 @@
+"""Prices per model, in micro-dollars (millionths of a dollar) per million tokens, and the cost
+of a call. A tenant's own price (``gateway_prices``) wins over the built-in default; a model
+with neither is charged at ``UNKNOWN_MODEL_PRICE``, deliberately high, so an unpriced model
+cannot run up spend the cap does not see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tenant_runtime.models import GatewayPrice
+
+
+@dataclass(frozen=True)
+class Price:
+    input_micros_per_mtok: int
+    output_micros_per_mtok: int
+    source: str = "default"  # "default", "tenant" or "unknown model"
+
+    def cost_micros(self, tokens_in: int, tokens_out: int) -> int:
+        """Rounded up, so many small calls cannot add up to less than they cost."""
+        total = tokens_in * self.input_micros_per_mtok + tokens_out * self.output_micros_per_mtok
+        return -(-total // 1_000_000)
+
+
+def _usd(input_per_mtok: float, output_per_mtok: float) -> Price:
+    return Price(round(input_per_mtok * 1_000_000), round(output_per_mtok * 1_000_000))
+
+
+# List prices in US dollars per million tokens (input, output), November 2026.
+DEFAULT_PRICES: dict[str, Price] = {
+    "gpt-4o": _usd(2.50, 10.00),
+    "gpt-4o-mini": _usd(0.15, 0.60),
+    "gpt-4.1": _usd(2.00, 8.00),
+    "gpt-4.1-mini": _usd(0.40, 1.60),
+    "gpt-4.1-nano": _usd(0.10, 0.40),
+    "gpt-5": _usd(1.25, 10.00),
+    "gpt-5-mini": _usd(0.25, 2.00),
+    "o3": _usd(2.00, 8.00),
+    "o4-mini": _usd(1.10, 4.40),
+    "claude-opus-4-1": _usd(15.00, 75.00),
+    "claude-sonnet-4-5": _usd(3.00, 15.00),
+    "claude-sonnet-4": _usd(3.00, 15.00),
+    "claude-haiku-4-5": _usd(1.00, 5.00),
+    "claude-3-5-haiku": _usd(0.80, 4.00),
+    "anthropic.claude-sonnet-4-5": _usd(3.00, 15.00),
+    "anthropic.claude-haiku-4-5": _usd(1.00, 5.00),
+    "amazon.nova-pro-v1:0": _usd(0.80, 3.20),
+    "amazon.nova-lite-v1:0": _usd(0.06, 0.24),
+    "meta.llama3-3-70b-instruct-v1:0": _usd(0.72, 0.72),
+}
+UNKNOWN_MODEL_PRICE = Price(30_000_000, 120_000_000, source="unknown model")
+
+
+def default_price(provider_model: str) -> Price:
+    """The built-in price of a model id; dated or regional variants (``gpt-4o-2024-08-06``,
+    ``us.anthropic.claude-sonnet-4-5-20250929-v1:0``) take their family's price."""
+    name = provider_model.strip().lower()
+    for prefix in ("us.", "eu.", "apac.", "global."):
+        name = name.removeprefix(prefix)
+    best = max((known for known in DEFAULT_PRICES if name == known or name.startswith(known + "-")
+                or name.startswith(known + ":")), key=len, default=None)
+    return DEFAULT_PRICES[best] if best else UNKNOWN_MODEL_PRICE
+
+
+def price_for(s: Session, provider_model: str) -> Price:
+    row = s.get(GatewayPrice, provider_model)
+    if row is not None:
+        return Price(row.input_micros_per_mtok, row.output_micros_per_mtok, source="tenant")
+    return default_price(provider_model)
+
+
+def tenant_prices(s: Session) -> dict[str, Price]:
+    return {row.provider_model: Price(row.input_micros_per_mtok, row.output_micros_per_mtok,
+                                      source="tenant")
+            for row in s.scalars(select(GatewayPrice).order_by(GatewayPrice.provider_model))}
+
+
+def estimate_tokens(text_length: int) -> int:
+    """A deliberately generous token estimate for reservations (about 3 characters a token;
+    real tokenizers give about 4 for English), so the reservation covers the real prompt."""
+    return text_length // 3 + 1

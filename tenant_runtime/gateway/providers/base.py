@@ -1,0 +1,75 @@
+"""What every provider adapter offers, and what it returns. An adapter takes only a
+``RedactedRequest`` (tenant_runtime.redaction), so nothing unredacted can reach a provider."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tenant_runtime.redaction import RedactedRequest
+
+PROVIDERS = ("openai", "anthropic", "azure-openai", "bedrock", "on-prem")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one attempt goes: a route's provider, model and endpoint, with its credential
+    opened from the sealed column only for the call."""
+
+    provider: str  # one of PROVIDERS
+    model: str  # the provider's model id; for azure-openai, the deployment name
+    endpoint: str | None = None  # base URL; None: the provider's public endpoint
+    api_key: str | None = field(default=None, repr=False)  # bedrock: "ACCESS_KEY_ID:SECRET"
+    timeout_seconds: float = 60.0
+    api_version: str | None = None  # azure-openai
+    region: str | None = None  # bedrock
+    # azure-openai without an API key: a callable returning an Entra ID bearer token
+    azure_ad_token_provider: Callable[[], str] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    usage: Usage
+    finish_reason: str  # "stop", "length" or "other"
+    attempts: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    usage: Usage
+    finish_reason: str
+    attempts: int
+
+
+StreamEvent = TextDelta | Finished
+
+
+class ProviderError(Exception):
+    """A provider call that failed for good: after its attempts, or at once when retrying
+    cannot help (400, 401, 403, 404). The message names the provider and the attempts."""
+
+    def __init__(self, provider: str, attempts: int, detail: str, *,
+                 status: int | None = None) -> None:
+        self.provider, self.attempts, self.detail, self.status = provider, attempts, detail, status
+        noun = "attempt" if attempts == 1 else "attempts"
+        super().__init__(f"{provider} failed after {attempts} {noun}: {detail}")
+
+
+class Adapter(Protocol):
+    def complete(self, request: RedactedRequest, target: Target) -> Completion: ...
+
+    def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]: ...

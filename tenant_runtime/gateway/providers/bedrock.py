@@ -1,0 +1,191 @@
+"""The Amazon Bedrock adapter: the Converse API (``converse``, ``converse_stream``) through boto3.
+
+Credentials: ``target.api_key`` is ``ACCESS_KEY_ID:SECRET_ACCESS_KEY`` (optionally
+``:SESSION_TOKEN``); without it boto3's default chain applies (instance role, IRSA, env, ...).
+The region is ``target.region`` or us-east-1; ``target.endpoint`` overrides the endpoint (a VPC
+endpoint, or a local fake). System messages go to ``system`` (one text block each); botocore's
+own retries are off (``total_max_attempts=1``: its ``max_attempts`` counts retries, not
+attempts). Stop reasons: end_turn and stop_sequence are "stop", max_tokens is "length", anything
+else (guardrail_intervened, content_filtered, ...) "other".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+
+from tenant_runtime.gateway.providers import retry
+from tenant_runtime.gateway.providers.base import (
+    Completion,
+    Finished,
+    ProviderError,
+    StreamEvent,
+    Target,
+    TextDelta,
+    Usage,
+)
+from tenant_runtime.redaction import RedactedRequest
+
+if TYPE_CHECKING:
+    from tenant_runtime.gateway.providers.registry import ClientCache
+
+DEFAULT_REGION = "us-east-1"
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+# Error codes whose status may be missing (exceptions inside an event stream).
+RETRYABLE_CODES = {"ThrottlingException": 429, "ServiceUnavailableException": 503,
+                   "InternalServerException": 500, "ModelNotReadyException": 429}
+
+
+class BedrockAdapter:
+    provider = "bedrock"
+
+    def __init__(self, *, clients: ClientCache, policy: retry.RetryPolicy | None = None) -> None:
+        self._clients = clients
+        self._policy = policy or retry.RetryPolicy()
+
+    def complete(self, request: RedactedRequest, target: Target) -> Completion:
+        _require_redacted(request)
+        client = self._client(target)
+        response, attempts = retry.call(
+            self.provider, self._policy, partial(classify, target=target),
+            lambda: _checked(client.converse(**_params(request, target))))
+        content = response.get("output", {}).get("message", {}).get("content", [])
+        text = "".join(block.get("text", "") for block in content)
+        return Completion(text, _usage(response.get("usage")),
+                          FINISH_REASONS.get(response.get("stopReason", ""), "other"), attempts)
+
+    def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
+        _require_redacted(request)
+        client = self._client(target)
+        return retry.stream(self.provider, self._policy, partial(classify, target=target),
+                            lambda: self._events(client, request, target))
+
+    def _events(self, client: Any, request: RedactedRequest,
+                target: Target) -> Iterator[StreamEvent]:
+        events = client.converse_stream(**_params(request, target))["stream"]
+        usage: dict[str, Any] | None = None
+        stop_reason = ""
+        try:
+            for event in events:
+                if "contentBlockDelta" in event:
+                    text = event["contentBlockDelta"].get("delta", {}).get("text")
+                    if text:
+                        yield TextDelta(text)
+                elif "messageStop" in event:
+                    stop_reason = event["messageStop"].get("stopReason", "")
+                elif "metadata" in event:
+                    usage = event["metadata"].get("usage")
+        finally:
+            events.close()
+        if not stop_reason:
+            raise IncompleteAnswer("the answer stream ended without a messageStop event")
+        yield Finished(_usage(usage), FINISH_REASONS.get(stop_reason, "other"), attempts=0)
+
+    def _client(self, target: Target) -> Any:
+        access_key = secret_key = session_token = None
+        if target.api_key:
+            access_key, _, rest = target.api_key.partition(":")
+            secret_key, _, session_token = rest.partition(":")
+            if not access_key or not secret_key:
+                raise ProviderError(self.provider, 0, "the route's credential must be "
+                                                      "ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+        region = target.region or DEFAULT_REGION
+
+        def build() -> Any:
+            # A session per client: boto3's default session is not safe to share across threads.
+            session = boto3.session.Session(
+                aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                aws_session_token=session_token or None, region_name=region)
+            return session.client(
+                "bedrock-runtime", endpoint_url=target.endpoint,
+                config=botocore.config.Config(
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    connect_timeout=target.timeout_seconds,
+                    read_timeout=target.timeout_seconds))
+
+        return self._clients.get(target, build)
+
+
+class IncompleteAnswer(Exception):
+    """botocore hands back whatever JSON it could parse, even from a body cut short; an answer
+    without a stop reason did not arrive whole."""
+
+
+def _checked(response: dict[str, Any]) -> dict[str, Any]:
+    if "stopReason" not in response or "output" not in response:
+        raise IncompleteAnswer("the Converse answer has no output or stop reason")
+    return response
+
+
+def _params(request: RedactedRequest, target: Target) -> dict[str, Any]:
+    inference: dict[str, Any] = {"maxTokens": request.max_tokens}
+    if request.temperature is not None:
+        inference["temperature"] = request.temperature
+    if request.top_p is not None:
+        inference["topP"] = request.top_p
+    if request.stop:
+        inference["stopSequences"] = list(request.stop)
+    params: dict[str, Any] = {
+        "modelId": target.model,
+        "messages": [{"role": m.role, "content": [{"text": m.content}]}
+                     for m in request.messages if m.role != "system"],
+        "inferenceConfig": inference,
+    }
+    system = [{"text": m.content} for m in request.messages if m.role == "system"]
+    if system:
+        params["system"] = system
+    return params
+
+
+def _usage(usage: dict[str, Any] | None) -> Usage:
+    usage = usage or {}
+    return Usage(int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))
+
+
+def _endpoint(target: Target) -> str:
+    region = target.region or DEFAULT_REGION
+    return target.endpoint or f"https://bedrock-runtime.{region}.amazonaws.com"
+
+
+def classify(exc: BaseException, *, target: Target) -> retry.Failure | None:
+    if isinstance(exc, IncompleteAnswer):
+        return retry.Failure("the answer arrived incomplete", retryable=True)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        metadata = exc.response.get("ResponseMetadata", {})
+        code = str(error.get("Code") or "")
+        status = int(metadata.get("HTTPStatusCode") or 0)
+        if status < 400:  # an exception event inside a stream
+            status = RETRYABLE_CODES.get(code, 400)
+        headers = {k.lower(): v for k, v in (metadata.get("HTTPHeaders") or {}).items()}
+        failure = retry.status_failure(status, code, retry.parse_retry_after(headers))
+        if code in RETRYABLE_CODES and not failure.retryable:
+            failure = retry.Failure(failure.detail, True, status, failure.retry_after)
+        return failure
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError | urllib3.exceptions.ReadTimeoutError):
+        return retry.timeout_failure(target.timeout_seconds)
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError
+                  | botocore.exceptions.ConnectTimeoutError):
+        return retry.connect_failure(_endpoint(target))
+    if isinstance(exc, botocore.exceptions.ConnectionClosedError
+                  | botocore.exceptions.ResponseStreamingError
+                  | botocore.exceptions.HTTPClientError | urllib3.exceptions.HTTPError):
+        return retry.dropped_failure()
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return retry.Failure("no AWS credentials were found for the route", retryable=False)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return retry.Failure(f"botocore refused the call ({type(exc).__name__})",
+                             retryable=False)
+    return None
+
+
+def _require_redacted(request: object) -> None:
+    if not isinstance(request, RedactedRequest):
+        raise TypeError(f"Provider adapters accept only a RedactedRequest (built by "
+                        f"tenant_runtime.redaction.redact_request), not {type(request).__name__}.")

@@ -1,0 +1,261 @@
+"""The gateway's call path, inside one tenant (DESIGN.md, "Gateway"):
+
+    allowlist → redact → reserve spend → provider (retries inside the adapter; fallbacks in
+    order) → restore → settle spend → audit
+
+``prepare`` does everything before the provider in one transaction that commits the
+reservation, so concurrent calls see it; ``complete`` and ``stream`` call the providers, and
+``_finish`` settles and records the one audit event of the call in a second transaction.
+Refusals (a model off the allowlist, the spend cap) are audited in their own transaction and
+raised as ``TenantError``s with a sentence for the caller. Prompt and answer text are never
+stored, logged or audited: only counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from tenant_runtime import audit
+from tenant_runtime.context import TenantContext
+from tenant_runtime.exceptions import TenantError
+from tenant_runtime.gateway import config, pricing, spend
+from tenant_runtime.gateway.messages import ChatRequest
+from tenant_runtime.gateway.names import shown
+from tenant_runtime.gateway.providers.base import (
+    Adapter,
+    Finished,
+    ProviderError,
+    Target,
+    TextDelta,
+    Usage,
+)
+from tenant_runtime.models import GatewayCall
+from tenant_runtime.redaction import RedactedRequest, Restorer, redact_request
+
+
+class GatewayEvents:
+    CALL = "gateway.call"
+    MODEL_REFUSED = "gateway.model_refused"  # a scope denial
+    SPEND_CAP_REACHED = "gateway.spend_cap_reached"
+    SETTINGS_CHANGED = "gateway.settings_changed"
+    ROUTE_ADDED = "gateway.route_added"
+    ROUTE_CHANGED = "gateway.route_changed"
+    ROUTE_DELETED = "gateway.route_deleted"
+    PRICE_SET = "gateway.price_set"
+    PRICE_REMOVED = "gateway.price_removed"
+
+
+class ModelRefused(TenantError):
+    status_code = 403
+    default_message = "This model is not on the tenant's allowlist."
+
+
+class ProvidersFailed(TenantError):
+    status_code = 502
+    default_message = "The model provider could not answer."
+
+
+@dataclass
+class PreparedCall:
+    call_id: int
+    month: date
+    model_name: str
+    redacted: RedactedRequest
+    restorer: Restorer = field(repr=False)  # the placeholder map: memory only, this call only
+    targets: list[Target] = field(repr=False)
+    prices: list[pricing.Price]
+    reserved_micros: int
+    started: float
+
+
+@dataclass(frozen=True)
+class CallResult:
+    text: str  # restored
+    usage: Usage
+    finish_reason: str
+    provider: str
+    cost_micros: int
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def adapter_for(provider: str) -> Adapter:
+    from tenant_runtime.gateway.providers import registry
+
+    return registry.adapter_for(provider)
+
+
+class Gateway:
+    """One tenant's gateway. ``adapters`` maps a provider name to its adapter (the registry by
+    default); ``endpoint_kind`` records which drop-in API the call came through."""
+
+    def __init__(self, ctx: TenantContext, *, api_key_id: str | None = None,
+                 adapters: Callable[[str], Adapter] = adapter_for,
+                 clock: Callable[[], datetime] = _now) -> None:
+        self.ctx, self.api_key_id, self.adapters, self.clock = ctx, api_key_id, adapters, clock
+
+    # -- before the provider -------------------------------------------------------------
+
+    def prepare(self, request: ChatRequest, *, endpoint_kind: str,
+                rate_limit: Callable[[int, int], None] | None = None) -> PreparedCall:
+        """Allowlist, redaction and the spend reservation, committed together. ``rate_limit``
+        is called with the tenant's requests and tokens per minute first, and raises to
+        refuse."""
+        started = time.perf_counter()
+        month = spend.month_of(self.clock())
+        with self.ctx.session() as s, s.begin():
+            settings = config.load_settings(s)
+            if rate_limit is not None:
+                rate_limit(settings.requests_per_minute, settings.tokens_per_minute)
+            route = config.route_for(s, request.model)
+            if route is None or not route.allowed:
+                refusal: TenantError = ModelRefused(
+                    f"The model {shown(request.model)} is not on this tenant's allowlist; an "
+                    "Owner or Admin can allow it on the tenant's gateway page.")
+            else:
+                redacted, restorer = redact_request(request, config.profile_of(self.ctx,
+                                                                               settings))
+                routes = config.routes_of_call(s, route)
+                targets = [config.target_of(s, self.ctx, r) for r in routes]
+                prices = [pricing.price_for(s, r.provider_model) for r in routes]
+                reserved = self._worst_case(redacted, prices)
+                if spend.reserve(s, month=month, amount_micros=reserved,
+                                 cap_micros=settings.monthly_cap_micros):
+                    call = GatewayCall(
+                        month=month, api_key_id=self.api_key_id, model_name=request.model,
+                        provider=route.provider, provider_model=route.provider_model,
+                        endpoint_kind=endpoint_kind, stream=request.stream, status="reserved",
+                        reserved_micros=reserved, redactions=dict(redacted.counts))
+                    s.add(call)
+                    s.flush()
+                    return PreparedCall(call.id, month, request.model, redacted, restorer,
+                                        targets, prices, reserved, started)
+                refusal = spend.SpendCapReached(spend.cap_message(settings.monthly_cap_micros,
+                                                                  month))
+        self._refused(refusal, request, endpoint_kind)
+        raise refusal
+
+    @staticmethod
+    def _worst_case(redacted: RedactedRequest, prices: list[pricing.Price]) -> int:
+        prompt = sum(len(m.content.encode("utf-8")) for m in redacted.messages)
+        tokens_in = pricing.estimate_tokens(prompt) + 8 * len(redacted.messages)
+        return max(price.cost_micros(tokens_in, redacted.max_tokens) for price in prices)
+
+    def _refused(self, refusal: TenantError, request: ChatRequest, endpoint_kind: str) -> None:
+        event = (GatewayEvents.MODEL_REFUSED if isinstance(refusal, ModelRefused)
+                 else GatewayEvents.SPEND_CAP_REACHED)
+        with self.ctx.session() as s, s.begin():
+            audit.record(s, event, actor=self.ctx.actor, target_type="model",
+                         target_id=request.model[:64],
+                         details={"api_key_id": self.api_key_id, "endpoint": endpoint_kind})
+
+    # -- the provider ----------------------------------------------------------------------
+
+    def complete(self, call: PreparedCall) -> CallResult:
+        failures: list[ProviderError] = []
+        for target, price in zip(call.targets, call.prices, strict=True):
+            try:
+                answer = self.adapters(target.provider).complete(call.redacted, target)
+            except ProviderError as exc:
+                failures.append(exc)
+                continue
+            cost = price.cost_micros(answer.usage.input_tokens, answer.usage.output_tokens)
+            self._finish(call, target, outcome="ok", usage=answer.usage, cost=cost,
+                         attempts=sum(f.attempts for f in failures) + answer.attempts,
+                         fallback=bool(failures))
+            return CallResult(call.restorer.restore(answer.text), answer.usage,
+                              answer.finish_reason, target.provider, cost)
+        raise self._failed(call, failures)
+
+    def stream(self, call: PreparedCall) -> Iterator[str | CallResult]:
+        """Restored text as it arrives, then one ``CallResult``. A fallback is taken only
+        before the first text; the call is settled and audited however the stream ends, the
+        caller hanging up included."""
+        failures: list[ProviderError] = []
+        for target, price in zip(call.targets, call.prices, strict=True):
+            restoring, received, finished = call.restorer.stream(), 0, None
+            error: ProviderError | None = None
+            fell_back = False
+            try:
+                for event in self.adapters(target.provider).stream(call.redacted, target):
+                    if isinstance(event, TextDelta):
+                        received += len(event.text)
+                        if text := restoring.feed(event.text):
+                            yield text
+                    elif isinstance(event, Finished):
+                        finished = event
+                if tail := restoring.flush():
+                    yield tail
+            except ProviderError as exc:
+                fell_back = received == 0
+                if fell_back:
+                    failures.append(exc)
+                else:
+                    error = exc
+            finally:  # also when the caller hangs up (GeneratorExit at a yield)
+                if not fell_back:
+                    self._finish_stream(call, target, price, failures, received, finished,
+                                        error)
+            if fell_back:
+                continue
+            if error is not None or finished is None:
+                raise ProvidersFailed(f"The answer was cut short: {error or 'no end of stream'}")
+            yield CallResult("", finished.usage, finished.finish_reason, target.provider,
+                             price.cost_micros(finished.usage.input_tokens,
+                                               finished.usage.output_tokens))
+            return
+        raise self._failed(call, failures)
+
+    def _finish_stream(self, call: PreparedCall, target: Target, price: pricing.Price,
+                       failures: list[ProviderError], received: int, finished: Finished | None,
+                       error: ProviderError | None) -> None:
+        if finished is not None:
+            usage, attempts = finished.usage, finished.attempts
+        else:  # cut short: charge what was sent and received, estimated generously
+            prompt = sum(len(m.content.encode("utf-8")) for m in call.redacted.messages)
+            usage = Usage(pricing.estimate_tokens(prompt), pricing.estimate_tokens(received))
+            attempts = error.attempts if error else 1
+        outcome = "error" if error else ("ok" if finished else "cut short")
+        self._finish(call, target, outcome=outcome, usage=usage,
+                     cost=price.cost_micros(usage.input_tokens, usage.output_tokens),
+                     attempts=sum(f.attempts for f in failures) + attempts,
+                     fallback=bool(failures), error=str(error) if error else None)
+
+    def _failed(self, call: PreparedCall, failures: list[ProviderError]) -> ProvidersFailed:
+        detail = "; ".join(str(f) for f in failures) or "no provider was configured"
+        self._finish(call, call.targets[-1] if call.targets else None, outcome="error",
+                     usage=Usage(0, 0), cost=0, attempts=sum(f.attempts for f in failures),
+                     fallback=len(failures) > 1, error=detail)
+        return ProvidersFailed(f"The model {shown(call.model_name)} could not answer: {detail}.")
+
+    # -- after the provider ----------------------------------------------------------------
+
+    def _finish(self, call: PreparedCall, target: Target | None, *, outcome: str, usage: Usage,
+                cost: int, attempts: int, fallback: bool, error: str | None = None) -> None:
+        latency_ms = round((time.perf_counter() - call.started) * 1000)
+        details: dict[str, Any] = {
+            "model": call.model_name, "provider": target.provider if target else None,
+            "provider_model": target.model if target else None,
+            "tokens_in": usage.input_tokens, "tokens_out": usage.output_tokens,
+            "cost_micros": cost, "redactions": dict(call.redacted.counts),
+            "latency_ms": latency_ms, "outcome": outcome, "attempts": attempts,
+            "fallback": fallback, "stream": call.redacted.stream, "api_key_id": self.api_key_id}
+        with self.ctx.session() as s, s.begin():
+            spend.settle(s, month=call.month, reserved_micros=call.reserved_micros,
+                         cost_micros=cost)
+            row = s.get(GatewayCall, call.call_id)
+            if row is not None:
+                row.status = outcome
+                row.cost_micros, row.tokens_in, row.tokens_out = (cost, usage.input_tokens,
+                                                                   usage.output_tokens)
+                row.latency_ms, row.attempts = latency_ms, attempts
+                row.error = error[:300] if error else None
+                if target is not None:
+                    row.provider, row.provider_model = target.provider, target.model
+            audit.record(s, GatewayEvents.CALL, actor=self.ctx.actor, target_type="model",
+                         target_id=call.model_name[:64], details=details)

@@ -1,0 +1,79 @@
+"""The monthly spend cap (DESIGN.md, invariant 4). Before a call, its worst case (the prompt
+estimate plus ``max_tokens`` at the dearest price among the call's targets) is reserved with one
+conditional UPDATE: the row lock serializes concurrent reservations and the condition keeps
+``spent + reserved`` within the cap, so no interleaving can overspend. After the call the
+reservation is settled to the real usage. A reservation whose call never settled (the process
+died) is settled at its reserved amount by ``settle_abandoned``, erring on the side of the cap."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from tenant_runtime.exceptions import TenantError
+from tenant_runtime.models import GatewayCall, GatewaySpendMonth
+
+
+class SpendCapReached(TenantError):
+    status_code = 402
+    default_message = "The monthly AI spend cap is reached."
+
+
+def month_of(moment: datetime) -> date:
+    return date(moment.year, moment.month, 1)
+
+
+def next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def dollars(micros: int) -> str:
+    return f"${micros / 1_000_000:,.2f}"
+
+
+def cap_message(cap_micros: int, month: date) -> str:
+    return (f"The monthly AI spend cap of {dollars(cap_micros)} is reached; it resets on "
+            f"{next_month(month).isoformat()} (UTC). An Owner can raise the cap on the "
+            "tenant's gateway page.")
+
+
+def reserve(s: Session, *, month: date, amount_micros: int, cap_micros: int) -> bool:
+    """Reserve ``amount_micros`` of this month's cap; False when it does not fit."""
+    s.execute(insert(GatewaySpendMonth).values(month=month).on_conflict_do_nothing())
+    row = s.execute(
+        text("UPDATE gateway_spend_months SET reserved_micros = reserved_micros + :amount "
+             "WHERE month = :month AND spent_micros + reserved_micros + :amount <= :cap "
+             "RETURNING month"),
+        {"amount": amount_micros, "month": month, "cap": cap_micros}).first()
+    return row is not None
+
+
+def settle(s: Session, *, month: date, reserved_micros: int, cost_micros: int) -> None:
+    s.execute(update(GatewaySpendMonth).where(GatewaySpendMonth.month == month).values(
+        reserved_micros=GatewaySpendMonth.reserved_micros - reserved_micros,
+        spent_micros=GatewaySpendMonth.spent_micros + cost_micros))
+
+
+def month_totals(s: Session, month: date) -> tuple[int, int]:
+    """(spent, reserved) this month, in micro-dollars."""
+    row = s.get(GatewaySpendMonth, month)
+    return (row.spent_micros, row.reserved_micros) if row else (0, 0)
+
+
+def settle_abandoned(s: Session, *, older_than: timedelta = timedelta(minutes=15),
+                     now: datetime | None = None) -> int:
+    """Settle reservations of calls that never finished (their process died) at the reserved
+    amount: the provider may have been paid, and the cap must not be undercounted."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    calls = list(s.scalars(select(GatewayCall).where(GatewayCall.status == "reserved",
+                                                     GatewayCall.created_at < cutoff)
+                           .with_for_update(skip_locked=True)))
+    for call in calls:
+        settle(s, month=call.month, reserved_micros=call.reserved_micros,
+               cost_micros=call.reserved_micros)
+        call.status, call.cost_micros = "abandoned", call.reserved_micros
+        call.error = "The call did not finish; its reservation was charged in full."
+    return len(calls)

@@ -1,0 +1,156 @@
+"""Redaction before egress, restoration on the way back (DESIGN.md, invariant 1).
+
+``redact_request`` is the only way to build a ``RedactedRequest``, and provider adapters accept
+nothing else: text cannot reach a provider without passing through here. The placeholder map
+lives only in the returned ``Restorer``, in memory, for one request; it is never logged, stored
+or audited (``counts`` says how many of each type, never which).
+
+CONTRACT (the gateway and the adapters are written against it):
+- ``Profile.named(name)`` for "off", "standard", "aggressive"; ``Profile.custom(...)`` for the
+  tenant's own; ``Profile.from_settings(...)`` for stored settings; all frozen.
+- ``redact_request(request: ChatRequest, profile: Profile) -> (RedactedRequest, Restorer)``.
+- ``RedactedRequest``: model, messages, max_tokens, temperature, top_p, stop, stream (as in
+  ``ChatRequest``, the texts redacted) and ``counts`` (entities per type, e.g. {"EMAIL": 2}).
+- ``Restorer.restore(text) -> str``; ``Restorer.stream() -> StreamRestorer`` with
+  ``feed(chunk) -> str`` and ``flush() -> str`` for streamed answers, where a placeholder may be
+  split across chunks.
+- ``redact_text(text, profile) -> RedactionResult`` (``text``, ``entities``) for the CLI.
+
+How a text is redacted: it is normalized (normalize.py: NFKC, zero-width characters removed,
+with a map back to the original); the tenant's terms and patterns (custom.py), the structured
+detectors (detectors.py, one compiled alternation) and the name scan (names.py) report spans in
+the normalized text; overlapping spans are merged into one entity, so no part of a value
+escapes; each entity is mapped back to the original text and replaced there by its placeholder
+(placeholders.py), leaving every other character as it was.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
+from tenant_runtime.redaction import custom
+from tenant_runtime.redaction.exceptions import RedactionTimeout
+from tenant_runtime.redaction.names import find_names
+from tenant_runtime.redaction.normalize import normalize
+from tenant_runtime.redaction.placeholders import (
+    ENTITY_TYPES,
+    PlaceholderBook,
+    Restorer,
+    StreamRestorer,
+)
+from tenant_runtime.redaction.profiles import DETECTORS, PROFILES, Profile
+from tenant_runtime.redaction.request import RedactedRequest, _build
+
+__all__ = ["DETECTORS", "ENTITY_TYPES", "PROFILES", "Entity", "Profile", "RedactedRequest",
+           "RedactionResult", "RedactionTimeout", "Restorer", "StreamRestorer", "redact_request",
+           "redact_text"]
+
+# when spans of two types overlap and are as long as each other, the merged entity takes the
+# type listed first
+_PRIORITY = {t: n for n, t in enumerate(("TERM", "PATTERN", "EMAIL", "CARD", "SSN", "EIN",
+                                         "PHONE", "IP", "DOB", "ADDRESS", "PERSON"))}
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """A value found in a text: offsets in the original text, ``end`` exclusive."""
+
+    type: str
+    start: int
+    end: int
+    placeholder: str
+
+
+@dataclass(frozen=True)
+class RedactionResult:
+    text: str
+    entities: list[Entity]
+    restorer: Restorer = field(repr=False, compare=False)
+
+
+def _spans(text: str, profile: Profile) -> list[tuple[int, int, str]]:
+    """(start, end, type) of every value in ``text`` (normalized), overlapping or not."""
+    spans: list[tuple[int, int, str]] = []
+    terms = custom.terms_pattern(profile.terms)
+    if terms is not None:
+        spans.extend((s, e, "TERM") for s, e in custom.find_terms(terms, text))
+    for pattern in profile.patterns:
+        spans.extend((s, e, "PATTERN") for s, e in custom.find_pattern(pattern, text))
+    spans.extend(profile.structured.find(text))
+    listed, pairs = "person" in profile.detectors, "name_pair" in profile.detectors
+    if listed or pairs:
+        spans.extend((s, e, "PERSON") for s, e in find_names(text, listed=listed, pairs=pairs))
+    return spans
+
+
+def _merge(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Overlapping spans become one, typed by its longest part (ties: ``_PRIORITY``)."""
+    merged: list[tuple[int, int, str]] = []
+    best: tuple[int, int] = (0, 0)
+    for start, end, kind in sorted(spans):
+        rank = (end - start, -_PRIORITY[kind])
+        if merged and start < merged[-1][1]:
+            last_start, last_end, last_kind = merged[-1]
+            if rank > best:
+                best, last_kind = rank, kind
+            merged[-1] = (last_start, max(last_end, end), last_kind)
+        else:
+            merged.append((start, end, kind))
+            best = rank
+    return merged
+
+
+def _redact(text: str, profile: Profile, book: PlaceholderBook) -> tuple[str, list[Entity]]:
+    if not text or profile.name == "off":
+        return text, []
+    norm = normalize(text)
+    found = _merge(_spans(norm.text, profile))
+    if not found:
+        return text, []
+    pieces: list[str] = []
+    entities: list[Entity] = []
+    done = 0  # original text before this offset is written out
+    for n_start, n_end, kind in found:
+        start, end = norm.original_span(n_start, n_end)
+        if start < done:  # two entities met inside one normalized character: join them
+            previous = entities.pop()
+            pieces.pop()
+            start, kind = previous.start, previous.type
+        pieces.append(text[done:start])
+        placeholder = book.placeholder(kind, text[start:end])
+        pieces.append(placeholder)
+        entities.append(Entity(kind, start, end, placeholder))
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces), entities
+
+
+def redact_text(text: str, profile: Profile) -> RedactionResult:
+    book = PlaceholderBook((text,))
+    redacted, entities = _redact(text, profile, book)
+    return RedactionResult(redacted, entities, Restorer(book.originals))
+
+
+def redact_request(request: ChatRequest, profile: Profile) -> tuple[RedactedRequest, Restorer]:
+    """The request with every message and stop string redacted, and the ``Restorer`` for the
+    answer. Raises ``RedactionTimeout`` when a custom pattern runs past its bound."""
+    texts = [m.content for m in request.messages] + list(request.stop)
+    book = PlaceholderBook(texts)
+    counts: Counter[str] = Counter()
+    messages = []
+    for message in request.messages:
+        content, entities = _redact(message.content, profile, book)
+        counts.update(e.type for e in entities)
+        messages.append(message if content is message.content
+                        else ChatMessage(role=message.role, content=content))
+    stop = []
+    for text in request.stop:
+        redacted, entities = _redact(text, profile, book)
+        counts.update(e.type for e in entities)
+        stop.append(redacted)
+    built = _build(model=request.model, messages=tuple(messages), max_tokens=request.max_tokens,
+                   temperature=request.temperature, top_p=request.top_p, stop=tuple(stop),
+                   stream=request.stream, counts=dict(counts))
+    return built, Restorer(book.originals)

@@ -1,0 +1,358 @@
+"""The gateway through the official SDKs: each provider's wire gets redacted text and the caller
+gets the original values back (streaming included); the allowlist cannot be bypassed; keys,
+rate limits, spend cap, provider failures and malformed requests answer in each API's shape."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import anthropic
+import httpx2 as httpx
+import openai
+import pytest
+import redis
+from sqlalchemy import select, update
+
+from control_plane.models import ApiKey
+from tenant_runtime.gateway import admin, config
+from tenant_runtime.models import AuditEvent, GatewaySettings
+from tests.control_plane.gateway.conftest import ROUTES, GatewayEnv, calls, new_api_key
+
+PII = {
+    "email": "jane.smith@example.com",
+    "phone": "415-555-0134",
+    "ssn": "123-45-6789",
+    "card": "4111 1111 1111 1111",
+    "person": "Jane Smith",
+}
+PROMPT = (f"Please draft a reply to {PII['person']} ({PII['email']}, {PII['phone']}). "
+          f"Her SSN is {PII['ssn']} and she paid with {PII['card']}.")
+
+
+def oai(env: GatewayEnv, key: str | None = None, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{env.url}/v1", api_key=key or env.key, **kw)
+
+
+def ant(env: GatewayEnv, key: str | None = None, **kw) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=env.url, api_key=key or env.key, **kw)
+
+
+def wire(env: GatewayEnv) -> bytes:
+    return b"\n".join(r.body for r in env.llm.received)
+
+
+def assert_no_pii(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    for kind, value in PII.items():
+        assert value not in text, f"{kind} reached the provider: {text[:300]}"
+    assert "4111111111111111" not in text and "123456789" not in text
+
+
+def set_settings(env: GatewayEnv, **values) -> None:
+    with env.ctx.session() as s, s.begin():
+        config.load_settings(s)
+        s.execute(update(GatewaySettings).values(**values))
+
+
+def chat(client: openai.OpenAI, model: str, **kw):
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "system", "content": "You are terse."},
+                               {"role": "user", "content": PROMPT}], max_tokens=300, **kw)
+
+
+@pytest.mark.parametrize("model", sorted(ROUTES))
+def test_every_provider_gets_redacted_text_and_the_caller_the_original(gw, model):
+    with oai(gw) as client:
+        answer = chat(client, model)
+        assert answer.choices[0].message.content == f"You said: {PROMPT}"
+        assert answer.model == model and answer.usage.total_tokens > 0
+        assert_no_pii(wire(gw))
+        assert b"[EMAIL_1]" in wire(gw) and b"[SSN_1]" in wire(gw)
+        gw.llm.clear()
+        stream = chat(client, model, stream=True, stream_options={"include_usage": True})
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+        assert "".join(pieces) == f"You said: {PROMPT}"
+        assert_no_pii(wire(gw))
+    rows = calls(gw)
+    assert [(r.status, r.model_name, r.stream) for r in rows] == [
+        ("ok", model, False), ("ok", model, True)]
+    assert rows[0].redactions["EMAIL"] == 1 and rows[0].cost_micros > 0
+
+
+def test_the_anthropic_sdk_streams_and_restores(gw):
+    gw.llm.chunk_size = 1  # every placeholder split across many chunks
+    with ant(gw) as client:
+        message = client.messages.create(model="claude-haiku", max_tokens=300,
+                                         system="You are terse.",
+                                         messages=[{"role": "user", "content": PROMPT}])
+        assert message.content[0].text == f"You said: {PROMPT}"
+        assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
+        with client.messages.stream(model="claude-haiku", max_tokens=300,
+                                    messages=[{"role": "user", "content": PROMPT}]) as stream:
+            text = "".join(stream.text_stream)
+        assert text == f"You said: {PROMPT}"
+        # the Anthropic endpoint routes to any allowed model, through the same redaction
+        other = client.messages.create(model="gpt-4o-mini", max_tokens=100,
+                                       messages=[{"role": "user", "content": PROMPT}])
+        assert other.content[0].text == f"You said: {PROMPT}"
+    assert_no_pii(wire(gw))
+    system = [r.json() for r in gw.llm.received if r.path == "/v1/messages"][0]["system"]
+    assert "terse" in json.dumps(system)
+
+
+def test_profile_off_sends_the_text_as_it_is_and_aggressive_redacts_more(gw):
+    set_settings(gw, redaction_profile="off")
+    with oai(gw) as client:
+        chat(client, "gpt-4o-mini")
+        assert PII["email"].encode() in wire(gw)
+        set_settings(gw, redaction_profile="aggressive")
+        gw.llm.clear()
+        text = "Server 10.20.30.40 at 1234 Elm Street; DOB 04/12/1985. " + PROMPT
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}], max_tokens=200)
+        assert answer.choices[0].message.content == f"You said: {text}"
+    sent = wire(gw).decode()
+    assert "10.20.30.40" not in sent and "Elm Street" not in sent and "1985" not in sent
+    assert_no_pii(wire(gw))
+
+
+# ------------------------------------------------------------------------------- allowlist
+
+
+def test_the_allowlist_cannot_be_bypassed(gw):
+    with oai(gw, max_retries=0) as client:
+        for model in ("gpt-4.1", "GPT-4.1", " gpt-4.1 ", "ｇｐｔ-4.1", "gpt\u200b-4.1",
+                      "gpt-4.1-2025-04-14", "gpt-4o", "openai/gpt-4.1", "unknown"):
+            with pytest.raises(openai.PermissionDeniedError) as refused:
+                chat(client, model)
+            assert "is not on this tenant's allowlist" in refused.value.message, model
+        # the same model names mean the same allowed route
+        for model in ("GPT-4o-mini", " gpt-4o-mini\t", "ｇｐｔ-4o-mini"):
+            assert chat(client, model).choices[0].message.content.startswith("You said")
+        listed = sorted(m.id for m in client.models.list())
+    assert listed == sorted(ROUTES)  # gpt-4.1 has a route but is not allowed
+    with ant(gw, max_retries=0) as client, pytest.raises(anthropic.PermissionDeniedError):
+        client.messages.create(model="GPT-4.1", max_tokens=10,
+                               messages=[{"role": "user", "content": "hi"}])
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded"):
+        headers = {"Authorization": f"Bearer {gw.key}"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        body = json.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]})
+        refused = httpx.post(f"{gw.url}/v1/chat/completions", content=body, headers=headers)
+        assert refused.status_code == 415, refused.text
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert all(r.json()["model"] != "gpt-4.1" for r in gw.llm.received if r.body)
+    with gw.ctx.session() as s:
+        denials = s.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "gateway.model_refused")).all()
+    assert len(denials) == 10 and denials[0].actor_type == "api_key"
+
+
+# ------------------------------------------------------------------------------- keys
+
+
+def test_revoked_expired_and_unknown_keys_are_refused(gw, services):
+    short = new_api_key(services, gw.tenant_id, gw.owner_id, name="short", expires_in_days=1)
+    with oai(gw, short, max_retries=0) as client:
+        assert chat(client, "gpt-4o-mini").choices
+    with services.session_factory() as s, s.begin():
+        s.execute(update(ApiKey).where(ApiKey.name == "short").values(
+            expires_at=ApiKey.created_at))
+        s.execute(update(ApiKey).where(ApiKey.name == "build bot").values(
+            revoked_at=ApiKey.created_at))
+    for key, message in ((short, "expired"), (gw.key, "revoked"),
+                         ("mg_nope_nope", "not valid"), ("sk-other", "mg_")):
+        with oai(gw, key, max_retries=0) as client, pytest.raises(
+                openai.AuthenticationError) as refused:
+            chat(client, "gpt-4o-mini")
+        assert message in refused.value.message
+    with ant(gw, gw.key, max_retries=0) as client, pytest.raises(anthropic.AuthenticationError):
+        client.messages.create(model="claude-haiku", max_tokens=10,
+                               messages=[{"role": "user", "content": "hi"}])
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_malformed_requests_get_a_clear_4xx_in_each_apis_shape(gw):
+    auth = {"Authorization": f"Bearer {gw.key}", "Content-Type": "application/json"}
+    for body, status, needle in (
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "Invalid value"),
+        (json.dumps({"model": "gpt-4o-mini"}).encode(), 400, "Missing required parameter: "
+                                                             "messages"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                     "tools": []}).encode(), 400, "Unrecognized request argument supplied: "
+                                                  "tools"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 400, "messages"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                     "max_tokens": -1}).encode(), 400, "max_tokens"),
+        (b"x" * (5 * 1024 * 1024), 413, "4 MiB"),
+    ):
+        answer = httpx.post(f"{gw.url}/v1/chat/completions", content=body, headers=auth)
+        assert answer.status_code == status, answer.text
+        error = answer.json()["error"]
+        assert needle in error["message"] and error["type"] == "invalid_request_error"
+        assert answer.headers["x-should-retry"] == "false"
+    with ant(gw, max_retries=0) as client, pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.create(model="claude-haiku", max_tokens=10, messages=[],
+                               extra_body={"tools": []})
+    assert bad.value.body["type"] == "error"
+    answer = httpx.post(f"{gw.url}/v1/messages", headers={**auth, "anthropic-version": "1"},
+                        content=json.dumps({"model": "claude-haiku", "messages": [
+                            {"role": "user", "content": "hi"}]}))
+    assert answer.status_code == 400
+    assert answer.json() == {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "Missing required parameter: max_tokens."}}
+    assert gw.llm.received == []
+
+
+# ------------------------------------------------------------------------------- providers
+
+
+def test_provider_failures_are_retried_then_named(gw):
+    with oai(gw) as client:  # the SDK's own retries stay on: ours must stop them
+        gw.llm.fail_next(503)
+        assert chat(client, "gpt-4o-mini").choices[0].message.content.startswith("You said")
+        gw.llm.fail_next((429, 0.2))
+        assert chat(client, "claude-haiku").choices
+        gw.llm.fail_next(500, 502, 503)
+        with pytest.raises(openai.APIStatusError) as failed:
+            chat(client, "gpt-4o-mini")
+    assert failed.value.status_code == 502
+    assert "openai failed after 3 attempts" in failed.value.message
+    rows = calls(gw)
+    assert [(r.status, r.attempts) for r in rows] == [("ok", 2), ("ok", 2), ("error", 3)]
+    assert len(gw.llm.received) == 2 + 2 + 3  # not retried again by the SDK
+    assert rows[-1].cost_micros == 0
+    with gw.ctx.session() as s:  # a failed call releases its reservation
+        assert s.execute(select(1)).scalar() == 1
+        from tenant_runtime.gateway import spend
+        assert spend.month_totals(s, rows[-1].month)[1] == 0
+
+
+def test_a_timeout_is_retried_and_a_fallback_takes_over(gw):
+    with gw.ctx.session() as s, s.begin():
+        route = config.route_for(s, "gpt-4o-mini")
+        route.fallbacks = ["claude-haiku"]
+    gw.llm.fail_next("timeout", "reset", 500)  # all three attempts at openai fail
+    with oai(gw) as client:
+        answer = chat(client, "gpt-4o-mini")
+    assert answer.choices[0].message.content == f"You said: {PROMPT}"
+    assert [r.path for r in gw.llm.received][-1] == "/v1/messages"  # anthropic answered
+    assert_no_pii(wire(gw))  # redaction holds on the fallback path too
+    row = calls(gw)[-1]
+    assert (row.status, row.provider, row.attempts) == ("ok", "anthropic", 4)
+
+
+def test_a_stream_cut_short_by_the_provider_ends_with_an_error_event(gw):
+    gw.llm.fail_next("cut")
+    with oai(gw, max_retries=0) as client:
+        stream = chat(client, "gpt-4o-mini", stream=True)
+        with pytest.raises(openai.APIError):
+            for _ in stream:
+                pass
+    assert calls(gw)[-1].status == "error"
+
+
+# ------------------------------------------------------------------------------- limits
+
+
+def test_the_spend_cap_refuses_with_a_sentence_and_an_audit_event(gw):
+    set_settings(gw, monthly_cap_micros=100)
+    with oai(gw) as client, pytest.raises(openai.APIStatusError) as refused:
+        chat(client, "gpt-4o-mini")
+    assert refused.value.status_code == 402
+    assert "monthly AI spend cap of $0.00 is reached; it resets on" in refused.value.message
+    assert gw.llm.received == []
+    with gw.ctx.session() as s:
+        assert s.scalars(select(AuditEvent.event_type).where(
+            AuditEvent.event_type == "gateway.spend_cap_reached")).all()
+
+
+def test_100_concurrent_calls_at_the_edge_of_the_cap_never_overspend(gw):
+    with oai(gw, max_retries=0) as client:
+        chat(client, "gpt-4o-mini")
+    one_call = calls(gw)[0]
+    cap = one_call.reserved_micros * 12 + one_call.reserved_micros // 2
+    set_settings(gw, monthly_cap_micros=cap, requests_per_minute=10_000,
+                 tokens_per_minute=100_000_000)
+    start = threading.Barrier(100)
+
+    def call(_: int) -> int:
+        with oai(gw, max_retries=0, timeout=60) as client:
+            start.wait()
+            try:
+                chat(client, "gpt-4o-mini")
+                return 200
+            except openai.APIStatusError as exc:
+                return exc.status_code
+
+    with ThreadPoolExecutor(100) as pool:
+        statuses = list(pool.map(call, range(100)))
+    from tenant_runtime.gateway import spend
+    with gw.ctx.session() as s:
+        spent, reserved = spend.month_totals(s, one_call.month)
+    assert reserved == 0 and spent <= cap
+    assert set(statuses) <= {200, 402} and statuses.count(200) >= 11
+    assert spent == sum(r.cost_micros for r in calls(gw))
+
+
+def test_rate_limits_answer_429_and_fail_open_without_redis(gw, services):
+    set_settings(gw, requests_per_minute=2)
+    with oai(gw, max_retries=0) as client:
+        chat(client, "gpt-4o-mini")
+        chat(client, "gpt-4o-mini")
+        with pytest.raises(openai.RateLimitError) as limited:
+            chat(client, "gpt-4o-mini")
+    assert "2 requests per minute" in limited.value.message
+    assert 1 <= int(limited.value.response.headers["retry-after"]) <= 61
+    services.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    from control_plane.gateway.ratelimit import GatewayRateLimiter
+    limiter = GatewayRateLimiter(services.redis)
+    for _ in range(2):
+        limiter.check(gw.tenant_id, tokens=10, requests_per_minute=2, tokens_per_minute=1000)
+    assert limiter.degraded
+    with pytest.raises(Exception, match="2 requests per minute"):
+        limiter.check(gw.tenant_id, tokens=10, requests_per_minute=2, tokens_per_minute=1000)
+    services.redis.close()
+
+
+# ------------------------------------------------------------------------------- audit
+
+
+def test_each_call_is_audited_with_counts_never_text(gw):
+    with oai(gw) as client:
+        chat(client, "gpt-4o-mini")
+    with gw.ctx.session() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.event_type == "gateway.call")
+                          ).one()
+    details = event.details
+    assert details["provider"] == "openai" and details["model"] == "gpt-4o-mini"
+    assert details["redactions"]["EMAIL"] == 1 and details["outcome"] == "ok"
+    assert details["tokens_in"] > 0 and details["cost_micros"] > 0
+    assert event.actor_type == "api_key" and details["api_key_id"] == event.actor_id
+    dumped = json.dumps(details)
+    assert "You said" not in dumped and "[EMAIL_1]" not in dumped
+    for value in PII.values():
+        assert value not in dumped
+
+
+def test_route_changes_are_validated_and_audited(gw):
+    with gw.ctx.session() as s, s.begin():
+        with pytest.raises(Exception, match="not one of this tenant's routes"):
+            admin.add_route(s, gw.ctx, admin.RouteInput(
+                model_name="x", provider="on-prem", provider_model="m",
+                endpoint="http://127.0.0.1:9", fallbacks=("nope",)))
+    with gw.ctx.session() as s, s.begin():
+        admin.set_allowed(s, gw.ctx, gw.routes["gpt-4.1"], True)
+    with oai(gw) as client:
+        assert chat(client, "gpt-4.1").choices
+    with gw.ctx.session() as s:
+        kinds = s.scalars(select(AuditEvent.event_type)).all()
+    assert kinds.count("gateway.route_added") == len(ROUTES) + 1
+    assert "gateway.route_changed" in kinds
