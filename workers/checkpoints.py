@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,8 +20,9 @@ from control_plane.models import Tenant
 from control_plane.tenancy.connections import TenantConnections
 from tenant_runtime.audit_retention import deliver_checkpoints, prune
 from tenant_runtime.checkpoints import make_checkpoint
-from tenant_runtime.context import Actor
+from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError
+from tenant_runtime.gateway.spend import settle_abandoned
 from workers import runtime
 
 log = logging.getLogger("magistrate.checkpoints")
@@ -65,12 +67,14 @@ def checkpoint_all_tenants(session_factory: sessionmaker[Session],
     return counts
 
 
-def prune_all_tenants(session_factory: sessionmaker[Session],
-                      connections: TenantConnections) -> dict[str, int]:
-    """Retention for every active tenant (each in its own transaction; failures skipped)."""
+def for_each_tenant(session_factory: sessionmaker[Session], connections: TenantConnections,
+                    work: Callable[[Session, TenantContext], int], what: str
+                    ) -> dict[str, int]:
+    """``work`` in each active tenant, each in its own transaction; a failing tenant is logged
+    and skipped. Returns ``{"tenants", "done", "failed"}`` (``done`` sums what work returns)."""
     with session_factory() as s:
         tenant_ids = list(s.scalars(select(Tenant.id).where(Tenant.state == "active")))
-    counts = {"tenants": len(tenant_ids), "removed": 0, "failed": 0}
+    counts = {"tenants": len(tenant_ids), "done": 0, "failed": 0}
     for tenant_id in tenant_ids:
         try:
             with session_factory() as s:
@@ -79,11 +83,26 @@ def prune_all_tenants(session_factory: sessionmaker[Session],
                     continue
                 ctx = connections.context(s, tenant, SYSTEM)
             with ctx.session() as ts, ts.begin():
-                counts["removed"] += prune(ts, ctx).removed
+                counts["done"] += work(ts, ctx)
         except Exception as exc:  # noqa: BLE001 - one tenant must not stop the others
             counts["failed"] += 1
-            log.warning("retention of tenant %d failed: %s", tenant_id, type(exc).__name__)
+            log.warning("%s of tenant %d failed: %s", what, tenant_id, type(exc).__name__)
     return counts
+
+
+def prune_all_tenants(session_factory: sessionmaker[Session],
+                      connections: TenantConnections) -> dict[str, int]:
+    """Retention for every active tenant (each in its own transaction; failures skipped)."""
+    counts = for_each_tenant(session_factory, connections,
+                             lambda ts, ctx: prune(ts, ctx).removed, "retention")
+    return {"tenants": counts["tenants"], "removed": counts["done"], "failed": counts["failed"]}
+
+
+def settle_abandoned_calls() -> dict[str, int]:
+    """Gateway reservations whose call never finished (its web process died), charged in full
+    so the spend cap is not undercounted (tenant_runtime/gateway/spend.py)."""
+    return for_each_tenant(runtime.session_factory(), _process_connections(),
+                           lambda ts, ctx: settle_abandoned(ts), "settling abandoned calls")
 
 
 def run_retention() -> dict[str, int]:

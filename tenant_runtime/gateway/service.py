@@ -32,6 +32,7 @@ from tenant_runtime.gateway.providers.base import (
     TextDelta,
     Usage,
 )
+from tenant_runtime.gateway.providers.registry import adapter_for
 from tenant_runtime.models import GatewayCall
 from tenant_runtime.redaction import RedactedRequest, Restorer, redact_request
 
@@ -82,12 +83,6 @@ class CallResult:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def adapter_for(provider: str) -> Adapter:
-    from tenant_runtime.gateway.providers import registry
-
-    return registry.adapter_for(provider)
 
 
 class Gateway:

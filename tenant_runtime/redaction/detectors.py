@@ -1,7 +1,9 @@
 """The structured detectors: e-mail, phone, SSN, EIN, payment card, street address, IP address
-and date of birth, compiled into one alternation per set of detectors, so a text is scanned
-once. Matches the shape allows but the value does not (an SSN in a range never issued, a card
-number failing Luhn, an IPv6-looking time) are dropped after the match.
+and date of birth. The values that start with a digit, "+" or "(" (and IPv6 addresses) are
+compiled into one alternation per set of detectors, so the text is scanned once for them all;
+e-mail addresses are looked for only around an "@", dates of birth only after a cue word. Matches
+the shape allows but the value does not (an SSN in a range never issued, a card number failing
+Luhn, an IPv6-looking time) are dropped after the match, and the scan resumes inside them.
 
 The patterns are ours and written so that none backtracks badly (every repetition is bounded or
 made unambiguous by a required separator), which is why they run under the standard ``re``

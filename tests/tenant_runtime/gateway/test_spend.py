@@ -96,3 +96,22 @@ def test_prices():
     assert default_price("my-local-llama") == UNKNOWN_MODEL_PRICE
     assert Price(1, 1).cost_micros(1, 1) == 1  # rounded up, never free
     assert Price(2_500_000, 10_000_000).cost_micros(1_000, 500) == 7_500
+
+
+def test_the_worker_task_settles_abandoned_calls_in_every_tenant(ctx, services, database_url):
+    from tests.control_plane.tenancy.helpers import configure_worker
+    from workers.checkpoints import close_connections, settle_abandoned_calls
+
+    with ctx.session() as s, s.begin():
+        spend.reserve(s, month=MONTH, amount_micros=700, cap_micros=10_000)
+        s.add(GatewayCall(month=MONTH, model_name="m", endpoint_kind="openai", stream=True,
+                          status="reserved", reserved_micros=700))
+        s.flush()
+        s.execute(text("UPDATE gateway_calls SET created_at = now() - interval '1 hour'"))
+    configure_worker(services, database_url)
+    try:
+        assert settle_abandoned_calls() == {"tenants": 1, "done": 1, "failed": 0}
+    finally:
+        close_connections()
+    with ctx.session() as s:
+        assert spend.month_totals(s, MONTH) == (700, 0)

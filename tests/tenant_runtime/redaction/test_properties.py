@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -94,7 +95,7 @@ def secret_like(value: str) -> bool:
     return any(strategy_matches(plain))
 
 
-def strategy_matches(plain: str):
+def strategy_matches(plain: str) -> Iterator[bool]:
     yield re.fullmatch(r"[a-z0-9][a-z0-9._+-]{0,12}[a-z0-9]@[a-z0-9]{1,8}\.[a-z]{2,5}",
                        plain) is not None
     yield re.fullmatch(r"\d{3}-\d{2}-\d{4}", plain) is not None and plain[:3] not in (
@@ -108,8 +109,8 @@ def test_request_round_trip(contents, values):
     messages = tuple(ChatMessage("user", c + " " + " ".join(values)) for c in contents)
     request = ChatRequest(model="m", max_tokens=1, messages=messages, stop=tuple(values))
     redacted, restorer = redact_request(request, PROFILES[0])
-    for before, after in zip(request.messages, redacted.messages, strict=True):
-        assert restorer.restore(after.content) == before.content
-    for before, after in zip(request.stop, redacted.stop, strict=True):
-        assert restorer.restore(after) == before
-        assert after != before
+    for message, sent in zip(request.messages, redacted.messages, strict=True):
+        assert restorer.restore(sent.content) == message.content
+    for stop, sent_stop in zip(request.stop, redacted.stop, strict=True):
+        assert restorer.restore(sent_stop) == stop
+        assert sent_stop != stop
