@@ -302,24 +302,45 @@ def test_100_concurrent_calls_at_the_edge_of_the_cap_never_overspend(gw):
     assert spent == sum(r.cost_micros for r in calls(gw))
 
 
-def test_rate_limits_answer_429_and_fail_open_without_redis(gw, services):
+def test_rate_limits_answer_429_with_retry_after(gw):
     set_settings(gw, requests_per_minute=2)
     with oai(gw, max_retries=0) as client:
         chat(client, "gpt-4o-mini")
         chat(client, "gpt-4o-mini")
         with pytest.raises(openai.RateLimitError) as limited:
             chat(client, "gpt-4o-mini")
-    assert "2 requests per minute" in limited.value.message
+    assert "limit of 2 requests per minute is reached" in limited.value.message
     assert 1 <= int(limited.value.response.headers["retry-after"]) <= 61
-    services.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    from control_plane.gateway.ratelimit import GatewayRateLimiter
-    limiter = GatewayRateLimiter(services.redis)
-    for _ in range(2):
-        limiter.check(gw.tenant_id, tokens=10, requests_per_minute=2, tokens_per_minute=1000)
-    assert limiter.degraded
-    with pytest.raises(Exception, match="2 requests per minute"):
-        limiter.check(gw.tenant_id, tokens=10, requests_per_minute=2, tokens_per_minute=1000)
+    set_settings(gw, requests_per_minute=100, tokens_per_minute=500)
+    with oai(gw, max_retries=0) as client, pytest.raises(openai.RateLimitError) as limited:
+        chat(client, "gpt-4o-mini")  # max_tokens 300 plus the prompt is over 500 tokens
+    assert "500 tokens per minute" in limited.value.message
+
+
+def test_without_redis_rate_limits_fail_open_to_the_process(gw, services, caplog):
     services.redis.close()
+    services.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    set_settings(gw, requests_per_minute=2)
+    with oai(gw, max_retries=0) as client:
+        chat(client, "gpt-4o-mini")  # still served, still counted
+        chat(client, "gpt-4o-mini")
+        with pytest.raises(openai.RateLimitError):
+            chat(client, "gpt-4o-mini")
+    assert "Redis unreachable for gateway rate limits" in caplog.text
+
+
+def test_a_custom_profile_redacts_the_tenants_own_terms(gw):
+    set_settings(gw, redaction_profile="custom", custom_detectors=["email"],
+                 custom_patterns=[r"INV-\d{6}"],
+                 custom_terms_sealed=config.seal_terms(gw.ctx, ["Project Falcon"]))
+    text = f"Invoice INV-123456 for project falcon, mail {PII['email']}, call {PII['phone']}."
+    with oai(gw) as client:
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}], max_tokens=100)
+    assert answer.choices[0].message.content == f"You said: {text}"
+    sent = wire(gw).decode()
+    assert "INV-123456" not in sent and "falcon" not in sent.lower()
+    assert PII["email"] not in sent and PII["phone"] in sent  # phone is not in this profile
 
 
 # ------------------------------------------------------------------------------- audit
