@@ -4,7 +4,11 @@
     ├── TenantKeyUnavailable    503 "tenant key unavailable": the customer's KEK cannot be used
     ├── SealedValueRefused      500 a ciphertext does not open for this row (tampering or a copy)
     ├── TenantNotFound          404
-    └── TenantInvalidInput      422
+    ├── TenantInvalidInput      422
+    │   └── RedactionTimeout    422 a custom redaction pattern ran out of time (redaction/)
+    ├── ModelRefused            403 a model off the allowlist (gateway/service.py)
+    ├── SpendCapReached         402 the monthly AI spend cap (gateway/spend.py)
+    └── ProvidersFailed         502 every provider attempt failed (gateway/service.py)
 """
 
 from __future__ import annotations

@@ -263,3 +263,10 @@ class GatewayCall(TenantBase):
         Index("ix_gateway_calls_status_reserved", "status",
               postgresql_where=text("status = 'reserved'")),
     )
+
+
+# Each later tenant area keeps its tables in its own module; importing them here puts every
+# tenant table in TenantBase.metadata, which migrations, exports and key rotation walk.
+from tenant_runtime.agents import models as _agents  # noqa: E402, F401
+from tenant_runtime.approvals import models as _approvals  # noqa: E402, F401
+from tenant_runtime.recommendations import models as _recommendations  # noqa: E402, F401

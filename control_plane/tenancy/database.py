@@ -13,6 +13,7 @@ state without duplicates or leftovers.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -20,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from control_plane.db import sqlalchemy_url
-from control_plane.migrations import head_revision, upgrade_tenant
+from control_plane.migrations import ALEMBIC_ROOT, head_revision, upgrade_tenant
 
 TEMPLATE_OWNER = "magistrate_template_owner"
 TEMPLATE_PREFIX = "magistrate_tenant_tmpl_"
@@ -53,8 +54,14 @@ def url_for(admin_url: str, *, database: str, user: str | None = None,
 
 
 def template_name() -> str:
+    """Named by the tenant tree's head revision and a digest of its migration scripts, so a
+    migration edited before release (in development) never reuses a template built from the
+    old text."""
     revision = head_revision("tenant") or "base"
-    return TEMPLATE_PREFIX + revision.lower()
+    digest = hashlib.sha256()
+    for script in sorted((ALEMBIC_ROOT / "tenant" / "versions").glob("*.py")):
+        digest.update(script.name.encode() + b"\0" + script.read_bytes() + b"\0")
+    return f"{TEMPLATE_PREFIX}{revision.lower()}_{digest.hexdigest()[:10]}"
 
 
 def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:

@@ -32,15 +32,19 @@ from control_plane.web.forms import Form, form_endpoint, read_form, validation_m
 from control_plane.web.services import Services, services
 from control_plane.web.templating import render
 from tenant_runtime import checkpoints
+from tenant_runtime.agents import routes as agent_routes
+from tenant_runtime.approvals import routes as approval_routes
 from tenant_runtime.audit_views import routes as audit_view_routes
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials import routes as credential_routes
 from tenant_runtime.exceptions import TenantKeyUnavailable
 from tenant_runtime.gateway import routes as gateway_routes
+from tenant_runtime.recommendations import routes as recommendation_routes
 from tenant_runtime.routing import TenantRoute
 
 TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes, *audit_view_routes.routes,
-                                   *gateway_routes.routes]
+                                   *gateway_routes.routes, *approval_routes.routes,
+                                   *recommendation_routes.routes, *agent_routes.routes]
 
 
 class CreateTenantForm(Form):

@@ -31,12 +31,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import os
 import platform
-import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,26 +47,12 @@ from typing import Any
 
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from control_plane.db import make_engine, make_session_factory  # noqa: E402
-from control_plane.embedded import EmbeddedPostgres  # noqa: E402
-from control_plane.keys.local import LocalKeyProvider  # noqa: E402
-from control_plane.keys.providers import KeyProvider  # noqa: E402
-from control_plane.keys.registry import DataKeyCache  # noqa: E402
-from control_plane.migrations import upgrade_control  # noqa: E402
-from control_plane.models import Tenant  # noqa: E402
-from control_plane.sealing import ControlSealer  # noqa: E402
-from control_plane.tenancy.connections import TenantConnections  # noqa: E402
-from control_plane.tenancy.provisioning import provision  # noqa: E402
-from control_plane.tenancy.servers import ensure_primary_server  # noqa: E402
-from control_plane.tenancy.service import do_create_tenant  # noqa: E402
-from control_plane.users.service import do_create_user  # noqa: E402
+from ops.bench._stack import Stack, log, percentile, wait_for_quiet  # noqa: E402
 from tenant_runtime import audit  # noqa: E402
 from tenant_runtime.audit_export import canonical_line, export_lines, timestamp  # noqa: E402
 from tenant_runtime.checkpoints import EVENTS_PER_CHECKPOINT, canonical_checkpoint  # noqa: E402
@@ -79,31 +62,12 @@ WRITERS = 16
 ROUNDS = 3
 PHASE_SECONDS = 5.0
 WARM_UP_SECONDS = 1.0
-QUIET_BUSY = 0.10  # a timed run starts once at most this share of the CPUs is busy ...
-QUIET_WAIT_SECONDS = 120  # ... or after this long, whatever the load (see machine_busy_before)
 EXPORT_ROWS = 1_000_000
-KEK = "bench-kek"
 VERIFIER = ROOT / "ops" / "verify_audit_chain.py"
 TARGETS = {"appends_per_second_16_writers": 1500, "verify_rows_per_second": 500_000}
 ACTORS = (Actor("user", "7", "zoe.martin@example.com"), Actor("api_key", "12", "ci-pipeline"),
           Actor("system"))
 EVENT_TYPES = ("credential.added", "approval.requested", "approval.decided", "gateway.request")
-
-
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: the value below which ``q`` of the samples fall."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def latency_ms(samples: list[float]) -> dict[str, float]:
@@ -112,75 +76,22 @@ def latency_ms(samples: list[float]) -> dict[str, float]:
             "p99": round(percentile(samples, 0.99), 2), "max": round(max(samples), 2)}
 
 
-class Bench:
+class Bench(Stack):
+    """The shared stack (``ops/bench/_stack.py``) with one provisioned tenant."""
+
     def __init__(self, home: Path) -> None:
-        self.home = home
-        self.pg = EmbeddedPostgres(home, free_port())
-        self.sealer = ControlSealer(secrets.token_urlsafe(48))
-        local = LocalKeyProvider(home / "keys")
-        local.create_key(KEK)
-        self.providers: dict[str, KeyProvider] = {"local": local}
-        self.engines: list[Engine] = []
-        self.factory: sessionmaker[Session] | None = None
+        super().__init__(home)
         self.tenant_id = 0
         self.slug = "bench-audit"
 
-    @property
-    def session_factory(self) -> sessionmaker[Session]:
-        if self.factory is None:
-            raise RuntimeError("the control database is not set up")
-        return self.factory
-
     def set_up(self) -> None:
-        self.pg.start()
-        self.pg.ensure_database()
-        upgrade_control(self.pg.url())
-        engine = make_engine(self.pg.url(), pool_size=2)
-        self.engines.append(engine)
-        self.factory = make_session_factory(engine)
-        with self.session_factory() as s, s.begin():
-            owner = do_create_user(s, email="bench@example.com", display_name="Bench",
-                                   is_owner=True, password=secrets.token_urlsafe(24),
-                                   acting_user=None).user
-            ensure_primary_server(s, url=self.pg.url(), sealer=self.sealer)
-            tenant, _ = do_create_tenant(s, slug=self.slug, name="Bench audit",
-                                         key_provider="local", key_ref=KEK,
-                                         providers=self.providers, sealer=self.sealer,
-                                         acting_user=owner)
-            self.tenant_id = tenant.id
-        state = provision(self.session_factory, self.tenant_id, sealer=self.sealer,
-                          providers=self.providers, progress=lambda done, total, note: None)
-        if state != "active":
-            raise RuntimeError(f"the tenant ended {state}, not active")
+        self.start()
+        self.tenant_id = self.add_tenant(self.slug, "Bench audit")
 
     def context(self) -> TenantContext:
-        """The tenant's context as the app builds it, on an engine with a connection for each
-        writer (the app's per-tenant pool is smaller: it is sized for requests, not this)."""
-        connections = TenantConnections(sealer=self.sealer, providers=self.providers,
-                                        dek_cache=DataKeyCache())
-        with self.session_factory() as s:
-            tenant = s.get(Tenant, self.tenant_id)
-            assert tenant is not None
-            engine = make_engine(connections.app_url(tenant), pool_size=WRITERS)
-            self.engines.append(engine)
-            return TenantContext(tenant_id=tenant.id, slug=tenant.slug,
-                                 session_factory=make_session_factory(engine),
-                                 sealer=connections.sealer_for(s, tenant), actor=ACTORS[0])
-
-    def server_version(self) -> str:
-        return self.server_settings(("server_version",))["server_version"]
-
-    def server_settings(self, names: tuple[str, ...] = ("fsync", "synchronous_commit",
-                                                         "wal_sync_method")) -> dict[str, str]:
-        with psycopg.connect(self.pg.url(), autocommit=True) as conn:
-            rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-                                (list(names),)).fetchall()
-        return {str(name): str(value) for name, value in rows}
-
-    def close(self) -> None:
-        for engine in self.engines:
-            engine.dispose()
-        self.pg.stop()
+        """The tenant's context as the app builds it, on an engine whose pool holds a
+        connection for each writer."""
+        return self.tenant_context(self.tenant_id, actor=ACTORS[0], pool_size=WRITERS)
 
 
 # ------------------------------------------------------------------------------- appends
@@ -227,32 +138,6 @@ def run_writers(ctx: TenantContext, writers: int, seconds: float) -> tuple[int, 
         raise errors[0]
     samples = [ms for mine in latencies for ms in mine]
     return len(samples), elapsed, samples
-
-
-def machine_busy(seconds: float) -> float | None:
-    """The share of all CPUs busy over ``seconds`` (Linux ``/proc/stat``; None elsewhere)."""
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # busy (not idle, not iowait), all
-
-    if not Path("/proc/stat").exists():
-        return None
-    busy, total = sample()
-    time.sleep(seconds)
-    busy_after, total_after = sample()
-    return (busy_after - busy) / max(1, total_after - total)
-
-
-def wait_for_quiet() -> float | None:
-    """Wait (up to ``QUIET_WAIT_SECONDS``) until the machine is idle before a timed run: on a
-    shared 2-core machine, anyone else's test run halves the figures. Returns how busy it was."""
-    deadline = time.monotonic() + QUIET_WAIT_SECONDS
-    while True:
-        busy = machine_busy(0.5)
-        if busy is None or busy <= QUIET_BUSY or time.monotonic() > deadline:
-            return None if busy is None else round(busy, 3)
-        log(f"the machine is {busy:.0%} busy with something else; waiting")
 
 
 def appends(ctx: TenantContext) -> dict[str, Any]:

@@ -21,12 +21,9 @@ Run: ``.venv/bin/python ops/bench/provision.py`` or ``make bench``. See ops/BENC
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
-import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,49 +35,21 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from control_plane.db import make_engine, make_session_factory  # noqa: E402
-from control_plane.embedded import EmbeddedPostgres  # noqa: E402
-from control_plane.keys.local import LocalKeyProvider  # noqa: E402
-from control_plane.keys.providers import KeyProvider  # noqa: E402
-from control_plane.migrations import upgrade_control  # noqa: E402
-from control_plane.models import User  # noqa: E402
-from control_plane.sealing import ControlSealer  # noqa: E402
 from control_plane.tenancy import database  # noqa: E402
 from control_plane.tenancy.fanout import migrate_tenants  # noqa: E402
 from control_plane.tenancy.provisioning import STEPS, provision  # noqa: E402
-from control_plane.tenancy.servers import ensure_primary_server  # noqa: E402
-from control_plane.tenancy.service import do_create_tenant  # noqa: E402
-from control_plane.users.service import do_create_user  # noqa: E402
+from ops.bench._stack import Stack, log, percentile  # noqa: E402
 
 TIMED_TENANTS = 50
 COLD_TENANTS = 25  # then timed with no spare ready, for comparison
 TOTAL_TENANTS = 200
 CONCURRENCY = 8
-KEK = "bench-kek"
 TARGETS = {"provision_p95_ms": 300, "fanout_noop_seconds": 20}
-
-
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: the value below which ``q`` of the samples fall."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -92,47 +61,14 @@ def ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-class Bench:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.pg = EmbeddedPostgres(home, free_port())
-        self.secret_key = secrets.token_urlsafe(48)
-        self.sealer = ControlSealer(self.secret_key)
-        local = LocalKeyProvider(home / "keys")
-        local.create_key(KEK)
-        self.providers: dict[str, KeyProvider] = {"local": local}
-        self.engine: Engine | None = None
-        self.factory: sessionmaker[Session] | None = None
-        self.owner_id = 0
-
-    @property
-    def session_factory(self) -> sessionmaker[Session]:
-        if self.factory is None:
-            raise RuntimeError("the control database is not set up")
-        return self.factory
+class Bench(Stack):
+    """The shared stack (``ops/bench/_stack.py``): tenants are added one by one."""
 
     def set_up(self) -> None:
-        self.pg.start()
-        self.pg.ensure_database()
-        upgrade_control(self.pg.url())
-        self.engine = make_engine(self.pg.url(), pool_size=2)
-        self.factory = make_session_factory(self.engine)
-        with self.session_factory() as s, s.begin():
-            created = do_create_user(s, email="bench@example.com", display_name="Bench",
-                                     is_owner=True, password=secrets.token_urlsafe(24),
-                                     acting_user=None)
-            self.owner_id = created.user.id
-            ensure_primary_server(s, url=self.pg.url(), sealer=self.sealer)
+        self.start()
 
     def create_tenant(self, number: int) -> int:
-        with self.session_factory() as s, s.begin():
-            owner = s.get(User, self.owner_id)
-            assert owner is not None
-            tenant, _ = do_create_tenant(s, slug=f"bench-{number:03d}", name=f"Bench {number}",
-                                         key_provider="local", key_ref=KEK,
-                                         providers=self.providers, sealer=self.sealer,
-                                         acting_user=owner)
-            return tenant.id
+        return self.new_tenant(f"bench-{number:03d}", f"Bench {number}")
 
     def provision(self, tenant_id: int) -> tuple[float, list[float]]:
         """Provisioning time in ms, and each step's share of it."""
@@ -219,11 +155,6 @@ class Bench:
                                f"{last[0]} {result.stderr[-500:]}")
         return seconds
 
-    def server_version(self) -> str:
-        with psycopg.connect(self.pg.url(), autocommit=True) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            return str(row[0]) if row else "?"
-
 
 def run(bench: Bench) -> dict[str, Any]:
     log(f"starting Postgres on port {bench.pg.port} under {bench.home}")
@@ -295,9 +226,7 @@ def main() -> int:
     try:
         report = run(bench)
     finally:
-        if bench.engine is not None:
-            bench.engine.dispose()
-        bench.pg.stop()
+        bench.close()
         shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(report, indent=2))
     return 0  # a missed target shows in "met"; a benchmark is not a test

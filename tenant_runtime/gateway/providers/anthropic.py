@@ -26,6 +26,7 @@ from tenant_runtime.gateway.providers.base import (
     Target,
     TextDelta,
     Usage,
+    require_redacted,
 )
 from tenant_runtime.redaction import RedactedRequest
 
@@ -47,7 +48,7 @@ class AnthropicAdapter:
         self._policy = policy or retry.RetryPolicy()
 
     def complete(self, request: RedactedRequest, target: Target) -> Completion:
-        _require_redacted(request)
+        require_redacted(request)
         client = self._client(target)
         system, messages = _split(request)
         message, attempts = retry.call(
@@ -62,7 +63,7 @@ class AnthropicAdapter:
                           attempts)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
-        _require_redacted(request)
+        require_redacted(request)
         client = self._client(target)
         return retry.stream(self.provider, self._policy, partial(classify, target=target),
                             lambda: self._events(client, request, target))
@@ -130,8 +131,3 @@ def classify(exc: BaseException, *, target: Target) -> retry.Failure | None:
                              retryable=False)
     return None
 
-
-def _require_redacted(request: object) -> None:
-    if not isinstance(request, RedactedRequest):
-        raise TypeError(f"Provider adapters accept only a RedactedRequest (built by "
-                        f"tenant_runtime.redaction.redact_request), not {type(request).__name__}.")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from tenant_runtime.redaction import RedactedRequest
+from tenant_runtime.redaction import RedactedRequest
 
 PROVIDERS = ("openai", "anthropic", "azure-openai", "bedrock", "on-prem")
 
@@ -73,3 +72,10 @@ class Adapter(Protocol):
     def complete(self, request: RedactedRequest, target: Target) -> Completion: ...
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]: ...
+
+
+def require_redacted(request: object) -> None:
+    """Every adapter's first line: nothing but a ``RedactedRequest`` reaches a provider."""
+    if not isinstance(request, RedactedRequest):
+        raise TypeError(f"Provider adapters accept only a RedactedRequest (built by "
+                        f"tenant_runtime.redaction.redact_request), not {type(request).__name__}.")

@@ -35,6 +35,7 @@ from tenant_runtime.gateway.providers.base import (
     Target,
     TextDelta,
     Usage,
+    require_redacted,
 )
 from tenant_runtime.redaction import RedactedRequest
 
@@ -58,7 +59,7 @@ class OpenAICompatAdapter:
         self._policy = policy or retry.RetryPolicy()
 
     def complete(self, request: RedactedRequest, target: Target) -> Completion:
-        _require_redacted(request)
+        require_redacted(request)
         client = self._client(target)
         response, attempts = retry.call(
             self.provider, self._policy, partial(classify, target=target),
@@ -71,7 +72,7 @@ class OpenAICompatAdapter:
         return Completion(text, usage, finish, attempts)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
-        _require_redacted(request)
+        require_redacted(request)
         client = self._client(target)
         return retry.stream(self.provider, self._policy, partial(classify, target=target),
                             lambda: self._events(client, request, target))
@@ -177,8 +178,3 @@ def classify(exc: BaseException, *, target: Target) -> retry.Failure | None:
                              retryable=False)
     return None
 
-
-def _require_redacted(request: object) -> None:
-    if not isinstance(request, RedactedRequest):
-        raise TypeError(f"Provider adapters accept only a RedactedRequest (built by "
-                        f"tenant_runtime.redaction.redact_request), not {type(request).__name__}.")

@@ -1,0 +1,1 @@
+"""The drive layer: agents moving through off → shadow → assist → autonomous."""
