@@ -31,6 +31,10 @@ class JobKinds:
     EXPORT_TENANT = "export_tenant"
     ROTATE_TENANT_KEY = "rotate_tenant_key"
     VERIFY_AUDIT = "verify_audit"
+    # the recommendation gate (tenant_runtime/recommendations/jobs.py names the same kinds)
+    RECOMMENDATION_RUN = "recommendation_run"
+    RECOMMENDATION_VOTE = "recommendation_vote"
+    RECOMMENDATION_DELIBERATE = "recommendation_deliberate"
 
 
 def enqueue_job(s: Session, kind: str, payload: dict[str, Any], *, idempotency_key: str,

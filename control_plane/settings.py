@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 ENVIRONMENTS = ("development", "test", "production")
 KEY_PROVIDERS = ("local", "aws-kms", "azure-keyvault", "gcp-kms")
+SMTP_TLS_MODES = ("starttls", "ssl", "none")
 
 # Values that appear in docs, examples and tutorials: never acceptable in production.
 KNOWN_DEFAULT_SECRETS = frozenset(
@@ -174,9 +175,38 @@ SETTINGS: tuple[SettingDoc, ...] = (
         "How many uses an unwrapped data key serves before it is unwrapped again.",
     ),
     SettingDoc(
+        "MAGISTRATE_GATEWAY_AMBIENT_IDENTITY",
+        "false",
+        "Let `azure-openai` and `bedrock` routes without a credential sign with the platform's "
+        "own cloud identity (managed identity, the AWS default chain), towards the providers' "
+        "own hosts only.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_GATEWAY_PRIVATE_NETWORKS",
+        "",
+        "Comma-separated networks (e.g. `10.0.0.0/8,127.0.0.0/8`) that gateway routes may "
+        "reach; other loopback, private and reserved addresses are refused, link-local always.",
+    ),
+    SettingDoc(
         "MAGISTRATE_SESSION_CLEANUP_SECONDS",
         "900",
         "How often the worker's periodic job deletes expired sessions.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_SMTP_HOST",
+        "unset (approval e-mails are skipped)",
+        "SMTP server for approval notifications.",
+    ),
+    SettingDoc("MAGISTRATE_SMTP_PORT", "587", "Port of the SMTP server."),
+    SettingDoc(
+        "MAGISTRATE_SMTP_TLS",
+        "starttls",
+        "`starttls`, `ssl` (implicit TLS) or `none`. Production: `none` only to a loopback host.",
+    ),
+    SettingDoc("MAGISTRATE_SMTP_USERNAME", "unset", "SMTP user name (with the password)."),
+    SettingDoc("MAGISTRATE_SMTP_PASSWORD", "unset", "SMTP password."),
+    SettingDoc(
+        "MAGISTRATE_SMTP_FROM", "magistrate@localhost", "Sender address of notification e-mails."
     ),
 )
 
@@ -202,6 +232,19 @@ def _int(name: str, raw: str, minimum: int = 1) -> int:
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, not {value}.")
     return value
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise SettingsError(f"{name} must list networks such as 10.0.0.0/8, "
+                                f"127.0.0.0/8; {item!r} is not one.") from None
+    return tuple(out)
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -243,6 +286,14 @@ class Settings:
     gcp_kms_endpoint: str | None = None
     dek_cache_seconds: int = 300
     dek_cache_uses: int = 10_000
+    gateway_ambient_identity: bool = False
+    gateway_private_networks: tuple[str, ...] = ()
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"
+    smtp_username: str | None = None
+    smtp_password: Secret | None = None
+    smtp_from: str = "magistrate@localhost"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -271,6 +322,12 @@ class Settings:
             raise SettingsError(
                 f"MAGISTRATE_KEY_PROVIDER must be one of {', '.join(KEY_PROVIDERS)}, "
                 f"not {provider!r}."
+            )
+        smtp_tls = get("MAGISTRATE_SMTP_TLS", "starttls").strip().lower()
+        if smtp_tls not in SMTP_TLS_MODES:
+            raise SettingsError(
+                f"MAGISTRATE_SMTP_TLS must be one of {', '.join(SMTP_TLS_MODES)}, "
+                f"not {smtp_tls!r}."
             )
         return cls(
             env=environment,
@@ -321,6 +378,16 @@ class Settings:
             dek_cache_uses=_int(
                 "MAGISTRATE_DEK_CACHE_USES", get("MAGISTRATE_DEK_CACHE_USES", "10000")
             ),
+            gateway_ambient_identity=_bool("MAGISTRATE_GATEWAY_AMBIENT_IDENTITY",
+                                           get("MAGISTRATE_GATEWAY_AMBIENT_IDENTITY", "false")),
+            gateway_private_networks=_networks("MAGISTRATE_GATEWAY_PRIVATE_NETWORKS",
+                                               get("MAGISTRATE_GATEWAY_PRIVATE_NETWORKS", "")),
+            smtp_host=get("MAGISTRATE_SMTP_HOST", "").strip() or None,
+            smtp_port=_int("MAGISTRATE_SMTP_PORT", get("MAGISTRATE_SMTP_PORT", "587")),
+            smtp_tls=smtp_tls,
+            smtp_username=get("MAGISTRATE_SMTP_USERNAME", "").strip() or None,
+            smtp_password=secret("MAGISTRATE_SMTP_PASSWORD"),
+            smtp_from=get("MAGISTRATE_SMTP_FROM", "magistrate@localhost").strip(),
         )
 
     # ---------------------------------------------------------------- derived values
@@ -383,6 +450,9 @@ class Settings:
             )
         problems.extend(_database_url_problems(self.database_url))
         problems.extend(_redis_url_problems(self.redis_url))
+        if self.smtp_host and self.smtp_tls == "none" and not is_loopback_host(self.smtp_host):
+            problems.append("MAGISTRATE_SMTP_TLS is 'none' for an SMTP server off this machine; "
+                            "use starttls or ssl.")
         if self.admin_password is not None:
             pw = self.admin_password.reveal()
             if pw.lower() in KNOWN_DEFAULT_PASSWORDS:

@@ -10,17 +10,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import json
 import secrets
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -29,15 +22,19 @@ from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.models import AuditCheckpoint, AuditEvent, AuditSettings, CheckpointDelivery
+from tenant_runtime.webhooks import (  # noqa: F401 - signature, SIGNATURE_HEADER: re-exported
+    SIGNATURE_HEADER,
+    Poster,
+    check_webhook_url,
+    post_json,
+    send_signed,
+    signature,
+)
 
 DEFAULT_RETENTION_DAYS = 396  # 13 months
 MIN_RETENTION_DAYS = 30
 MAX_RETENTION_DAYS = 3650
-SIGNATURE_HEADER = "X-Magistrate-Signature"
 DELIVERY_BATCH = 20
-
-# (url, body, headers) -> HTTP status; the real one is ``post_json``
-Poster = Callable[[str, bytes, dict[str, str]], int]
 
 
 class AuditEvents:
@@ -53,24 +50,6 @@ def settings_row(s: Session) -> AuditSettings:
         s.add(row)
         s.flush()
     return row
-
-
-def check_webhook_url(url: str) -> str:
-    """https anywhere; plain http only to this machine (development and tests)."""
-    url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and parts.hostname:
-        host = parts.hostname
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback:
-            return url
-    raise TenantInvalidInput("The webhook URL must start with https:// (plain http is accepted "
-                             "only for this machine).")
 
 
 def do_configure_audit(s: Session, ctx: TenantContext, *, webhook_url: str | None,
@@ -105,26 +84,12 @@ def do_configure_audit(s: Session, ctx: TenantContext, *, webhook_url: str | Non
     return new_secret
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def checkpoint_line(tenant_id: int, c: AuditCheckpoint) -> bytes:
     document = {"type": "checkpoint", "tenant_id": tenant_id, "seq": c.seq,
                 "chain_hash": c.chain_hash,
                 "created_at": c.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "signature": c.signature, "key_id": c.key_id}
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-
-
-def post_json(url: str, body: bytes, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(url, data=body, method="POST",  # noqa: S310 - checked
-                                     headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 @dataclass
@@ -152,12 +117,8 @@ def deliver_checkpoints(s: Session, ctx: TenantContext, post: Poster = post_json
             seq=checkpoint.seq, attempts=0)
         s.add(delivery)
         delivery.attempts += 1
-        try:
-            status = post(row.webhook_url, body, {SIGNATURE_HEADER: signature(secret, body),
-                                                  "X-Magistrate-Tenant": str(ctx.tenant_id)})
-            error = None if 200 <= status < 300 else f"HTTP {status}"
-        except (OSError, ValueError) as exc:
-            error = type(exc).__name__
+        error = send_signed(post, row.webhook_url, secret, body,
+                            {"X-Magistrate-Tenant": str(ctx.tenant_id)})
         if error is None:
             delivery.delivered_at = datetime.now(UTC)
             delivery.last_error = None

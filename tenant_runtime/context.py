@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from tenant_runtime.gateway.egress import EgressPolicy
 from tenant_runtime.sealing import TenantSealer
 
 
@@ -27,6 +28,7 @@ class TenantContext:
     session_factory: sessionmaker[Session]
     sealer: TenantSealer
     actor: Actor
+    egress: EgressPolicy = EgressPolicy()  # where the gateway's routes may reach
 
     def session(self) -> Session:
         return self.session_factory()

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.models import Tenant
-from control_plane.tenancy.connections import TenantConnections
+from control_plane.tenancy.connections import TenantConnections, egress_policy
 from tenant_runtime.audit_retention import deliver_checkpoints, prune
 from tenant_runtime.checkpoints import make_checkpoint
 from tenant_runtime.context import Actor, TenantContext
@@ -126,7 +126,8 @@ def _process_connections() -> TenantConnections:
             if _connections is not None and owner is not None and owner[0] == os.getpid():
                 _connections.close()  # reconfigured in this process (never after a fork)
             _connections = TenantConnections(sealer=env.sealer, providers=env.key_providers,
-                                             dek_cache=env.dek_cache)
+                                             dek_cache=env.dek_cache,
+                                             egress=egress_policy(env.settings))
             _connections_for = (os.getpid(), env)
         return _connections
 

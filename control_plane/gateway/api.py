@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -37,7 +39,7 @@ from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.gateway import config, pricing
 from tenant_runtime.gateway.messages import ChatRequest
-from tenant_runtime.gateway.service import CallResult, Gateway, PreparedCall
+from tenant_runtime.gateway.service import CallResult, Gateway, ModelRefused, PreparedCall
 
 log = logging.getLogger("magistrate.gateway")
 MAX_BODY = 4 * 1024 * 1024
@@ -46,7 +48,7 @@ FINISH = {"openai": {"stop": "stop", "length": "length", "other": "stop"},
 OPENAI_TYPES = {400: ("invalid_request_error", None), 401: ("invalid_request_error",
                                                             "invalid_api_key"),
                 402: ("insufficient_quota", "insufficient_quota"),
-                403: ("permission_error", "model_not_allowed"), 413: ("invalid_request_error",
+                403: ("permission_error", "permission_denied"), 413: ("invalid_request_error",
                                                                       "request_too_large"),
                 415: ("invalid_request_error", "unsupported_media_type"),
                 422: ("invalid_request_error", None), 429: ("rate_limit_error",
@@ -61,9 +63,9 @@ ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
 
 
@@ -73,7 +75,7 @@ def error_body(kind: str, err: ApiError) -> dict[str, Any]:
                                            "message": err.message}}
     kind_type, code = OPENAI_TYPES.get(err.status, ("api_error", None))
     return {"error": {"message": err.message, "type": kind_type, "param": err.param,
-                      "code": code}}
+                      "code": err.code or code}}
 
 
 def error_response(request: Request, kind: str, err: ApiError) -> Response:
@@ -83,16 +85,25 @@ def error_response(request: Request, kind: str, err: ApiError) -> Response:
 
 
 def api_error(exc: Exception) -> ApiError:
-    """Our exceptions, as the status and sentence a caller sees."""
+    """Our exceptions, as the status and sentence a caller sees; anything else is logged and
+    answered 500 (or 503 when a database is unreachable) in the same shape."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, BadRequest):
         return ApiError(400, exc.message, param=exc.param)
     if isinstance(exc, RateLimited):
         return ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, ModelRefused):
+        return ApiError(403, exc.message, code="model_not_allowed")
     if isinstance(exc, MagistrateError | TenantError):
         return ApiError(exc.status_code, exc.message)
-    raise exc
+    if isinstance(exc, OperationalError):
+        log.warning("gateway call failed: a database is unreachable (%s)", type(exc).__name__)
+        return ApiError(503, "A database Magistrate depends on is unreachable; try again "
+                             "shortly.")
+    log.exception("gateway call failed unexpectedly")
+    return ApiError(500, "Something went wrong on our side; it has been logged. Quote the "
+                         "request id if you contact support.")
 
 
 # --- the edge: key, body, tenant -----------------------------------------------------------
@@ -135,18 +146,41 @@ def _prepare(request: Request, ctx: TenantContext, key_id: str, chat: ChatReques
     limiter = _limiter(request)
 
     def limit(requests_per_minute: int, tokens_per_minute: int) -> None:
-        prompt = sum(len(m.content.encode("utf-8")) for m in chat.messages)
-        limiter.check(ctx.tenant_id, tokens=pricing.estimate_tokens(prompt) + chat.max_tokens,
-                      requests_per_minute=requests_per_minute,
+        tokens = pricing.prompt_token_bound(m.content for m in chat.messages) + chat.max_tokens
+        if tokens > tokens_per_minute:
+            raise ApiError(400, f"This request may use up to {tokens:,} tokens (prompt and "
+                                f"max_tokens), more than the tenant's limit of "
+                                f"{tokens_per_minute:,} tokens per minute; lower max_tokens "
+                                "or shorten the prompt.", param="max_tokens")
+        limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
                       tokens_per_minute=tokens_per_minute)
 
     gateway = Gateway(ctx, api_key_id=key_id)
     return gateway, gateway.prepare(chat, endpoint_kind=kind, rate_limit=limit)
 
 
+class ClosingStream(StreamingResponse):
+    """A streaming response over a sync iterator that is closed, in a worker thread, however
+    the response ends: when the client hangs up, the call's generator settles and audits the
+    call and closes the provider's stream at once, not whenever the garbage collector runs."""
+
+    def __init__(self, events: Iterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self._events = events
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(close)
+
+
 def _sse(events: Iterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return ClosingStream(events)
 
 
 def _call(request: Request, kind: str,
@@ -165,14 +199,24 @@ def _call(request: Request, kind: str,
         events = gateway.stream(call)
         first = next(events)  # before the response starts: a failure gets its own status
         return _sse(stream(chat, _chain(first, events), call_id, include_usage))
-    except Exception as exc:  # noqa: BLE001 - every known error in the API's own shape
+    except Exception as exc:  # noqa: BLE001 - every error in the API's own shape
         return error_response(request, kind, api_error(exc))
 
 
 def _chain(first: str | CallResult, rest: Iterator[str | CallResult]
            ) -> Iterator[str | CallResult]:
-    yield first
-    yield from rest
+    try:
+        yield first
+        yield from rest
+    finally:
+        close(rest)
+
+
+def close(events: Iterator[Any]) -> None:
+    """Close a generator: a ``for`` loop over it does not, when its own generator is closed."""
+    closer = getattr(events, "close", None)
+    if closer is not None:
+        closer()
 
 
 # --- OpenAI -------------------------------------------------------------------------------
@@ -219,6 +263,8 @@ def _openai_stream(chat: ChatRequest, events: Iterator[str | CallResult], call_i
                     yield chunk({}, usage=_openai_usage(event))
     except TenantError as exc:
         yield f"data: {json.dumps(error_body('openai', api_error(exc)))}\n\n"
+    finally:
+        close(events)
     yield "data: [DONE]\n\n"
 
 
@@ -275,6 +321,8 @@ def _anthropic_stream(chat: ChatRequest, events: Iterator[str | CallResult], cal
                 yield event("message_stop", {})
     except TenantError as exc:
         yield f"event: error\ndata: {json.dumps(error_body('anthropic', api_error(exc)))}\n\n"
+    finally:
+        close(events)
 
 
 def messages(request: Request) -> Response:

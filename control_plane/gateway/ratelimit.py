@@ -58,7 +58,7 @@ class GatewayRateLimiter:
         tenant is over either limit in this minute."""
         moment = time.time() if now is None else now
         window = int(moment // WINDOW)
-        retry_after = max(1, int((window + 1) * WINDOW - moment) + 1)
+        retry_after = min(WINDOW, max(1, int((window + 1) * WINDOW - moment) + 1))
         base = f"magistrate:rl:gw:{tenant_id}:{window}"
         requests, used = self._counts([(f"{base}:req", 1), (f"{base}:tok", max(tokens, 1))])
         if requests > requests_per_minute:

@@ -96,10 +96,11 @@ def _validation_sentence(exc: ValidationError) -> BadRequest:
 
 
 def _model(raw: str) -> str:
-    name = normalize_model_name(raw)
-    if name is None:
+    """The normalized name; a name that cannot be one is kept as sent (stripped): it matches
+    no route, so the gateway refuses it as off the allowlist (403, audited) like any other."""
+    if not raw.strip():
         raise BadRequest("The model must be a model name such as 'gpt-4o-mini'.", "model")
-    return name
+    return normalize_model_name(raw) or raw.strip()[:100]
 
 
 def openai_request(body: Any) -> tuple[ChatRequest, bool]:

@@ -16,17 +16,27 @@ from control_plane.keys.providers import KeyProvider, KeyUnavailable
 from control_plane.keys.registry import DataKeyCache, provider_for
 from control_plane.models import Tenant, TenantKey
 from control_plane.sealing import ControlSealer
+from control_plane.settings import Settings
 from control_plane.tenancy.database import url_for
 from control_plane.tenancy.provisioning import tenant_secrets
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantKeyUnavailable
+from tenant_runtime.gateway.egress import EgressPolicy
 from tenant_runtime.sealing import TenantSealer
+
+
+def egress_policy(settings: Settings) -> EgressPolicy:
+    """The operator's limits on where tenants' gateway routes may reach (egress.py)."""
+    return EgressPolicy.parse(ambient_identity=settings.gateway_ambient_identity,
+                              private_networks=settings.gateway_private_networks)
 
 
 class TenantConnections:
     def __init__(self, *, sealer: ControlSealer, providers: Mapping[str, KeyProvider],
-                 dek_cache: DataKeyCache, max_engines: int = 100) -> None:
+                 dek_cache: DataKeyCache, max_engines: int = 100,
+                 egress: EgressPolicy | None = None) -> None:
         self.sealer = sealer
+        self.egress = egress or EgressPolicy()
         self.providers = providers
         self.dek_cache = dek_cache
         self.max_engines = max_engines
@@ -104,5 +114,5 @@ class TenantConnections:
         return TenantContext(
             tenant_id=tenant.id, slug=tenant.slug,
             session_factory=make_session_factory(self.engine(tenant)),
-            sealer=self.sealer_for(s, tenant), actor=actor,
+            sealer=self.sealer_for(s, tenant), actor=actor, egress=self.egress,
         )

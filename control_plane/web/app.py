@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -11,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from control_plane import approvals_api
 from control_plane.auth import routes as auth_routes
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
@@ -23,7 +25,8 @@ from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
 from control_plane.tenancy import audit_routes, export_routes
 from control_plane.tenancy import routes as tenant_routes
-from control_plane.tenancy.connections import TenantConnections
+from control_plane.tenancy.area_jobs import enqueue_tenant_job
+from control_plane.tenancy.connections import TenantConnections, egress_policy
 from control_plane.users import routes as user_routes
 from control_plane.web import dashboard
 from control_plane.web.errors import handle_error
@@ -57,7 +60,8 @@ def build_services(settings: Settings, *, database_url: str, redis_url: str,
         key_providers=providers,
         dek_cache=dek_cache,
         tenant_connections=TenantConnections(sealer=sealer, providers=providers,
-                                             dek_cache=dek_cache),
+                                             dek_cache=dek_cache,
+                                             egress=egress_policy(settings)),
     )
 
 
@@ -77,6 +81,7 @@ def build_app(svc: Services) -> Starlette:
             *export_routes.routes,
             *audit_routes.routes,
             *gateway_api.routes,
+            *approvals_api.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],
@@ -86,4 +91,5 @@ def build_app(svc: Services) -> Starlette:
     )
     app.state.services = svc
     app.state.render = render  # for tenant areas, which do not import the control plane
+    app.state.enqueue_tenant_job = partial(enqueue_tenant_job, svc)  # likewise
     return app

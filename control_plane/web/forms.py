@@ -50,7 +50,13 @@ async def read_form(request: Request, model: type[F]) -> F:
         data: dict[str, Any] = {}
         for key, value in form.multi_items():
             if not isinstance(value, str):
-                raise InvalidInput(f"The field '{key}' does not take a file.")
+                # a model may take files as text: ``file_fields = ("name",)`` (a ClassVar)
+                if key not in getattr(model, "file_fields", ()):
+                    raise InvalidInput(f"The field '{key}' does not take a file.")
+                try:
+                    value = (await value.read()).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidInput(f"The file in '{key}' is not UTF-8 text.") from None
             data[key] = value
     return parse_form(model, data)
 

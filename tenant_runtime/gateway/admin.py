@@ -18,6 +18,7 @@ from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput, TenantNotFound
 from tenant_runtime.gateway import config
+from tenant_runtime.gateway.egress import check_route
 from tenant_runtime.gateway.names import normalize_model_name
 from tenant_runtime.gateway.providers.base import PROVIDERS
 from tenant_runtime.gateway.service import GatewayEvents
@@ -105,7 +106,7 @@ def _endpoint(value: str | None) -> str | None:
     return value.strip().rstrip("/")
 
 
-def _validated(s: Session, data: RouteInput) -> dict[str, Any]:
+def _validated(s: Session, ctx: TenantContext, data: RouteInput) -> dict[str, Any]:
     name = normalize_model_name(data.model_name)
     if name is None:
         raise TenantInvalidInput("The model name may use letters, digits and . _ : / @ + - "
@@ -133,6 +134,8 @@ def _validated(s: Session, data: RouteInput) -> dict[str, Any]:
     elif data.provider in ("openai", "anthropic"):
         raise TenantInvalidInput(f"A {data.provider} route needs a credential (add one on the "
                                  "credentials page).")
+    check_route(ctx.egress, provider=data.provider, endpoint=endpoint,
+                has_credential=data.credential_id is not None)
     fallbacks = []
     for raw in data.fallbacks:
         fallback = normalize_model_name(raw)
@@ -150,7 +153,7 @@ def _validated(s: Session, data: RouteInput) -> dict[str, Any]:
 
 
 def add_route(s: Session, ctx: TenantContext, data: RouteInput) -> GatewayRoute:
-    values = _validated(s, data)
+    values = _validated(s, ctx, data)
     row = GatewayRoute(**values)
     try:
         with s.begin_nested():

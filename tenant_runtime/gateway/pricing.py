@@ -5,6 +5,7 @@ cannot run up spend the cap does not see."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -79,6 +80,16 @@ def tenant_prices(s: Session) -> dict[str, Price]:
 
 
 def estimate_tokens(text_length: int) -> int:
-    """A deliberately generous token estimate for reservations (about 3 characters a token;
-    real tokenizers give about 4 for English), so the reservation covers the real prompt."""
+    """A rough token count of a text of this many characters (about 3 a token), for what is
+    only estimated: the output of a stream cut short, shown on the dashboard."""
     return text_length // 3 + 1
+
+
+def prompt_token_bound(texts: Iterable[str]) -> int:
+    """An upper bound of the prompt's tokens: byte-level tokenizers never make more than one
+    token per UTF-8 byte, plus a few tokens of framing per message. Reservations and the
+    tokens-per-minute limit use it, so the real usage cannot exceed what was reserved."""
+    count, size = 0, 0
+    for text in texts:
+        count, size = count + 1, size + len(text.encode("utf-8"))
+    return size + 8 * count + 8

@@ -44,12 +44,12 @@ def _words(value: str) -> list[str]:
 def _usd_micros(value: str, what: str) -> int:
     try:
         amount = Decimal(value.strip().lstrip("$").replace(",", ""))
-    except InvalidOperation:
-        raise TenantInvalidInput(f"{what} must be an amount in US dollars, such as 250 or "
-                                 "99.50.") from None
-    if not amount.is_finite() or amount < 0:
-        raise TenantInvalidInput(f"{what} must be an amount in US dollars, such as 250.")
-    return int(amount * 1_000_000)
+        if not amount.is_finite() or not 0 <= amount <= 10_000_000:
+            raise InvalidOperation
+        return int(amount * 1_000_000)
+    except ArithmeticError:  # InvalidOperation, Overflow
+        raise TenantInvalidInput(f"{what} must be an amount in US dollars from 0 to "
+                                 "10,000,000, such as 250 or 99.50.") from None
 
 
 class SettingsForm(_Form):

@@ -12,6 +12,7 @@ stored, logged or audited: only counts."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.gateway import config, pricing, spend
+from tenant_runtime.gateway.egress import EgressRefused, check_route
 from tenant_runtime.gateway.messages import ChatRequest
 from tenant_runtime.gateway.names import shown
 from tenant_runtime.gateway.providers.base import (
@@ -115,7 +117,18 @@ class Gateway:
             else:
                 redacted, restorer = redact_request(request, config.profile_of(self.ctx,
                                                                                settings))
-                routes = config.routes_of_call(s, route)
+                routes, egress_refusals = [], []
+                for candidate in config.routes_of_call(s, route):
+                    try:
+                        check_route(self.ctx.egress, provider=candidate.provider,
+                                    endpoint=candidate.endpoint,
+                                    has_credential=candidate.credential_id is not None)
+                        routes.append(candidate)
+                    except EgressRefused as exc:
+                        egress_refusals.append(f"{candidate.model_name}: {exc.message}")
+                if not routes:
+                    raise ProvidersFailed(f"The model {shown(request.model)} cannot be called: "
+                                          + " ".join(egress_refusals))
                 targets = [config.target_of(s, self.ctx, r) for r in routes]
                 prices = [pricing.price_for(s, r.provider_model) for r in routes]
                 reserved = self._worst_case(redacted, prices)
@@ -137,16 +150,20 @@ class Gateway:
 
     @staticmethod
     def _worst_case(redacted: RedactedRequest, prices: list[pricing.Price]) -> int:
-        prompt = sum(len(m.content.encode("utf-8")) for m in redacted.messages)
-        tokens_in = pricing.estimate_tokens(prompt) + 8 * len(redacted.messages)
+        tokens_in = pricing.prompt_token_bound(m.content for m in redacted.messages)
         return max(price.cost_micros(tokens_in, redacted.max_tokens) for price in prices)
 
     def _refused(self, refusal: TenantError, request: ChatRequest, endpoint_kind: str) -> None:
         event = (GatewayEvents.MODEL_REFUSED if isinstance(refusal, ModelRefused)
                  else GatewayEvents.SPEND_CAP_REACHED)
         with self.ctx.session() as s, s.begin():
+            listed = config.route_for(s, request.model) is not None
+            # a name that is no route of the tenant's could be anything a caller typed (an
+            # e-mail address, say): the chain keeps only its digest
+            name = request.model if listed else "unlisted:" + hashlib.sha256(
+                request.model.encode("utf-8", "replace")).hexdigest()[:16]
             audit.record(s, event, actor=self.ctx.actor, target_type="model",
-                         target_id=request.model[:64],
+                         target_id=name[:64],
                          details={"api_key_id": self.api_key_id, "endpoint": endpoint_kind})
 
     # -- the provider ----------------------------------------------------------------------
@@ -159,6 +176,11 @@ class Gateway:
             except ProviderError as exc:
                 failures.append(exc)
                 continue
+            except Exception as exc:  # not the provider's answer: still settle, then raise
+                self._finish(call, target, outcome="error", usage=Usage(0, 0),
+                             cost=call.reserved_micros, attempts=1, fallback=bool(failures),
+                             error=f"unexpected {type(exc).__name__}")
+                raise
             cost = price.cost_micros(answer.usage.input_tokens, answer.usage.output_tokens)
             self._finish(call, target, outcome="ok", usage=answer.usage, cost=cost,
                          attempts=sum(f.attempts for f in failures) + answer.attempts,
@@ -211,13 +233,14 @@ class Gateway:
                        error: ProviderError | None) -> None:
         if finished is not None:
             usage, attempts = finished.usage, finished.attempts
-        else:  # cut short: charge what was sent and received, estimated generously
-            prompt = sum(len(m.content.encode("utf-8")) for m in call.redacted.messages)
-            usage = Usage(pricing.estimate_tokens(prompt), pricing.estimate_tokens(received))
-            attempts = error.attempts if error else 1
+            cost = price.cost_micros(usage.input_tokens, usage.output_tokens)
+        else:  # cut short: the provider may have generated (and billed) up to the worst case,
+            # so the reservation is charged in full, on the side of the cap
+            usage = Usage(pricing.prompt_token_bound(m.content for m in call.redacted.messages),
+                          pricing.estimate_tokens(received))
+            attempts, cost = (error.attempts if error else 1), call.reserved_micros
         outcome = "error" if error else ("ok" if finished else "cut short")
-        self._finish(call, target, outcome=outcome, usage=usage,
-                     cost=price.cost_micros(usage.input_tokens, usage.output_tokens),
+        self._finish(call, target, outcome=outcome, usage=usage, cost=cost,
                      attempts=sum(f.attempts for f in failures) + attempts,
                      fallback=bool(failures), error=str(error) if error else None)
 
@@ -226,7 +249,12 @@ class Gateway:
         self._finish(call, call.targets[-1] if call.targets else None, outcome="error",
                      usage=Usage(0, 0), cost=0, attempts=sum(f.attempts for f in failures),
                      fallback=len(failures) > 1, error=detail)
-        return ProvidersFailed(f"The model {shown(call.model_name)} could not answer: {detail}.")
+        told = "; ".join(f"{f.provider} failed after {f.attempts} attempt"
+                         f"{'' if f.attempts == 1 else 's'}"
+                         + (f" (last: HTTP {f.status})" if f.status else "")
+                         for f in failures) or "no provider was configured"
+        return ProvidersFailed(f"The model {shown(call.model_name)} could not answer: {told}. "
+                               "The tenant's gateway page shows the details.")
 
     # -- after the provider ----------------------------------------------------------------
 
@@ -241,9 +269,13 @@ class Gateway:
             "latency_ms": latency_ms, "outcome": outcome, "attempts": attempts,
             "fallback": fallback, "stream": call.redacted.stream, "api_key_id": self.api_key_id}
         with self.ctx.session() as s, s.begin():
-            spend.settle(s, month=call.month, reserved_micros=call.reserved_micros,
-                         cost_micros=cost)
-            row = s.get(GatewayCall, call.call_id)
+            row = s.get(GatewayCall, call.call_id, with_for_update=True)
+            if row is not None and row.status == "abandoned":  # the sweeper charged it in full
+                spend.settle(s, month=call.month, reserved_micros=0,
+                             cost_micros=cost - row.cost_micros)
+            else:
+                spend.settle(s, month=call.month, reserved_micros=call.reserved_micros,
+                             cost_micros=cost)
             if row is not None:
                 row.status = outcome
                 row.cost_micros, row.tokens_in, row.tokens_out = (cost, usage.input_tokens,

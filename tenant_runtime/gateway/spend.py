@@ -3,7 +3,9 @@ estimate plus ``max_tokens`` at the dearest price among the call's targets) is r
 conditional UPDATE: the row lock serializes concurrent reservations and the condition keeps
 ``spent + reserved`` within the cap, so no interleaving can overspend. After the call the
 reservation is settled to the real usage. A reservation whose call never settled (the process
-died) is settled at its reserved amount by ``settle_abandoned``, erring on the side of the cap."""
+died) is settled at its reserved amount by ``settle_abandoned``, erring on the side of the cap;
+should that call still finish, its settlement corrects the charge to the real cost instead of
+settling twice (Gateway._finish)."""
 
 from __future__ import annotations
 
@@ -63,7 +65,10 @@ def month_totals(s: Session, month: date) -> tuple[int, int]:
     return (row.spent_micros, row.reserved_micros) if row else (0, 0)
 
 
-def settle_abandoned(s: Session, *, older_than: timedelta = timedelta(minutes=15),
+ABANDONED_AFTER = timedelta(hours=2)  # longer than any call: 3 attempts × 600 s × fallbacks
+
+
+def settle_abandoned(s: Session, *, older_than: timedelta = ABANDONED_AFTER,
                      now: datetime | None = None) -> int:
     """Settle reservations of calls that never finished (their process died) at the reserved
     amount: the provider may have been paid, and the cap must not be undercounted."""

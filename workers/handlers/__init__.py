@@ -4,4 +4,5 @@ from workers.handlers import (  # noqa: F401
     audit,
     export,
     provisioning,
+    recommendations,
 )

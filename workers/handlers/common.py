@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.models import Tenant
-from control_plane.tenancy.connections import TenantConnections
+from control_plane.tenancy.connections import TenantConnections, egress_policy
 from tenant_runtime.context import Actor, TenantContext
 from workers import runtime
 from workers.runner import JobFailed
@@ -21,7 +21,7 @@ def tenant_context(session_factory: sessionmaker[Session], tenant_id: int, actor
     the tenant is gone or not in one of ``states``."""
     env = runtime.env()
     connections = TenantConnections(sealer=env.sealer, providers=env.key_providers,
-                                    dek_cache=env.dek_cache)
+                                    dek_cache=env.dek_cache, egress=egress_policy(env.settings))
     try:
         with session_factory() as s:
             tenant = s.get(Tenant, tenant_id)

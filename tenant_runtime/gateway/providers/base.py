@@ -33,6 +33,11 @@ class Usage:
     input_tokens: int
     output_tokens: int
 
+    def __post_init__(self) -> None:  # a provider that leaves a count out (None) reports 0
+        for name in ("input_tokens", "output_tokens"):
+            value: object = getattr(self, name)
+            object.__setattr__(self, name, max(0, int(value)) if isinstance(value, int) else 0)
+
 
 @dataclass(frozen=True)
 class Completion:

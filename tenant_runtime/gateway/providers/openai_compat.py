@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 import openai
+from azure.core.exceptions import AzureError
 from openai.types.chat import ChatCompletionMessageParam
 
 from tenant_runtime.gateway.providers import retry
@@ -173,6 +174,9 @@ def classify(exc: BaseException, *, target: Target) -> retry.Failure | None:
     if isinstance(exc, openai.APIResponseValidationError):
         return retry.Failure("the provider's answer did not have the expected shape",
                              retryable=False, status=exc.status_code)
+    if isinstance(exc, AzureError):  # the Entra ID token provider could not get a token
+        return retry.Failure(f"Azure sign-in failed ({type(exc).__name__}): check the route's "
+                             "managed identity, or give the route an API key", retryable=False)
     if isinstance(exc, openai.OpenAIError):
         return retry.Failure(f"the OpenAI SDK refused the call ({type(exc).__name__})",
                              retryable=False)

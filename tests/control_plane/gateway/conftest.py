@@ -51,7 +51,8 @@ def live_port() -> int:
 @pytest.fixture
 def settings(live_port, tmp_path):
     return make_settings(public_url=f"http://127.0.0.1:{live_port}",
-                         allowed_hosts=("127.0.0.1",), home=tmp_path / "home")
+                         allowed_hosts=("127.0.0.1",), home=tmp_path / "home",
+                         gateway_private_networks=("127.0.0.0/8",))  # the local LLM server
 
 
 @pytest.fixture

@@ -20,9 +20,20 @@ SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            "retention_days": "396", "expires_in_days": "", "redaction_profile": "standard",
            "custom_detectors": "", "custom_terms": "", "custom_patterns": "",
            "requests_per_minute": "600", "tokens_per_minute": "1000", "monthly_cap_usd": "5",
+           "proposed": "p", "actual": "a", "agreed": "true", "ground_truth_score": "",
+           "to_phase": "off", "tools": "read_task", "task_id": "",
            "model_name": "m", "provider_model": "m", "endpoint": "", "api_version": "",
            "region": "", "credential_id": "", "timeout_seconds": "60", "fallbacks": "",
-           "allowed": "true", "input_usd_per_mtok": "1", "output_usd_per_mtok": "1"}
+           "allowed": "true", "input_usd_per_mtok": "1", "output_usd_per_mtok": "1",
+           "action": "a", "payload": "", "comment": "", "description": "",
+           "restricted": "true", "approver_role": "Approver", "expiry_hours": "24",
+           "approvals_needed": "1", "execution_url": "", "email_approvers": "true",
+           # recommendations ("description" is shared with the approvals area)
+           "title": "t", "team": "", "tags": "", "uniformity": "", "recurrence_period": "",
+           "recurrence_occurrences": "", "handler_consistency": "", "tasks_file": "",
+           "tasks_json": "[]", "panel_models": "", "architect_model": "",
+           "deliberator_model": "", "min_cost_benefit": "7", "max_customer_risk": "3",
+           "max_human_sensitivity": "4", "min_compliance": "7"}
 
 
 def tenant_routes(app) -> list[tuple[str, str, dict[str, str]]]:
@@ -78,7 +89,8 @@ def test_another_tenants_ids_answer_404_on_every_tenant_route(client, services, 
         own = client.request(method, fill(path, a), data=data if method == "POST" else None,
                              headers={"X-CSRF-Token": token})
         if not any(f"{{{sub}" in path for sub in ("credential_id", "membership_id", "job_id",
-                                                  "route_id", "provider_model")):
+                                                  "route_id", "provider_model", "request_id",
+                                                  "class_id", "task_id", "agent_id")):
             assert own.status_code != 404 or path.endswith("/delete"), (method, path)
     state, key_ref, members, _ = snapshot(db, b)
     assert (state, key_ref, members) == before[:3]

@@ -72,7 +72,7 @@ def test_the_database_refuses_negative_spend(ctx):
 
 
 def test_abandoned_reservations_are_charged_in_full(ctx):
-    old = datetime.now(UTC) - timedelta(hours=1)
+    old = datetime.now(UTC) - timedelta(hours=3)
     with ctx.session() as s, s.begin():
         spend.reserve(s, month=MONTH, amount_micros=900, cap_micros=10_000)
         s.add(GatewayCall(month=MONTH, model_name="m", endpoint_kind="openai", stream=False,
@@ -107,7 +107,7 @@ def test_the_worker_task_settles_abandoned_calls_in_every_tenant(ctx, services, 
         s.add(GatewayCall(month=MONTH, model_name="m", endpoint_kind="openai", stream=True,
                           status="reserved", reserved_micros=700))
         s.flush()
-        s.execute(text("UPDATE gateway_calls SET created_at = now() - interval '1 hour'"))
+        s.execute(text("UPDATE gateway_calls SET created_at = now() - interval '3 hours'"))
     configure_worker(services, database_url)
     try:
         assert settle_abandoned_calls() == {"tenants": 1, "done": 1, "failed": 0}

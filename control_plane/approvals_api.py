@@ -1,0 +1,158 @@
+"""The approval gate's JSON API, for a tenant's agents and programs.
+
+- ``POST /api/actions`` ``{"action": "deploy.production", "payload": {"service_id": 7}}``:
+  202 with the request (``id``, ``state`` pending) for a restricted action; 200 when the class
+  is not restricted (approved at once, or already run). Unknown action: 422.
+- ``GET /api/actions/{id}``: its state (pending, approved, rejected, executed, expired).
+- ``POST /api/actions/{id}/execute``: uses the approval, atomically: 200 exactly once; 409 with a
+  sentence after that (and while pending, when rejected or expired); 404 for a missing id or
+  another tenant's.
+
+Authenticated by a tenant API key (``Authorization: Bearer mg_…``, no cookie, so no CSRF
+token), or by a session naming the tenant with ``?tenant=<id>`` (Owners, Admins, Operators;
+CSRF applies as to every browser request). Errors are ``{"error", "status", "request_id"}``."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from control_plane.exceptions import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from control_plane.tenancy import api_keys, service
+from control_plane.web.deps import require_user
+from control_plane.web.forms import validation_message
+from control_plane.web.services import services
+from tenant_runtime.approvals import service as approvals
+from tenant_runtime.approvals.models import ApprovalRequest
+from tenant_runtime.context import Actor, TenantContext
+
+REQUESTERS = ("Owner", "Admin", "Operator")
+MAX_BODY = 64 * 1024
+TENANT_ID = re.compile(r"[0-9]{1,18}")
+
+
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(max_length=100)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+def _context(request: Request) -> TenantContext:
+    """The tenant context of the caller: its API key's tenant, or the session's member."""
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
+        if api_keys.presented_key(request.headers.get("authorization"),
+                                  request.headers.get("x-api-key")):
+            principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"),
+                                                     request.headers.get("x-api-key"))
+            key = principal.api_key
+            request.state.tenant, request.state.actor = principal.tenant.id, f"api_key:{key.id}"
+            named = request.query_params.get("tenant")
+            if named is not None and named.strip() != str(principal.tenant.id):
+                raise NotFound("No such tenant.")  # a key reaches its own tenant only
+            return svc.tenant_connections.context(s, principal.tenant,
+                                                  Actor("api_key", str(key.id), key.name))
+        me = require_user(s, request)
+        named = request.query_params.get("tenant", "").strip()
+        if not TENANT_ID.fullmatch(named):
+            raise InvalidInput("Name the tenant by its id: ?tenant=<id>.")
+        access = service.access_tenant(s, int(named), user=me.user, roles=REQUESTERS)
+        request.state.tenant = access.tenant.id
+        if access.tenant.state == "suspended":
+            raise Forbidden("This tenant is suspended; an Owner can resume it on the tenant's "
+                            "page.")
+        if access.tenant.state != "active":
+            raise Conflict("This tenant is not active yet.")
+        actor = Actor("user", str(me.user.id), me.user.email, access.role)
+        return svc.tenant_connections.context(s, access.tenant, actor)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def request_json(ctx: TenantContext, req: ApprovalRequest, state: str) -> dict[str, Any]:
+    return {"id": str(req.id), "action": req.action, "state": state,
+            "restricted": req.restricted, "approver_role": req.approver_role,
+            "approvals_needed": req.approvals_needed, "via": req.via,
+            "created_at": _iso(req.created_at), "expires_at": _iso(req.expires_at),
+            "executed_at": _iso(req.executed_at),
+            "url": f"/tenants/{ctx.tenant_id}/approvals/{req.id}",
+            "execute_url": f"/api/actions/{req.id}/execute"}
+
+
+async def _body(request: Request) -> ActionRequest:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge("The request body is over 64 KiB.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidInput("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object, such as "
+                           "{\"action\": \"deploy.production\", \"payload\": {}}.")
+    try:
+        return ActionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc)) from None
+
+
+def _create(request: Request, body: ActionRequest) -> Response:
+    ctx = _context(request)
+    with ctx.session() as s, s.begin():
+        req = approvals.request_action(s, ctx, body.action, body.payload, via="api")
+        state = approvals.display_state(req)
+        document = request_json(ctx, req, state)
+    return JSONResponse(document, status_code=202 if state == "pending" else 200,
+                        headers={"Location": f"/api/actions/{document['id']}"})
+
+
+async def api_request_action(request: Request) -> Response:
+    """POST /api/actions."""
+    body = await _body(request)
+    return await run_in_threadpool(_create, request, body)
+
+
+def api_get_action(request: Request) -> Response:
+    """GET /api/actions/{id}."""
+    ctx = _context(request)
+    with ctx.session() as s, s.begin():
+        req = approvals.access_request(s, request.path_params["request_id"])
+        document = request_json(ctx, req, approvals.display_state(req))
+    return JSONResponse(document)
+
+
+def api_execute_action(request: Request) -> Response:
+    """POST /api/actions/{id}/execute: 200 once, with the payload to act on; 409 after."""
+    ctx = _context(request)
+    with ctx.session() as s, s.begin():
+        req = approvals.consume(s, ctx, request.path_params["request_id"], via="api")
+        document = {**request_json(ctx, req, req.state), "payload": req.payload}
+    return JSONResponse(document)
+
+
+routes = [
+    Route("/api/actions", api_request_action, methods=["POST"]),
+    Route("/api/actions/{request_id}", api_get_action, methods=["GET"]),
+    Route("/api/actions/{request_id}/execute", api_execute_action, methods=["POST"]),
+]
