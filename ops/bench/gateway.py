@@ -368,7 +368,6 @@ def wait_until(ready: Callable[[], bool], what: str, alive: Callable[[], bool],
 def configure_tenant(stack: Stack, tenant_id: int, upstream: str) -> str:
     """Governance on (standard redaction, a route on the allowlist, a price, a generous cap
     and limits) and an API key; returns the key."""
-
     ctx = dataclasses.replace(
         stack.tenant_context(tenant_id, actor=Actor("user", str(stack.owner_id),
                                                     "bench@example.com", "Owner"), pool_size=1),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
@@ -259,6 +260,24 @@ def test_a_stream_cut_short_by_the_provider_ends_with_an_error_event(gw):
     assert calls(gw)[-1].status == "error"
 
 
+def test_a_caller_hanging_up_mid_stream_settles_the_call_at_once(gw):
+    gw.llm.reply = "word " * 40_000
+    with oai(gw, max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=100_000, stream=True)
+        next(iter(stream))
+        stream.close()
+    deadline = time.monotonic() + 10
+    while (row := calls(gw)[-1]).status == "reserved" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert row.status == "cut short"
+    assert row.cost_micros == row.reserved_micros > 0  # the provider may have billed it all
+    from tenant_runtime.gateway import spend
+    with gw.ctx.session() as s:
+        assert spend.month_totals(s, row.month) == (row.cost_micros, 0)
+
+
 # ------------------------------------------------------------------------------- limits
 
 
@@ -302,7 +321,15 @@ def test_100_concurrent_calls_at_the_edge_of_the_cap_never_overspend(gw):
     assert spent == sum(r.cost_micros for r in calls(gw))
 
 
+def fresh_minute() -> None:
+    """Fixed one-minute windows: start well inside one, so the counts are not reset midway."""
+    into = time.time() % 60
+    if into > 50:
+        time.sleep(61 - into)
+
+
 def test_rate_limits_answer_429_with_retry_after(gw):
+    fresh_minute()
     set_settings(gw, requests_per_minute=2)
     with oai(gw, max_retries=0) as client:
         chat(client, "gpt-4o-mini")
@@ -311,13 +338,24 @@ def test_rate_limits_answer_429_with_retry_after(gw):
             chat(client, "gpt-4o-mini")
     assert "limit of 2 requests per minute is reached" in limited.value.message
     assert 1 <= int(limited.value.response.headers["retry-after"]) <= 61
-    set_settings(gw, requests_per_minute=100, tokens_per_minute=500)
-    with oai(gw, max_retries=0) as client, pytest.raises(openai.RateLimitError) as limited:
-        chat(client, "gpt-4o-mini")  # max_tokens 300 plus the prompt is over 500 tokens
-    assert "500 tokens per minute" in limited.value.message
+
+
+def test_token_limits_answer_429_and_an_impossible_request_400(gw):
+    fresh_minute()
+    set_settings(gw, requests_per_minute=100, tokens_per_minute=800)
+    with oai(gw, max_retries=0) as client:
+        chat(client, "gpt-4o-mini")  # about 600 tokens at most (prompt bytes + max_tokens 300)
+        with pytest.raises(openai.RateLimitError) as limited:
+            chat(client, "gpt-4o-mini")
+        assert "800 tokens per minute" in limited.value.message
+        with pytest.raises(openai.BadRequestError) as never:  # could never fit in a minute
+            client.chat.completions.create(model="gpt-4o-mini", max_tokens=5000,
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert "more than the tenant's limit of 800 tokens per minute" in never.value.message
 
 
 def test_without_redis_rate_limits_fail_open_to_the_process(gw, services, caplog):
+    fresh_minute()
     services.redis.close()
     services.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     set_settings(gw, requests_per_minute=2)
@@ -369,6 +407,12 @@ def test_route_changes_are_validated_and_audited(gw):
             admin.add_route(s, gw.ctx, admin.RouteInput(
                 model_name="x", provider="on-prem", provider_model="m",
                 endpoint="http://127.0.0.1:9", fallbacks=("nope",)))
+    for endpoint, message in (("http://169.254.169.254/v1", "link-local"),
+                              ("http://10.9.8.7/v1", "private or loopback")):
+        with gw.ctx.session() as s, s.begin(), pytest.raises(Exception, match=message):
+            admin.add_route(s, gw.ctx, admin.RouteInput(
+                model_name="metadata", provider="on-prem", provider_model="m",
+                endpoint=endpoint))
     with gw.ctx.session() as s, s.begin():
         admin.set_allowed(s, gw.ctx, gw.routes["gpt-4.1"], True)
     with oai(gw) as client:

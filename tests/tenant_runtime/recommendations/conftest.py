@@ -22,6 +22,7 @@ from tenant_runtime.models import AuditEvent
 from tenant_runtime.recommendations import jobs, service
 from tenant_runtime.recommendations.models import PanelVote, RecommendationRun
 from tenant_runtime.recommendations.schemas import TaskInput
+from tests.conftest import make_settings
 from tests.control_plane.tenancy.helpers import configure_worker, create_tenant, run_pending_jobs
 from tests.factories import make_user
 from tests.fakes.llm_servers import LLMServer
@@ -123,6 +124,12 @@ def owner_ctx(services, tenant_id: int, owner_id: int) -> TenantContext:
         owner = s.get(User, owner_id)
         return services.tenant_connections.context(
             s, s.get(Tenant, tenant_id), Actor("user", str(owner.id), owner.email, "Owner"))
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(home=tmp_path / "home",
+                         gateway_private_networks=("127.0.0.0/8",))  # the fake LLM servers
 
 
 @pytest.fixture

@@ -67,11 +67,11 @@ def test_a_panel_that_disagrees_says_pilot_and_why(env):
 
 
 def test_abstentions_malformed_json_and_a_timeout(env):
-    env.servers["panel-b"].reply = '{"cost_benefit": 9}'  # missing dimensions
+    env.servers["panel-b"].reply = json.dumps({"cost_benefit": {"score": 9, "rationale": "x"}})
     run = env.judge(env.task())
     votes = env.votes(run.id)
     assert votes["panel-b"].valid is False and votes["panel-b"].abstention == "malformed"
-    assert "is missing" in votes["panel-b"].abstention_detail
+    assert "human_sensitivity is missing" in votes["panel-b"].abstention_detail
     # two of three valid, both clearing: the panel formed and agreed
     assert run.verdict == "do_now", run.reasons
 
@@ -81,7 +81,7 @@ def test_abstentions_malformed_json_and_a_timeout(env):
     votes = env.votes(run.id)
     assert votes["panel-b"].abstention == "malformed"
     assert votes["panel-c"].abstention == "unreachable"
-    assert "timed out" in votes["panel-c"].abstention_detail.lower()
+    assert "failed after 3 attempts" in votes["panel-c"].abstention_detail
     assert votes["panel-a"].valid
     # one of three: the panel did not form, so a would-be do_now is a pilot, and says why
     assert run.verdict == "pilot"
