@@ -98,6 +98,16 @@ def request_json(ctx: TenantContext, req: ApprovalRequest, state: str) -> dict[s
 
 
 async def _body(request: Request) -> ActionRequest:
+    body = await read_json(request)
+    try:
+        return ActionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc)) from None
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object: 415 for another content type, 413 over 64 KiB, 422 for
+    anything that is not a JSON object (the agents API reads its bodies the same way)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
@@ -109,12 +119,8 @@ async def _body(request: Request) -> ActionRequest:
     except (ValueError, RecursionError):
         raise InvalidInput("The body is not valid JSON.") from None
     if not isinstance(body, dict):
-        raise InvalidInput("The body must be a JSON object, such as "
-                           "{\"action\": \"deploy.production\", \"payload\": {}}.")
-    try:
-        return ActionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from None
+        raise InvalidInput("The body must be a JSON object.")
+    return body
 
 
 def _create(request: Request, body: ActionRequest) -> Response:

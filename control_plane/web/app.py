@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from control_plane import approvals_api
+from control_plane import agents_api, approvals_api
 from control_plane.auth import routes as auth_routes
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
@@ -81,6 +81,7 @@ def build_app(svc: Services) -> Starlette:
             *export_routes.routes,
             *audit_routes.routes,
             *gateway_api.routes,
+            *agents_api.routes,
             *approvals_api.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],

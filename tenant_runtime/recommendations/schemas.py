@@ -16,7 +16,7 @@ PER_MONTH = {"day": 30.0, "week": 52 / 12, "month": 1.0, "quarter": 1 / 3, "year
 DIMENSIONS = ("cost_benefit", "human_sensitivity", "customer_risk", "compliance")
 DIMENSION_LABELS = {"cost_benefit": "cost/benefit", "human_sensitivity": "human sensitivity",
                     "customer_risk": "customer risk", "compliance": "compliance"}
-TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$")
 
 Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, pattern=TAG.pattern)]

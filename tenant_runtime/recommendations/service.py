@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
@@ -157,12 +157,12 @@ class TaskListRow:
 
 
 def list_tasks(s: Session) -> list[TaskListRow]:
-    latest = (select(RecommendationRun.task_id, RecommendationRun.verdict,
-                     RecommendationRun.mode, RecommendationRun.state)
-              .distinct(RecommendationRun.task_id)
-              .order_by(RecommendationRun.task_id, RecommendationRun.id.desc()).subquery())
-    rows = s.execute(select(Task, latest.c.verdict, latest.c.mode, latest.c.state)
-                     .outerjoin(latest, latest.c.task_id == Task.id)
+    earlier = aliased(RecommendationRun)
+    last_id = (select(func.max(earlier.id)).where(earlier.task_id == Task.id)
+               .correlate(Task).scalar_subquery())
+    rows = s.execute(select(Task, RecommendationRun.verdict, RecommendationRun.mode,
+                            RecommendationRun.state)
+                     .outerjoin(RecommendationRun, RecommendationRun.id == last_id)
                      .order_by(Task.id.desc()).limit(500))
     return [TaskListRow(t.id, t.title, t.team, list(t.tags), verdict, mode, state)
             for t, verdict, mode, state in rows]

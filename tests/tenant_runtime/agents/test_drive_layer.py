@@ -105,3 +105,39 @@ def test_a_stale_promotion_moves_nothing_and_backward_moves_are_immediate(ctx):
             AuditEvent.event_type == "agent.demoted").order_by(AuditEvent.seq)).all()
     assert [(e.details["phase_from"], e.details["phase_to"]) for e in demotions] == [
         ("shadow", "off"), ("autonomous", "assist")]
+
+
+def test_promotion_is_a_restricted_action_that_fires_once_on_approval(ctx):
+    from dataclasses import replace
+
+    from tenant_runtime.agents import promotion
+    from tenant_runtime.approvals import service as approvals
+    from tenant_runtime.context import Actor
+
+    approver = replace(ctx, actor=Actor("user", "12", "approver@example.com", "Approver"))
+    with ctx.session() as s, s.begin():
+        agent = service.create_placeholder(s, ctx, name="billing", task_id=None)
+        request = promotion.request(s, ctx, agent.id)  # off → shadow needs no evidence
+        assert agent.phase == "off" and agent.pending_request_id == str(request.id)
+        with pytest.raises(PromotionRefused, match="already waiting for approval"):
+            promotion.request(s, ctx, agent.id)
+        agent_id, request_id = agent.id, request.id
+    with ctx.session() as s, s.begin(), pytest.raises(Exception, match="someone else must approve"):
+        approvals.decide(s, ctx, request_id, True, None)  # the requester cannot approve
+    with approver.session() as s, s.begin():
+        approvals.decide(s, approver, request_id, True, "looks fine")
+    with ctx.session() as s, s.begin():
+        agent = service.get_agent(s, agent_id)
+        assert (agent.phase, agent.pending_request_id) == ("shadow", None)
+        with pytest.raises(PromotionRefused, match="0 shadow runs"):
+            promotion.request(s, ctx, agent_id)  # shadow → assist needs the evidence
+        _runs(s, ctx, agent_id, 30, agreed=30, scored=15)
+        second = promotion.request(s, ctx, agent_id)
+        service.demote(s, ctx, agent_id, "off")  # moved back while the request waits
+    with approver.session() as s, s.begin():
+        approvals.decide(s, approver, second.id, True, None)
+    with ctx.session() as s:
+        assert service.get_agent(s, agent_id).phase == "off"  # the stale promotion moved nothing
+        kinds = [k for k in s.scalars(select(AuditEvent.event_type).order_by(AuditEvent.seq))
+                 if k.startswith("agent.")]
+    assert kinds.count("agent.promoted") == 1 and "agent.promotion_skipped" in kinds
