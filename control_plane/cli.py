@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 from control_plane.embedded import EmbeddedServiceError
 from control_plane.runtime import (
@@ -135,13 +135,21 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from control_plane.web.app import build_app, build_services
 
+    options: dict[str, Any] = {
+        "host": args.host or settings.host, "port": args.port or settings.port,
+        "log_config": None, "access_log": False, "server_header": False,
+        "proxy_headers": settings.trust_proxy_headers,
+        "forwarded_allow_ips": "*" if settings.trust_proxy_headers else None}
+    if args.workers > 1:  # each worker process builds the app from the resolved endpoints
+        os.environ.update({"MAGISTRATE_DATABASE_URL": endpoints.database_url,
+                           "MAGISTRATE_REDIS_URL": endpoints.redis_url,
+                           "MAGISTRATE_SECRET_KEY": endpoints.secret_key})
+        uvicorn.run("control_plane.web.app:app_from_environment", factory=True,
+                    workers=args.workers, **options)
+        return 0
     svc = build_services(settings, database_url=endpoints.database_url,
                          redis_url=endpoints.redis_url, secret_key=endpoints.secret_key)
-    app = build_app(svc)
-    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port,
-                log_config=None, access_log=False, server_header=False,
-                proxy_headers=settings.trust_proxy_headers,
-                forwarded_allow_ips="*" if settings.trust_proxy_headers else None)
+    uvicorn.run(build_app(svc), **options)
     return 0
 
 
@@ -365,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Serve the web app with uvicorn.")
     web.add_argument("--host", help="address to bind (default MAGISTRATE_HOST)")
     web.add_argument("--port", type=int, help="port to bind (default MAGISTRATE_PORT)")
+    web.add_argument("--workers", type=int, default=1,
+                     help="processes serving requests (default 1; one per CPU uses them all)")
     web.set_defaults(func=cmd_web)
 
     worker = sub.add_parser("worker", help="run an RQ worker",

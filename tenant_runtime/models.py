@@ -173,6 +173,10 @@ class GatewaySettings(TenantBase):
                                                    info=PLAIN)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
                                                  info=PLAIN)
+    # a new random value at every change of the gateway's configuration (settings, routes,
+    # prices): the call path keeps a snapshot per process and rebuilds it when this differs
+    config_version: Mapped[str] = mapped_column(
+        String(36), server_default=text("gen_random_uuid()::text"), info=PLAIN)
 
 
 class GatewayRoute(TenantBase):

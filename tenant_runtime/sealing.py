@@ -30,6 +30,12 @@ class TenantSealer:
         self.current_version = current_version
         self._key_for = key_for
 
+    def ensure_available(self) -> None:
+        """Fail (TenantKeyUnavailable) unless the current data key can be had: what a cache of
+        opened values calls on each use, so it stops when the customer's key is revoked, as
+        soon as an uncached read would."""
+        self._key_for(self.current_version)
+
     def _aad(self, table: str, column: str, row_key: str | int, version: int) -> bytes:
         return f"{self.tenant_id}|{table}|{column}|{row_key}|{version}".encode()
 

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db import make_engine, make_session_factory
 from control_plane.keys.providers import KeyProvider, KeyUnavailable
@@ -31,6 +31,9 @@ def egress_policy(settings: Settings) -> EgressPolicy:
                               private_networks=settings.gateway_private_networks)
 
 
+TENANT_POOL_SIZE = 8
+
+
 class TenantConnections:
     def __init__(self, *, sealer: ControlSealer, providers: Mapping[str, KeyProvider],
                  dek_cache: DataKeyCache, max_engines: int = 100,
@@ -41,6 +44,7 @@ class TenantConnections:
         self.dek_cache = dek_cache
         self.max_engines = max_engines
         self._engines: OrderedDict[int, Engine] = OrderedDict()
+        self._factories: dict[int, sessionmaker[Session]] = {}
         self._lock = threading.Lock()
 
     def app_url(self, tenant: Tenant) -> str:
@@ -59,11 +63,15 @@ class TenantConnections:
             if engine is not None:
                 self._engines.move_to_end(tenant.id)
                 return engine
-        engine = make_engine(self.app_url(tenant), pool_size=2)
+        # kept connections: enough for a busy tenant's concurrent requests (the gateway's calls
+        # hold one for each of their two short transactions), so connections are not opened and
+        # closed per request under load; PgBouncer in front of the server in production
+        engine = make_engine(self.app_url(tenant), pool_size=TENANT_POOL_SIZE)
         with self._lock:
             self._engines[tenant.id] = engine
             while len(self._engines) > self.max_engines:
-                _, old = self._engines.popitem(last=False)
+                old_id, old = self._engines.popitem(last=False)
+                self._factories.pop(old_id, None)
                 old.dispose()
         return engine
 
@@ -71,6 +79,7 @@ class TenantConnections:
         """Drop the pooled connections and cached data keys of a tenant."""
         with self._lock:
             engine = self._engines.pop(tenant_id, None)
+            self._factories.pop(tenant_id, None)
         if engine is not None:
             engine.dispose()
         self.dek_cache.forget(tenant_id)
@@ -79,6 +88,7 @@ class TenantConnections:
         with self._lock:
             engines = list(self._engines.values())
             self._engines.clear()
+            self._factories.clear()
         for engine in engines:
             engine.dispose()
 
@@ -110,9 +120,17 @@ class TenantConnections:
 
         return TenantSealer(str(tenant_id), current, key_for)
 
+    def session_factory(self, tenant: Tenant) -> sessionmaker[Session]:
+        engine = self.engine(tenant)
+        with self._lock:
+            factory = self._factories.get(tenant.id)
+            if factory is None or factory.kw.get("bind") is not engine:
+                factory = self._factories[tenant.id] = make_session_factory(engine)
+            return factory
+
     def context(self, s: Session, tenant: Tenant, actor: Actor) -> TenantContext:
         return TenantContext(
             tenant_id=tenant.id, slug=tenant.slug,
-            session_factory=make_session_factory(self.engine(tenant)),
+            session_factory=self.session_factory(tenant),
             sealer=self.sealer_for(s, tenant), actor=actor, egress=self.egress,
         )

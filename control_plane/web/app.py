@@ -65,6 +65,18 @@ def build_services(settings: Settings, *, database_url: str, redis_url: str,
     )
 
 
+def app_from_environment() -> Starlette:
+    """The app of one of ``magistrate web --workers N``'s processes, from the endpoints the
+    command resolved and put in the environment."""
+    import os
+
+    settings = Settings.from_env()
+    svc = build_services(settings, database_url=os.environ["MAGISTRATE_DATABASE_URL"],
+                         redis_url=os.environ["MAGISTRATE_REDIS_URL"],
+                         secret_key=os.environ["MAGISTRATE_SECRET_KEY"])
+    return build_app(svc)
+
+
 def build_app(svc: Services) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

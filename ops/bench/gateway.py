@@ -119,7 +119,6 @@ ROUNDS = 3
 SOLO_REQUESTS = 200  # concurrency 1
 BREAKDOWN_CALLS = 300
 STREAM_PIECE_CHARS = 16  # the upstream streams its answer in pieces of this many characters
-WEB_WORKERS = 1  # `magistrate web` runs one uvicorn process
 MODEL = "bench-model"
 PROVIDER_MODEL = "bench-llm"
 DIRECT_KEY = "sk-bench-direct-0123456789"
@@ -203,7 +202,7 @@ def _reply(request: dict[str, Any], piece_chars: int) -> tuple[str, list[bytes]]
 
 async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       keys: dict[str, str], watch: dict[str, bytes], piece_chars: int,
-                      stats: dict[str, Counter[str]]) -> None:
+                      stats: dict[str, Counter[str]], latency: float = 0.0) -> None:
     """HTTP/1.1 with keep-alive; request bodies by Content-Length, SSE answers chunked."""
     try:
         while True:
@@ -235,6 +234,8 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                         stats[f"raw_{name}"][who] += 1
                 status = 200
                 ctype, pieces = _reply(json.loads(raw), piece_chars)
+                if latency:  # the model's time to answer (the same for both callers)
+                    await asyncio.sleep(latency)
             if ctype == "text/event-stream":
                 writer.write(f"HTTP/1.1 {status} OK\r\nContent-Type: text/event-stream\r\n"
                              "Transfer-Encoding: chunked\r\n\r\n".encode())
@@ -252,7 +253,7 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 def serve_upstream(port: int, keys: dict[str, str], watch: dict[str, str],
-                   piece_chars: int) -> None:
+                   piece_chars: int, latency: float = 0.0) -> None:
     """The upstream process: serves until terminated."""
     stats: dict[str, Counter[str]] = {"requests": Counter(),
                                       **{f"raw_{name}": Counter() for name in watch}}
@@ -260,7 +261,7 @@ def serve_upstream(port: int, keys: dict[str, str], watch: dict[str, str],
 
     async def main() -> None:
         server = await asyncio.start_server(
-            lambda r, w: _connection(r, w, keys, needles, piece_chars, stats),
+            lambda r, w: _connection(r, w, keys, needles, piece_chars, stats, latency),
             "127.0.0.1", port, backlog=256)
         async with server:
             await server.serve_forever()
@@ -309,12 +310,12 @@ class Processes:
         return out
 
 
-def start_upstream(port: int) -> multiprocessing.process.BaseProcess:
+def start_upstream(port: int, latency: float = 0.0) -> multiprocessing.process.BaseProcess:
     context = multiprocessing.get_context("spawn")
     process = context.Process(
         target=serve_upstream, daemon=True,
         args=(port, {f"Bearer {DIRECT_KEY}": "direct", f"Bearer {GATEWAY_KEY}": "gateway"},
-              PII, STREAM_PIECE_CHARS))
+              PII, STREAM_PIECE_CHARS, latency))
     process.start()
     wait_until(lambda: httpx2.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code
                == 200, "the upstream", process.is_alive)
@@ -331,10 +332,11 @@ def gateway_env(stack: Stack, port: int) -> dict[str, str]:
     return env
 
 
-def start_gateway(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+def start_gateway(stack: Stack, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     """``magistrate web`` as production runs it (its request log goes to a file)."""
     logfile = (stack.home / "gateway.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "control_plane", "web"],
+    process = subprocess.Popen([sys.executable, "-m", "control_plane", "web",
+                                "--workers", str(workers)],
                                env=gateway_env(stack, port), cwd=ROOT, stdout=logfile,
                                stderr=logfile)
     logfile.close()
@@ -695,9 +697,9 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     key = configure_tenant(stack, tenant_id, upstream)
     children: list[Any] = []
     try:
-        upstream_process = start_upstream(upstream_port)
+        upstream_process = start_upstream(upstream_port, args.upstream_latency_ms / 1000)
         children.append(upstream_process)
-        gateway_process = start_gateway(stack, gateway_port)
+        gateway_process = start_gateway(stack, gateway_port, args.web_workers)
         children.append(gateway_process)
         log(f"upstream on {upstream_port}, gateway on {gateway_port}")
         postmaster = int((stack.pg.pgdata / "postmaster.pid").read_text().split()[0])
@@ -736,7 +738,8 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "error_examples": ends.errors[:5],
         "checks": checked,
         "breakdown_ms": parts,
-        "setup": {"web_processes": WEB_WORKERS, "clients": CLIENTS,
+        "setup": {"web_processes": args.web_workers, "clients": CLIENTS,
+                  "upstream_latency_ms": args.upstream_latency_ms,
                   "client": f"httpx2 {httpx2.__version__}, one Client per thread",
                   "prompt_bytes": len(PROMPT.encode()),
                   "answer_chars": len(EXPECTED), "redaction_profile": "standard",
@@ -761,6 +764,10 @@ def main() -> int:
                         help="requests in each concurrency-1 phase")
     parser.add_argument("--breakdown-calls", type=int, default=BREAKDOWN_CALLS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--web-workers", type=int, default=os.cpu_count() or 1,
+                        help="`magistrate web --workers` (default: one per CPU)")
+    parser.add_argument("--upstream-latency-ms", type=float, default=0.0,
+                        help="how long the upstream takes to answer each call (default 0)")
     parser.add_argument("--quiet-wait", type=float, default=_stack.QUIET_WAIT_SECONDS,
                         help="longest wait, in seconds, for the machine to be quiet before "
                              "each timed phase")

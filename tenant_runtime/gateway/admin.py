@@ -77,6 +77,7 @@ def update_settings(s: Session, ctx: TenantContext, change: SettingsChange) -> l
         details["monthly_cap_micros"] = change.monthly_cap_micros
     if "redaction_profile" in changed:
         details["redaction_profile"] = change.redaction_profile
+    config.bump(s)
     audit.record(s, GatewayEvents.SETTINGS_CHANGED, actor=ctx.actor,
                  target_type="gateway_settings", target_id=1, details=details)
     return changed
@@ -162,6 +163,7 @@ def add_route(s: Session, ctx: TenantContext, data: RouteInput) -> GatewayRoute:
     except IntegrityError:
         raise TenantInvalidInput(f"There is already a route for {values['model_name']!r}.") \
             from None
+    config.bump(s)
     audit.record(s, GatewayEvents.ROUTE_ADDED, actor=ctx.actor, target_type="gateway_route",
                  target_id=row.id, details={"model": row.model_name, "provider": row.provider,
                                             "allowed": row.allowed,
@@ -180,6 +182,7 @@ def set_allowed(s: Session, ctx: TenantContext, route_id: int, allowed: bool) ->
     row = _route(s, route_id)
     if row.allowed != allowed:
         row.allowed = allowed
+        config.bump(s)
         audit.record(s, GatewayEvents.ROUTE_CHANGED, actor=ctx.actor,
                      target_type="gateway_route", target_id=row.id,
                      details={"model": row.model_name, "changed": ["allowed"],
@@ -194,6 +197,7 @@ def delete_route(s: Session, ctx: TenantContext, route_id: int) -> None:
         raise TenantInvalidInput(f"{row.model_name!r} is a fallback of {', '.join(users)}; "
                                  "remove it there first.")
     s.delete(row)
+    config.bump(s)
     audit.record(s, GatewayEvents.ROUTE_DELETED, actor=ctx.actor, target_type="gateway_route",
                  target_id=route_id, details={"model": row.model_name})
 
@@ -212,6 +216,7 @@ def set_price(s: Session, ctx: TenantContext, provider_model: str, *,
     row.output_micros_per_mtok = round(output_usd_per_mtok * 1_000_000)
     row.updated_at = datetime.now(UTC)
     s.add(row)
+    config.bump(s)
     audit.record(s, GatewayEvents.PRICE_SET, actor=ctx.actor, target_type="gateway_price",
                  target_id=name[:64],
                  details={"input_micros_per_mtok": row.input_micros_per_mtok,
@@ -223,6 +228,7 @@ def remove_price(s: Session, ctx: TenantContext, provider_model: str) -> None:
     if row is None:
         raise TenantNotFound("No such price.")
     s.delete(row)
+    config.bump(s)
     audit.record(s, GatewayEvents.PRICE_REMOVED, actor=ctx.actor, target_type="gateway_price",
                  target_id=provider_model[:64], details={})
 

@@ -4,14 +4,17 @@ with defaults on first use), routes, the allowlist, and the redaction profile.""
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from tenant_runtime.context import TenantContext
 from tenant_runtime.credentials.service import reveal_secret
+from tenant_runtime.gateway import pricing
 from tenant_runtime.gateway.providers.base import Target
 from tenant_runtime.models import GatewayRoute, GatewaySettings
 from tenant_runtime.redaction import Profile
@@ -74,3 +77,75 @@ def target_of(s: Session, ctx: TenantContext, route: GatewayRoute) -> Target:
     return Target(provider=route.provider, model=route.provider_model, endpoint=route.endpoint,
                   api_key=secret, timeout_seconds=route.timeout_seconds,
                   api_version=route.api_version, region=route.region)
+
+
+# --- the call path's snapshot --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One route of a call, ready to use: its target (credential opened) and its price."""
+
+    model_name: str
+    provider: str
+    endpoint: str | None
+    has_credential: bool
+    target: Target
+    price: pricing.Price
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What the call path reads of a tenant's gateway configuration, at one version."""
+
+    version: str
+    monthly_cap_micros: int
+    requests_per_minute: int
+    tokens_per_minute: int
+    profile: Profile
+    allowed: frozenset[str]
+    chains: dict[str, tuple[RouteEntry, ...]]  # model name → the route, then its fallbacks
+
+
+_snapshots: dict[int, GatewayConfig] = {}
+_snapshots_lock = threading.Lock()
+
+
+def bump(s: Session) -> None:
+    """Mark the configuration changed (in the caller's transaction): every process rebuilds
+    its snapshot on its next call, so a change takes effect at once."""
+    load_settings(s)
+    s.execute(update(GatewaySettings).where(GatewaySettings.id == 1)
+              .values(config_version=func.gen_random_uuid().cast(String)))
+
+
+def _build(s: Session, ctx: TenantContext, settings: GatewaySettings) -> GatewayConfig:
+    routes = list(s.scalars(select(GatewayRoute)))
+    entries = {r.model_name: RouteEntry(r.model_name, r.provider, r.endpoint,
+                                        r.credential_id is not None, target_of(s, ctx, r),
+                                        pricing.price_for(s, r.provider_model))
+               for r in routes}
+    chains = {r.model_name: tuple(entries[x.model_name] for x in routes_of_call(s, r))
+              for r in routes}
+    return GatewayConfig(settings.config_version, settings.monthly_cap_micros,
+                         settings.requests_per_minute, settings.tokens_per_minute,
+                         profile_of(ctx, settings),
+                         frozenset(r.model_name for r in routes if r.allowed), chains)
+
+
+def snapshot(s: Session, ctx: TenantContext) -> GatewayConfig:
+    """The tenant's configuration as of this transaction: one small query when nothing
+    changed since this process last read it, a rebuild otherwise."""
+    version = s.scalar(select(GatewaySettings.config_version)
+                       .where(GatewaySettings.id == 1))
+    with _snapshots_lock:
+        cached = _snapshots.get(ctx.tenant_id)
+    if cached is not None and cached.version == version:
+        ctx.sealer.ensure_available()  # it holds opened credentials: only while the key is
+        return cached
+    fresh = _build(s, ctx, load_settings(s))
+    with _snapshots_lock:
+        if len(_snapshots) > 1000:
+            _snapshots.clear()
+        _snapshots[ctx.tenant_id] = fresh
+    return fresh

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sqlalchemy import insert, select, update
+
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantError
@@ -106,45 +108,41 @@ class Gateway:
         started = time.perf_counter()
         month = spend.month_of(self.clock())
         with self.ctx.session() as s, s.begin():
-            settings = config.load_settings(s)
+            cfg = config.snapshot(s, self.ctx)
             if rate_limit is not None:
-                rate_limit(settings.requests_per_minute, settings.tokens_per_minute)
-            route = config.route_for(s, request.model)
-            if route is None or not route.allowed:
+                rate_limit(cfg.requests_per_minute, cfg.tokens_per_minute)
+            if request.model not in cfg.allowed:
                 refusal: TenantError = ModelRefused(
                     f"The model {shown(request.model)} is not on this tenant's allowlist; an "
                     "Owner or Admin can allow it on the tenant's gateway page.")
             else:
-                redacted, restorer = redact_request(request, config.profile_of(self.ctx,
-                                                                               settings))
-                routes, egress_refusals = [], []
-                for candidate in config.routes_of_call(s, route):
+                redacted, restorer = redact_request(request, cfg.profile)
+                chain, egress_refusals = [], []
+                for entry in cfg.chains[request.model]:
                     try:
-                        check_route(self.ctx.egress, provider=candidate.provider,
-                                    endpoint=candidate.endpoint,
-                                    has_credential=candidate.credential_id is not None)
-                        routes.append(candidate)
+                        check_route(self.ctx.egress, provider=entry.provider,
+                                    endpoint=entry.endpoint, has_credential=entry.has_credential)
+                        chain.append(entry)
                     except EgressRefused as exc:
-                        egress_refusals.append(f"{candidate.model_name}: {exc.message}")
-                if not routes:
+                        egress_refusals.append(f"{entry.model_name}: {exc.message}")
+                if not chain:
                     raise ProvidersFailed(f"The model {shown(request.model)} cannot be called: "
                                           + " ".join(egress_refusals))
-                targets = [config.target_of(s, self.ctx, r) for r in routes]
-                prices = [pricing.price_for(s, r.provider_model) for r in routes]
+                prices = [entry.price for entry in chain]
                 reserved = self._worst_case(redacted, prices)
                 if spend.reserve(s, month=month, amount_micros=reserved,
-                                 cap_micros=settings.monthly_cap_micros):
-                    call = GatewayCall(
+                                 cap_micros=cfg.monthly_cap_micros):
+                    first = chain[0].target
+                    call_id = s.execute(insert(GatewayCall).values(
                         month=month, api_key_id=self.api_key_id, model_name=request.model,
-                        provider=route.provider, provider_model=route.provider_model,
+                        provider=first.provider, provider_model=first.model,
                         endpoint_kind=endpoint_kind, stream=request.stream, status="reserved",
                         reserved_micros=reserved, redactions=dict(redacted.counts))
-                    s.add(call)
-                    s.flush()
-                    return PreparedCall(call.id, month, request.model, redacted, restorer,
-                                        targets, prices, reserved, started)
-                refusal = spend.SpendCapReached(spend.cap_message(settings.monthly_cap_micros,
-                                                                  month))
+                        .returning(GatewayCall.id)).scalar_one()
+                    return PreparedCall(call_id, month, request.model, redacted, restorer,
+                                        [entry.target for entry in chain], prices, reserved,
+                                        started)
+                refusal = spend.SpendCapReached(spend.cap_message(cfg.monthly_cap_micros, month))
         self._refused(refusal, request, endpoint_kind)
         raise refusal
 
@@ -268,21 +266,27 @@ class Gateway:
             "cost_micros": cost, "redactions": dict(call.redacted.counts),
             "latency_ms": latency_ms, "outcome": outcome, "attempts": attempts,
             "fallback": fallback, "stream": call.redacted.stream, "api_key_id": self.api_key_id}
+        values: dict[str, Any] = {
+            "status": outcome, "cost_micros": cost, "tokens_in": usage.input_tokens,
+            "tokens_out": usage.output_tokens, "latency_ms": latency_ms, "attempts": attempts,
+            "error": error[:300] if error else None}
+        if target is not None:
+            values.update(provider=target.provider, provider_model=target.model)
         with self.ctx.session() as s, s.begin():
-            row = s.get(GatewayCall, call.call_id, with_for_update=True)
-            if row is not None and row.status == "abandoned":  # the sweeper charged it in full
-                spend.settle(s, month=call.month, reserved_micros=0,
-                             cost_micros=cost - row.cost_micros)
-            else:
+            # one statement in the usual case: the call is still reserved, settle it
+            settled = s.execute(update(GatewayCall).where(
+                GatewayCall.id == call.call_id, GatewayCall.status == "reserved")
+                .values(**values).returning(GatewayCall.id)).first()
+            if settled is not None:
                 spend.settle(s, month=call.month, reserved_micros=call.reserved_micros,
                              cost_micros=cost)
-            if row is not None:
-                row.status = outcome
-                row.cost_micros, row.tokens_in, row.tokens_out = (cost, usage.input_tokens,
-                                                                   usage.output_tokens)
-                row.latency_ms, row.attempts = latency_ms, attempts
-                row.error = error[:300] if error else None
-                if target is not None:
-                    row.provider, row.provider_model = target.provider, target.model
+            else:  # the sweeper charged it in full meanwhile: correct to the real cost
+                charged = s.execute(select(GatewayCall.cost_micros).where(
+                    GatewayCall.id == call.call_id).with_for_update()).scalar()
+                if charged is not None:
+                    spend.settle(s, month=call.month, reserved_micros=0,
+                                 cost_micros=cost - charged)
+                    s.execute(update(GatewayCall).where(GatewayCall.id == call.call_id)
+                              .values(**values))
             audit.record(s, GatewayEvents.CALL, actor=self.ctx.actor, target_type="model",
                          target_id=call.model_name[:64], details=details)

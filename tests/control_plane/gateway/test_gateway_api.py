@@ -55,6 +55,7 @@ def set_settings(env: GatewayEnv, **values) -> None:
     with env.ctx.session() as s, s.begin():
         config.load_settings(s)
         s.execute(update(GatewaySettings).values(**values))
+        config.bump(s)  # as every change through the dashboard does
 
 
 def chat(client: openai.OpenAI, model: str, **kw):
@@ -240,6 +241,7 @@ def test_a_timeout_is_retried_and_a_fallback_takes_over(gw):
     with gw.ctx.session() as s, s.begin():
         route = config.route_for(s, "gpt-4o-mini")
         route.fallbacks = ["claude-haiku"]
+        config.bump(s)
     gw.llm.fail_next("timeout", "reset", 500)  # all three attempts at openai fail
     with oai(gw) as client:
         answer = chat(client, "gpt-4o-mini")
@@ -421,3 +423,24 @@ def test_route_changes_are_validated_and_audited(gw):
         kinds = s.scalars(select(AuditEvent.event_type)).all()
     assert kinds.count("gateway.route_added") == len(ROUTES) + 1
     assert "gateway.route_changed" in kinds
+
+
+def test_a_call_the_sweeper_charged_meanwhile_is_corrected_not_settled_twice(gw):
+    from sqlalchemy import text
+
+    from tenant_runtime.gateway import spend
+    from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
+    from tenant_runtime.gateway.service import Gateway
+
+    gateway = Gateway(gw.ctx)
+    call = gateway.prepare(ChatRequest("gpt-4o-mini", (ChatMessage("user", "hi"),), 50),
+                           endpoint_kind="openai")
+    with gw.ctx.session() as s, s.begin():  # as if the call had run for three hours
+        s.execute(text("UPDATE gateway_calls SET created_at = now() - interval '3 hours'"))
+        assert spend.settle_abandoned(s) == 1
+        assert spend.month_totals(s, call.month) == (call.reserved_micros, 0)
+    result = gateway.complete(call)
+    with gw.ctx.session() as s:
+        assert spend.month_totals(s, call.month) == (result.cost_micros, 0)
+    row = calls(gw)[-1]
+    assert (row.status, row.cost_micros) == ("ok", result.cost_micros)

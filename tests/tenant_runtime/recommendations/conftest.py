@@ -70,18 +70,25 @@ class PanelEnv:
                         tenant_id=self.tenant_id)
         return run_id
 
+    def step(self) -> list[dict]:
+        """One round: every job waiting in the outbox, in parallel threads, as workers would."""
+        with self.services.session_factory() as s:
+            ids = s.scalars(select(Job.id).where(Job.state.in_(("pending", "dispatched")))
+                            .order_by(Job.id)).all()
+        if not ids:
+            return []
+        with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+            return list(pool.map(run_job, ids))
+
     def drain(self, rounds: int = 6) -> list[dict]:
-        """Run the outbox until it is empty; each round's jobs run in parallel threads."""
+        """Run the outbox until it is empty (start, then the votes, then the deliberation)."""
         configure_worker(self.services, self.database_url)
         results: list[dict] = []
         for _ in range(rounds):
-            with self.services.session_factory() as s:
-                ids = s.scalars(select(Job.id).where(Job.state.in_(("pending", "dispatched")))
-                                .order_by(Job.id)).all()
-            if not ids:
+            done = self.step()
+            if not done:
                 return results
-            with ThreadPoolExecutor(max_workers=len(ids)) as pool:
-                results.extend(pool.map(run_job, ids))
+            results.extend(done)
         raise AssertionError(f"the outbox did not drain: {results}")
 
     def judge(self, task_id: int) -> RecommendationRun:

@@ -12,6 +12,7 @@ from tenant_runtime.gateway import admin, config
 from tenant_runtime.models import AuditEvent, GatewayCall
 from tenant_runtime.recommendations import jobs
 from tenant_runtime.recommendations.models import PanelVote
+from tests.control_plane.tenancy.helpers import configure_worker
 from tests.tenant_runtime.recommendations.conftest import CHAIR, PANEL, vote
 from workers.runner import run_job
 
@@ -204,3 +205,29 @@ def test_the_deliberators_words_never_change_the_verdict(env):
     env.servers[CHAIR].reply = "not json"
     run = env.judge(env.task())
     assert run.verdict == "pilot" and "not usable" in run.synthesis_error
+
+
+def test_a_vote_job_failing_on_its_last_attempt_is_an_abstention(env, services, settings):
+    run_id = env.start(env.task())
+    configure_worker(services, env.database_url)
+    env.step()  # the start job only: the Architect wrote, the votes are queued
+    with services.session_factory() as s, s.begin():
+        votes = list(s.scalars(select(Job).where(Job.kind == jobs.VOTE)))
+        assert len(votes) == 3
+        for job in votes:
+            job.attempts = job.max_attempts - 1  # the next one is the last
+    key = settings.home / "keys" / "test-kek.key"
+    hidden = key.with_suffix(".gone")
+    key.rename(hidden)  # the customer's key is gone: the task's text cannot be opened
+    configure_worker(services, env.database_url)  # a worker without the data key cached
+    try:
+        results = [run_job(job.id) for job in votes]
+    finally:
+        hidden.rename(key)
+    assert {r["outcome"] for r in results} == {"succeeded"}
+    recorded = env.votes(run_id)
+    assert {v.abstention for v in recorded.values()} == {"error"}
+    assert "TenantKeyUnavailable" in recorded["panel-a"].abstention_detail
+    env.drain()  # the key is back: the deliberation runs
+    run = env.run(run_id)
+    assert (run.mode, run.verdict) == ("heuristic", "human_only")
