@@ -40,12 +40,12 @@ def sqlalchemy_url(url: str) -> str:
     raise ValueError("the database URL must start with postgresql://")
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> Engine:
     return create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=10,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "magistrate"},
     )

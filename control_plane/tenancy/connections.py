@@ -66,7 +66,10 @@ class TenantConnections:
         # kept connections: enough for a busy tenant's concurrent requests (the gateway's calls
         # hold one for each of their two short transactions), so connections are not opened and
         # closed per request under load; PgBouncer in front of the server in production
-        engine = make_engine(self.app_url(tenant), pool_size=TENANT_POOL_SIZE)
+        # no ping before each checkout (a round trip on the gateway's hot path, twice a
+        # call): after a Postgres restart the first statement on a dead connection fails, the
+        # pool drops all its connections at once, and the next request reconnects
+        engine = make_engine(self.app_url(tenant), pool_size=TENANT_POOL_SIZE, pre_ping=False)
         with self._lock:
             self._engines[tenant.id] = engine
             while len(self._engines) > self.max_engines:

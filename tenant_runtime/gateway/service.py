@@ -274,13 +274,10 @@ class Gateway:
             values.update(provider=target.provider, provider_model=target.model)
         with self.ctx.session() as s, s.begin():
             # one statement in the usual case: the call is still reserved, settle it
-            settled = s.execute(update(GatewayCall).where(
-                GatewayCall.id == call.call_id, GatewayCall.status == "reserved")
-                .values(**values).returning(GatewayCall.id)).first()
-            if settled is not None:
-                spend.settle(s, month=call.month, reserved_micros=call.reserved_micros,
-                             cost_micros=cost)
-            else:  # the sweeper charged it in full meanwhile: correct to the real cost
+            if not spend.settle_call(s, call_id=call.call_id, month=call.month,
+                                     reserved_micros=call.reserved_micros, cost_micros=cost,
+                                     values=values):
+                # the sweeper charged it in full meanwhile: correct to the real cost
                 charged = s.execute(select(GatewayCall.cost_micros).where(
                     GatewayCall.id == call.call_id).with_for_update()).scalar()
                 if charged is not None:

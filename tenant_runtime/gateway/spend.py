@@ -10,6 +10,7 @@ settling twice (Gateway._finish)."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -42,21 +43,43 @@ def cap_message(cap_micros: int, month: date) -> str:
             "tenant's gateway page.")
 
 
+_RESERVE = text(
+    "UPDATE gateway_spend_months SET reserved_micros = reserved_micros + :amount "
+    "WHERE month = :month AND spent_micros + reserved_micros + :amount <= :cap "
+    "RETURNING month")
+
+
 def reserve(s: Session, *, month: date, amount_micros: int, cap_micros: int) -> bool:
-    """Reserve ``amount_micros`` of this month's cap; False when it does not fit."""
-    s.execute(insert(GatewaySpendMonth).values(month=month).on_conflict_do_nothing())
-    row = s.execute(
-        text("UPDATE gateway_spend_months SET reserved_micros = reserved_micros + :amount "
-             "WHERE month = :month AND spent_micros + reserved_micros + :amount <= :cap "
-             "RETURNING month"),
-        {"amount": amount_micros, "month": month, "cap": cap_micros}).first()
-    return row is not None
+    """Reserve ``amount_micros`` of this month's cap; False when it does not fit. One
+    statement, except the first call of a month, which creates the month's row first."""
+    params = {"amount": amount_micros, "month": month, "cap": cap_micros}
+    if s.execute(_RESERVE, params).first() is not None:
+        return True
+    created = s.execute(insert(GatewaySpendMonth).values(month=month)
+                        .on_conflict_do_nothing().returning(GatewaySpendMonth.month)).first()
+    return created is not None and s.execute(_RESERVE, params).first() is not None
 
 
 def settle(s: Session, *, month: date, reserved_micros: int, cost_micros: int) -> None:
     s.execute(update(GatewaySpendMonth).where(GatewaySpendMonth.month == month).values(
         reserved_micros=GatewaySpendMonth.reserved_micros - reserved_micros,
         spent_micros=GatewaySpendMonth.spent_micros + cost_micros))
+
+
+def settle_call(s: Session, *, call_id: int, month: date, reserved_micros: int,
+                cost_micros: int, values: dict[str, Any]) -> bool:
+    """Record a reserved call's outcome and settle its reservation, in one statement; False
+    when the call is no longer reserved (``settle_abandoned`` charged it meanwhile)."""
+    recorded = update(GatewayCall).where(GatewayCall.id == call_id,
+                                         GatewayCall.status == "reserved").values(**values) \
+        .returning(GatewayCall.month).cte("recorded")
+    settled = s.execute(
+        update(GatewaySpendMonth).where(GatewaySpendMonth.month == recorded.c.month)
+        .values(reserved_micros=GatewaySpendMonth.reserved_micros - reserved_micros,
+                spent_micros=GatewaySpendMonth.spent_micros + cost_micros)
+        .returning(GatewaySpendMonth.month)
+        .execution_options(synchronize_session=False)).first()
+    return settled is not None
 
 
 def month_totals(s: Session, month: date) -> tuple[int, int]:

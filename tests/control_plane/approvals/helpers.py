@@ -57,11 +57,47 @@ def make_team(services: Services, db, database_url: str, slug: str = "acme", *,
     tenant_id = create_tenant(services, owner.email, slug)
     run_pending_jobs(services, database_url)
     team = Team(services, tenant_id, slug, {"owner": owner}, {"owner": "Owner"})
+    for who, role in MEMBERS.items():  # each in its own transaction (the platform chain)
+        team.users[who] = make_user(db, f"{prefix}{who}@example.com", is_owner=False)
+        team.roles[who] = role
     with services.session_factory() as s, s.begin():
         me = s.get(User, owner.id)
         access = service.access_tenant(s, tenant_id, user=me)
         for who, role in MEMBERS.items():
-            user = make_user(db, f"{prefix}{who}@example.com", is_owner=False)
-            service.do_add_member(s, access, email=user.email, role=role, acting_user=me)
-            team.users[who], team.roles[who] = user, role
+            service.do_add_member(s, access, email=team.users[who].email, role=role,
+                                  acting_user=me)
     return team
+
+
+class Receiver:
+    """A local webhook receiver (real HTTP) that records what it gets; can be told to fail."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[bytes, dict[str, str]]] = []
+        self.fail = False
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.fail:
+                    self.send_response(503)
+                else:
+                    outer.received.append((body, dict(self.headers)))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
