@@ -144,8 +144,9 @@ def cmd_web(args: argparse.Namespace) -> int:
         os.environ.update({"MAGISTRATE_DATABASE_URL": endpoints.database_url,
                            "MAGISTRATE_REDIS_URL": endpoints.redis_url,
                            "MAGISTRATE_SECRET_KEY": endpoints.secret_key})
-        uvicorn.run("control_plane.web.app:app_from_environment", factory=True,
-                    workers=args.workers, **options)
+        from control_plane.web.serving import serve_processes
+
+        serve_processes(args.workers, **options)
         return 0
     svc = build_services(settings, database_url=endpoints.database_url,
                          redis_url=endpoints.redis_url, secret_key=endpoints.secret_key)
