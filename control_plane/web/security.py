@@ -161,7 +161,10 @@ class SecurityMiddleware:
             # the CSRF binding: the session token if signed in, else an anonymous token
             binding = (self.signer.unsign_session(cookies.get(self.settings.session_cookie_name))
                        or self.signer.unsign_anon(cookies.get(self.settings.anon_cookie_name)))
-            if binding is None and scope["method"] in SAFE_METHODS:
+            if binding is None and scope["method"] in SAFE_METHODS \
+                    and not self.is_exempt(scope["path"], headers, cookies):
+                # a program calling the API with its key gets no cookie: one would cost it
+                # the CSRF exemption on its next POST
                 new_anon = binding = secrets.token_urlsafe(24)
             state["csrf_binding"] = binding
             state["csrf_token"] = self.signer.csrf_token(binding) if binding else ""

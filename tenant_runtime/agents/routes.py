@@ -44,7 +44,9 @@ class ToolsForm(_Form):
 
 
 class CredentialForm(_Form):
-    credential_id: int = Field(ge=1)
+    credential_id: int | None = Field(default=None, ge=1)
+
+    _credential = field_validator("credential_id", mode="before")(_blank_is_none)
 
 
 class RunForm(_Form):
@@ -129,8 +131,13 @@ def set_tools(request: Request, ctx: TenantContext) -> Response:
 
 def wire_credentials(request: Request, ctx: TenantContext) -> Response:
     form: CredentialForm = request.state.form
+    if form.credential_id is None:
+        return agent_page(request, ctx, status_code=422,
+                          error="Choose the credential to wire (add one on the credentials "
+                                "page first).")
+    credential_id = form.credential_id
     return _act(request, ctx, lambda s: service.wire_credentials(
-        s, ctx, _agent_id(request), form.credential_id), "Credentials wired.")
+        s, ctx, _agent_id(request), credential_id), "Credentials wired.")
 
 
 def record_run(request: Request, ctx: TenantContext) -> Response:

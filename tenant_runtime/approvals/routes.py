@@ -156,9 +156,10 @@ def _decide(request: Request, ctx: TenantContext, approve: bool, text: str) -> R
     notice = {"rejected": "Rejected.", "pending": "Approved; more approvals are needed.",
               "approved": "Approved.", "executed": "Approved; the action ran."}.get(
                   state, "Saved.")
-    if from_inbox:
-        return _page(request, ctx, notice=notice)
-    return _request_page(request, ctx, notice=notice)
+    response = (_page(request, ctx, notice=notice) if from_inbox
+                else _request_page(request, ctx, notice=notice))
+    response.headers["HX-Trigger"] = "approvals-changed"  # the navigation's count refreshes
+    return response
 
 
 def approve(request: Request, ctx: TenantContext) -> Response:

@@ -106,3 +106,12 @@ def test_exemption_needs_bearer_auth_and_no_cookie(client, prefix):
     # no bearer: not exempt
     with TestClient(client.app, base_url="http://testserver") as anonymous:
         assert anonymous.post(url, json={}).status_code == 403
+
+
+def test_a_program_with_a_key_gets_no_cookie_to_trip_over(client):
+    """A GET with a bearer key under /api/ sets no anonymous cookie, so the program's next
+    POST (without cookies) keeps its CSRF exemption; a browser GET still gets one."""
+    client.cookies.clear()
+    answered = client.get("/api/whoami", headers={"Authorization": "Bearer mg_x_y"})
+    assert answered.status_code == 401 and "set-cookie" not in answered.headers
+    assert "set-cookie" in client.get("/sign-in").headers
