@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
                     "current primary version), or under --new-key-ref. With --reencrypt, also "
                     "create a new data key and move every sealed value to it, in batches; a "
                     "run that stopped part-way continues where it stopped. Exit code 3 means "
-                    "it finished but some rows could not be moved (they are listed).")
+                    "it finished but some rows could not be moved (they are listed). Exit "
+                    "code 4: the tenant made keys.rotate a restricted action and an approval "
+                    "request was opened; run again with --approval REQUEST_ID once approved.")
     rotate.add_argument("--tenant", required=True, help="the tenant's slug or id")
     rotate.add_argument("--new-key-ref", help="wrap under this key of the tenant's provider "
                                               "from now on (it must exist already)")
@@ -31,6 +33,9 @@ def register(sub: Any) -> None:
                         help="also move every sealed value to a new data key")
     rotate.add_argument("--dry-run", action="store_true",
                         help="check the keys and report what would change; write nothing")
+    rotate.add_argument("--approval", metavar="REQUEST_ID",
+                        help="when the tenant made keys.rotate a restricted action: the id of "
+                             "the approved request (a run without it opens one)")
     rotate.set_defaults(func=cmd_keys_rotate)
 
 
@@ -72,6 +77,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from control_plane.sealing import ControlSealer
     from control_plane.tenancy.connections import TenantConnections
     from control_plane.tenancy.rotation import reencrypt, rewrap
+    from tenant_runtime.approvals import gates
+    from tenant_runtime.context import Actor as TenantActor
+    from tenant_runtime.exceptions import TenantError
 
     settings, endpoints = _prepare(args)
     _check_database(endpoints.database_url)
@@ -93,6 +101,19 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             if tenant is None:
                 raise CommandError(f"no tenant has the slug or id {ident!r}")
             tenant_id, slug = tenant.id, tenant.slug
+            if not args.dry_run and tenant.state in ("active", "suspended"):
+                ctx = connections.context(s, tenant, TenantActor("system", None,
+                                                                 "magistrate keys rotate"))
+                try:
+                    used = gates.guard(ctx, "keys.rotate", {"tenant_id": tenant_id},
+                                       approval_id=args.approval, via="internal")
+                except gates.ApprovalPending as pending:
+                    print(pending.message)
+                    return 4
+                except TenantError as exc:
+                    raise CommandError(f"{exc.message} Nothing was changed.") from None
+                if used:
+                    print(f"approval request {used} used")
             report = rewrap(s, tenant, providers, new_key_ref=args.new_key_ref,
                             dry_run=args.dry_run, actor=actor)
         verb = "would rewrap" if args.dry_run else "rewrapped"

@@ -33,11 +33,12 @@ from control_plane.web.services import Services, services
 from control_plane.web.templating import render
 from tenant_runtime import checkpoints
 from tenant_runtime.agents import routes as agent_routes
+from tenant_runtime.approvals import gates
 from tenant_runtime.approvals import routes as approval_routes
 from tenant_runtime.audit_views import routes as audit_view_routes
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials import routes as credential_routes
-from tenant_runtime.exceptions import TenantKeyUnavailable
+from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
 from tenant_runtime.gateway import routes as gateway_routes
 from tenant_runtime.recommendations import routes as recommendation_routes
 from tenant_runtime.routing import TenantRoute
@@ -96,6 +97,7 @@ class ApiKeyForm(Form):
 class DeleteForm(Form):
     confirm_slug: str = Field(max_length=63)
     reason: str = Field(max_length=1000)
+    approval_id: str = Field(default="", max_length=64)
 
 
 def tenant_json(tenant: Tenant, job_state: str | None = None,
@@ -376,11 +378,23 @@ def delete_tenant(request: Request, form: DeleteForm) -> Response:
     try:
         with svc.session_factory() as s, s.begin():
             me, access = _with_tenant(request, s, roles=("Owner",))
+            if form.confirm_slug.strip() != access.tenant.slug:
+                raise InvalidInput(f"Type the tenant's slug ({access.tenant.slug}) exactly to "
+                                   "confirm.")
+            if access.tenant.state in ("active", "suspended"):  # the tenant may guard it
+                ctx = svc.tenant_connections.context(s, access.tenant, Actor(
+                    "user", str(me.user.id), me.user.email, access.role))
+                gates.guard(ctx, "tenant.delete", {"tenant_id": access.tenant.id},
+                            approval_id=form.approval_id or None)
             do_request_deletion(s, access, confirm_slug=form.confirm_slug, reason=form.reason,
                                 acting_user=me.user)
             tenant_id = access.tenant.id
+    except gates.ApprovalPending as pending:
+        return _detail(request, status_code=202, notice=pending.message)
     except InvalidInput as exc:
         return _detail(request, status_code=422, error=exc.message)
+    except TenantError as exc:  # the approval named is not usable: say why, delete nothing
+        return _detail(request, status_code=exc.status_code, error=exc.message)
     svc.tenant_connections.forget(tenant_id)
     _dispatch(svc)
     return _list_page(request, notice="The tenant is being deleted: its database, roles and "

@@ -14,7 +14,7 @@ from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import csrf_token, make_user, sign_in
 
 SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
-           "confirm_slug": "tenant-b", "name": "n", "provider": "openai",
+           "confirm_slug": "tenant-b", "approval_id": "", "name": "n", "provider": "openai",
            "secret": "sk-should-never-be-stored", "contact_email": "", "key_provider": "local",
            "key_ref": "k", "slug": "s", "code": "123456", "webhook_url": "",
            "retention_days": "396", "expires_in_days": "", "redaction_profile": "standard",

@@ -449,3 +449,33 @@ def test_cli_rotates_end_to_end(services, db, settings, database_url, tenants, k
     assert "magistrate: tenant key unavailable (local: key 'kek-2' does not exist). " \
            "Nothing was changed." in gone.stderr
     assert "Traceback" not in gone.stderr
+
+
+def test_a_restricted_rotation_waits_for_an_approval(services, db, settings, database_url,
+                                                     tenants):
+    from dataclasses import replace
+
+    from tenant_runtime.approvals import classes
+    from tenant_runtime.approvals import service as approvals
+    from tenant_runtime.context import Actor
+
+    acme, _ = tenants
+    with services.session_factory() as s:
+        ctx = services.tenant_connections.context(
+            s, s.get(Tenant, acme), Actor("user", "1", "owner@example.com", "Owner"))
+    with ctx.session() as s, s.begin():
+        classes.do_add_action_class(s, ctx, classes.ClassInput(name="keys.rotate"))
+    asked = cli(settings, database_url, "--tenant", "acme")
+    assert asked.returncode == 4, asked.stderr
+    request_id = asked.stdout.split("approval request ")[1].split(" was opened")[0]
+    assert [k[2] for k in key_rows(db, acme)] == ["test-kek"]  # nothing rewrapped yet
+    early = cli(settings, database_url, "--tenant", "acme", "--approval", request_id)
+    assert early.returncode == 1 and "Nothing was changed." in early.stderr
+    approver = replace(ctx, actor=Actor("user", "2", "approver@example.com", "Approver"))
+    with approver.session() as s, s.begin():
+        approvals.decide(s, approver, request_id, True, None)
+    done = cli(settings, database_url, "--tenant", "acme", "--approval", request_id)
+    assert done.returncode == 0, done.stderr
+    assert f"approval request {request_id} used" in done.stdout
+    again = cli(settings, database_url, "--tenant", "acme", "--approval", request_id)
+    assert again.returncode == 1 and "Nothing was changed." in again.stderr
