@@ -55,9 +55,10 @@ def reserve(s: Session, *, month: date, amount_micros: int, cap_micros: int) -> 
     params = {"amount": amount_micros, "month": month, "cap": cap_micros}
     if s.execute(_RESERVE, params).first() is not None:
         return True
-    created = s.execute(insert(GatewaySpendMonth).values(month=month)
-                        .on_conflict_do_nothing().returning(GatewaySpendMonth.month)).first()
-    return created is not None and s.execute(_RESERVE, params).first() is not None
+    # no row yet (or the cap is reached): make sure the month's row exists, whoever creates
+    # it (concurrent first calls of a month race here), and try once more
+    s.execute(insert(GatewaySpendMonth).values(month=month).on_conflict_do_nothing())
+    return s.execute(_RESERVE, params).first() is not None
 
 
 def settle(s: Session, *, month: date, reserved_micros: int, cost_micros: int) -> None:

@@ -115,3 +115,18 @@ def test_the_worker_task_settles_abandoned_calls_in_every_tenant(ctx, services, 
         close_connections()
     with ctx.session() as s:
         assert spend.month_totals(s, MONTH) == (700, 0)
+
+
+def test_the_first_calls_of_a_month_racing_all_get_their_reservation(ctx):
+    """No row for the month yet: concurrent first calls create it once and all reserve."""
+    start = threading.Barrier(16)
+
+    def call(_: int) -> bool:
+        start.wait()
+        with ctx.session() as s, s.begin():
+            return spend.reserve(s, month=date(2027, 1, 1), amount_micros=10, cap_micros=1000)
+
+    with ThreadPoolExecutor(16) as pool:
+        assert all(pool.map(call, range(16)))
+    with ctx.session() as s:
+        assert spend.month_totals(s, date(2027, 1, 1)) == (0, 160)
