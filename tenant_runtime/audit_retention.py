@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +27,7 @@ from tenant_runtime.webhooks import (  # noqa: F401 - signature, SIGNATURE_HEADE
     check_webhook_url,
     post_json,
     send_signed,
+    set_webhook,
     signature,
 )
 
@@ -60,20 +60,7 @@ def do_configure_audit(s: Session, ctx: TenantContext, *, webhook_url: str | Non
         raise TenantInvalidInput(f"Retention must be between {MIN_RETENTION_DAYS} and "
                                  f"{MAX_RETENTION_DAYS} days.")
     row = settings_row(s)
-    changed: list[str] = []
-    new_secret = None
-    url = check_webhook_url(webhook_url) if webhook_url else None
-    if url != row.webhook_url:
-        changed.append("webhook_url")
-        row.webhook_url = url
-        if url is None:
-            row.webhook_secret_sealed = None
-        else:
-            new_secret = secrets.token_urlsafe(32)
-            row.webhook_secret_sealed = ctx.sealer.seal(new_secret, table="audit_settings",
-                                                        column="webhook_secret_sealed",
-                                                        row_key=1)
-            changed.append("webhook_secret")
+    changed, new_secret = set_webhook(ctx, row, webhook_url, table="audit_settings")
     if retention_days != row.retention_days:
         changed.append("retention_days")
         row.retention_days = retention_days

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import urlsplit
 
+from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 
 SIGNATURE_HEADER = "X-Magistrate-Signature"
@@ -68,3 +71,26 @@ def send_signed(post: Poster, url: str, secret: str, body: bytes,
     except (OSError, ValueError) as exc:
         return type(exc).__name__
     return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+class WebhookSettings(Protocol):
+    webhook_url: str | None
+    webhook_secret_sealed: bytes | None
+
+
+def set_webhook(ctx: TenantContext, row: WebhookSettings, url: str | None, *,
+                table: str) -> tuple[list[str], str | None]:
+    """Point a settings row's webhook at ``url`` (checked; None turns it off). A new URL gets
+    a new secret, sealed (row key 1): returns the changed field names and the new secret, to
+    show once."""
+    url = check_webhook_url(url) if url and url.strip() else None
+    if url == row.webhook_url:
+        return [], None
+    row.webhook_url = url
+    if url is None:
+        row.webhook_secret_sealed = None
+        return ["webhook_url"], None
+    secret = secrets.token_urlsafe(32)
+    row.webhook_secret_sealed = ctx.sealer.seal(secret, table=table,
+                                                column="webhook_secret_sealed", row_key=1)
+    return ["webhook_url", "webhook_secret"], secret

@@ -19,7 +19,7 @@ from tenant_runtime.approvals.exceptions import UnknownAction
 from tenant_runtime.approvals.models import ActionClass, ApprovalRequest, ApprovalSettings
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput, TenantNotFound
-from tenant_runtime.webhooks import check_webhook_url
+from tenant_runtime.webhooks import check_webhook_url, set_webhook
 
 APPROVER_ROLES = ("Approver", "Admin", "Operator", "Compliance", "Owner")
 DEFAULT_APPROVER_ROLE = "Approver"
@@ -194,20 +194,7 @@ def do_configure_notifications(s: Session, ctx: TenantContext, *, webhook_url: s
     """Save the settings; returns a new webhook signing secret (shown once) when the URL was
     set or changed, else None."""
     row = settings_row(s)
-    url = check_webhook_url(webhook_url) if webhook_url and webhook_url.strip() else None
-    changed: list[str] = []
-    new_secret = None
-    if url != row.webhook_url:
-        changed.append("webhook_url")
-        row.webhook_url = url
-        if url is None:
-            row.webhook_secret_sealed = None
-        else:
-            new_secret = secrets.token_urlsafe(32)
-            row.webhook_secret_sealed = ctx.sealer.seal(new_secret, table="approval_settings",
-                                                        column="webhook_secret_sealed",
-                                                        row_key=1)
-            changed.append("webhook_secret")
+    changed, new_secret = set_webhook(ctx, row, webhook_url, table="approval_settings")
     if email_approvers != row.email_approvers:
         changed.append("email_approvers")
         row.email_approvers = email_approvers
