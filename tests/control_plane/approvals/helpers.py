@@ -11,6 +11,7 @@ from tenant_runtime.approvals import classes
 from tenant_runtime.context import Actor, TenantContext
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import MadeUser, make_user
+from tests.webhook_receiver import Receiver  # noqa: F401 - the approval tests' receiver
 
 MEMBERS = {"admin": "Admin", "operator": "Operator", "approver": "Approver",
            "approver2": "Approver", "viewer": "Viewer", "compliance": "Compliance"}
@@ -67,37 +68,3 @@ def make_team(services: Services, db, database_url: str, slug: str = "acme", *,
             service.do_add_member(s, access, email=team.users[who].email, role=role,
                                   acting_user=me)
     return team
-
-
-class Receiver:
-    """A local webhook receiver (real HTTP) that records what it gets; can be told to fail."""
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.received: list[tuple[bytes, dict[str, str]]] = []
-        self.fail = False
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if outer.fail:
-                    self.send_response(503)
-                else:
-                    outer.received.append((body, dict(self.headers)))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

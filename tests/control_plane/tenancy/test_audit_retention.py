@@ -7,9 +7,7 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 import pytest
@@ -24,42 +22,12 @@ from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent, CheckpointKey
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import make_user, post_form, sign_in
-
-
-class Receiver:
-    """A local webhook receiver that records what it gets; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, dict[str, str]]] = []
-        self.fail = False
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if outer.fail:
-                    self.send_response(503)
-                else:
-                    outer.received.append((body, dict(self.headers)))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/checkpoints"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.webhook_receiver import Receiver
 
 
 @pytest.fixture
 def receiver():
-    r = Receiver()
+    r = Receiver("/checkpoints")
     yield r
     r.stop()
 
