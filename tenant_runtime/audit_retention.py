@@ -20,7 +20,13 @@ from sqlalchemy.orm import Session
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
-from tenant_runtime.models import AuditCheckpoint, AuditEvent, AuditSettings, CheckpointDelivery
+from tenant_runtime.models import (
+    AuditCheckpoint,
+    AuditEvent,
+    AuditSettings,
+    CheckpointDelivery,
+    single_row,
+)
 from tenant_runtime.webhooks import (  # noqa: F401 - signature, SIGNATURE_HEADER: re-exported
     SIGNATURE_HEADER,
     Poster,
@@ -44,12 +50,7 @@ class AuditEvents:
 
 
 def settings_row(s: Session) -> AuditSettings:
-    row = s.get(AuditSettings, 1)
-    if row is None:
-        row = AuditSettings(id=1, retention_days=DEFAULT_RETENTION_DAYS)
-        s.add(row)
-        s.flush()
-    return row
+    return single_row(s, AuditSettings, retention_days=DEFAULT_RETENTION_DAYS)
 
 
 def do_configure_audit(s: Session, ctx: TenantContext, *, webhook_url: str | None,

@@ -5,7 +5,7 @@ A test fails when a column is left unclassified."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -24,8 +24,8 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 CLASSIFICATIONS = ("plain", "pii", "secret")
 NAMING = {
@@ -43,6 +43,21 @@ NOW = text("now()")
 
 class TenantBase(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+Row = TypeVar("Row", bound=TenantBase)
+
+
+def single_row(s: Session, model: type[Row], **defaults: Any) -> Row:
+    """The one row (id 1) of a settings table, created with ``defaults`` on first use. Two
+    first requests at once both get it: the insert yields to the other's."""
+    row = s.get(model, 1)
+    if row is None:
+        s.execute(insert(model).values(id=1, **defaults).on_conflict_do_nothing())
+        row = s.get(model, 1)
+        if row is None:
+            raise LookupError(f"{model.__tablename__}: the settings row could not be created")
+    return row
 
 
 class AuditEvent(TenantBase):

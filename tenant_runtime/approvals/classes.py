@@ -19,6 +19,7 @@ from tenant_runtime.approvals.exceptions import UnknownAction
 from tenant_runtime.approvals.models import ActionClass, ApprovalRequest, ApprovalSettings
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput, TenantNotFound
+from tenant_runtime.models import single_row
 from tenant_runtime.webhooks import check_webhook_url, set_webhook
 
 APPROVER_ROLES = ("Approver", "Admin", "Operator", "Compliance", "Owner")
@@ -181,12 +182,7 @@ def do_add_default_class(s: Session, ctx: TenantContext, name: str) -> ActionCla
 
 
 def settings_row(s: Session) -> ApprovalSettings:
-    row = s.get(ApprovalSettings, 1)
-    if row is None:
-        row = ApprovalSettings(id=1, email_approvers=True)
-        s.add(row)
-        s.flush()
-    return row
+    return single_row(s, ApprovalSettings, email_approvers=True)
 
 
 def do_configure_notifications(s: Session, ctx: TenantContext, *, webhook_url: str | None,

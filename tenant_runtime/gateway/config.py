@@ -9,26 +9,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import String, func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from tenant_runtime.context import TenantContext
 from tenant_runtime.credentials.service import reveal_secret
 from tenant_runtime.gateway import pricing
 from tenant_runtime.gateway.providers.base import Target
-from tenant_runtime.models import GatewayRoute, GatewaySettings
+from tenant_runtime.models import GatewayRoute, GatewaySettings, single_row
 from tenant_runtime.redaction import Profile
 
 SETTINGS_TABLE = "gateway_settings"
 
 
 def load_settings(s: Session) -> GatewaySettings:
-    row = s.get(GatewaySettings, 1)
-    if row is None:
-        s.execute(insert(GatewaySettings).values(id=1).on_conflict_do_nothing())
-        row = s.get(GatewaySettings, 1)
-    assert row is not None  # noqa: S101 - just inserted
-    return row
+    return single_row(s, GatewaySettings)
 
 
 def custom_terms(ctx: TenantContext, settings: GatewaySettings) -> list[str]:

@@ -10,7 +10,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
 
 from tenant_runtime import audit
@@ -18,7 +17,7 @@ from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput, TenantNotFound
 from tenant_runtime.gateway import config as gateway_config
 from tenant_runtime.gateway.names import normalize_model_name
-from tenant_runtime.models import GatewayRoute
+from tenant_runtime.models import GatewayRoute, single_row
 from tenant_runtime.recommendations.exceptions import ImportRejected, RunInProgress
 from tenant_runtime.recommendations.gate import Thresholds
 from tenant_runtime.recommendations.models import (
@@ -172,12 +171,7 @@ def list_tasks(s: Session) -> list[TaskListRow]:
 
 
 def load_settings(s: Session) -> RecommendationSettings:
-    row = s.get(RecommendationSettings, 1)
-    if row is None:
-        s.execute(insert(RecommendationSettings).values(id=1).on_conflict_do_nothing())
-        row = s.get(RecommendationSettings, 1)
-    assert row is not None  # noqa: S101 - just inserted
-    return row
+    return single_row(s, RecommendationSettings)
 
 
 def thresholds_of(row: RecommendationSettings) -> Thresholds:
