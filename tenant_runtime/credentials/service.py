@@ -13,7 +13,7 @@ from tenant_runtime import audit
 from tenant_runtime.audit import CredentialEvents
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput, TenantNotFound
-from tenant_runtime.models import ProviderCredential
+from tenant_runtime.models import GatewayRoute, ProviderCredential
 
 PROVIDERS = ("openai", "anthropic", "azure-openai", "bedrock", "on-prem")
 TABLE = "provider_credentials"
@@ -82,6 +82,11 @@ def do_delete_credential(s: Session, ctx: TenantContext, credential_id: int) -> 
     row = s.get(ProviderCredential, credential_id)
     if row is None:
         raise TenantNotFound("No such credential.")
+    in_use = sorted(s.scalars(select(GatewayRoute.model_name)
+                              .where(GatewayRoute.credential_id == credential_id)))
+    if in_use:
+        raise TenantInvalidInput(f"The credential {row.name!r} is used by the gateway route(s) "
+                                 f"{', '.join(in_use)}; change or delete those first.")
     s.delete(row)
     audit.record(s, CredentialEvents.DELETED, actor=ctx.actor, target_type="credential",
                  target_id=credential_id, details={"provider": row.provider})

@@ -127,3 +127,14 @@ def test_a_viewer_cannot_open_the_gateway_page(client, services, db, database_ur
     tid, _ = setup_tenant(services, db, database_url)
     sign_in(client, "viewer@example.com")
     assert client.get(f"/tenants/{tid}/gateway").status_code == 403
+
+
+def test_a_credential_in_use_by_a_route_cannot_be_deleted(client, services, db, database_url,
+                                                          primary_server, local_kek):
+    tid, _ = setup_tenant(services, db, database_url)
+    sign_in(client, "owner@example.com")
+    assert post(client, tid, "/routes", ROUTE).status_code == 200
+    token = csrf_token(client, f"/tenants/{tid}/credentials")
+    refused = client.post(f"/tenants/{tid}/credentials/1/delete", data={"csrf_token": token})
+    assert refused.status_code == 422
+    assert "used by the gateway route(s) gpt-4o-mini" in html.unescape(refused.text)
