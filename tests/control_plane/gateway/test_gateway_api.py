@@ -444,3 +444,20 @@ def test_a_call_the_sweeper_charged_meanwhile_is_corrected_not_settled_twice(gw)
         assert spend.month_totals(s, call.month) == (result.cost_micros, 0)
     row = calls(gw)[-1]
     assert (row.status, row.cost_micros) == ("ok", result.cost_micros)
+
+
+def test_a_revoked_customer_key_stops_the_gateway_though_its_configuration_is_cached(
+        gw, services, settings):
+    """The call path keeps the tenant's routes (credentials opened) in memory between calls;
+    once the customer's key is gone, the next call needing the data key is refused, as any
+    read of sealed data would be."""
+    from control_plane.keys.local import LocalKeyProvider
+
+    with oai(gw, max_retries=0) as client:
+        assert chat(client, "gpt-4o-mini").choices  # the snapshot is built and cached
+        LocalKeyProvider(settings.home / "keys").path("test-kek").unlink()  # revoked
+        services.tenant_connections.forget(gw.tenant_id)  # the data key cache expires
+        with pytest.raises(openai.APIStatusError) as refused:
+            chat(client, "gpt-4o-mini")
+    assert refused.value.status_code == 503
+    assert "Tenant key unavailable" in refused.value.message
