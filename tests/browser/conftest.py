@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from control_plane.keys.local import LocalKeyProvider
 from control_plane.settings import Settings
+from control_plane.tenancy.servers import ensure_primary_server
 from control_plane.web.services import Services
 from tests.conftest import free_port, make_settings
+from tests.control_plane.tenancy.conftest import drop_tenant_leftovers
 from tests.live_server import serve
 
 CHROMIUM_CANDIDATE = "/usr/bin/chromium"
@@ -61,6 +64,19 @@ def live_server(chromium_path: str, services: Services, live_port: int) -> Itera
     """The real app under uvicorn in a background thread; yields its base URL."""
     with serve(services, live_port) as url:
         yield url
+
+
+@pytest.fixture
+def tenancy_ready(services, pg_server_url, settings):
+    """The test server registered for tenant databases and a local key-encryption key
+    ``test-kek``; this run's tenant databases dropped before and after."""
+    drop_tenant_leftovers(pg_server_url)
+    with services.session_factory() as s, s.begin():
+        ensure_primary_server(s, url=pg_server_url, sealer=services.sealer)
+    LocalKeyProvider(settings.home / "keys").create_key("test-kek")
+    yield
+    services.tenant_connections.close()
+    drop_tenant_leftovers(pg_server_url)
 
 
 @pytest.fixture

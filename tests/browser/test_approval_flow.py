@@ -7,26 +7,12 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Browser, expect
 
-from control_plane.keys.local import LocalKeyProvider
-from control_plane.tenancy.servers import ensure_primary_server
 from tests.control_plane.approvals.helpers import Receiver, make_team
-from tests.control_plane.tenancy.conftest import drop_tenant_leftovers
 from tests.factories import DEFAULT_PASSWORD
 from workers.approvals import deliver_all_tenants
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("chromium_path")]
 TIMEOUT_MS = 10_000
-
-
-@pytest.fixture
-def tenancy_ready(services, pg_server_url, settings):
-    drop_tenant_leftovers(pg_server_url)
-    with services.session_factory() as s, s.begin():
-        ensure_primary_server(s, url=pg_server_url, sealer=services.sealer)
-    LocalKeyProvider(settings.home / "keys").create_key("test-kek")
-    yield
-    services.tenant_connections.close()
-    drop_tenant_leftovers(pg_server_url)
 
 
 @pytest.fixture

@@ -7,25 +7,11 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Browser, expect
 
-from control_plane.keys.local import LocalKeyProvider
-from control_plane.tenancy.servers import ensure_primary_server
-from tests.control_plane.tenancy.conftest import drop_tenant_leftovers
 from tests.control_plane.tenancy.helpers import run_pending_jobs
 from tests.factories import DEFAULT_PASSWORD, make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("chromium_path")]
 TIMEOUT_MS = 10_000
-
-
-@pytest.fixture
-def tenancy_ready(services, pg_server_url, settings):
-    drop_tenant_leftovers(pg_server_url)
-    with services.session_factory() as s, s.begin():
-        ensure_primary_server(s, url=pg_server_url, sealer=services.sealer)
-    LocalKeyProvider(settings.home / "keys").create_key("browser-kek")
-    yield
-    services.tenant_connections.close()
-    drop_tenant_leftovers(pg_server_url)
 
 
 def test_owner_creates_a_tenant_and_watches_it_provision(browser: Browser, live_server, db,
@@ -51,7 +37,7 @@ def test_owner_creates_a_tenant_and_watches_it_provision(browser: Browser, live_
     page.get_by_label("Key reference").fill("no-such-key")
     page.get_by_role("button", name="Test key").click()
     expect(page.get_by_test_id("key-test")).to_contain_text("tenant key unavailable")
-    page.get_by_label("Key reference").fill("browser-kek")
+    page.get_by_label("Key reference").fill("test-kek")
     page.get_by_role("button", name="Test key").click()
     expect(page.get_by_test_id("key-test")).to_contain_text("Wrap and unwrap worked")
     page.get_by_role("button", name="Create tenant").click()
