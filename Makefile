@@ -27,5 +27,5 @@ lint: install  ## ruff and mypy
 	.venv/bin/mypy
 
 bench: install  ## every benchmark under ops/bench, each printing JSON
-	@set -e; found=0; for f in ops/bench/*.py; do [ -e "$$f" ] || continue; found=1; .venv/bin/python "$$f"; done; \
+	@set -e; found=0; for f in ops/bench/[!_]*.py; do [ -e "$$f" ] || continue; found=1; .venv/bin/python "$$f"; done; \
 	[ $$found = 1 ] || echo '{"benchmarks": 0, "note": "no benchmark under ops/bench yet"}'
