@@ -288,4 +288,7 @@ class GatewayCall(TenantBase):
 # tenant table in TenantBase.metadata, which migrations, exports and key rotation walk.
 from tenant_runtime.agents import models as _agents  # noqa: E402, F401
 from tenant_runtime.approvals import models as _approvals  # noqa: E402, F401
+from tenant_runtime.minimization import models as _minimization  # noqa: E402, F401
+from tenant_runtime.personas import models as _personas  # noqa: E402, F401
 from tenant_runtime.recommendations import models as _recommendations  # noqa: E402, F401
+from tenant_runtime.signals import models as _signals  # noqa: E402, F401

@@ -22,3 +22,4 @@ class TenantRoute:
     method: str = "GET"
     roles: tuple[str, ...] | None = None  # None: any member
     form: type | None = None  # a pydantic Form model for POSTs
+    permission: str | None = None  # a name in tenant_runtime/permissions.MATRIX

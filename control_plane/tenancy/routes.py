@@ -31,7 +31,7 @@ from control_plane.web.deps import SignedIn, require_user
 from control_plane.web.forms import Form, form_endpoint, read_form, validation_message
 from control_plane.web.services import Services, services
 from control_plane.web.templating import render
-from tenant_runtime import checkpoints
+from tenant_runtime import checkpoints, permissions
 from tenant_runtime.agents import routes as agent_routes
 from tenant_runtime.approvals import gates
 from tenant_runtime.approvals import routes as approval_routes
@@ -411,7 +411,8 @@ def mount_area(route: TenantRoute) -> Route:
     def run(request: Request) -> Response:
         svc = services(request)
         with svc.session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, roles=route.roles)
+            roles = permissions.roles_for(route.permission) if route.permission else route.roles
+            me, access = _with_tenant(request, s, roles=roles)
             if access.tenant.state == "suspended":
                 raise Forbidden("This tenant is suspended; an Owner can resume it on the "
                                 "tenant's page.")

@@ -49,7 +49,12 @@ class Task(TenantBase):
     tags: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"), info=PLAIN)
     signals: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"),
                                                     info=PLAIN)
-    source: Mapped[str] = mapped_column(String(20), info=PLAIN)  # form, import
+    source: Mapped[str] = mapped_column(String(20), info=PLAIN)  # form, import, signals
+    # a candidate task found by clustering signals (signals/clustering.py): its cluster, and
+    # the sources whose signals fall in it (two or more: a cross-source confirmation)
+    cluster_key: Mapped[str | None] = mapped_column(String(64), unique=True, info=PLAIN)
+    confirmed_by: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"),
+                                                    info=PLAIN)
     created_by: Mapped[str | None] = mapped_column(String(320), info=PLAIN)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
                                                  info=PLAIN)
