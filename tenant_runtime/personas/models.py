@@ -22,7 +22,7 @@ class Persona(TenantBase):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
     name: Mapped[str] = mapped_column(String(100), unique=True, info=PLAIN)
     teams: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'"), info=PLAIN)
-    source_ids: Mapped[list[int]] = mapped_column(JSONB, server_default=text("'[]'"),
+    source_ids: Mapped[list[int | str]] = mapped_column(JSONB, server_default=text("'[]'"),
                                                   info=PLAIN)
     created_by: Mapped[str | None] = mapped_column(String(320), info=PLAIN)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,

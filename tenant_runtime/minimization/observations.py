@@ -1,0 +1,1 @@
+"""Observations: what extractors learn from a source about a task or team (to be written)."""
