@@ -28,7 +28,7 @@ from control_plane.tenancy import routes as tenant_routes
 from control_plane.tenancy.area_jobs import enqueue_tenant_job
 from control_plane.tenancy.connections import TenantConnections, egress_policy
 from control_plane.users import routes as user_routes
-from control_plane.web import dashboard
+from control_plane.web import dashboard, openapi
 from control_plane.web.errors import handle_error
 from control_plane.web.security import SecurityMiddleware
 from control_plane.web.services import Services, redis_client
@@ -95,6 +95,7 @@ def build_app(svc: Services) -> Starlette:
             *gateway_api.routes,
             *agents_api.routes,
             *approvals_api.routes,
+            *openapi.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],
