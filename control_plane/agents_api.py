@@ -6,7 +6,8 @@
   "ground_truth_score"}``: record a run (201) and get the promotion gate's evidence back.
 
 Authenticated like ``/api/actions`` (control_plane/approvals_api.py): a tenant API key, or a
-session naming the tenant with ``?tenant=<id>``. Another tenant's agent ids answer 404."""
+session naming the tenant with ``?tenant=<id>`` whose role holds ``agents.view`` (to read) or
+``agents.work`` (to record a run). Another tenant's agent ids answer 404."""
 
 from __future__ import annotations
 
@@ -54,14 +55,14 @@ def _agent_id(request: Request) -> int:
 
 
 def api_get_agent(request: Request) -> Response:
-    ctx = _context(request)
+    ctx = _context(request, permission="agents.view")
     with ctx.session() as s, s.begin():
         document = agent_json(ctx, s, service.get_agent(s, _agent_id(request)))
     return JSONResponse(document)
 
 
 def _record(request: Request, body: RunBody) -> Response:
-    ctx = _context(request)
+    ctx = _context(request, permission="agents.work")
     with ctx.session() as s, s.begin():
         agent_id = _agent_id(request)
         run = service.record_run(s, ctx, agent_id, proposed=body.proposed,

@@ -9,8 +9,9 @@
   another tenant's.
 
 Authenticated by a tenant API key (``Authorization: Bearer mg_…``, no cookie, so no CSRF
-token), or by a session naming the tenant with ``?tenant=<id>`` (Owners, Admins, Operators;
-CSRF applies as to every browser request). Errors are ``{"error", "status", "request_id"}``."""
+token), or by a session naming the tenant with ``?tenant=<id>`` (a role holding
+``approvals.request``; CSRF applies as to every browser request; a refusal is audited as a scope
+denial). Errors are ``{"error", "status", "request_id"}``."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from control_plane.exceptions import (
     UnsupportedMediaType,
 )
 from control_plane.tenancy import api_keys, service
+from control_plane.web.access import audits_denials
 from control_plane.web.deps import require_user
 from control_plane.web.forms import validation_message
 from control_plane.web.services import services
@@ -41,7 +43,6 @@ from tenant_runtime.approvals import service as approvals
 from tenant_runtime.approvals.models import ApprovalRequest
 from tenant_runtime.context import Actor, TenantContext
 
-REQUESTERS = ("Owner", "Admin", "Operator")
 MAX_BODY = 64 * 1024
 TENANT_ID = re.compile(r"[0-9]{1,18}")
 
@@ -53,8 +54,10 @@ class ActionRequest(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
-def _context(request: Request) -> TenantContext:
-    """The tenant context of the caller: its API key's tenant, or the session's member."""
+@audits_denials
+def _context(request: Request, *, permission: str = "approvals.request") -> TenantContext:
+    """The tenant context of the caller: its API key's tenant, or the session's member whose
+    role holds ``permission``."""
     svc = services(request)
     with svc.session_factory() as s, s.begin():
         if api_keys.presented_key(request.headers.get("authorization"),
@@ -72,7 +75,7 @@ def _context(request: Request) -> TenantContext:
         named = request.query_params.get("tenant", "").strip()
         if not TENANT_ID.fullmatch(named):
             raise InvalidInput("Name the tenant by its id: ?tenant=<id>.")
-        access = service.access_tenant(s, int(named), user=me.user, roles=REQUESTERS)
+        access = service.access_tenant(s, int(named), user=me.user, permission=permission)
         request.state.tenant = access.tenant.id
         if access.tenant.state == "suspended":
             raise Forbidden("This tenant is suspended; an Owner can resume it on the tenant's "

@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     from control_plane.redact_cli import register as register_redact_command
 
     register_redact_command(sub)
+    from control_plane.signals_cli import register as register_signal_commands
+
+    register_signal_commands(sub)
     return parser
 
 

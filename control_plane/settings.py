@@ -208,6 +208,12 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "MAGISTRATE_SMTP_FROM", "magistrate@localhost", "Sender address of notification e-mails."
     ),
+    SettingDoc(
+        "MAGISTRATE_SIGNAL_UPLOAD_MAX_MB",
+        "200",
+        "Largest signal export file (MB) the dashboard upload and `magistrate signals import` "
+        "accept; a larger one is refused whole.",
+    ),
 )
 
 
@@ -294,6 +300,7 @@ class Settings:
     smtp_username: str | None = None
     smtp_password: Secret | None = None
     smtp_from: str = "magistrate@localhost"
+    signal_upload_max_mb: int = 200
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -388,6 +395,8 @@ class Settings:
             smtp_username=get("MAGISTRATE_SMTP_USERNAME", "").strip() or None,
             smtp_password=secret("MAGISTRATE_SMTP_PASSWORD"),
             smtp_from=get("MAGISTRATE_SMTP_FROM", "magistrate@localhost").strip(),
+            signal_upload_max_mb=_int("MAGISTRATE_SIGNAL_UPLOAD_MAX_MB",
+                                      get("MAGISTRATE_SIGNAL_UPLOAD_MAX_MB", "200")),
         )
 
     # ---------------------------------------------------------------- derived values

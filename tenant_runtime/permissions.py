@@ -16,6 +16,14 @@ from dataclasses import dataclass
 
 ROLES = ("Owner", "Admin", "Operator", "Approver", "Compliance", "Viewer")
 
+
+class AccessEvents:
+    """Audit events of the edge's decisions (written to the tenant's chain when it is active,
+    else to the platform chain)."""
+
+    SCOPE_DENIED = "access.scope_denied"  # details: permission, method, path (template), role
+
+
 _ALL = ROLES
 _MANAGERS = ("Owner", "Admin")
 _OWNER = ("Owner",)
@@ -63,7 +71,9 @@ MATRIX: dict[str, Permission] = _matrix(
                "approve or reject a request (as its class allows)"),
     Permission("approvals.manage", _MANAGERS, "change action classes and approval settings"),
     # recommendations and tasks
-    Permission("tasks.view", _READERS, "see tasks and their recommendations"),
+    # not Viewer: tasks carry the panel's reasoning; the tasks page has always refused Viewers
+    Permission("tasks.view", ("Owner", "Admin", "Operator", "Compliance"),
+               "see tasks and their recommendations"),
     Permission("tasks.work", _WORKERS, "add and import tasks, run the panel on a task"),
     Permission("recommendations.manage", _MANAGERS, "change the panel and its thresholds"),
     # the drive layer

@@ -23,6 +23,7 @@ from tenant_runtime.checkpoints import make_checkpoint
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.gateway.spend import settle_abandoned
+from tenant_runtime.minimization.retention import sweep as sweep_minimization
 from workers import runtime
 
 log = logging.getLogger("magistrate.checkpoints")
@@ -107,6 +108,20 @@ def settle_abandoned_calls() -> dict[str, int]:
 
 def run_retention() -> dict[str, int]:
     return prune_all_tenants(runtime.session_factory(), _process_connections())
+
+
+def sweep_minimization_all_tenants(session_factory: sessionmaker[Session],
+                                   connections: TenantConnections) -> dict[str, int]:
+    """Observations and signals past each active tenant's retention
+    (tenant_runtime/minimization/retention.py); a tenant whose key is revoked is skipped."""
+    counts = for_each_tenant(session_factory, connections,
+                             lambda ts, ctx: sweep_minimization(ts, ctx).removed,
+                             "minimization retention")
+    return {"tenants": counts["tenants"], "removed": counts["done"], "failed": counts["failed"]}
+
+
+def run_minimization_retention() -> dict[str, int]:
+    return sweep_minimization_all_tenants(runtime.session_factory(), _process_connections())
 
 
 _connections: TenantConnections | None = None

@@ -23,7 +23,12 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
 def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
     from control_plane.jobs import dispatch_pending
     from workers.approvals import run_approval_outbox
-    from workers.checkpoints import run_checkpoints, run_retention, settle_abandoned_calls
+    from workers.checkpoints import (
+        run_checkpoints,
+        run_minimization_retention,
+        run_retention,
+        settle_abandoned_calls,
+    )
     from workers.runner import reap_expired_leases
 
     return [
@@ -34,6 +39,7 @@ def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
         PeriodicTask("audit_checkpoints", run_checkpoints, 60),
         PeriodicTask("refill_spare_databases", refill_all_servers, 30),
         PeriodicTask("audit_retention", run_retention, 3600),
+        PeriodicTask("minimization_retention", run_minimization_retention, 3600),
         PeriodicTask("settle_abandoned_gateway_calls", settle_abandoned_calls, 300),
         PeriodicTask("approval_outbox", run_approval_outbox, 10),
         PeriodicTask("purge_stale_exports",

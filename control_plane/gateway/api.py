@@ -16,11 +16,14 @@ provider) carry ``x-should-retry: false``, which both SDKs honour.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -120,12 +123,11 @@ def _tenant(request: Request) -> tuple[TenantContext, str]:
     """The tenant context of the calling API key, and the key's id."""
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"),
-                                                 request.headers.get("x-api-key"))
-        key = principal.api_key
-        request.state.tenant, request.state.actor = principal.tenant.id, f"api_key:{key.id}"
-        actor = Actor("api_key", str(key.id), key.name)
-        return svc.tenant_connections.context(s, principal.tenant, actor), str(key.id)
+        key = api_keys.authenticate_gateway_key(s, request.headers.get("authorization"),
+                                                request.headers.get("x-api-key"))
+        request.state.tenant, request.state.actor = key.tenant_id, f"api_key:{key.key_id}"
+        actor = Actor("api_key", str(key.key_id), key.key_name)
+        return svc.tenant_connections.gateway_context(s, key, actor), str(key.key_id)
 
 
 def _json_body(request: Request, raw: bytes) -> Any:
@@ -160,23 +162,75 @@ def _prepare(request: Request, ctx: TenantContext, key_id: str, chat: ChatReques
 
 
 class ClosingStream(StreamingResponse):
-    """A streaming response over a sync iterator that is closed, in a worker thread, however
-    the response ends: when the client hangs up, the call's generator settles and audits the
-    call and closes the provider's stream at once, not whenever the garbage collector runs."""
+    """A streaming response over a sync iterator, which one worker thread runs to its end (the
+    call's generator settles and audits the call as it ends), handing the pieces to the event
+    loop as they come: where Starlette would hop to a thread and back for every piece, pieces
+    that arrive together go out in one write. When the client hangs up, the thread stops
+    after the piece in hand and closes the iterator (closing the provider's stream at once,
+    not whenever the garbage collector runs), and the response waits for that. asyncio only,
+    as uvicorn runs the app."""
 
     def __init__(self, events: Iterator[str]) -> None:
-        super().__init__(events, media_type="text/event-stream",
+        super().__init__(self._pieces(), media_type="text/event-stream",
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self._events = events
+        self._stop = threading.Event()
+        self._producer: asyncio.Future[None] | None = None
+        self._raised = False  # the producer's outcome went through the response
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        ready: deque[str] = deque()
+        wake = asyncio.Event()
+        finished = False
+
+        def mark_finished() -> None:
+            nonlocal finished
+            finished = True
+            wake.set()
+
+        def produce() -> None:  # in a worker thread
+            try:
+                for piece in self._events:
+                    ready.append(piece)
+                    loop.call_soon_threadsafe(wake.set)
+                    if self._stop.is_set():
+                        break
+            finally:
+                try:
+                    close(self._events)
+                finally:
+                    loop.call_soon_threadsafe(mark_finished)
+
+        self._producer = asyncio.ensure_future(anyio.to_thread.run_sync(produce))
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                done = finished  # read before draining: every piece came before the mark
+                if ready:
+                    yield "".join([ready.popleft() for _ in range(len(ready))])
+                if done:
+                    break
+            self._raised = True
+            await self._producer  # its exception, if the iterator raised one
+        finally:
+            self._stop.set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            close = getattr(self._events, "close", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(close)
+            self._stop.set()
+            with anyio.CancelScope(shield=True):
+                if self._producer is None:  # ended before the first piece was asked for
+                    await anyio.to_thread.run_sync(close, self._events)
+                else:
+                    await asyncio.wait([self._producer])
+                    error = None if self._producer.cancelled() else self._producer.exception()
+                    if error is not None and not self._raised:  # the client had gone
+                        log.error("a gateway stream failed after its client left",
+                                  exc_info=error)
 
 
 def _sse(events: Iterator[str]) -> StreamingResponse:

@@ -3,7 +3,8 @@
 team checks it offline with ops/verify_audit_chain.py.
 
 - The API takes a tenant API key (``Authorization: Bearer``: its own tenant only) or a signed-in
-  session naming ``?tenant=<id>``; a session needs the Owner or Compliance role, on both routes.
+  session naming ``?tenant=<id>``; a session needs the ``audit.export`` permission, on both
+  routes (a refusal is audited as a scope denial).
   Another tenant's id answers 404, the same as one that does not exist.
 - The range is ``first_seq``/``last_seq`` or ``since``/``until`` (a date, or a date and time);
   any other parameter, or a value that does not parse, answers 422 with one sentence.
@@ -33,7 +34,8 @@ from control_plane.exceptions import Conflict, InvalidInput, NotFound
 from control_plane.models import Tenant
 from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.events import TenantEvents
-from control_plane.tenancy.export import EXPORT_ROLES, EXPORTABLE_STATES
+from control_plane.tenancy.export import EXPORTABLE_STATES
+from control_plane.web.access import audits_denials
 from control_plane.web.deps import require_user
 from control_plane.web.services import services
 from tenant_runtime.audit_export import RANGE_PARAMS, ExportRange, export_lines, parse_range
@@ -98,6 +100,7 @@ def _stream(ctx: TenantContext, wanted: ExportRange) -> Response:
                  "Cache-Control": "no-store"})
 
 
+@audits_denials
 def api_export(request: Request) -> Response:
     """GET /api/audit/export: a tenant API key, or a session and ``?tenant=<id>``."""
     svc = services(request)
@@ -117,7 +120,8 @@ def api_export(request: Request) -> Response:
             named = request.query_params.get("tenant", "").strip()
             if not TENANT_ID.fullmatch(named):
                 raise InvalidInput("Name the tenant by its id: ?tenant=<id>.")
-            access = service.access_tenant(s, int(named), user=me.user, roles=EXPORT_ROLES)
+            access = service.access_tenant(s, int(named), user=me.user,
+                                           permission="audit.export")
             tenant = access.tenant
             actor = service.actor_of(me.user)
             tenant_actor = Actor("user", str(me.user.id), me.user.email, access.role)
@@ -127,13 +131,14 @@ def api_export(request: Request) -> Response:
     return _stream(ctx, wanted)
 
 
+@audits_denials
 def dashboard_export(request: Request) -> Response:
     """GET /tenants/{tenant_id}/audit/export: the download link of the tenant's page."""
     svc = services(request)
     with svc.session_factory() as s, s.begin():
         me = require_user(s, request)
         access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
-                                       roles=EXPORT_ROLES)
+                                       permission="audit.export")
         wanted = _range(request, allowed=RANGE_PARAMS)
         ctx = _export(request, s, access.tenant, actor=service.actor_of(me.user),
                       tenant_actor=Actor("user", str(me.user.id), me.user.email, access.role),

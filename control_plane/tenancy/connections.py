@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +17,7 @@ from control_plane.keys.registry import DataKeyCache, provider_for
 from control_plane.models import Tenant, TenantKey
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
+from control_plane.tenancy.api_keys import GatewayPrincipal, TenantKeyRecord
 from control_plane.tenancy.database import url_for
 from control_plane.tenancy.provisioning import tenant_secrets
 from tenant_runtime.context import Actor, TenantContext
@@ -96,14 +97,20 @@ class TenantConnections:
             engine.dispose()
 
     def sealer_for(self, s: Session, tenant: Tenant) -> TenantSealer:
-        keys = {k.version: k for k in s.scalars(
-            select(TenantKey).where(TenantKey.tenant_id == tenant.id))}
+        return self.sealer_of(tenant.id, [
+            TenantKeyRecord(k.version, k.provider, k.key_ref, k.wrapped_dek,
+                            k.retired_at is not None)
+            for k in s.scalars(select(TenantKey).where(TenantKey.tenant_id == tenant.id))])
+
+    def sealer_of(self, tenant_id: int, records: Iterable[TenantKeyRecord]) -> TenantSealer:
+        """A sealer over the tenant's data-key records (as ``sealer_for`` reads them): the
+        newest unretired version seals; every version opens, unwrapped through the cache."""
+        keys = {k.version: k for k in records}
         if not keys:
             raise TenantKeyUnavailable("This tenant has no data key yet.")
-        current = max(v for v, k in keys.items() if k.retired_at is None) if any(
-            k.retired_at is None for k in keys.values()) else max(keys)
+        current = max(v for v, k in keys.items() if not k.retired) if any(
+            not k.retired for k in keys.values()) else max(keys)
         wrapped = {v: (k.provider, k.key_ref, k.wrapped_dek) for v, k in keys.items()}
-        tenant_id = tenant.id
 
         def key_for(version: int) -> bytes:
             if version not in wrapped:
@@ -130,6 +137,25 @@ class TenantConnections:
             if factory is None or factory.kw.get("bind") is not engine:
                 factory = self._factories[tenant.id] = make_session_factory(engine)
             return factory
+
+    def gateway_context(self, s: Session, principal: GatewayPrincipal,
+                        actor: Actor) -> TenantContext:
+        """``context`` for a checked gateway key, from what the key's check read: no further
+        query unless this process has no engine for the tenant yet."""
+        with self._lock:
+            engine = self._engines.get(principal.tenant_id)
+            factory = self._factories.get(principal.tenant_id)
+            if engine is not None:
+                self._engines.move_to_end(principal.tenant_id)
+        if engine is None or factory is None or factory.kw.get("bind") is not engine:
+            tenant = s.get(Tenant, principal.tenant_id)
+            if tenant is None:  # deleted since the key's check
+                raise TenantKeyUnavailable("This tenant is gone.")
+            factory = self.session_factory(tenant)
+        return TenantContext(
+            tenant_id=principal.tenant_id, slug=principal.tenant_slug, session_factory=factory,
+            sealer=self.sealer_of(principal.tenant_id, principal.tenant_keys), actor=actor,
+            egress=self.egress)
 
     def context(self, s: Session, tenant: Tenant, actor: Actor) -> TenantContext:
         return TenantContext(

@@ -28,12 +28,13 @@ from control_plane.tenancy import database
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.servers import admin_url
 from control_plane.tenancy.service import TenantAccess, actor_of
+from tenant_runtime import permissions
 
 
 def do_request_deletion(s: Session, access: TenantAccess, *, confirm_slug: str, reason: str,
                         acting_user: User) -> Job:
     tenant = access.tenant
-    if access.role != "Owner":
+    if not permissions.allows(access.role, "tenant.lifecycle"):
         raise Forbidden("Only an Owner of this tenant can delete it.")
     if confirm_slug.strip() != tenant.slug:
         raise InvalidInput(f"Type the tenant's slug ({tenant.slug}) exactly to confirm.")

@@ -42,11 +42,11 @@ from control_plane.models import Job, Tenant, User
 from control_plane.settings import Settings
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.service import TenantAccess, actor_of
+from tenant_runtime import permissions
 from tenant_runtime.context import TenantContext
 from tenant_runtime.models import TenantBase
 from tenant_runtime.sealing import TenantSealer
 
-EXPORT_ROLES = ("Owner", "Compliance")
 EXPORTABLE_STATES = ("active", "suspended")
 EXPORTS_PER_HOUR = 3
 RATE_WINDOW = timedelta(hours=1)
@@ -73,7 +73,7 @@ class ExportGone(Gone):
 def do_request_export(s: Session, access: TenantAccess, *, acting_user: User) -> Job:
     """Queue an export of ``access.tenant`` in the caller's transaction."""
     tenant = access.tenant
-    if access.role not in EXPORT_ROLES:
+    if not permissions.allows(access.role, "audit.export"):
         raise Forbidden("Only an Owner or a Compliance member of this tenant can export it.")
     if tenant.state not in EXPORTABLE_STATES:
         raise Conflict(f"Only an active or suspended tenant can be exported; this one is "
@@ -166,7 +166,7 @@ def access_export(s: Session, access: TenantAccess, job_id: int) -> ExportView:
 
 
 def _require_export_role(access: TenantAccess) -> None:
-    if access.role not in EXPORT_ROLES:
+    if not permissions.allows(access.role, "audit.export"):
         raise Forbidden(f"Exports need the Owner or Compliance role in this tenant; yours is "
                         f"{access.role}.")
 

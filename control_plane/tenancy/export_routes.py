@@ -1,7 +1,8 @@
 """Tenant export pages: request an export, follow it, download it once.
 
 Every route resolves the caller's membership first (another tenant's ids answer 404) and needs
-the Owner or Compliance role. A download also needs a signed link from the export's page."""
+the ``audit.export`` permission (a refusal is audited by ``audits_denials``). A download also
+needs a signed link from the export's page."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.routing import Route
 from control_plane.jobs import dispatch_pending
 from control_plane.tenancy import export, service
 from control_plane.tenancy.service import TenantAccess
+from control_plane.web.access import audits_denials
 from control_plane.web.deps import SignedIn, require_user
 from control_plane.web.forms import Form, form_endpoint
 from control_plane.web.services import Services, services
@@ -27,7 +29,7 @@ class EmptyForm(Form):
 def _access(request: Request, s: Session) -> tuple[SignedIn, TenantAccess]:
     me = require_user(s, request)
     access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
-                                   roles=export.EXPORT_ROLES)
+                                   permission="audit.export")
     request.state.tenant = access.tenant.id
     return me, access
 
@@ -37,6 +39,7 @@ def _links(svc: Services) -> export.DownloadLinks:
 
 
 @form_endpoint(EmptyForm)
+@audits_denials
 def request_export(request: Request, form: EmptyForm) -> Response:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
@@ -47,6 +50,7 @@ def request_export(request: Request, form: EmptyForm) -> Response:
     return RedirectResponse(f"/tenants/{tenant_id}", 303)
 
 
+@audits_denials
 def exports_page(request: Request) -> Response:
     """The recent exports (the tenant page loads the ``_export.html`` card from here)."""
     with services(request).session_factory() as s, s.begin():
@@ -57,6 +61,7 @@ def exports_page(request: Request) -> Response:
                   partial="tenants/_export.html")
 
 
+@audits_denials
 def export_status(request: Request) -> Response:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
@@ -70,6 +75,7 @@ def export_status(request: Request) -> Response:
                   partial="tenants/_export_status.html")
 
 
+@audits_denials
 def download_export(request: Request) -> Response:
     svc = services(request)
     job_id = int(request.path_params["job_id"])

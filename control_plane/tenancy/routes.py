@@ -1,7 +1,10 @@
 """Tenant pages and the tenants JSON API.
 
 Every route below ``/tenants/{tenant_id}`` resolves the caller's membership first
-(``access_tenant``): another tenant's id answers 404, the same as a missing one."""
+(``access_tenant``): another tenant's id answers 404, the same as a missing one. Then the
+caller's role must hold the route's permission (tenant_runtime/permissions.py; the table of
+every route's decision is control_plane/web/access.py); a refusal is a 403, audited as a scope
+denial by ``audits_denials``."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from control_plane.exceptions import (
     Conflict,
     Forbidden,
     InvalidInput,
+    MagistrateError,
     UnsupportedMediaType,
 )
 from control_plane.jobs import dispatch_pending, requeue_job
@@ -27,6 +31,7 @@ from control_plane.keys.registry import new_data_key
 from control_plane.models import ROLES, Tenant
 from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.service import TenantAccess
+from control_plane.web.access import audits_denials
 from control_plane.web.deps import SignedIn, require_user
 from control_plane.web.forms import Form, form_endpoint, read_form, validation_message
 from control_plane.web.services import Services, services
@@ -40,12 +45,18 @@ from tenant_runtime.context import Actor
 from tenant_runtime.credentials import routes as credential_routes
 from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
 from tenant_runtime.gateway import routes as gateway_routes
+from tenant_runtime.minimization import routes as minimization_routes
+from tenant_runtime.personas import routes as persona_routes
 from tenant_runtime.recommendations import routes as recommendation_routes
 from tenant_runtime.routing import TenantRoute
+from tenant_runtime.signals import clustering_routes
+from tenant_runtime.signals import routes as signal_routes
 
 TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes, *audit_view_routes.routes,
                                    *gateway_routes.routes, *approval_routes.routes,
-                                   *recommendation_routes.routes, *agent_routes.routes]
+                                   *recommendation_routes.routes, *agent_routes.routes,
+                                   *clustering_routes.routes, *persona_routes.routes,
+                                   *minimization_routes.routes, *signal_routes.routes]
 
 
 class CreateTenantForm(Form):
@@ -187,11 +198,13 @@ def test_key(request: Request, form: TestKeyForm) -> Response:
 # ------------------------------------------------------------------------------- one tenant
 
 
-def _with_tenant(request: Request, s: Session, *, roles: tuple[str, ...] | None = None
+def _with_tenant(request: Request, s: Session, *, permission: str
                  ) -> tuple[SignedIn, TenantAccess]:
+    """The signed-in member and their tenant, if their role holds ``permission`` (a name in
+    tenant_runtime/permissions.py). The handler calling this is wrapped in ``audits_denials``."""
     me = require_user(s, request)
     access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
-                                   roles=roles)
+                                   permission=permission)
     request.state.tenant = access.tenant.id
     return me, access
 
@@ -199,7 +212,7 @@ def _with_tenant(request: Request, s: Session, *, roles: tuple[str, ...] | None 
 def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Response:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s)
+        me, access = _with_tenant(request, s, permission="tenant.view")
         tenant = access.tenant
         job = service.provisioning_job(s, tenant)
         key_problem = None
@@ -216,25 +229,28 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
             "tenant": tenant, "role": access.role, "job": job, "key_problem": key_problem,
             "checkpoint_key": checkpoint_key,
             "server": tenant.db_server.name if tenant.db_server else "",
-            "members": service.members(s, tenant) if access.role in service.MANAGE_ROLES
-            else [],
+            "members": service.members(s, tenant)
+            if permissions.allows(access.role, "members.manage") else [],
             "keys": service.key_versions(s, tenant), "roles": ROLES,
-            "api_keys": api_keys.list_api_keys(s, tenant) if access.role in
-            service.MANAGE_ROLES else [], "now": utcnow(), **extra,
+            "api_keys": api_keys.list_api_keys(s, tenant)
+            if permissions.allows(access.role, "api_keys.manage") else [], "now": utcnow(),
+            **extra,
         }
     return render(request, "tenants/detail.html", context, status_code=status_code,
                   partial="tenants/_status.html")
 
 
+@audits_denials
 def tenant_page(request: Request) -> Response:
     return _detail(request)
 
 
 @form_endpoint(EmptyForm)
+@audits_denials
 def retry_provisioning(request: Request, form: EmptyForm) -> Response:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s, roles=("Owner",))
+        me, access = _with_tenant(request, s, permission="tenant.lifecycle")
         job = service.provisioning_job(s, access.tenant)
         if access.tenant.state != "provisioning" or job is None or job.state != "failed":
             raise Conflict("Only a failed provisioning can be retried.")
@@ -249,11 +265,12 @@ def retry_provisioning(request: Request, form: EmptyForm) -> Response:
 
 
 @form_endpoint(ReasonForm)
+@audits_denials
 def suspend_tenant(request: Request, form: ReasonForm) -> Response:
     svc = services(request)
     try:
         with svc.session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, roles=("Owner",))
+            me, access = _with_tenant(request, s, permission="tenant.lifecycle")
             service.do_suspend_tenant(s, access, reason=form.reason, acting_user=me.user)
             tenant_id = access.tenant.id
     except Conflict as exc:
@@ -264,10 +281,11 @@ def suspend_tenant(request: Request, form: ReasonForm) -> Response:
 
 
 @form_endpoint(EmptyForm)
+@audits_denials
 def resume_tenant(request: Request, form: EmptyForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, roles=("Owner",))
+            me, access = _with_tenant(request, s, permission="tenant.lifecycle")
             service.do_resume_tenant(s, access, acting_user=me.user)
     except Conflict as exc:
         return _detail(request, status_code=409, error=exc.message)
@@ -275,10 +293,11 @@ def resume_tenant(request: Request, form: EmptyForm) -> Response:
 
 
 @form_endpoint(MemberForm)
+@audits_denials
 def add_member(request: Request, form: MemberForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+            me, access = _with_tenant(request, s, permission="members.manage")
             service.do_add_member(s, access, email=form.email, role=form.role,
                                   acting_user=me.user)
     except (InvalidInput, Conflict) as exc:
@@ -287,10 +306,11 @@ def add_member(request: Request, form: MemberForm) -> Response:
 
 
 @form_endpoint(EmptyForm)
+@audits_denials
 def remove_member(request: Request, form: EmptyForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+            me, access = _with_tenant(request, s, permission="members.manage")
             service.do_remove_member(s, access, int(request.path_params["membership_id"]),
                                      acting_user=me.user)
     except Conflict as exc:
@@ -299,10 +319,11 @@ def remove_member(request: Request, form: EmptyForm) -> Response:
 
 
 @form_endpoint(ApiKeyForm)
+@audits_denials
 def create_api_key(request: Request, form: ApiKeyForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+            me, access = _with_tenant(request, s, permission="api_keys.manage")
             _, key = api_keys.do_create_api_key(s, access, name=form.name, acting_user=me.user,
                                                 expires_in_days=form.expires_in_days)
     except InvalidInput as exc:
@@ -311,9 +332,10 @@ def create_api_key(request: Request, form: ApiKeyForm) -> Response:
 
 
 @form_endpoint(EmptyForm)
+@audits_denials
 def revoke_api_key(request: Request, form: EmptyForm) -> Response:
     with services(request).session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s, roles=service.MANAGE_ROLES)
+        me, access = _with_tenant(request, s, permission="api_keys.manage")
         api_keys.do_revoke_api_key(s, access, int(request.path_params["key_id"]),
                                    acting_user=me.user)
     return _detail(request, notice="API key revoked.")
@@ -333,10 +355,8 @@ def api_whoami(request: Request) -> Response:
     return JSONResponse(body)
 
 
-AUDIT_VERIFIERS = ("Owner", "Admin", "Compliance")
-
-
 @form_endpoint(EmptyForm)
+@audits_denials
 def verify_audit(request: Request, form: EmptyForm) -> Response:
     """Queue "Verify now": a job recomputes the tenant's whole chain and its checkpoints."""
     import uuid
@@ -345,7 +365,7 @@ def verify_audit(request: Request, form: EmptyForm) -> Response:
 
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s, roles=AUDIT_VERIFIERS)
+        me, access = _with_tenant(request, s, permission="audit.verify")
         enqueue_job(s, JobKinds.VERIFY_AUDIT, {"tenant_id": access.tenant.id},
                     idempotency_key=f"verify:{access.tenant.id}:{uuid.uuid4()}",
                     tenant_id=access.tenant.id, created_by=me.user.id)
@@ -354,6 +374,7 @@ def verify_audit(request: Request, form: EmptyForm) -> Response:
     return RedirectResponse(f"/tenants/{tenant_id}/audit", 303)
 
 
+@audits_denials
 def verification_status(request: Request) -> Response:
     """The latest "Verify now" of this tenant (an htmx partial that polls while it runs)."""
     from sqlalchemy import select
@@ -362,7 +383,7 @@ def verification_status(request: Request) -> Response:
     from control_plane.models import Job
 
     with services(request).session_factory() as s, s.begin():
-        _, access = _with_tenant(request, s, roles=AUDIT_VERIFIERS)
+        _, access = _with_tenant(request, s, permission="audit.view")
         job = s.scalars(select(Job).where(Job.kind == JobKinds.VERIFY_AUDIT,
                                           Job.tenant_id == access.tenant.id)
                         .order_by(Job.id.desc()).limit(1)).first()
@@ -371,13 +392,14 @@ def verification_status(request: Request) -> Response:
 
 
 @form_endpoint(DeleteForm)
+@audits_denials
 def delete_tenant(request: Request, form: DeleteForm) -> Response:
     from control_plane.tenancy.deletion import do_request_deletion
 
     svc = services(request)
     try:
         with svc.session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, roles=("Owner",))
+            me, access = _with_tenant(request, s, permission="tenant.lifecycle")
             if form.confirm_slug.strip() != access.tenant.slug:
                 raise InvalidInput(f"Type the tenant's slug ({access.tenant.slug}) exactly to "
                                    "confirm.")
@@ -406,13 +428,15 @@ def delete_tenant(request: Request, form: DeleteForm) -> Response:
 
 
 def mount_area(route: TenantRoute) -> Route:
-    """Wrap a tenant area's handler: membership and role first, then the TenantContext."""
+    """Wrap a tenant area's handler: membership and the route's permission first (a refused
+    role gets its 403 whatever the form holds), then the tenant's state, the form's validity
+    and the TenantContext."""
 
-    def run(request: Request) -> Response:
+    @audits_denials
+    def run(request: Request, form_error: MagistrateError | None) -> Response:
         svc = services(request)
         with svc.session_factory() as s, s.begin():
-            roles = permissions.roles_for(route.permission) if route.permission else route.roles
-            me, access = _with_tenant(request, s, roles=roles)
+            me, access = _with_tenant(request, s, permission=route.permission)
             if access.tenant.state == "suspended":
                 raise Forbidden("This tenant is suspended; an Owner can resume it on the "
                                 "tenant's page.")
@@ -420,14 +444,24 @@ def mount_area(route: TenantRoute) -> Route:
                 raise Conflict("This tenant is not active yet.")
             actor = Actor("user", str(me.user.id), me.user.email, access.role)
             ctx = svc.tenant_connections.context(s, access.tenant, actor)
+        if form_error is not None:
+            raise form_error
         return route.handler(request, ctx)
 
     async def endpoint(request: Request) -> Response:
+        form_error: MagistrateError | None = None
         if route.form is not None:
-            request.state.form = await read_form(request, route.form)
-        return await run_in_threadpool(run, request)
+            try:
+                request.state.form = await read_form(request, route.form)
+            except (InvalidInput, UnsupportedMediaType) as exc:
+                form_error = exc  # answered once the caller's access is settled
+        try:
+            return await run_in_threadpool(run, request, form_error)
+        finally:
+            await request.close()  # uploaded files a handler streamed (web/forms.py)
 
     endpoint.form_model = route.form  # type: ignore[attr-defined]  # for route-walking tests
+    endpoint.permission = route.permission  # type: ignore[attr-defined]  # web/access.py
     return Route("/tenants/{tenant_id:int}" + route.path, endpoint, methods=[route.method],
                  name=f"tenant:{route.handler.__name__}")
 
@@ -471,9 +505,10 @@ async def api_create_tenant(request: Request) -> Response:
     return await run_in_threadpool(_api_create, request, payload)
 
 
+@audits_denials
 def api_get_tenant(request: Request) -> Response:
     with services(request).session_factory() as s, s.begin():
-        _, access = _with_tenant(request, s)
+        _, access = _with_tenant(request, s, permission="tenant.view")
         job = service.provisioning_job(s, access.tenant)
         body = tenant_json(access.tenant, job.state if job else None,
                            (job.progress, job.progress_total) if job else None)

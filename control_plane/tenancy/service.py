@@ -1,7 +1,9 @@
 """Tenants: creation (provisioning runs as a job), access, memberships, lifecycle.
 
 ``access_tenant`` answers the same 404 for a tenant that does not exist and for one the user
-is not a member of: another tenant's id looks exactly like a missing one."""
+is not a member of: another tenant's id looks exactly like a missing one. A member whose role
+lacks the permission asked for gets ``ScopeDenied`` (403), which the web edge audits
+(control_plane/web/access.py)."""
 
 from __future__ import annotations
 
@@ -24,9 +26,22 @@ from control_plane.sealing import ControlSealer
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.provisioning import STEPS
 from control_plane.tenancy.servers import pick_server
+from tenant_runtime import permissions
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
-MANAGE_ROLES = ("Owner", "Admin")
+
+
+class ScopeDenied(Forbidden):
+    """A member of the tenant whose role does not hold ``permission``: 403 with the matrix's
+    sentence. It carries what the audit event needs, read before the transaction ends."""
+
+    def __init__(self, *, permission: str, role: str, tenant_id: int, tenant_state: str,
+                 user_id: int, user_email: str) -> None:
+        super().__init__(permissions.refusal(permission, role))
+        self.permission, self.role = permission, role
+        self.tenant_id, self.tenant_state = tenant_id, tenant_state
+        self.user_id, self.user_email = user_id, user_email
+        self.recorded = False  # set once the edge has audited it
 
 
 @dataclass
@@ -44,9 +59,10 @@ def actor_of(user: User) -> Actor:
 
 
 def access_tenant(s: Session, tenant_id: int, *, user: User,
-                  roles: tuple[str, ...] | None = None) -> TenantAccess:
-    """The tenant if ``user`` is a member (with one of ``roles`` when given). Missing, deleted
-    and not-a-member all answer the same NotFound; a member without the role gets Forbidden."""
+                  permission: str | None = None) -> TenantAccess:
+    """The tenant if ``user`` is a member (whose role holds ``permission`` when given).
+    Missing, deleted and not-a-member all answer the same NotFound; a member whose role lacks
+    the permission gets ScopeDenied."""
     row = s.execute(
         select(Tenant, Membership).join(Membership, Membership.tenant_id == Tenant.id)
         .where(Tenant.id == tenant_id, Membership.user_id == user.id,
@@ -55,9 +71,10 @@ def access_tenant(s: Session, tenant_id: int, *, user: User,
     if row is None:
         raise NotFound("No such tenant.")
     access = TenantAccess(row[0], row[1])
-    if roles is not None and access.role not in roles:
-        raise Forbidden(f"This needs the {' or '.join(roles)} role in this tenant; yours is "
-                        f"{access.role}.")
+    if permission is not None and not permissions.allows(access.role, permission):
+        raise ScopeDenied(permission=permission, role=access.role, tenant_id=access.tenant.id,
+                          tenant_state=access.tenant.state, user_id=user.id,
+                          user_email=user.email)
     return access
 
 
@@ -122,7 +139,7 @@ def provisioning_job(s: Session, tenant: Tenant) -> Job | None:
 def do_suspend_tenant(s: Session, access: TenantAccess, *, reason: str,
                       acting_user: User) -> None:
     tenant = access.tenant
-    if access.role != "Owner":
+    if not permissions.allows(access.role, "tenant.lifecycle"):
         raise Forbidden("Only an Owner of this tenant can suspend it.")
     if tenant.state != "active":
         raise Conflict(f"Only an active tenant can be suspended; this one is {tenant.state}.")
@@ -135,7 +152,7 @@ def do_suspend_tenant(s: Session, access: TenantAccess, *, reason: str,
 
 def do_resume_tenant(s: Session, access: TenantAccess, *, acting_user: User) -> None:
     tenant = access.tenant
-    if access.role != "Owner":
+    if not permissions.allows(access.role, "tenant.lifecycle"):
         raise Forbidden("Only an Owner of this tenant can resume it.")
     if tenant.state != "suspended":
         raise Conflict(f"Only a suspended tenant can be resumed; this one is {tenant.state}.")
@@ -148,7 +165,7 @@ def do_resume_tenant(s: Session, access: TenantAccess, *, acting_user: User) -> 
 
 def do_add_member(s: Session, access: TenantAccess, *, email: str, role: str,
                   acting_user: User) -> Membership:
-    if access.role not in MANAGE_ROLES:
+    if not permissions.allows(access.role, "members.manage"):
         raise Forbidden("Only an Owner or Admin of this tenant can manage members.")
     if role not in ROLES:
         raise InvalidInput(f"The role must be one of {', '.join(ROLES)}.")
@@ -174,7 +191,7 @@ def do_add_member(s: Session, access: TenantAccess, *, email: str, role: str,
 
 def do_remove_member(s: Session, access: TenantAccess, membership_id: int, *,
                      acting_user: User) -> None:
-    if access.role not in MANAGE_ROLES:
+    if not permissions.allows(access.role, "members.manage"):
         raise Forbidden("Only an Owner or Admin of this tenant can manage members.")
     membership = s.get(Membership, membership_id)
     if membership is None or membership.tenant_id != access.tenant.id:

@@ -1,4 +1,5 @@
-"""The users page for Owners: create (with a one-time password shown once), deactivate."""
+"""The users page for Owners: create (with a one-time password shown once), deactivate; and
+any member's "Download my data" (users/my_data.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from control_plane.exceptions import Conflict, InvalidInput
-from control_plane.users import service
+from control_plane.exceptions import Conflict, InvalidInput, RateLimited
+from control_plane.users import my_data, service
 from control_plane.web.deps import require_user
 from control_plane.web.forms import Form, form_endpoint
 from control_plane.web.services import services
@@ -78,9 +79,35 @@ def reactivate_user(request: Request, form: EmptyForm) -> Response:
     return _set_active(request, True)
 
 
+@form_endpoint(EmptyForm)
+def download_my_data(request: Request, form: EmptyForm) -> Response:
+    """POST /account/my-data: the member's own data as a JSON attachment (users/my_data.py)."""
+    svc = services(request)
+    limiter = my_data.ExportLimiter(svc.redis)
+    export: my_data.MyDataExport | None = None
+    try:
+        with svc.session_factory() as s, s.begin():
+            me = require_user(s, request)
+            export = my_data.do_export_my_data(
+                s, connections=svc.tenant_connections, limiter=limiter,
+                current_session_id=me.session.id, acting_user=me.user)
+    except RateLimited as exc:
+        with svc.session_factory() as s, s.begin():
+            me = require_user(s, request)
+            context = {"user": me.user, "my_data_error": exc.message}
+        return render(request, "account/account.html", context, status_code=429,
+                      headers={"Retry-After": str(exc.retry_after)})
+    except BaseException:
+        if export is not None:  # built, but the transaction did not commit
+            export.discard(limiter)
+        raise
+    return export.response()
+
+
 routes = [
     Route("/users", users_page, methods=["GET"]),
     Route("/users", create_user, methods=["POST"]),
     Route("/users/{user_id:int}/deactivate", deactivate_user, methods=["POST"]),
     Route("/users/{user_id:int}/reactivate", reactivate_user, methods=["POST"]),
+    Route("/account/my-data", download_my_data, methods=["POST"]),
 ]

@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from control_plane import agents_api, approvals_api
+from control_plane import agents_api, approvals_api, jobs_routes
 from control_plane.auth import routes as auth_routes
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
@@ -21,10 +21,12 @@ from control_plane.exceptions import MagistrateError
 from control_plane.gateway import api as gateway_api
 from control_plane.keys.providers import KeyProvider
 from control_plane.keys.registry import DataKeyCache, build_key_providers
+from control_plane.models import Tenant
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
 from control_plane.tenancy import audit_routes, export_routes
 from control_plane.tenancy import routes as tenant_routes
+from control_plane.tenancy import service as tenancy
 from control_plane.tenancy.area_jobs import enqueue_tenant_job
 from control_plane.tenancy.connections import TenantConnections, egress_policy
 from control_plane.users import routes as user_routes
@@ -96,6 +98,7 @@ def build_app(svc: Services) -> Starlette:
             *agents_api.routes,
             *approvals_api.routes,
             *openapi.routes,
+            *jobs_routes.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],
@@ -106,4 +109,14 @@ def build_app(svc: Services) -> Starlette:
     app.state.services = svc
     app.state.render = render  # for tenant areas, which do not import the control plane
     app.state.enqueue_tenant_job = partial(enqueue_tenant_job, svc)  # likewise
+    app.state.signal_upload_max_bytes = svc.settings.signal_upload_max_mb * 1024 * 1024
+    app.state.tenant_members = partial(tenant_members, svc)  # likewise (personas)
     return app
+
+
+def tenant_members(svc: Services, tenant_id: int) -> list[tuple[str, str, str]]:
+    """A tenant's members as (user id, email, role), for tenant areas (the personas page)."""
+    with svc.session_factory() as s:
+        tenant = s.get(Tenant, tenant_id)
+        return [] if tenant is None else [(str(user.id), user.email, membership.role)
+                                          for membership, user in tenancy.members(s, tenant)]

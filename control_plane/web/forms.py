@@ -46,11 +46,19 @@ async def read_form(request: Request, model: type[F]) -> F:
         return parse_form(model, {})  # an empty POST is an empty form
     if not content_type.startswith(FORM_TYPES):
         raise UnsupportedMediaType()
-    async with request.form() as form:
+    # A model may take files as text, ``file_fields = ("name",)``, or as the uploaded file
+    # itself, spooled to disk by Starlette, for a handler that streams it: ``upload_fields``
+    # (both ClassVars). Uploads stay open until ``request.close()``, which the edge calls once
+    # the handler has answered; everything else is closed here.
+    uploads: tuple[str, ...] = getattr(model, "upload_fields", ())
+    form = await request.form()
+    try:
         data: dict[str, Any] = {}
         for key, value in form.multi_items():
             if not isinstance(value, str):
-                # a model may take files as text: ``file_fields = ("name",)`` (a ClassVar)
+                if key in uploads:
+                    data[key] = value
+                    continue
                 if key not in getattr(model, "file_fields", ()):
                     raise InvalidInput(f"The field '{key}' does not take a file.")
                 try:
@@ -58,6 +66,9 @@ async def read_form(request: Request, model: type[F]) -> F:
                 except UnicodeDecodeError:
                     raise InvalidInput(f"The file in '{key}' is not UTF-8 text.") from None
             data[key] = value
+    finally:
+        if not uploads:
+            await form.close()
     return parse_form(model, data)
 
 

@@ -25,7 +25,7 @@ templates.env.globals["nav_areas"] = (
     ("Approvals", None),
     ("Recommendations", None),
     ("Audit", None),
-    ("Jobs", None),
+    ("Jobs", "/jobs"),
 )
 
 

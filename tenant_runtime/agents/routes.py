@@ -11,15 +11,13 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from tenant_runtime import permissions
 from tenant_runtime.agents import promotion, service
 from tenant_runtime.agents.models import Agent
 from tenant_runtime.context import TenantContext
 from tenant_runtime.credentials.service import list_credentials
 from tenant_runtime.exceptions import TenantError, TenantNotFound
 from tenant_runtime.routing import TenantRoute
-
-ACTORS = ("Owner", "Admin", "Operator")
-VIEWERS = ("Owner", "Admin", "Operator", "Approver", "Compliance")
 
 
 class _Form(BaseModel):
@@ -76,12 +74,14 @@ def agents_page(request: Request, ctx: TenantContext, *, status_code: int = 200,
         agents = service.list_agents(s)
     return request.app.state.render(  # type: ignore[no-any-return]
         request, "tenants/agents.html",
-        {"agents": agents, "role": ctx.actor.role, "can_act": ctx.actor.role in ACTORS,
-         **extra}, status_code=status_code)
+        {"agents": agents, "role": ctx.actor.role,
+         "can_act": permissions.allows(ctx.actor.role, "agents.work"), **extra},
+        status_code=status_code)
 
 
 def agent_page(request: Request, ctx: TenantContext, *, status_code: int = 200,
                **extra: object) -> Response:
+    can_act = permissions.allows(ctx.actor.role, "agents.work")
     with ctx.session() as s, s.begin():
         agent = s.get(Agent, _agent_id(request))
         if agent is None:
@@ -92,8 +92,8 @@ def agent_page(request: Request, ctx: TenantContext, *, status_code: int = 200,
             "agent": agent, "evidence": service.evidence(s, agent), "runs": runs,
             "phases": service.PHASES, "tools": service.TOOLS,
             "narrow": service.NARROW_KINDS, "role": ctx.actor.role,
-            "can_act": ctx.actor.role in ACTORS,
-            "credentials": list_credentials(s, ctx) if ctx.actor.role in ACTORS else [],
+            "can_act": can_act,
+            "credentials": list_credentials(s, ctx) if can_act else [],
             "thresholds": (service.MIN_RUNS, service.MIN_AGREEMENT_PERCENT,
                            service.MIN_SCORED_PERCENT), **extra}
     return request.app.state.render(  # type: ignore[no-any-return]
@@ -159,13 +159,17 @@ def demote(request: Request, ctx: TenantContext) -> Response:
 
 
 routes = [
-    TenantRoute("/agents", agents_page, roles=VIEWERS),
-    TenantRoute("/agents", create_agent, "POST", ACTORS, NewAgentForm),
-    TenantRoute("/agents/{agent_id:int}", agent_page, roles=VIEWERS),
-    TenantRoute("/agents/{agent_id:int}/tools", set_tools, "POST", ACTORS, ToolsForm),
-    TenantRoute("/agents/{agent_id:int}/credentials", wire_credentials, "POST", ACTORS,
-                CredentialForm),
-    TenantRoute("/agents/{agent_id:int}/runs", record_run, "POST", ACTORS, RunForm),
-    TenantRoute("/agents/{agent_id:int}/promote", request_promotion, "POST", ACTORS, EmptyForm),
-    TenantRoute("/agents/{agent_id:int}/demote", demote, "POST", ACTORS, DemoteForm),
+    TenantRoute("/agents", agents_page, permission="agents.view"),
+    TenantRoute("/agents", create_agent, "POST", form=NewAgentForm, permission="agents.work"),
+    TenantRoute("/agents/{agent_id:int}", agent_page, permission="agents.view"),
+    TenantRoute("/agents/{agent_id:int}/tools", set_tools, "POST", form=ToolsForm,
+                permission="agents.work"),
+    TenantRoute("/agents/{agent_id:int}/credentials", wire_credentials, "POST",
+                form=CredentialForm, permission="agents.work"),
+    TenantRoute("/agents/{agent_id:int}/runs", record_run, "POST", form=RunForm,
+                permission="agents.work"),
+    TenantRoute("/agents/{agent_id:int}/promote", request_promotion, "POST", form=EmptyForm,
+                permission="agents.work"),
+    TenantRoute("/agents/{agent_id:int}/demote", demote, "POST", form=DemoteForm,
+                permission="agents.work"),
 ]

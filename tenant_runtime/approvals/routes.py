@@ -20,15 +20,13 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from tenant_runtime import permissions
 from tenant_runtime.approvals import classes, service
 from tenant_runtime.approvals.exceptions import ApprovalError, RequestNotFound
 from tenant_runtime.approvals.executors import internal_actions
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.routing import TenantRoute
-
-MANAGERS = ("Owner", "Admin")
-REQUESTERS = ("Owner", "Admin", "Operator")
 
 
 class _Form(BaseModel):
@@ -90,7 +88,8 @@ def _page(request: Request, ctx: TenantContext, *, status_code: int = 200,
     with ctx.session() as s, s.begin():
         context = {**_inbox_context(s, ctx),
                    "classes": classes.list_action_classes(s), "role": ctx.actor.role,
-                   "may_request": ctx.actor.role in REQUESTERS, **extra}
+                   "may_request": permissions.allows(ctx.actor.role, "approvals.request"),
+                   **extra}
     return render(request, "tenants/approvals.html",  # type: ignore[no-any-return]
                   context, status_code=status_code, partial="tenants/_approvals_inbox.html")
 
@@ -182,7 +181,8 @@ def _classes_page(request: Request, ctx: TenantContext, *, status_code: int = 20
         settings = classes.settings_row(s)
         context = {"classes": classes.list_action_classes(s), "settings": settings,
                    "roles": classes.APPROVER_ROLES, "internal": internal_actions(),
-                   "manager": ctx.actor.role in MANAGERS, **extra}
+                   "manager": permissions.allows(ctx.actor.role, "approvals.manage"),
+                   **extra}
     return render(request, "tenants/approval_classes.html",  # type: ignore[no-any-return]
                   context, status_code=status_code)
 
@@ -252,16 +252,22 @@ def save_settings(request: Request, ctx: TenantContext) -> Response:
 
 
 routes = [
-    TenantRoute("/approvals", approvals_page),
-    TenantRoute("/approvals/requests", request_action, "POST", REQUESTERS, RequestForm),
-    TenantRoute("/approvals/classes", classes_page),
-    TenantRoute("/approvals/classes", add_class, "POST", MANAGERS, ClassForm),
-    TenantRoute("/approvals/classes/{class_id:int}", change_class, "POST", MANAGERS,
-                ClassChangeForm),
-    TenantRoute("/approvals/classes/{class_id:int}/delete", delete_class, "POST", MANAGERS,
-                EmptyForm),
-    TenantRoute("/approvals/settings", save_settings, "POST", MANAGERS, SettingsForm),
-    TenantRoute("/approvals/{request_id}", request_page),
-    TenantRoute("/approvals/{request_id}/approve", approve, "POST", None, ApproveForm),
-    TenantRoute("/approvals/{request_id}/reject", reject, "POST", None, RejectForm),
+    TenantRoute("/approvals", approvals_page, permission="approvals.view"),
+    TenantRoute("/approvals/requests", request_action, "POST", form=RequestForm,
+                permission="approvals.request"),
+    TenantRoute("/approvals/classes", classes_page, permission="approvals.view"),
+    TenantRoute("/approvals/classes", add_class, "POST", form=ClassForm,
+                permission="approvals.manage"),
+    TenantRoute("/approvals/classes/{class_id:int}", change_class, "POST",
+                form=ClassChangeForm, permission="approvals.manage"),
+    TenantRoute("/approvals/classes/{class_id:int}/delete", delete_class, "POST",
+                form=EmptyForm, permission="approvals.manage"),
+    TenantRoute("/approvals/settings", save_settings, "POST", form=SettingsForm,
+                permission="approvals.manage"),
+    TenantRoute("/approvals/{request_id}", request_page, permission="approvals.view"),
+    # who may decide one request is also the class's setting (service.may_decide)
+    TenantRoute("/approvals/{request_id}/approve", approve, "POST", form=ApproveForm,
+                permission="approvals.decide"),
+    TenantRoute("/approvals/{request_id}/reject", reject, "POST", form=RejectForm,
+                permission="approvals.decide"),
 ]

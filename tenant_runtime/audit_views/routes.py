@@ -15,8 +15,6 @@ from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.models import AuditSettings
 from tenant_runtime.routing import TenantRoute
 
-READERS = ("Owner", "Admin", "Compliance")
-
 
 def _date(name: str, raw: str | None) -> datetime | None:
     if not raw:
@@ -87,6 +85,7 @@ def save_settings(request: Request, ctx: TenantContext) -> Response:
 
 
 routes = [
-    TenantRoute("/audit", timeline_page, "GET", READERS),
-    TenantRoute("/audit/settings", save_settings, "POST", ("Owner",), AuditSettingsForm),
+    TenantRoute("/audit", timeline_page, permission="audit.view"),
+    TenantRoute("/audit/settings", save_settings, "POST", form=AuditSettingsForm,
+                permission="audit.settings"),
 ]

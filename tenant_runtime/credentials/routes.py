@@ -11,8 +11,6 @@ from tenant_runtime.credentials import service
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.routing import TenantRoute
 
-MANAGERS = ("Owner", "Admin")
-
 
 class AddCredentialForm(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,8 +67,9 @@ def delete_credential(request: Request, ctx: TenantContext) -> Response:
 
 
 routes = [
-    TenantRoute("/credentials", credentials_page),
-    TenantRoute("/credentials", add_credential, "POST", MANAGERS, AddCredentialForm),
-    TenantRoute("/credentials/{credential_id:int}/delete", delete_credential, "POST", MANAGERS,
-                EmptyForm),
+    TenantRoute("/credentials", credentials_page, permission="credentials.view"),
+    TenantRoute("/credentials", add_credential, "POST", form=AddCredentialForm,
+                permission="credentials.manage"),
+    TenantRoute("/credentials/{credential_id:int}/delete", delete_credential, "POST",
+                form=EmptyForm, permission="credentials.manage"),
 ]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tenant_runtime import permissions
 from tenant_runtime.context import TenantContext
 from tenant_runtime.credentials.service import list_credentials
 from tenant_runtime.exceptions import TenantInvalidInput
@@ -21,10 +22,6 @@ from tenant_runtime.gateway.providers.base import PROVIDERS
 from tenant_runtime.models import GatewayRoute
 from tenant_runtime.redaction import DETECTORS, PROFILES
 from tenant_runtime.routing import TenantRoute
-
-MANAGERS = ("Owner", "Admin")
-OWNERS = ("Owner",)
-VIEWERS = ("Owner", "Admin", "Operator", "Compliance")
 
 
 class _Form(BaseModel):
@@ -96,7 +93,7 @@ class EmptyForm(_Form):
 def _page(request: Request, ctx: TenantContext, *, status_code: int = 200,
           **extra: object) -> Response:
     render = request.app.state.render
-    manager = ctx.actor.role in MANAGERS
+    manager = permissions.allows(ctx.actor.role, "gateway.manage")
     with ctx.session() as s, s.begin():
         settings = config.load_settings(s)
         routes = list(s.scalars(select(GatewayRoute).order_by(GatewayRoute.model_name)))
@@ -207,17 +204,20 @@ def remove_price(request: Request, ctx: TenantContext) -> Response:
 
 
 routes = [
-    TenantRoute("/gateway", gateway_page, roles=VIEWERS),
-    TenantRoute("/gateway/settings", update_settings, "POST", MANAGERS, SettingsForm),
-    TenantRoute("/gateway/cap", update_cap, "POST", OWNERS, CapForm),
-    TenantRoute("/gateway/routes", add_route, "POST", MANAGERS, RouteForm),
-    TenantRoute("/gateway/routes/{route_id:int}/allow", allow_route, "POST", MANAGERS,
-                EmptyForm),
-    TenantRoute("/gateway/routes/{route_id:int}/disallow", disallow_route, "POST", MANAGERS,
-                EmptyForm),
-    TenantRoute("/gateway/routes/{route_id:int}/delete", delete_route, "POST", MANAGERS,
-                EmptyForm),
-    TenantRoute("/gateway/prices", set_price, "POST", OWNERS, PriceForm),
-    TenantRoute("/gateway/prices/{provider_model:path}/delete", remove_price, "POST", OWNERS,
-                EmptyForm),
+    TenantRoute("/gateway", gateway_page, permission="gateway.view"),
+    TenantRoute("/gateway/settings", update_settings, "POST", form=SettingsForm,
+                permission="gateway.manage"),
+    TenantRoute("/gateway/cap", update_cap, "POST", form=CapForm, permission="gateway.spend"),
+    TenantRoute("/gateway/routes", add_route, "POST", form=RouteForm,
+                permission="gateway.manage"),
+    TenantRoute("/gateway/routes/{route_id:int}/allow", allow_route, "POST", form=EmptyForm,
+                permission="gateway.manage"),
+    TenantRoute("/gateway/routes/{route_id:int}/disallow", disallow_route, "POST",
+                form=EmptyForm, permission="gateway.manage"),
+    TenantRoute("/gateway/routes/{route_id:int}/delete", delete_route, "POST", form=EmptyForm,
+                permission="gateway.manage"),
+    TenantRoute("/gateway/prices", set_price, "POST", form=PriceForm,
+                permission="gateway.spend"),
+    TenantRoute("/gateway/prices/{provider_model:path}/delete", remove_price, "POST",
+                form=EmptyForm, permission="gateway.spend"),
 ]

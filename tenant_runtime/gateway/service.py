@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
@@ -130,15 +130,14 @@ class Gateway:
                                           + " ".join(egress_refusals))
                 prices = [entry.price for entry in chain]
                 reserved = self._worst_case(redacted, prices)
-                if spend.reserve(s, month=month, amount_micros=reserved,
-                                 cap_micros=cfg.monthly_cap_micros):
-                    first = chain[0].target
-                    call_id = s.execute(insert(GatewayCall).values(
-                        month=month, api_key_id=self.api_key_id, model_name=request.model,
-                        provider=first.provider, provider_model=first.model,
-                        endpoint_kind=endpoint_kind, stream=request.stream, status="reserved",
-                        reserved_micros=reserved, redactions=dict(redacted.counts))
-                        .returning(GatewayCall.id)).scalar_one()
+                first = chain[0].target
+                call_id = spend.reserve_call(
+                    s, month=month, amount_micros=reserved, cap_micros=cfg.monthly_cap_micros,
+                    call={"api_key_id": self.api_key_id, "model_name": request.model,
+                          "provider": first.provider, "provider_model": first.model,
+                          "endpoint_kind": endpoint_kind, "stream": request.stream,
+                          "redactions": dict(redacted.counts)})
+                if call_id is not None:
                     return PreparedCall(call_id, month, request.model, redacted, restorer,
                                         [entry.target for entry in chain], prices, reserved,
                                         started)

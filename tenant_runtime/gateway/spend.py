@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -61,25 +62,67 @@ def reserve(s: Session, *, month: date, amount_micros: int, cap_micros: int) -> 
     return s.execute(_RESERVE, params).first() is not None
 
 
+# The reservation and the call's row in one statement: the row is written only when the
+# reservation fitted. The hot path runs it as SQL text straight on the connection: building the
+# equivalent SQLAlchemy expression costs more than the statement itself.
+_RESERVE_CALL = (
+    "WITH reserved AS (UPDATE gateway_spend_months "
+    "SET reserved_micros = reserved_micros + %(amount)s "
+    "WHERE month = %(month)s AND spent_micros + reserved_micros + %(amount)s <= %(cap)s "
+    "RETURNING month) "
+    "INSERT INTO gateway_calls (month, api_key_id, model_name, provider, provider_model, "
+    "endpoint_kind, stream, status, reserved_micros, redactions) "
+    "SELECT month, %(api_key_id)s, %(model_name)s, %(provider)s, %(provider_model)s, "
+    "%(endpoint_kind)s, %(stream)s, 'reserved', %(amount)s, %(redactions)s FROM reserved "
+    "RETURNING id")
+
+
+def reserve_call(s: Session, *, month: date, amount_micros: int, cap_micros: int,
+                 call: dict[str, Any]) -> int | None:
+    """Reserve ``amount_micros`` of this month's cap and write the call's row (``call``: its
+    api_key_id, model_name, provider, provider_model, endpoint_kind, stream and redactions),
+    status ``reserved``; its id, or None when the reservation does not fit. One statement,
+    except the first call of a month, which creates the month's row first."""
+    connection = s.connection()
+    params = {**call, "redactions": Jsonb(call["redactions"]), "amount": amount_micros,
+              "month": month, "cap": cap_micros}
+    row = connection.exec_driver_sql(_RESERVE_CALL, params).first()
+    if row is None:  # no row for the month yet (or the cap is reached): as in ``reserve``
+        s.execute(insert(GatewaySpendMonth).values(month=month).on_conflict_do_nothing())
+        row = connection.exec_driver_sql(_RESERVE_CALL, params).first()
+    return None if row is None else int(row[0])
+
+
 def settle(s: Session, *, month: date, reserved_micros: int, cost_micros: int) -> None:
     s.execute(update(GatewaySpendMonth).where(GatewaySpendMonth.month == month).values(
         reserved_micros=GatewaySpendMonth.reserved_micros - reserved_micros,
         spent_micros=GatewaySpendMonth.spent_micros + cost_micros))
 
 
+# A reserved call's outcome and its settlement, in one statement; the provider columns keep
+# their value when the call reached no provider (NULL given).
+_SETTLE_CALL = (
+    "WITH recorded AS (UPDATE gateway_calls SET status = %(status)s, "
+    "cost_micros = %(cost_micros)s, tokens_in = %(tokens_in)s, tokens_out = %(tokens_out)s, "
+    "latency_ms = %(latency_ms)s, attempts = %(attempts)s, error = %(error)s, "
+    "provider = coalesce(%(provider)s, provider), "
+    "provider_model = coalesce(%(provider_model)s, provider_model) "
+    "WHERE id = %(call_id)s AND status = 'reserved' RETURNING month) "
+    "UPDATE gateway_spend_months SET reserved_micros = reserved_micros - %(reserved)s, "
+    "spent_micros = spent_micros + %(cost)s "
+    "WHERE month = (SELECT month FROM recorded) RETURNING month")
+_SETTLE_DEFAULTS = {"provider": None, "provider_model": None}
+
+
 def settle_call(s: Session, *, call_id: int, month: date, reserved_micros: int,
                 cost_micros: int, values: dict[str, Any]) -> bool:
     """Record a reserved call's outcome and settle its reservation, in one statement; False
-    when the call is no longer reserved (``settle_abandoned`` charged it meanwhile)."""
-    recorded = update(GatewayCall).where(GatewayCall.id == call_id,
-                                         GatewayCall.status == "reserved").values(**values) \
-        .returning(GatewayCall.month).cte("recorded")
-    settled = s.execute(
-        update(GatewaySpendMonth).where(GatewaySpendMonth.month == recorded.c.month)
-        .values(reserved_micros=GatewaySpendMonth.reserved_micros - reserved_micros,
-                spent_micros=GatewaySpendMonth.spent_micros + cost_micros)
-        .returning(GatewaySpendMonth.month)
-        .execution_options(synchronize_session=False)).first()
+    when the call is no longer reserved (``settle_abandoned`` charged it meanwhile).
+    ``values``: status, cost_micros, tokens_in, tokens_out, latency_ms, attempts, error, and
+    provider and provider_model when a provider was tried."""
+    settled = s.connection().exec_driver_sql(_SETTLE_CALL, {
+        **_SETTLE_DEFAULTS, **values, "call_id": call_id, "reserved": reserved_micros,
+        "cost": cost_micros}).first()
     return settled is not None
 
 

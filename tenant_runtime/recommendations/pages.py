@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from tenant_runtime.context import TenantContext
+from tenant_runtime.minimization.observations import ObservationView, list_observations
+from tenant_runtime.personas.scope import scope_for
 from tenant_runtime.recommendations import consensus, gate, panel, service
 from tenant_runtime.recommendations.heuristics import HeuristicAnalysis
 from tenant_runtime.recommendations.models import RecommendationRun, Task
@@ -28,6 +30,8 @@ class TaskView:
     created_by: str | None
     created_at: datetime
     veto_tags: list[str]
+    cluster_key: str | None = None  # a candidate task found by clustering signals
+    confirmed_by: list[str] = field(default_factory=list)  # its sources, when two or more
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,14 @@ class TaskPage:
     labels: dict[str, str] = field(default_factory=lambda: dict(DIMENSION_LABELS))
     verdict_labels: dict[str, str] = field(default_factory=lambda: dict(gate.VERDICT_LABELS))
     heuristic_mark: str = gate.HEURISTIC_MARK
+    observations: list[ObservationView] = field(default_factory=list)  # within the persona
 
 
 def task_view(ctx: TenantContext, task: Task) -> TaskView:
     return TaskView(task.id, task.title, service.task_description(ctx, task), task.team,
                     list(task.tags), TaskSignals.model_validate(task.signals), task.source,
-                    task.created_by, task.created_at, gate.vetoing_tags(task.tags))
+                    task.created_by, task.created_at, gate.vetoing_tags(task.tags),
+                    task.cluster_key, list(task.confirmed_by))
 
 
 def run_view(s: Session, ctx: TenantContext, run: RecommendationRun) -> RunView:
@@ -112,6 +118,9 @@ def run_view(s: Session, ctx: TenantContext, run: RecommendationRun) -> RunView:
 
 
 def task_page(s: Session, ctx: TenantContext, task_id: int, *, can_run: bool) -> TaskPage:
-    task = service.access_task(s, task_id)
+    scope = scope_for(s, ctx.actor)
+    task = service.access_task(s, task_id, scope=scope)
     run = service.latest_run(s, task.id)
-    return TaskPage(task_view(ctx, task), run_view(s, ctx, run) if run else None, can_run)
+    observations = list_observations(s, ctx, scope, task_id=task.id)
+    return TaskPage(task_view(ctx, task), run_view(s, ctx, run) if run else None, can_run,
+                    observations=observations)

@@ -11,19 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from tenant_runtime import permissions
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.gateway import config as gateway_config
+from tenant_runtime.personas.scope import scope_for
 from tenant_runtime.recommendations import jobs, pages, service
 from tenant_runtime.recommendations.exceptions import ImportRejected, RunInProgress
 from tenant_runtime.recommendations.gate import VERDICT_LABELS, Thresholds
 from tenant_runtime.recommendations.schemas import PERIODS, TaskInput
 from tenant_runtime.recommendations.service import validation_sentence
 from tenant_runtime.routing import TenantRoute
-
-VIEWERS = ("Owner", "Admin", "Operator", "Compliance")
-OPERATORS = ("Owner", "Admin", "Operator")
-MANAGERS = ("Owner", "Admin")
 
 
 class _Form(BaseModel):
@@ -99,10 +97,12 @@ def _list(request: Request, ctx: TenantContext, *, status_code: int = 200,
           **extra: object) -> Response:
     render = request.app.state.render
     with ctx.session() as s, s.begin():
-        context = {"tasks": service.list_tasks(s), "panel": service.panel_of(s),
+        context = {"tasks": service.list_tasks(s, scope=scope_for(s, ctx.actor)),
+                   "panel": service.panel_of(s),
                    "periods": PERIODS, "verdict_labels": VERDICT_LABELS,
-                   "can_create": ctx.actor.role in OPERATORS,
-                   "can_configure": ctx.actor.role in MANAGERS, **extra}
+                   "can_create": permissions.allows(ctx.actor.role, "tasks.work"),
+                   "can_configure": permissions.allows(ctx.actor.role,
+                                                         "recommendations.manage"), **extra}
     return render(request, "tenants/tasks.html",  # type: ignore[no-any-return]
                   context, status_code=status_code)
 
@@ -147,7 +147,8 @@ def _task(request: Request, ctx: TenantContext, *, status_code: int = 200,
     render = request.app.state.render
     task_id = int(request.path_params["task_id"])
     with ctx.session() as s, s.begin():
-        page = pages.task_page(s, ctx, task_id, can_run=ctx.actor.role in OPERATORS)
+        can_run = permissions.allows(ctx.actor.role, "tasks.work")
+        page = pages.task_page(s, ctx, task_id, can_run=can_run)
     return render(request, "tenants/tasks_detail.html",  # type: ignore[no-any-return]
                   {"page": page, **extra}, status_code=status_code,
                   partial="tenants/_tasks_run.html")
@@ -209,11 +210,14 @@ def update_settings(request: Request, ctx: TenantContext) -> Response:
 
 
 routes = [
-    TenantRoute("/tasks", tasks_page, roles=VIEWERS),
-    TenantRoute("/tasks", create_task, "POST", OPERATORS, TaskForm),
-    TenantRoute("/tasks/import", import_tasks, "POST", OPERATORS, ImportForm),
-    TenantRoute("/tasks/settings", settings_page, roles=MANAGERS),
-    TenantRoute("/tasks/settings", update_settings, "POST", MANAGERS, SettingsForm),
-    TenantRoute("/tasks/{task_id:int}", task_page, roles=VIEWERS),
-    TenantRoute("/tasks/{task_id:int}/run", run_panel, "POST", OPERATORS, EmptyForm),
+    TenantRoute("/tasks", tasks_page, permission="tasks.view"),
+    TenantRoute("/tasks", create_task, "POST", form=TaskForm, permission="tasks.work"),
+    TenantRoute("/tasks/import", import_tasks, "POST", form=ImportForm,
+                permission="tasks.work"),
+    TenantRoute("/tasks/settings", settings_page, permission="recommendations.manage"),
+    TenantRoute("/tasks/settings", update_settings, "POST", form=SettingsForm,
+                permission="recommendations.manage"),
+    TenantRoute("/tasks/{task_id:int}", task_page, permission="tasks.view"),
+    TenantRoute("/tasks/{task_id:int}/run", run_panel, "POST", form=EmptyForm,
+                permission="tasks.work"),
 ]

@@ -18,6 +18,7 @@ from tenant_runtime.exceptions import TenantInvalidInput, TenantNotFound
 from tenant_runtime.gateway import config as gateway_config
 from tenant_runtime.gateway.names import normalize_model_name
 from tenant_runtime.models import GatewayRoute, single_row
+from tenant_runtime.personas.scope import Scope, scope_for
 from tenant_runtime.recommendations.exceptions import ImportRejected, RunInProgress
 from tenant_runtime.recommendations.gate import Thresholds
 from tenant_runtime.recommendations.models import (
@@ -131,9 +132,10 @@ def do_import_tasks(s: Session, ctx: TenantContext, raw: str) -> list[Task]:
     return rows
 
 
-def access_task(s: Session, task_id: int) -> Task:
-    """The task, or TenantNotFound: the same answer for a missing id and another tenant's."""
-    row = s.get(Task, task_id)
+def access_task(s: Session, task_id: int, *, scope: Scope) -> Task:
+    """The task, or TenantNotFound: the same answer for a missing id, another tenant's, and a
+    task of a team outside ``scope`` (the caller's persona, ``personas/scope.py``)."""
+    row = s.scalars(select(Task).where(Task.id == task_id, scope.team_filter(Task.team))).first()
     if row is None:
         raise TenantNotFound("There is no such task.")
     return row
@@ -155,13 +157,15 @@ class TaskListRow:
     state: str | None
 
 
-def list_tasks(s: Session) -> list[TaskListRow]:
+def list_tasks(s: Session, *, scope: Scope) -> list[TaskListRow]:
+    """The newest 500 tasks of the teams ``scope`` may see, with their last run's verdict."""
     earlier = aliased(RecommendationRun)
     last_id = (select(func.max(earlier.id)).where(earlier.task_id == Task.id)
                .correlate(Task).scalar_subquery())
     rows = s.execute(select(Task, RecommendationRun.verdict, RecommendationRun.mode,
                             RecommendationRun.state)
                      .outerjoin(RecommendationRun, RecommendationRun.id == last_id)
+                     .where(scope.team_filter(Task.team))
                      .order_by(Task.id.desc()).limit(500))
     return [TaskListRow(t.id, t.title, t.team, list(t.tags), verdict, mode, state)
             for t, verdict, mode, state in rows]
@@ -279,8 +283,11 @@ def votes_of(s: Session, run_id: int) -> list[PanelVote]:
 
 def do_start_run(s: Session, ctx: TenantContext, task_id: int) -> RecommendationRun:
     """Record a queued run with the panel as configured now (the caller enqueues its job).
-    Refused while the task's last run is unfinished and younger than ``STALE_RUN``."""
-    task = s.get(Task, task_id, with_for_update=True)
+    Refused while the task's last run is unfinished and younger than ``STALE_RUN``. A task of
+    a team outside the actor's persona is as absent as a missing one."""
+    task = s.scalars(select(Task).where(Task.id == task_id,
+                                        scope_for(s, ctx.actor).team_filter(Task.team))
+                     .with_for_update()).first()
     if task is None:
         raise TenantNotFound("There is no such task.")
     last = latest_run(s, task_id)

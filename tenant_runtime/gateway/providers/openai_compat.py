@@ -13,12 +13,21 @@ The answer limit goes out as ``max_completion_tokens`` to OpenAI and Azure OpenA
 servers, which do not all know the newer name. Streams ask for a final usage chunk
 (``stream_options.include_usage``); a server that sends no usage gets an estimate (characters /
 4), so spend is never settled at zero.
+
+The SDK is the client (its request building, authentication, Azure deployment URLs, errors and
+connection pool), but its answers are read as plain JSON: ``client.post(..., cast_to=
+httpx2.Response)`` instead of ``client.chat.completions.create``, which would build pydantic
+models of the request and of the answer (of every streamed chunk too), costing more CPU than the
+rest of a gateway call's path. The few fields read are checked here; an answer of another shape
+is refused like the SDK's own ``APIResponseValidationError``.
 """
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -47,6 +56,9 @@ OPENAI_ENDPOINT = "https://api.openai.com/v1"
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 # On-prem servers without authentication still need some key for the SDK (vLLM's docs use this).
 NO_KEY = "EMPTY"
+CHAT_PATH = "/chat/completions"
+# The SDK's header (openai._constants) asking it to return a response with its body unread.
+RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
@@ -62,15 +74,15 @@ class OpenAICompatAdapter:
     def complete(self, request: RedactedRequest, target: Target) -> Completion:
         require_redacted(request)
         client = self._client(target)
-        response, attempts = retry.call(
-            self.provider, self._policy, partial(classify, target=target),
-            lambda: client.chat.completions.create(**self._params(request, target)))
-        choice = response.choices[0] if response.choices else None
-        text = (choice.message.content or "") if choice else ""
-        usage = (Usage(response.usage.prompt_tokens, response.usage.completion_tokens)
-                 if response.usage else estimate_usage(request, text))
-        finish = FINISH_REASONS.get(choice.finish_reason if choice else "", "other")
-        return Completion(text, usage, finish, attempts)
+        body = self._params(request, target)
+
+        def post() -> Completion:
+            response = client.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
+            return parse_completion(response, request)
+
+        answer, attempts = retry.call(self.provider, self._policy,
+                                      partial(classify, target=target), post)
+        return replace(answer, attempts=attempts)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
         require_redacted(request)
@@ -80,21 +92,39 @@ class OpenAICompatAdapter:
 
     def _events(self, client: openai.OpenAI, request: RedactedRequest,
                 target: Target) -> Iterator[StreamEvent]:
-        chunks = client.chat.completions.create(**self._params(request, target), stream=True,
-                                                stream_options={"include_usage": True})
-        usage, finish, text = None, None, []
-        with chunks:
-            for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices:
-                    if choice.index != 0:
+        # the SDK's own way to hand back a streaming response unread (with_streaming_response)
+        response = client.post(CHAT_PATH, cast_to=httpx2.Response, body={
+            **self._params(request, target), "stream": True,
+            "stream_options": {"include_usage": True}},
+            options={"headers": {RAW_RESPONSE_HEADER: "stream"}})
+        usage, finish, text, done = None, None, [], False
+        try:
+            for data in sse_data(response.iter_lines()):
+                # read to the end, past [DONE], as the SDK does: a response closed before its
+                # end closes its connection too, and the next call would open another
+                if done or data.startswith("[DONE]"):
+                    done = True
+                    continue
+                chunk = _json_object(response, data)
+                if chunk.get("error"):
+                    raise openai.APIError("The provider reported an error in the stream.",
+                                          response.request, body=chunk["error"])
+                if isinstance(chunk.get("usage"), dict):
+                    usage = _usage(chunk["usage"])
+                for choice in _list(response, chunk.get("choices")):
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                         continue
-                    if choice.delta is not None and choice.delta.content:
-                        text.append(choice.delta.content)
-                        yield TextDelta(choice.delta.content)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+                    delta = choice.get("delta")
+                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if content:
+                        if not isinstance(content, str):
+                            raise _bad_shape(response, chunk)
+                        text.append(content)
+                        yield TextDelta(content)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+        finally:
+            response.close()
         yield Finished(usage or estimate_usage(request, "".join(text)),
                        FINISH_REASONS.get(finish or "", "other"), attempts=0)
 
@@ -152,6 +182,63 @@ def _default_token_provider() -> Callable[[], str]:
 
             _default_provider = get_bearer_token_provider(DefaultAzureCredential(), AZURE_SCOPE)
         return _default_provider
+
+
+def sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """The data of each server-sent event (its ``data:`` lines joined), in order."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+    if data:
+        yield "\n".join(data)
+
+
+def _bad_shape(response: httpx2.Response, body: object) -> openai.APIResponseValidationError:
+    return openai.APIResponseValidationError(response, body, message="The provider's answer "
+                                             "did not have the expected shape.")
+
+
+def _json_object(response: httpx2.Response, text: str | bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise _bad_shape(response, None) from None
+    if not isinstance(data, dict):
+        raise _bad_shape(response, data)
+    return data
+
+
+def _list(response: httpx2.Response, value: object) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _bad_shape(response, value)
+    return value
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    return Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))  # type: ignore[arg-type]
+
+
+def parse_completion(response: httpx2.Response, request: RedactedRequest) -> Completion:
+    """A chat completion's text, usage and finish reason, read from its JSON."""
+    data = _json_object(response, response.content)
+    choices = _list(response, data.get("choices"))
+    choice = choices[0] if choices else {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(choice, dict) or not isinstance(text, str | None):
+        raise _bad_shape(response, data)
+    text = text or ""
+    usage = _usage(data["usage"]) if isinstance(data.get("usage"), dict) \
+        else estimate_usage(request, text)
+    finish = FINISH_REASONS.get(choice.get("finish_reason") or "", "other")
+    return Completion(text, usage, finish, attempts=0)
 
 
 def estimate_usage(request: RedactedRequest, answer: str) -> Usage:

@@ -33,7 +33,13 @@ SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            "recurrence_occurrences": "", "handler_consistency": "", "tasks_file": "",
            "tasks_json": "[]", "panel_models": "", "architect_model": "",
            "deliberator_model": "", "min_cost_benefit": "7", "max_customer_risk": "3",
-           "max_human_sensitivity": "4", "min_compliance": "7"}
+           "max_human_sensitivity": "4", "min_compliance": "7",
+           # personas and minimization settings ("name", "retention_days" are shared)
+           "teams": "t", "all_teams": "false", "sources": "", "all_sources": "false",
+           "user_id": "1", "k_anonymity": "3",
+           # signal sources and imports ("name", "team" are shared)
+           "kind": "logs", "source_id": "", "file_format": "", "signals_file": "",
+           "extraction": "off"}
 
 
 def tenant_routes(app) -> list[tuple[str, str, dict[str, str]]]:
@@ -90,7 +96,9 @@ def test_another_tenants_ids_answer_404_on_every_tenant_route(client, services, 
                              headers={"X-CSRF-Token": token})
         if not any(f"{{{sub}" in path for sub in ("credential_id", "membership_id", "job_id",
                                                   "route_id", "provider_model", "request_id",
-                                                  "class_id", "task_id", "agent_id")):
+                                                  "class_id", "task_id", "agent_id",
+                                                  "persona_id", "source_id",
+                                                  "import_id")):
             assert own.status_code != 404 or path.endswith("/delete"), (method, path)
     state, key_ref, members, _ = snapshot(db, b)
     assert (state, key_ref, members) == before[:3]

@@ -1,0 +1,220 @@
+"""Who may call what: one decision for every route of the app, and the audit of refusals.
+
+Every route has exactly one decision, and ``decision_of`` finds it:
+
+- a tenant area's route (``tenant_runtime/*/routes.py``) names its ``permission`` in its
+  ``TenantRoute``; the control plane checks it when it mounts the route;
+- every other route is listed in ``DECISIONS`` below, by method and path template: either a
+  permission of ``tenant_runtime.permissions.MATRIX`` (a route about one tenant: the caller must
+  be a member whose role holds it) or one of the non-tenant decisions of ``NON_TENANT``.
+
+tests/control_plane/test_permission_matrix.py walks every route of ``build_app`` and fails on a
+route without a decision (or an entry here that names no route), and checks each tenant route
+with each of the six roles, so a decision written here and the check the handler makes cannot
+drift apart.
+
+A refusal inside a tenant (``ScopeDenied``, 403) is audited as ``access.scope_denied`` with the
+permission, the method, the path template and the role. The refused request's transaction
+rolls back, so ``audits_denials`` writes the event afterwards in a short transaction of its own:
+in the tenant's chain when the tenant is active (its compliance team reads it there), else in
+the platform chain. Another tenant's id stays a plain 404 and is audited nowhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Mount, Route
+
+from control_plane import audit
+from control_plane.models import Tenant
+from control_plane.tenancy.service import ScopeDenied
+from control_plane.web.services import Services, services
+from tenant_runtime import audit as tenant_audit
+from tenant_runtime import permissions
+from tenant_runtime.context import Actor as TenantActor
+from tenant_runtime.permissions import AccessEvents
+
+log = logging.getLogger(__name__)
+
+PUBLIC = "public"
+SIGNED_IN = "signed-in"
+INSTALLATION_OWNER = "installation-owner"
+API_KEY = "api-key"
+NON_TENANT: dict[str, str] = {
+    PUBLIC: "anyone, signed in or not",
+    SIGNED_IN: "any signed-in user; what it shows is limited to their own account and tenants",
+    INSTALLATION_OWNER: "a signed-in Owner of this installation (not of one tenant)",
+    API_KEY: "a tenant API key (Authorization: Bearer), acting as its own tenant only",
+}
+
+# Routes outside the tenant areas. A tenant permission here means: a session caller must be a
+# member whose role holds it; where an API key is also accepted (``/api/actions``,
+# ``/api/agents``, ``/api/audit/export``), the key acts as its own tenant.
+DECISIONS: dict[str, str] = {
+    # pages of the installation
+    "GET /": SIGNED_IN,
+    "GET /approvals/nav": SIGNED_IN,
+    "GET /healthz": PUBLIC,
+    "GET /readyz": PUBLIC,
+    "MOUNT /static": PUBLIC,
+    "GET /openapi.json": PUBLIC,  # the API's description, no data
+    "GET /jobs": SIGNED_IN,  # lists only the jobs of tenants one holds tenant.lifecycle in
+    "POST /jobs/{job_id:int}/retry": SIGNED_IN,  # likewise; another tenant's job is a 404
+    # signing in and one's own account
+    "GET /sign-in": PUBLIC,
+    "POST /sign-in": PUBLIC,
+    "GET /sign-in/mfa": PUBLIC,  # the second step of a sign-in in progress
+    "POST /sign-in/mfa": PUBLIC,
+    "POST /sign-out": PUBLIC,  # ends the presented session, if any
+    "GET /account": SIGNED_IN,
+    "POST /account/password": SIGNED_IN,
+    "POST /account/sign-out-everywhere": SIGNED_IN,
+    "POST /account/mfa/start": SIGNED_IN,
+    "GET /account/mfa": SIGNED_IN,
+    "POST /account/mfa": SIGNED_IN,
+    "POST /account/mfa/disable": SIGNED_IN,
+    "POST /account/my-data": SIGNED_IN,  # one's own data, rate-limited
+    # users and tenants of the installation
+    "GET /users": INSTALLATION_OWNER,
+    "POST /users": INSTALLATION_OWNER,
+    "POST /users/{user_id:int}/deactivate": INSTALLATION_OWNER,
+    "POST /users/{user_id:int}/reactivate": INSTALLATION_OWNER,
+    "GET /tenants": SIGNED_IN,  # the tenants one is a member of
+    "POST /tenants": INSTALLATION_OWNER,
+    "POST /tenants/test-key": INSTALLATION_OWNER,
+    "GET /api/tenants": SIGNED_IN,
+    "POST /api/tenants": INSTALLATION_OWNER,
+    "GET /api/whoami": API_KEY,
+    # one tenant (control-plane pages)
+    "GET /tenants/{tenant_id:int}": "tenant.view",
+    "GET /api/tenants/{tenant_id:int}": "tenant.view",
+    "POST /tenants/{tenant_id:int}/retry": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/suspend": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/resume": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/delete": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/members": "members.manage",
+    "POST /tenants/{tenant_id:int}/members/{membership_id:int}/remove": "members.manage",
+    "POST /tenants/{tenant_id:int}/api-keys": "api_keys.manage",
+    "POST /tenants/{tenant_id:int}/api-keys/{key_id:int}/revoke": "api_keys.manage",
+    "POST /tenants/{tenant_id:int}/audit/verify": "audit.verify",
+    "GET /tenants/{tenant_id:int}/audit/verification": "audit.view",
+    "GET /tenants/{tenant_id:int}/audit/export": "audit.export",
+    "GET /tenants/{tenant_id:int}/exports": "audit.export",
+    "POST /tenants/{tenant_id:int}/exports": "audit.export",
+    "GET /tenants/{tenant_id:int}/exports/{job_id:int}": "audit.export",
+    "GET /tenants/{tenant_id:int}/exports/{job_id:int}/download": "audit.export",
+    # tenant JSON APIs (a session names the tenant with ?tenant=<id>; or an API key)
+    "GET /api/audit/export": "audit.export",
+    "POST /api/actions": "approvals.request",
+    "GET /api/actions/{request_id}": "approvals.request",
+    "POST /api/actions/{request_id}/execute": "approvals.request",
+    "GET /api/agents/{agent_id}": "agents.view",
+    "POST /api/agents/{agent_id}/shadow-runs": "agents.work",
+    # the gateway
+    "POST /v1/chat/completions": API_KEY,
+    "POST /v1/messages": API_KEY,
+    "GET /v1/models": API_KEY,
+}
+
+
+def _check_table() -> None:
+    for key, decision in DECISIONS.items():
+        if decision not in NON_TENANT and decision not in permissions.MATRIX:
+            raise ValueError(f"access.DECISIONS[{key!r}] = {decision!r} is neither a permission "
+                             "of tenant_runtime/permissions.py nor one of "
+                             f"{', '.join(NON_TENANT)}.")
+
+
+_check_table()
+
+
+def route_keys(route: BaseRoute) -> list[str]:
+    """The ``DECISIONS`` keys of one route: one per method (HEAD goes with GET)."""
+    if isinstance(route, Mount):
+        return [f"MOUNT {route.path}"]
+    if isinstance(route, Route):
+        return [f"{m} {route.path}" for m in sorted(route.methods or ()) if m != "HEAD"]
+    return [f"? {getattr(route, 'path', route)!r}"]
+
+
+def decision_of(route: BaseRoute, key: str) -> str | None:
+    """The decision of ``key`` (a method and path of ``route``), or None when it has none."""
+    declared = getattr(getattr(route, "endpoint", None), "permission", None)
+    if isinstance(declared, str):  # a mounted tenant area route carries its own
+        return declared
+    return DECISIONS.get(key)
+
+
+def is_tenant_permission(decision: str | None) -> bool:
+    return decision is not None and decision in permissions.MATRIX
+
+
+# ------------------------------------------------------------------------------- denials
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def audits_denials(handler: Callable[Concatenate[Request, P], R]
+                   ) -> Callable[Concatenate[Request, P], R]:
+    """Wrap a plain handler that resolves tenant access inside its own transaction: when it
+    ends in ``ScopeDenied``, its transaction has rolled back by the time this catches it;
+    record the denial, then let the 403 through."""
+
+    def run(request: Request, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return handler(request, *args, **kwargs)
+        except ScopeDenied as denied:
+            record_denial(request, denied)
+            raise
+
+    run.__name__, run.__qualname__ = handler.__name__, handler.__qualname__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def route_template(request: Request) -> str:
+    """The path template of the matched route (never the filled URL, which holds ids)."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else request.url.path
+
+
+def record_denial(request: Request, denied: ScopeDenied) -> None:
+    """Write ``access.scope_denied`` once, in its own transaction: the tenant's chain when the
+    tenant is active, else (or when its database cannot be written) the platform chain."""
+    if denied.recorded:
+        return
+    denied.recorded = True
+    details: dict[str, Any] = {"permission": denied.permission, "method": request.method,
+                               "path": route_template(request), "role": denied.role}
+    svc = services(request)
+    if denied.tenant_state == "active":
+        try:
+            if _record_in_tenant(svc, denied, details):
+                return
+        except SQLAlchemyError:
+            log.exception("could not write a scope denial to tenant %s's chain; writing it to "
+                          "the platform chain", denied.tenant_id)
+    with svc.session_factory() as s, s.begin():
+        audit.record(s, AccessEvents.SCOPE_DENIED,
+                     actor=audit.Actor.user(denied.user_id, denied.user_email),
+                     target_type="tenant", target_id=denied.tenant_id, details=details)
+
+
+def _record_in_tenant(svc: Services, denied: ScopeDenied, details: dict[str, Any]) -> bool:
+    with svc.session_factory() as s:
+        tenant = s.get(Tenant, denied.tenant_id)
+        if tenant is None or tenant.state != "active":  # changed since: the platform chain
+            return False
+        factory = svc.tenant_connections.session_factory(tenant)
+    with factory() as ts, ts.begin():
+        tenant_audit.record(ts, AccessEvents.SCOPE_DENIED,
+                            actor=TenantActor("user", str(denied.user_id), denied.user_email,
+                                              denied.role),
+                            target_type="tenant", target_id=denied.tenant_id, details=details)
+    return True
