@@ -78,60 +78,36 @@ def _open(path: str) -> tuple[BinaryIO, int, str]:
 
 
 def cmd_signals_import(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from control_plane.cli import CommandError, _check_database, _prepare
-    from control_plane.db import make_engine, make_session_factory
+    from control_plane.cli import CommandError
     from control_plane.exceptions import MagistrateError
-    from control_plane.keys.registry import DataKeyCache, build_key_providers
-    from control_plane.models import Tenant
-    from control_plane.sealing import ControlSealer
-    from control_plane.tenancy.connections import TenantConnections
+    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from tenant_runtime.context import Actor
     from tenant_runtime.exceptions import TenantError
     from tenant_runtime.personas.scope import EVERYTHING
     from tenant_runtime.signals import service
 
-    settings, endpoints = _prepare(args)
     stream, size, filename = _open(args.file)
     progress = ProgressLine()
-    engine = None
-    connections = None
     try:
-        _check_database(endpoints.database_url)
-        providers = build_key_providers(
-            home=settings.home, production=settings.is_production,
-            aws_region=settings.aws_region, aws_endpoint_url=settings.aws_kms_endpoint,
-            gcp_endpoint=settings.gcp_kms_endpoint)
-        engine = make_engine(endpoints.database_url, pool_size=1)
-        connections = TenantConnections(sealer=ControlSealer(endpoints.secret_key),
-                                        providers=providers, dek_cache=DataKeyCache())
-        with make_session_factory(engine)() as s, s.begin():
-            ident = args.tenant.strip()
-            by_id = ident.isascii() and ident.isdigit() and len(ident) <= 18
-            where = Tenant.id == int(ident) if by_id else Tenant.slug == ident.lower()
-            tenant = s.scalars(select(Tenant).where(where, Tenant.state != "deleted")).first()
-            if tenant is None:
-                raise CommandError(f"no tenant has the slug or id {ident!r}")
-            if tenant.state != "active":
-                raise CommandError(f"tenant {tenant.slug} is {tenant.state}: signals are "
-                                   "imported into an active tenant only")
-            ctx = connections.context(s, tenant, Actor("system", None, ACTOR_NAME))
-        with ctx.session() as ts:
-            source_id = service.source_named(ts, EVERYTHING, args.source).id
-        report = service.run_import(
-            ctx, EVERYTHING, source_id=source_id, stream=stream, filename=filename,
-            file_format=args.file_format, default_team=args.team, bytes_total=size,
-            max_bytes=settings.signal_upload_max_mb * 1024 * 1024, on_progress=progress)
+        with tenant_stack(args) as stack:
+            with stack.session_factory() as s, s.begin():
+                tenant = find_tenant(s, args.tenant)
+                if tenant.state != "active":
+                    raise CommandError(f"tenant {tenant.slug} is {tenant.state}: signals are "
+                                       "imported into an active tenant only")
+                ctx = stack.connections.context(s, tenant, Actor("system", None, ACTOR_NAME))
+            with ctx.session() as ts:
+                source_id = service.source_named(ts, EVERYTHING, args.source).id
+            report = service.run_import(
+                ctx, EVERYTHING, source_id=source_id, stream=stream, filename=filename,
+                file_format=args.file_format, default_team=args.team, bytes_total=size,
+                max_bytes=stack.settings.signal_upload_max_mb * 1024 * 1024,
+                on_progress=progress)
     except (MagistrateError, TenantError) as exc:
         raise CommandError(exc.message) from None
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-        if connections is not None:
-            connections.close()
-        if engine is not None:
-            engine.dispose()
     progress(report.bytes_read, report.bytes_total,
              report.imported + report.duplicates + report.rejected, final=True)
     print(json.dumps(report.as_json(), indent=2))

@@ -111,3 +111,28 @@ def refusal(permission: str, role: str | None) -> str:
         f" or {p.roles[-1]}"
     return (f"Your role ({role or 'none'}) may not {p.means}; that needs {who}. Ask an "
             "Owner of this tenant if you need it.")
+
+
+@dataclass(frozen=True)
+class Page:
+    label: str
+    path: str  # under /tenants/{id}
+    permission: str
+
+
+# The tenant's pages, linked from the tenant page for the roles that may open them.
+PAGES: tuple[Page, ...] = (
+    Page("Provider credentials", "/credentials", "credentials.view"),
+    Page("LLM gateway", "/gateway", "gateway.view"),
+    Page("Audit log", "/audit", "audit.view"),
+    Page("Tasks and recommendations", "/tasks", "tasks.view"),
+    Page("Agents", "/agents", "agents.view"),
+    Page("Approvals", "/approvals", "approvals.view"),
+    Page("Signals", "/signals", "signals.view"),
+    Page("Teams", "/teams", "aggregates.view"),
+    Page("Personas", "/personas", "personas.manage"),
+)
+
+
+def pages_for(role: str | None) -> list[Page]:
+    return [page for page in PAGES if allows(role, page.permission)]

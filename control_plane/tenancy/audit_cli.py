@@ -54,16 +54,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
     from control_plane import audit
-    from control_plane.cli import CommandError, _check_database, _prepare
-    from control_plane.db import make_engine, make_session_factory
+    from control_plane.cli import CommandError
     from control_plane.exceptions import MagistrateError
-    from control_plane.keys.registry import DataKeyCache, build_key_providers
-    from control_plane.models import Tenant
-    from control_plane.sealing import ControlSealer
-    from control_plane.tenancy.connections import TenantConnections
+    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from control_plane.tenancy.events import TenantEvents
     from control_plane.tenancy.export import EXPORTABLE_STATES
     from tenant_runtime.audit_export import export_lines, parse_range
@@ -77,31 +71,17 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         raise CommandError(re.sub(r"\b(first_seq|last_seq|since|until)\b",
                                   lambda m: "--" + m.group(1).replace("_", "-"),
                                   exc.message)) from None
-    settings, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
-    providers = build_key_providers(
-        home=settings.home, production=settings.is_production, aws_region=settings.aws_region,
-        aws_endpoint_url=settings.aws_kms_endpoint, gcp_endpoint=settings.gcp_kms_endpoint)
-    engine = make_engine(endpoints.database_url, pool_size=1)
-    connections = TenantConnections(sealer=ControlSealer(endpoints.secret_key),
-                                    providers=providers, dek_cache=DataKeyCache())
     out: Path = args.out
     partial = out.with_name(out.name + ".partial")
     name = "magistrate audit export"
     try:  # the file first: an unwritable --out fails before anything is recorded
-        with _private_file(partial) as f:
-            with make_session_factory(engine)() as s, s.begin():
-                ident = args.tenant.strip()
-                by_id = ident.isascii() and ident.isdigit() and len(ident) <= 18
-                where = Tenant.id == int(ident) if by_id else Tenant.slug == ident.lower()
-                tenant = s.scalars(select(Tenant).where(where, Tenant.state != "deleted")
-                                   ).first()
-                if tenant is None:
-                    raise CommandError(f"no tenant has the slug or id {ident!r}")
+        with tenant_stack(args) as stack, _private_file(partial) as f:
+            with stack.session_factory() as s, s.begin():
+                tenant = find_tenant(s, args.tenant)
                 if tenant.state not in EXPORTABLE_STATES:
                     raise CommandError(f"tenant {tenant.slug} is {tenant.state}: only an active "
                                        "or suspended tenant's audit log can be exported")
-                ctx = connections.context(s, tenant, Actor("system", None, name))
+                ctx = stack.connections.context(s, tenant, Actor("system", None, name))
                 audit.record(s, TenantEvents.AUDIT_EXPORTED,
                              actor=audit.Actor("system", None, name), target_type="tenant",
                              target_id=tenant.id,
@@ -120,8 +100,6 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         raise CommandError(exc.message) from None
     finally:
         partial.unlink(missing_ok=True)
-        connections.close()
-        engine.dispose()
     manifest = json.loads(last)
     span = (f"seq {manifest['first_seq']}-{manifest['last_seq']}" if manifest["events"]
             else "no events in the range")

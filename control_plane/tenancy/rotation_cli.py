@@ -65,81 +65,61 @@ class ProgressLine:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
     from control_plane.audit import Actor
-    from control_plane.cli import CommandError, _check_database, _prepare
-    from control_plane.db import make_engine, make_session_factory
+    from control_plane.cli import CommandError
     from control_plane.exceptions import MagistrateError
     from control_plane.keys.providers import KeyUnavailable
-    from control_plane.keys.registry import DataKeyCache, build_key_providers
-    from control_plane.models import Tenant
-    from control_plane.sealing import ControlSealer
-    from control_plane.tenancy.connections import TenantConnections
+    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from control_plane.tenancy.rotation import reencrypt, rewrap
     from tenant_runtime.approvals import gates
     from tenant_runtime.context import Actor as TenantActor
     from tenant_runtime.exceptions import TenantError
 
-    settings, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
-    providers = build_key_providers(
-        home=settings.home, production=settings.is_production, aws_region=settings.aws_region,
-        aws_endpoint_url=settings.aws_kms_endpoint, gcp_endpoint=settings.gcp_kms_endpoint)
-    engine = make_engine(endpoints.database_url, pool_size=3)
-    factory = make_session_factory(engine)
-    connections = TenantConnections(sealer=ControlSealer(endpoints.secret_key),
-                                    providers=providers, dek_cache=DataKeyCache())
     actor = Actor("system", None, "magistrate keys rotate")
     dry = "dry run: " if args.dry_run else ""
     phase = "rewrap"
-    try:
-        with factory() as s, s.begin():
-            ident = args.tenant.strip()
-            where = Tenant.id == int(ident) if ident.isdigit() else Tenant.slug == ident.lower()
-            tenant = s.scalars(select(Tenant).where(where, Tenant.state != "deleted")).first()
-            if tenant is None:
-                raise CommandError(f"no tenant has the slug or id {ident!r}")
-            tenant_id, slug = tenant.id, tenant.slug
-            if not args.dry_run and tenant.state in ("active", "suspended"):
-                ctx = connections.context(s, tenant, TenantActor("system", None,
-                                                                 "magistrate keys rotate"))
-                try:
-                    used = gates.guard(ctx, "keys.rotate", {"tenant_id": tenant_id},
-                                       approval_id=args.approval, via="internal")
-                except gates.ApprovalPending as pending:
-                    print(pending.message)
-                    return 4
-                except TenantError as exc:
-                    raise CommandError(f"{exc.message} Nothing was changed.") from None
-                if used:
-                    print(f"approval request {used} used")
-            report = rewrap(s, tenant, providers, new_key_ref=args.new_key_ref,
-                            dry_run=args.dry_run, actor=actor)
-        verb = "would rewrap" if args.dry_run else "rewrapped"
-        print(f"{dry}tenant {slug} (id {tenant_id}): {verb} {len(report.versions)} data key "
-              f"version(s) under {report.provider}:{report.key_ref}")
-        for v in report.versions:
-            print(f"  version {v.version}: was {v.from_provider}:{v.from_key_ref}")
-        if not args.reencrypt:
-            return 0
-        phase = "reencrypt"
-        line = ProgressLine(sys.stderr, "checking" if args.dry_run else "re-encrypting")
+    with tenant_stack(args, pool_size=3) as stack:
         try:
-            result = reencrypt(factory, tenant_id, connections, dry_run=args.dry_run,
-                               progress=line, actor=actor)
-        finally:
-            line.close()
-    except KeyUnavailable as exc:
-        if phase == "rewrap":
-            raise CommandError(f"{exc}. Nothing was changed.") from None
-        raise CommandError(f"{exc}. Rows already moved stay moved; run the command again once "
-                           "the key can be used and it continues where it stopped.") from None
-    except MagistrateError as exc:
-        raise CommandError(exc.message) from None
-    finally:
-        connections.close()
-        engine.dispose()
+            with stack.session_factory() as s, s.begin():
+                tenant = find_tenant(s, args.tenant)
+                tenant_id, slug = tenant.id, tenant.slug
+                if not args.dry_run and tenant.state in ("active", "suspended"):
+                    ctx = stack.connections.context(
+                        s, tenant, TenantActor("system", None, "magistrate keys rotate"))
+                    try:
+                        used = gates.guard(ctx, "keys.rotate", {"tenant_id": tenant_id},
+                                           approval_id=args.approval, via="internal")
+                    except gates.ApprovalPending as pending:
+                        print(pending.message)
+                        return 4
+                    except TenantError as exc:
+                        raise CommandError(f"{exc.message} Nothing was changed.") from None
+                    if used:
+                        print(f"approval request {used} used")
+                report = rewrap(s, tenant, stack.providers, new_key_ref=args.new_key_ref,
+                                dry_run=args.dry_run, actor=actor)
+            verb = "would rewrap" if args.dry_run else "rewrapped"
+            print(f"{dry}tenant {slug} (id {tenant_id}): {verb} {len(report.versions)} data "
+                  f"key version(s) under {report.provider}:{report.key_ref}")
+            for v in report.versions:
+                print(f"  version {v.version}: was {v.from_provider}:{v.from_key_ref}")
+            if not args.reencrypt:
+                return 0
+            phase = "reencrypt"
+            line = ProgressLine(sys.stderr, "checking" if args.dry_run else "re-encrypting")
+            try:
+                result = reencrypt(stack.session_factory, tenant_id, stack.connections,
+                                   dry_run=args.dry_run, progress=line, actor=actor)
+            finally:
+                line.close()
+        except KeyUnavailable as exc:
+            if phase == "rewrap":
+                raise CommandError(f"{exc}. Nothing was changed.") from None
+            raise CommandError(f"{exc}. Rows already moved stay moved; run the command again "
+                               "once the key can be used and it continues where it stopped."
+                               ) from None
+        except MagistrateError as exc:
+            raise CommandError(exc.message) from None
 
     sources = ", ".join(str(v) for v in result.from_versions)
     if args.dry_run:

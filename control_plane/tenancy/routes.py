@@ -227,6 +227,7 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
                 key_problem = exc.message
         context = {
             "tenant": tenant, "role": access.role, "job": job, "key_problem": key_problem,
+            "pages": permissions.pages_for(access.role),
             "checkpoint_key": checkpoint_key,
             "server": tenant.db_server.name if tenant.db_server else "",
             "members": service.members(s, tenant)

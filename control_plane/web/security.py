@@ -190,8 +190,18 @@ class SecurityMiddleware:
                           binding: str | None) -> Receive:
         if not self.origin_allowed(headers, scope):
             raise CsrfRefused("This request came from another site and was refused.")
-        body = await _read_body(receive)
         presented = headers.get(CSRF_HEADER)
+        if presented is not None:
+            # The token came in a header (htmx sends it on every request): nothing to read
+            # from the body, so it streams to the app — an upload is spooled to disk by the
+            # form parser, never held here — counted against the largest upload allowed.
+            if not self.signer.csrf_valid(binding, presented):
+                raise CsrfRefused()
+            return _counted(receive, max(MAX_FORM_BYTES,
+                                         self.settings.signal_upload_max_mb * 1024 * 1024))
+        # A form posted without script carries the token in a field: the body is read (at
+        # most MAX_FORM_BYTES) to find it, then handed to the app.
+        body = await _read_body(receive)
         if presented is None:
             content_type = headers.get("content-type", "")
             if content_type.startswith(("application/x-www-form-urlencoded",
@@ -236,10 +246,31 @@ async def _read_body(receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_FORM_BYTES:
-            raise PayloadTooLarge()
+            raise PayloadTooLarge(
+                f"This form is larger than {MAX_FORM_BYTES // (1024 * 1024)} MB. Send it from "
+                "the page with scripts enabled, which streams uploads, or import the file "
+                "with `magistrate signals import`.")
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)
+
+
+def _counted(receive: Receive, limit: int) -> Receive:
+    """Pass the body through, refusing it once it grows past ``limit`` bytes."""
+    size = 0
+
+    async def counting() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"The request body is larger than the limit of {limit // (1024 * 1024)} "
+                    "MB. Send a smaller file, or import it with `magistrate signals import`.")
+        return message
+
+    return counting
 
 
 def _replay(body: bytes, then: Receive) -> Receive:

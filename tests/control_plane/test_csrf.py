@@ -10,6 +10,7 @@ from starlette.routing import Mount, Route
 
 from control_plane.web.app import build_app
 from control_plane.web.security import CSRF_EXEMPT_PREFIXES
+from tests.conftest import make_settings
 from tests.factories import csrf_token, make_user, sign_in
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -115,3 +116,46 @@ def test_a_program_with_a_key_gets_no_cookie_to_trip_over(client):
     answered = client.get("/api/whoami", headers={"Authorization": "Bearer mg_x_y"})
     assert answered.status_code == 401 and "set-cookie" not in answered.headers
     assert "set-cookie" in client.get("/sign-in").headers
+
+
+BIG = 10 * 1024 * 1024 + 4096  # past the buffered form's limit
+
+
+def test_a_large_upload_with_the_header_token_streams_past_the_form_limit(client, db):
+    owner = make_user(db)
+    sign_in(client, owner.email)
+    token = csrf_token(client)
+    page = client.post("/users", headers={"X-CSRF-Token": token},
+                       data={"email": "", "role": "member"},
+                       files={"attachment": ("big.bin", b"x" * BIG, "application/octet-stream")})
+    # the body reached the form handler whole, which judged the fields, not the size
+    assert page.status_code == 422, page.status_code
+    assert "larger than the limit" not in page.text
+
+
+def test_a_large_form_without_script_is_refused_with_a_sentence(client, db):
+    owner = make_user(db)
+    sign_in(client, owner.email)
+    token = csrf_token(client)
+    page = client.post("/users", data={"csrf_token": token, "email": ""},
+                       files={"attachment": ("big.bin", b"x" * BIG, "application/octet-stream")})
+    assert page.status_code == 413
+    assert "larger than 10 MB" in page.text and "Traceback" not in page.text
+
+
+@pytest.mark.parametrize("settings", [make_settings(signal_upload_max_mb=10)])
+def test_the_streamed_body_is_still_capped_at_the_upload_limit(client, db, settings):
+    owner = make_user(db)
+    sign_in(client, owner.email)
+    page = client.post("/users", headers={"X-CSRF-Token": csrf_token(client)},
+                       data={"email": ""},
+                       files={"attachment": ("big.bin", b"x" * BIG, "text/plain")})
+    assert page.status_code == 413 and "larger than the limit of 10 MB" in page.text
+
+
+def test_a_wrong_header_token_is_refused_before_the_body_is_read(client, db):
+    owner = make_user(db)
+    sign_in(client, owner.email)
+    page = client.post("/users", headers={"X-CSRF-Token": "f" * 64},
+                       files={"attachment": ("big.bin", b"x" * BIG, "text/plain")})
+    assert page.status_code == 403 and "security token" in page.text

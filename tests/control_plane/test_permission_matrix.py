@@ -244,6 +244,19 @@ def test_every_tenant_route_answers_each_role_as_the_matrix_says(services, db, d
                              "role": role})
                 if events != [expected]:
                     problems.append(f"{where} wrote {events}, not one scope denial")
+        # the tenant page links exactly the pages each role may open, by the same matrix
+        for role, client in clients.items():
+            page = client.get(f"/tenants/{tenant_id}").text
+            linked = set(re.findall(rf'href="/tenants/{tenant_id}(/[a-z]+)"', page))
+            shown = {p.path for p in permissions.pages_for(role)}
+            if not shown <= linked or linked & ({p.path for p in permissions.PAGES} - shown):
+                problems.append(f"the tenant page as {role} links {sorted(linked)}, "
+                                f"the matrix allows {sorted(shown)}")
+    routes = {(p, m, path) for p, m, path, *_ in requests}
+    for page in permissions.PAGES:
+        if (page.permission, "GET", "/tenants/{tenant_id:int}" + page.path) not in routes:
+            problems.append(f"PAGES names {page.path} under {page.permission}, which is not "
+                            "the permission of a GET route of that path")
     assert not problems, "\n".join(problems)
 
 
