@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -22,7 +21,6 @@ from control_plane.exceptions import (
     Conflict,
     Forbidden,
     InvalidInput,
-    MagistrateError,
     UnsupportedMediaType,
 )
 from control_plane.jobs import dispatch_pending, requeue_job
@@ -30,33 +28,16 @@ from control_plane.keys.providers import KeyUnavailable
 from control_plane.keys.registry import new_data_key
 from control_plane.models import ROLES, Tenant
 from control_plane.tenancy import api_keys, service
-from control_plane.tenancy.service import TenantAccess
+from control_plane.tenancy.areas import TENANT_AREAS, mount_area, with_tenant
 from control_plane.web.access import audits_denials
-from control_plane.web.deps import SignedIn, require_user
-from control_plane.web.forms import Form, form_endpoint, read_form, validation_message
+from control_plane.web.deps import require_user
+from control_plane.web.forms import Form, form_endpoint, validation_message
 from control_plane.web.services import Services, services
 from control_plane.web.templating import render
 from tenant_runtime import checkpoints, permissions
-from tenant_runtime.agents import routes as agent_routes
 from tenant_runtime.approvals import gates
-from tenant_runtime.approvals import routes as approval_routes
-from tenant_runtime.audit_views import routes as audit_view_routes
 from tenant_runtime.context import Actor
-from tenant_runtime.credentials import routes as credential_routes
 from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
-from tenant_runtime.gateway import routes as gateway_routes
-from tenant_runtime.minimization import routes as minimization_routes
-from tenant_runtime.personas import routes as persona_routes
-from tenant_runtime.recommendations import routes as recommendation_routes
-from tenant_runtime.routing import TenantRoute
-from tenant_runtime.signals import clustering_routes
-from tenant_runtime.signals import routes as signal_routes
-
-TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes, *audit_view_routes.routes,
-                                   *gateway_routes.routes, *approval_routes.routes,
-                                   *recommendation_routes.routes, *agent_routes.routes,
-                                   *clustering_routes.routes, *persona_routes.routes,
-                                   *minimization_routes.routes, *signal_routes.routes]
 
 
 class CreateTenantForm(Form):
@@ -198,21 +179,10 @@ def test_key(request: Request, form: TestKeyForm) -> Response:
 # ------------------------------------------------------------------------------- one tenant
 
 
-def _with_tenant(request: Request, s: Session, *, permission: str
-                 ) -> tuple[SignedIn, TenantAccess]:
-    """The signed-in member and their tenant, if their role holds ``permission`` (a name in
-    tenant_runtime/permissions.py). The handler calling this is wrapped in ``audits_denials``."""
-    me = require_user(s, request)
-    access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
-                                   permission=permission)
-    request.state.tenant = access.tenant.id
-    return me, access
-
-
 def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Response:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s, permission="tenant.view")
+        me, access = with_tenant(request, s, permission="tenant.view")
         tenant = access.tenant
         job = service.provisioning_job(s, tenant)
         key_problem = None
@@ -251,7 +221,7 @@ def tenant_page(request: Request) -> Response:
 def retry_provisioning(request: Request, form: EmptyForm) -> Response:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s, permission="tenant.lifecycle")
+        me, access = with_tenant(request, s, permission="tenant.lifecycle")
         job = service.provisioning_job(s, access.tenant)
         if access.tenant.state != "provisioning" or job is None or job.state != "failed":
             raise Conflict("Only a failed provisioning can be retried.")
@@ -271,7 +241,7 @@ def suspend_tenant(request: Request, form: ReasonForm) -> Response:
     svc = services(request)
     try:
         with svc.session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, permission="tenant.lifecycle")
+            me, access = with_tenant(request, s, permission="tenant.lifecycle")
             service.do_suspend_tenant(s, access, reason=form.reason, acting_user=me.user)
             tenant_id = access.tenant.id
     except Conflict as exc:
@@ -286,7 +256,7 @@ def suspend_tenant(request: Request, form: ReasonForm) -> Response:
 def resume_tenant(request: Request, form: EmptyForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, permission="tenant.lifecycle")
+            me, access = with_tenant(request, s, permission="tenant.lifecycle")
             service.do_resume_tenant(s, access, acting_user=me.user)
     except Conflict as exc:
         return _detail(request, status_code=409, error=exc.message)
@@ -298,7 +268,7 @@ def resume_tenant(request: Request, form: EmptyForm) -> Response:
 def add_member(request: Request, form: MemberForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, permission="members.manage")
+            me, access = with_tenant(request, s, permission="members.manage")
             service.do_add_member(s, access, email=form.email, role=form.role,
                                   acting_user=me.user)
     except (InvalidInput, Conflict) as exc:
@@ -311,7 +281,7 @@ def add_member(request: Request, form: MemberForm) -> Response:
 def remove_member(request: Request, form: EmptyForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, permission="members.manage")
+            me, access = with_tenant(request, s, permission="members.manage")
             service.do_remove_member(s, access, int(request.path_params["membership_id"]),
                                      acting_user=me.user)
     except Conflict as exc:
@@ -324,7 +294,7 @@ def remove_member(request: Request, form: EmptyForm) -> Response:
 def create_api_key(request: Request, form: ApiKeyForm) -> Response:
     try:
         with services(request).session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, permission="api_keys.manage")
+            me, access = with_tenant(request, s, permission="api_keys.manage")
             _, key = api_keys.do_create_api_key(s, access, name=form.name, acting_user=me.user,
                                                 expires_in_days=form.expires_in_days)
     except InvalidInput as exc:
@@ -336,7 +306,7 @@ def create_api_key(request: Request, form: ApiKeyForm) -> Response:
 @audits_denials
 def revoke_api_key(request: Request, form: EmptyForm) -> Response:
     with services(request).session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s, permission="api_keys.manage")
+        me, access = with_tenant(request, s, permission="api_keys.manage")
         api_keys.do_revoke_api_key(s, access, int(request.path_params["key_id"]),
                                    acting_user=me.user)
     return _detail(request, notice="API key revoked.")
@@ -366,7 +336,7 @@ def verify_audit(request: Request, form: EmptyForm) -> Response:
 
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        me, access = _with_tenant(request, s, permission="audit.verify")
+        me, access = with_tenant(request, s, permission="audit.verify")
         enqueue_job(s, JobKinds.VERIFY_AUDIT, {"tenant_id": access.tenant.id},
                     idempotency_key=f"verify:{access.tenant.id}:{uuid.uuid4()}",
                     tenant_id=access.tenant.id, created_by=me.user.id)
@@ -384,7 +354,7 @@ def verification_status(request: Request) -> Response:
     from control_plane.models import Job
 
     with services(request).session_factory() as s, s.begin():
-        _, access = _with_tenant(request, s, permission="audit.view")
+        _, access = with_tenant(request, s, permission="audit.view")
         job = s.scalars(select(Job).where(Job.kind == JobKinds.VERIFY_AUDIT,
                                           Job.tenant_id == access.tenant.id)
                         .order_by(Job.id.desc()).limit(1)).first()
@@ -400,7 +370,7 @@ def delete_tenant(request: Request, form: DeleteForm) -> Response:
     svc = services(request)
     try:
         with svc.session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, permission="tenant.lifecycle")
+            me, access = with_tenant(request, s, permission="tenant.lifecycle")
             if form.confirm_slug.strip() != access.tenant.slug:
                 raise InvalidInput(f"Type the tenant's slug ({access.tenant.slug}) exactly to "
                                    "confirm.")
@@ -423,48 +393,6 @@ def delete_tenant(request: Request, form: DeleteForm) -> Response:
     return _list_page(request, notice="The tenant is being deleted: its database, roles and "
                                       "data keys are destroyed. A tombstone records who, when "
                                       "and why.")
-
-
-# ------------------------------------------------------------------------------- tenant areas
-
-
-def mount_area(route: TenantRoute) -> Route:
-    """Wrap a tenant area's handler: membership and the route's permission first (a refused
-    role gets its 403 whatever the form holds), then the tenant's state, the form's validity
-    and the TenantContext."""
-
-    @audits_denials
-    def run(request: Request, form_error: MagistrateError | None) -> Response:
-        svc = services(request)
-        with svc.session_factory() as s, s.begin():
-            me, access = _with_tenant(request, s, permission=route.permission)
-            if access.tenant.state == "suspended":
-                raise Forbidden("This tenant is suspended; an Owner can resume it on the "
-                                "tenant's page.")
-            if access.tenant.state != "active":
-                raise Conflict("This tenant is not active yet.")
-            actor = Actor("user", str(me.user.id), me.user.email, access.role)
-            ctx = svc.tenant_connections.context(s, access.tenant, actor)
-        if form_error is not None:
-            raise form_error
-        return route.handler(request, ctx)
-
-    async def endpoint(request: Request) -> Response:
-        form_error: MagistrateError | None = None
-        if route.form is not None:
-            try:
-                request.state.form = await read_form(request, route.form)
-            except (InvalidInput, UnsupportedMediaType) as exc:
-                form_error = exc  # answered once the caller's access is settled
-        try:
-            return await run_in_threadpool(run, request, form_error)
-        finally:
-            await request.close()  # uploaded files a handler streamed (web/forms.py)
-
-    endpoint.form_model = route.form  # type: ignore[attr-defined]  # for route-walking tests
-    endpoint.permission = route.permission  # type: ignore[attr-defined]  # web/access.py
-    return Route("/tenants/{tenant_id:int}" + route.path, endpoint, methods=[route.method],
-                 name=f"tenant:{route.handler.__name__}")
 
 
 # ------------------------------------------------------------------------------- JSON API
@@ -509,7 +437,7 @@ async def api_create_tenant(request: Request) -> Response:
 @audits_denials
 def api_get_tenant(request: Request) -> Response:
     with services(request).session_factory() as s, s.begin():
-        _, access = _with_tenant(request, s, permission="tenant.view")
+        _, access = with_tenant(request, s, permission="tenant.view")
         job = service.provisioning_job(s, access.tenant)
         body = tenant_json(access.tenant, job.state if job else None,
                            (job.progress, job.progress_total) if job else None)
