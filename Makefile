@@ -5,7 +5,7 @@ ifeq ($(UV),)
 UV := .tools/bin/uv
 endif
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench reliability
 
 install: .venv/.installed
 
@@ -29,3 +29,6 @@ lint: install  ## ruff and mypy
 bench: install  ## every benchmark under ops/bench, each printing JSON
 	@set -e; found=0; for f in ops/bench/[!_]*.py; do [ -e "$$f" ] || continue; found=1; .venv/bin/python "$$f"; done; \
 	[ $$found = 1 ] || echo '{"benchmarks": 0, "note": "no benchmark under ops/bench yet"}'
+
+reliability: install  ## the fault suite (tests/chaos, tests/fuzz), then ops/RELIABILITY.md from its figures
+	.venv/bin/python ops/reliability.py $(RELIABILITY_ARGS)

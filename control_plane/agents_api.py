@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from control_plane.approvals_api import _context, read_json
+from control_plane.approvals_api import _context
 from control_plane.exceptions import InvalidInput
-from control_plane.web.forms import validation_message
+from control_plane.web.forms import read_json_object, validated
 from tenant_runtime.agents import service
 from tenant_runtime.agents.models import Agent
 from tenant_runtime.context import TenantContext
@@ -61,8 +61,9 @@ def api_get_agent(request: Request) -> Response:
     return JSONResponse(document)
 
 
-def _record(request: Request, body: RunBody) -> Response:
+def _record(request: Request, raw: dict[str, Any]) -> Response:
     ctx = _context(request, permission="agents.work")
+    body = validated(RunBody, raw)
     with ctx.session() as s, s.begin():
         agent_id = _agent_id(request)
         run = service.record_run(s, ctx, agent_id, proposed=body.proposed,
@@ -74,12 +75,8 @@ def _record(request: Request, body: RunBody) -> Response:
 
 
 async def api_record_run(request: Request) -> Response:
-    raw = await read_json(request)
-    try:
-        body = RunBody.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from None
-    return await run_in_threadpool(_record, request, body)
+    raw = await read_json_object(request)
+    return await run_in_threadpool(_record, request, raw)
 
 
 routes = [

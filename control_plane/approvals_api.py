@@ -15,12 +15,11 @@ denial). Errors are ``{"error", "status", "request_id"}``."""
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,19 +30,16 @@ from control_plane.exceptions import (
     Forbidden,
     InvalidInput,
     NotFound,
-    PayloadTooLarge,
-    UnsupportedMediaType,
 )
 from control_plane.tenancy import api_keys, service
 from control_plane.web.access import audits_denials
 from control_plane.web.deps import require_user
-from control_plane.web.forms import validation_message
+from control_plane.web.forms import read_json_object, validated
 from control_plane.web.services import services
 from tenant_runtime.approvals import service as approvals
 from tenant_runtime.approvals.models import ApprovalRequest
 from tenant_runtime.context import Actor, TenantContext
 
-MAX_BODY = 64 * 1024
 TENANT_ID = re.compile(r"[0-9]{1,18}")
 
 
@@ -100,34 +96,9 @@ def request_json(ctx: TenantContext, req: ApprovalRequest, state: str) -> dict[s
             "execute_url": f"/api/actions/{req.id}/execute"}
 
 
-async def _body(request: Request) -> ActionRequest:
-    body = await read_json(request)
-    try:
-        return ActionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from None
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object: 415 for another content type, 413 over 64 KiB, 422 for
-    anything that is not a JSON object (the agents API reads its bodies the same way)."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise PayloadTooLarge("The request body is over 64 KiB.")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidInput("The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("The body must be a JSON object.")
-    return body
-
-
-def _create(request: Request, body: ActionRequest) -> Response:
+def _create(request: Request, raw: dict[str, Any]) -> Response:
     ctx = _context(request)
+    body = validated(ActionRequest, raw)
     with ctx.session() as s, s.begin():
         req = approvals.request_action(s, ctx, body.action, body.payload, via="api")
         state = approvals.display_state(req)
@@ -138,8 +109,8 @@ def _create(request: Request, body: ActionRequest) -> Response:
 
 async def api_request_action(request: Request) -> Response:
     """POST /api/actions."""
-    body = await _body(request)
-    return await run_in_threadpool(_create, request, body)
+    raw = await read_json_object(request)
+    return await run_in_threadpool(_create, request, raw)
 
 
 def api_get_action(request: Request) -> Response:

@@ -295,7 +295,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\nstopping…", flush=True)
         return 0
     finally:
-        _terminate(children)
+        # the worker finishes its running job within its grace (warm shutdown) before the
+        # databases it writes to are stopped
+        _terminate(children, grace=settings.job_shutdown_grace_seconds + 10)
         if endpoints.embedded_redis:
             rd.stop()
         if endpoints.embedded_postgres:
@@ -338,11 +340,11 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], stopping: obj
     return False
 
 
-def _terminate(children: list[subprocess.Popen[bytes]]) -> None:
+def _terminate(children: list[subprocess.Popen[bytes]], *, grace: float) -> None:
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + grace
     for child in children:
         remaining = max(0.1, deadline - time.monotonic())
         try:
@@ -419,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     from control_plane.redact_cli import register as register_redact_command
 
     register_redact_command(sub)
+    from control_plane.reconcile_cli import register as register_reconcile_command
+
+    register_reconcile_command(sub)
     from control_plane.signals_cli import register as register_signal_commands
 
     register_signal_commands(sub)

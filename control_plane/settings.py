@@ -193,6 +193,28 @@ SETTINGS: tuple[SettingDoc, ...] = (
         "How often the worker's periodic job deletes expired sessions.",
     ),
     SettingDoc(
+        "MAGISTRATE_JOB_LEASE_SECONDS",
+        "30",
+        "How long a worker's lease on a running job lasts without renewal; a job whose worker "
+        "died runs again once its lease has expired.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_JOB_HEARTBEAT_SECONDS",
+        "10",
+        "How often a worker renews the lease of the job it runs (less than the lease).",
+    ),
+    SettingDoc(
+        "MAGISTRATE_JOB_REAPER_SECONDS",
+        "10",
+        "How often each worker returns jobs whose lease expired to the outbox.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_JOB_SHUTDOWN_GRACE_SECONDS",
+        "60",
+        "How long a worker told to stop (SIGTERM) lets its running job finish before it stops "
+        "it and releases its lease, so another worker runs it again.",
+    ),
+    SettingDoc(
         "MAGISTRATE_SMTP_HOST",
         "unset (approval e-mails are skipped)",
         "SMTP server for approval notifications.",
@@ -287,6 +309,10 @@ class Settings:
     embedded_pg_port: int = 54329
     embedded_redis_port: int = 63790
     session_cleanup_seconds: int = 900
+    job_lease_seconds: int = 30
+    job_heartbeat_seconds: int = 10
+    job_reaper_seconds: int = 10
+    job_shutdown_grace_seconds: int = 60
     aws_region: str = "us-east-1"
     aws_kms_endpoint: str | None = None
     gcp_kms_endpoint: str | None = None
@@ -336,6 +362,14 @@ class Settings:
                 f"MAGISTRATE_SMTP_TLS must be one of {', '.join(SMTP_TLS_MODES)}, "
                 f"not {smtp_tls!r}."
             )
+        lease = _int("MAGISTRATE_JOB_LEASE_SECONDS", get("MAGISTRATE_JOB_LEASE_SECONDS", "30"))
+        heartbeat = _int("MAGISTRATE_JOB_HEARTBEAT_SECONDS",
+                         get("MAGISTRATE_JOB_HEARTBEAT_SECONDS", "10"))
+        if heartbeat >= lease:
+            raise SettingsError(
+                f"MAGISTRATE_JOB_HEARTBEAT_SECONDS ({heartbeat}) must be less than "
+                f"MAGISTRATE_JOB_LEASE_SECONDS ({lease}), or leases expire under live workers."
+            )
         return cls(
             env=environment,
             home=Path(get("MAGISTRATE_HOME", ".magistrate")).expanduser().absolute(),
@@ -375,6 +409,15 @@ class Settings:
             session_cleanup_seconds=_int(
                 "MAGISTRATE_SESSION_CLEANUP_SECONDS",
                 get("MAGISTRATE_SESSION_CLEANUP_SECONDS", "900"),
+            ),
+            job_lease_seconds=lease,
+            job_heartbeat_seconds=heartbeat,
+            job_reaper_seconds=_int(
+                "MAGISTRATE_JOB_REAPER_SECONDS", get("MAGISTRATE_JOB_REAPER_SECONDS", "10")
+            ),
+            job_shutdown_grace_seconds=_int(
+                "MAGISTRATE_JOB_SHUTDOWN_GRACE_SECONDS",
+                get("MAGISTRATE_JOB_SHUTDOWN_GRACE_SECONDS", "60"),
             ),
             aws_region=get("MAGISTRATE_AWS_REGION", "us-east-1"),
             aws_kms_endpoint=env.get("MAGISTRATE_AWS_KMS_ENDPOINT") or None,

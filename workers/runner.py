@@ -6,6 +6,12 @@ the job's fencing token. While the handler runs, a heartbeat renews the lease ev
 ``HEARTBEAT_SECONDS``; every write of the outcome is conditional on the token, so a worker
 presumed dead cannot overwrite the work of the one that took over. A job that is already running
 under a live lease, or finished, is left alone: duplicates from RQ are harmless.
+
+The lease and heartbeat periods are settings (``MAGISTRATE_JOB_LEASE_SECONDS``,
+``MAGISTRATE_JOB_HEARTBEAT_SECONDS``; 30 and 10 by default). The lease owner is
+``host:pid`` of the process running the handler (RQ's work horse), so the worker that forked it
+can release the lease at once when the horse dies (``release_leases``) instead of waiting for it
+to expire.
 """
 
 from __future__ import annotations
@@ -70,12 +76,15 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(pid: int | None = None) -> str:
+    """The lease owner name of process ``pid`` (default: this one) on this host."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
-def claim(session_factory: sessionmaker[Session], job_id: int,
-          owner: str) -> tuple[int, str, dict[str, Any]] | None:
+def claim(session_factory: sessionmaker[Session], job_id: int, owner: str, *,
+          lease_seconds: int = LEASE_SECONDS) -> tuple[int, str, dict[str, Any]] | None:
+    """Take the job under a new lease; returns (fencing token, kind, payload), or None when
+    the job is finished or running under another worker's live lease."""
     now = utcnow()
     with session_factory() as s, s.begin():
         row = s.execute(
@@ -85,7 +94,7 @@ def claim(session_factory: sessionmaker[Session], job_id: int,
                 (Job.state == "running") & (Job.lease_expires_at < now),
             ))
             .values(state="running", lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=LEASE_SECONDS),
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
                     fencing_token=Job.fencing_token + 1, attempts=Job.attempts + 1,
                     updated_at=now)
             .returning(Job.fencing_token, Job.kind, Job.payload)
@@ -93,13 +102,24 @@ def claim(session_factory: sessionmaker[Session], job_id: int,
     return None if row is None else (int(row[0]), str(row[1]), dict(row[2]))
 
 
+def renew_lease(session_factory: sessionmaker[Session], job_id: int, token: int, *,
+                lease_seconds: int = LEASE_SECONDS) -> bool:
+    """Extend the lease held under ``token``; False when the job is no longer ours."""
+    with session_factory() as s, s.begin():
+        result = s.execute(update(Job).where(Job.id == job_id, Job.fencing_token == token,
+                                             Job.state == "running")
+                           .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)))
+        return bool(getattr(result, "rowcount", 0))
+
+
 def _heartbeat(session_factory: sessionmaker[Session], job_id: int, token: int,
-               stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_SECONDS):
+               stop: threading.Event, every: float, lease_seconds: int) -> None:
+    while not stop.wait(every):
         try:
-            with session_factory() as s, s.begin():
-                s.execute(update(Job).where(Job.id == job_id, Job.fencing_token == token)
-                          .values(lease_expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS)))
+            if not renew_lease(session_factory, job_id, token, lease_seconds=lease_seconds):
+                log.warning("job %s: the lease was lost; the outcome of this run will not be "
+                            "recorded", job_id)
+                return
         except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
             log.warning("lease renewal failed for job %s", job_id)
 
@@ -118,8 +138,10 @@ def run_job(job_id: int) -> dict[str, Any]:
     """Claim and run one outbox job; returns a JSON-safe summary (RQ keeps it as the result)."""
     import workers.handlers  # noqa: F401 - registers the handlers
 
+    settings = runtime.env().settings
     session_factory = runtime.session_factory()
-    claimed = claim(session_factory, job_id, worker_name())
+    claimed = claim(session_factory, job_id, worker_name(),
+                    lease_seconds=settings.job_lease_seconds)
     if claimed is None:
         return {"job": job_id, "outcome": "skipped"}
     token, kind, payload = claimed
@@ -129,7 +151,9 @@ def run_job(job_id: int) -> dict[str, Any]:
                 last_error=f"no handler for job kind {kind!r}", finished_at=utcnow())
         return {"job": job_id, "outcome": "failed"}
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(session_factory, job_id, token, stop),
+    beat = threading.Thread(target=_heartbeat, args=(session_factory, job_id, token, stop,
+                                                     settings.job_heartbeat_seconds,
+                                                     settings.job_lease_seconds),
                             daemon=True)
     beat.start()
     try:
@@ -173,5 +197,24 @@ def reap_expired_leases(session_factory: sessionmaker[Session]) -> int:
     with session_factory() as s, s.begin():
         result = s.execute(update(Job).where(Job.state == "running",
                                              Job.lease_expires_at < utcnow())
-                           .values(state="pending", lease_owner=None, updated_at=utcnow()))
-        return int(getattr(result, "rowcount", 0) or 0)
+                           .values(state="pending", lease_owner=None, lease_expires_at=None,
+                                   updated_at=utcnow()))
+        reaped = int(getattr(result, "rowcount", 0) or 0)
+    if reaped:
+        log.warning("%d job(s) whose lease expired returned to the outbox", reaped)
+    return reaped
+
+
+def release_leases(session_factory: sessionmaker[Session], owner: str) -> int:
+    """Return the jobs ``owner`` (a ``worker_name``) still holds to the outbox at once: the
+    process is known to be dead (its worker reaped it), so there is no need to wait for the
+    lease to expire. The next claim bumps the fencing token as always."""
+    with session_factory() as s, s.begin():
+        result = s.execute(update(Job).where(Job.state == "running", Job.lease_owner == owner)
+                           .values(state="pending", lease_owner=None, lease_expires_at=None,
+                                   updated_at=utcnow()))
+        released = int(getattr(result, "rowcount", 0) or 0)
+    if released:
+        log.warning("%d job(s) left by the stopped process %s returned to the outbox",
+                    released, owner)
+    return released

@@ -1,13 +1,27 @@
-"""``magistrate worker``: an RQ worker (JSON serializer) plus the periodic-job thread."""
+"""``magistrate worker``: an RQ worker (JSON serializer) plus the periodic-job thread.
+
+Warm shutdown. RQ's worker already treats the first SIGTERM (or Ctrl-C) as a warm shutdown: it
+takes no new job, waits for the work horse running the current one, then exits; a second
+signal stops at once, killing the horse. What RQ does not bound is the wait: a job may run for
+its whole RQ timeout. ``MagistrateWorker`` adds the bound
+(``MAGISTRATE_JOB_SHUTDOWN_GRACE_SECONDS``): past it the horse is killed. And whenever a horse
+ends while still holding an outbox job's lease (killed, crashed, out of memory) the lease is
+released at once, so another worker runs
+the job again without waiting for the lease to expire.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from rq import Worker
 from rq.serializers import JSONSerializer
+from sqlalchemy.orm import configure_mappers
 
 from control_plane.settings import Settings
 from workers import jobs, runtime
@@ -20,8 +34,9 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
                         settings.session_cleanup_seconds)]
 
 
-def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
-    from control_plane.jobs import dispatch_pending
+def periodic_tasks(connection: redis.Redis,
+                   settings: Settings | None = None) -> list[PeriodicTask]:
+    from control_plane.jobs import dispatch_pending, redeliver_undelivered
     from workers.approvals import run_approval_outbox
     from workers.checkpoints import (
         run_checkpoints,
@@ -31,11 +46,17 @@ def periodic_tasks(connection: redis.Redis) -> list[PeriodicTask]:
     )
     from workers.runner import reap_expired_leases
 
+    lease = settings or Settings()
     return [
         PeriodicTask("dispatch_outbox",
                      lambda: dispatch_pending(runtime.session_factory(), connection), 2),
         PeriodicTask("reap_expired_leases",
-                     lambda: reap_expired_leases(runtime.session_factory()), 10),
+                     lambda: reap_expired_leases(runtime.session_factory()),
+                     lease.job_reaper_seconds),
+        PeriodicTask("redeliver_undelivered_jobs",
+                     lambda: redeliver_undelivered(runtime.session_factory(), connection,
+                                                   older_than_seconds=lease.job_lease_seconds),
+                     lease.job_reaper_seconds),
         PeriodicTask("audit_checkpoints", run_checkpoints, 60),
         PeriodicTask("refill_spare_databases", refill_all_servers, 30),
         PeriodicTask("audit_retention", run_retention, 3600),
@@ -80,18 +101,72 @@ def purge_stale_exports(folder: Path, max_age: float = EXPORT_MAX_AGE_SECONDS) -
     return removed
 
 
+log = logging.getLogger("magistrate.worker")
+
+
+class MagistrateWorker(Worker):
+    """RQ's worker with a bounded warm shutdown and immediate release of a dead horse's lease
+    (see the module docstring)."""
+
+    shutdown_grace_seconds: float = 60.0
+
+    def handle_warm_shutdown_request(self) -> None:
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+        horse = self.horse_pid
+        if horse:
+            log.info("warm shutdown: the running job has %ss to finish",
+                     self.shutdown_grace_seconds)
+            timer = threading.Timer(self.shutdown_grace_seconds, self._stop_overdue_job, (horse,))
+            timer.daemon = True
+            timer.start()
+
+    def _stop_overdue_job(self, horse: int) -> None:
+        if self.horse_pid == horse:  # still the job that was running at the signal
+            log.warning("warm shutdown: the running job outlived %ss; stopping it, its lease is "
+                        "released for another worker", self.shutdown_grace_seconds)
+            self.kill_horse()
+
+    def monitor_work_horse(self, job: Any, queue: Any, execution: Any) -> None:
+        from workers.runner import release_leases, worker_name
+
+        horse = self.horse_pid
+        try:
+            super().monitor_work_horse(job, queue, execution)
+        finally:
+            if horse:
+                try:
+                    release_leases(runtime.session_factory(), worker_name(horse))
+                except Exception as exc:  # noqa: BLE001 - the lease then expires instead
+                    log.warning("could not release the leases of process %s: %s", horse,
+                                type(exc).__name__)
+
+
+def _prepare_for_fork() -> None:
+    """Do once, before the periodic thread starts, what each forked work horse would otherwise
+    do itself: import the handlers (and with them every model and SDK) and configure the ORM
+    mappers. Besides sparing every job those seconds, this keeps the horse from inheriting a
+    lock that the periodic thread held at the moment of the fork: SQLAlchemy configures the
+    mappers under a module-level lock on their first use, and a horse forked while the thread
+    held it waited on it forever."""
+    import workers.handlers  # noqa: F401 - registers the handlers
+
+    configure_mappers()
+
+
 def run_worker(settings: Settings, *, database_url: str, redis_url: str, secret_key: str,
                burst: bool = False) -> bool:
     runtime.configure(settings, database_url=database_url, secret_key=secret_key)
     connection = redis.Redis.from_url(redis_url)
     scheduler = PeriodicScheduler(connection, periodic_jobs(settings),
-                                  periodic_tasks(connection))
+                                  periodic_tasks(connection, settings))
+    _prepare_for_fork()
     if burst:
         scheduler.run_tasks()  # send what waits in the outbox, then work through the queue
     else:
         scheduler.start()
-    worker = Worker([get_queue(connection, n) for n in QUEUE_NAMES], connection=connection,
-                    serializer=JSONSerializer)
+    worker = MagistrateWorker([get_queue(connection, n) for n in QUEUE_NAMES],
+                              connection=connection, serializer=JSONSerializer)
+    worker.shutdown_grace_seconds = settings.job_shutdown_grace_seconds
     try:
         return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
     finally:

@@ -7,11 +7,15 @@ exception with our sentence; errors the caller's SDK must not retry (ours alread
 provider) carry ``x-should-retry: false``, which both SDKs honour.
 
     401 no, unknown, revoked or expired key       403 model not on the allowlist, tenant
-    400 malformed body, unsupported field             suspended
-    415 not application/json                      402 monthly spend cap reached
-    413 body over 4 MiB                           429 rate limit (Retry-After)
-    422 a custom redaction pattern timed out      502 every provider attempt failed
-    503 the tenant's key or database is unavailable
+    400 the body is not JSON; a request that          suspended
+        could never fit the token rate limit      402 monthly spend cap reached
+    415 not application/json                      429 rate limit (Retry-After)
+    413 body over 4 MiB                           502 every provider attempt failed
+    422 the JSON does not fit the API's shape     503 the tenant's key or database is
+        (an unknown or unsupported field, a           unavailable
+        missing one, a wrong value: the sentence
+        names it); a custom redaction pattern
+        timed out
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
-from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -35,8 +38,9 @@ from starlette.routing import Route
 
 from control_plane.exceptions import MagistrateError, RateLimited
 from control_plane.gateway.ratelimit import GatewayRateLimiter
-from control_plane.gateway.shapes import BadRequest, anthropic_request, openai_request
+from control_plane.gateway.shapes import InvalidBody, anthropic_request, openai_request
 from control_plane.tenancy import api_keys
+from control_plane.web.errors import DATABASE_RETRY_AFTER_SECONDS, database_unavailable
 from control_plane.web.services import services
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError
@@ -92,18 +96,20 @@ def api_error(exc: Exception) -> ApiError:
     answered 500 (or 503 when a database is unreachable) in the same shape."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, BadRequest):
-        return ApiError(400, exc.message, param=exc.param)
+    if isinstance(exc, InvalidBody):  # JSON that does not fit the API's shape
+        return ApiError(422, exc.message, param=exc.param)
     if isinstance(exc, RateLimited):
         return ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ModelRefused):
         return ApiError(403, exc.message, code="model_not_allowed")
     if isinstance(exc, MagistrateError | TenantError):
         return ApiError(exc.status_code, exc.message)
-    if isinstance(exc, OperationalError):
+    if database_unavailable(exc):  # a retry after a short wait is what helps: say so
         log.warning("gateway call failed: a database is unreachable (%s)", type(exc).__name__)
         return ApiError(503, "A database Magistrate depends on is unreachable; try again "
-                             "shortly.")
+                             "shortly.", headers={
+                                 "Retry-After": str(DATABASE_RETRY_AFTER_SECONDS),
+                                 "x-should-retry": "true"})
     log.exception("gateway call failed unexpectedly")
     return ApiError(500, "Something went wrong on our side; it has been logged. Quote the "
                          "request id if you contact support.")

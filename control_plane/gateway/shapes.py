@@ -1,9 +1,12 @@
 """The two drop-in request shapes, validated with pydantic and turned into a ``ChatRequest``:
 OpenAI's chat completions and Anthropic's messages. Text content only; a field the gateway
-does not support is refused with a sentence that names it, rather than silently dropped (a
-caller relying on ``tools`` must not get an answer that ignored them). Fields that could carry
-personal data and have no effect on the answer (``user``, ``metadata``, message ``name``) are
-accepted and never forwarded."""
+does not support is refused (422, in the API's own error shape) with a sentence that names it,
+rather than silently dropped (a caller relying on ``tools`` or ``seed`` must not get an answer
+that ignored them). Fields that could carry personal data and have no effect on the answer
+(``user``, ``safety_identifier``, ``metadata``, message ``name``) are accepted and never
+forwarded. The official SDKs send only the fields their caller passes, so a plain call
+(model, messages, max_tokens, temperature, top_p, stop, stream, stream_options) goes
+through; the README lists what is accepted."""
 
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ MAX_TOKENS_LIMIT = 200_000
 MAX_MESSAGES = 1000
 
 
-class BadRequest(Exception):
+class InvalidBody(Exception):
+    """JSON that does not fit the shape: answered 422 with ``message``, naming ``param``."""
+
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message, self.param = message, param
@@ -60,6 +65,8 @@ class OpenAIChat(_Strict):
     stream_options: StreamOptions | None = None
     n: Literal[1] | None = None
     user: str | None = None
+    safety_identifier: str | None = None
+    metadata: dict[str, str] | None = None
 
 
 class AnthropicMessage(_Strict):
@@ -83,23 +90,25 @@ def _text(content: str | list[TextPart]) -> str:
     return content if isinstance(content, str) else "\n".join(p.text for p in content)
 
 
-def _validation_sentence(exc: ValidationError) -> BadRequest:
+def _validation_sentence(exc: ValidationError) -> InvalidBody:
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
-        return BadRequest(f"Unrecognized request argument supplied: {where}. The gateway "
-                          "supports text chat only (no tools, images or other options).",
-                          where)
+        return InvalidBody(f"Unrecognized request argument supplied: {where}. The gateway "
+                           "supports text chat only (no tools, images or other options).",
+                           where)
     if error["type"] == "missing":
-        return BadRequest(f"Missing required parameter: {where}.", where)
-    return BadRequest(f"Invalid value for {where}: {error['msg']}.", where or None)
+        return InvalidBody(f"Missing required parameter: {where}.", where)
+    if not where:
+        return InvalidBody("The request body must be a JSON object.")
+    return InvalidBody(f"Invalid value for {where}: {error['msg']}.", where)
 
 
 def _model(raw: str) -> str:
     """The normalized name; a name that cannot be one is kept as sent (stripped): it matches
     no route, so the gateway refuses it as off the allowlist (403, audited) like any other."""
     if not raw.strip():
-        raise BadRequest("The model must be a model name such as 'gpt-4o-mini'.", "model")
+        raise InvalidBody("The model must be a model name such as 'gpt-4o-mini'.", "model")
     return normalize_model_name(raw) or raw.strip()[:100]
 
 
@@ -110,10 +119,10 @@ def openai_request(body: Any) -> tuple[ChatRequest, bool]:
     except ValidationError as exc:
         raise _validation_sentence(exc) from None
     if parsed.max_tokens and parsed.max_completion_tokens:
-        raise BadRequest("Give max_tokens or max_completion_tokens, not both.", "max_tokens")
+        raise InvalidBody("Give max_tokens or max_completion_tokens, not both.", "max_tokens")
     stop = [parsed.stop] if isinstance(parsed.stop, str) else (parsed.stop or [])
     if len(stop) > 4:
-        raise BadRequest("At most 4 stop sequences.", "stop")
+        raise InvalidBody("At most 4 stop sequences.", "stop")
     messages = tuple(ChatMessage("system" if m.role == "developer" else m.role, _text(m.content))
                      for m in parsed.messages)
     request = ChatRequest(

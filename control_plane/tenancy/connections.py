@@ -72,11 +72,20 @@ class TenantConnections:
         # pool drops all its connections at once, and the next request reconnects
         engine = make_engine(self.app_url(tenant), pool_size=TENANT_POOL_SIZE, pre_ping=False)
         with self._lock:
-            self._engines[tenant.id] = engine
-            while len(self._engines) > self.max_engines:
-                old_id, old = self._engines.popitem(last=False)
-                self._factories.pop(old_id, None)
-                old.dispose()
+            # a concurrent first request for this tenant may have registered its engine
+            # meanwhile: keep that one, so no engine (and its pooled connections) is orphaned
+            registered = self._engines.get(tenant.id)
+            if registered is None:
+                self._engines[tenant.id] = engine
+                while len(self._engines) > self.max_engines:
+                    old_id, old = self._engines.popitem(last=False)
+                    self._factories.pop(old_id, None)
+                    old.dispose()
+            else:
+                self._engines.move_to_end(tenant.id)
+        if registered is not None:
+            engine.dispose()  # never connected: nothing to close but the empty pool
+            return registered
         return engine
 
     def forget(self, tenant_id: int) -> None:

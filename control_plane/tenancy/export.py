@@ -277,15 +277,24 @@ def do_take_download(s: Session, access: TenantAccess, job_id: int, *, nonce: st
 # ------------------------------------------------------------------------------- building
 
 
-def build_export(ctx: TenantContext, *, out_dir: Path, progress: Progress | None = None) -> Path:
+def build_export(ctx: TenantContext, *, out_dir: Path, progress: Progress | None = None,
+                 job_id: int | None = None) -> Path:
     """Write the tenant's export zip into ``out_dir`` (mode 0600) and return its path.
+
+    Built by a job (``job_id``), the file name also carries the job, so a job that died and
+    runs again leaves one file: the dead attempt's partial file is removed first, and a zip it
+    had already published (without living to record it) is removed once the new one is.
 
     Raises TenantKeyUnavailable (before anything is read) when the tenant's key cannot be used,
     and SealedValueRefused when a sealed value does not open for its row."""
     _check_key(ctx.sealer)
     started = datetime.now(UTC)
-    name = f"tenant-{ctx.slug}-{started.strftime('%Y%m%dT%H%M%SZ')}.zip"
+    job = "" if job_id is None else f"-job{job_id}"
+    name = f"tenant-{ctx.slug}-{started.strftime('%Y%m%dT%H%M%SZ')}{job}.zip"
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if job_id is not None:
+        for leftover in out_dir.glob(f".tenant-{ctx.slug}-*{job}.zip.*.partial"):
+            leftover.unlink(missing_ok=True)
     partial = out_dir / f".{name}.{secrets.token_hex(4)}.partial"
     tables = list(TenantBase.metadata.sorted_tables)
     files: dict[str, dict[str, Any]] = {}
@@ -307,7 +316,12 @@ def build_export(ctx: TenantContext, *, out_dir: Path, progress: Progress | None
             manifest = {"tenant": ctx.slug, "tenant_id": ctx.tenant_id,
                         "created_at": _iso(started), "format": FORMAT, "files": files}
             zf.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        return _publish(partial, out_dir, name)
+        target = _publish(partial, out_dir, name)
+        if job_id is not None:
+            for earlier in out_dir.glob(f"tenant-{ctx.slug}-*{job}.zip"):
+                if earlier != target:
+                    earlier.unlink(missing_ok=True)
+        return target
     finally:
         partial.unlink(missing_ok=True)
 

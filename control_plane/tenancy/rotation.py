@@ -16,6 +16,11 @@ tenant's advisory lock (``ROTATION_LOCK``, tenant id) on the control-plane datab
 
 A row whose value does not open (a copy from another row, damage) is reported with its table and
 primary key and skipped; the others move. An unusable KEK stops the run (fail closed).
+
+Run by a job (``rotate_tenant_key``), both steps name the job in their audit events
+(``job_id``) and, under the tenant's rotation lock, first look for their own event: a job that
+died after a step committed and runs again skips that step instead of rewrapping twice or
+starting a second re-encryption.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from control_plane.db import utcnow
 from control_plane.exceptions import Conflict, InvalidInput, NotFound
 from control_plane.keys.providers import KeyProvider, KeyReferenceInvalid, KeyUnavailable
 from control_plane.keys.registry import new_data_key, provider_for
-from control_plane.models import Tenant, TenantKey
+from control_plane.models import PlatformAuditEvent, Tenant, TenantKey
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.events import TenantEvents
 from tenant_runtime.exceptions import SealedValueRefused
@@ -80,6 +85,7 @@ class RewrapReport:
     key_ref: str  # the KEK that wraps every version afterwards
     versions: list[RewrappedVersion]
     dry_run: bool
+    already_done: bool = False  # the job that asked for it had rewrapped already
 
     @property
     def key_ref_changed(self) -> bool:
@@ -107,6 +113,7 @@ class ReencryptReport:
     failed: list[FailedRow] = field(default_factory=list)
     retired_versions: list[int] = field(default_factory=list)
     finished: bool = False  # the pass reached the end of every table (not stopped early)
+    already_done: bool = False  # the job that asked for it had finished it already
 
 
 # ------------------------------------------------------------------------------- locking
@@ -156,6 +163,20 @@ def _rotatable(s: Session, tenant_id: int) -> Tenant:
     return tenant
 
 
+def job_step_done(s: Session, tenant_id: int, event_type: str, job_id: int,
+                  **details: Any) -> bool:
+    """Whether job ``job_id`` already recorded ``event_type`` (with ``details``) for the tenant."""
+    return s.scalar(select(exists().where(
+        PlatformAuditEvent.event_type == event_type,
+        PlatformAuditEvent.target_type == "tenant",
+        PlatformAuditEvent.target_id == str(tenant_id),
+        PlatformAuditEvent.details.contains({"job_id": job_id, **details})))) is True
+
+
+def _job(job_id: int | None) -> dict[str, int]:
+    return {} if job_id is None else {"job_id": job_id}
+
+
 def _unwrap(providers: Mapping[str, KeyProvider], key: TenantKey) -> bytes:
     return provider_for(providers, key.provider).unwrap(
         key.wrapped_dek, tenant_id=str(key.tenant_id), key_ref=key.key_ref)
@@ -166,16 +187,21 @@ def _unwrap(providers: Mapping[str, KeyProvider], key: TenantKey) -> bytes:
 
 def rewrap(s: Session, tenant: Tenant, providers: Mapping[str, KeyProvider], *,
            new_key_ref: str | None = None, dry_run: bool = False,
-           actor: Actor = audit.SYSTEM) -> RewrapReport:
+           actor: Actor = audit.SYSTEM, job_id: int | None = None) -> RewrapReport:
     """Wrap every non-retired data-key version again under the tenant's KEK (``new_key_ref``
     when given, which then becomes the tenant's key), in the caller's transaction.
 
     Every version is unwrapped, wrapped and checked to unwrap again before any row changes, so
     an unusable old or new KEK (``KeyUnavailable``) leaves everything as it was. Running it twice
-    is harmless: the second run wraps the same data keys again."""
+    is harmless: the second run wraps the same data keys again; for a job (``job_id``) that
+    already rewrapped, the second run changes nothing."""
     _lock_for_transaction(s, tenant.id)
     tenant = _rotatable(s, tenant.id)
     key_ref = new_key_ref.strip() if new_key_ref is not None else tenant.key_ref
+    if job_id is not None and not dry_run and job_step_done(
+            s, tenant.id, TenantEvents.KEY_ROTATED, job_id):
+        return RewrapReport(tenant.id, tenant.key_provider, tenant.key_ref, [], dry_run,
+                            already_done=True)
     target = provider_for(providers, tenant.key_provider)
     try:
         target.check_reference(key_ref)
@@ -210,7 +236,7 @@ def rewrap(s: Session, tenant: Tenant, providers: Mapping[str, KeyProvider], *,
                  target_id=tenant.id, details={
                      "versions": [k.version for k in keys], "rewrapped": len(keys),
                      "provider": tenant.key_provider, "key_ref": key_ref,
-                     "key_ref_changed": previous_ref != key_ref})
+                     "key_ref_changed": previous_ref != key_ref, **_job(job_id)})
     s.flush()
     return report
 
@@ -282,18 +308,26 @@ def reencrypt(session_factory: sessionmaker[Session], tenant_id: int,
               connections: TenantConnections, *, batch_size: int = DEFAULT_BATCH_SIZE,
               dry_run: bool = False, progress: Progress | None = None,
               stop_after_batches: int | None = None,
-              actor: Actor = audit.SYSTEM) -> ReencryptReport:
+              actor: Actor = audit.SYSTEM, job_id: int | None = None) -> ReencryptReport:
     """Move every sealed value of the tenant to a new data-key version (see the module
     docstring for crash and resume). Owns its transactions: one for the new version, one per
     batch of ``batch_size`` rows in the tenant database, one to retire the old versions.
 
     ``stop_after_batches`` ends the run after that many batches, as a crash there would (for
     the resumability tests). ``dry_run`` opens every value that would move, to count the rows
-    and find those that would fail, and writes nothing."""
+    and find those that would fail, and writes nothing. For a job (``job_id``) that already
+    finished its re-encryption, nothing is done (``already_done``)."""
     if batch_size < 1:
         raise InvalidInput("The batch size must be at least 1.")
     with rotation_lock(session_factory, tenant_id):
-        plan = _begin(session_factory, tenant_id, connections, dry_run=dry_run, actor=actor)
+        if job_id is not None and not dry_run:
+            with session_factory() as s:
+                if job_step_done(s, tenant_id, TenantEvents.KEY_REENCRYPTED, job_id,
+                                 phase="finished"):
+                    return ReencryptReport(tenant_id, [], 0, False, dry_run, finished=True,
+                                           already_done=True)
+        plan = _begin(session_factory, tenant_id, connections, dry_run=dry_run, actor=actor,
+                      job_id=job_id)
         report = ReencryptReport(tenant_id, plan.from_versions, plan.to_version,
                                  plan.resumed, dry_run)
         with session_factory() as s:
@@ -328,13 +362,14 @@ def reencrypt(session_factory: sessionmaker[Session], tenant_id: int,
             with engine.connect() as conn:
                 unreferenced = [v for v in plan.from_versions
                                 if not _referenced(conn, present, v)]
-            _finish(session_factory, plan, report, unreferenced, actor=actor)
+            _finish(session_factory, plan, report, unreferenced, actor=actor, job_id=job_id)
             connections.dek_cache.forget(tenant_id)
         return report
 
 
 def _begin(session_factory: sessionmaker[Session], tenant_id: int,
-           connections: TenantConnections, *, dry_run: bool, actor: Actor) -> _Plan:
+           connections: TenantConnections, *, dry_run: bool, actor: Actor,
+           job_id: int | None = None) -> _Plan:
     """The target version: the newest non-retired one when a re-encryption is unfinished,
     otherwise a new version N+1 (not created on a dry run). Every non-retired data key is
     unwrapped first, so an unusable KEK stops the run before anything is written."""
@@ -367,7 +402,7 @@ def _begin(session_factory: sessionmaker[Session], tenant_id: int,
                 audit.record(s, TenantEvents.KEY_REENCRYPTED, actor=actor, target_type="tenant",
                              target_id=tenant.id, details={
                                  "phase": "started", "from_versions": from_versions,
-                                 "to_version": target})
+                                 "to_version": target, **_job(job_id)})
         tenant_key = str(tenant.id)
         # retired versions stay readable, should a value still name one
         retired = {v: (k.provider, k.key_ref, k.wrapped_dek) for v, k in wrapped.items()
@@ -447,7 +482,7 @@ def _referenced(conn: Connection, tables: Sequence[SealedTable], version: int) -
 
 
 def _finish(session_factory: sessionmaker[Session], plan: _Plan, report: ReencryptReport,
-            unreferenced: list[int], *, actor: Actor) -> None:
+            unreferenced: list[int], *, actor: Actor, job_id: int | None = None) -> None:
     with session_factory() as s, s.begin():
         keys = s.scalars(select(TenantKey).where(
             TenantKey.tenant_id == plan.tenant_id, TenantKey.version.in_(unreferenced),
@@ -465,4 +500,4 @@ def _finish(session_factory: sessionmaker[Session], plan: _Plan, report: Reencry
                          "rows_failed": len(report.failed),
                          "failed_rows": [{"table": f.table, "row_key": f.row_key}
                                          for f in report.failed[:AUDITED_FAILURES]],
-                         "retired_versions": report.retired_versions})
+                         "retired_versions": report.retired_versions, **_job(job_id)})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -21,7 +21,6 @@ from control_plane.exceptions import (
     Conflict,
     Forbidden,
     InvalidInput,
-    UnsupportedMediaType,
 )
 from control_plane.jobs import dispatch_pending, requeue_job
 from control_plane.keys.providers import KeyUnavailable
@@ -31,7 +30,12 @@ from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.areas import TENANT_AREAS, mount_area, with_tenant
 from control_plane.web.access import audits_denials
 from control_plane.web.deps import require_user
-from control_plane.web.forms import Form, form_endpoint, validation_message
+from control_plane.web.forms import (
+    Form,
+    form_endpoint,
+    read_json_object,
+    validated,
+)
 from control_plane.web.services import Services, services
 from control_plane.web.templating import render
 from tenant_runtime import checkpoints, permissions
@@ -398,22 +402,11 @@ def delete_tenant(request: Request, form: DeleteForm) -> Response:
 # ------------------------------------------------------------------------------- JSON API
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidInput("The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("The body must be a JSON object.")
-    return body
-
-
-def _api_create(request: Request, payload: CreateTenantRequest) -> Response:
+def _api_create(request: Request, raw: dict[str, Any]) -> Response:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
         me = require_user(s, request)
+        payload = validated(CreateTenantRequest, raw)
         tenant, job = service.do_create_tenant(
             s, slug=payload.slug, name=payload.name, key_provider=payload.key_provider,
             key_ref=payload.key_ref, providers=svc.key_providers, sealer=svc.sealer,
@@ -426,12 +419,8 @@ def _api_create(request: Request, payload: CreateTenantRequest) -> Response:
 
 async def api_create_tenant(request: Request) -> Response:
     """POST /api/tenants: create a tenant; provisioning continues as a job (202)."""
-    body = await _json_body(request)
-    try:
-        payload = CreateTenantRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from None
-    return await run_in_threadpool(_api_create, request, payload)
+    raw = await read_json_object(request)
+    return await run_in_threadpool(_api_create, request, raw)
 
 
 @audits_denials

@@ -29,6 +29,7 @@ from control_plane.tenancy.servers import pick_server
 from tenant_runtime import permissions
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+MAX_ID = 2**63 - 1  # a Postgres bigint
 
 
 class ScopeDenied(Forbidden):
@@ -63,6 +64,8 @@ def access_tenant(s: Session, tenant_id: int, *, user: User,
     """The tenant if ``user`` is a member (whose role holds ``permission`` when given).
     Missing, deleted and not-a-member all answer the same NotFound; a member whose role lacks
     the permission gets ScopeDenied."""
+    if not 0 < tenant_id <= MAX_ID:  # not an id Postgres could hold: no such tenant either
+        raise NotFound("No such tenant.")
     row = s.execute(
         select(Tenant, Membership).join(Membership, Membership.tenant_id == Tenant.id)
         .where(Tenant.id == tenant_id, Membership.user_id == user.id,

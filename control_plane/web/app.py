@@ -31,7 +31,11 @@ from control_plane.tenancy.area_jobs import enqueue_tenant_job
 from control_plane.tenancy.connections import TenantConnections, egress_policy
 from control_plane.users import routes as user_routes
 from control_plane.web import dashboard, openapi
-from control_plane.web.errors import handle_error
+from control_plane.web.errors import (
+    DATABASE_UNAVAILABLE,
+    handle_database_unavailable,
+    handle_error,
+)
 from control_plane.web.security import SecurityMiddleware
 from control_plane.web.services import Services, redis_client
 from control_plane.web.templating import STATIC_DIR, render
@@ -103,7 +107,8 @@ def build_app(svc: Services) -> Starlette:
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],
         exception_handlers={MagistrateError: handle_error, HTTPException: handle_error,
-                            TenantError: handle_error},
+                            TenantError: handle_error,
+                            **dict.fromkeys(DATABASE_UNAVAILABLE, handle_database_unavailable)},
         lifespan=lifespan,
     )
     app.state.services = svc

@@ -3,8 +3,11 @@ request id and one clear sentence, never a stack trace."""
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import quote
 
+import psycopg
+import sqlalchemy.exc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -17,6 +20,18 @@ from control_plane.exceptions import (
 )
 from control_plane.web.templating import is_htmx, render
 from tenant_runtime.exceptions import TenantError
+
+log = logging.getLogger("magistrate.http")
+
+# What a database outage raises: the server is down, restarting or refusing connections
+# (OperationalError), a pooled connection died under a statement (InterfaceError, or any error
+# SQLAlchemy recognised as a disconnect), or no connection came free in time (TimeoutError).
+DATABASE_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                        sqlalchemy.exc.TimeoutError, psycopg.OperationalError,
+                        psycopg.InterfaceError)
+DATABASE_RETRY_AFTER_SECONDS = 2
+DATABASE_UNAVAILABLE_MESSAGE = ("A database Magistrate depends on is unavailable right now; "
+                                "try again in a few seconds.")
 
 HTTP_MESSAGES = {
     400: "The request could not be understood.",
@@ -40,6 +55,13 @@ def wants_json(request: Request) -> bool:
         and "text/html" not in request.headers.get("accept", ""))
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a database cannot be reached (a 503 to retry), not a bug."""
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+
+
 def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotSignedIn) and not wants_json(request):
         wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -56,12 +78,16 @@ def error_response(request: Request, exc: Exception) -> Response:
     elif isinstance(exc, HTTPException):
         status = exc.status_code
         message = HTTP_MESSAGES.get(status, "The request could not be handled.")
+    elif database_unavailable(exc):
+        status, message = 503, DATABASE_UNAVAILABLE_MESSAGE
     else:
         status, message = 500, ("Something went wrong on our side. It has been logged; quote "
                                 "the request id if you contact support.")
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
+    if status == 503 and database_unavailable(exc):
+        headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
     request_id = getattr(request.state, "request_id", "")
     if wants_json(request):
         return JSONResponse({"error": message, "status": status, "request_id": request_id},
@@ -72,4 +98,12 @@ def error_response(request: Request, exc: Exception) -> Response:
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
+    return error_response(request, exc)
+
+
+async def handle_database_unavailable(request: Request, exc: Exception) -> Response:
+    """A database outage is the operator's to fix, not a bug: one warning line, no trace, and
+    a 503 with Retry-After that the caller may retry."""
+    log.warning("request failed: a database is unavailable (%s)", type(exc).__name__,
+                extra={"request_id": getattr(request.state, "request_id", "")})
     return error_response(request, exc)

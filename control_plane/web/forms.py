@@ -3,6 +3,7 @@ sentence naming it. Handlers stay plain ``def`` functions run in the threadpool.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from control_plane.exceptions import InvalidInput, UnsupportedMediaType
+from control_plane.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 F = TypeVar("F", bound="Form")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -21,6 +22,42 @@ class Form(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, frozen=True)
 
     csrf_token: str = ""  # checked by SecurityMiddleware before the handler runs
+
+
+JSON_MAX_BYTES = 64 * 1024
+
+
+async def read_json_object(request: Request, max_bytes: int = JSON_MAX_BYTES
+                           ) -> dict[str, Any]:
+    """A JSON API's body: 415 for another content type, 413 past ``max_bytes`` (read no
+    further), 422 for anything that is not one JSON object (too deeply nested included)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"The request body is over {max_bytes // 1024} KiB.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidInput("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object.")
+    return body
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], raw: dict[str, Any]) -> M:
+    """``raw`` as ``model``, or 422 with a sentence naming the first field to fix. The JSON
+    APIs call it once the caller is authenticated: a stranger learns nothing of the schema."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc)) from None
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -129,6 +129,15 @@ class AnthropicAnswer(_Doc):
     usage: dict[str, Any]
 
 
+class StreamEvent(_Doc):
+    """One server-sent event of a streamed answer: ``data`` is a chunk in the API's own
+    streaming shape, as JSON (OpenAI's stream ends with ``data: [DONE]``); Anthropic's events
+    are named (``message_start``, ``content_block_delta``, ``message_stop``...)."""
+
+    data: str
+    event: str | None = None
+
+
 @dataclass(frozen=True)
 class Operation:
     method: str
@@ -141,14 +150,25 @@ class Operation:
     error_model: type[BaseModel] = ApiError
     security: tuple[str, ...] = ("apiKey",)
     media_type: str = "application/json"
+    errors: tuple[int, ...] = (401, 403, 404, 409, 413, 415, 422, 503)  # 413/415: with a body
+    streams: bool = False  # ``"stream": true`` answers text/event-stream
 
 
-_API_ERRORS: dict[int, str] = {401: "no valid API key or session", 403: "refused",
-                               404: "no such resource (or another tenant's)",
-                               409: "the resource's state does not allow it",
-                               413: "the body is over its limit",
-                               415: "the body is not application/json",
-                               422: "the input is invalid (the sentence says what to fix)"}
+_ERRORS: dict[int, str] = {
+    400: "the body is not JSON, or the request could never fit the tenant's token rate limit",
+    401: "no valid API key or session",
+    402: "the monthly spend cap is reached",
+    403: "refused (the sentence says why)",
+    404: "no such resource (or another tenant's)",
+    409: "the resource's state does not allow it",
+    413: "the body is over its limit",
+    415: "the body is not application/json",
+    422: "the input is invalid, or has a field the API does not take (the sentence names it)",
+    429: "rate limited (Retry-After says when to try again)",
+    502: "every attempt at the provider failed",
+    503: "the tenant's key or a database is unavailable; try again later",
+}
+_GATEWAY_CALL_ERRORS = (400, 401, 402, 403, 413, 415, 422, 429, 502, 503)
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/whoami", "The tenant and key behind an API key", "tenancy",
@@ -197,14 +217,15 @@ OPERATIONS: tuple[Operation, ...] = (
               body=OpenAIChat,
               responses={200: ("the answer (text/event-stream when stream is true)",
                                ChatCompletion)},
-              error_model=OpenAIError),
+              error_model=OpenAIError, errors=_GATEWAY_CALL_ERRORS, streams=True),
     Operation("POST", "/v1/messages", "Anthropic-compatible message", "gateway",
               body=AnthropicMessages,
               responses={200: ("the answer (text/event-stream when stream is true)",
                                AnthropicAnswer)},
-              error_model=AnthropicError),
+              error_model=AnthropicError, errors=_GATEWAY_CALL_ERRORS, streams=True),
     Operation("GET", "/v1/models", "The models on the tenant's allowlist", "gateway",
-              responses={200: ("the allowed models", ModelList)}, error_model=OpenAIError),
+              responses={200: ("the allowed models", ModelList)}, error_model=OpenAIError,
+              errors=(401, 403, 503)),
 )
 
 
@@ -228,11 +249,13 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     for status, (description, model) in op.responses.items():
         content = {op.media_type: {"schema": _ref(model, schemas) if model else {
             "type": "string"}}}
+        if op.streams:
+            content["text/event-stream"] = {"schema": _ref(StreamEvent, schemas)}
         responses[str(status)] = {"description": description, "content": content}
-    for status, description in _API_ERRORS.items():
+    for status in op.errors:
         if status in (413, 415) and op.body is None:
             continue
-        responses[str(status)] = {"description": description, "content": {
+        responses[str(status)] = {"description": _ERRORS[status], "content": {
             "application/json": {"schema": _ref(op.error_model, schemas)}}}
     document: dict[str, Any] = {
         "operationId": f"{op.method.lower()}_{op.path.strip('/').replace('/', '_')}"

@@ -35,8 +35,8 @@ log = logging.getLogger("magistrate.http")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-# Reviewable exemption list: these prefixes are exempt ONLY for requests authenticated with an
-# ``Authorization: Bearer`` header and carrying no Magistrate cookie (programs, not browsers).
+# Reviewable exemption list: these prefixes are exempt ONLY for requests carrying no Magistrate
+# cookie (programs with their keys, not browsers); with a cookie they need the token.
 CSRF_EXEMPT_PREFIXES: tuple[str, ...] = ("/api/", "/v1/")
 MAX_FORM_BYTES = 10 * 1024 * 1024
 # Load-balancer probes often use an address as the Host: these answer whatever the Host.
@@ -114,13 +114,13 @@ class SecurityMiddleware:
         return claimed in allowed
 
     def is_exempt(self, path: str, headers: Headers, cookies: dict[str, str]) -> bool:
+        """A request to the API or the gateway without a Magistrate cookie carries no ambient
+        credential a forged request could ride on: it is authenticated by its key or refused
+        by the route (401 in the API's own shape), so it needs no CSRF token."""
         if not path.startswith(CSRF_EXEMPT_PREFIXES):
             return False
-        bearer = (headers.get("authorization", "").lower().startswith("bearer ")
-                  or "x-api-key" in headers)  # the Anthropic SDK's way of sending the key
-        has_cookie = (self.settings.session_cookie_name in cookies
-                      or self.settings.anon_cookie_name in cookies)
-        return bearer and not has_cookie
+        return not (self.settings.session_cookie_name in cookies
+                    or self.settings.anon_cookie_name in cookies)
 
     # -- the middleware -------------------------------------------------------------------
 

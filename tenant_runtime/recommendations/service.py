@@ -162,13 +162,16 @@ def list_tasks(s: Session, *, scope: Scope) -> list[TaskListRow]:
     earlier = aliased(RecommendationRun)
     last_id = (select(func.max(earlier.id)).where(earlier.task_id == Task.id)
                .correlate(Task).scalar_subquery())
-    rows = s.execute(select(Task, RecommendationRun.verdict, RecommendationRun.mode,
+    # the listed columns only: whole Task rows (sealed description, signals) cost more to
+    # load than the page costs to render
+    rows = s.execute(select(Task.id, Task.title, Task.team, Task.tags,
+                            RecommendationRun.verdict, RecommendationRun.mode,
                             RecommendationRun.state)
                      .outerjoin(RecommendationRun, RecommendationRun.id == last_id)
                      .where(scope.team_filter(Task.team))
                      .order_by(Task.id.desc()).limit(500))
-    return [TaskListRow(t.id, t.title, t.team, list(t.tags), verdict, mode, state)
-            for t, verdict, mode, state in rows]
+    return [TaskListRow(task_id, title, team, list(tags), verdict, mode, state)
+            for task_id, title, team, tags, verdict, mode, state in rows]
 
 
 # -- settings ------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_cross_origin_posts_are_refused_even_with_a_token(client, db):
 
 
 @pytest.mark.parametrize("prefix", CSRF_EXEMPT_PREFIXES)
-def test_exemption_needs_bearer_auth_and_no_cookie(client, prefix):
+def test_exemption_needs_no_cookie_and_keyless_calls_get_the_apis_401(client, prefix):
     url = prefix + "anything"
     # bearer and no cookie: not refused by CSRF (the route does not exist yet: 404)
     from starlette.testclient import TestClient
@@ -104,9 +104,15 @@ def test_exemption_needs_bearer_auth_and_no_cookie(client, prefix):
     client.get("/sign-in")
     browser = client.post(url, json={}, headers={"Authorization": "Bearer mg_test"})
     assert browser.status_code == 403
-    # no bearer: not exempt
+    # no key and no cookie: nothing ambient to forge; the route answers (401 from a real one)
     with TestClient(client.app, base_url="http://testserver") as anonymous:
-        assert anonymous.post(url, json={}).status_code == 403
+        assert anonymous.post(url, json={}).status_code == 404
+        real = "/v1/chat/completions" if prefix == "/v1/" else "/api/actions"
+        keyless = anonymous.post(real, json={"model": "m", "messages": []})
+        assert keyless.status_code == 401, keyless.text
+        if prefix == "/v1/":  # in the OpenAI shape, so the SDKs raise AuthenticationError
+            assert keyless.json()["error"]["type"] == "authentication_error" or \
+                keyless.json()["error"]["code"] is not None
 
 
 def test_a_program_with_a_key_gets_no_cookie_to_trip_over(client):

@@ -47,3 +47,22 @@ def test_request_bodies_are_the_models_the_endpoints_validate_with(client):
     assert {"model", "messages"} <= set(chat["required"])
     action = spec["components"]["schemas"]["ActionRequest"]
     assert action["additionalProperties"] is False and action["required"] == ["action"]
+
+
+def test_the_gateway_answers_are_described_as_they_come(client):
+    """Streams, and the gateway's own statuses (a body that is not JSON, the spend cap, rate
+    limits, a provider outage), each error in the API's own shape; the fuzz suite
+    (tests/fuzz/test_schemathesis.py) checks real answers against all of it."""
+    spec = client.get("/openapi.json").json()
+    for path, error in (("/v1/chat/completions", "OpenAIError"),
+                        ("/v1/messages", "AnthropicError")):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}
+        event = responses["200"]["content"]["text/event-stream"]["schema"]["$ref"]
+        assert event == "#/components/schemas/StreamEvent"
+        assert {"400", "402", "413", "415", "422", "429", "502", "503"} <= set(responses)
+        assert "404" not in responses and "409" not in responses
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith(error)
+    assert set(spec["paths"]["/v1/models"]["get"]["responses"]) == {"200", "401", "403", "503"}
+    actions = spec["paths"]["/api/actions"]["post"]["responses"]
+    assert {"413", "415", "422"} <= set(actions) and "400" not in actions

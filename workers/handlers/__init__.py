@@ -5,4 +5,5 @@ from workers.handlers import (  # noqa: F401
     export,
     provisioning,
     recommendations,
+    rotation,
 )

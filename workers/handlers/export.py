@@ -1,7 +1,7 @@
 """The tenant export job: open the tenant's context, write the zip, record its name.
 
-A retried job writes a new zip (the name carries the time); only the attempt that finishes under
-its lease has its file recorded on the job."""
+The zip is named after the job, so a retried job (its worker died) leaves one file, not one per
+attempt; only the attempt that finishes under its lease has its file recorded on the job."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def export_tenant(run: JobRun) -> dict[str, Any]:
                             refusal="The tenant is no longer active or suspended; nothing was "
                                     "exported.") as ctx:
             path = build_export(ctx, out_dir=env.settings.home / "exports",
-                                progress=run.progress)
+                                progress=run.progress, job_id=run.job_id)
     except TenantKeyUnavailable as exc:
         # the customer's key cannot be used: retrying blindly will not help
         raise JobFailed(str(exc)) from None

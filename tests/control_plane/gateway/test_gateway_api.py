@@ -183,16 +183,16 @@ def test_malformed_requests_get_a_clear_4xx_in_each_apis_shape(gw):
     auth = {"Authorization": f"Bearer {gw.key}", "Content-Type": "application/json"}
     for body, status, needle in (
         (b"{not json", 400, "not valid JSON"),
-        (b"[]", 400, "Invalid value"),
-        (json.dumps({"model": "gpt-4o-mini"}).encode(), 400, "Missing required parameter: "
+        (b"[]", 422, "must be a JSON object"),
+        (json.dumps({"model": "gpt-4o-mini"}).encode(), 422, "Missing required parameter: "
                                                              "messages"),
         (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
-                     "tools": []}).encode(), 400, "Unrecognized request argument supplied: "
+                     "tools": []}).encode(), 422, "Unrecognized request argument supplied: "
                                                   "tools"),
         (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 400, "messages"),
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 422, "messages"),
         (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
-                     "max_tokens": -1}).encode(), 400, "max_tokens"),
+                     "max_tokens": -1}).encode(), 422, "max_tokens"),
         (b"x" * (5 * 1024 * 1024), 413, "4 MiB"),
     ):
         answer = httpx.post(f"{gw.url}/v1/chat/completions", content=body, headers=auth)
@@ -200,14 +200,15 @@ def test_malformed_requests_get_a_clear_4xx_in_each_apis_shape(gw):
         error = answer.json()["error"]
         assert needle in error["message"] and error["type"] == "invalid_request_error"
         assert answer.headers["x-should-retry"] == "false"
-    with ant(gw, max_retries=0) as client, pytest.raises(anthropic.BadRequestError) as bad:
+    with ant(gw, max_retries=0) as client, pytest.raises(
+            anthropic.UnprocessableEntityError) as bad:
         client.messages.create(model="claude-haiku", max_tokens=10, messages=[],
                                extra_body={"tools": []})
     assert bad.value.body["type"] == "error"
     answer = httpx.post(f"{gw.url}/v1/messages", headers={**auth, "anthropic-version": "1"},
                         content=json.dumps({"model": "claude-haiku", "messages": [
                             {"role": "user", "content": "hi"}]}))
-    assert answer.status_code == 400
+    assert answer.status_code == 422
     assert answer.json() == {"type": "error", "error": {
         "type": "invalid_request_error", "message": "Missing required parameter: max_tokens."}}
     assert gw.llm.received == []

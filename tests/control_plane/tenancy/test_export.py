@@ -117,7 +117,7 @@ def test_owner_exports_the_whole_tenant_database(app_client, services, db, datab
     assert job.state == "succeeded", job.last_error
     assert job.progress == job.progress_total == len(TenantBase.metadata.tables)
     name = job.result["file"]
-    assert re.fullmatch(r"tenant-acme-\d{8}T\d{6}Z\.zip", name)
+    assert re.fullmatch(rf"tenant-acme-\d{{8}}T\d{{6}}Z-job{job_id}\.zip", name)
     on_disk = settings.home / "exports" / name
     assert on_disk.stat().st_mode & 0o777 == 0o600
 
