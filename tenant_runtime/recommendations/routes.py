@@ -96,8 +96,15 @@ def task_input(form: TaskForm) -> TaskInput:
 def _list(request: Request, ctx: TenantContext, *, status_code: int = 200,
           **extra: object) -> Response:
     render = request.app.state.render
+    before = request.query_params.get("before_id") if request.method == "GET" else None
+    if before is not None and (not before.isascii() or not before.isdigit()
+                               or len(before) > 18):
+        raise TenantInvalidInput("'before_id' must be a positive whole number.")
     with ctx.session() as s, s.begin():
-        context = {"tasks": service.list_tasks(s, scope=scope_for(s, ctx.actor)),
+        page = service.list_tasks(s, scope=scope_for(s, ctx.actor),
+                                  before_id=int(before) if before else None)
+        context = {"tasks": page.rows, "next_before_id": page.next_before_id,
+                   "older_page": before is not None,
                    "panel": service.panel_of(s),
                    "periods": PERIODS, "verdict_labels": VERDICT_LABELS,
                    "can_create": permissions.allows(ctx.actor.role, "tasks.work"),

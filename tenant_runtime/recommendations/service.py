@@ -157,21 +157,35 @@ class TaskListRow:
     state: str | None
 
 
-def list_tasks(s: Session, *, scope: Scope) -> list[TaskListRow]:
-    """The newest 500 tasks of the teams ``scope`` may see, with their last run's verdict."""
+TASKS_PER_PAGE = 50
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    rows: list[TaskListRow]
+    next_before_id: int | None  # the next (older) page starts below this id; None: the last
+
+
+def list_tasks(s: Session, *, scope: Scope, before_id: int | None = None,
+               limit: int = TASKS_PER_PAGE) -> TaskPage:
+    """One page of the tasks of the teams ``scope`` may see, newest first, with their last
+    run's verdict: ``limit`` tasks with an id below ``before_id`` (keyset paging, so an older
+    page costs what the first does)."""
     earlier = aliased(RecommendationRun)
     last_id = (select(func.max(earlier.id)).where(earlier.task_id == Task.id)
                .correlate(Task).scalar_subquery())
+    query = (select(Task.id, Task.title, Task.team, Task.tags, RecommendationRun.verdict,
+                    RecommendationRun.mode, RecommendationRun.state)
+             .outerjoin(RecommendationRun, RecommendationRun.id == last_id)
+             .where(scope.team_filter(Task.team)))
+    if before_id is not None:
+        query = query.where(Task.id < before_id)
     # the listed columns only: whole Task rows (sealed description, signals) cost more to
-    # load than the page costs to render
-    rows = s.execute(select(Task.id, Task.title, Task.team, Task.tags,
-                            RecommendationRun.verdict, RecommendationRun.mode,
-                            RecommendationRun.state)
-                     .outerjoin(RecommendationRun, RecommendationRun.id == last_id)
-                     .where(scope.team_filter(Task.team))
-                     .order_by(Task.id.desc()).limit(500))
-    return [TaskListRow(task_id, title, team, list(tags), verdict, mode, state)
-            for task_id, title, team, tags, verdict, mode, state in rows]
+    # load than the page costs to render; one row more than the page says whether one follows
+    found = s.execute(query.order_by(Task.id.desc()).limit(limit + 1)).all()
+    rows = [TaskListRow(task_id, title, team, list(tags), verdict, mode, state)
+            for task_id, title, team, tags, verdict, mode, state in found[:limit]]
+    return TaskPage(rows, rows[-1].id if len(found) > limit else None)
 
 
 # -- settings ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 from sqlalchemy import func, select
 
@@ -213,3 +214,26 @@ def test_panel_settings_are_the_owners_and_admins_and_audited(client, env, db):
     assert post(client, url, form).text.count("Nothing changed.") == 1
     assert len([e for e in env.events()
                 if e.event_type == "recommendation.settings_changed"]) == 2  # fixture's + ours
+
+
+def test_the_task_list_pages_by_fifty_newest_first(client, env):
+    with env.ctx.session() as s, s.begin():
+        ids = [service.do_create_task(s, env.ctx, TaskInput.model_validate({
+            "title": f"Task number {n}", "description": "A recurring piece of work.",
+            "team": "Support", "tags": [], "signals": {}})).id for n in range(53)]
+    sign_in(client, "owner@example.com")
+    base = f"/tenants/{env.tenant_id}/tasks"
+    first = client.get(base)
+    assert first.status_code == 200
+    shown = [int(i) for i in re.findall(rf'href="{base}/(\d+)"', first.text)]
+    assert shown == sorted(ids, reverse=True)[:50]
+    older = html.unescape(
+        re.search(r'href="([^"]+)" data-testid="older-tasks"', first.text)[1])
+    assert older == f"{base}?before_id={shown[-1]}"
+    second = client.get(older)
+    rest = [int(i) for i in re.findall(rf'href="{base}/(\d+)"', second.text)]
+    assert rest == sorted(ids, reverse=True)[50:]
+    assert 'data-testid="older-tasks"' not in second.text and "Newest tasks" in second.text
+    for bad in ("x", "-1", "9" * 30, "１２"):
+        response = client.get(base, params={"before_id": bad})
+        assert response.status_code == 422 and "before_id" in response.text
