@@ -308,6 +308,21 @@ class Processes:
         out["client"] = time.process_time()
         return out
 
+    def run_threads(self, threads: list[threading.Thread], barrier: threading.Barrier
+                    ) -> tuple[float, dict[str, float]]:
+        """Start ``threads`` (each waits at ``barrier``), release them together, wait for
+        all: the wall-clock seconds, and each process's CPU seconds over that time."""
+        for thread in threads:
+            thread.start()
+        before = self.sample()
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        after = self.sample()
+        return seconds, {name: after[name] - before[name] for name in before}
+
 
 def start_upstream(port: int, latency: float = 0.0) -> multiprocessing.process.BaseProcess:
     context = multiprocessing.get_context("spawn")
@@ -460,18 +475,9 @@ def run_clients(base_url: str, key: str, *, stream: bool, clients: int, requests
                 else:
                     errors.append(problem)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    cpu_before = processes.sample()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    cpu_after = processes.sample()
-    return Run([ms for mine in latencies for ms in mine], errors, seconds,
-               {name: cpu_after[name] - cpu_before[name] for name in cpu_before})
+    seconds, cpu = processes.run_threads(
+        [threading.Thread(target=client, args=(n,)) for n in range(clients)], barrier)
+    return Run([ms for mine in latencies for ms in mine], errors, seconds, cpu)
 
 
 def distribution(samples: list[float]) -> dict[str, float]:

@@ -276,19 +276,10 @@ def browse(clients: list[httpx2.Client], plan: list[Page], *,
                 latencies[name].append(ms)
             errors.extend(problems)
 
-    threads = [threading.Thread(target=client, args=(n, http))
-               for n, http in enumerate(clients)]
-    for thread in threads:
-        thread.start()
-    cpu_before = processes.sample()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    cpu_after = processes.sample()
-    return PageRun(latencies, errors, seconds,
-                   {name: cpu_after[name] - cpu_before[name] for name in cpu_before})
+    seconds, cpu = processes.run_threads(
+        [threading.Thread(target=client, args=(n, http)) for n, http in enumerate(clients)],
+        barrier)
+    return PageRun(latencies, errors, seconds, cpu)
 
 
 def page_figures(run: PageRun) -> dict[str, Any]:
