@@ -250,8 +250,10 @@ class GatewaySpendMonth(TenantBase):
 
 
 class GatewayCall(TenantBase):
-    """One gateway call: counts, cost and outcome, never prompt or response text. A row is
-    written with its reservation before the provider is called, and settled afterwards."""
+    """One gateway call: counts, cost and outcome, never the prompt. A row is written with its
+    reservation before the provider is called, and settled afterwards. A call the platform
+    makes for a job carries the job step's idempotency key and keeps its answer, sealed, only
+    until that step has recorded it (``Gateway.complete_once``); no other answer is kept."""
 
     __tablename__ = "gateway_calls"
 
@@ -276,9 +278,13 @@ class GatewayCall(TenantBase):
     redactions: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'"),
                                                        info=PLAIN)
     error: Mapped[str | None] = mapped_column(String(300), info=PLAIN)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), info=PLAIN)
+    answer_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, info=PII)
 
     __table_args__ = (
         Index("ix_gateway_calls_created_at", "created_at"),
+        Index("ix_gateway_calls_idempotency_key", "idempotency_key",
+              postgresql_where=text("idempotency_key IS NOT NULL")),
         Index("ix_gateway_calls_status_reserved", "status",
               postgresql_where=text("status = 'reserved'")),
     )

@@ -22,6 +22,7 @@ from tenant_runtime.audit_retention import deliver_checkpoints, prune
 from tenant_runtime.checkpoints import make_checkpoint
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError
+from tenant_runtime.gateway.service import forget_kept_answers
 from tenant_runtime.gateway.spend import settle_abandoned
 from tenant_runtime.minimization.retention import sweep as sweep_minimization
 from workers import runtime
@@ -101,9 +102,11 @@ def prune_all_tenants(session_factory: sessionmaker[Session],
 
 def settle_abandoned_calls() -> dict[str, int]:
     """Gateway reservations whose call never finished (its web process died), charged in full
-    so the spend cap is not undercounted (tenant_runtime/gateway/spend.py)."""
+    so the spend cap is not undercounted (tenant_runtime/gateway/spend.py); and answers kept
+    for a job step that never released them, cleared (tenant_runtime/gateway/service.py)."""
     return for_each_tenant(runtime.session_factory(), _process_connections(),
-                           lambda ts, ctx: settle_abandoned(ts), "settling abandoned calls")
+                           lambda ts, ctx: settle_abandoned(ts) + forget_kept_answers(ts),
+                           "settling abandoned calls")
 
 
 def run_retention() -> dict[str, int]:

@@ -6,7 +6,8 @@ the job machinery promises never happens.
     side effects         more than one effect for one job or one key: a tenant provisioned twice,
     duplicated           a rotation's rewrap or re-encryption recorded twice for one job, an
                          export requested twice for one job or published as two files, a panel
-                         model's vote recorded twice for one run
+                         model's vote recorded twice for one run, a job step's model call
+                         answered and charged twice (one idempotency key, two ``ok`` calls)
     audit chains broken  the platform chain or a tenant's chain does not verify
 
 ``half_written`` lists what a crash may leave behind and a retry must clean up: an export's
@@ -32,7 +33,7 @@ from control_plane.models import Job, PlatformAuditEvent, Tenant, TenantKey
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.events import TenantEvents
 from tenant_runtime.audit_verify import verify_tenant_chain
-from tenant_runtime.models import AuditEvent
+from tenant_runtime.models import AuditEvent, GatewayCall
 from tenant_runtime.recommendations.models import PanelVote
 from tenant_runtime.recommendations.service import RecommendationEvents
 
@@ -168,6 +169,12 @@ def _tenant_duplicates(ts: Session, tenant: Tenant, found: Reconciliation) -> No
             .group_by(PanelVote.run_id, PanelVote.model_name)
             .having(func.count() > 1)).all():
         found.duplicates.append(f"tenant {tenant.slug}: run {run_id} holds {n} votes of {name}")
+    for key, n in ts.execute(
+            select(GatewayCall.idempotency_key, func.count())
+            .where(GatewayCall.idempotency_key.is_not(None), GatewayCall.status == "ok")
+            .group_by(GatewayCall.idempotency_key).having(func.count() > 1)).all():
+        found.duplicates.append(f"tenant {tenant.slug}: the model call {key} was answered and "
+                                f"charged {n} times")
 
 
 def _export_files(s: Session, exports_dir: Path, found: Reconciliation) -> None:

@@ -8,18 +8,25 @@ reservation, so concurrent calls see it; ``complete`` and ``stream`` call the pr
 ``_finish`` settles and records the one audit event of the call in a second transaction.
 Refusals (a model off the allowlist, the spend cap) are audited in their own transaction and
 raised as ``TenantError``s with a sentence for the caller. Prompt and answer text are never
-stored, logged or audited: only counts."""
+logged or audited: only counts. Neither is stored either, with one exception:
+``complete_once``, the platform's own calls for a job step, keeps the restored answer sealed
+under the tenant's key in the call's row, settled in the same transaction, so that a retried
+step is answered from it instead of paying the model twice; the step clears it
+(``release_answer``) in the transaction that records what it made of it, and answers nobody
+released are cleared after a day (``forget_kept_answers``)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
@@ -74,6 +81,7 @@ class PreparedCall:
     prices: list[pricing.Price]
     reserved_micros: int
     started: float
+    idempotency_key: str | None = None  # set: the answer is kept, sealed, until released
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,11 @@ class CallResult:
     finish_reason: str
     provider: str
     cost_micros: int
+    replayed: bool = False  # the kept answer of an earlier attempt: no call, no charge
+
+
+KEPT_ANSWER = ("gateway_calls", "answer_sealed")  # the sealed answer's table and column
+KEEP_ANSWERS_FOR = timedelta(days=1)
 
 
 def _now() -> datetime:
@@ -101,10 +114,11 @@ class Gateway:
     # -- before the provider -------------------------------------------------------------
 
     def prepare(self, request: ChatRequest, *, endpoint_kind: str,
-                rate_limit: Callable[[int, int], None] | None = None) -> PreparedCall:
+                rate_limit: Callable[[int, int], None] | None = None,
+                idempotency_key: str | None = None) -> PreparedCall:
         """Allowlist, redaction and the spend reservation, committed together. ``rate_limit``
         is called with the tenant's requests and tokens per minute first, and raises to
-        refuse."""
+        refuse. ``idempotency_key``: see ``complete_once``."""
         started = time.perf_counter()
         month = spend.month_of(self.clock())
         with self.ctx.session() as s, s.begin():
@@ -136,11 +150,12 @@ class Gateway:
                     call={"api_key_id": self.api_key_id, "model_name": request.model,
                           "provider": first.provider, "provider_model": first.model,
                           "endpoint_kind": endpoint_kind, "stream": request.stream,
-                          "redactions": dict(redacted.counts)})
+                          "redactions": dict(redacted.counts),
+                          "idempotency_key": idempotency_key})
                 if call_id is not None:
                     return PreparedCall(call_id, month, request.model, redacted, restorer,
                                         [entry.target for entry in chain], prices, reserved,
-                                        started)
+                                        started, idempotency_key)
                 refusal = spend.SpendCapReached(spend.cap_message(cfg.monthly_cap_micros, month))
         self._refused(refusal, request, endpoint_kind)
         raise refusal
@@ -165,6 +180,37 @@ class Gateway:
 
     # -- the provider ----------------------------------------------------------------------
 
+    def complete_once(self, request: ChatRequest, *, key: str,
+                      endpoint_kind: str) -> CallResult:
+        """A non-streaming call made at most once per ``key`` (a job step's idempotency key):
+        when an earlier attempt's call answered and the step has not released the answer
+        (``release_answer``), that answer is returned, with no call, no charge and no second
+        audit event. Otherwise the call is made, and its restored answer kept sealed in the
+        call's row, written in the transaction that settles and audits it: a worker killed
+        after that commit loses nothing its retry would pay for again."""
+        kept = self._kept_answer(key)
+        if kept is not None:
+            return kept
+        return self.complete(self.prepare(request, endpoint_kind=endpoint_kind,
+                                          idempotency_key=key))
+
+    def _kept_answer(self, key: str) -> CallResult | None:
+        with self.ctx.session() as s:
+            row = s.execute(
+                select(GatewayCall.id, GatewayCall.answer_sealed, GatewayCall.tokens_in,
+                       GatewayCall.tokens_out, GatewayCall.provider, GatewayCall.cost_micros)
+                .where(GatewayCall.idempotency_key == key, GatewayCall.status == "ok",
+                       GatewayCall.answer_sealed.is_not(None))
+                .order_by(GatewayCall.id.desc()).limit(1)).first()
+        if row is None or row.answer_sealed is None:
+            return None
+        table, column = KEPT_ANSWER
+        kept = json.loads(self.ctx.sealer.open_text(row.answer_sealed, table=table,
+                                                    column=column, row_key=row.id))
+        return CallResult(kept["text"], Usage(row.tokens_in, row.tokens_out),
+                          kept["finish_reason"], row.provider or "", row.cost_micros,
+                          replayed=True)
+
     def complete(self, call: PreparedCall) -> CallResult:
         failures: list[ProviderError] = []
         for target, price in zip(call.targets, call.prices, strict=True):
@@ -179,11 +225,12 @@ class Gateway:
                              error=f"unexpected {type(exc).__name__}")
                 raise
             cost = price.cost_micros(answer.usage.input_tokens, answer.usage.output_tokens)
+            result = CallResult(call.restorer.restore(answer.text), answer.usage,
+                                answer.finish_reason, target.provider, cost)
             self._finish(call, target, outcome="ok", usage=answer.usage, cost=cost,
                          attempts=sum(f.attempts for f in failures) + answer.attempts,
-                         fallback=bool(failures))
-            return CallResult(call.restorer.restore(answer.text), answer.usage,
-                              answer.finish_reason, target.provider, cost)
+                         fallback=bool(failures), kept=result)
+            return result
         raise self._failed(call, failures)
 
     def stream(self, call: PreparedCall) -> Iterator[str | CallResult]:
@@ -256,7 +303,8 @@ class Gateway:
     # -- after the provider ----------------------------------------------------------------
 
     def _finish(self, call: PreparedCall, target: Target | None, *, outcome: str, usage: Usage,
-                cost: int, attempts: int, fallback: bool, error: str | None = None) -> None:
+                cost: int, attempts: int, fallback: bool, error: str | None = None,
+                kept: CallResult | None = None) -> None:
         latency_ms = round((time.perf_counter() - call.started) * 1000)
         details: dict[str, Any] = {
             "model": call.model_name, "provider": target.provider if target else None,
@@ -271,6 +319,11 @@ class Gateway:
             "error": error[:300] if error else None}
         if target is not None:
             values.update(provider=target.provider, provider_model=target.model)
+        if kept is not None and call.idempotency_key is not None:
+            table, column = KEPT_ANSWER
+            values["answer_sealed"] = self.ctx.sealer.seal(
+                json.dumps({"text": kept.text, "finish_reason": kept.finish_reason}),
+                table=table, column=column, row_key=call.call_id)
         with self.ctx.session() as s, s.begin():
             # one statement in the usual case: the call is still reserved, settle it
             if not spend.settle_call(s, call_id=call.call_id, month=call.month,
@@ -286,3 +339,21 @@ class Gateway:
                               .values(**values))
             audit.record(s, GatewayEvents.CALL, actor=self.ctx.actor, target_type="model",
                          target_id=call.model_name[:64], details=details)
+
+
+def release_answer(s: Session, key: str) -> None:
+    """Clear the answer kept for ``key``: call it in the transaction that records what the job
+    step made of the answer."""
+    s.execute(update(GatewayCall).where(GatewayCall.idempotency_key == key,
+                                        GatewayCall.answer_sealed.is_not(None))
+              .values(answer_sealed=None))
+
+
+def forget_kept_answers(s: Session, *, older_than: timedelta = KEEP_ANSWERS_FOR,
+                        now: datetime | None = None) -> int:
+    """Clear kept answers no job step released (its job failed for good, or was cancelled)."""
+    cutoff = (now or _now()) - older_than
+    cleared = s.execute(update(GatewayCall).where(GatewayCall.answer_sealed.is_not(None),
+                                                  GatewayCall.created_at < cutoff)
+                        .values(answer_sealed=None).returning(GatewayCall.id))
+    return len(cleared.all())

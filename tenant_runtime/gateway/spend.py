@@ -71,21 +71,22 @@ _RESERVE_CALL = (
     "WHERE month = %(month)s AND spent_micros + reserved_micros + %(amount)s <= %(cap)s "
     "RETURNING month) "
     "INSERT INTO gateway_calls (month, api_key_id, model_name, provider, provider_model, "
-    "endpoint_kind, stream, status, reserved_micros, redactions) "
+    "endpoint_kind, stream, status, reserved_micros, redactions, idempotency_key) "
     "SELECT month, %(api_key_id)s, %(model_name)s, %(provider)s, %(provider_model)s, "
-    "%(endpoint_kind)s, %(stream)s, 'reserved', %(amount)s, %(redactions)s FROM reserved "
-    "RETURNING id")
+    "%(endpoint_kind)s, %(stream)s, 'reserved', %(amount)s, %(redactions)s, "
+    "%(idempotency_key)s FROM reserved RETURNING id")
 
 
 def reserve_call(s: Session, *, month: date, amount_micros: int, cap_micros: int,
                  call: dict[str, Any]) -> int | None:
     """Reserve ``amount_micros`` of this month's cap and write the call's row (``call``: its
-    api_key_id, model_name, provider, provider_model, endpoint_kind, stream and redactions),
-    status ``reserved``; its id, or None when the reservation does not fit. One statement,
-    except the first call of a month, which creates the month's row first."""
+    api_key_id, model_name, provider, provider_model, endpoint_kind, stream, redactions and
+    optionally idempotency_key), status ``reserved``; its id, or None when the reservation does
+    not fit. One statement, except the first call of a month, which creates the month's row
+    first."""
     connection = s.connection()
-    params = {**call, "redactions": Jsonb(call["redactions"]), "amount": amount_micros,
-              "month": month, "cap": cap_micros}
+    params = {"idempotency_key": None, **call, "redactions": Jsonb(call["redactions"]),
+              "amount": amount_micros, "month": month, "cap": cap_micros}
     row = connection.exec_driver_sql(_RESERVE_CALL, params).first()
     if row is None:  # no row for the month yet (or the cap is reached): as in ``reserve``
         s.execute(insert(GatewaySpendMonth).values(month=month).on_conflict_do_nothing())
@@ -106,20 +107,22 @@ _SETTLE_CALL = (
     "cost_micros = %(cost_micros)s, tokens_in = %(tokens_in)s, tokens_out = %(tokens_out)s, "
     "latency_ms = %(latency_ms)s, attempts = %(attempts)s, error = %(error)s, "
     "provider = coalesce(%(provider)s, provider), "
-    "provider_model = coalesce(%(provider_model)s, provider_model) "
+    "provider_model = coalesce(%(provider_model)s, provider_model), "
+    "answer_sealed = %(answer_sealed)s "
     "WHERE id = %(call_id)s AND status = 'reserved' RETURNING month) "
     "UPDATE gateway_spend_months SET reserved_micros = reserved_micros - %(reserved)s, "
     "spent_micros = spent_micros + %(cost)s "
     "WHERE month = (SELECT month FROM recorded) RETURNING month")
-_SETTLE_DEFAULTS = {"provider": None, "provider_model": None}
+_SETTLE_DEFAULTS = {"provider": None, "provider_model": None, "answer_sealed": None}
 
 
 def settle_call(s: Session, *, call_id: int, month: date, reserved_micros: int,
                 cost_micros: int, values: dict[str, Any]) -> bool:
     """Record a reserved call's outcome and settle its reservation, in one statement; False
     when the call is no longer reserved (``settle_abandoned`` charged it meanwhile).
-    ``values``: status, cost_micros, tokens_in, tokens_out, latency_ms, attempts, error, and
-    provider and provider_model when a provider was tried."""
+    ``values``: status, cost_micros, tokens_in, tokens_out, latency_ms, attempts, error,
+    provider and provider_model when a provider was tried, and answer_sealed when a keyed
+    call keeps its answer."""
     settled = s.connection().exec_driver_sql(_SETTLE_CALL, {
         **_SETTLE_DEFAULTS, **values, "call_id": call_id, "reserved": reserved_micros,
         "cost": cost_micros}).first()

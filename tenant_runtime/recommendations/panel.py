@@ -25,7 +25,12 @@ from tenant_runtime import audit
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable, TenantNotFound
 from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
-from tenant_runtime.gateway.service import Gateway, ModelRefused, ProvidersFailed
+from tenant_runtime.gateway.service import (
+    Gateway,
+    ModelRefused,
+    ProvidersFailed,
+    release_answer,
+)
 from tenant_runtime.gateway.spend import SpendCapReached
 from tenant_runtime.recommendations import consensus, gate, heuristics
 from tenant_runtime.recommendations.models import PanelVote, RecommendationRun, Task
@@ -110,11 +115,18 @@ def _run(s: Session, run_id: int, *, lock: bool = False) -> RecommendationRun:
     return run
 
 
-def _ask(gateway: Gateway, model: str, system: str, user: str, max_tokens: int) -> str:
-    call = gateway.prepare(ChatRequest(model=model, messages=(
+def answer_key(run_id: int, step: str) -> str:
+    """The idempotency key of a run's model call: ``analysis``, ``vote:<model>`` or
+    ``synthesis``. A retried job's call is answered from the kept answer until the step
+    records it (``Gateway.complete_once``), so a model is paid once per step."""
+    return f"recommendation-run:{run_id}:{step}"
+
+
+def _ask(gateway: Gateway, key: str, model: str, system: str, user: str,
+         max_tokens: int) -> str:
+    return gateway.complete_once(ChatRequest(model=model, messages=(
         ChatMessage("system", system), ChatMessage("user", user)), max_tokens=max_tokens,
-        temperature=0.0), endpoint_kind=ENDPOINT_KIND)
-    return gateway.complete(call).text
+        temperature=0.0), key=key, endpoint_kind=ENDPOINT_KIND).text
 
 
 def _seal(ctx: TenantContext, value: str, table: str, column: str, row_key: int) -> bytes:
@@ -176,7 +188,8 @@ def start_run(ctx: TenantContext, run_id: int, gateway: Gateway) -> Started:
         error = "No model is configured or allowed for the Architect."
     else:
         try:
-            text = _ask(gateway, architect, ARCHITECT_PROMPT, brief.text(), ANALYSIS_MAX_TOKENS)
+            text = _ask(gateway, answer_key(run_id, "analysis"), architect, ARCHITECT_PROMPT,
+                        brief.text(), ANALYSIS_MAX_TOKENS)
         except (ModelRefused, ProvidersFailed, SpendCapReached) as exc:
             error = exc.message
         except TenantKeyUnavailable:
@@ -194,6 +207,7 @@ def start_run(ctx: TenantContext, run_id: int, gateway: Gateway) -> Started:
             audit.record(s, RecommendationEvents.ANALYSIS_RECORDED, actor=ctx.actor,
                          target_type="recommendation_run", target_id=run.id,
                          details={"model": architect, "available": text is not None})
+        release_answer(s, answer_key(run_id, "analysis"))
         if run.state == "queued":
             run.state = "voting" if panel else "deliberating"
         state = run.state
@@ -220,12 +234,14 @@ class Ballot:
     latency_ms: int | None = None
 
 
-def ask_for_vote(gateway: Gateway, model: str, brief: TaskBrief, analysis: str | None) -> Ballot:
+def ask_for_vote(gateway: Gateway, run_id: int, model: str, brief: TaskBrief,
+                 analysis: str | None) -> Ballot:
     user = brief.text() + "\n\nThe Architect's analysis:\n" + (
         analysis or "(unavailable; judge from the task itself)")
     started = time.perf_counter()
     try:
-        text = _ask(gateway, model, VOTE_PROMPT, user, VOTE_MAX_TOKENS)
+        text = _ask(gateway, answer_key(run_id, f"vote:{model}"), model, VOTE_PROMPT, user,
+                    VOTE_MAX_TOKENS)
     except ModelRefused as exc:
         return Ballot(None, "refused", exc.message)
     except SpendCapReached as exc:
@@ -259,7 +275,8 @@ def cast_vote(ctx: TenantContext, run_id: int, model: str, gateway: Gateway) -> 
         else:
             brief = _brief(ctx, _task(s, run.task_id))
             analysis = analysis_text(ctx, run)
-    ballot = ask_for_vote(gateway, model, brief, analysis) if brief is not None else None
+    ballot = (ask_for_vote(gateway, run_id, model, brief, analysis) if brief is not None
+              else None)
     return record_ballot(ctx, run_id, model, ballot)
 
 
@@ -270,6 +287,7 @@ def record_ballot(ctx: TenantContext, run_id: int, model: str, ballot: Ballot | 
         run = _run(s, run_id, lock=True)
         if ballot is not None and run.state != "done":
             _insert_vote(s, ctx, run, model, ballot)
+        release_answer(s, answer_key(run_id, f"vote:{model}"))
         count = s.scalar(select(func.count()).select_from(PanelVote)
                          .where(PanelVote.run_id == run_id)) or 0
         if run.state == "voting" and count >= len(run.panel_models):
@@ -348,7 +366,8 @@ def conclude(ctx: TenantContext, run_id: int, gateway: Gateway) -> gate.Decision
     synthesis_error: str | None = None
     if prompt is not None and deliberator:
         try:
-            answer = parse_deliberation(_ask(gateway, deliberator, DELIBERATOR_PROMPT, prompt,
+            answer = parse_deliberation(_ask(gateway, answer_key(run_id, "synthesis"),
+                                             deliberator, DELIBERATOR_PROMPT, prompt,
                                              SYNTHESIS_MAX_TOKENS))
             synthesis = answer.model_dump_json()
         except (ModelRefused, ProvidersFailed, SpendCapReached) as exc:
@@ -366,6 +385,7 @@ def conclude(ctx: TenantContext, run_id: int, gateway: Gateway) -> gate.Decision
                            thresholds=thresholds, heuristic=analysis)
     with ctx.session() as s, s.begin():
         run = _run(s, run_id, lock=True)
+        release_answer(s, answer_key(run_id, "synthesis"))
         if run.state == "done":
             return None
         if synthesis is not None:

@@ -22,9 +22,9 @@ from control_plane.tenancy.export import do_request_export, read_manifest
 from control_plane.tenancy.rotation import _version_of, header, sealed_tables
 from control_plane.tenancy.service import TenantAccess
 from tenant_runtime.credentials.service import do_add_credential
-from tenant_runtime.models import AuditEvent, TenantBase
+from tenant_runtime.models import AuditEvent, GatewayCall, TenantBase
 from tenant_runtime.recommendations import jobs as rjobs
-from tenant_runtime.recommendations import service
+from tenant_runtime.recommendations import panel, service
 from tenant_runtime.recommendations.models import PanelVote, RecommendationRun
 from tenant_runtime.recommendations.schemas import TaskInput
 from tests.chaos.conftest import Locks, tenant_db_url
@@ -231,8 +231,9 @@ def check_rotation(stage: Stage, sc: Scenario) -> None:
 
 
 def panel_vote(stage: Stage, tenant_id: int, servers: dict[str, LLMServer]) -> Scenario:
-    """A vote stopped after the model answered, when it records the ballot (a lock on the
-    run's row): the answer is in the worker's memory only."""
+    """A vote stopped after the model answered and the call was settled, when it records the
+    ballot (a lock on the run's row): the answer is in the worker's memory and, sealed, in the
+    call's row."""
     ctx = stage.ctx(tenant_id)
     add_panel_routes(ctx, servers, {PANEL_MODEL: "openai", CHAIR: "on-prem"})
     with ctx.session() as s, s.begin():
@@ -255,10 +256,16 @@ def panel_vote(stage: Stage, tenant_id: int, servers: dict[str, LLMServer]) -> S
                                                 Job.tenant_id == tenant_id)).one()
     stage.locks.hold(stage.tenant_url(tenant_id),
                      "SELECT id FROM recommendation_runs WHERE id = %s FOR UPDATE", (run_id,))
-    panel = servers[PANEL_MODEL]
-    panel.clear()
-    return Scenario(JobKinds.RECOMMENDATION_VOTE, tenant_id, job_id,
-                    lambda job: len(panel.received) >= 1, facts={"run_id": run_id})
+    servers[PANEL_MODEL].clear()
+    key = panel.answer_key(run_id, f"vote:{PANEL_MODEL}")
+
+    def answered(job: Job) -> bool:  # the call is settled: the worker waits on the lock
+        with ctx.session() as ts:
+            return ts.scalar(select(func.count()).select_from(GatewayCall).where(
+                GatewayCall.idempotency_key == key, GatewayCall.status == "ok")) == 1
+
+    return Scenario(JobKinds.RECOMMENDATION_VOTE, tenant_id, job_id, answered,
+                    facts={"run_id": run_id})
 
 
 def check_panel_vote(stage: Stage, sc: Scenario, servers: dict[str, LLMServer]) -> None:
@@ -273,7 +280,12 @@ def check_panel_vote(stage: Stage, sc: Scenario, servers: dict[str, LLMServer]) 
         assert [v.model_name for v in votes] == [PANEL_MODEL]  # a vote or an abstention
         assert [e.details["model"] for e in recorded] == [PANEL_MODEL]
         assert run.state == "done"
-    # the answer the killed worker held was lost with it, so the model was asked again
+        paid = ts.scalars(select(GatewayCall).where(
+            GatewayCall.idempotency_key
+            == panel.answer_key(run_id, f"vote:{PANEL_MODEL}"))).all()
+        # the killed worker's call was settled with its answer kept: the retry used that
+        assert [(c.status, c.answer_sealed) for c in paid] == [("ok", None)]
+    assert len(servers[PANEL_MODEL].received) == 1
     sc.facts["model_calls"] = len(servers[PANEL_MODEL].received)
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import date, timedelta
 
 import psycopg
 from sqlalchemy import select, update
@@ -19,6 +19,7 @@ from control_plane.jobs import JobKinds, enqueue_job
 from control_plane.models import Job, Tenant, TenantKey
 from control_plane.tenancy.events import TenantEvents
 from tenant_runtime import audit as tenant_audit
+from tenant_runtime.models import GatewayCall
 from tenant_runtime.recommendations.service import RecommendationEvents
 from tests.conftest import TEST_SECRET_KEY, with_database
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
@@ -97,6 +98,11 @@ def test_duplicated_side_effects_and_half_written_results_are_counted(
             tenant_audit.record(ts, RecommendationEvents.VOTE_RECORDED, actor=ctx.actor,
                                 target_type="recommendation_run", target_id=7,
                                 details={"model": "panel-a"})
+        for key in ("recommendation-run:7:vote:panel-b", "recommendation-run:7:vote:panel-b",
+                    "recommendation-run:8:vote:panel-b"):  # two paid calls of one step
+            ts.add(GatewayCall(month=date(2026, 11, 1), model_name="panel-b",
+                               endpoint_kind="recommendation", stream=False, status="ok",
+                               idempotency_key=key))
     exports = settings.home / "exports"
     exports.mkdir(parents=True)
     for name in ("tenant-acme-20260101T000000Z-job43.zip",
@@ -111,6 +117,8 @@ def test_duplicated_side_effects_and_half_written_results_are_counted(
         "job 41 rewrapped the data key 2 times",
         "export job 42 requested 2 times",
         "tenant acme: run 7 recorded 2 votes of panel-a",
+        "tenant acme: the model call recommendation-run:7:vote:panel-b was answered and "
+        "charged 2 times",
         "export job 43 published 2 files",
     ])
     assert sorted(found.half_written) == sorted([

@@ -4,16 +4,20 @@ providers with fixed replies, one server per panel model."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from control_plane.models import Job
 from tenant_runtime.gateway import admin, config
+from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
+from tenant_runtime.gateway.service import Gateway, ProvidersFailed, forget_kept_answers
 from tenant_runtime.models import AuditEvent, GatewayCall
-from tenant_runtime.recommendations import jobs
+from tenant_runtime.recommendations import jobs, panel
 from tenant_runtime.recommendations.models import PanelVote
 from tests.control_plane.tenancy.helpers import configure_worker
-from tests.tenant_runtime.recommendations.conftest import CHAIR, PANEL, vote
+from tests.tenant_runtime.recommendations.conftest import CHAIR, GOOD, PANEL, vote
 from workers.runner import run_job
 
 SIGNALS = {"recurrence": {"occurrences": 40, "period": "week"}, "uniformity": 0.9,
@@ -231,3 +235,51 @@ def test_a_vote_job_failing_on_its_last_attempt_is_an_abstention(env, services, 
     env.drain()  # the key is back: the deliberation runs
     run = env.run(run_id)
     assert (run.mode, run.verdict) == ("heuristic", "human_only")
+
+
+def test_a_vote_retried_after_the_model_answered_is_answered_from_the_kept_answer(env, services):
+    """The window a killed worker leaves: the model answered and the call was settled, the vote
+    was not yet recorded. The retry neither asks nor pays the model again."""
+    run_id = env.start(env.task())
+    configure_worker(services, env.database_url)
+    env.step()  # the start job only: the Architect wrote, the votes are queued
+    key = panel.answer_key(run_id, "vote:panel-a")
+    request = ChatRequest(model="panel-a", messages=(ChatMessage("user", "Vote."),),
+                          max_tokens=200)
+    first = Gateway(env.ctx).complete_once(request, key=key, endpoint_kind="recommendation")
+    assert not first.replayed and len(env.servers["panel-a"].received) == 1
+    with env.ctx.session() as s:
+        kept = s.scalars(select(GatewayCall).where(GatewayCall.idempotency_key == key)).one()
+        assert kept.status == "ok" and kept.answer_sealed is not None
+        assert GOOD.encode() not in kept.answer_sealed  # sealed, not stored in the clear
+    again = Gateway(env.ctx).complete_once(request, key=key, endpoint_kind="recommendation")
+    assert again.replayed and again.text == first.text == GOOD
+    env.servers["panel-a"].reply = vote(co=1)  # what a second call would have answered
+    env.drain()
+    assert len(env.servers["panel-a"].received) == 1  # asked once, paid once
+    assert env.votes(run_id)["panel-a"].compliance == 9  # the kept answer was recorded
+    with env.ctx.session() as s:
+        calls = s.scalars(select(GatewayCall).where(GatewayCall.idempotency_key == key)).all()
+        assert [(c.status, c.answer_sealed) for c in calls] == [("ok", None)]  # released
+        audited = s.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "gateway.call")).all()
+        assert [e.details["model"] for e in audited].count("panel-a") == 1
+        # every step of the run released its answer
+        assert s.scalar(select(func.count()).select_from(GatewayCall).where(
+            GatewayCall.answer_sealed.is_not(None))) == 0
+
+
+def test_a_failed_keyed_call_is_asked_again_and_unreleased_answers_are_forgotten(env):
+    key = "recommendation-run:999:vote:panel-b"
+    request = ChatRequest(model="panel-b", messages=(ChatMessage("user", "Vote."),),
+                          max_tokens=200)
+    env.servers["panel-b"].fail_next(503, 503, 503)  # every attempt fails: nothing is kept
+    with pytest.raises(ProvidersFailed):
+        Gateway(env.ctx).complete_once(request, key=key, endpoint_kind="recommendation")
+    answer = Gateway(env.ctx).complete_once(request, key=key, endpoint_kind="recommendation")
+    assert not answer.replayed and answer.text == GOOD
+    with env.ctx.session() as s, s.begin():
+        assert forget_kept_answers(s) == 0  # a fresh answer stays a day
+        assert forget_kept_answers(s, now=datetime.now(UTC) + timedelta(days=1, minutes=1)) == 1
+    assert not Gateway(env.ctx).complete_once(
+        request, key=key, endpoint_kind="recommendation").replayed
