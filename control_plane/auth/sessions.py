@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from itsdangerous import BadSignature, Signer
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from control_plane.db import utcnow
 from control_plane.models import User, WebSession
@@ -94,7 +94,8 @@ def load_session(s: Session, token: str | None, *, host: str,
     if not token:
         return None
     now = now or utcnow()
-    row = s.scalars(select(WebSession).where(WebSession.token_hash == token_hash(token))).first()
+    row = s.scalars(select(WebSession).options(joinedload(WebSession.user))  # one round trip
+                    .where(WebSession.token_hash == token_hash(token))).first()
     if row is None or row.revoked_at is not None:
         return None
     if row.expires_at <= now or row.last_seen_at + IDLE_LIFETIME <= now:

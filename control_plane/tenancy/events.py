@@ -14,6 +14,7 @@ class TenantEvents:
     KEY_TESTED = "key.tested"
     KEY_ROTATED = "key.rotated"
     KEY_REENCRYPTED = "key.reencrypted"
+    KEY_ROTATION_REQUESTED = "key.rotation_requested"
     EXPORT_REQUESTED = "tenant.export_requested"
     EXPORT_DOWNLOADED = "tenant.export_downloaded"
     AUDIT_EXPORTED = "audit.exported"

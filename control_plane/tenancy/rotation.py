@@ -50,11 +50,13 @@ from control_plane import audit
 from control_plane.audit import Actor
 from control_plane.db import utcnow
 from control_plane.exceptions import Conflict, InvalidInput, NotFound
+from control_plane.jobs import JobKinds, enqueue_job
 from control_plane.keys.providers import KeyProvider, KeyReferenceInvalid, KeyUnavailable
 from control_plane.keys.registry import new_data_key, provider_for
-from control_plane.models import PlatformAuditEvent, Tenant, TenantKey
+from control_plane.models import Job, PlatformAuditEvent, Tenant, TenantKey, User
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.events import TenantEvents
+from control_plane.tenancy.service import actor_of
 from tenant_runtime.exceptions import SealedValueRefused
 from tenant_runtime.models import TenantBase
 from tenant_runtime.sealing import HEADER, MAGIC, TenantSealer
@@ -501,3 +503,27 @@ def _finish(session_factory: sessionmaker[Session], plan: _Plan, report: Reencry
                          "failed_rows": [{"table": f.table, "row_key": f.row_key}
                                          for f in report.failed[:AUDITED_FAILURES]],
                          "retired_versions": report.retired_versions, **_job(job_id)})
+
+
+def request_rotation(s: Session, tenant: Tenant, *, reencrypt: bool, acting_user: User,
+                     approval_id: str | None = None) -> Job:
+    """Queue a ``rotate_tenant_key`` job (the dashboard's button), audited as
+    ``key.rotation_requested``. One rotation of a tenant at a time: Conflict while one is queued
+    or running. The tenant's row is locked first, so two presses at once make one job."""
+    s.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    of_tenant = (Job.kind == JobKinds.ROTATE_TENANT_KEY, Job.tenant_id == tenant.id)
+    unfinished = s.scalar(select(Job.id).where(*of_tenant,
+                                               Job.state.not_in(("succeeded", "failed"))))
+    if unfinished is not None:
+        raise Conflict(f"A key rotation of this tenant is already queued or running (job "
+                       f"{unfinished}); the jobs page shows its progress.")
+    earlier = s.scalar(select(func.count()).select_from(Job).where(*of_tenant)) or 0
+    job = enqueue_job(s, JobKinds.ROTATE_TENANT_KEY,
+                      {"tenant_id": tenant.id, "reencrypt": reencrypt},
+                      idempotency_key=f"rotate-tenant-key:{tenant.id}:{earlier + 1}",
+                      tenant_id=tenant.id, created_by=acting_user.id)
+    audit.record(s, TenantEvents.KEY_ROTATION_REQUESTED, actor=actor_of(acting_user),
+                 target_type="tenant", target_id=tenant.id,
+                 details={"job_id": job.id, "reencrypt": reencrypt,
+                          "approval_request": approval_id})
+    return job

@@ -96,6 +96,11 @@ class DeleteForm(Form):
     approval_id: str = Field(default="", max_length=64)
 
 
+class RotateKeyForm(Form):
+    reencrypt: bool = False  # the checkbox: "true" when ticked, absent otherwise
+    approval_id: str = Field(default="", max_length=64)
+
+
 def tenant_json(tenant: Tenant, job_state: str | None = None,
                 progress: tuple[int, int] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"id": tenant.id, "slug": tenant.slug, "name": tenant.name,
@@ -399,6 +404,41 @@ def delete_tenant(request: Request, form: DeleteForm) -> Response:
                                       "and why.")
 
 
+@form_endpoint(RotateKeyForm)
+@audits_denials
+def rotate_key(request: Request, form: RotateKeyForm) -> Response:
+    """What ``magistrate keys rotate`` does, as a job (``rotate_tenant_key``): rewrap the data
+    key under the customer's key, and with ``reencrypt`` move every sealed value to a new one.
+    One rotation of a tenant at a time; the tenant may make ``keys.rotate`` a restricted
+    action (the same approval as the command's)."""
+    from control_plane.tenancy.rotation import ROTATABLE_STATES, request_rotation
+
+    svc = services(request)
+    try:
+        with svc.session_factory() as s, s.begin():
+            me, access = with_tenant(request, s, permission="tenant.lifecycle")
+            if access.tenant.state not in ROTATABLE_STATES:
+                raise Conflict("Only an active or suspended tenant's keys can be rotated.")
+            ctx = svc.tenant_connections.context(s, access.tenant, Actor(
+                "user", str(me.user.id), me.user.email, access.role))
+            approval = gates.guard(ctx, "keys.rotate", {"tenant_id": access.tenant.id},
+                                   approval_id=form.approval_id or None)
+            job = request_rotation(s, access.tenant, reencrypt=form.reencrypt,
+                                   acting_user=me.user, approval_id=approval)
+            job_id = job.id
+    except gates.ApprovalPending as pending:
+        return _detail(request, status_code=202, notice=pending.message)
+    except Conflict as exc:
+        return _detail(request, status_code=409, error=exc.message)
+    except TenantError as exc:  # the approval named is not usable: say why, rotate nothing
+        return _detail(request, status_code=exc.status_code, error=exc.message)
+    _dispatch(svc)
+    what = ("rewrap the data key and re-encrypt every sealed value" if form.reencrypt
+            else "rewrap the data key")
+    return _detail(request, notice=f"Key rotation queued (job {job_id}): a worker will {what}. "
+                                   "The jobs page shows its progress.")
+
+
 # ------------------------------------------------------------------------------- JSON API
 
 
@@ -450,6 +490,7 @@ routes = [
     Route("/tenants/{tenant_id:int}/suspend", suspend_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/resume", resume_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/delete", delete_tenant, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/keys/rotate", rotate_key, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/audit/verify", verify_audit, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/audit/verification", verification_status,
           methods=["GET"]),

@@ -96,6 +96,7 @@ DECISIONS: dict[str, str] = {
     "POST /tenants/{tenant_id:int}/suspend": "tenant.lifecycle",
     "POST /tenants/{tenant_id:int}/resume": "tenant.lifecycle",
     "POST /tenants/{tenant_id:int}/delete": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/keys/rotate": "tenant.lifecycle",
     "POST /tenants/{tenant_id:int}/members": "members.manage",
     "POST /tenants/{tenant_id:int}/members/{membership_id:int}/remove": "members.manage",
     "POST /tenants/{tenant_id:int}/api-keys": "api_keys.manage",

@@ -17,6 +17,9 @@ TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+# templates are part of the release: compiled once per process, never checked for changes on
+# disk (the check is a stat() per template and per include on every render)
+templates.env.auto_reload = False
 templates.env.globals["nav_areas"] = (
     # (label, path or None while the area is not built yet)
     ("Dashboard", "/"),

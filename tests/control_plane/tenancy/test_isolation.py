@@ -39,7 +39,9 @@ SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            "user_id": "1", "k_anonymity": "3",
            # signal sources and imports ("name", "team" are shared)
            "kind": "logs", "source_id": "", "file_format": "", "signals_file": "",
-           "extraction": "off"}
+           "extraction": "off",
+           # key rotation ("approval_id" is shared with deletion)
+           "reencrypt": "true"}
 
 
 def tenant_routes(app) -> list[tuple[str, str, dict[str, str]]]:
