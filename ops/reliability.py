@@ -303,6 +303,15 @@ def _load_rows(load: dict[str, Any] | None, source: str) -> list[str]:
                     f"{_cell(overall.get('p99'))} | p99 ≤ "
                     f"{_cell(targets.get('dashboard_p99_ms'))} | "
                     f"{yes(met.get('dashboard_p99_ms'))} |")
+    crowd = load.get("dashboard_people") or {}
+    people = crowd.get("overall") or {}
+    if people:
+        rows.append(f"| load: dashboard p50 / p95 / p99 ms ({crowd.get('clients')} people, "
+                    f"think {_cell(crowd.get('think_ms'))} ms) | "
+                    f"{_cell(people.get('p50'))} / {_cell(people.get('p95'))} / "
+                    f"{_cell(people.get('p99'))} | p99 ≤ "
+                    f"{_cell(targets.get('dashboard_p99_ms'))} | "
+                    f"{yes(met.get('dashboard_people_p99_ms'))} |")
     for name, label in (("instant_upstream", "instant upstream"),
                         ("slow_upstream", "slow upstream")):
         phase = (load.get("gateway") or {}).get(name)
@@ -379,9 +388,10 @@ def render(report: Report) -> str:
     else:
         out += [f"From {report.load_source}: `ops/bench/load.py` (see its docstring and "
                 "ops/BENCHMARKS.md for how the figures are taken).", ""]
-        out += _table({key: report.load[key] for key in ("dashboard", "gateway", "seeding",
-                                                         "errors", "met", "targets", "setup",
-                                                         "machine") if key in report.load})
+        out += _table({key: report.load[key] for key in ("dashboard", "dashboard_people",
+                                                         "gateway", "seeding", "errors", "met",
+                                                         "targets", "setup", "machine")
+                       if key in report.load})
         out.append("")
     return "\n".join(out)
 

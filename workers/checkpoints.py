@@ -25,6 +25,7 @@ from tenant_runtime.exceptions import TenantError
 from tenant_runtime.gateway.service import forget_kept_answers
 from tenant_runtime.gateway.spend import settle_abandoned
 from tenant_runtime.minimization.retention import sweep as sweep_minimization
+from tenant_runtime.signals.service import fail_abandoned_imports
 from workers import runtime
 
 log = logging.getLogger("magistrate.checkpoints")
@@ -107,6 +108,14 @@ def settle_abandoned_calls() -> dict[str, int]:
     return for_each_tenant(runtime.session_factory(), _process_connections(),
                            lambda ts, ctx: settle_abandoned(ts) + forget_kept_answers(ts),
                            "settling abandoned calls")
+
+
+def fail_abandoned_signal_imports() -> dict[str, int]:
+    """Signal imports whose process died mid-file, marked failed in every tenant
+    (tenant_runtime/signals/service.py)."""
+    return for_each_tenant(runtime.session_factory(), _process_connections(),
+                           lambda ts, ctx: fail_abandoned_imports(ts, ctx),
+                           "failing abandoned signal imports")
 
 
 def run_retention() -> dict[str, int]:

@@ -39,6 +39,7 @@ def periodic_tasks(connection: redis.Redis,
     from control_plane.jobs import dispatch_pending, redeliver_undelivered
     from workers.approvals import run_approval_outbox
     from workers.checkpoints import (
+        fail_abandoned_signal_imports,
         run_checkpoints,
         run_minimization_retention,
         run_retention,
@@ -62,6 +63,7 @@ def periodic_tasks(connection: redis.Redis,
         PeriodicTask("audit_retention", run_retention, 3600),
         PeriodicTask("minimization_retention", run_minimization_retention, 3600),
         PeriodicTask("settle_abandoned_gateway_calls", settle_abandoned_calls, 300),
+        PeriodicTask("fail_abandoned_signal_imports", fail_abandoned_signal_imports, 120),
         PeriodicTask("approval_outbox", run_approval_outbox, 10),
         PeriodicTask("purge_stale_exports",
                      lambda: purge_stale_exports(runtime.env().settings.home / "exports"), 600),

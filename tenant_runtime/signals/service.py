@@ -20,7 +20,10 @@ itself behind:
    ``PROGRESS_ROWS`` rows, ``bytes_read`` is committed by a separate short transaction. At the
    end the extractor writes its observations (minimization/observations.py), the import row
    gets its counts and ``done``, and ``signals.imported`` is audited: last, because the audit
-   chain's lock is held until commit;
+   chain's lock is held until commit. The transaction holds an advisory lock on the import
+   (``IMPORT_LOCK``) throughout: Postgres releases it when the transaction ends, and also when
+   the importing process dies, which is how ``fail_abandoned_imports`` (a worker task) tells a
+   running import from one whose process is gone;
 4. on a whole-file failure (FileUnreadable, the size limit, a grant withdrawn meanwhile) the
    row transaction is rolled back and the import row ends ``failed`` with the error, in its
    own transaction, audited as ``signals.import_failed``.
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 from sqlalchemy import func, select, text, update
@@ -362,10 +365,20 @@ class _GrantWithdrawn(Exception):
     pass
 
 
+IMPORT_LOCK = 74241  # transaction-scoped advisory lock (IMPORT_LOCK, import id): a live import
+ABANDONED_AFTER = timedelta(minutes=2)  # an import's row is older than this before it is judged
+
+
+def _lock_key(import_id: int) -> dict[str, int]:
+    return {"lock": IMPORT_LOCK, "key": import_id % 2_147_483_647}  # the lock's second int4
+
+
 def _write(ctx: TenantContext, report: ImportReport, *, source_id: int, stream: BinaryIO,
            filename: str, file_format: str | None, default_team: str, max_bytes: int | None,
            pseudonym: Pseudonymizer, on_progress: Progress | None) -> None:
     with ctx.session() as s, s.begin():
+        s.execute(text("SELECT pg_advisory_xact_lock(:lock, :key)"),
+                  _lock_key(report.import_id))
         source = s.get(Source, source_id)
         if source is None:
             raise FileUnreadable("The source was removed before the import began.")
@@ -408,3 +421,31 @@ def _write(ctx: TenantContext, report: ImportReport, *, source_id: int, stream: 
                          "rejected": report.rejected, "observations": report.observations})
     if on_progress is not None:
         on_progress(report.bytes_read, report.bytes_total, seen)
+
+
+def fail_abandoned_imports(s: Session, ctx: TenantContext, *,
+                           older_than: timedelta = ABANDONED_AFTER,
+                           now: datetime | None = None) -> int:
+    """Imports still ``running`` whose process is gone (no transaction holds their lock: it
+    died, and its row transaction was rolled back with it) end ``failed``, audited; nothing of
+    them was written. Only rows older than ``older_than`` are judged, so an import between its
+    row's commit and its lock is not mistaken for a dead one."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    running = list(s.scalars(select(SignalImport).where(
+        SignalImport.state == "running", SignalImport.created_at < cutoff)
+        .with_for_update(skip_locked=True)))
+    failed = 0
+    for imp in running:
+        if not s.scalar(text("SELECT pg_try_advisory_xact_lock(:lock, :key)"),
+                        _lock_key(imp.id)):
+            continue  # its importer is still at work
+        imp.state, imp.finished_at = "failed", datetime.now(UTC)
+        imp.rows_imported = imp.rows_duplicate = 0
+        imp.error = ("The import stopped before it finished (its process ended); nothing of "
+                     "it was written. Import the file again.")
+        audit.record(s, SignalEvents.IMPORT_FAILED, actor=ctx.actor, target_type="import",
+                     target_id=imp.id, details={"source_id": imp.source_id,
+                                                "bytes_read": imp.bytes_read,
+                                                "reason": "abandoned"})
+        failed += 1
+    return failed

@@ -131,3 +131,66 @@ def test_refusals_and_failures_exit_1_with_a_sentence(shell, capsys, tmp_path):
         code, out, err = run(capsys, *args)
         assert code == 1 and message in err and "Traceback" not in err, (args, err)
     assert signals(shell) == 0
+
+
+def test_an_import_killed_mid_file_ends_failed_and_a_live_one_is_left_alone(
+        shell, tmp_path):
+    """``kill -9`` of ``magistrate signals import`` mid-file: its row transaction dies with it
+    (no signal written) and its import row stays ``running`` until the worker's sweep, which
+    marks it failed; the sweep leaves an import whose process is alive alone."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from tenant_runtime.models import AuditEvent
+    from tenant_runtime.signals.models import SignalImport
+
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as f:
+        for i in range(300_000):
+            f.write(json.dumps({"timestamp": 1_700_000_000 + i, "level": "INFO",
+                                "service": "api", "user": f"user{i % 50}",
+                                "message": f"request {i} served"}) + "\n")
+    env = {k: v for k, v in os.environ.items()}
+    importer = subprocess.Popen([sys.executable, "-m", "control_plane", "signals", "import",
+                                 "--tenant", "acme", "--source", "ops-logs", str(path)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    later = datetime.now(UTC) + timedelta(hours=1)  # every row is old enough to be judged
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # mid-file: some progress committed, the rows' transaction still open
+            with shell.session() as s:
+                read = s.scalar(select(SignalImport.bytes_read))
+            if read:
+                break
+            assert importer.poll() is None, "the import ended before it could be stopped"
+            assert time.monotonic() < deadline, "the import made no progress"
+            time.sleep(0.05)
+        with shell.session() as s, s.begin():  # alive: its lock is held, it is left alone
+            assert service.fail_abandoned_imports(s, shell, now=later) == 0
+    finally:
+        importer.send_signal(signal.SIGKILL)
+        importer.wait(timeout=30)
+    with shell.session() as s:
+        imp = s.scalars(select(SignalImport)).one()
+        assert imp.state == "running" and 0 < imp.bytes_read < path.stat().st_size
+    assert signals(shell) == 0  # nothing of the file was written
+    deadline = time.monotonic() + 30
+    while True:  # Postgres notices the dead connection and releases its lock
+        with shell.session() as s, s.begin():
+            if service.fail_abandoned_imports(s, shell, now=later) == 1:
+                break
+        assert time.monotonic() < deadline, "the dead import's lock was never released"
+        time.sleep(0.1)
+    with shell.session() as s:
+        imp = s.scalars(select(SignalImport)).one()
+        assert imp.state == "failed" and "Import the file again" in imp.error
+        assert imp.finished_at is not None
+        [event] = s.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == service.SignalEvents.IMPORT_FAILED)).all()
+        assert event.details["reason"] == "abandoned"
+        assert event.target_id == str(imp.id)
+    with shell.session() as s, s.begin():
+        assert service.fail_abandoned_imports(s, shell, now=later) == 0  # judged once
