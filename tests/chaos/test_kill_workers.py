@@ -129,8 +129,9 @@ def test_kill_9_in_the_middle_of_each_kind_of_job(stage, workers, llm):
     by_kind = {sc.kind: sc for sc in scenarios}
     for sc in scenarios:
         job = jobs[sc.job_id]
-        # run twice: by the killed worker, then once more; recorded as done once
-        assert job.attempts == 2, (sc.kind, job.attempts)
+        # run by the killed worker, then again (more than once if a short lease ran out on a
+        # busy machine: fencing makes that harmless); recorded as done once, each effect once
+        assert job.attempts >= 2, (sc.kind, job.attempts)
         assert job.lease_owner is None and job.finished_at is not None
         assert recovery[sc.job_id] <= BOUNDED_RECOVERY_SECONDS, (sc.kind, recovery)
     check_provisioning(stage, by_kind[JobKinds.PROVISION_TENANT])
