@@ -3,8 +3,8 @@ injected, what must hold, and the figures from the last run.
 
 1. Runs the fault suite (``pytest tests/chaos tests/fuzz``; the folders that exist) with
    ``MAGISTRATE_CHAOS_RESULTS`` set to a folder where its tests write one JSON file per
-   fault: ``jobs.json``, ``postgres_restart.json``, ``redis_down.json``,
-   ``provider_outage.json``, ``fuzz.json``. Their keys are the tests' business: each file is
+   fault: ``jobs.json``, ``postgres_restart.json``, ``tenant_server_down.json``,
+   ``kms_down.json``, ``redis_down.json``, ``provider_outage.json``, ``fuzz.json``. Their keys are the tests' business: each file is
    rendered as a table of key → value (nested objects as dotted keys).
 2. Optionally runs ``ops/bench/load.py`` (``--with-load``) or reads a saved load JSON
    (``--load-json``).
@@ -84,6 +84,29 @@ FAULTS = (
           "(an HTML page on the dashboard), never a 500 or a reset; each kind of request "
           "succeeds again within 5 s, without restarting Magistrate; every answered gateway "
           "call has its audit event and both audit chains verify."),
+    Fault("tenant_server_down.json", "A tenant database server down",
+          "Two Postgres servers: the control plane and tenant A on one, tenant B alone on the "
+          "other. While gateway and dashboard (audit page) clients of both tenants send "
+          "requests to a separate `magistrate web` process, B's server is stopped as a crash "
+          "stops it (`pg_ctl stop -m immediate`; crash recovery at the next start) for three "
+          "seconds, then started again (tests/chaos/test_tenant_server_down.py).",
+          "Tenant A is not affected: every one of its requests answers 200. Tenant B's "
+          "requests during the outage get a clean 503 with Retry-After (OpenAI's error shape "
+          "on /v1, an HTML page on the dashboard), never a 500 or a reset; they succeed again "
+          "within 5 s without restarting Magistrate; each tenant has one gateway.call audit "
+          "event per answered call and every audit chain verifies."),
+    Fault("kms_down.json", "A customer's KMS unreachable",
+          "Tenant K's data key is wrapped by a key in AWS KMS (moto, through boto3), tenant "
+          "L's by the local provider; a separate `magistrate web` process with a 2 s data-key "
+          "cache serves gateway calls and a dashboard page that opens sealed values for both. "
+          "The KMS endpoint is closed, every connection to it reset, for five seconds (longer "
+          "than the cache), then opened again (tests/chaos/test_kms_down.py).",
+          "Tenant L is not affected: every request answers 200. K is served from the cache "
+          "until it expires, then every request gets a clean 503 naming the customer-held key "
+          "as unavailable (OpenAI's error shape on /v1, an HTML page on the dashboard), never a "
+          "500 or a reset; nothing reaches K's provider and nothing is written (no call row, no "
+          "audit event) while it is refused; K succeeds again within 5 s of the KMS's return, "
+          "without restarting Magistrate; every audit chain verifies."),
     Fault("redis_down.json", "Redis unavailable",
           "The Redis server is killed (SIGKILL) for two seconds while gateway calls and "
           "dashboard pages are served and jobs are requested, then started again "

@@ -43,7 +43,7 @@ from control_plane.tenancy import api_keys
 from control_plane.web.errors import DATABASE_RETRY_AFTER_SECONDS, database_unavailable
 from control_plane.web.services import services
 from tenant_runtime.context import Actor, TenantContext
-from tenant_runtime.exceptions import TenantError
+from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
 from tenant_runtime.gateway import config, pricing
 from tenant_runtime.gateway.messages import ChatRequest
 from tenant_runtime.gateway.service import CallResult, Gateway, ModelRefused, PreparedCall
@@ -102,6 +102,8 @@ def api_error(exc: Exception) -> ApiError:
         return ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ModelRefused):
         return ApiError(403, exc.message, code="model_not_allowed")
+    if isinstance(exc, TenantKeyUnavailable):  # the customer's KMS: the operator should know
+        log.warning("gateway call refused: %s", exc.message)
     if isinstance(exc, MagistrateError | TenantError):
         return ApiError(exc.status_code, exc.message)
     if database_unavailable(exc):  # a retry after a short wait is what helps: say so

@@ -19,7 +19,7 @@ from control_plane.exceptions import (
     RateLimited,
 )
 from control_plane.web.templating import is_htmx, render
-from tenant_runtime.exceptions import TenantError
+from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
 
 log = logging.getLogger("magistrate.http")
 
@@ -98,6 +98,9 @@ def error_response(request: Request, exc: Exception) -> Response:
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, TenantKeyUnavailable):  # the customer's KMS: the operator should know
+        log.warning("request refused: %s", exc.message,
+                    extra={"request_id": getattr(request.state, "request_id", "")})
     return error_response(request, exc)
 
 

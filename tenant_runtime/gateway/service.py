@@ -351,9 +351,12 @@ def release_answer(s: Session, key: str) -> None:
 
 def forget_kept_answers(s: Session, *, older_than: timedelta = KEEP_ANSWERS_FOR,
                         now: datetime | None = None) -> int:
-    """Clear kept answers no job step released (its job failed for good, or was cancelled)."""
+    """Clear kept answers no job step released (its job failed for good, or was cancelled).
+    Only keyed calls keep answers: the condition on the key lets Postgres use its partial
+    index instead of reading every call."""
     cutoff = (now or _now()) - older_than
-    cleared = s.execute(update(GatewayCall).where(GatewayCall.answer_sealed.is_not(None),
+    cleared = s.execute(update(GatewayCall).where(GatewayCall.idempotency_key.is_not(None),
+                                                  GatewayCall.answer_sealed.is_not(None),
                                                   GatewayCall.created_at < cutoff)
                         .values(answer_sealed=None).returning(GatewayCall.id))
     return len(cleared.all())

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis
+from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServiceError
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.models import Tenant, User
 from control_plane.settings import Settings
@@ -69,6 +69,14 @@ def scratch_home(prefix: str) -> Iterator[Path]:
 
 class OwnedPostgres(EmbeddedPostgres):
     """An embedded Postgres only this test uses, restartable on its port and data folder."""
+
+    def stop_immediately(self) -> None:
+        """``pg_ctl stop -m immediate``, the way a crash stops it: every backend ends at once,
+        no checkpoint; the next start runs crash recovery."""
+        result = self._bin("pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "-t",
+                           "30", "stop", timeout=60)
+        if result.returncode != 0:
+            raise EmbeddedServiceError(f"pg_ctl stop -m immediate failed: {result.stderr}")
 
     def restart(self, down_seconds: float) -> tuple[float, float]:
         """``pg_ctl stop -m fast``, ``down_seconds`` with no server, then start again on the
@@ -189,18 +197,22 @@ def create_kek(settings: Settings) -> str:
 
 
 def provision(services: Services, database_url: str, llm: LLMServer, *, slug: str = "acme",
-              fallback: LLMServer | None = None) -> Provisioned:
-    """An Owner, a tenant provisioned by the real job, a route ``gpt-4o-mini`` to ``llm``
-    (with a fallback route to ``fallback`` when given), limits high enough for a load test,
-    and an API key."""
-    owner = make_user(services.session_factory)
-    tenant_id = create_tenant(services, owner.email, slug, key_ref=KEK)
+              fallback: LLMServer | None = None, owner: MadeUser | None = None,
+              key_provider: str = "local", key_ref: str = KEK,
+              contact_email: str | None = None) -> Provisioned:
+    """An Owner (``owner``, or a new ``owner@example.com``), a tenant on ``key_provider``'s key
+    provisioned by the real job, a route ``gpt-4o-mini`` to ``llm`` (its credential with
+    ``contact_email``, a sealed value the credentials page opens; with a fallback route to
+    ``fallback`` when given), limits high enough for a load test, and an API key."""
+    owner = owner or make_user(services.session_factory)
+    tenant_id = create_tenant(services, owner.email, slug, key_provider=key_provider,
+                              key_ref=key_ref)
     outcomes = [r["outcome"] for r in run_pending_jobs(services, database_url)]
     assert outcomes == ["succeeded"], outcomes
     ctx = owner_context(services, tenant_id, owner.id)
     with ctx.session() as s, s.begin():
         credential = do_add_credential(s, ctx, name="openai", provider="openai",
-                                       secret=llm.api_key, contact_email=None).id
+                                       secret=llm.api_key, contact_email=contact_email).id
         fallbacks: tuple[str, ...] = ()
         if fallback is not None:
             spare = do_add_credential(s, ctx, name="on-prem", provider="on-prem",
