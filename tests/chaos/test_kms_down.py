@@ -386,16 +386,20 @@ def judge_k(label: str, outcomes: list[Outcome], stopped: float, expired: float,
 
 def request_log_figures(log: str, tenants: dict[str, Provisioned],
                         figures: dict[str, Any]) -> dict[str, Any]:
-    """The request log has a line for each refusal, with its status and tenant: the only
-    record a refusal for want of the key leaves."""
-    records = [json.loads(line) for line in log.splitlines()
-               if line.startswith("{") and '"logger":"magistrate.http"' in line]
+    """The request log has a line for each refusal, with its status and tenant, and a warning
+    naming the unavailable key: the only records a refusal for want of the key leaves."""
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    requests = [r for r in records if r["logger"] == "magistrate.http" and "status" in r]
     refused = {name: sum(figures[f"tenant_{name}"][kind]["refused_503_key_unavailable"]
                          for kind in KINDS) for name in TENANTS}
     logged = {name: sum(r["status"] == 503 and r["tenant"] == tenant.tenant_id
-                        for r in records) for name, tenant in tenants.items()}
+                        for r in requests) for name, tenant in tenants.items()}
     assert logged == refused, (logged, refused)
-    return {f"tenant_{name}_503_lines": logged[name] for name in TENANTS}
+    warned = sum(r["level"] == "WARNING" and "Tenant key unavailable: the customer-held key"
+                 in r.get("message", "") for r in records)
+    assert warned == sum(refused.values()), (warned, refused)
+    return {**{f"tenant_{name}_503_lines": logged[name] for name in TENANTS},
+            "key_unavailable_warnings": warned}
 
 
 def provider_figures(seen: dict[str, Any], llm_k: LLMServer, llm_l: LLMServer) -> dict[str, Any]:
