@@ -4,8 +4,9 @@ injected, what must hold, and the figures from the last run.
 1. Runs the fault suite (``pytest tests/chaos tests/fuzz``; the folders that exist) with
    ``MAGISTRATE_CHAOS_RESULTS`` set to a folder where its tests write one JSON file per
    fault: ``jobs.json``, ``postgres_restart.json``, ``tenant_server_down.json``,
-   ``kms_down.json``, ``redis_down.json``, ``provider_outage.json``, ``fuzz.json``. Their keys are the tests' business: each file is
-   rendered as a table of key → value (nested objects as dotted keys).
+   ``kms_down.json``, ``redis_down.json``, ``provider_outage.json``, ``fuzz.json``. Their
+   keys are the tests' business: each file is rendered as a table of key → value (nested
+   objects as dotted keys).
 2. Optionally runs ``ops/bench/load.py`` (``--with-load``) or reads a saved load JSON
    (``--load-json``).
 3. Writes the Markdown: a header saying it is generated (so nobody edits it by hand), the
