@@ -505,19 +505,25 @@ def _finish(session_factory: sessionmaker[Session], plan: _Plan, report: Reencry
                          "retired_versions": report.retired_versions, **_job(job_id)})
 
 
+def refuse_while_rotating(s: Session, tenant: Tenant) -> None:
+    """Conflict while a rotation job of ``tenant`` is queued or running."""
+    unfinished = s.scalar(select(Job.id).where(
+        Job.kind == JobKinds.ROTATE_TENANT_KEY, Job.tenant_id == tenant.id,
+        Job.state.not_in(("succeeded", "failed"))))
+    if unfinished is not None:
+        raise Conflict(f"A key rotation of this tenant is already queued or running (job "
+                       f"{unfinished}); the jobs page shows its progress.")
+
+
 def request_rotation(s: Session, tenant: Tenant, *, reencrypt: bool, acting_user: User,
                      approval_id: str | None = None) -> Job:
     """Queue a ``rotate_tenant_key`` job (the dashboard's button), audited as
     ``key.rotation_requested``. One rotation of a tenant at a time: Conflict while one is queued
     or running. The tenant's row is locked first, so two presses at once make one job."""
     s.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
-    of_tenant = (Job.kind == JobKinds.ROTATE_TENANT_KEY, Job.tenant_id == tenant.id)
-    unfinished = s.scalar(select(Job.id).where(*of_tenant,
-                                               Job.state.not_in(("succeeded", "failed"))))
-    if unfinished is not None:
-        raise Conflict(f"A key rotation of this tenant is already queued or running (job "
-                       f"{unfinished}); the jobs page shows its progress.")
-    earlier = s.scalar(select(func.count()).select_from(Job).where(*of_tenant)) or 0
+    refuse_while_rotating(s, tenant)
+    earlier = s.scalar(select(func.count()).select_from(Job).where(
+        Job.kind == JobKinds.ROTATE_TENANT_KEY, Job.tenant_id == tenant.id)) or 0
     job = enqueue_job(s, JobKinds.ROTATE_TENANT_KEY,
                       {"tenant_id": tenant.id, "reencrypt": reencrypt},
                       idempotency_key=f"rotate-tenant-key:{tenant.id}:{earlier + 1}",

@@ -411,7 +411,11 @@ def rotate_key(request: Request, form: RotateKeyForm) -> Response:
     key under the customer's key, and with ``reencrypt`` move every sealed value to a new one.
     One rotation of a tenant at a time; the tenant may make ``keys.rotate`` a restricted
     action (the same approval as the command's)."""
-    from control_plane.tenancy.rotation import ROTATABLE_STATES, request_rotation
+    from control_plane.tenancy.rotation import (
+        ROTATABLE_STATES,
+        refuse_while_rotating,
+        request_rotation,
+    )
 
     svc = services(request)
     try:
@@ -419,6 +423,7 @@ def rotate_key(request: Request, form: RotateKeyForm) -> Response:
             me, access = with_tenant(request, s, permission="tenant.lifecycle")
             if access.tenant.state not in ROTATABLE_STATES:
                 raise Conflict("Only an active or suspended tenant's keys can be rotated.")
+            refuse_while_rotating(s, access.tenant)  # before an approval would be used up
             ctx = svc.tenant_connections.context(s, access.tenant, Actor(
                 "user", str(me.user.id), me.user.email, access.role))
             approval = gates.guard(ctx, "keys.rotate", {"tenant_id": access.tenant.id},

@@ -9,8 +9,9 @@ import html
 from sqlalchemy import select
 
 from control_plane.jobs import JobKinds
-from control_plane.models import Job, PlatformAuditEvent, TenantKey
+from control_plane.models import Job, PlatformAuditEvent, Tenant, TenantKey, User
 from control_plane.tenancy.events import TenantEvents
+from control_plane.tenancy.rotation import request_rotation
 from tenant_runtime.approvals import service as approvals
 from tests.control_plane.approvals.helpers import make_team
 from tests.control_plane.tenancy.helpers import run_pending_jobs
@@ -85,5 +86,22 @@ def test_a_restricted_rotation_waits_for_an_approval(client, services, db, datab
         [event] = s.scalars(select(PlatformAuditEvent).where(
             PlatformAuditEvent.event_type == TenantEvents.KEY_ROTATION_REQUESTED)).all()
         assert event.details["approval_request"] == request_id
+    # while that rotation is queued, pressing again opens no request
+    assert rotate(client, team.tenant_id).status_code == 409
+    assert [r["outcome"] for r in run_pending_jobs(services, database_url)] == ["succeeded"]
     used_again = rotate(client, team.tenant_id, approval_id=request_id)  # consumed already
-    assert used_again.status_code in (409, 422) and len(rotation_jobs(db, team.tenant_id)) == 1
+    assert used_again.status_code == 409 and len(rotation_jobs(db, team.tenant_id)) == 1
+    second = rotate(client, team.tenant_id)
+    assert second.status_code == 202
+    other_id = html.unescape(second.text).split("approval request ")[1].split(" was opened")[0]
+    with approver.session() as s, s.begin():
+        approvals.decide(s, approver, other_id, True, "the next one")
+    with db() as s, s.begin():  # meanwhile a rotation is queued another way
+        owner = s.get(User, team.users["owner"].id)
+        request_rotation(s, s.get(Tenant, team.tenant_id), reencrypt=False, acting_user=owner)
+    busy = rotate(client, team.tenant_id, approval_id=other_id)
+    assert busy.status_code == 409 and len(rotation_jobs(db, team.tenant_id)) == 2
+    assert [r["outcome"] for r in run_pending_jobs(services, database_url)] == ["succeeded"]
+    # the refusal did not use the approval up
+    assert rotate(client, team.tenant_id, approval_id=other_id).status_code == 200
+    assert len(rotation_jobs(db, team.tenant_id)) == 3
