@@ -36,6 +36,7 @@ class UserEvents:
     CREATED = "user.created"
     DEACTIVATED = "user.deactivated"
     REACTIVATED = "user.reactivated"
+    PASSWORD_RESET = "user.password_reset"  # noqa: S105 - an event name
 
 
 @dataclass(frozen=True)

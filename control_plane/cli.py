@@ -56,8 +56,31 @@ def _check_database(url: str) -> None:
         psycopg.connect(plain, connect_timeout=5).close()
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CommandError(f"cannot reach the control-plane database ({first}). Start it, or "
-                           "run `magistrate up` for the embedded one.") from None
+        raise CommandError(f"cannot reach the control-plane database ({first}). "
+                           + _where_is_the_stack()) from None
+
+
+def _where_is_the_stack() -> str:
+    """What to do when the database does not answer: which setting differs from the stack that
+    `magistrate up` runs, or that none runs."""
+    from control_plane.stack_state import other_running_stacks, running_state
+
+    settings = _settings()
+    if settings.database_url is not None:
+        return "Start it, or check MAGISTRATE_DATABASE_URL."
+    running = running_state(settings.home)
+    if running is not None:
+        return (f"`magistrate up` (pid {running.pid}) runs for MAGISTRATE_HOME={settings.home} "
+                f"but its Postgres on port {running.embedded_pg_port} does not answer; see "
+                f"{running.log or 'its standard error'}.")
+    others = other_running_stacks(settings.home)
+    if others:
+        homes = " or ".join(f"MAGISTRATE_HOME={o.home}" for o in others)
+        return (f"No `magistrate up` runs for MAGISTRATE_HOME={settings.home}, but one runs "
+                f"with {homes}: set that in this shell (or run the command from the folder "
+                "where `magistrate up` was started).")
+    return (f"No `magistrate up` runs for MAGISTRATE_HOME={settings.home}; start it, or set "
+            "MAGISTRATE_DATABASE_URL to your Postgres.")
 
 
 def _migrate(endpoints: Endpoints) -> str:
@@ -189,7 +212,28 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bootstrap_owner(settings: Settings, endpoints: Endpoints) -> None:
+def cmd_user_reset_password(args: argparse.Namespace) -> int:
+    _, endpoints = _prepare(args)
+    _check_database(endpoints.database_url)
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.exceptions import MagistrateError
+    from control_plane.users.service import do_reset_password
+
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            one_time = do_reset_password(s, email=args.email, acting_user=None)
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        engine.dispose()
+    print(f"password of {args.email.strip().lower()} reset; every session of it was signed out")
+    print(f"{ONE_TIME_PASSWORD_LINE}{one_time}")
+    return 0
+
+
+def _bootstrap_owner(settings: Settings, endpoints: Endpoints) -> list[str]:
+    """Create the first Owner on a fresh installation; return the banner's lines about it."""
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
     from control_plane.users.service import ensure_first_owner
@@ -205,14 +249,20 @@ def _bootstrap_owner(settings: Settings, endpoints: Endpoints) -> None:
     finally:
         engine.dispose()
     if created is None:
-        print("existing accounts kept; no new Owner created")
-        return
-    print(f"first Owner created: {email}")
+        return ["existing accounts kept; no new Owner created",
+                "  lost a password? `magistrate user reset-password EMAIL` prints a new "
+                "one-time password"]
+    lines = [f"first Owner created: {email}"]
     if created.one_time_password:
-        print(f"one-time password (shown once, change it at first sign-in): "
-              f"{created.one_time_password}")
+        lines += [f"{ONE_TIME_PASSWORD_LINE}{created.one_time_password}",
+                  f"  lost it? `magistrate user reset-password {email}` prints a new one"]
     else:
-        print("password: the one in MAGISTRATE_ADMIN_PASSWORD")
+        lines.append("password: the one in MAGISTRATE_ADMIN_PASSWORD")
+    return lines
+
+
+# `.ci/run` and the README read this line; keep them in step
+ONE_TIME_PASSWORD_LINE = "one-time password (shown once, change it at first sign-in): "  # noqa: S105
 
 
 def _bootstrap_demo_tenant(settings: Settings, endpoints: Endpoints) -> None:
@@ -250,9 +300,22 @@ def _bootstrap_demo_tenant(settings: Settings, endpoints: Endpoints) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     settings, endpoints = _prepare(args)
     from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_home
+    from control_plane.runtime import configure_logging
+    from control_plane.stack_state import StackState, clear_state, write_state
 
     ensure_home(settings.home)
     lock = _lock_home(settings.home)
+    # On a terminal the JSON logs of every process go to a file, so the banner stays readable;
+    # otherwise (CI, systemd, docker) and with --log-stderr they stay on standard error.
+    log_path: Path | None = None
+    log_file: IO[str] | None = None
+    if sys.stderr.isatty() and not args.log_stderr:
+        logs = settings.home / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        log_path = logs / "magistrate.log"
+        log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        os.chmod(log_path, 0o600)
+        configure_logging(settings, log_file)
     pg = EmbeddedPostgres(settings.home, settings.embedded_pg_port)
     rd = EmbeddedRedis(settings.home, settings.embedded_redis_port)
     children: list[subprocess.Popen[bytes]] = []
@@ -265,14 +328,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if endpoints.embedded_postgres:
-            print(f"starting embedded Postgres on 127.0.0.1:{pg.port} (data in {pg.pgdata})")
+            print(f"starting embedded Postgres on 127.0.0.1:{pg.port} (data in {pg.pgdata})",
+                  flush=True)
             pg.start()
             pg.ensure_database()
         if endpoints.embedded_redis:
-            print(f"starting embedded Redis on 127.0.0.1:{rd.port} (data in {rd.folder})")
+            print(f"starting embedded Redis on 127.0.0.1:{rd.port} (data in {rd.folder})",
+                  flush=True)
             rd.start()
-        print(f"control plane migrated to revision {_migrate(endpoints)}")
-        _bootstrap_owner(settings, endpoints)
+        print(f"control plane migrated to revision {_migrate(endpoints)}", flush=True)
+        owner_lines = _bootstrap_owner(settings, endpoints)
         _bootstrap_demo_tenant(settings, endpoints)
         env = dict(os.environ)
         env.update(MAGISTRATE_DATABASE_URL=endpoints.database_url,
@@ -282,16 +347,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         for command in (["web"], ["worker"]):
             # a session of their own: Ctrl-C reaches only `up`, which stops them in order
             children.append(subprocess.Popen([*executable, *command], env=env,  # noqa: S603
-                                             start_new_session=True))
+                                             start_new_session=True, stderr=log_file))
+        write_state(settings.home, StackState(
+            pid=os.getpid(), home=str(settings.home), url=settings.public_url,
+            port=settings.port, embedded_pg_port=pg.port if endpoints.embedded_postgres else None,
+            embedded_redis_port=rd.port if endpoints.embedded_redis else None,
+            log=str(log_path) if log_path else None))
         port = settings.port
-        if _wait_ready(f"http://127.0.0.1:{port}/readyz", children, lambda: stopping):
-            print(f"\nMagistrate is running. Sign in at {settings.public_url}/sign-in "
-                  f"(Ctrl-C stops everything).", flush=True)
+        ready = _wait_ready(f"http://127.0.0.1:{port}/readyz", children, lambda: stopping)
+        if not stopping:
+            logs_line = (f"logs: {log_path} (--log-stderr keeps them on the terminal)"
+                         if log_path else "logs: standard error")
+            if not ready:
+                logs_line += "; the web app did not answer /readyz within 60 s, see the logs"
+            sys.stdout.write("\n" + "\n".join([
+                *owner_lines, logs_line,
+                f"Magistrate is running. Sign in at {settings.public_url}/sign-in "
+                "(Ctrl-C stops everything)."]) + "\n")
+            sys.stdout.flush()
         while not stopping:
             for child in children:
                 if child.poll() is not None:
                     raise CommandError(f"a Magistrate process exited unexpectedly (code "
-                                       f"{child.returncode}); everything was stopped.")
+                                       f"{child.returncode}); everything was stopped"
+                                       + (f"; see {log_path}" if log_path else "") + ".")
             time.sleep(0.3)
         print("\nstopping…", flush=True)
         return 0
@@ -299,6 +378,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # the worker finishes its running job within its grace (warm shutdown) before the
         # databases it writes to are stopped
         _terminate(children, grace=settings.job_shutdown_grace_seconds + 10)
+        clear_state(settings.home)
         if endpoints.embedded_redis:
             rd.stop()
         if endpoints.embedded_postgres:
@@ -306,6 +386,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         lock.close()
+        if log_file is not None:
+            log_file.close()
         print("stopped.", flush=True)
 
 
@@ -370,7 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Start embedded Postgres and Redis under $MAGISTRATE_HOME "
                                     "(unless MAGISTRATE_DATABASE_URL / MAGISTRATE_REDIS_URL are "
                                     "set), migrate, create the first Owner, then run the web "
-                                    "app and one worker until Ctrl-C.")
+                                    "app and one worker until Ctrl-C. On a terminal the JSON "
+                                    "logs go to $MAGISTRATE_HOME/logs/magistrate.log and a "
+                                    "short banner comes last; otherwise they go to standard "
+                                    "error.")
+    up.add_argument("--log-stderr", action="store_true",
+                    help="keep the JSON logs on standard error even on a terminal")
     up.set_defaults(func=cmd_up)
 
     web = sub.add_parser("web", help="serve the web app (dashboard and health endpoints)",
@@ -411,6 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of standard input")
     create.set_defaults(func=cmd_user_create)
+    reset = user_sub.add_parser(
+        "reset-password", help="give an account a new one-time password",
+        description="Give an account a new one-time password, printed once: the old password "
+                    "stops working, every session of the account is signed out, and the user "
+                    "chooses a new password at next sign-in (second factors are kept). "
+                    "Recorded in the platform audit log. This is how a lost first-run password "
+                    "is recovered.")
+    reset.add_argument("email", help="the account's e-mail address")
+    reset.set_defaults(func=cmd_user_reset_password)
     from control_plane.tenancy.cli import register as register_tenant_commands
 
     register_tenant_commands(sub)

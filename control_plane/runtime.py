@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis, read_or_create_secret_key
 from control_plane.settings import Settings
+from control_plane.stack_state import running_state
 
 
 class StartupRefused(SystemExit):
@@ -39,8 +41,16 @@ def refuse_unsafe_production(settings: Settings) -> None:
 
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
-    pg = EmbeddedPostgres(settings.home, settings.embedded_pg_port)
-    rd = EmbeddedRedis(settings.home, settings.embedded_redis_port)
+    """The settings' servers, or the embedded ones of the home; when ``magistrate up`` runs for
+    this home, on the ports it recorded (a second shell need not repeat its port settings)."""
+    running = running_state(settings.home)
+    pg_port = settings.embedded_pg_port
+    redis_port = settings.embedded_redis_port
+    if running is not None and running.pid != os.getpid():
+        pg_port = running.embedded_pg_port or pg_port
+        redis_port = running.embedded_redis_port or redis_port
+    pg = EmbeddedPostgres(settings.home, pg_port)
+    rd = EmbeddedRedis(settings.home, redis_port)
     if settings.secret_key is not None:
         secret = settings.secret_key.reveal()
     else:
@@ -73,8 +83,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
+    """JSON lines to ``stream`` (standard error unless given: ``up`` on a terminal passes its
+    log file)."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -119,3 +119,26 @@ def ensure_first_owner(s: Session, *, email: str, password: str | None) -> Creat
         return None
     return do_create_user(s, email=email, display_name="Owner", is_owner=True,
                           password=password, acting_user=None)
+
+
+def do_reset_password(s: Session, *, email: str, acting_user: User | None) -> str:
+    """Give an account a new one-time password (returned, to be shown once): the old password
+    stops working, the user must choose a new one at next sign-in, and every session of the
+    account is revoked. ``acting_user=None`` is the system (``magistrate user reset-password``,
+    for whoever holds the server's shell when the Owner's password is lost). Second factors
+    are kept: a reset password does not bypass MFA."""
+    if acting_user is not None:
+        require_owner(acting_user)
+    user = s.scalars(select(User).where(User.email == email.strip().lower())
+                     .with_for_update()).first()
+    if user is None:
+        raise NotFound(f"No account has the e-mail {email.strip().lower()}.")
+    if not user.is_active:
+        raise Conflict(f"The account {user.email} is deactivated; reactivate it first.")
+    one_time = new_one_time_password()
+    user.password_hash = passwords.hash_password(one_time)
+    user.must_change_password = True
+    revoked = sessions.revoke_user_sessions(s, user.id)
+    audit.record(s, UserEvents.PASSWORD_RESET, actor=_actor(acting_user), target_type="user",
+                 target_id=user.id, details={"sessions_revoked": revoked})
+    return one_time

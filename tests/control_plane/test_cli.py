@@ -84,3 +84,41 @@ def test_unreachable_database_is_a_clear_failure(tmp_path):
     assert result.returncode == 1
     assert "magistrate: cannot reach the control-plane database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_user_reset_password_prints_a_new_one_time_password_and_signs_the_user_out(
+        cli_env, db, client):
+    from control_plane.models import PlatformAuditEvent, WebSession
+    from tests.factories import make_user, sign_in
+
+    made = make_user(db, "lost@example.com")
+    assert sign_in(client, made.email, made.password).status_code == 303
+    assert client.get("/account").status_code == 200
+    result = run("user", "reset-password", "Lost@Example.com", env_extra=cli_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "password of lost@example.com reset; every session of it was signed out"
+    prefix = "one-time password (shown once, change it at first sign-in): "
+    assert lines[1].startswith(prefix) and len(lines) == 2
+    one_time = lines[1][len(prefix):]
+    # the session held before the reset is gone; the old password no longer signs in
+    assert client.get("/account", follow_redirects=False).status_code in (302, 303)
+    assert sign_in(client, made.email, made.password).status_code == 401
+    answer = sign_in(client, made.email, one_time)
+    assert answer.status_code == 303 and answer.headers["location"] == "/account"
+    with db() as s:
+        user = s.scalars(select(User).where(User.email == "lost@example.com")).one()
+        assert user.must_change_password
+        assert one_time not in user.password_hash
+        assert s.scalars(select(WebSession).where(WebSession.user_id == user.id,
+                                                  WebSession.revoked_at.is_(None))).all()
+        event = s.scalars(select(PlatformAuditEvent)
+                          .where(PlatformAuditEvent.event_type == "user.password_reset")).one()
+        assert event.target_id == str(user.id) and event.details["sessions_revoked"] == 1
+        assert event.actor_type == "system"
+
+
+def test_user_reset_password_of_an_unknown_account_is_one_sentence(cli_env, db):
+    result = run("user", "reset-password", "nobody@example.com", env_extra=cli_env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "magistrate: No account has the e-mail nobody@example.com."

@@ -52,7 +52,8 @@ def _system_python() -> str:
 def _make_clone(parent: Path, python: str) -> Path:
     """Copy the tracked files into ``parent/magistrate`` and build its venv from the cache."""
     clone = parent / "magistrate"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], cwd=REPO, capture_output=True,
                            check=True).stdout.decode().split("\0")
     for name in filter(None, files):
         source = REPO / name
@@ -97,8 +98,26 @@ def _run_make(clone: Path, port: int, *, user: pwd.struct_passwd | None,
         if "Magistrate is running" in line:
             return process, lines, leader
     os.killpg(process.pid, signal.SIGKILL)
-    err = process.stderr.read() if process.stderr else ""
+    process.wait(30)
+    err = process.stderr.read() if process.stderr else _drain(leader)
     pytest.fail("make run did not become ready:\n" + "\n".join(lines) + "\n" + err[-3000:])
+
+
+def _drain(leader: int | None) -> str:
+    """What the process wrote to its terminal (the pty's other end)."""
+    if leader is None:
+        return ""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: every writer is gone
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _stop(process: subprocess.Popen[str], leader: int | None) -> tuple[list[str], str]:
@@ -108,17 +127,7 @@ def _stop(process: subprocess.Popen[str], leader: int | None) -> tuple[list[str]
         os.kill(int(child), signal.SIGINT)
     out, err = process.communicate(timeout=120)
     if leader is not None:
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        os.close(leader)
-        err = b"".join(chunks).decode(errors="replace")
+        err = _drain(leader)
     assert process.returncode == 0, out + err
     return out.splitlines(), err or ""
 

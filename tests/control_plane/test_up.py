@@ -3,6 +3,7 @@ Ctrl-C stops every process it started; a second run reuses the data and keeps th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -75,6 +76,27 @@ def base_env(home: Path, port: int) -> dict[str, str]:
     return env
 
 
+def second_shell_finds_the_stack(home: Path, port: int) -> None:
+    """A command from another shell: with the same home but none of the port settings it finds
+    the running stack; with another home it names the setting that differs."""
+    state = json.loads((home / "up.json").read_text())
+    assert state["home"] == str(home) and state["port"] == port and state["pid"] > 0
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("MAGISTRATE_")}
+    same_home = subprocess.run([sys.executable, "-m", "control_plane", "tenant", "list"],
+                               env={**bare, "MAGISTRATE_HOME": str(home)},
+                               capture_output=True, text=True, timeout=60)
+    assert same_home.returncode == 0, same_home.stderr
+    assert "demo" in same_home.stdout
+    with tempfile.TemporaryDirectory() as elsewhere:
+        other = subprocess.run([sys.executable, "-m", "control_plane", "tenant", "list"],
+                               env=bare, cwd=elsewhere, capture_output=True, text=True,
+                               timeout=60)
+    assert other.returncode == 1
+    assert "Traceback" not in other.stderr
+    assert f"one runs with MAGISTRATE_HOME={home}" in other.stderr, other.stderr
+    assert f"No `magistrate up` runs for MAGISTRATE_HOME={elsewhere}" in other.stderr
+
+
 def test_up_on_external_servers(database_url, redis_url, services, tmp_path):
     port = free_port()
     env = base_env(tmp_path / "home", port)
@@ -109,8 +131,10 @@ def test_up_on_the_embedded_default_twice():
             assert len(created) == 1
             password = created[0].rsplit(": ", 1)[1]
             assert sign_in_over_http(port, "owner@magistrate.local", password) == 303
+            second_shell_finds_the_stack(home, port)
         finally:
             out = stop_up(process)
+        assert not (home / "up.json").exists()
         assert out[-1] == "stopped."
         assert oct(home.stat().st_mode & 0o777) in ("0o700", "0o710")
         # everything it started is gone: the ports are free again
