@@ -8,6 +8,7 @@ denial by ``audits_denials``."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,8 +24,7 @@ from control_plane.exceptions import (
     InvalidInput,
 )
 from control_plane.jobs import dispatch_pending, requeue_job
-from control_plane.keys.providers import KeyUnavailable
-from control_plane.keys.registry import new_data_key
+from control_plane.keys.providers import KeyReferenceInvalid
 from control_plane.models import ROLES, Tenant
 from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.areas import TENANT_AREAS, mount_area, with_tenant
@@ -65,6 +65,20 @@ class TestKeyForm(Form):
     key_ref: str = Field(max_length=500)
     slug: str = Field(default="", max_length=63)
     name: str = Field(default="", max_length=200)
+
+
+class LocalKeyForm(Form):
+    """The tenant form as it stands, when "Create a local key" was pressed (development)."""
+
+    key_provider: str = Field(default="local", max_length=20)
+    key_ref: str = Field(default="", max_length=500)
+    slug: str = Field(default="", max_length=63)
+    name: str = Field(default="", max_length=200)
+
+
+class ChangeKeyForm(Form):
+    key_provider: str = Field(max_length=20)
+    key_ref: str = Field(max_length=500)
 
 
 class ReasonForm(Form):
@@ -127,7 +141,12 @@ def _list_page(request: Request, *, status_code: int = 200, **extra: object) -> 
     with svc.session_factory() as s, s.begin():
         me = require_user(s, request)
         rows = service.list_tenants(s, user=me.user)
-        context = {"tenants": rows, "providers": sorted(svc.key_providers), **extra}
+        providers = sorted(svc.key_providers)
+        # the installation's default provider (`local` in development) is the form's default
+        default = (svc.settings.key_provider if svc.settings.key_provider in providers
+                   else providers[0])
+        context = {"tenants": rows, "providers": providers, "default_provider": default,
+                   "local_keys": "local" in providers, **extra}
     return render(request, "tenants/list.html", context, status_code=status_code)
 
 
@@ -141,6 +160,8 @@ def create_tenant(request: Request, form: CreateTenantForm) -> Response:
     try:
         with svc.session_factory() as s, s.begin():
             me = require_user(s, request)
+            if me.user.is_owner:  # (the service refuses anyone else first)
+                service.require_working_key(svc.key_providers, form.key_provider, form.key_ref)
             tenant, _ = service.do_create_tenant(
                 s, slug=form.slug, name=form.name, key_provider=form.key_provider,
                 key_ref=form.key_ref, providers=svc.key_providers, sealer=svc.sealer,
@@ -166,15 +187,7 @@ def test_key(request: Request, form: TestKeyForm) -> Response:
         except InvalidInput as exc:
             return render(request, "tenants/_key_test.html", {"ok": False,
                                                               "message": exc.message})
-    probe = new_data_key()
-    provider = svc.key_providers[form.key_provider]
-    try:
-        wrapped = provider.wrap(probe, tenant_id="key-test", key_ref=form.key_ref)
-        ok = provider.unwrap(wrapped, tenant_id="key-test", key_ref=form.key_ref) == probe
-        message = ("Wrap and unwrap worked with this key." if ok else
-                   "The key unwrapped to different bytes; do not use it.")
-    except KeyUnavailable as exc:
-        ok, message = False, str(exc)
+    ok, message = service.probe_key(svc.key_providers, form.key_provider, form.key_ref)
     from control_plane import audit
     from control_plane.tenancy.events import TenantEvents
 
@@ -183,6 +196,43 @@ def test_key(request: Request, form: TestKeyForm) -> Response:
                      details={"provider": form.key_provider, "ok": ok})
     # 200 either way: the test ran and its outcome is the content (htmx swaps only 2xx)
     return render(request, "tenants/_key_test.html", {"ok": ok, "message": message})
+
+
+@form_endpoint(LocalKeyForm)
+def create_local_key(request: Request, form: LocalKeyForm) -> Response:
+    """Development only: create a ``local`` key (a 0600 file under ``$MAGISTRATE_HOME/keys``)
+    named by the form's key reference, or after the slug, and put it in the form."""
+    from control_plane import audit
+    from control_plane.keys.local import LocalKeyProvider
+    from control_plane.tenancy.events import TenantEvents
+
+    svc = services(request)
+    local = svc.key_providers.get("local")
+    keep = {**form.model_dump(), "key_provider": "local"}
+    with svc.session_factory() as s, s.begin():
+        me = require_user(s, request)
+        if not me.user.is_owner:
+            raise Forbidden("Only an Owner of this installation can create tenant keys.")
+        if not isinstance(local, LocalKeyProvider):
+            return _list_page(request, status_code=409, form=keep,
+                              error="Local keys exist only outside production; name a key "
+                                    "of your KMS.")
+        name = form.key_ref.strip() or (
+            f"{form.slug.strip().lower() or 'tenant'}-{secrets.token_hex(3)}")
+        try:
+            local.check_reference(name)
+        except KeyReferenceInvalid as exc:
+            return _list_page(request, status_code=422, form=keep, error=str(exc))
+        existed = local.path(name).exists()
+        local.create_key(name)
+        if not existed:
+            audit.record(s, TenantEvents.LOCAL_KEY_CREATED, actor=service.actor_of(me.user),
+                         details={"key_ref": name})
+    keep["key_ref"] = name
+    what = "already existed" if existed else "was created"
+    return _list_page(request, form=keep,
+                      notice=f"The local key {name} {what} (a file under "
+                             f"{local.folder}, mode 0600). Test it, then create the tenant.")
 
 
 # ------------------------------------------------------------------------------- one tenant
@@ -207,7 +257,7 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
         context = {
             "tenant": tenant, "role": access.role, "job": job, "key_problem": key_problem,
             "pages": permissions.pages_for(access.role),
-            "checkpoint_key": checkpoint_key,
+            "checkpoint_key": checkpoint_key, "providers": sorted(svc.key_providers),
             "server": tenant.db_server.name if tenant.db_server else "",
             "members": service.members(s, tenant)
             if permissions.allows(access.role, "members.manage") else [],
@@ -242,6 +292,26 @@ def retry_provisioning(request: Request, form: EmptyForm) -> Response:
                      target_type="tenant", target_id=access.tenant.id)
     _dispatch(svc)
     return RedirectResponse(f"/tenants/{access.tenant.id}", 303)
+
+
+@form_endpoint(ChangeKeyForm)
+@audits_denials
+def change_provisioning_key(request: Request, form: ChangeKeyForm) -> Response:
+    """A tenant stuck in provisioning on its key: name a key that passes its test, and the
+    provisioning job runs again."""
+    svc = services(request)
+    try:
+        with svc.session_factory() as s, s.begin():
+            me, access = with_tenant(request, s, permission="tenant.lifecycle")
+            service.do_change_provisioning_key(
+                s, access, key_provider=form.key_provider, key_ref=form.key_ref,
+                providers=svc.key_providers, acting_user=me.user)
+            tenant_id = access.tenant.id
+    except (InvalidInput, Conflict) as exc:
+        return _detail(request, status_code=exc.status_code, error=exc.message,
+                       key_form=form.model_dump())
+    _dispatch(svc)
+    return RedirectResponse(f"/tenants/{tenant_id}", 303)
 
 
 @form_endpoint(ReasonForm)
@@ -452,6 +522,9 @@ def _api_create(request: Request, raw: dict[str, Any]) -> Response:
     with svc.session_factory() as s, s.begin():
         me = require_user(s, request)
         payload = validated(CreateTenantRequest, raw)
+        if me.user.is_owner:  # (the service refuses anyone else first)
+            service.require_working_key(svc.key_providers, payload.key_provider,
+                                        payload.key_ref)
         tenant, job = service.do_create_tenant(
             s, slug=payload.slug, name=payload.name, key_provider=payload.key_provider,
             key_ref=payload.key_ref, providers=svc.key_providers, sealer=svc.sealer,
@@ -490,6 +563,8 @@ routes = [
     Route("/tenants", tenants_page, methods=["GET"]),
     Route("/tenants", create_tenant, methods=["POST"]),
     Route("/tenants/test-key", test_key, methods=["POST"]),
+    Route("/tenants/local-key", create_local_key, methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/key", change_provisioning_key, methods=["POST"]),
     Route("/tenants/{tenant_id:int}", tenant_page, methods=["GET"]),
     Route("/tenants/{tenant_id:int}/retry", retry_provisioning, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/suspend", suspend_tenant, methods=["POST"]),

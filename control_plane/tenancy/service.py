@@ -19,8 +19,9 @@ from control_plane import audit
 from control_plane.audit import Actor
 from control_plane.db import utcnow
 from control_plane.exceptions import Conflict, Forbidden, InvalidInput, NotFound
-from control_plane.jobs import JobKinds, enqueue_job
-from control_plane.keys.providers import KeyProvider, KeyReferenceInvalid
+from control_plane.jobs import JobKinds, enqueue_job, requeue_job
+from control_plane.keys.providers import KeyProvider, KeyReferenceInvalid, KeyUnavailable
+from control_plane.keys.registry import new_data_key
 from control_plane.models import ROLES, Job, Membership, Tenant, TenantKey, User
 from control_plane.sealing import ControlSealer
 from control_plane.tenancy.events import TenantEvents
@@ -98,6 +99,60 @@ def check_key_choice(providers: Mapping[str, KeyProvider], provider: str, key_re
         providers[provider].check_reference(key_ref)
     except KeyReferenceInvalid as exc:
         raise InvalidInput(str(exc)) from None
+
+
+def probe_key(providers: Mapping[str, KeyProvider], provider: str, key_ref: str,
+              ) -> tuple[bool, str]:
+    """What "Test key" does: wrap and unwrap a throw-away data key with the chosen KEK.
+    Returns whether it worked and one sentence saying so (the choice must be valid)."""
+    probe = new_data_key()
+    chosen = providers[provider]
+    try:
+        wrapped = chosen.wrap(probe, tenant_id="key-test", key_ref=key_ref)
+        ok = chosen.unwrap(wrapped, tenant_id="key-test", key_ref=key_ref) == probe
+    except KeyUnavailable as exc:
+        return False, str(exc)
+    return ok, ("Wrap and unwrap worked with this key." if ok else
+                "The key unwrapped to different bytes; do not use it.")
+
+
+def require_working_key(providers: Mapping[str, KeyProvider], provider: str,
+                        key_ref: str) -> None:
+    """A tenant is recorded (or its key reference changed) only on a key that passes its test,
+    whatever the page's script did: a key that fails would leave it stuck in provisioning."""
+    check_key_choice(providers, provider, key_ref)
+    ok, message = probe_key(providers, provider, key_ref)
+    if not ok:
+        raise InvalidInput(f"The key did not pass its test ({message}); fix the key reference "
+                           "(or create the key) and try again.")
+
+
+def do_change_provisioning_key(s: Session, access: TenantAccess, *, key_provider: str,
+                               key_ref: str, providers: Mapping[str, KeyProvider],
+                               acting_user: User) -> Job:
+    """Fix a tenant stuck in provisioning on its key: name another key (which must pass its
+    test) and run the provisioning job again. Only before a data key was wrapped: after that,
+    a key change is a rotation (``magistrate keys rotate``)."""
+    if not permissions.allows(access.role, "tenant.lifecycle"):
+        raise Forbidden("Only an Owner of this tenant can change its key.")
+    tenant = access.tenant
+    job = provisioning_job(s, tenant)
+    if tenant.state != "provisioning" or job is None or job.state != "failed":
+        raise Conflict("The key reference can be changed here only while provisioning has "
+                       "failed; an active tenant's key is changed by a key rotation.")
+    if s.scalars(select(TenantKey.id).where(TenantKey.tenant_id == tenant.id)).first():
+        raise Conflict("This tenant already has a data key wrapped by its key; change the key "
+                       "with a key rotation instead.")
+    require_working_key(providers, key_provider, key_ref)
+    before = {"key_provider": tenant.key_provider, "key_ref": tenant.key_ref}
+    tenant.key_provider, tenant.key_ref = key_provider, key_ref
+    tenant.updated_at = utcnow()
+    requeue_job(s, job)
+    audit.record(s, TenantEvents.PROVISIONING_KEY_CHANGED, actor=actor_of(acting_user),
+                 target_type="tenant", target_id=tenant.id,
+                 details={"before": before,
+                          "after": {"key_provider": key_provider, "key_ref": key_ref}})
+    return job
 
 
 def do_create_tenant(s: Session, *, slug: str, name: str, key_provider: str, key_ref: str,

@@ -86,6 +86,7 @@ DECISIONS: dict[str, str] = {
     "GET /tenants": SIGNED_IN,  # the tenants one is a member of
     "POST /tenants": INSTALLATION_OWNER,
     "POST /tenants/test-key": INSTALLATION_OWNER,
+    "POST /tenants/local-key": INSTALLATION_OWNER,  # development only (409 in production)
     "GET /api/tenants": SIGNED_IN,
     "POST /api/tenants": INSTALLATION_OWNER,
     "GET /api/whoami": API_KEY,
@@ -93,6 +94,7 @@ DECISIONS: dict[str, str] = {
     "GET /tenants/{tenant_id:int}": "tenant.view",
     "GET /api/tenants/{tenant_id:int}": "tenant.view",
     "POST /tenants/{tenant_id:int}/retry": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/key": "tenant.lifecycle",  # a failed provisioning's key
     "POST /tenants/{tenant_id:int}/suspend": "tenant.lifecycle",
     "POST /tenants/{tenant_id:int}/resume": "tenant.lifecycle",
     "POST /tenants/{tenant_id:int}/delete": "tenant.lifecycle",
