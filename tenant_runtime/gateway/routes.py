@@ -70,7 +70,8 @@ class RouteForm(_Form):
     api_version: str = Field(default="", max_length=40)
     region: str = Field(default="", max_length=40)
     credential_id: int | None = None
-    timeout_seconds: float = Field(default=60, ge=1, le=600)
+    # checked by the handler, so a bad value is answered beside the form with its values kept
+    timeout_seconds: str = Field(default="60", max_length=30)
     fallbacks: str = Field(default="", max_length=1000)
     allowed: bool = False
 
@@ -78,6 +79,15 @@ class RouteForm(_Form):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def timeout(self) -> float:
+        try:
+            value = float(self.timeout_seconds.strip() or "60")
+        except ValueError:
+            value = -1.0
+        if not 1 <= value <= 600:  # (NaN fails too)
+            raise TenantInvalidInput("The timeout must be a number of seconds from 1 to 600.")
+        return value
 
 
 class PriceForm(_Form):
@@ -161,14 +171,22 @@ def update_cap(request: Request, ctx: TenantContext) -> Response:
 
 
 def add_route(request: Request, ctx: TenantContext) -> Response:
+    """Add a route. A refusal (a duplicate name, an endpoint the egress policy refuses, a bad
+    timeout) is shown beside the form, which keeps what was typed."""
     form: RouteForm = request.state.form
-    data = admin.RouteInput(
-        model_name=form.model_name, provider=form.provider, provider_model=form.provider_model,
-        endpoint=form.endpoint, api_version=form.api_version, region=form.region,
-        credential_id=form.credential_id, timeout_seconds=form.timeout_seconds,
-        fallbacks=tuple(_words(form.fallbacks)), allowed=form.allowed)
-    return _change(request, ctx, lambda s: admin.add_route(s, ctx, data),
-                   f"Route {form.model_name.strip()} added.")
+    try:
+        data = admin.RouteInput(
+            model_name=form.model_name, provider=form.provider,
+            provider_model=form.provider_model, endpoint=form.endpoint,
+            api_version=form.api_version, region=form.region, credential_id=form.credential_id,
+            timeout_seconds=form.timeout(), fallbacks=tuple(_words(form.fallbacks)),
+            allowed=form.allowed)
+        with ctx.session() as s, s.begin():
+            admin.add_route(s, ctx, data)
+    except TenantInvalidInput as exc:
+        return _page(request, ctx, status_code=422, route_error=exc.message,
+                     route_form=form.model_dump(exclude={"csrf_token"}))
+    return _page(request, ctx, notice=f"Route {form.model_name.strip()} added.")
 
 
 def _route_id(request: Request) -> int:

@@ -138,3 +138,33 @@ def test_a_credential_in_use_by_a_route_cannot_be_deleted(client, services, db, 
     refused = client.post(f"/tenants/{tid}/credentials/1/delete", data={"csrf_token": token})
     assert refused.status_code == 422
     assert "used by the gateway route(s) gpt-4o-mini" in html.unescape(refused.text)
+
+
+def test_a_refused_route_keeps_the_form_and_says_why_beside_it(client, services, db,
+                                                              database_url, primary_server,
+                                                              local_kek):
+    import re
+
+    tid, _ = setup_tenant(services, db, database_url)
+    sign_in(client, "owner@example.com")
+    local = {**ROUTE, "model_name": "llama-local", "provider": "on-prem",
+             "provider_model": "llama3.2", "endpoint": "http://127.0.0.1:11434/v1",
+             "credential_id": "", "timeout_seconds": "45", "fallbacks": "gpt-4o-mini"}
+    for form, words in ((local, "MAGISTRATE_GATEWAY_PRIVATE_NETWORKS"),
+                        ({**local, "timeout_seconds": "0"}, "from 1 to 600"),
+                        ({**local, "timeout_seconds": "soon"}, "from 1 to 600")):
+        refused = post(client, tid, "/routes", form)
+        assert refused.status_code == 422
+        page = html.unescape(refused.text)
+        # the sentence sits right above the route form, not at the top of the page
+        error = re.search(r'data-testid="route-error">([^<]+)<', page)
+        assert error and words in error.group(1)
+        assert page.index('data-testid="route-error"') > page.index('id="add-route"')
+        assert 'class="error" role="alert">' not in page[:page.index('id="add-route"')]
+        for name in ("model_name", "provider_model", "endpoint", "fallbacks",
+                     "timeout_seconds"):
+            assert re.search(rf'name="{name}"[^>]*value="{re.escape(form[name])}"', page), name
+        assert re.search(rf'<option selected>{form["provider"]}</option>', page)
+        assert 'action="/tenants/' in page and '/gateway/routes#add-route"' in page
+    with tenant_context(services, tid).session() as s:
+        assert s.scalars(select(GatewayRoute)).all() == []
