@@ -524,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     from control_plane.signals_cli import register as register_signal_commands
 
     register_signal_commands(sub)
+    from control_plane.doctor import register as register_doctor_command
+
+    register_doctor_command(sub)
     return parser
 
 
