@@ -538,9 +538,10 @@ def _write_error_report(exc: BaseException) -> Path:
 
     folder = Path(tempfile.gettempdir())
     with contextlib.suppress(Exception):
-        logs = Settings.from_env().home / "logs"
-        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder = logs
+        home = Settings.from_env().home
+        if home.is_dir():  # (a home is made by ensure_home, with its mode, never here)
+            (home / "logs").mkdir(mode=0o700, exist_ok=True)
+            folder = home / "logs"
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     fd, name = tempfile.mkstemp(prefix=f"error-{stamp}-", suffix=".log", dir=folder)
     with os.fdopen(fd, "w") as fh:

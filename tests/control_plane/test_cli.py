@@ -22,7 +22,7 @@ def run(*args: str, env_extra: dict[str, str] | None = None, stdin: str | None =
 
 
 @pytest.mark.parametrize("args", [[], ["up"], ["web"], ["worker"], ["migrate"], ["user"],
-                                  ["user", "create"]])
+                                  ["user", "create"], ["user", "reset-password"], ["doctor"]])
 def test_every_command_has_help(args):
     result = run(*args, "--help")
     assert result.returncode == 0

@@ -68,6 +68,10 @@ def _make_clone(parent: Path, python: str) -> Path:
     if result.returncode != 0:
         pytest.skip(f"cannot build the clone's venv: {result.stderr.strip()[:300]}")
     (clone / ".venv" / ".installed").touch()
+    # where the Makefile puts uv when it is not on PATH: `make run` then finds the install up
+    # to date, whoever runs it (a uv under /root would be out of an unprivileged user's reach)
+    (clone / ".tools" / "bin").mkdir(parents=True)
+    shutil.copy2(Path(_uv()).resolve(), clone / ".tools" / "bin" / "uv")
     return clone
 
 
@@ -81,7 +85,7 @@ def _run_make(clone: Path, port: int, *, user: pwd.struct_passwd | None,
     # on a terminal `up` keeps its JSON logs in a file; off one they go to standard error
     leader, follower = pty.openpty() if terminal else (None, None)
     process = subprocess.Popen(
-        ["make", "--no-print-directory", "run", f"UV={_uv()}"], cwd=clone, env=env,
+        ["make", "--no-print-directory", "run", "UV=.tools/bin/uv"], cwd=clone, env=env,
         stdout=subprocess.PIPE, stderr=follower if terminal else subprocess.PIPE, text=True,
         user=user.pw_uid if user else None, group=user.pw_gid if user else None,
         extra_groups=[] if user else None, start_new_session=True)
