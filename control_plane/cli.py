@@ -19,6 +19,7 @@ from types import FrameType
 from typing import IO, Any
 
 from control_plane.embedded import EmbeddedServiceError
+from control_plane.exceptions import MagistrateError
 from control_plane.runtime import (
     Endpoints,
     configure_logging,
@@ -562,6 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except MagistrateError as exc:  # a refusal with its sentence, wherever it was raised
+        print(f"magistrate: {exc.message}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence, reported in a file
         try:
             where = f"the details are in {_write_error_report(exc)}"
