@@ -48,7 +48,8 @@ def settings(tmp_path, smtp_port):
 
     return make_settings(home=tmp_path / "home", public_url="https://magistrate.example.com",
                          smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_tls="none",
-                         smtp_from="approvals@magistrate.example.com")
+                         smtp_from="approvals@magistrate.example.com",
+                         gateway_private_networks=("127.0.0.0/8",))  # the local receiver
 
 
 @pytest.fixture

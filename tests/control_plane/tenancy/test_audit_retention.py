@@ -26,6 +26,13 @@ from tests.webhook_receiver import Receiver
 
 
 @pytest.fixture
+def settings():
+    from tests.conftest import make_settings
+
+    return make_settings(gateway_private_networks=("127.0.0.0/8",))  # the local receiver
+
+
+@pytest.fixture
 def receiver():
     r = Receiver("/checkpoints")
     yield r
