@@ -6,7 +6,7 @@ is made here, so the egress policy (``tenant_runtime.gateway.egress``) holds at 
   ``http_client(policy)`` is an ``httpx2.Client`` whose transport connects only through
   ``CheckedBackend`` and refuses redirects (``CheckedTransport``); ``follow_redirects`` is off
   and the environment's proxies are not used (a proxy would resolve the name itself, out of our
-  sight).
+  sight); CA certificates are found as the SDKs find them (``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
 - **botocore** (Bedrock): ``aws_client(session, service, policy, ...)`` builds the boto3 client
   and gives its endpoint an ``URLLib3Session`` whose urllib3 connection classes connect the same
   way and refuse redirects. botocore has no public hook for its connection classes, so the
@@ -80,10 +80,12 @@ class CheckedTransport(httpx2.HTTPTransport):
     """``httpx2.HTTPTransport`` over ``CheckedBackend``, refusing redirects."""
 
     def __init__(self, policy: EgressPolicy, *, limits: httpx2.Limits = LIMITS) -> None:
-        super().__init__(trust_env=False, limits=limits)
+        # certificates as the SDKs find them (SSL_CERT_FILE, SSL_CERT_DIR, the system's)
+        ssl_context = httpx2.create_ssl_context()
+        super().__init__(verify=ssl_context, limits=limits)
         # the pool HTTPTransport built, again with our backend (it takes no backend argument)
         self._pool = httpcore2.ConnectionPool(
-            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -166,9 +168,10 @@ def _pool_classes(policy: EgressPolicy) -> dict[str, type]:
 class CheckedURLLib3Session(botocore.httpsession.URLLib3Session):  # type: ignore[misc]
     """botocore's HTTP session with checked connections and no proxies from the environment."""
 
-    def __init__(self, policy: EgressPolicy, *, timeout: float | tuple[float, float],
-                 max_pool_connections: int) -> None:
-        super().__init__(proxies={}, timeout=timeout, max_pool_connections=max_pool_connections,
+    def __init__(self, policy: EgressPolicy, *, verify: bool | str,
+                 timeout: float | tuple[float, float], max_pool_connections: int) -> None:
+        super().__init__(verify=verify, proxies={}, timeout=timeout,
+                         max_pool_connections=max_pool_connections,
                          socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self._pool_classes_by_scheme = _pool_classes(policy)
         self._manager.pool_classes_by_scheme = self._pool_classes_by_scheme
@@ -180,7 +183,8 @@ def aws_client(session: Any, service: str, policy: EgressPolicy, *, endpoint_url
     client = session.client(service, endpoint_url=endpoint_url, config=config)
     old = client._endpoint.http_session
     client._endpoint.http_session = CheckedURLLib3Session(
-        policy, timeout=(config.connect_timeout, config.read_timeout),
+        policy, verify=old._verify,  # what botocore chose (AWS_CA_BUNDLE, ca_bundle, ...)
+        timeout=(config.connect_timeout, config.read_timeout),
         max_pool_connections=config.max_pool_connections)
     old.close()
     return client

@@ -8,7 +8,8 @@ through the real SDKs and real sockets on loopback —
 - an endpoint whose address the policy refuses is refused at connect time, with no pre-check;
 - a name that re-resolves to a refused address after it was checked (DNS rebinding) is refused
   at connect time, and a name that still resolves to its checked address is reached at that
-  address with its own ``Host``.
+  address with its own ``Host``, and over TLS the certificate is still verified for the name,
+  which is also the SNI sent.
 
 The policy allows 127.0.0.1 only; the trap listens on 127.0.0.2. DNS answers for the test's
 names come from a fake resolver in place of ``socket.getaddrinfo`` (no DNS server here); every
@@ -28,7 +29,7 @@ from tenant_runtime.gateway.providers.registry import adapter_for, close_clients
 from tenant_runtime.redaction import Profile, redact_request
 from tenant_runtime.webhooks import poster, send_signed
 from tests.fakes.llm_servers import LLMServer
-from tests.fakes.redirects import REFUSED_HOST, Redirector, Trap
+from tests.fakes.redirects import REFUSED_HOST, Redirector, TLSUpstream, Trap, tls_files
 from tests.webhook_receiver import Receiver
 
 ONLY_127_0_0_1 = EgressPolicy.parse(ambient_identity=False, private_networks=("127.0.0.1/32",))
@@ -211,3 +212,25 @@ def test_a_webhook_name_that_re_resolves_to_a_refused_address_is_refused(dns):
         assert receiver.received == []
     finally:
         receiver.stop()
+
+
+# -- TLS to a checked address ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("provider", ["openai", "bedrock"])  # the httpx2 stack and botocore's
+def test_tls_to_the_checked_address_still_verifies_and_names_the_host(dns, tmp_path, monkeypatch,
+                                                                      provider):
+    ca, certificate, key = tls_files(tmp_path, "tls-pinned.test")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # httpx2
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))  # botocore
+    dns["tls-pinned.test"] = dns["tls-other.test"] = "127.0.0.1"
+    with TLSUpstream(certificate, key) as upstream:
+        base = f"https://tls-pinned.test:{upstream.port}"
+        call(provider, target(provider, base, ONLY_127_0_0_1), stream=False)
+        assert upstream.server_names[-1] == "tls-pinned.test"
+        assert upstream.hosts == [f"tls-pinned.test:{upstream.port}"]
+        # the same address under a name the certificate does not carry: refused by TLS
+        other = f"https://tls-other.test:{upstream.port}"
+        with pytest.raises(ProviderError):
+            call(provider, target(provider, other, ONLY_127_0_0_1), stream=False)
+        assert upstream.server_names[-1] == "tls-other.test"
+        assert len(upstream.hosts) == 1
