@@ -184,8 +184,9 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "MAGISTRATE_GATEWAY_PRIVATE_NETWORKS",
         "",
-        "Comma-separated networks (e.g. `10.0.0.0/8,127.0.0.0/8`) that gateway routes may "
-        "reach; other loopback, private and reserved addresses are refused, link-local always.",
+        "Comma-separated networks (e.g. `10.0.0.0/8,127.0.0.0/8`) that gateway routes and "
+        "tenants' webhooks may reach; other loopback, private and reserved addresses are "
+        "refused at connect time, link-local always.",
     ),
     SettingDoc(
         "MAGISTRATE_SESSION_CLEANUP_SECONDS",

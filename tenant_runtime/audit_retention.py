@@ -31,7 +31,7 @@ from tenant_runtime.webhooks import (  # noqa: F401 - signature, SIGNATURE_HEADE
     SIGNATURE_HEADER,
     Poster,
     check_webhook_url,
-    post_json,
+    poster,
     send_signed,
     set_webhook,
     signature,
@@ -86,9 +86,11 @@ class DeliveryResult:
     failed: int = 0
 
 
-def deliver_checkpoints(s: Session, ctx: TenantContext, post: Poster = post_json
+def deliver_checkpoints(s: Session, ctx: TenantContext, post: Poster | None = None
                         ) -> DeliveryResult:
-    """Send every checkpoint not yet delivered (oldest first, a batch per run)."""
+    """Send every checkpoint not yet delivered (oldest first, a batch per run); ``post``
+    defaults to ``poster(ctx.egress)``."""
+    post = post or poster(ctx.egress)
     result = DeliveryResult()
     row = s.get(AuditSettings, 1)
     if row is None or not row.webhook_url or row.webhook_secret_sealed is None:

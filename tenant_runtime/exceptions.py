@@ -5,7 +5,9 @@
     ├── SealedValueRefused      500 a ciphertext does not open for this row (tampering or a copy)
     ├── TenantNotFound          404
     ├── TenantInvalidInput      422
-    │   └── RedactionTimeout    422 a custom redaction pattern ran out of time (redaction/)
+    │   ├── RedactionTimeout    422 a custom redaction pattern ran out of time (redaction/)
+    │   └── EgressRefused       422 an address the egress policy refuses (gateway/egress.py)
+    │       └── RedirectRefused     an upstream answered with a redirect, never followed
     ├── ModelRefused            403 a model off the allowlist (gateway/service.py)
     ├── SpendCapReached         402 the monthly AI spend cap (gateway/spend.py)
     └── ProvidersFailed         502 every provider attempt failed (gateway/service.py)

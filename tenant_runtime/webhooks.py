@@ -4,7 +4,11 @@ notifications, approved actions): the URL rule, the HMAC-SHA256 signature and th
 - A URL must be ``https://``; plain ``http://`` is accepted only for this machine
   (development and tests).
 - The body is signed as ``X-Magistrate-Signature: sha256=<hex HMAC-SHA256(secret, body)>``.
-- ``post_json`` answers the HTTP status; a connection failure raises ``OSError``.
+- ``poster(policy)`` is the real sender: it POSTs through ``tenant_runtime.outbound`` under the
+  operator's egress policy (the same as the gateway's routes: no private or loopback address
+  unless its network is listed, checked at connect time; a redirect is never followed). It
+  answers the HTTP status; a connection failure raises ``httpx2.TransportError`` and a refusal
+  ``EgressRefused``, which ``send_signed`` turns into a short reason.
 """
 
 from __future__ import annotations
@@ -13,19 +17,21 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import httpx2
+
+from tenant_runtime import outbound
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
+from tenant_runtime.gateway.egress import EgressPolicy, EgressRefused
 
 SIGNATURE_HEADER = "X-Magistrate-Signature"
 TIMEOUT_SECONDS = 5
 
-# (url, body, headers) -> HTTP status; the real one is ``post_json``
+# (url, body, headers) -> HTTP status; the real one is ``poster(policy)``
 Poster = Callable[[str, bytes, dict[str, str]], int]
 
 
@@ -51,24 +57,28 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def post_json(url: str, body: bytes, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(url, data=body, method="POST",  # noqa: S310 - checked
-                                     headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return int(exc.code)
+def poster(policy: EgressPolicy) -> Poster:
+    """The real ``Poster``: a JSON POST under ``policy`` (connect-time check, no redirects)."""
+
+    def post_json(url: str, body: bytes, headers: dict[str, str]) -> int:
+        with outbound.http_client(policy, timeout=TIMEOUT_SECONDS) as client:
+            response = client.post(url, content=body, headers={
+                "Content-Type": "application/json", **headers})
+            return response.status_code
+
+    return post_json
 
 
 def send_signed(post: Poster, url: str, secret: str, body: bytes,
                 headers: dict[str, str] | None = None) -> str | None:
     """POST ``body`` signed with ``secret``; None when the receiver answered 2xx, else a short
-    reason (an HTTP status or the error's type, never its message: it may carry a host)."""
+    reason (an HTTP status, the egress policy's sentence, or the error's type, never its
+    message: it may carry a host)."""
     try:
         status = post(url, body, {SIGNATURE_HEADER: signature(secret, body), **(headers or {})})
-    except (OSError, ValueError) as exc:
+    except EgressRefused as exc:
+        return exc.message
+    except (OSError, ValueError, httpx2.HTTPError) as exc:
         return type(exc).__name__
     return None if 200 <= status < 300 else f"HTTP {status}"
 

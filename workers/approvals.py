@@ -20,7 +20,7 @@ from control_plane.tenancy.connections import TenantConnections
 from tenant_runtime.approvals.models import ApprovalRequest
 from tenant_runtime.approvals.notify import Mailer, Recipients, SmtpConfig, deliver_outbox
 from tenant_runtime.context import TenantContext
-from tenant_runtime.webhooks import Poster, post_json
+from tenant_runtime.webhooks import Poster
 from workers import runtime
 from workers.checkpoints import _process_connections, for_each_tenant
 
@@ -53,7 +53,7 @@ def recipients_in(session_factory: sessionmaker[Session], tenant_id: int) -> Rec
 
 def deliver_all_tenants(session_factory: sessionmaker[Session],
                         connections: TenantConnections, settings: Settings, *,
-                        post: Poster = post_json,
+                        post: Poster | None = None,
                         now: Callable[[], datetime] | None = None) -> dict[str, int]:
     """One delivery run over every active tenant; returns ``{"tenants", "sent", "failed"}``."""
     mailer = mailer_for(settings)

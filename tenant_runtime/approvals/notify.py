@@ -35,7 +35,7 @@ from tenant_runtime.approvals.models import (
 )
 from tenant_runtime.approvals.service import clock, display_state
 from tenant_runtime.context import TenantContext
-from tenant_runtime.webhooks import Poster, post_json, send_signed
+from tenant_runtime.webhooks import Poster, poster, send_signed
 
 BATCH = 20
 FIRST_RETRY_SECONDS = 30
@@ -182,10 +182,12 @@ class _Skip(Exception):
 
 
 def deliver_outbox(s: Session, ctx: TenantContext, *, public_url: str, recipients: Recipients,
-                   mailer: Mailer | None, post: Poster = post_json,
+                   mailer: Mailer | None, post: Poster | None = None,
                    now: datetime | None = None) -> DeliveryResult:
-    """Send what is due (a batch per run), oldest first; each row sent at most once."""
+    """Send what is due (a batch per run), oldest first; each row sent at most once. ``post``
+    defaults to ``poster(ctx.egress)`` (webhooks.py)."""
     now = now or clock()
+    post = post or poster(ctx.egress)
     result = DeliveryResult()
     rows = list(s.scalars(
         select(ApprovalOutbox).where(ApprovalOutbox.status == "pending",

@@ -70,7 +70,7 @@ def target_of(s: Session, ctx: TenantContext, route: GatewayRoute) -> Target:
     secret = reveal_secret(s, ctx, route.credential_id) if route.credential_id else None
     return Target(provider=route.provider, model=route.provider_model, endpoint=route.endpoint,
                   api_key=secret, timeout_seconds=route.timeout_seconds,
-                  api_version=route.api_version, region=route.region)
+                  api_version=route.api_version, region=route.region, egress=ctx.egress)
 
 
 # --- the call path's snapshot --------------------------------------------------------------

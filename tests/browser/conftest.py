@@ -56,7 +56,8 @@ def live_port() -> int:
 def settings(live_port: int, tmp_path: Path) -> Settings:
     """Overrides the suite's ``settings``: the app answers on the live server's address."""
     return make_settings(public_url=f"http://127.0.0.1:{live_port}",
-                         allowed_hosts=("127.0.0.1",), home=tmp_path / "home")
+                         allowed_hosts=("127.0.0.1",), home=tmp_path / "home",
+                         gateway_private_networks=("127.0.0.0/8",))  # local receivers
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import anthropic
 import httpx2
 from anthropic.types import MessageParam
 
+from tenant_runtime import outbound
 from tenant_runtime.gateway.providers import retry
 from tenant_runtime.gateway.providers.base import (
     Completion,
@@ -99,6 +100,7 @@ class AnthropicAdapter:
         return self._clients.get(target, lambda: anthropic.Anthropic(
             api_key=target.api_key, base_url=target.endpoint or ANTHROPIC_ENDPOINT,
             max_retries=0, timeout=target.timeout_seconds,
+            http_client=outbound.http_client(target.egress, timeout=target.timeout_seconds),
             open_telemetry=False))  # no spans that could carry request content
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tenant_runtime.gateway.egress import EgressPolicy
 from tenant_runtime.redaction import RedactedRequest
 
 PROVIDERS = ("openai", "anthropic", "azure-openai", "bedrock", "on-prem")
@@ -26,6 +27,9 @@ class Target:
     region: str | None = None  # bedrock
     # azure-openai without an API key: a callable returning an Entra ID bearer token
     azure_ad_token_provider: Callable[[], str] | None = field(default=None, repr=False)
+    # where the call may connect (checked at connect time; the default allows no private
+    # address): the tenant context's policy
+    egress: EgressPolicy = EgressPolicy()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
+from tenant_runtime import outbound
 from tenant_runtime.gateway.providers import retry
 from tenant_runtime.gateway.providers.base import (
     Completion,
@@ -103,8 +104,8 @@ class BedrockAdapter:
             session = boto3.session.Session(
                 aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                 aws_session_token=session_token or None, region_name=region)
-            return session.client(
-                "bedrock-runtime", endpoint_url=target.endpoint,
+            return outbound.aws_client(
+                session, "bedrock-runtime", target.egress, endpoint_url=target.endpoint,
                 config=botocore.config.Config(
                     retries={"total_max_attempts": 1, "mode": "standard"},
                     connect_timeout=target.timeout_seconds,

@@ -36,6 +36,7 @@ import openai
 from azure.core.exceptions import AzureError
 from openai.types.chat import ChatCompletionMessageParam
 
+from tenant_runtime import outbound
 from tenant_runtime.gateway.providers import retry
 from tenant_runtime.gateway.providers.base import (
     Completion,
@@ -154,14 +155,17 @@ class OpenAICompatAdapter:
             raise ProviderError(self.provider, 0, "the route has no API key")
         return self._clients.get(target, lambda: openai.OpenAI(
             api_key=target.api_key or NO_KEY, base_url=target.endpoint or OPENAI_ENDPOINT,
-            max_retries=0, timeout=target.timeout_seconds))
+            max_retries=0, timeout=target.timeout_seconds,
+            http_client=outbound.http_client(target.egress, timeout=target.timeout_seconds)))
 
 
 def _azure_client(target: Target) -> openai.AzureOpenAI:
     assert target.endpoint is not None  # noqa: S101 - checked by the caller
     common: dict[str, Any] = {"azure_endpoint": target.endpoint,
                               "api_version": target.api_version, "max_retries": 0,
-                              "timeout": target.timeout_seconds}
+                              "timeout": target.timeout_seconds,
+                              "http_client": outbound.http_client(
+                                  target.egress, timeout=target.timeout_seconds)}
     if target.api_key:
         return openai.AzureOpenAI(api_key=target.api_key, **common)
     return openai.AzureOpenAI(

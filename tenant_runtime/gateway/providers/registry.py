@@ -2,8 +2,9 @@
 
 ``adapter_for(provider)`` answers one adapter per name of ``PROVIDERS``. SDK clients are kept in
 a ``ClientCache`` keyed by ``client_key(target)`` (provider, endpoint, a SHA-256 fingerprint of
-the credential, never the credential, API version, region and timeout), so a busy gateway reuses
-connection pools instead of building a client per call.
+the credential, never the credential, API version, region, timeout and egress policy), so a busy
+gateway reuses connection pools instead of building a client per call. Every client is built
+through ``tenant_runtime.outbound`` (egress checked at connect time, redirects refused).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def client_key(target: Target) -> tuple[Hashable, ...]:
     # its id cannot be reused by another object while the entry lives.
     token_provider = id(target.azure_ad_token_provider) if target.azure_ad_token_provider else None
     return (target.provider, target.endpoint, fingerprint, target.api_version, target.region,
-            target.timeout_seconds, token_provider)
+            target.timeout_seconds, token_provider, target.egress)
 
 
 class ClientCache:

@@ -36,6 +36,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from tenant_runtime import outbound
+from tenant_runtime.gateway.egress import RedirectRefused, shown_location
 from tenant_runtime.gateway.providers.base import Finished, ProviderError, StreamEvent
 
 T = TypeVar("T")
@@ -83,6 +85,21 @@ def status_failure(status: int, code: str | None = None,
 
 def timeout_failure(seconds: float) -> Failure:
     return Failure(f"timed out after {seconds:g} s", retryable=True)
+
+
+def refused_failure(exc: BaseException) -> Failure | None:
+    """Any adapter's call the egress policy stopped (``tenant_runtime.outbound``): a redirect
+    answer, or an address the policy refuses at connect time. Not retried: it would be refused
+    again."""
+    refused = outbound.refusal(exc)
+    if isinstance(refused, RedirectRefused):
+        return Failure(f"the provider answered with a redirect to "
+                       f"{shown_location(refused.location)}, which Magistrate does not follow",
+                       retryable=False, status=refused.status)
+    if refused is not None:
+        return Failure(f"the egress policy refused the connection: {refused.message}",
+                       retryable=False)
+    return None
 
 
 def connect_failure(endpoint: str) -> Failure:
@@ -169,7 +186,7 @@ def call(provider: str, policy: RetryPolicy, classify: Classifier,
         try:
             return fn()
         except Exception as exc:
-            failure = classify(exc)
+            failure = refused_failure(exc) or classify(exc)
             if failure is None:
                 raise
             raise _AttemptFailed(failure) from exc

@@ -20,6 +20,7 @@ from tenant_runtime.approvals import classes, service
 from tenant_runtime.approvals.models import ApprovalOutbox
 from tests.conftest import free_port
 from tests.control_plane.approvals.helpers import Receiver, make_team
+from tests.fakes.redirects import REFUSED_HOST, Redirector, Trap
 from workers.approvals import deliver_all_tenants
 
 LATER = timedelta(hours=2)  # past any retry's backoff
@@ -48,7 +49,8 @@ def settings(tmp_path, smtp_port):
 
     return make_settings(home=tmp_path / "home", public_url="https://magistrate.example.com",
                          smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_tls="none",
-                         smtp_from="approvals@magistrate.example.com")
+                         smtp_from="approvals@magistrate.example.com",
+                         gateway_private_networks=("127.0.0.0/8",))  # the local receiver
 
 
 @pytest.fixture
@@ -165,3 +167,30 @@ def test_an_approved_action_is_sent_to_its_execution_url_once(services, team, re
     with view_ctx.session() as s:
         view = service.request_view(s, view_ctx, rid)
     assert "Action sent to the execution URL" in [e.what for e in view.timeline]
+
+
+def test_webhooks_that_redirect_are_not_followed_and_the_outbox_says_so(services, team):
+    """Security review issue 15, finding 1, for both approval webhook senders: the tenant's
+    notification webhook (307) and a class's execution URL (303) point at receivers that
+    redirect to an address the egress policy refuses; nothing reaches it."""
+    with Trap() as trap, Redirector(307, trap.url("/notify")) as hook, \
+            Redirector(303, trap.url("/execute")) as execute:
+        ctx = team.ctx("owner")
+        with ctx.session() as s, s.begin():
+            classes.do_configure_notifications(s, ctx, webhook_url=hook.base_url + "/hook",
+                                               email_approvers=False)
+        team.add_class("deploy.production", execution_url=execute.base_url + "/run")
+        rid = ask(team)
+        assert deliver(services)["sent"] == 0
+        approver = team.ctx("approver")
+        with approver.session() as s, s.begin():
+            assert service.decide(s, approver, rid, True, "ship it").state == "executed"
+        assert deliver(services)["sent"] == 0
+        assert (hook.requests, execute.requests) == ([("POST", "/hook")], [("POST", "/run")])
+    assert (trap.connections, trap.data) == (0, b"")
+    rows = outbox(team)
+    for kind, status, path in (("webhook", 307, "/notify"), ("execute", 303, "/execute")):
+        assert rows[kind].status == "pending"  # retried later, refused again
+        assert rows[kind].last_error == (
+            f"The upstream answered with a redirect (HTTP {status}) to "
+            f"http://{REFUSED_HOST}:{trap.port}{path}, which Magistrate does not follow.")

@@ -20,6 +20,7 @@ from control_plane.models import ApiKey
 from tenant_runtime.gateway import admin, config
 from tenant_runtime.models import AuditEvent, GatewaySettings
 from tests.control_plane.gateway.conftest import ROUTES, GatewayEnv, calls, new_api_key
+from tests.fakes.redirects import REFUSED_HOST, Redirector, Trap
 
 PII = {
     "email": "jane.smith@example.com",
@@ -462,3 +463,26 @@ def test_a_revoked_customer_key_stops_the_gateway_though_its_configuration_is_ca
             chat(client, "gpt-4o-mini")
     assert refused.value.status_code == 503
     assert "Tenant key unavailable" in refused.value.message
+
+
+def test_a_route_whose_provider_redirects_answers_502_and_nothing_follows_it(gw):
+    """Security review issue 15, finding 1, end to end: the prompt is not POSTed on to where a
+    provider's 307 points; the caller reads the status, the tenant's call log the sentence."""
+    with Trap() as trap, Redirector(307, trap.url("/v1/chat/completions")) as upstream:
+        with gw.ctx.session() as s, s.begin():
+            config.route_for(s, "gpt-4o-mini").endpoint = upstream.base_url + "/v1"
+            config.route_for(s, "nova-lite").endpoint = upstream.base_url
+            config.bump(s)
+        with oai(gw) as client:
+            for model in ("gpt-4o-mini", "nova-lite"):
+                with pytest.raises(openai.APIStatusError) as failed:
+                    chat(client, model)
+                assert failed.value.status_code == 502
+                assert "failed after 1 attempt (last: HTTP 307)" in failed.value.message
+        assert len(upstream.requests) == 2  # once each, not retried
+    assert (trap.connections, trap.data) == (0, b"")
+    rows = calls(gw)
+    assert [(r.status, r.attempts) for r in rows] == [("error", 1), ("error", 1)]
+    for row in rows:
+        assert (f"the provider answered with a redirect to http://{REFUSED_HOST}:{trap.port}"
+                "/v1/chat/completions, which Magistrate does not follow") in row.error

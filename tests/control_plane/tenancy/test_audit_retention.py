@@ -15,14 +15,22 @@ from sqlalchemy import func, select
 
 from control_plane.models import Tenant
 from tenant_runtime import audit
-from tenant_runtime.audit_retention import deliver_checkpoints, prune
+from tenant_runtime.audit_retention import deliver_checkpoints, do_configure_audit, prune
 from tenant_runtime.audit_verify import verify_tenant_chain
 from tenant_runtime.checkpoints import make_checkpoint, verify_checkpoint
 from tenant_runtime.context import Actor
-from tenant_runtime.models import AuditEvent, CheckpointKey
+from tenant_runtime.models import AuditEvent, CheckpointDelivery, CheckpointKey
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import make_user, post_form, sign_in
+from tests.fakes.redirects import REFUSED_HOST, Redirector, Trap
 from tests.webhook_receiver import Receiver
+
+
+@pytest.fixture
+def settings():
+    from tests.conftest import make_settings
+
+    return make_settings(gateway_private_networks=("127.0.0.0/8",))  # the local receiver
 
 
 @pytest.fixture
@@ -118,3 +126,24 @@ def services_app(ctx):
     engine = ctx.session_factory.kw["bind"]
     url = engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
     return psycopg.connect(url)
+
+
+def test_a_checkpoint_webhook_that_redirects_is_not_followed(tenant):
+    """Security review issue 15, finding 1, for the checkpoint sender."""
+    _, _, ctx, _ = tenant
+    record_events(ctx, 2)
+    with Trap() as trap, Redirector(308, trap.url("/elsewhere")) as hook:
+        with ctx.session() as s, s.begin():
+            do_configure_audit(s, ctx, webhook_url=hook.base_url + "/checkpoints",
+                               retention_days=396)
+            make_checkpoint(s, ctx, force=True)
+            result = deliver_checkpoints(s, ctx)
+        assert hook.requests == [("POST", "/checkpoints")]
+    assert (result.sent, result.failed) == (0, 1)
+    assert (trap.connections, trap.data) == (0, b"")
+    with ctx.session() as s:
+        (delivery,) = s.scalars(select(CheckpointDelivery))
+    assert delivery.delivered_at is None
+    assert delivery.last_error == (
+        f"The upstream answered with a redirect (HTTP 308) to http://{REFUSED_HOST}:"
+        f"{trap.port}/elsewhere, which Magistrate does not follow.")

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tenant_runtime.gateway.egress import EgressPolicy
 from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
 from tenant_runtime.gateway.providers.anthropic import AnthropicAdapter
 from tenant_runtime.gateway.providers.base import (
@@ -37,6 +38,7 @@ MODELS = {"openai": "gpt-4o-mini", "on-prem": "llama-3.1-8b-instruct",
           "azure-openai": "my-gpt-deployment", "anthropic": "claude-sonnet-5-5",
           "bedrock": "anthropic.claude-3-haiku-20240307-v1:0"}
 HTTPX_SDKS = ("openai", "azure-openai", "anthropic")  # one of each SDK family and then some
+LOOPBACK = EgressPolicy.parse(ambient_identity=False, private_networks=("127.0.0.0/8",))
 
 
 @pytest.fixture
@@ -75,7 +77,7 @@ def target_for(server: LLMServer, provider: str, **changes) -> Target:
                           f"{server.aws_access_key_id}:fake-secret-access-key",
                           region="eu-central-1"),
     }[provider]
-    return replace(target, **{"timeout_seconds": 5.0, **changes})
+    return replace(target, **{"timeout_seconds": 5.0, "egress": LOOPBACK, **changes})
 
 
 def redacted(*messages: tuple[str, str], max_tokens: int = 100, **fields):
