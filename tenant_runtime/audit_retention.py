@@ -155,10 +155,16 @@ def prune(s: Session, ctx: TenantContext, *, now: datetime | None = None) -> Pru
                               "reason": "bad signature"})
         return PruneResult(0, None, "the checkpoint's signature does not verify")
     upto = checkpoint.seq
-    removed = int(s.scalar(text("SELECT prune_audit_events(:upto)"), {"upto": upto}) or 0)
+    # recorded first: the event becomes the chain's head, so a cut at a checkpoint that was the
+    # head leaves one event for the next append to continue from (the database insists)
+    expected = int(s.scalar(select(func.count()).select_from(AuditEvent)
+                            .where(AuditEvent.seq <= upto)) or 0)
     audit.record(s, AuditEvents.PRUNED, actor=ctx.actor,
-                 details={"upto_seq": upto, "removed": removed,
+                 details={"upto_seq": upto, "removed": expected,
                           "retention_days": row.retention_days})
+    removed = int(s.scalar(text("SELECT prune_audit_events(:upto)"), {"upto": upto}) or 0)
+    if removed != expected:  # only appends run beside us, above the cut: never expected
+        raise RuntimeError(f"retention removed {removed} events, not {expected}")
     return PruneResult(removed, upto)
 
 

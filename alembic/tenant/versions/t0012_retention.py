@@ -11,8 +11,9 @@ After:
   DELETE of ``audit_checkpoints`` too (t0002);
 - a DELETE of ``audit_events`` passes only when, once the statement is done, what it removed is
   a prefix of the chain ending exactly at a checkpoint whose ``chain_hash`` is the removed
-  event's (``audit_events_retention_cut``, a statement trigger over the removed rows); the row
-  trigger refuses any row above the newest checkpoint at once;
+  event's, and the newest event stays (``audit_events_retention_cut``, a statement trigger over
+  the removed rows; appends continue from the newest event, so removing it would restart the
+  sequence at 1); the row trigger refuses any row above the newest checkpoint at once;
 - ``prune_audit_events`` runs with its caller's rights (SECURITY INVOKER) and nobody but the
   owner may call it; the app role has no DELETE on ``audit_events`` anyway;
 - no function of the schema is executable by PUBLIC, now or later (default privileges);
@@ -70,6 +71,11 @@ def upgrade() -> None:
             IF EXISTS (SELECT 1 FROM audit_events WHERE seq < cut) THEN
                 RAISE EXCEPTION 'audit_events is append-only (DELETE refused): a retention cut '
                                 'removes every event up to its checkpoint at seq %', cut;
+            END IF;
+            -- the next event continues from the newest one: without it, seq would restart at 1
+            IF NOT EXISTS (SELECT 1 FROM audit_events WHERE seq > cut) THEN
+                RAISE EXCEPTION 'audit_events is append-only (DELETE refused): a retention cut '
+                                'keeps the newest event, and seq % is the newest', cut;
             END IF;
             RETURN NULL;
         END $$;

@@ -305,3 +305,25 @@ def test_the_worker_prunes_every_tenant_as_its_owner(services, tenant):
     assert counts == {"tenants": 1, "removed": checkpoint.seq, "failed": 0}
     with ctx.session() as s:
         assert s.scalar(select(func.min(AuditEvent.seq))) == checkpoint.seq + 1
+
+
+def test_a_cut_keeps_the_newest_event_so_sequence_numbers_never_restart(services, tenant):
+    """Appends continue from the newest event; a cut that removed it would restart the chain
+    at seq 1 (over the checkpoints' seqs). The database refuses such a cut, and retention,
+    whose own event is recorded first, still prunes an idle tenant up to its head."""
+    _, tenant_id, ctx, owner_url = tenant
+    record_events(ctx, 3)
+    with ctx.session() as s, s.begin():
+        head = make_checkpoint(s, ctx, force=True).seq  # the checkpoint is the head
+    with psycopg.connect(owner_url) as conn, pytest.raises(
+            psycopg.errors.RaiseException, match=f"keeps the newest event, and seq {head}"):
+        conn.execute("SELECT prune_audit_events(%s)", (head,))
+    later = datetime.now(UTC) + timedelta(days=400)
+    with owner_context(services, tenant_id) as octx, octx.session() as s, s.begin():
+        result = prune(s, octx, now=later)
+    assert (result.upto_seq, result.removed) == (head, head)
+    record_events(ctx, 1)
+    with ctx.session() as s:
+        assert s.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all() == [
+            head + 1, head + 2]
+        assert verify_tenant_chain(s, tenant_id).ok
