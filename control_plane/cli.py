@@ -88,10 +88,15 @@ def _migrate(endpoints: Endpoints) -> str:
     from control_plane.db import make_engine, make_session_factory
     from control_plane.migrations import upgrade_control
     from control_plane.sealing import ControlSealer
+    from control_plane.tenancy.database import close_databases_to_public
     from control_plane.tenancy.servers import ensure_primary_server
 
     _check_database(endpoints.database_url)
     revision = upgrade_control(endpoints.database_url)
+    # tenants' roles must not open the control database, `postgres` or anything else here
+    warning = close_databases_to_public(endpoints.database_url).warning()
+    if warning:
+        print(f"magistrate: warning: {warning}", file=sys.stderr, flush=True)
     # the control plane's own server holds tenant databases until others are added
     engine = make_engine(endpoints.database_url, pool_size=1)
     try:

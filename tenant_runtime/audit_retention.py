@@ -4,8 +4,12 @@
   export line to a URL the tenant configures, so a copy exists that the platform does not hold.
   Deliveries are recorded and retried until the receiver answers 2xx.
 - Retention prunes events older than the tenant's retention, and only up to a signed
-  checkpoint: the database procedure ``prune_audit_events`` refuses any other cut. What remains
-  verifies from that checkpoint as its anchor; sequence numbers keep counting up.
+  checkpoint. It runs on a connection as the tenant's owner role (the worker opens it): the
+  service role has no DELETE on ``audit_events`` and may not call ``prune_audit_events``. The
+  database refuses any cut that is not a prefix ending at a checkpoint matching the chain
+  (t0012's trigger, for every role); this module also checks the checkpoint's Ed25519
+  signature with its key before cutting, which SQL cannot. What remains verifies from that
+  checkpoint as its anchor; sequence numbers keep counting up.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from tenant_runtime import audit
+from tenant_runtime.checkpoints import verify_checkpoint
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.models import (
@@ -25,6 +30,7 @@ from tenant_runtime.models import (
     AuditEvent,
     AuditSettings,
     CheckpointDelivery,
+    CheckpointKey,
     single_row,
 )
 from tenant_runtime.webhooks import (  # noqa: F401 - signature, SIGNATURE_HEADER: re-exported
@@ -138,15 +144,36 @@ def prune(s: Session, ctx: TenantContext, *, now: datetime | None = None) -> Pru
                           .where(AuditEvent.occurred_at < cutoff_time))
     if cutoff_seq is None:
         return PruneResult(0, None, "nothing is older than the retention")
-    upto = s.scalar(select(func.max(AuditCheckpoint.seq))
-                    .where(AuditCheckpoint.seq <= cutoff_seq))
+    checkpoint = s.scalars(select(AuditCheckpoint).where(AuditCheckpoint.seq <= cutoff_seq)
+                           .order_by(AuditCheckpoint.seq.desc()).limit(1)).first()
     first = s.scalar(select(func.min(AuditEvent.seq)))
-    if upto is None or first is None or upto < first:
+    if checkpoint is None or first is None or checkpoint.seq < first:
         audit.record(s, AuditEvents.PRUNE_REFUSED, actor=ctx.actor,
                      details={"cutoff_seq": cutoff_seq, "reason": "no checkpoint"})
         return PruneResult(0, None, "no signed checkpoint covers the old events")
-    removed = int(s.scalar(text("SELECT prune_audit_events(:upto)"), {"upto": upto}) or 0)
+    if not _signed_by_its_key(s, ctx, checkpoint):
+        audit.record(s, AuditEvents.PRUNE_REFUSED, actor=ctx.actor,
+                     details={"cutoff_seq": cutoff_seq, "checkpoint_seq": checkpoint.seq,
+                              "reason": "bad signature"})
+        return PruneResult(0, None, "the checkpoint's signature does not verify")
+    upto = checkpoint.seq
+    # recorded first: the event becomes the chain's head, so a cut at a checkpoint that was the
+    # head leaves one event for the next append to continue from (the database insists)
+    expected = int(s.scalar(select(func.count()).select_from(AuditEvent)
+                            .where(AuditEvent.seq <= upto)) or 0)
     audit.record(s, AuditEvents.PRUNED, actor=ctx.actor,
-                 details={"upto_seq": upto, "removed": removed,
+                 details={"upto_seq": upto, "removed": expected,
                           "retention_days": row.retention_days})
+    removed = int(s.scalar(text("SELECT prune_audit_events(:upto)"), {"upto": upto}) or 0)
+    if removed != expected:  # only appends run beside us, above the cut: never expected
+        raise RuntimeError(f"retention removed {removed} events, not {expected}")
     return PruneResult(removed, upto)
+
+
+def _signed_by_its_key(s: Session, ctx: TenantContext, checkpoint: AuditCheckpoint) -> bool:
+    """The checkpoint's signature verifies with the tenant's checkpoint key it names."""
+    public = s.scalar(select(CheckpointKey.public_key)
+                      .where(CheckpointKey.key_id == checkpoint.key_id))
+    return public is not None and verify_checkpoint(
+        public, ctx.tenant_id, checkpoint.seq, checkpoint.chain_hash, checkpoint.created_at,
+        checkpoint.signature)

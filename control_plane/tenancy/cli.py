@@ -125,7 +125,7 @@ def cmd_server_add(args: argparse.Namespace) -> int:
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
     from control_plane.sealing import ControlSealer
-    from control_plane.tenancy.database import libpq_url, url_for
+    from control_plane.tenancy.database import close_databases_to_public, libpq_url, url_for
     from control_plane.tenancy.servers import do_add_db_server
 
     _, endpoints = _prepare(args)
@@ -143,6 +143,13 @@ def cmd_server_add(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot connect to that server: {first}") from None
     if row is None or not (row[2] or (row[0] and row[1])):
         raise CommandError("the URL's role needs CREATEDB and CREATEROLE on that server")
+    try:  # tenants' roles must open their own database there and nothing else
+        warning = close_databases_to_public(url).warning()
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"cannot close that server's databases to PUBLIC: {first}") from None
+    if warning:
+        print(f"magistrate: warning: {warning}", file=sys.stderr, flush=True)
     engine = make_engine(endpoints.database_url, pool_size=1)
     try:
         with make_session_factory(engine)() as s, s.begin():

@@ -1,12 +1,16 @@
 """From a control-plane tenant row to a ``TenantContext``: an engine on the tenant's own
 database as its ``_app`` role, and a sealer whose data key comes from the customer's KMS
-through the in-memory cache. Built once per request or job, at the edge."""
+through the in-memory cache. Built once per request or job, at the edge.
+
+Audit retention alone runs as the tenant's ``_owner`` role (``owner_context``): the service
+role cannot remove audit rows at all, the owner only up to a signed checkpoint."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -165,6 +169,22 @@ class TenantConnections:
             tenant_id=principal.tenant_id, slug=principal.tenant_slug, session_factory=factory,
             sealer=self.sealer_of(principal.tenant_id, principal.tenant_keys), actor=actor,
             egress=self.egress)
+
+    @contextmanager
+    def owner_context(self, s: Session, tenant: Tenant, actor: Actor
+                      ) -> Iterator[TenantContext]:
+        """A context on the tenant's database as its ``_owner`` role, for the one thing the
+        service role may not do: audit retention (``prune_audit_events``, which only the owner
+        may call). One connection, closed when the block ends; never pooled with the service
+        role's engines, so no request ever runs as the owner."""
+        engine = make_engine(self.owner_url(tenant), pool_size=1, pre_ping=False)
+        try:
+            yield TenantContext(tenant_id=tenant.id, slug=tenant.slug,
+                                session_factory=make_session_factory(engine),
+                                sealer=self.sealer_for(s, tenant), actor=actor,
+                                egress=self.egress)
+        finally:
+            engine.dispose()
 
     def context(self, s: Session, tenant: Tenant, actor: Actor) -> TenantContext:
         return TenantContext(

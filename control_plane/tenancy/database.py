@@ -6,6 +6,10 @@
   ``…_owner`` (owns the database and its objects, runs migrations) and ``…_app`` (DML only; on
   the audit tables only INSERT and SELECT). CONNECT and TEMP are revoked from PUBLIC, so no other
   tenant's role can even open the database.
+- Every other database of the server (the control database, the maintenance database
+  ``postgres``, ``template1``, templates, spares, whatever else is there) is closed to PUBLIC
+  too (``close_databases_to_public``), so a tenant's roles open their own database and nothing
+  else. The admin role keeps CONNECT on the databases it uses by an explicit grant.
 
 Every function here is idempotent: a crash in the middle, then a second call, ends in the same
 state without duplicates or leftovers.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
@@ -86,12 +91,90 @@ def _grant_self(conn: psycopg.Connection[tuple[object, ...]], role: str) -> None
         conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
 
 
+@dataclass(frozen=True)
+class ServerLockdown:
+    """What ``close_databases_to_public`` did on one server."""
+
+    admin_role: str
+    closed: tuple[str, ...]  # databases whose CONNECT/TEMP for PUBLIC were revoked now
+    left_open: tuple[str, ...]  # open to PUBLIC, but the admin role may not change them
+    kept: tuple[str, ...]  # of those, the ones the admin role itself connects to
+
+    def warning(self) -> str | None:
+        if not self.left_open:
+            return None
+        grants = "".join(f"GRANT CONNECT ON DATABASE {quote_ident(name)} TO "
+                         f"{quote_ident(self.admin_role)}; " for name in self.kept)
+        revokes = "".join(f"REVOKE CONNECT, TEMPORARY ON DATABASE {quote_ident(name)} FROM "
+                          f"PUBLIC; " for name in self.left_open)
+        return (f"{len(self.left_open)} database(s) of this server are open to every role "
+                f"(tenants' roles included) and {self.admin_role} may not close them: "
+                f"{', '.join(self.left_open)}. As a superuser, run: {grants}{revokes}".rstrip())
+
+
+def quote_ident(name: str) -> str:
+    """A Postgres identifier, quoted, for SQL shown to an operator."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+_OPEN_TO_PUBLIC = """
+    SELECT d.datname, pg_has_role(d.datdba, 'USAGE') OR r.rolsuper
+    FROM pg_database d, pg_roles r
+    WHERE r.rolname = current_user
+      AND EXISTS (SELECT 1 FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+                  WHERE a.grantee = 0 AND a.privilege_type IN ('CONNECT', 'TEMPORARY'))
+    ORDER BY d.datname
+"""
+
+
+def close_databases_to_public(admin_url: str) -> ServerLockdown:
+    """Revoke CONNECT and TEMP from PUBLIC on every database of the server that still grants
+    them (Postgres grants both to PUBLIC on every new database), keeping CONNECT for the admin
+    role on the maintenance database and on its URL's own database (the control database, on
+    the primary server). Idempotent and cheap when there is nothing to do: one query."""
+    with _connect(url_for(admin_url, database="postgres")) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
+        try:
+            return _close_to_public(conn, admin_url)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK,))
+
+
+def _close_to_public(conn: psycopg.Connection[tuple[object, ...]],
+                     admin_url: str) -> ServerLockdown:
+    own = {"postgres", urlsplit(libpq_url(admin_url)).path.lstrip("/") or "postgres"}
+    me = conn.execute("SELECT current_user").fetchone()
+    closed, left_open = [], []
+    for datname, may_change in conn.execute(_OPEN_TO_PUBLIC).fetchall():
+        name = str(datname)
+        if not may_change:
+            left_open.append(name)
+            continue
+        db = sql.Identifier(name)
+        try:
+            if name in own:
+                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO CURRENT_USER").format(db))
+            conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC"
+                                 ).format(db))
+        except (psycopg.errors.InvalidCatalogName, psycopg.errors.UndefinedObject,
+                psycopg.errors.InternalError_):
+            # dropped meanwhile, or "tuple concurrently updated": another session changed the
+            # same database's privileges at this instant; the next run sees what is left
+            continue
+        closed.append(name)
+    return ServerLockdown(str(me[0]) if me else "", tuple(closed), tuple(left_open),
+                          tuple(name for name in left_open if name in own))
+
+
 def ensure_template(admin_url: str) -> str:
-    """The migrated template database for the current tenant tree, built when missing."""
+    """The migrated template database for the current tenant tree, built when missing; and
+    every database of the server closed to PUBLIC (``close_databases_to_public``), since every
+    use of a server for tenants passes here."""
     name = template_name()
     with _connect(url_for(admin_url, database="postgres")) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
         try:
+            _close_to_public(conn, admin_url)
             if database_exists(conn, name):
                 return name
             if not role_exists(conn, TEMPLATE_OWNER):
@@ -103,6 +186,8 @@ def ensure_template(admin_url: str) -> str:
                 sql.Identifier(building)))
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
                 sql.Identifier(building), sql.Identifier(TEMPLATE_OWNER)))
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(building)))
             # the migrations run with the template owner as session role, so it owns every object
             upgrade_tenant(url_for(admin_url, database=building,
                                    options=f"-c role={TEMPLATE_OWNER}"))
@@ -231,6 +316,16 @@ def apply_privileges(admin_url: str, *, database: str, owner: str, app: str) -> 
         ]
         statements += [sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(
             sql.Identifier(table), a) for table in APPEND_ONLY_TABLES]
+        statements += [
+            # the migrations' bookkeeping is the owner's; the service role may read it
+            sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON "
+                    "alembic_version FROM {}").format(a),
+            # no function is callable but by the owner (prune_audit_events above all); trigger
+            # functions fire regardless, EXECUTE is checked when a trigger is created
+            sql.SQL("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC"),
+            sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON FUNCTIONS FROM "
+                    "PUBLIC").format(o),
+        ]
         for statement in statements:
             conn.execute(statement)
 

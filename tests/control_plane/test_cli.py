@@ -75,6 +75,32 @@ def test_migrate_reports_the_revision(cli_env):
     assert f"control plane migrated to revision {head_revision()}" in result.stdout
 
 
+def public_privileges(conn, name: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT a.privilege_type FROM pg_database d, "
+        "aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
+        "WHERE d.datname = %s AND a.grantee = 0", (name,))]
+
+
+def test_migrate_closes_the_control_database_and_postgres_to_public(cli_env, pg_server_url):
+    """An installation from before the fix: Postgres's defaults let every role of the server
+    (tenants' roles included) open the control database and `postgres`. `magistrate migrate`
+    takes CONNECT and TEMP from PUBLIC there, and connects again afterwards."""
+    import psycopg
+
+    control = cli_env["MAGISTRATE_DATABASE_URL"].rsplit("/", 1)[1].split("?")[0]
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        for name in (control, "postgres"):
+            conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{name}" TO PUBLIC')
+            assert sorted(public_privileges(conn, name)) == ["CONNECT", "TEMPORARY"]
+    for _ in range(2):  # and again: nothing left to do, same result
+        result = run("migrate", env_extra=cli_env)
+        assert result.returncode == 0, result.stderr
+        assert "warning" not in result.stderr
+        with psycopg.connect(pg_server_url) as conn:
+            assert public_privileges(conn, control) == public_privileges(conn, "postgres") == []
+
+
 def test_unreachable_database_is_a_clear_failure(tmp_path):
     from tests.conftest import free_port
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 
 from control_plane.cli import build_parser
 from control_plane.models import Membership, PlatformAuditEvent, Tenant, User
@@ -394,8 +394,10 @@ def test_the_applications_own_checkpoints_and_pruning_verify(services, tenants, 
     assert code == 0, output
     assert "checkpoints: 2 valid" in output and "signed by the pinned key" in output
 
-    with ctx.session() as s, s.begin():
-        removed = s.scalar(text("SELECT prune_audit_events(:seq)"), {"seq": first.seq})
+    with services.session_factory() as s:  # retention runs as the tenant's owner role
+        owner_url = services.tenant_connections.owner_url(s.get(Tenant, acme))
+    with psycopg.connect(owner_url) as conn:
+        removed = conn.execute("SELECT prune_audit_events(%s)", (first.seq,)).fetchone()[0]
     assert removed == first.seq
     with ctx.session() as s:
         body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))

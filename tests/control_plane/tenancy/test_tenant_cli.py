@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
+import psycopg
 from sqlalchemy import select
 
 from tests.conftest import TEST_SECRET_KEY
@@ -59,9 +61,21 @@ def test_server_add_and_list(services, db, database_url, redis_url, primary_serv
         return subprocess.run([sys.executable, "-m", "control_plane", *args], env=full,
                               input=stdin, capture_output=True, text=True, timeout=60)
 
-    added = run_stdin("server", "add", "--name", "replica-two", "--url-stdin",
-                      stdin=pg_server_url + "\n")
-    assert added.returncode == 0, added.stderr
+    probe = f"magistrate_probe_{secrets.token_hex(4)}"  # a database open to PUBLIC there
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{probe}"')
+    try:
+        added = run_stdin("server", "add", "--name", "replica-two", "--url-stdin",
+                          stdin=pg_server_url + "\n")
+        assert added.returncode == 0, added.stderr
+        with psycopg.connect(pg_server_url) as conn:  # closed by `server add`
+            assert conn.execute(
+                "SELECT count(*) FROM pg_database d, aclexplode(coalesce(d.datacl, "
+                "acldefault('d', d.datdba))) a WHERE d.datname = %s AND a.grantee = 0",
+                (probe,)).fetchone()[0] == 0
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{probe}" WITH (FORCE)')
     assert "database server replica-two" in added.stdout
     listed = run("server", "list", env_extra=env)
     assert "primary" in listed.stdout and "replica-two" in listed.stdout

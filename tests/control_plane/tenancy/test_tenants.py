@@ -102,7 +102,23 @@ def services_admin(services) -> str:
         return database.url_for(admin_url(services.sealer, server), database="postgres")
 
 
-def test_roles_are_confined_to_their_own_database(services, two_tenants):
+def databases_that_open(url: str, names: list[str]) -> list[str]:
+    """Which of ``names`` the role of ``url`` can connect to."""
+    base, _, query = url.partition("?")
+    opened = []
+    for name in names:
+        try:
+            psycopg.connect(base.rsplit("/", 1)[0] + f"/{name}"
+                            + (f"?{query}" if query else ""), connect_timeout=5).close()
+        except psycopg.OperationalError as exc:
+            assert re.search(r"permission denied for database|not currently accepting "
+                             r"connections|does not exist", str(exc)), (name, str(exc))
+            continue
+        opened.append(name)
+    return opened
+
+
+def test_roles_are_confined_to_their_own_database(services, two_tenants, database_url):
     _, a, b = two_tenants
     with psycopg.connect(app_url(services, a)) as conn:
         conn.execute("INSERT INTO audit_events (seq, occurred_at, actor_type, event_type, "
@@ -116,14 +132,25 @@ def test_roles_are_confined_to_their_own_database(services, two_tenants):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
             conn.rollback()
-    # tenant A's roles cannot even open tenant B's database
+    # tenant A's roles open their own database and no other database of the server: tenant
+    # B's, the control database, `postgres`, template1, the tenant template, a spare, and
+    # whatever else is there (other runs' databases on a shared test server included)
     with services.session_factory() as s:
-        tb = s.get(Tenant, b)
+        ta, tb = s.get(Tenant, a), s.get(Tenant, b)
+    admin = services_admin(services)
+    database.refill_spares(admin, want=1)
+    with psycopg.connect(admin) as conn:
+        names = [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")]
+    control = database_url.rsplit("/", 1)[1].split("?")[0]
+    assert {control, tb.db_name, ta.db_name, "postgres", "template1", database.template_name()} \
+        <= set(names)
+    assert [n for n in names if n.startswith(database.SPARE_PREFIX)]
     for url in (app_url(services, a), owner_url(services, a)):
-        base, _, query = url.partition("?")
-        foreign = base.rsplit("/", 1)[0] + f"/{tb.db_name}" + (f"?{query}" if query else "")
-        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
-            psycopg.connect(foreign).close()
+        opened = databases_that_open(url, names)
+        if set(opened) - {ta.db_name}:  # created on the shared server since the lockdown ran
+            database.close_databases_to_public(admin)
+            opened = databases_that_open(url, opened)
+        assert opened == [ta.db_name]
     # even the owner cannot rewrite the audit chain: the trigger refuses
     with psycopg.connect(owner_url(services, a)) as conn, pytest.raises(
             psycopg.errors.RaiseException, match="append-only"):
