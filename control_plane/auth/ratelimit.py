@@ -9,9 +9,9 @@ Three counters, all checked before a password or MFA code is even looked at:
   doubling with every failure, up to ``max_backoff`` — one address guessing one password slows
   to a crawl (about ten guesses in the first quarter hour, then four an hour);
 - **per account** (fixed window, an alarm, never a lock): once an account has seen
-  ``max_per_account`` failures from all addresses within the window, every address gets only
-  *one* attempt on it before its own backoff begins — a guesser spread over many addresses pays
-  the backoff from its second guess on each.
+  ``max_per_account`` failures within the window from addresses other than this one, this
+  address gets only *one* attempt on it before its own backoff begins — a guesser spread over
+  many addresses pays the backoff from its second guess on each.
 
 No counter ever refuses the owner for what someone else did: failures from the attacker's
 addresses slow only those addresses, and the owner's first attempt from any other address is
@@ -176,7 +176,10 @@ class LoginRateLimiter:
         count, left, account_failures, failures, last = self._read(ip, account)
         if count >= self.max_per_ip:
             raise RateLimited(left)
-        free = 1 if account_failures >= self.max_per_account else self.max_per_account
+        # the alarm counts failures from the account's *other* addresses: a lone guesser
+        # meets plain doubling, a guesser spread over many addresses pays from its second try
+        others = max(account_failures - failures, 0)
+        free = 1 if others >= self.max_per_account else self.max_per_account
         wait = last + backoff_seconds(failures, free, self.max_backoff) - self.clock()
         if wait > 0:
             raise RateLimited(math.ceil(wait))
