@@ -2,9 +2,9 @@
 
 1. a request id (returned in ``X-Request-ID``, shown on error pages, in every log line);
 2. the Host check against ``MAGISTRATE_ALLOWED_HOSTS``;
-2b. the client's address and scheme behind the proxies named in ``MAGISTRATE_TRUSTED_PROXIES``
+3. the client's address and scheme behind the proxies named in ``MAGISTRATE_TRUSTED_PROXIES``
    (``control_plane/web/proxies.py``), written into the scope once, for every later reader;
-3. CSRF: every state-changing request carries the synchronizer token (form field
+4. CSRF: every state-changing request carries the synchronizer token (form field
    ``csrf_token`` or header ``X-CSRF-Token``, which htmx sends) bound to the browser's session or
    anonymous cookie, and an Origin (or Referer) of our own. The only exemption is a request
    under ``CSRF_EXEMPT_PREFIXES`` that uses no session, decided from how it authenticates
@@ -12,9 +12,9 @@
    consulted for a session), or the one cookie parser finds no validly signed session cookie
    in it. The handlers reach the session only through the same reading, left in the request
    state, so an exempt request cannot act with a session;
-4. security headers on every response, error pages included;
-5. any unhandled exception becomes a 500 page with the request id, never a stack trace;
-6. one structured log line per request.
+5. security headers on every response, error pages included;
+6. any unhandled exception becomes a 500 page with the request id, never a stack trace;
+7. one structured log line per request.
 """
 
 from __future__ import annotations
@@ -144,12 +144,6 @@ class SecurityMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         headers = Headers(scope=scope)
-        self.resolve_client(scope, headers)
-        credentials = read_credentials(headers, session_cookie=self.settings.session_cookie_name,
-                                       anon_cookie=self.settings.anon_cookie_name,
-                                       signer=self.signer)
-        state["credentials"] = credentials
-        exempt = self.is_exempt(scope["path"], credentials)
         response_started = False
         status = 500
         new_anon: str | None = None
@@ -174,6 +168,12 @@ class SecurityMiddleware:
                     headers.get("host", "")):
                 raise BadRequest("This host name is not served here. Use the address your "
                                  "administrator published.")
+            self.resolve_client(scope, headers)
+            credentials = read_credentials(
+                headers, session_cookie=self.settings.session_cookie_name,
+                anon_cookie=self.settings.anon_cookie_name, signer=self.signer)
+            state["credentials"] = credentials
+            exempt = self.is_exempt(scope["path"], credentials)
             # the CSRF binding: the session token if signed in, else an anonymous token
             binding = credentials.session_token or credentials.anon_token
             if binding is None and scope["method"] in SAFE_METHODS and not exempt:
