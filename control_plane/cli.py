@@ -168,8 +168,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "host": args.host or settings.host, "port": args.port or settings.port,
         "log_config": None, "access_log": False, "server_header": False,
-        "proxy_headers": settings.trust_proxy_headers,
-        "forwarded_allow_ips": "*" if settings.trust_proxy_headers else None}
+        # uvicorn rewrites nothing from forwarding headers: the app's security edge does, from
+        # MAGISTRATE_TRUSTED_PROXIES only (control_plane/web/proxies.py)
+        "proxy_headers": False}
     if args.workers > 1:  # each worker process builds the app from the resolved endpoints
         os.environ.update({"MAGISTRATE_DATABASE_URL": endpoints.database_url,
                            "MAGISTRATE_REDIS_URL": endpoints.redis_url,

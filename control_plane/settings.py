@@ -41,6 +41,7 @@ KNOWN_DEFAULT_SECRETS = frozenset(
 KNOWN_DEFAULT_PASSWORDS = frozenset(
     {"admin", "password", "changeme", "magistrate", "123456", "12345678", "letmein", "owner"}
 )
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 MIN_SECRET_KEY_BYTES = 32
 MIN_ADMIN_PASSWORD_LENGTH = 12
 
@@ -133,9 +134,20 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("MAGISTRATE_PORT", "8000", "Port `magistrate web` binds."),
     SettingDoc("MAGISTRATE_LOG_LEVEL", "INFO", "Python log level of the structured logs."),
     SettingDoc(
+        "MAGISTRATE_TRUSTED_PROXIES",
+        "",
+        "Comma-separated addresses or networks of the reverse proxies in front of Magistrate "
+        "(e.g. `127.0.0.1` or `10.0.0.0/8`). Only from these peers are `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` believed; the client address is the right-most `X-Forwarded-For` "
+        "entry that is not a trusted proxy. Empty: the TCP peer is the client. Production: must "
+        "not trust every address (`0.0.0.0/0`, `::/0`).",
+    ),
+    SettingDoc(
         "MAGISTRATE_TRUST_PROXY_HEADERS",
         "false",
-        "Take the client address from `X-Forwarded-For` (only behind a proxy you run).",
+        "Deprecated, replaced by `MAGISTRATE_TRUSTED_PROXIES`. `true` with no trusted proxies "
+        "named trusts proxies on this machine (loopback) only. Production: `true` without "
+        "`MAGISTRATE_TRUSTED_PROXIES`, or `false` with it, is refused.",
     ),
     SettingDoc(
         "MAGISTRATE_LOGIN_MAX_PER_IP",
@@ -145,10 +157,17 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "MAGISTRATE_LOGIN_MAX_PER_ACCOUNT",
         "5",
-        "Failed sign-in attempts allowed per account per window before 429.",
+        "Failed sign-in attempts from one address on one account before that address must wait "
+        "before each further attempt on it (2 s, doubling); other addresses are not slowed, "
+        "except that an account under attack gives each new address one attempt.",
     ),
     SettingDoc(
         "MAGISTRATE_LOGIN_WINDOW_SECONDS", "300", "Length of the sign-in rate-limit window."
+    ),
+    SettingDoc(
+        "MAGISTRATE_LOGIN_MAX_BACKOFF_SECONDS",
+        "900",
+        "Longest wait the sign-in backoff imposes on one address for one account.",
     ),
     SettingDoc("MAGISTRATE_EMBEDDED_PG_PORT", "54329", "Port of the embedded Postgres (loopback)."),
     SettingDoc("MAGISTRATE_EMBEDDED_REDIS_PORT", "63790", "Port of the embedded Redis (loopback)."),
@@ -303,10 +322,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
-    trust_proxy_headers: bool = False
+    trust_proxy_headers: bool | None = None  # None: not set (deprecated setting)
+    trusted_proxies: tuple[str, ...] = ()
     login_max_per_ip: int = 20
     login_max_per_account: int = 5
     login_window_seconds: int = 300
+    login_max_backoff_seconds: int = 900
     embedded_pg_port: int = 54329
     embedded_redis_port: int = 63790
     session_cleanup_seconds: int = 900
@@ -389,9 +410,10 @@ class Settings:
             host=get("MAGISTRATE_HOST", "127.0.0.1"),
             port=_int("MAGISTRATE_PORT", get("MAGISTRATE_PORT", "8000")),
             log_level=get("MAGISTRATE_LOG_LEVEL", "INFO").upper(),
-            trust_proxy_headers=_bool(
-                "MAGISTRATE_TRUST_PROXY_HEADERS", get("MAGISTRATE_TRUST_PROXY_HEADERS", "false")
-            ),
+            trust_proxy_headers=None if env.get("MAGISTRATE_TRUST_PROXY_HEADERS") is None
+            else _bool("MAGISTRATE_TRUST_PROXY_HEADERS", env["MAGISTRATE_TRUST_PROXY_HEADERS"]),
+            trusted_proxies=_networks("MAGISTRATE_TRUSTED_PROXIES",
+                                      get("MAGISTRATE_TRUSTED_PROXIES", "")),
             login_max_per_ip=_int(
                 "MAGISTRATE_LOGIN_MAX_PER_IP", get("MAGISTRATE_LOGIN_MAX_PER_IP", "20")
             ),
@@ -400,6 +422,10 @@ class Settings:
             ),
             login_window_seconds=_int(
                 "MAGISTRATE_LOGIN_WINDOW_SECONDS", get("MAGISTRATE_LOGIN_WINDOW_SECONDS", "300")
+            ),
+            login_max_backoff_seconds=_int(
+                "MAGISTRATE_LOGIN_MAX_BACKOFF_SECONDS",
+                get("MAGISTRATE_LOGIN_MAX_BACKOFF_SECONDS", "900"),
             ),
             embedded_pg_port=_int(
                 "MAGISTRATE_EMBEDDED_PG_PORT", get("MAGISTRATE_EMBEDDED_PG_PORT", "54329")
@@ -467,6 +493,14 @@ class Settings:
     def anon_cookie_name(self) -> str:
         return "__Host-magistrate_anon" if self.secure_cookies else "magistrate_anon"
 
+    @property
+    def proxy_networks(self) -> tuple[str, ...]:
+        """The proxies whose forwarding headers are believed: ``MAGISTRATE_TRUSTED_PROXIES``, or
+        loopback for the deprecated ``MAGISTRATE_TRUST_PROXY_HEADERS=true`` alone."""
+        if self.trusted_proxies:
+            return self.trusted_proxies
+        return LOOPBACK_NETWORKS if self.trust_proxy_headers else ()
+
     # ---------------------------------------------------------------- production checks
 
     def production_problems(self) -> list[str]:
@@ -506,6 +540,7 @@ class Settings:
         if self.smtp_host and self.smtp_tls == "none" and not is_loopback_host(self.smtp_host):
             problems.append("MAGISTRATE_SMTP_TLS is 'none' for an SMTP server off this machine; "
                             "use starttls or ssl.")
+        problems.extend(self._proxy_problems())
         if self.admin_password is not None:
             pw = self.admin_password.reveal()
             if pw.lower() in KNOWN_DEFAULT_PASSWORDS:
@@ -515,6 +550,28 @@ class Settings:
                     f"MAGISTRATE_ADMIN_PASSWORD must be at least "
                     f"{MIN_ADMIN_PASSWORD_LENGTH} characters."
                 )
+        return problems
+
+
+    def _proxy_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.trust_proxy_headers is True and not self.trusted_proxies:
+            problems.append(
+                "MAGISTRATE_TRUST_PROXY_HEADERS=true does not say which proxies to trust; name "
+                "them in MAGISTRATE_TRUSTED_PROXIES (e.g. 127.0.0.1 for a proxy on this machine) "
+                "and remove MAGISTRATE_TRUST_PROXY_HEADERS."
+            )
+        if self.trust_proxy_headers is False and self.trusted_proxies:
+            problems.append(
+                "MAGISTRATE_TRUST_PROXY_HEADERS=false contradicts MAGISTRATE_TRUSTED_PROXIES; "
+                "remove MAGISTRATE_TRUST_PROXY_HEADERS (replaced by MAGISTRATE_TRUSTED_PROXIES)."
+            )
+        everyone = [n for n in self.trusted_proxies if n.endswith("/0")]
+        if everyone:
+            problems.append(
+                f"MAGISTRATE_TRUSTED_PROXIES trusts every address ({', '.join(everyone)}), so "
+                "any client could choose the address the sign-in limits see; name your proxies."
+            )
         return problems
 
 

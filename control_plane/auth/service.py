@@ -55,20 +55,22 @@ def do_sign_in(s: Session, *, email: str, password: str, client: ClientInfo,
     user = get_user_by_email(s, email)
     ok = passwords.verify_password(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
-        limiter.record_failure(email)
+        limiter.record_failure(client.ip, email)
         reason = ("unknown_account" if user is None else
                   "bad_password" if not ok else "deactivated")
         audit.record(s, AuthEvents.SIGN_IN_FAILED, actor=audit.SYSTEM,
                      target_type="user" if user else None, target_id=user.id if user else None,
                      details={"reason": reason, "ip": client.ip})
         return SignInResult(SignInOutcome.FAILED)
-    limiter.reset_account(email)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
     if user.mfa_enabled:
+        # the backoff is cleared only by the whole sign-in: a guesser who has the password
+        # must not reset the count of its MFA-code guesses by entering the password again
         token = sessions.start_session(s, user, host=client.host, ip=client.ip,
                                        user_agent=client.user_agent, mfa_pending=True)
         return SignInResult(SignInOutcome.MFA_REQUIRED, token, user)
+    limiter.record_success(client.ip, email)
     token = sessions.start_session(s, user, host=client.host, ip=client.ip,
                                    user_agent=client.user_agent)
     audit.record(s, AuthEvents.SIGN_IN, actor=actor_for(user), target_type="user",
@@ -123,11 +125,11 @@ def do_pass_mfa_challenge(s: Session, pending: WebSession, *, code: str, client:
     elif _use_backup_code(s, user, code):
         ok = used_backup = True
     if not ok:
-        limiter.record_failure(user.email)
+        limiter.record_failure(client.ip, user.email)
         audit.record(s, AuthEvents.MFA_CHALLENGE_FAILED, actor=actor_for(user),
                      target_type="user", target_id=user.id, details={"ip": client.ip})
         return None
-    limiter.reset_account(user.email)
+    limiter.record_success(client.ip, user.email)
     sessions.revoke_session(s, pending)
     token = sessions.start_session(s, user, host=client.host, ip=client.ip,
                                    user_agent=client.user_agent)

@@ -22,6 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane import audit
+from control_plane.auth.credentials import (  # the one reader of the key headers
+    presented_key as presented_key,
+)
 from control_plane.db import utcnow
 from control_plane.exceptions import Forbidden, InvalidInput, NotFound, NotSignedIn
 from control_plane.models import ApiKey, Tenant, User
@@ -84,14 +87,6 @@ def do_revoke_api_key(s: Session, access: TenantAccess, key_id: int, *,
 def list_api_keys(s: Session, tenant: Tenant) -> list[ApiKey]:
     return list(s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)
                           .order_by(ApiKey.id)))
-
-
-def presented_key(authorization: str | None, x_api_key: str | None = None) -> str | None:
-    """The key a request carries: ``Authorization: Bearer <key>`` or ``x-api-key: <key>``."""
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer" and key.strip():
-        return key.strip()
-    return x_api_key.strip() if x_api_key and x_api_key.strip() else None
 
 
 def authenticate_bearer(s: Session, authorization: str | None,

@@ -105,8 +105,10 @@ def api_export(request: Request) -> Response:
     """GET /api/audit/export: a tenant API key, or a session and ``?tenant=<id>``."""
     svc = services(request)
     with svc.session_factory() as s, s.begin():
-        if request.headers.get("authorization"):
-            principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"))
+        if api_keys.presented_key(request.headers.get("authorization"),
+                                  request.headers.get("x-api-key")):
+            principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"),
+                                                     request.headers.get("x-api-key"))
             key = principal.api_key
             request.state.actor = f"api_key:{key.id}"
             named = request.query_params.get("tenant")

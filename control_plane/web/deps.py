@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from control_plane.auth import sessions
+from control_plane.auth.credentials import RequestCredentials
 from control_plane.exceptions import NotSignedIn, PasswordChangeRequired
 from control_plane.models import User, WebSession
-from control_plane.web.services import services
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,28 @@ class SignedIn:
 
 
 def client_ip(request: Request) -> str:
-    if services(request).settings.trust_proxy_headers:
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64]
-    return request.client.host if request.client else "unknown"
+    """The client's address: the TCP peer, or what a trusted proxy says (the security edge
+    resolved it once, from ``MAGISTRATE_TRUSTED_PROXIES``; control_plane/web/proxies.py)."""
+    return request.client.host[:64] if request.client else "unknown"
 
 
 def request_host(request: Request) -> str:
     return request.headers.get("host", "").lower()[:255]
 
 
+def credentials(request: Request) -> RequestCredentials:
+    """How the request authenticates, as the security edge read it (the one cookie parser,
+    the one key-header reader): the CSRF decision and the handler see the same thing."""
+    found = request.scope.get("state", {}).get("credentials")
+    if not isinstance(found, RequestCredentials):
+        raise RuntimeError("the security middleware did not run for this request")
+    return found
+
+
 def session_token(request: Request) -> str | None:
-    svc = services(request)
-    return svc.signer.unsign_session(request.cookies.get(svc.settings.session_cookie_name))
+    """The verified session token, or None (no session cookie, a bad signature, or a request
+    that presents an API key and so is authenticated by it alone)."""
+    return credentials(request).session_token
 
 
 def current_session(s: Session, request: Request) -> WebSession | None:

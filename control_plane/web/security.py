@@ -2,13 +2,19 @@
 
 1. a request id (returned in ``X-Request-ID``, shown on error pages, in every log line);
 2. the Host check against ``MAGISTRATE_ALLOWED_HOSTS``;
-3. CSRF: every state-changing request carries the synchronizer token (form field
+3. the client's address and scheme behind the proxies named in ``MAGISTRATE_TRUSTED_PROXIES``
+   (``control_plane/web/proxies.py``), written into the scope once, for every later reader;
+4. CSRF: every state-changing request carries the synchronizer token (form field
    ``csrf_token`` or header ``X-CSRF-Token``, which htmx sends) bound to the browser's session or
-   anonymous cookie, and an Origin (or Referer) of our own; the only exemption is
-   ``CSRF_EXEMPT_PREFIXES`` with bearer (or ``x-api-key``) authentication and no cookie;
-4. security headers on every response, error pages included;
-5. any unhandled exception becomes a 500 page with the request id, never a stack trace;
-6. one structured log line per request.
+   anonymous cookie, and an Origin (or Referer) of our own. The only exemption is a request
+   under ``CSRF_EXEMPT_PREFIXES`` that uses no session, decided from how it authenticates
+   (``control_plane/auth/credentials.py``): it presents an API key (then its cookies are never
+   consulted for a session), or the one cookie parser finds no validly signed session cookie
+   in it. The handlers reach the session only through the same reading, left in the request
+   state, so an exempt request cannot act with a session;
+5. security headers on every response, error pages included;
+6. any unhandled exception becomes a 500 page with the request id, never a stack trace;
+7. one structured log line per request.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import json
 import logging
 import secrets
 import time
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,9 +30,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from control_plane.auth.credentials import RequestCredentials, read_credentials
 from control_plane.auth.sessions import CookieSigner
 from control_plane.exceptions import BadRequest, CsrfRefused, MagistrateError, PayloadTooLarge
 from control_plane.settings import Settings
+from control_plane.web.proxies import TrustedProxies
 from tenant_runtime.exceptions import TenantError
 
 log = logging.getLogger("magistrate.http")
@@ -35,8 +42,8 @@ log = logging.getLogger("magistrate.http")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-# Reviewable exemption list: these prefixes are exempt ONLY for requests carrying no Magistrate
-# cookie (programs with their keys, not browsers); with a cookie they need the token.
+# Reviewable exemption list: these prefixes are exempt ONLY for requests that use no session
+# (programs with their keys, not browsers); a request with a session needs the token.
 CSRF_EXEMPT_PREFIXES: tuple[str, ...] = ("/api/", "/v1/")
 MAX_FORM_BYTES = 10 * 1024 * 1024
 # Load-balancer probes often use an address as the Host: these answer whatever the Host.
@@ -67,16 +74,6 @@ def security_headers(settings: Settings) -> dict[str, str]:
     return headers
 
 
-def _cookies(headers: Headers) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    for raw in headers.getlist("cookie"):
-        try:
-            jar.load(raw)
-        except Exception:  # noqa: S112 - a malformed cookie header is treated as no cookie
-            continue
-    return {k: v.value for k, v in jar.items()}
-
-
 def _origin_of(url: str) -> str | None:
     parts = urlsplit(url)
     if not parts.scheme or not parts.netloc:
@@ -91,6 +88,7 @@ class SecurityMiddleware:
         self.signer = signer
         self.headers = security_headers(settings)
         self.allowed_hosts = {h.lower() for h in settings.allowed_hosts}
+        self.proxies = TrustedProxies(settings.proxy_networks)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -113,14 +111,27 @@ class SecurityMiddleware:
             allowed.add(f"{scheme}://{headers.get('host', '')}".lower())
         return claimed in allowed
 
-    def is_exempt(self, path: str, headers: Headers, cookies: dict[str, str]) -> bool:
-        """A request to the API or the gateway without a Magistrate cookie carries no ambient
+    @staticmethod
+    def is_exempt(path: str, credentials: RequestCredentials) -> bool:
+        """A request to the API or the gateway that uses no session carries no ambient
         credential a forged request could ride on: it is authenticated by its key or refused
-        by the route (401 in the API's own shape), so it needs no CSRF token."""
-        if not path.startswith(CSRF_EXEMPT_PREFIXES):
-            return False
-        return not (self.settings.session_cookie_name in cookies
-                    or self.settings.anon_cookie_name in cookies)
+        by the route (401 in the API's own shape), so it needs no CSRF token. Whether it uses a
+        session is the same reading the handlers get (``request.state.credentials``)."""
+        return path.startswith(CSRF_EXEMPT_PREFIXES) and not credentials.uses_session
+
+    def resolve_client(self, scope: Scope, headers: Headers) -> None:
+        """Rewrite the scope's client and scheme from the forwarding headers of a trusted
+        proxy (once, before anything reads them); the TCP peer stays in the state."""
+        client = scope.get("client")
+        peer = client[0] if client else None
+        scope["state"]["peer"] = peer
+        if not self.proxies:
+            return
+        address = self.proxies.client_address(peer, headers.getlist("x-forwarded-for"))
+        if address is not None and address != peer:
+            scope["client"] = (address, 0)
+        scope["scheme"] = self.proxies.scheme(peer, headers.get("x-forwarded-proto"),
+                                              scope.get("scheme", "http"))
 
     # -- the middleware -------------------------------------------------------------------
 
@@ -133,7 +144,6 @@ class SecurityMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         headers = Headers(scope=scope)
-        cookies = _cookies(headers)
         response_started = False
         status = 500
         new_anon: str | None = None
@@ -158,18 +168,21 @@ class SecurityMiddleware:
                     headers.get("host", "")):
                 raise BadRequest("This host name is not served here. Use the address your "
                                  "administrator published.")
+            self.resolve_client(scope, headers)
+            credentials = read_credentials(
+                headers, session_cookie=self.settings.session_cookie_name,
+                anon_cookie=self.settings.anon_cookie_name, signer=self.signer)
+            state["credentials"] = credentials
+            exempt = self.is_exempt(scope["path"], credentials)
             # the CSRF binding: the session token if signed in, else an anonymous token
-            binding = (self.signer.unsign_session(cookies.get(self.settings.session_cookie_name))
-                       or self.signer.unsign_anon(cookies.get(self.settings.anon_cookie_name)))
-            if binding is None and scope["method"] in SAFE_METHODS \
-                    and not self.is_exempt(scope["path"], headers, cookies):
+            binding = credentials.session_token or credentials.anon_token
+            if binding is None and scope["method"] in SAFE_METHODS and not exempt:
                 # a program calling the API with its key gets no cookie: one would cost it
                 # the CSRF exemption on its next POST
                 new_anon = binding = secrets.token_urlsafe(24)
             state["csrf_binding"] = binding
             state["csrf_token"] = self.signer.csrf_token(binding) if binding else ""
-            if scope["method"] not in SAFE_METHODS and not self.is_exempt(
-                    scope["path"], headers, cookies):
+            if scope["method"] not in SAFE_METHODS and not exempt:
                 receive = await self._check_csrf(scope, receive, headers, binding)
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the last line of defence

@@ -92,20 +92,29 @@ def test_cross_origin_posts_are_refused_even_with_a_token(client, db):
 
 
 @pytest.mark.parametrize("prefix", CSRF_EXEMPT_PREFIXES)
-def test_exemption_needs_no_cookie_and_keyless_calls_get_the_apis_401(client, prefix):
+def test_exemption_is_decided_by_how_the_request_authenticates(client, db, prefix):
     url = prefix + "anything"
-    # bearer and no cookie: not refused by CSRF (the route does not exist yet: 404)
     from starlette.testclient import TestClient
 
+    # a key and no cookie: not refused by CSRF (the route does not exist: 404)
     with TestClient(client.app, base_url="http://testserver") as program:
         bearer = program.post(url, json={}, headers={"Authorization": "Bearer mg_test"})
         assert bearer.status_code == 404
-    # the same request from a browser with cookies is not exempt
-    client.get("/sign-in")
-    browser = client.post(url, json={}, headers={"Authorization": "Bearer mg_test"})
-    assert browser.status_code == 403
-    # no key and no cookie: nothing ambient to forge; the route answers (401 from a real one)
+        assert program.post(url, json={}, headers={"x-api-key": "mg_test"}).status_code == 404
+    # a signed-in browser's request uses its session: it needs the token
+    owner = make_user(db)
+    assert sign_in(client, owner.email).status_code == 303
+    assert client.post(url, json={}).status_code == 403
+    assert client.post(url, json={}, headers={"Authorization": "Basic eDp5"}).status_code == 403
+    # the same browser presenting a key is authenticated by the key alone (the session is not
+    # consulted: see test_csrf_cookies.py), so it is exempt
+    keyed = client.post(url, json={}, headers={"Authorization": "Bearer mg_test"})
+    assert keyed.status_code == 404
+    # no key and no session (an anonymous cookie is not a credential): nothing ambient to
+    # forge; the route answers (401 from a real one)
     with TestClient(client.app, base_url="http://testserver") as anonymous:
+        anonymous.get("/sign-in")
+        assert anonymous.cookies
         assert anonymous.post(url, json={}).status_code == 404
         real = "/v1/chat/completions" if prefix == "/v1/" else "/api/actions"
         keyless = anonymous.post(real, json={"model": "m", "messages": []})

@@ -64,6 +64,27 @@ def test_each_misconfiguration_is_named(changes, expected):
     assert expected in found[0]
 
 
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"MAGISTRATE_TRUST_PROXY_HEADERS": "true"}, "does not say which proxies to trust"),
+    ({"MAGISTRATE_TRUST_PROXY_HEADERS": "false", "MAGISTRATE_TRUSTED_PROXIES": "10.0.0.0/8"},
+     "contradicts MAGISTRATE_TRUSTED_PROXIES"),
+    ({"MAGISTRATE_TRUSTED_PROXIES": "10.0.0.0/8,0.0.0.0/0"}, "trusts every address"),
+    ({"MAGISTRATE_TRUSTED_PROXIES": "::/0"}, "trusts every address"),
+])
+def test_proxy_trust_must_be_explicit_in_production(changes, expected):
+    found = problems(**changes)
+    assert len(found) == 1, found
+    assert expected in found[0]
+    assert problems(MAGISTRATE_TRUSTED_PROXIES="10.0.0.0/8, 192.0.2.1") == []
+    assert problems(MAGISTRATE_TRUSTED_PROXIES="10.0.0.0/8",
+                    MAGISTRATE_TRUST_PROXY_HEADERS="true") == []
+
+
+def test_trusted_proxies_must_be_addresses_or_networks():
+    with pytest.raises(SettingsError, match="MAGISTRATE_TRUSTED_PROXIES must list networks"):
+        Settings.from_env({"MAGISTRATE_TRUSTED_PROXIES": "proxy.internal"})
+
+
 def test_loopback_database_and_redis_need_no_tls():
     assert problems(MAGISTRATE_DATABASE_URL="postgresql://m:pw@127.0.0.1:5432/c",
                     MAGISTRATE_REDIS_URL="redis://localhost:6379/0") == []

@@ -179,6 +179,9 @@ def test_a_tenant_api_key_exports_its_own_tenant_only(app_client, services, db, 
     code, output = verify(tmp_path, response.content)
     assert code == 0 and output.splitlines()[-1].startswith("OK 10 rows"), output
     assert client.get(f"/api/audit/export?tenant={acme}", headers=auth).status_code == 200
+    # the same reader of the key headers as the edge's: x-api-key works too
+    assert client.get("/api/audit/export?last_seq=1",
+                      headers={"x-api-key": key}).status_code == 200
     other = client.get(f"/api/audit/export?tenant={globex}", headers=auth)
     assert other.status_code == 404 and other.json()["error"] == "No such tenant."
     assert client.get("/api/audit/export", headers={
