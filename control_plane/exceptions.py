@@ -12,6 +12,7 @@
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
     ├── InvalidInput          422
+    │   └── UnstorableText    422 (a NUL, an unpaired surrogate or a control character)
     ├── RateLimited           429 (with Retry-After)
     └── ServiceUnavailable    503
 """
@@ -81,6 +82,13 @@ class PayloadTooLarge(MagistrateError):
 class InvalidInput(MagistrateError):
     status_code = 422
     default_message = "Some fields are not valid."
+
+
+class UnstorableText(InvalidInput):
+    """Text holding what cannot be stored, or a control character where a person types
+    (tenant_runtime/text.py); the sentence names the field, never repeats the value."""
+
+    default_message = "A field contains a character that cannot be stored; remove it."
 
 
 class RateLimited(MagistrateError):

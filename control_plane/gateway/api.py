@@ -13,9 +13,10 @@ provider) carry ``x-should-retry: false``, which both SDKs honour.
     413 body over 4 MiB                           502 every provider attempt failed
     422 the JSON does not fit the API's shape     503 the tenant's key or database is
         (an unknown or unsupported field, a           unavailable
-        missing one, a wrong value: the sentence
-        names it); a custom redaction pattern
-        timed out
+        missing one, a wrong value, a NUL or an
+        unpaired surrogate in a string: the
+        sentence names it); a custom redaction
+        pattern timed out
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
 from tenant_runtime.gateway import config, pricing
 from tenant_runtime.gateway.messages import ChatRequest
 from tenant_runtime.gateway.service import CallResult, Gateway, ModelRefused, PreparedCall
+from tenant_runtime.text import first_unstorable, refusal
 
 log = logging.getLogger("magistrate.gateway")
 MAX_BODY = 4 * 1024 * 1024
+MODEL_FIELD = frozenset({"model"})
 FINISH = {"openai": {"stop": "stop", "length": "length", "other": "stop"},
           "anthropic": {"stop": "end_turn", "length": "max_tokens", "other": "end_turn"}}
 OPENAI_TYPES = {400: ("invalid_request_error", None), 401: ("invalid_request_error",
@@ -146,9 +149,15 @@ def _json_body(request: Request, raw: bytes) -> Any:
     if len(raw) > MAX_BODY:
         raise ApiError(413, "The request body is over 4 MiB.")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError):
         raise ApiError(400, "The request body is not valid JSON.") from None
+    # text that cannot be stored or sent on (tenant_runtime/text.py), except the model name:
+    # that is the allowlist's to refuse, audited, like any other name off the list (shapes.py)
+    found = first_unstorable(body, skip=MODEL_FIELD)
+    if found is not None:
+        raise ApiError(422, refusal(*found), param=found[0])
+    return body
 
 
 def _prepare(request: Request, ctx: TenantContext, key_id: str, chat: ChatRequest,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
 from tenant_runtime.gateway.names import normalize_model_name
+from tenant_runtime.text import escaped
 
 DEFAULT_MAX_TOKENS = 4096
 MAX_TOKENS_LIMIT = 200_000
@@ -104,6 +105,16 @@ def _validation_sentence(exc: ValidationError) -> InvalidBody:
     return InvalidBody(f"Invalid value for {where}: {error['msg']}.", where)
 
 
+def _storable_model(body: Any) -> Any:
+    """The body with its model name's NUL characters and unpaired surrogates written as
+    escapes (which pydantic, Postgres and UTF-8 could not take): such a name is no model's,
+    and goes on to be refused by the allowlist, audited, like any other unlisted name. Every
+    other string of the body was checked at the edge (api.py, ``_json_body``)."""
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        return {**body, "model": escaped(body["model"])}
+    return body
+
+
 def _model(raw: str) -> str:
     """The normalized name; a name that cannot be one is kept as sent (stripped): it matches
     no route, so the gateway refuses it as off the allowlist (403, audited) like any other."""
@@ -115,7 +126,7 @@ def _model(raw: str) -> str:
 def openai_request(body: Any) -> tuple[ChatRequest, bool]:
     """The chat request and whether to send a usage chunk at the end of a stream."""
     try:
-        parsed = OpenAIChat.model_validate(body)
+        parsed = OpenAIChat.model_validate(_storable_model(body))
     except ValidationError as exc:
         raise _validation_sentence(exc) from None
     if parsed.max_tokens and parsed.max_completion_tokens:
@@ -135,7 +146,7 @@ def openai_request(body: Any) -> tuple[ChatRequest, bool]:
 
 def anthropic_request(body: Any) -> ChatRequest:
     try:
-        parsed = AnthropicMessages.model_validate(body)
+        parsed = AnthropicMessages.model_validate(_storable_model(body))
     except ValidationError as exc:
         raise _validation_sentence(exc) from None
     system = () if parsed.system is None else (ChatMessage("system", _text(parsed.system)),)

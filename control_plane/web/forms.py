@@ -1,5 +1,11 @@
 """Form parsing: pydantic models with ``extra="forbid"``, so an unknown field is refused with a
-sentence naming it. Handlers stay plain ``def`` functions run in the threadpool."""
+sentence naming it. Handlers stay plain ``def`` functions run in the threadpool.
+
+This is also the edge where body text is checked (tenant_runtime/text.py): ``read_form`` refuses
+a field holding a NUL, an unpaired surrogate or another control character (tab, line feed and
+carriage return excepted; a file read as text may hold controls, not NUL), and
+``read_json_object`` a JSON string, key or value, that cannot be stored. Every form and every
+``/api`` JSON body is read by one of the two, so no route can skip the check."""
 
 from __future__ import annotations
 
@@ -12,7 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from control_plane.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from control_plane.exceptions import (
+    InvalidInput,
+    PayloadTooLarge,
+    UnstorableText,
+    UnsupportedMediaType,
+)
+from tenant_runtime.text import first_unstorable, refusal, safe_path, unstorable, untypable
 
 F = TypeVar("F", bound="Form")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -30,7 +42,8 @@ JSON_MAX_BYTES = 64 * 1024
 async def read_json_object(request: Request, max_bytes: int = JSON_MAX_BYTES
                            ) -> dict[str, Any]:
     """A JSON API's body: 415 for another content type, 413 past ``max_bytes`` (read no
-    further), 422 for anything that is not one JSON object (too deeply nested included)."""
+    further), 422 for anything that is not one JSON object (too deeply nested included) or
+    holding a string in it that cannot be stored (tenant_runtime/text.py)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
@@ -45,6 +58,9 @@ async def read_json_object(request: Request, max_bytes: int = JSON_MAX_BYTES
         raise InvalidInput("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.")
+    found = first_unstorable(body)
+    if found is not None:
+        raise UnstorableText(refusal(*found))
     return body
 
 
@@ -102,11 +118,22 @@ async def read_form(request: Request, model: type[F]) -> F:
                     value = (await value.read()).decode("utf-8")
                 except UnicodeDecodeError:
                     raise InvalidInput(f"The file in '{key}' is not UTF-8 text.") from None
+                check_text(key, value, typed=False)
+            else:
+                check_text(key, value, typed=True)
             data[key] = value
     finally:
         if not uploads:
             await form.close()
     return parse_form(model, data)
+
+
+def check_text(field: str, value: str, *, typed: bool) -> None:
+    """Refuse (400) a form field's name or value that cannot be stored, or, for a ``typed``
+    value (not a file read as text), that holds a control character."""
+    what = untypable(field) or (untypable(value) if typed else unstorable(value))
+    if what is not None:
+        raise UnstorableText(refusal(safe_path(field), what))
 
 
 def form_endpoint(model: type[F]) -> Callable[[Callable[[Request, F], Response]],

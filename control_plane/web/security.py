@@ -1,7 +1,10 @@
 """The edge of every HTTP request, as one ASGI middleware:
 
 1. a request id (returned in ``X-Request-ID``, shown on error pages, in every log line);
-2. the Host check against ``MAGISTRATE_ALLOWED_HOSTS``;
+2. the Host check against ``MAGISTRATE_ALLOWED_HOSTS``, and the text check of the address
+   (tenant_runtime/text.py): a path segment or a query parameter holding a NUL or another
+   control character (tab, line feed and carriage return excepted), or a header value holding a
+   NUL, is refused (422) with a sentence naming it, before any route reads it;
 3. the client's address and scheme behind the proxies named in ``MAGISTRATE_TRUSTED_PROXIES``
    (``control_plane/web/proxies.py``), written into the scope once, for every later reader;
 4. CSRF: every state-changing request carries the synchronizer token (form field
@@ -26,16 +29,23 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.auth.credentials import RequestCredentials, read_credentials
 from control_plane.auth.sessions import CookieSigner
-from control_plane.exceptions import BadRequest, CsrfRefused, MagistrateError, PayloadTooLarge
+from control_plane.exceptions import (
+    BadRequest,
+    CsrfRefused,
+    MagistrateError,
+    PayloadTooLarge,
+    UnstorableText,
+)
 from control_plane.settings import Settings
 from control_plane.web.proxies import TrustedProxies
 from tenant_runtime.exceptions import TenantError
+from tenant_runtime.text import refusal, safe_path, unstorable, untypable
 
 log = logging.getLogger("magistrate.http")
 
@@ -168,6 +178,7 @@ class SecurityMiddleware:
                     headers.get("host", "")):
                 raise BadRequest("This host name is not served here. Use the address your "
                                  "administrator published.")
+            check_address(scope, headers)
             self.resolve_client(scope, headers)
             credentials = read_credentials(
                 headers, session_cookie=self.settings.session_cookie_name,
@@ -246,6 +257,24 @@ class SecurityMiddleware:
             "actor": state.get("actor"),
         }
         log.info(json.dumps(record, separators=(",", ":")), extra={"structured": record})
+
+
+def check_address(scope: Scope, headers: Headers) -> None:
+    """Refuse a path, query parameter or header value holding text that cannot be stored or
+    typed (tenant_runtime/text.py), read with the parsers the routes use (the server's decoded
+    path, Starlette's ``QueryParams``), so what is checked is what a route would read."""
+    what = untypable(scope["path"])
+    if what is not None:
+        raise UnstorableText(f"The address contains {what}, which cannot be stored; remove "
+                             "it.")
+    for name, value in QueryParams(scope.get("query_string", b"")).multi_items():
+        what = untypable(name) or untypable(value)
+        if what is not None:
+            raise UnstorableText(refusal(safe_path(name), what, kind="query parameter"))
+    for name, value in headers.items():
+        what = unstorable(value)
+        if what is not None:
+            raise UnstorableText(refusal(safe_path(name), what, kind="header"))
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -11,7 +11,6 @@ control plane.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from tenant_runtime.approvals.executors import internal_actions
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.routing import TenantRoute
+from tenant_runtime.text import UnstorableJson, loads_storable
 
 
 class _Form(BaseModel):
@@ -102,8 +102,10 @@ def _payload(raw: str) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
-    except ValueError:
+        value = loads_storable(raw, field="payload")
+    except UnstorableJson as exc:
+        raise TenantInvalidInput(exc.args[0]) from None
+    except (ValueError, RecursionError):
         raise TenantInvalidInput("The payload must be a JSON object, such as "
                                  "{\"agent_id\": 12}.") from None
     if not isinstance(value, dict):

@@ -3,7 +3,6 @@ transaction) and checked reads (``access_*``). The model calls are in ``panel.py
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +27,7 @@ from tenant_runtime.recommendations.models import (
     Task,
 )
 from tenant_runtime.recommendations.schemas import TaskImport, TaskInput
+from tenant_runtime.text import UnstorableJson, loads_storable
 
 DEFAULT_PANEL_SIZE = 3
 MAX_PANEL_SIZE = 7
@@ -97,8 +97,10 @@ def parse_import(raw: str) -> tuple[list[TaskInput], list[tuple[int, str]]]:
         raise ImportRejected(f"The file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MiB; "
                              "split it. Nothing was written.")
     try:
-        document = json.loads(raw)
-    except ValueError as exc:
+        document = loads_storable(raw, field="tasks")
+    except UnstorableJson as exc:
+        raise ImportRejected(f"{exc.args[0]} Nothing was written.") from None
+    except (ValueError, RecursionError) as exc:
         raise ImportRejected(f"The file is not valid JSON (line {getattr(exc, 'lineno', '?')})"
                              "; nothing was written.") from None
     try:

@@ -53,6 +53,7 @@ class ApiEnv:
     llm: LLMServer
     agent_id: int
     request_id: str  # an approved request for an unrestricted action, not executed yet
+    owner_id: int
 
     def auth_for(self, security: list[dict[str, list[str]]]) -> tuple[dict[str, str],
                                                                       dict[str, str]]:
@@ -121,7 +122,7 @@ def api_env(tmp_path_factory, database_url, redis_url, pg_server_url) -> Iterato
             finally:
                 browser.close()
             yield ApiEnv(services, app, tenant_id, key, cookie, token, llm, agent_id,
-                         request_id)
+                         request_id, owner.id)
         finally:
             services.close()
             drop_tenant_leftovers(pg_server_url)

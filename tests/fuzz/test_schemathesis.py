@@ -54,8 +54,19 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, negative_data_rejection]
 # refusing negative data with 413 (a string far past its maxLength makes the body too large)
 # is a refusal too; a 5xx is reported by not_a_server_error
-CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": [400, 401, 403, 404, 409, 413, 415, 422, 429, "5xx"]}}})
+# Generated strings may hold NUL (``allow-x00``) and any character UTF-8 can carry (``codec``),
+# control characters included. Schemathesis never draws a lone surrogate (not for any codec),
+# so a test of its own puts one (and NUL, control characters and overlong strings, for
+# certain) into every case it generates: a JSON body carries a surrogate as the escape
+# ``\ud800``, which Python's json accepts.
+CONFIG = schemathesis.Config.from_dict({
+    "generation": {"allow-x00": True, "codec": "utf-8"},
+    "checks": {"negative_data_rejection": {
+        "expected-statuses": [400, 401, 403, 404, 409, 413, 415, 422, 429, "5xx"]}}})
+# hostile text for any place a string goes (a body can hold all of it; a path or a query
+# string travels as UTF-8 text, which cannot hold a lone surrogate)
+HOSTILE_TEXT = ["\x00", "a\x00b", "\x1b[31m", "\x7f\x85", "\x01\x02\x03"]
+HOSTILE_BODY_TEXT = [*HOSTILE_TEXT, "\ud800", "x\udfff", "\udc00\ud800", "o" * 100_000]
 MODES = {"positive": GenerationMode.POSITIVE, "negative": GenerationMode.NEGATIVE}
 # negative data needs something to break: a path parameter, a query parameter or a body
 # (the credentials are always valid: refusing bad ones is tested where keys are)
@@ -90,7 +101,15 @@ WRONG_TYPES = {
     None: lambda body: json.dumps(body).encode(),  # no Content-Type at all
 }
 FIGURES: dict[str, Any] = {"operations": {}, "unknown_field_checks": 0,
-                           "wrong_content_type_checks": 0}
+                           "wrong_content_type_checks": 0, "hostile_text_checks": 0}
+# a string field of each JSON body, where the explicit check puts hostile text
+TEXT_FIELDS = {
+    "POST /api/tenants": ("name",),
+    "POST /api/actions": ("payload", "note"),
+    "POST /api/agents/{agent_id}/shadow-runs": ("proposed",),
+    "POST /v1/chat/completions": ("messages", 0, "content"),
+    "POST /v1/messages": ("messages", 0, "content"),
+}
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -117,6 +136,8 @@ def fuzz_figures() -> Iterator[dict[str, Any]]:
         "operations_covered": len({name.rsplit(" [", 1)[0] for name in operations}),
         "cases": sum(o["cases"] for o in operations.values()),
         "server_errors": sum(o["server_errors"] for o in operations.values()),
+        "hostile_text_cases": sum(o.get("hostile", 0) for o in operations.values()),
+        "hostile_text_checks": FIGURES["hostile_text_checks"],
         "check_failures": sum(o["failures"] for o in operations.values()),
         "unknown_field_checks": FIGURES["unknown_field_checks"],
         "wrong_content_type_checks": FIGURES["wrong_content_type_checks"],
@@ -178,6 +199,82 @@ def test_generated_requests_get_no_server_error_and_answers_match_the_spec(
     assert figures["cases"] > 0
     if mode == "positive":  # the steered cases reached the code behind the lookups
         assert any(200 <= int(status) < 300 for status in figures["statuses"]), figures
+
+
+@pytest.mark.parametrize("operation_id", [f"{op.method} {op.path}" for op in OPERATIONS])
+def test_generated_requests_with_hostile_text_get_no_server_error(
+        api_env: ApiEnv, schema, operation_id: str) -> None:
+    """Well-formed generated requests, steered to existing values, then hostile text put in
+    one place that holds text (a body string, a new key or member, a query or path
+    parameter): never a server error, always an answer the spec declares."""
+    method, path = operation_id.split(" ", 1)
+    operation = schema[path][method]
+    headers, cookies = api_env.auth_for(operation.definition.raw.get("security", []))
+    figures = {"cases": 0, "hostile": 0, "server_errors": 0, "failures": 0,
+               "statuses": Counter()}
+
+    @settings(max_examples=FUZZ_EXAMPLES, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE,
+                                      headers=headers, cookies=cookies), data=st.data())
+    def run(case, data) -> None:
+        if "Authorization" in headers:
+            (case.cookies or {}).pop(api_env.services.settings.session_cookie_name, None)
+        steer(case, api_env, operation_id, data.draw)
+        figures["hostile"] += hostile(case, data.draw)
+        response = case.call()
+        figures["cases"] += 1
+        figures["statuses"][response.status_code] += 1
+        if response.status_code >= 500:
+            figures["server_errors"] += 1
+        try:
+            case.validate_response(response, checks=[
+                not_a_server_error, status_code_conformance, content_type_conformance,
+                response_schema_conformance])
+        except Exception:
+            figures["failures"] += 1
+            raise
+
+    try:
+        run()
+    finally:
+        figures["statuses"] = {str(k): v for k, v in sorted(figures["statuses"].items())}
+        FIGURES["operations"][f"{operation_id} [hostile]"] = figures
+    assert figures["cases"] > 0
+
+
+def _places(value: Any, where: tuple = ()) -> list[tuple]:
+    """The paths of every string in a JSON value."""
+    if isinstance(value, str):
+        return [where]
+    if isinstance(value, dict):
+        new = [(*where, "fuzz")] if where else []
+        return new + [p for k, v in value.items() for p in _places(v, (*where, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _places(v, (*where, i))]
+    return []
+
+
+def hostile(case, draw) -> int:
+    """Put hostile text in one place of the case that holds text (a body string, a new body
+    key, a query or path parameter): 1 if there was such a place."""
+    places: list[tuple[str, tuple]] = [("query", (k,)) for k in (case.query or {})]
+    places += [("path", (k,)) for k in (case.path_parameters or {})]
+    if isinstance(case.body, dict):
+        places += [("body", p) for p in _places(case.body)] + [("body-key", ())]
+    if not places:
+        return 0
+    kind, where = draw(st.sampled_from(places), label="where")
+    text = draw(st.sampled_from(HOSTILE_BODY_TEXT if kind.startswith("body")
+                                else HOSTILE_TEXT), label="hostile text")
+    if kind == "body-key":
+        case.body[f"key{text[:10]}"] = "x"
+        return 1
+    target = {"query": case.query, "path": case.path_parameters, "body": case.body}[kind]
+    for step in where[:-1]:
+        target = target[step]
+    target[where[-1]] = text
+    return 1
 
 
 def negates_cookies(case) -> bool:
@@ -315,3 +412,38 @@ def test_the_valid_bodies_are_accepted(api_env: ApiEnv, client: TestClient,
                 "POST /api/agents/{agent_id}/shadow-runs": 201,
                 "POST /v1/chat/completions": 200, "POST /v1/messages": 200}[operation_id]
     assert answer.status_code == expected, answer.text
+
+
+# ------------------------------------------------------------------------------- hostile text
+
+
+def test_every_operation_with_a_json_body_has_a_text_field_here() -> None:
+    assert sorted(TEXT_FIELDS) == sorted(body_operations())
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "\ud800", "x\udfff"])
+@pytest.mark.parametrize("operation_id", body_operations())
+def test_a_nul_or_a_lone_surrogate_in_any_json_body_is_refused_naming_the_field(
+        api_env: ApiEnv, client: TestClient, operation_id: str, text: str) -> None:
+    """In a string value and in a key, with a sentence naming where, in the API's shape; a
+    control character is text a program may send (tenant_runtime/text.py)."""
+    before = len(api_env.llm.received)
+    *parents, last = TEXT_FIELDS[operation_id]
+    for where, key in ((TEXT_FIELDS[operation_id], last), ((), f"k{text}")):
+        body = json.loads(json.dumps(VALID_BODIES[operation_id]))
+        target = body
+        for step in parents if where else ():
+            target = target.setdefault(step, {}) if isinstance(step, str) else target[step]
+        if where:
+            target[last] = text
+        else:
+            body[key] = 1
+        # json.dumps writes NUL and surrogates as escapes: the bytes on the wire are ASCII
+        answer = send(client, api_env, operation_id, json.dumps(body).encode(),
+                      "application/json")
+        sentence = assert_error_shape(operation_id, answer, 422)
+        assert "which cannot be stored; remove it." in sentence, sentence
+        named = ".".join(map(str, where)) if where else "k"
+        assert f"The field '{named}" in sentence, sentence
+        FIGURES["hostile_text_checks"] += 1
+    assert len(api_env.llm.received) == before

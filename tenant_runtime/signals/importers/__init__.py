@@ -33,6 +33,7 @@ from tenant_runtime.signals.importers.base import (
     jsonl_records,
     skip_bom_and_space,
 )
+from tenant_runtime.text import first_unstorable
 
 __all__ = ["FORMATS", "IMPORTERS", "FileTooLarge", "FileUnreadable", "Row", "RowRejected",
            "SignalFile", "format_of_name"]
@@ -102,6 +103,11 @@ class SignalFile:
         for number, record in self.records():
             if isinstance(record, RowRejected):
                 yield number, record
+                continue
+            found = first_unstorable(record)  # before any importer reads, hashes or keeps it
+            if found is not None:
+                yield number, RowRejected(f"the field '{found[0]}' contains {found[1]}, which "
+                                          "cannot be stored")
                 continue
             try:
                 yield number, row_of(record)

@@ -196,3 +196,22 @@ def test_pseudonyms_are_keyed_normalized_and_short():
     assert one(None) is None and one("  ") is None
     secret = Pseudonymizer(b"\x07" * 32)
     assert "\\x07" not in repr(secret) and "07070707" not in repr(secret)
+
+
+def test_a_nul_or_a_lone_surrogate_in_a_field_rejects_the_row():
+    """A JSON escape decodes to what Postgres cannot store; a CSV holds the byte itself."""
+    lines = [{"timestamp": "2024-01-01T00:00:00Z", "message": "disk\u0000full"},
+             {"timestamp": "2024-01-01T00:00:00Z", "message": "ok", "service": "s\ud800"},
+             {"timestamp": "2024-01-01T00:00:00Z", "message": "fine \ud83d\ude00"}]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    found = list(SignalFile(io.BytesIO(data), kind="logs"))
+    assert [(n, r.reason if isinstance(r, RowRejected) else "row") for n, r in found] == [
+        (1, "the field 'message' contains a NUL character, which cannot be stored"),
+        (2, "the field 'service' contains an unpaired surrogate (a broken UTF-16 escape "
+            "such as \\ud800), which cannot be stored"),
+        (3, "row")]
+    csv_data = b"timestamp,message\n2024-01-01T00:00:00Z,bad\x00byte\n2024-01-01T00:00:00Z,ok\n"
+    found = list(SignalFile(io.BytesIO(csv_data), kind="logs", filename="x.csv"))
+    assert [(n, r.reason if isinstance(r, RowRejected) else "row") for n, r in found] == [
+        (2, "the field 'message' contains a NUL character, which cannot be stored"),
+        (3, "row")]
