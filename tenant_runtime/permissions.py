@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROLES = ("Owner", "Admin", "Operator", "Approver", "Compliance", "Viewer")
+# Who outranks whom, for removing, demoting and deactivating members: an Owner outranks an
+# Admin, an Admin every other role; the four working roles rank alike (none manages members).
+RANK = {"Owner": 3, "Admin": 2, "Operator": 1, "Approver": 1, "Compliance": 1, "Viewer": 1}
 
 
 class AccessEvents:
@@ -64,6 +67,7 @@ MATRIX: dict[str, Permission] = _matrix(
     Permission("gateway.manage", _MANAGERS,
                "change routes, the allowlist, redaction and rate limits"),
     Permission("gateway.spend", _OWNER, "set the monthly spend cap and the price table"),
+    Permission("gateway.call", _WORKERS, "call models through the gateway with an API key"),
     # approvals
     Permission("approvals.view", _ALL, "see approval requests and action classes"),
     Permission("approvals.request", _WORKERS, "ask for an approval of a restricted action"),
@@ -98,6 +102,11 @@ MATRIX: dict[str, Permission] = _matrix(
 def allows(role: str | None, permission: str) -> bool:
     """Whether ``role`` holds ``permission``; an unknown permission is a programming error."""
     return role is not None and role in MATRIX[permission].roles
+
+
+def outranks(role: str, other: str | None) -> bool:
+    """Whether ``role`` ranks above ``other`` (a non-member ranks below every role)."""
+    return RANK[role] > (RANK[other] if other is not None else 0)
 
 
 def roles_for(permission: str) -> tuple[str, ...]:

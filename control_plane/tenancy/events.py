@@ -11,6 +11,7 @@ class TenantEvents:
     DELETED = "tenant.deleted"
     MEMBER_ADDED = "tenant.member_added"
     MEMBER_REMOVED = "tenant.member_removed"
+    MEMBER_ROLE_CHANGED = "tenant.member_role_changed"
     KEY_TESTED = "key.tested"
     KEY_ROTATED = "key.rotated"
     KEY_REENCRYPTED = "key.reencrypted"

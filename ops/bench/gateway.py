@@ -409,7 +409,8 @@ def configure_tenant(stack: Stack, tenant_id: int, upstream: str) -> str:
     with stack.session_factory() as s, s.begin():
         owner = stack.owner(s)
         _, key = api_keys.do_create_api_key(s, access_tenant(s, tenant_id, user=owner),
-                                            name="bench", acting_user=owner)
+                                            name="bench", acting_user=owner,
+                                            scopes=["gateway"])
     return key
 
 

@@ -74,6 +74,7 @@ def new_api_key(services, tenant_id: int, owner_id: int, *, name: str = "build b
         owner = s.get(User, owner_id)
         access = service.access_tenant(s, tenant_id, user=owner)
         _, key = api_keys.do_create_api_key(s, access, name=name, acting_user=owner,
+                                            scopes=["gateway"],
                                             expires_in_days=expires_in_days)
         return key
 
