@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of standard input")
     create.set_defaults(func=cmd_user_create)
+    from control_plane.members_cli import register as register_member_commands
+
+    register_member_commands(sub, user_sub)
     from control_plane.tenancy.cli import register as register_tenant_commands
 
     register_tenant_commands(sub)

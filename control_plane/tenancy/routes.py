@@ -303,6 +303,25 @@ def remove_member(request: Request, form: EmptyForm) -> Response:
     return _detail(request, notice="Member removed.")
 
 
+class RoleForm(Form):
+    role: str = Field(max_length=20)
+
+
+@form_endpoint(RoleForm)
+@audits_denials
+def change_member_role(request: Request, form: RoleForm) -> Response:
+    try:
+        with services(request).session_factory() as s, s.begin():
+            me, access = with_tenant(request, s, permission="members.manage")
+            changed = service.do_change_member_role(
+                s, access, int(request.path_params["membership_id"]), role=form.role,
+                acting_user=me.user)
+            email = changed.user.email
+    except (InvalidInput, Conflict) as exc:
+        return _detail(request, status_code=exc.status_code, error=exc.message)
+    return _detail(request, notice=f"{email} is now {form.role}.")
+
+
 @form_endpoint(ApiKeyForm)
 @audits_denials
 def create_api_key(request: Request, form: ApiKeyForm) -> Response:
@@ -512,6 +531,8 @@ routes = [
           methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members", add_member, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members/{membership_id:int}/remove", remove_member,
+          methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/members/{membership_id:int}/role", change_member_role,
           methods=["POST"]),
     *[mount_area(r) for r in TENANT_AREAS],
     Route("/api/whoami", api_whoami, methods=["GET"]),
