@@ -331,7 +331,9 @@ def create_api_key(request: Request, form: ApiKeyForm) -> Response:
             _, key = api_keys.do_create_api_key(s, access, name=form.name, acting_user=me.user,
                                                 scopes=form.scopes,
                                                 expires_in_days=form.expires_in_days)
-    except (InvalidInput, Forbidden) as exc:
+    except service.ScopeDenied:
+        raise  # audited by audits_denials
+    except (InvalidInput, Forbidden) as exc:  # a scope the creator's role lacks, no scope
         return _detail(request, status_code=exc.status_code, error=exc.message)
     return _detail(request, status_code=201, new_api_key=key)
 

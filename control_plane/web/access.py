@@ -200,6 +200,11 @@ def key_rule(request: Request) -> api_keys.KeyRule:
                 or (request.method == "HEAD" and k.startswith("GET "))), None)
     if key is None or key not in KEY_SCOPES:
         raise Forbidden("This route does not accept API keys; sign in instead.")
+    return key_rule_for(key)
+
+
+def key_rule_for(key: str) -> api_keys.KeyRule:
+    """The rule of one ``KEY_SCOPES`` entry (a method and path template)."""
     decision = DECISIONS[key]
     permission = KEY_PERMISSION.get(key) or KEY_PERMISSION.get(decision) or decision
     return api_keys.KeyRule(key, KEY_SCOPES[key], permission)
