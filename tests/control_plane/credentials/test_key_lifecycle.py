@@ -9,8 +9,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select, update
 
 from control_plane.models import ApiKey, Membership, PlatformAuditEvent, User
-from tests.control_plane.credentials.helpers import bearer, make_key, message, provisioned, \
-    user_id
+from tests.control_plane.credentials.helpers import bearer, make_key, message, provisioned, user_id
 from tests.factories import csrf_token, sign_in
 
 SCOPES = ["gateway", "actions:request", "read"]
