@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from control_plane.keys.local import LocalKeyProvider
+from control_plane.tenancy import api_keys
 from control_plane.tenancy.servers import ensure_primary_server
 from control_plane.web.app import build_app, build_services
 from control_plane.web.services import Services
@@ -110,7 +111,8 @@ def api_env(tmp_path_factory, database_url, redis_url, pg_server_url) -> Iterato
                 # what an approved promotion does: off → shadow, where runs are recorded
                 promoted = agents.apply_promotion(s, ctx, {"agent_id": agent_id, "from": "off"})
                 assert promoted is not None and promoted.phase == "shadow"
-            key = new_api_key(services, tenant_id, owner.id)
+            key = new_api_key(services, tenant_id, owner.id,  # every scope: past the key
+                              scopes=tuple(api_keys.SCOPES))
             app = build_app(services)
             browser = TestClient(app, base_url="http://testserver")  # no lifespan: ours
             try:
