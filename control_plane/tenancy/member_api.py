@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from control_plane.exceptions import MagistrateError
 from control_plane.tenancy import service
 from control_plane.tenancy.areas import with_tenant
 from control_plane.web.access import audits_denials
@@ -48,9 +49,12 @@ def api_list_members(request: Request) -> Response:
 
 
 @audits_denials
-def _change(request: Request, raw: dict[str, Any]) -> Response:
+def _change(request: Request, raw: dict[str, Any],
+            body_error: MagistrateError | None) -> Response:
     with services(request).session_factory() as s, s.begin():
         me, access = with_tenant(request, s, permission="members.manage")
+        if body_error is not None:  # judged once the caller's access is settled
+            raise body_error
         body = validated(RoleChange, raw)
         changed = service.do_change_member_role(
             s, access, int(request.path_params["membership_id"]), role=body.role,
@@ -60,8 +64,13 @@ def _change(request: Request, raw: dict[str, Any]) -> Response:
 
 
 async def api_change_role(request: Request) -> Response:
-    raw = await read_json_object(request)
-    return await run_in_threadpool(_change, request, raw)
+    raw: dict[str, Any] = {}
+    body_error: MagistrateError | None = None
+    try:
+        raw = await read_json_object(request)
+    except MagistrateError as exc:  # another tenant's id stays a 404, whatever the body
+        body_error = exc
+    return await run_in_threadpool(_change, request, raw, body_error)
 
 
 @audits_denials
