@@ -13,6 +13,12 @@ route without a decision (or an entry here that names no route), and checks each
 with each of the six roles, so a decision written here and the check the handler makes cannot
 drift apart.
 
+A route that also takes a tenant API key is listed in ``KEY_SCOPES`` with the key scopes it
+accepts; ``authenticate_key`` (the only way a route resolves a key) finds the matched route's
+entry and lets ``api_keys.check_key`` judge the key, its scope and its creator's current role.
+A route not listed there refuses every key. The same tests walk every route with keys of every
+scope, made by every role.
+
 A refusal inside a tenant (``ScopeDenied``, 403) is audited as ``access.scope_denied`` with the
 permission, the method, the path template and the role. The refused request's transaction
 rolls back, so ``audits_denials`` writes the event afterwards in a short transaction of its own:
