@@ -15,9 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROLES = ("Owner", "Admin", "Operator", "Approver", "Compliance", "Viewer")
-# Who outranks whom, for removing, demoting and deactivating members: an Owner outranks an
-# Admin, an Admin every other role; the four working roles rank alike (none manages members).
-RANK = {"Owner": 3, "Admin": 2, "Operator": 1, "Approver": 1, "Compliance": 1, "Viewer": 1}
 
 
 class AccessEvents:
@@ -104,9 +101,17 @@ def allows(role: str | None, permission: str) -> bool:
     return role is not None and role in MATRIX[permission].roles
 
 
+def held_by(role: str | None) -> frozenset[str]:
+    """Every permission ``role`` holds."""
+    return frozenset(p.name for p in MATRIX.values() if role is not None and role in p.roles)
+
+
 def outranks(role: str, other: str | None) -> bool:
-    """Whether ``role`` ranks above ``other`` (a non-member ranks below every role)."""
-    return RANK[role] > (RANK[other] if other is not None else 0)
+    """Whether ``role`` outranks ``other``: it holds a permission ``other`` lacks. Read from the
+    matrix, so it cannot drift from it: the Owner outranks every role; Compliance outranks an
+    Admin (it may export the audit log); nobody may remove, demote or make a member of a role
+    that outranks their own (control_plane/tenancy/service.py)."""
+    return not held_by(role) <= held_by(other)
 
 
 def roles_for(permission: str) -> tuple[str, ...]:

@@ -1,14 +1,15 @@
 """Tenants: creation (provisioning runs as a job), access, memberships, lifecycle.
 
 Members follow one rule wherever they are changed (dashboard, JSON API, CLI all call the
-``do_*`` here): nobody gives a role, removes a member or changes the role of a member whose
-role outranks theirs (``permissions.RANK``), and a tenant's last active Owner can be neither
-removed nor demoted (nor deactivated: control_plane/users/service.py). Removing a member
-revokes the API keys they made in that tenant.
+``do_*`` here): nobody gives a role, removes a member or changes the role of a member whose role
+outranks theirs (``permissions.outranks``: holds a permission theirs lacks), and a tenant's last
+active Owner can be neither removed nor demoted (nor deactivated:
+control_plane/users/service.py). Removing a member revokes the API keys they made in that
+tenant.
 
-``access_tenant`` answers the same 404 for a tenant that does not exist and for one the user
-is not a member of: another tenant's id looks exactly like a missing one. A member whose role
-lacks the permission asked for gets ``ScopeDenied`` (403), which the web edge audits
+``access_tenant`` answers the same 404 for a tenant that does not exist and for one the user is
+not a member of: another tenant's id looks exactly like a missing one. A member whose role lacks
+the permission asked for gets ``ScopeDenied`` (403), which the web edge audits
 (control_plane/web/access.py)."""
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def _check_may_give(access: TenantAccess, role: str) -> None:
     """Nobody gives a role that outranks their own (only an Owner makes an Owner)."""
     if permissions.outranks(role, access.role):
         raise Forbidden(f"Your role ({access.role}) may not make someone {role}: that role "
-                        "outranks yours.")
+                        f"outranks yours ({_beyond(role, access.role)}).")
 
 
 def _check_may_touch(access: TenantAccess, target: Membership, what: str) -> None:
@@ -212,8 +213,17 @@ def _check_may_touch(access: TenantAccess, target: Membership, what: str) -> Non
     if not permissions.allows(access.role, "members.manage"):
         raise Forbidden("Only an Owner or Admin of this tenant can manage members.")
     if permissions.outranks(target.role, access.role):
-        raise Forbidden(f"Your role ({access.role}) may not {what} an {target.role}: that "
-                        "member's role outranks yours.")
+        article = "an" if target.role[0] in "AEIOU" else "a"
+        raise Forbidden(f"Your role ({access.role}) may not {what} {article} {target.role}: "
+                        f"that member's role outranks yours "
+                        f"({_beyond(target.role, access.role)}).")
+
+
+def _beyond(role: str, mine: str) -> str:
+    """What ``role`` may do that ``mine`` may not, for a refusal sentence."""
+    extra = sorted(permissions.held_by(role) - permissions.held_by(mine))
+    more = f", and {len(extra) - 1} more things yours may not" if len(extra) > 1 else ""
+    return f"it may {permissions.MATRIX[extra[0]].means}{more}"
 
 
 def other_active_owners(s: Session, tenant_id: int, user_id: int) -> int:

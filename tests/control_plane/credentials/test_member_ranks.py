@@ -1,10 +1,10 @@
 """One rule for removing, demoting and deactivating members, on every surface (review issue 15,
 finding 7): nobody removes or changes the role of a member whose role outranks theirs
-(``permissions.RANK``: Owner > Admin > the four working roles), nobody gives a role above their
-own, and a tenant's last active Owner is never removed, demoted or deactivated. The whole
-matrix, every actor role x every target role, through the dashboard, the JSON API and the CLI
-(``magistrate member ...``); deactivation, an installation Owner's act, through the users page
-and ``magistrate user deactivate``."""
+(``permissions.outranks``: it holds a permission theirs lacks, read from the matrix), nobody
+gives a role that outranks their own, and a tenant's last active Owner is never removed, demoted
+or deactivated. The whole matrix, every actor role x every target role, through the dashboard,
+the JSON API and the CLI (``magistrate member ...``); deactivation, an installation Owner's act,
+through the users page and ``magistrate user deactivate``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from sqlalchemy import select, update
 
 from control_plane.cli import main
 from control_plane.models import Membership, User
-from control_plane.tenancy import service
 from tenant_runtime import permissions
 from tenant_runtime.permissions import ROLES
 from tests.conftest import TEST_SECRET_KEY
@@ -259,8 +258,11 @@ def _reactivate(services, uid: int) -> None:
         s.execute(update(User).where(User.id == uid).values(is_active=True, deactivated_at=None))
 
 
-def test_the_rank_table_covers_every_role():
-    assert set(permissions.RANK) == set(ROLES)
-    assert [r for r in ROLES if permissions.outranks(r, "Admin")] == ["Owner"]
-    assert all(not permissions.outranks(r, "Owner") for r in ROLES)
-    assert service.other_active_owners.__doc__
+def test_outranking_is_read_from_the_matrix():
+    """An Owner is outranked by nobody; an Admin by the Owner and by Compliance (who may
+    export the audit log, which an Admin may not: so an Admin cannot make a second account of
+    theirs Compliance and export through it); every role by a non-member's absence of one."""
+    assert [r for r in ROLES if permissions.outranks(r, "Owner")] == []
+    assert [r for r in ROLES if permissions.outranks(r, "Admin")] == ["Owner", "Compliance"]
+    assert all(permissions.outranks(r, None) for r in ROLES)
+    assert not permissions.outranks("Viewer", "Viewer")
