@@ -215,6 +215,8 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
             "members": service.members(s, tenant)
             if permissions.allows(access.role, "members.manage") else [],
             "keys": service.key_versions(s, tenant), "roles": ROLES,
+            # the roles this member may give, and so the members whose role they may change
+            "givable": [r for r in ROLES if not permissions.outranks(r, access.role)],
             "api_keys": api_keys.list_api_keys(s, tenant)
             if permissions.allows(access.role, "api_keys.manage") else [], "now": utcnow(),
             "scopes": [api_keys.SCOPES[name]

@@ -9,6 +9,7 @@ through the users page and ``magistrate user deactivate``."""
 from __future__ import annotations
 
 import html
+import re
 
 import pytest
 from sqlalchemy import select, update
@@ -266,3 +267,18 @@ def test_outranking_is_read_from_the_matrix():
     assert [r for r in ROLES if permissions.outranks(r, "Admin")] == ["Owner", "Compliance"]
     assert all(permissions.outranks(r, None) for r in ROLES)
     assert not permissions.outranks("Viewer", "Viewer")
+
+
+def test_the_page_offers_an_admin_only_what_the_rule_allows(services, tenant, client):
+    sign_in(client, _email("actor", "Admin"))
+    page = client.get(f"/tenants/{tenant}").text
+    for role in ROLES:
+        row = re.search(rf'<tr data-member="{re.escape(_email("target", role))}">(.*?)</tr>',
+                        page, re.S).group(1)
+        may = not permissions.outranks(role, "Admin")
+        assert ("/remove" in row, "/role" in row) == (may, may), role
+        if may:
+            offered = re.findall(r"<option[^>]*>([^<]+)</option>", row)
+            assert offered == ["Admin", "Operator", "Approver", "Viewer"], offered
+        else:
+            assert "outranks your role" in row
