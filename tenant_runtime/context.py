@@ -24,13 +24,6 @@ class Actor:
     on_behalf_of: str | None = None
     on_behalf_of_name: str | None = None
 
-    @property
-    def human_id(self) -> str | None:
-        """The user behind this actor: the user, or an API key's creator."""
-        if self.type == "user":
-            return self.id
-        return self.on_behalf_of if self.type == "api_key" else None
-
 
 @dataclass(frozen=True)
 class TenantContext:
