@@ -32,7 +32,7 @@ from control_plane.exceptions import (
     NotFound,
 )
 from control_plane.tenancy import api_keys, service
-from control_plane.web.access import audits_denials
+from control_plane.web.access import audits_denials, authenticate_key, key_actor
 from control_plane.web.deps import require_user
 from control_plane.web.forms import read_json_object, validated
 from control_plane.web.services import services
@@ -53,20 +53,19 @@ class ActionRequest(BaseModel):
 @audits_denials
 def _context(request: Request, *, permission: str = "approvals.request") -> TenantContext:
     """The tenant context of the caller: its API key's tenant, or the session's member whose
-    role holds ``permission``."""
+    role holds ``permission``. A key is checked by ``authenticate_key`` against the route's
+    scope and its creator's current role."""
     svc = services(request)
     with svc.session_factory() as s, s.begin():
         if api_keys.presented_key(request.headers.get("authorization"),
                                   request.headers.get("x-api-key")):
-            principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"),
-                                                     request.headers.get("x-api-key"))
+            principal = authenticate_key(s, request)
             key = principal.api_key
             request.state.tenant, request.state.actor = principal.tenant.id, f"api_key:{key.id}"
             named = request.query_params.get("tenant")
             if named is not None and named.strip() != str(principal.tenant.id):
                 raise NotFound("No such tenant.")  # a key reaches its own tenant only
-            return svc.tenant_connections.context(s, principal.tenant,
-                                                  Actor("api_key", str(key.id), key.name))
+            return svc.tenant_connections.context(s, principal.tenant, key_actor(principal))
         me = require_user(s, request)
         named = request.query_params.get("tenant", "").strip()
         if not TENANT_ID.fullmatch(named):

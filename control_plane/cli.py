@@ -514,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "is recovered.")
     reset.add_argument("email", help="the account's e-mail address")
     reset.set_defaults(func=cmd_user_reset_password)
+
+    from control_plane.members_cli import register as register_member_commands
+
+    register_member_commands(sub, user_sub)
     from control_plane.tenancy.cli import register as register_tenant_commands
 
     register_tenant_commands(sub)

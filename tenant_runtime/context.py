@@ -13,12 +13,16 @@ from tenant_runtime.sealing import TenantSealer
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acts: a user (id, display name), an API key, or the system."""
+    """Who acts: a user (id, display name), an API key, or the system. An API key acts for
+    the person who created it: ``on_behalf_of`` is that user's id and ``role`` their current
+    role in the tenant, and every approval rule treats the key as that person."""
 
     type: str
     id: str | None = None
     name: str | None = None
     role: str | None = None
+    on_behalf_of: str | None = None
+    on_behalf_of_name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ MATRIX: dict[str, Permission] = _matrix(
     Permission("gateway.manage", _MANAGERS,
                "change routes, the allowlist, redaction and rate limits"),
     Permission("gateway.spend", _OWNER, "set the monthly spend cap and the price table"),
+    Permission("gateway.call", _WORKERS, "call models through the gateway with an API key"),
     # approvals
     Permission("approvals.view", _ALL, "see approval requests and action classes"),
     Permission("approvals.request", _WORKERS, "ask for an approval of a restricted action"),
@@ -98,6 +99,19 @@ MATRIX: dict[str, Permission] = _matrix(
 def allows(role: str | None, permission: str) -> bool:
     """Whether ``role`` holds ``permission``; an unknown permission is a programming error."""
     return role is not None and role in MATRIX[permission].roles
+
+
+def held_by(role: str | None) -> frozenset[str]:
+    """Every permission ``role`` holds."""
+    return frozenset(p.name for p in MATRIX.values() if role is not None and role in p.roles)
+
+
+def outranks(role: str, other: str | None) -> bool:
+    """Whether ``role`` outranks ``other``: it holds a permission ``other`` lacks. Read from the
+    matrix, so it cannot drift from it: the Owner outranks every role; Compliance outranks an
+    Admin (it may export the audit log); nobody may remove, demote or make a member of a role
+    that outranks their own (control_plane/tenancy/service.py)."""
+    return not held_by(role) <= held_by(other)
 
 
 def roles_for(permission: str) -> tuple[str, ...]:

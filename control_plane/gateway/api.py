@@ -1,13 +1,16 @@
 """The drop-in endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models`` in OpenAI's
 shapes, ``POST /v1/messages`` in Anthropic's, streaming included, so the official SDKs work
-with only ``base_url`` and ``api_key`` changed. Authenticated by tenant API keys (``mg_…``).
+with only ``base_url`` and ``api_key`` changed. Authenticated by tenant API keys (``mg_…``) that
+hold the ``gateway`` scope and whose creator's current role holds ``gateway.call``.
 
 Every error answers in the shape of the API it came through, so an SDK raises its usual
 exception with our sentence; errors the caller's SDK must not retry (ours already retried the
 provider) carry ``x-should-retry: false``, which both SDKs honour.
 
-    401 no, unknown, revoked or expired key       403 model not on the allowlist, tenant
-    400 the body is not JSON; a request that          suspended
+    401 no, unknown, revoked or expired key, or   403 model not on the allowlist, tenant
+        its creator deactivated or no longer a        suspended, the key lacks the gateway
+        member                                        scope or its creator's role lacks it
+    400 the body is not JSON; a request that
         could never fit the token rate limit      402 monthly spend cap reached
     415 not application/json                      429 rate limit (Retry-After)
     413 body over 4 MiB                           502 every provider attempt failed
@@ -41,6 +44,7 @@ from control_plane.exceptions import MagistrateError, RateLimited
 from control_plane.gateway.ratelimit import GatewayRateLimiter
 from control_plane.gateway.shapes import InvalidBody, anthropic_request, openai_request
 from control_plane.tenancy import api_keys
+from control_plane.web.access import key_rule
 from control_plane.web.errors import DATABASE_RETRY_AFTER_SECONDS, database_unavailable
 from control_plane.web.services import services
 from tenant_runtime.context import Actor, TenantContext
@@ -135,9 +139,11 @@ def _tenant(request: Request) -> tuple[TenantContext, str]:
     svc = services(request)
     with svc.session_factory() as s, s.begin():
         key = api_keys.authenticate_gateway_key(s, request.headers.get("authorization"),
-                                                request.headers.get("x-api-key"))
+                                                request.headers.get("x-api-key"),
+                                                rule=key_rule(request))
         request.state.tenant, request.state.actor = key.tenant_id, f"api_key:{key.key_id}"
-        actor = Actor("api_key", str(key.key_id), key.key_name)
+        actor = Actor("api_key", str(key.key_id), key.key_name, key.creator_role,
+                      on_behalf_of=str(key.creator_id))
         return svc.tenant_connections.gateway_context(s, key, actor), str(key.key_id)
 
 

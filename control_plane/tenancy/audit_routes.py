@@ -2,7 +2,8 @@
 ``GET /tenants/{tenant_id}/audit/export``. The file format is ops/AUDIT_FORMAT.md; a compliance
 team checks it offline with ops/verify_audit_chain.py.
 
-- The API takes a tenant API key (``Authorization: Bearer``: its own tenant only) or a signed-in
+- The API takes a tenant API key with the ``audit:export`` scope whose creator's current role
+  holds ``audit.export`` (``Authorization: Bearer``: its own tenant only) or a signed-in
   session naming ``?tenant=<id>``; a session needs the ``audit.export`` permission, on both
   routes (a refusal is audited as a scope denial).
   Another tenant's id answers 404, the same as one that does not exist.
@@ -35,7 +36,7 @@ from control_plane.models import Tenant
 from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.export import EXPORTABLE_STATES
-from control_plane.web.access import audits_denials
+from control_plane.web.access import audits_denials, authenticate_key, key_actor
 from control_plane.web.deps import require_user
 from control_plane.web.services import services
 from tenant_runtime.audit_export import RANGE_PARAMS, ExportRange, export_lines, parse_range
@@ -107,8 +108,7 @@ def api_export(request: Request) -> Response:
     with svc.session_factory() as s, s.begin():
         if api_keys.presented_key(request.headers.get("authorization"),
                                   request.headers.get("x-api-key")):
-            principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"),
-                                                     request.headers.get("x-api-key"))
+            principal = authenticate_key(s, request)  # scope audit:export, creator's role
             key = principal.api_key
             request.state.actor = f"api_key:{key.id}"
             named = request.query_params.get("tenant")
@@ -116,7 +116,7 @@ def api_export(request: Request) -> Response:
                 raise NotFound("No such tenant.")  # a key reaches its own tenant only
             tenant = principal.tenant
             actor = audit.Actor("api_key", str(key.id), key.name)
-            tenant_actor = Actor("api_key", str(key.id), key.name)
+            tenant_actor = key_actor(principal)
         else:
             me = require_user(s, request)
             named = request.query_params.get("tenant", "").strip()

@@ -12,6 +12,7 @@ class TenantEvents:
     DELETED = "tenant.deleted"
     MEMBER_ADDED = "tenant.member_added"
     MEMBER_REMOVED = "tenant.member_removed"
+    MEMBER_ROLE_CHANGED = "tenant.member_role_changed"
     KEY_TESTED = "key.tested"
     LOCAL_KEY_CREATED = "key.local_created"
     KEY_ROTATED = "key.rotated"

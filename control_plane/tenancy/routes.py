@@ -9,7 +9,7 @@ denial by ``audits_denials``."""
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
@@ -28,7 +28,7 @@ from control_plane.keys.providers import KeyReferenceInvalid
 from control_plane.models import ROLES, Tenant
 from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.areas import TENANT_AREAS, mount_area, with_tenant
-from control_plane.web.access import audits_denials
+from control_plane.web.access import audits_denials, authenticate_key
 from control_plane.web.deps import require_user
 from control_plane.web.forms import (
     Form,
@@ -95,7 +95,10 @@ class EmptyForm(Form):
 
 
 class ApiKeyForm(Form):
+    list_fields: ClassVar[tuple[str, ...]] = ("scopes",)
+
     name: str = Field(max_length=200)
+    scopes: list[str] = Field(default_factory=list, max_length=len(api_keys.SCOPES))
     expires_in_days: int | None = Field(default=None, ge=1, le=api_keys.MAX_EXPIRY_DAYS)
 
     @field_validator("expires_in_days", mode="before")
@@ -262,8 +265,12 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
             "members": service.members(s, tenant)
             if permissions.allows(access.role, "members.manage") else [],
             "keys": service.key_versions(s, tenant), "roles": ROLES,
+            # the roles this member may give, and so the members whose role they may change
+            "givable": [r for r in ROLES if not permissions.outranks(r, access.role)],
             "api_keys": api_keys.list_api_keys(s, tenant)
             if permissions.allows(access.role, "api_keys.manage") else [], "now": utcnow(),
+            "scopes": [api_keys.SCOPES[name]
+                       for name in api_keys.grantable_scopes(access.role)],
             **extra,
         }
     return render(request, "tenants/detail.html", context, status_code=status_code,
@@ -368,6 +375,25 @@ def remove_member(request: Request, form: EmptyForm) -> Response:
     return _detail(request, notice="Member removed.")
 
 
+class RoleForm(Form):
+    role: str = Field(max_length=20)
+
+
+@form_endpoint(RoleForm)
+@audits_denials
+def change_member_role(request: Request, form: RoleForm) -> Response:
+    try:
+        with services(request).session_factory() as s, s.begin():
+            me, access = with_tenant(request, s, permission="members.manage")
+            changed = service.do_change_member_role(
+                s, access, int(request.path_params["membership_id"]), role=form.role,
+                acting_user=me.user)
+            email = changed.user.email
+    except (InvalidInput, Conflict) as exc:
+        return _detail(request, status_code=exc.status_code, error=exc.message)
+    return _detail(request, notice=f"{email} is now {form.role}.")
+
+
 @form_endpoint(ApiKeyForm)
 @audits_denials
 def create_api_key(request: Request, form: ApiKeyForm) -> Response:
@@ -375,9 +401,12 @@ def create_api_key(request: Request, form: ApiKeyForm) -> Response:
         with services(request).session_factory() as s, s.begin():
             me, access = with_tenant(request, s, permission="api_keys.manage")
             _, key = api_keys.do_create_api_key(s, access, name=form.name, acting_user=me.user,
+                                                scopes=form.scopes,
                                                 expires_in_days=form.expires_in_days)
-    except InvalidInput as exc:
-        return _detail(request, status_code=422, error=exc.message)
+    except service.ScopeDenied:
+        raise  # audited by audits_denials
+    except (InvalidInput, Forbidden) as exc:  # a scope the creator's role lacks, no scope
+        return _detail(request, status_code=exc.status_code, error=exc.message)
     return _detail(request, status_code=201, new_api_key=key)
 
 
@@ -394,14 +423,16 @@ def revoke_api_key(request: Request, form: EmptyForm) -> Response:
 def api_whoami(request: Request) -> Response:
     """GET /api/whoami: the tenant and key behind a bearer API key (programs check setup)."""
     with services(request).session_factory() as s, s.begin():
-        principal = api_keys.authenticate_bearer(s, request.headers.get("authorization"),
-                                                 request.headers.get("x-api-key"))
+        principal = authenticate_key(s, request)
         request.state.tenant = principal.tenant.id
         request.state.actor = f"api_key:{principal.api_key.id}"
         body = {"tenant": {"id": principal.tenant.id, "slug": principal.tenant.slug,
                            "state": principal.tenant.state},
                 "api_key": {"id": principal.api_key.id, "name": principal.api_key.name,
-                            "prefix": principal.api_key.prefix}}
+                            "prefix": principal.api_key.prefix,
+                            "scopes": sorted(principal.api_key.scopes),
+                            "created_by": principal.creator.email,
+                            "creator_role": principal.creator_role}}
     return JSONResponse(body)
 
 
@@ -579,6 +610,8 @@ routes = [
           methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members", add_member, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/members/{membership_id:int}/remove", remove_member,
+          methods=["POST"]),
+    Route("/tenants/{tenant_id:int}/members/{membership_id:int}/role", change_member_role,
           methods=["POST"]),
     *[mount_area(r) for r in TENANT_AREAS],
     Route("/api/whoami", api_whoami, methods=["GET"]),

@@ -1,8 +1,15 @@
 """Tenants: creation (provisioning runs as a job), access, memberships, lifecycle.
 
-``access_tenant`` answers the same 404 for a tenant that does not exist and for one the user
-is not a member of: another tenant's id looks exactly like a missing one. A member whose role
-lacks the permission asked for gets ``ScopeDenied`` (403), which the web edge audits
+Members follow one rule wherever they are changed (dashboard, JSON API, CLI all call the
+``do_*`` here): nobody gives a role, removes a member or changes the role of a member whose role
+outranks theirs (``permissions.outranks``: holds a permission theirs lacks), and a tenant's last
+active Owner can be neither removed nor demoted (nor deactivated:
+control_plane/users/service.py). Removing a member revokes the API keys they made in that
+tenant.
+
+``access_tenant`` answers the same 404 for a tenant that does not exist and for one the user is
+not a member of: another tenant's id looks exactly like a missing one. A member whose role lacks
+the permission asked for gets ``ScopeDenied`` (403), which the web edge audits
 (control_plane/web/access.py)."""
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from control_plane.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from control_plane.jobs import JobKinds, enqueue_job, requeue_job
 from control_plane.keys.providers import KeyProvider, KeyReferenceInvalid, KeyUnavailable
 from control_plane.keys.registry import new_data_key
-from control_plane.models import ROLES, Job, Membership, Tenant, TenantKey, User
+from control_plane.models import ROLES, ApiKey, Job, Membership, Tenant, TenantKey, User
 from control_plane.sealing import ControlSealer
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.provisioning import STEPS
@@ -227,8 +234,7 @@ def do_add_member(s: Session, access: TenantAccess, *, email: str, role: str,
         raise Forbidden("Only an Owner or Admin of this tenant can manage members.")
     if role not in ROLES:
         raise InvalidInput(f"The role must be one of {', '.join(ROLES)}.")
-    if role == "Owner" and access.role != "Owner":
-        raise Forbidden("Only an Owner can make someone an Owner.")
+    _check_may_give(access, role)
     user = s.scalars(select(User).where(User.email == email.strip().lower(),
                                         User.is_active)).first()
     if user is None:
@@ -247,22 +253,124 @@ def do_add_member(s: Session, access: TenantAccess, *, email: str, role: str,
     return membership
 
 
-def do_remove_member(s: Session, access: TenantAccess, membership_id: int, *,
-                     acting_user: User) -> None:
+# --- who may remove, demote or deactivate whom: one rule for the dashboard, API and CLI -------
+
+
+def _check_may_give(access: TenantAccess, role: str) -> None:
+    """Nobody gives a role that outranks their own (only an Owner makes an Owner)."""
+    if permissions.outranks(role, access.role):
+        raise Forbidden(f"Your role ({access.role}) may not make someone {role}: that role "
+                        f"outranks yours ({_beyond(role, access.role)}).")
+
+
+def _check_may_touch(access: TenantAccess, target: Membership, what: str) -> None:
+    """Nobody removes or changes the role of a member whose role outranks theirs."""
     if not permissions.allows(access.role, "members.manage"):
         raise Forbidden("Only an Owner or Admin of this tenant can manage members.")
-    membership = s.get(Membership, membership_id)
+    if permissions.outranks(target.role, access.role):
+        article = "an" if target.role[0] in "AEIOU" else "a"
+        raise Forbidden(f"Your role ({access.role}) may not {what} {article} {target.role}: "
+                        f"that member's role outranks yours "
+                        f"({_beyond(target.role, access.role)}).")
+
+
+def _beyond(role: str, mine: str) -> str:
+    """What ``role`` may do that ``mine`` may not, for a refusal sentence."""
+    extra = sorted(permissions.held_by(role) - permissions.held_by(mine))
+    more = f", and {len(extra) - 1} more things yours may not" if len(extra) > 1 else ""
+    return f"it may {permissions.MATRIX[extra[0]].means}{more}"
+
+
+def other_active_owners(s: Session, tenant_id: int, user_id: int) -> int:
+    """How many Owners of the tenant, other than ``user_id``, have an active account."""
+    return int(s.scalar(
+        select(func.count()).select_from(Membership).join(User, User.id == Membership.user_id)
+        .where(Membership.tenant_id == tenant_id, Membership.role == "Owner",
+               Membership.user_id != user_id, User.is_active)) or 0)
+
+
+def _check_not_last_owner(s: Session, target: Membership, what: str) -> None:
+    if target.role == "Owner" and other_active_owners(s, target.tenant_id,
+                                                      target.user_id) == 0:
+        raise Conflict(f"That is the tenant's last Owner, who cannot be {what}; make someone "
+                       "else an Owner first.")
+
+
+def access_member(s: Session, access: TenantAccess, membership_id: int) -> Membership:
+    """A membership of this tenant, locked for the change; another tenant's is "no such"."""
+    membership = s.scalars(select(Membership).where(Membership.id == membership_id)
+                           .with_for_update()).first()
     if membership is None or membership.tenant_id != access.tenant.id:
         raise NotFound("No such member.")
-    if membership.role == "Owner":
-        owners = s.scalar(select(func.count()).select_from(Membership).where(
-            Membership.tenant_id == access.tenant.id, Membership.role == "Owner"))
-        if (owners or 0) <= 1:
-            raise Conflict("That is the tenant's last Owner.")
+    return membership
+
+
+def _lock_owners(s: Session, tenant_id: int) -> None:
+    """Serialize changes to one tenant's members, so two Owners demoting each other at once
+    cannot leave it with none."""
+    s.execute(select(func.pg_advisory_xact_lock(74203, tenant_id)))
+
+
+def do_change_member_role(s: Session, access: TenantAccess, membership_id: int, *, role: str,
+                          acting_user: User) -> Membership:
+    if role not in ROLES:
+        raise InvalidInput(f"The role must be one of {', '.join(ROLES)}.")
+    _lock_owners(s, access.tenant.id)
+    membership = access_member(s, access, membership_id)
+    _check_may_touch(access, membership, "change the role of")
+    _check_may_give(access, role)
+    if membership.role == role:
+        return membership
+    if role != "Owner":
+        _check_not_last_owner(s, membership, "demoted")
+    before, membership.role = membership.role, role
+    audit.record(s, TenantEvents.MEMBER_ROLE_CHANGED, actor=actor_of(acting_user),
+                 target_type="tenant", target_id=access.tenant.id,
+                 details={"user_id": membership.user_id, "from": before, "to": role})
+    return membership
+
+
+def do_remove_member(s: Session, access: TenantAccess, membership_id: int, *,
+                     acting_user: User) -> None:
+    """Remove a membership; the member's API keys of this tenant are revoked with it."""
+    _lock_owners(s, access.tenant.id)
+    membership = access_member(s, access, membership_id)
+    _check_may_touch(access, membership, "remove")
+    _check_not_last_owner(s, membership, "removed")
     s.delete(membership)
+    revoked = revoke_keys_of(s, membership.user_id, tenant_id=access.tenant.id,
+                             reason="membership removed", actor=actor_of(acting_user))
     audit.record(s, TenantEvents.MEMBER_REMOVED, actor=actor_of(acting_user),
                  target_type="tenant", target_id=access.tenant.id,
-                 details={"user_id": membership.user_id})
+                 details={"user_id": membership.user_id, "role": membership.role,
+                          "api_keys_revoked": revoked})
+
+
+def revoke_keys_of(s: Session, user_id: int, *, tenant_id: int | None, reason: str,
+                   actor: Actor) -> int:
+    """Revoke every live API key ``user_id`` created (in ``tenant_id``, or everywhere), each
+    audited with ``reason``, in the caller's transaction; how many. A revoked key stays
+    revoked: reactivating the account or adding the member again does not revive it."""
+    query = select(ApiKey).where(ApiKey.created_by == user_id, ApiKey.revoked_at.is_(None))
+    if tenant_id is not None:
+        query = query.where(ApiKey.tenant_id == tenant_id)
+    rows = list(s.scalars(query.order_by(ApiKey.id).with_for_update()))
+    now = utcnow()
+    for row in rows:
+        row.revoked_at = now
+        audit.record(s, TenantEvents.API_KEY_REVOKED, actor=actor, target_type="api_key",
+                     target_id=row.id, details={"tenant_id": row.tenant_id,
+                                                "prefix": row.prefix, "reason": reason})
+    return len(rows)
+
+
+def tenants_it_would_orphan(s: Session, user_id: int) -> list[str]:
+    """The slugs of tenants whose only active Owner is ``user_id``."""
+    owned = s.scalars(select(Membership).where(Membership.user_id == user_id,
+                                               Membership.role == "Owner")).all()
+    return sorted(m.tenant.slug for m in owned
+                  if m.tenant.state != "deleted"
+                  and other_active_owners(s, m.tenant_id, user_id) == 0)
 
 
 def members(s: Session, tenant: Tenant) -> list[tuple[Membership, User]]:

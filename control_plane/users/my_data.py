@@ -262,7 +262,7 @@ def _api_keys(s: Session, user: User) -> Iterator[dict[str, Any]]:
     rows = s.execute(select(ApiKey, Tenant.slug).join(Tenant, Tenant.id == ApiKey.tenant_id)
                      .where(ApiKey.created_by == user.id).order_by(ApiKey.created_at, ApiKey.id))
     for key, slug in rows:
-        yield {"tenant": slug, "name": key.name, "prefix": key.prefix,
+        yield {"tenant": slug, "name": key.name, "prefix": key.prefix, "scopes": sorted(key.scopes),
                "created_at": _time(key.created_at), "last_used_at": _time(key.last_used_at),
                "expires_at": _time(key.expires_at), "revoked_at": _time(key.revoked_at)}
 

@@ -1,4 +1,9 @@
-"""Operator accounts: creation (with a one-time password), deactivation, the first Owner."""
+"""Operator accounts: creation (with a one-time password), deactivation, the first Owner.
+
+Deactivation is an installation Owner's act (an installation Owner ranks with every tenant's
+Owners); it ends the account's sessions and revokes every API key it made, at once and audited,
+and it is refused while the account is the last active Owner of the installation or of a
+tenant. Reactivation lets the account sign in again and revives no key."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from control_plane.auth import passwords, sessions
 from control_plane.db import utcnow
 from control_plane.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from control_plane.models import User
+from control_plane.tenancy.service import revoke_keys_of, tenants_it_would_orphan
 
 
 @dataclass
@@ -93,14 +99,22 @@ def do_deactivate_user(s: Session, user: User, *, acting_user: User) -> None:
         raise Conflict("That account is already deactivated.")
     if user.is_owner and _active_owner_count(s) <= 1:
         raise Conflict("That is the last active Owner; make someone else an Owner first.")
+    orphaned = tenants_it_would_orphan(s, user.id)
+    if orphaned:
+        raise Conflict(f"{user.email} is the last Owner of {', '.join(orphaned)}; make someone "
+                       "else an Owner there first.")
     user.is_active = False
     user.deactivated_at = utcnow()
     revoked = sessions.revoke_user_sessions(s, user.id)
+    keys = revoke_keys_of(s, user.id, tenant_id=None, reason="creator deactivated",
+                          actor=_actor(acting_user))
     audit.record(s, UserEvents.DEACTIVATED, actor=_actor(acting_user), target_type="user",
-                 target_id=user.id, details={"sessions_revoked": revoked})
+                 target_id=user.id, details={"sessions_revoked": revoked,
+                                             "api_keys_revoked": keys})
 
 
 def do_reactivate_user(s: Session, user: User, *, acting_user: User) -> None:
+    """Let the account sign in again. Its API keys, revoked at deactivation, stay revoked."""
     require_owner(acting_user)
     if user.is_active:
         raise Conflict("That account is already active.")

@@ -13,6 +13,12 @@ route without a decision (or an entry here that names no route), and checks each
 with each of the six roles, so a decision written here and the check the handler makes cannot
 drift apart.
 
+A route that also takes a tenant API key is listed in ``KEY_SCOPES`` with the key scopes it
+accepts; ``authenticate_key`` (the only way a route resolves a key) finds the matched route's
+entry and lets ``api_keys.check_key`` judge the key, its scope and its creator's current role.
+A route not listed there refuses every key. The same tests walk every route with keys of every
+scope, made by every role.
+
 A refusal inside a tenant (``ScopeDenied``, 403) is audited as ``access.scope_denied`` with the
 permission, the method, the path template and the role. The refused request's transaction
 rolls back, so ``audits_denials`` writes the event afterwards in a short transaction of its own:
@@ -26,11 +32,14 @@ from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
 
 from control_plane import audit
+from control_plane.exceptions import Forbidden
 from control_plane.models import Tenant
+from control_plane.tenancy import api_keys
 from control_plane.tenancy.service import ScopeDenied
 from control_plane.web.services import Services, services
 from tenant_runtime import audit as tenant_audit
@@ -101,6 +110,10 @@ DECISIONS: dict[str, str] = {
     "POST /tenants/{tenant_id:int}/keys/rotate": "tenant.lifecycle",
     "POST /tenants/{tenant_id:int}/members": "members.manage",
     "POST /tenants/{tenant_id:int}/members/{membership_id:int}/remove": "members.manage",
+    "POST /tenants/{tenant_id:int}/members/{membership_id:int}/role": "members.manage",
+    "GET /api/tenants/{tenant_id:int}/members": "members.manage",
+    "POST /api/tenants/{tenant_id:int}/members/{membership_id:int}/role": "members.manage",
+    "DELETE /api/tenants/{tenant_id:int}/members/{membership_id:int}": "members.manage",
     "POST /tenants/{tenant_id:int}/api-keys": "api_keys.manage",
     "POST /tenants/{tenant_id:int}/api-keys/{key_id:int}/revoke": "api_keys.manage",
     "POST /tenants/{tenant_id:int}/audit/verify": "audit.verify",
@@ -124,12 +137,39 @@ DECISIONS: dict[str, str] = {
 }
 
 
+# The routes that accept a tenant API key, and the scopes a key needs for each (any one of
+# them; none: any valid key). ``authenticate_key`` is the only way a route resolves a key, and
+# it reads this table by the matched route, so a route not listed here refuses every key. The
+# creator's current role must also hold the route's permission: its DECISIONS entry, or
+# ``gateway.call`` for the gateway's routes (decided ``api-key``).
+KEY_SCOPES: dict[str, tuple[str, ...]] = {
+    "GET /api/whoami": (),  # shows the key itself: its tenant, name and scopes
+    "GET /api/audit/export": ("audit:export",),
+    "POST /api/actions": ("actions:request",),
+    "GET /api/actions/{request_id}": ("read", "actions:request", "actions:execute"),
+    "POST /api/actions/{request_id}/execute": ("actions:execute",),
+    "GET /api/agents/{agent_id}": ("read", "agents"),
+    "POST /api/agents/{agent_id}/shadow-runs": ("agents",),
+    "POST /v1/chat/completions": ("gateway",),
+    "POST /v1/messages": ("gateway",),
+    "GET /v1/models": ("gateway",),
+}
+KEY_PERMISSION = {API_KEY: "gateway.call", "GET /api/whoami": "tenant.view"}
+
+
 def _check_table() -> None:
     for key, decision in DECISIONS.items():
         if decision not in NON_TENANT and decision not in permissions.MATRIX:
             raise ValueError(f"access.DECISIONS[{key!r}] = {decision!r} is neither a permission "
                              "of tenant_runtime/permissions.py nor one of "
                              f"{', '.join(NON_TENANT)}.")
+    for key, scopes in KEY_SCOPES.items():
+        if DECISIONS.get(key) not in (API_KEY, *permissions.MATRIX):
+            raise ValueError(f"access.KEY_SCOPES names {key!r}, which DECISIONS does not "
+                             "decide by a permission or 'api-key'.")
+        unknown = [name for name in scopes if name not in api_keys.SCOPES]
+        if unknown:
+            raise ValueError(f"access.KEY_SCOPES[{key!r}] names unknown scopes {unknown}.")
 
 
 _check_table()
@@ -154,6 +194,45 @@ def decision_of(route: BaseRoute, key: str) -> str | None:
 
 def is_tenant_permission(decision: str | None) -> bool:
     return decision is not None and decision in permissions.MATRIX
+
+
+# ------------------------------------------------------------------------------- API keys
+
+
+def key_rule(request: Request) -> api_keys.KeyRule:
+    """What the matched route asks of an API key (``KEY_SCOPES``); a route not listed there
+    refuses keys."""
+    route = request.scope.get("route")
+    keys = route_keys(route) if isinstance(route, BaseRoute) else []
+    key = next((k for k in keys if k.startswith(f"{request.method} ")
+                or (request.method == "HEAD" and k.startswith("GET "))), None)
+    if key is None or key not in KEY_SCOPES:
+        raise Forbidden("This route does not accept API keys; sign in instead.")
+    return key_rule_for(key)
+
+
+def key_rule_for(key: str) -> api_keys.KeyRule:
+    """The rule of one ``KEY_SCOPES`` entry (a method and path template)."""
+    decision = DECISIONS[key]
+    permission = KEY_PERMISSION.get(key) or KEY_PERMISSION.get(decision) or decision
+    return api_keys.KeyRule(key, KEY_SCOPES[key], permission)
+
+
+def authenticate_key(s: Session, request: Request) -> api_keys.ApiPrincipal:
+    """The one place a route resolves the API key it was sent to a principal: the key's checks,
+    the route's scope and the creator's current role (``api_keys.check_key``)."""
+    return api_keys.authenticate_bearer(s, request.headers.get("authorization"),
+                                        request.headers.get("x-api-key"),
+                                        rule=key_rule(request))
+
+
+def key_actor(principal: api_keys.ApiPrincipal) -> TenantActor:
+    """Who a key is inside its tenant: the key, acting for its creator with the creator's
+    current role (DESIGN.md, invariant 9: the human behind a key is the requester)."""
+    key = principal.api_key
+    return TenantActor("api_key", str(key.id), key.name, principal.creator_role,
+                       on_behalf_of=str(principal.creator.id),
+                       on_behalf_of_name=principal.requester_name)
 
 
 # ------------------------------------------------------------------------------- denials

@@ -24,7 +24,7 @@ from control_plane.keys.registry import DataKeyCache, build_key_providers
 from control_plane.models import Tenant
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
-from control_plane.tenancy import audit_routes, export_routes
+from control_plane.tenancy import audit_routes, export_routes, member_api
 from control_plane.tenancy import routes as tenant_routes
 from control_plane.tenancy import service as tenancy
 from control_plane.tenancy.area_jobs import enqueue_tenant_job
@@ -97,6 +97,7 @@ def build_app(svc: Services) -> Starlette:
             *auth_routes.routes,
             *user_routes.routes,
             *tenant_routes.routes,
+            *member_api.routes,
             *export_routes.routes,
             *audit_routes.routes,
             *gateway_api.routes,

@@ -103,11 +103,17 @@ async def read_form(request: Request, model: type[F]) -> F:
     # itself, spooled to disk by Starlette, for a handler that streams it: ``upload_fields``
     # (both ClassVars). Uploads stay open until ``request.close()``, which the edge calls once
     # the handler has answered; everything else is closed here.
+    # ``list_fields`` (a ClassVar) name fields sent once per value, as checkboxes of one name
+    # are: they arrive as a list (empty when none is ticked); any other field keeps its last.
     uploads: tuple[str, ...] = getattr(model, "upload_fields", ())
+    lists: tuple[str, ...] = getattr(model, "list_fields", ())
     form = await request.form()
     try:
-        data: dict[str, Any] = {}
+        data: dict[str, Any] = {name: [] for name in lists}
         for key, value in form.multi_items():
+            if key in lists and isinstance(value, str):
+                data[key].append(value)
+                continue
             if not isinstance(value, str):
                 if key in uploads:
                     data[key] = value

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from control_plane.agents_api import RunBody
 from control_plane.approvals_api import ActionRequest
 from control_plane.gateway.shapes import AnthropicMessages, OpenAIChat
+from control_plane.tenancy.member_api import RoleChange
 from control_plane.tenancy.routes import CreateTenantRequest
 
 VERSION = "1"
@@ -56,6 +57,18 @@ class TenantDocument(_Doc):
 
 class TenantList(_Doc):
     tenants: list[TenantDocument]
+
+
+class MemberDocument(_Doc):
+    id: int
+    user_id: int
+    role: str
+    email: str | None = None
+    active: bool | None = None
+
+
+class MemberList(_Doc):
+    members: list[MemberDocument]
 
 
 class WhoAmI(_Doc):
@@ -182,6 +195,16 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/tenants/{tenant_id}", "One tenant and its provisioning progress",
               "tenancy", responses={200: ("the tenant", TenantDocument)},
               security=("session",)),
+    Operation("GET", "/api/tenants/{tenant_id}/members", "The tenant's members and roles",
+              "tenancy", responses={200: ("the members", MemberList)}, security=("session",)),
+    Operation("POST", "/api/tenants/{tenant_id}/members/{membership_id}/role",
+              "Change a member's role (never above one's own, never of a higher role, never "
+              "the last Owner's)", "tenancy", body=RoleChange,
+              responses={200: ("the membership", MemberDocument)}, security=("session",)),
+    Operation("DELETE", "/api/tenants/{tenant_id}/members/{membership_id}",
+              "Remove a member (never of a higher role, never the last Owner); their API "
+              "keys of this tenant are revoked", "tenancy",
+              responses={204: ("removed", None)}, security=("session",)),
     Operation("GET", "/api/audit/export", "Export the tenant's audit chain (NDJSON)", "audit",
               responses={200: ("the export file, ops/AUDIT_FORMAT.md", None)},
               query=(("tenant", "the tenant id (sessions only)", False),
@@ -240,13 +263,16 @@ def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
 def _path_params(path: str) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
     return [{"name": name, "in": "path", "required": True,
-             "schema": {"type": "integer"} if name in ("tenant_id", "agent_id")
+             "schema": {"type": "integer"} if name in ("tenant_id", "agent_id", "membership_id")
              else {"type": "string", "maxLength": 64}} for name in names]
 
 
 def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, (description, model) in op.responses.items():
+        if status == 204:
+            responses[str(status)] = {"description": description}
+            continue
         content = {op.media_type: {"schema": _ref(model, schemas) if model else {
             "type": "string"}}}
         if op.streams:

@@ -96,6 +96,7 @@ from control_plane.runtime import resolve_endpoints  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.tenancy import api_keys  # noqa: E402
 from control_plane.tenancy.service import access_tenant  # noqa: E402
+from control_plane.web import access  # noqa: E402
 from control_plane.web.app import build_services  # noqa: E402
 from ops.bench import _stack  # noqa: E402
 from ops.bench._stack import Stack, free_port, log, percentile, wait_for_quiet  # noqa: E402
@@ -409,7 +410,8 @@ def configure_tenant(stack: Stack, tenant_id: int, upstream: str) -> str:
     with stack.session_factory() as s, s.begin():
         owner = stack.owner(s)
         _, key = api_keys.do_create_api_key(s, access_tenant(s, tenant_id, user=owner),
-                                            name="bench", acting_user=owner)
+                                            name="bench", acting_user=owner,
+                                            scopes=["gateway"])
     return key
 
 
@@ -621,11 +623,13 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         "key_lookup_and_context", "parse", "prepare_tx1", "provider", "restore_settle_audit_tx2",
         "total")}
     raw = json.dumps(body(False)).encode()
+    gateway_rule = access.key_rule_for("POST /v1/chat/completions")
 
     def call() -> None:
         t0 = time.perf_counter()
         with svc.session_factory() as s, s.begin():
-            principal = api_keys.authenticate_gateway_key(s, f"Bearer {key}", None)
+            principal = api_keys.authenticate_gateway_key(s, f"Bearer {key}", None,
+                                                          rule=gateway_rule)
             actor = Actor("api_key", str(principal.key_id), principal.key_name)
             ctx = svc.tenant_connections.gateway_context(s, principal, actor)
             key_id = str(principal.key_id)

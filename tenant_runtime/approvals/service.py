@@ -1,6 +1,8 @@
 """The approval gate (DESIGN.md, invariant 5): a restricted action runs only with an approval
 that is fresh, named (signed-in members with the approving role, or the tenant's Owner, never
-the requester) and unused; the approval is consumed exactly once.
+the requester) and unused; the approval is consumed exactly once. The requester is the human
+behind the request: what an API key asks for is recorded as asked by the key's creator
+(``requester_of``), so she cannot approve it herself, whichever of her keys asked.
 
 What other areas call (all in the caller's transaction; none commits):
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, not_, select, true, update
+from sqlalchemy import and_, exists, func, not_, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,7 +53,7 @@ from tenant_runtime.approvals.models import (
     ApprovalOutbox,
     ApprovalRequest,
 )
-from tenant_runtime.context import TenantContext
+from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 
 VIAS = ("dashboard", "api", "internal")
@@ -109,6 +111,25 @@ def _check_payload(payload: object) -> dict[str, Any]:
 # --- requests ----------------------------------------------------------------------------------
 
 
+def requester_of(actor: Actor) -> tuple[str, str | None, str | None]:
+    """Who a request records as its requester: the human behind it. An API key asks on its
+    creator's behalf, so the creator is the requester (and can never approve it, from any of
+    their keys or sessions); a key that names no creator may not ask at all."""
+    if actor.type == "api_key":
+        if actor.on_behalf_of is None:
+            raise NotAnApprover("An API key that names no creator may not ask for actions.")
+        return "user", actor.on_behalf_of, actor.on_behalf_of_name or actor.name
+    return actor.type, actor.id, actor.name
+
+
+def _is_requester(req: ApprovalRequest, user_id: str) -> bool:
+    """Whether ``user_id`` is the human who asked for ``req``. A request recorded with an API
+    key as its requester (made before keys named their creator) has no human on record, so it
+    counts as everyone's own: nobody may approve it; it expires, and is asked for again."""
+    return req.requested_by_type == "api_key" or (req.requested_by_type == "user"
+                                                  and req.requested_by_id == user_id)
+
+
 def request_action(s: Session, ctx: TenantContext, action: str, payload: dict[str, Any], *,
                    via: str, now: datetime | None = None) -> ApprovalRequest:
     """Ask for ``action``. An unknown name is refused (``UnknownAction``, 422), except an
@@ -125,12 +146,13 @@ def request_action(s: Session, ctx: TenantContext, action: str, payload: dict[st
         cls = classes.do_add_default_class(s, ctx, name)
     payload = _check_payload(payload)
     actor = ctx.actor
+    by_type, by_id, by_name = requester_of(actor)
     req = ApprovalRequest(
         id=uuid.uuid4(), action_class_id=cls.id, action=cls.name, payload=payload, via=via,
         state="pending" if cls.restricted else "approved", restricted=cls.restricted,
         approver_role=cls.approver_role, approvals_needed=cls.approvals_needed,
-        expiry_seconds=cls.expiry_seconds, requested_by_type=actor.type,
-        requested_by_id=actor.id, requested_by_name=actor.name, created_at=now,
+        expiry_seconds=cls.expiry_seconds, requested_by_type=by_type,
+        requested_by_id=by_id, requested_by_name=by_name, created_at=now,
         expires_at=now + timedelta(seconds=cls.expiry_seconds),
         decided_at=None if cls.restricted else now)
     s.add(req)
@@ -189,7 +211,7 @@ def decide(s: Session, ctx: TenantContext, request_id: str | uuid.UUID, approve:
     if actor.type != "user" or actor.id is None:
         raise NotAnApprover("Only a signed-in member can decide approval requests.")
     req = _locked(s, parse_request_id(request_id))
-    if req.requested_by_type == "user" and req.requested_by_id == actor.id:
+    if _is_requester(req, actor.id):
         raise SelfApprovalRefused()
     if not may_decide(actor.role, req.approver_role):
         raise NotAnApprover(f"Only the {req.approver_role} role (or the tenant's Owner) may "
@@ -310,8 +332,9 @@ def access_request(s: Session, request_id: str | uuid.UUID) -> ApprovalRequest:
 def _decidable_by(user_id: str, role: str, now: datetime) -> Any:
     """Pending, unexpired requests that this member may still decide."""
     role_matches = true() if role == "Owner" else ApprovalRequest.approver_role == role
-    own = and_(ApprovalRequest.requested_by_type == "user",
-               ApprovalRequest.requested_by_id == user_id)
+    own = or_(ApprovalRequest.requested_by_type == "api_key",
+              and_(ApprovalRequest.requested_by_type == "user",
+                   ApprovalRequest.requested_by_id == user_id))  # as _is_requester
     decided = exists().where(ApprovalDecision.request_id == ApprovalRequest.id,
                              ApprovalDecision.approver_id == user_id)
     return and_(ApprovalRequest.state == "pending", ApprovalRequest.expires_at > now,
@@ -416,7 +439,7 @@ def request_view(s: Session, ctx: TenantContext, request_id: str | uuid.UUID, *,
     actor = ctx.actor
     can = (state == "pending" and actor.type == "user" and may_decide(actor.role,
                                                                       req.approver_role)
-           and not (req.requested_by_type == "user" and req.requested_by_id == actor.id)
+           and actor.id is not None and not _is_requester(req, actor.id)
            and not any(d.approver_id == actor.id for d in decisions))
     return RequestView(req, state, approvals, entries, can)
 

@@ -233,7 +233,8 @@ def provision(services: Services, database_url: str, llm: LLMServer, *, slug: st
     with services.session_factory() as s, s.begin():
         user = s.get(User, owner.id)
         access = service.access_tenant(s, tenant_id, user=user)
-        _, key = api_keys.do_create_api_key(s, access, name="load", acting_user=user)
+        _, key = api_keys.do_create_api_key(s, access, name="load", acting_user=user,
+                                             scopes=["gateway"])
     return Provisioned(tenant_id, owner, ctx, key)
 
 

@@ -46,3 +46,23 @@ def test_the_control_tree_matches_the_control_models(database_url: str) -> None:
 def test_the_tenant_tree_matches_the_tenant_models(scratch_url: str) -> None:
     upgrade_tenant(scratch_url)
     assert differences(scratch_url, TenantBase.metadata) == []
+
+
+def test_keys_made_before_scopes_hold_only_the_gateway_scope(scratch_url: str) -> None:
+    """0004_api_key_scopes: an existing key keeps 'gateway' and nothing more (README, upgrade
+    notes); a row written without scopes afterwards holds none."""
+    from alembic import command
+
+    from control_plane.migrations import _config, upgrade_control
+
+    command.upgrade(_config("control", scratch_url), "0003")
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (slug, name) VALUES ('old-co', 'Old') ")
+        conn.execute("INSERT INTO api_keys (tenant_id, name, prefix, secret_hash) SELECT id, "
+                     "'old bot', 'abc123', repeat('0', 64) FROM tenants")
+    upgrade_control(scratch_url)
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO api_keys (tenant_id, name, prefix, secret_hash) SELECT id, "
+                     "'new row', 'def456', repeat('0', 64) FROM tenants")
+        rows = conn.execute("SELECT prefix, scopes FROM api_keys ORDER BY id").fetchall()
+    assert rows == [("abc123", ["gateway"]), ("def456", [])]

@@ -55,7 +55,7 @@ def world(services, db, database_url, settings, primary_server, local_kek):  # n
     with db() as s, s.begin():
         user = s.get(User, member.id)
         api_keys.do_create_api_key(s, access_tenant(s, ids["alpha"], user=user),
-                                   name="ci bot", acting_user=user)
+                                   name="ci bot", acting_user=user, scopes=["gateway"])
     for slug, events in (("alpha", 3), ("bravo", 1)):
         ctx = tenant_context(services, ids[slug], member.id, MEMBER)
         with ctx.session() as ts, ts.begin():

@@ -35,11 +35,15 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SUB_ID = re.compile(r"\{(?!tenant_id)\w+")
 # samples that would meet a rule other than the permission (only an Owner may add an Owner)
 FORM_OVERRIDES = {"/tenants/{tenant_id:int}/members": {"role": "Viewer"}}
+# a sub-resource id of 1 is the Owner's membership: an allowed Admin meets the rank rule
+# (tests/control_plane/credentials/test_member_ranks.py), not the permission
+OTHER_RULES = ("that member's role outranks yours",)
 # JSON bodies of the tenant JSON APIs' POST routes (a valid body: they parse it first)
 JSON_SAMPLES = {
     "/api/actions": {"action": "a", "payload": {}},
     "/api/actions/{request_id}/execute": None,
     "/api/agents/{agent_id}/shadow-runs": {"proposed": "p", "actual": "a", "agreed": True},
+    "/api/tenants/{tenant_id:int}/members/{membership_id:int}/role": {"role": "Viewer"},
 }
 
 
@@ -227,8 +231,9 @@ def test_every_tenant_route_answers_each_role_as_the_matrix_says(services, db, d
                 where = f"{method} {path} as {role}: {response.status_code}"
                 if permissions.allows(role, permission):
                     sub_id = SUB_ID.search(path) is not None
-                    if response.status_code == 403 or (response.status_code == 404
-                                                       and not sub_id):
+                    other_rule = any(rule in _message(response) for rule in OTHER_RULES)
+                    if (response.status_code == 403 and not other_rule) or (
+                            response.status_code == 404 and not sub_id):
                         problems.append(f"{where}, but {permission} allows {role}: "
                                         f"{_message(response)[:200]}")
                     _keep_active(services, tenant_id, owner.id)
@@ -347,3 +352,71 @@ def test_non_tenant_decisions_hold_for_anonymous_callers_and_members(services, d
             assert response.status_code < 400, (path, response.status_code)
             assert not response.headers.get("location", "").startswith("/sign-in"), path
     assert client.get("/static/app.css").status_code == 200
+
+
+# ------------------------------------------------------------------------------- API keys
+
+
+def test_every_key_route_answers_every_scope_held_by_every_role(services, db, database_url,
+                                                                tenancy):
+    """Every route that takes an API key x every scope x every role of the key's creator (a
+    key of a Viewer is what an Owner's key becomes when its Owner is made a Viewer): the key is
+    accepted exactly when it holds one of the route's scopes, its creator's role still holds
+    that scope's permission, and the role holds the route's own permission; otherwise 403 with
+    a sentence about the key."""
+    import secrets as _secrets
+
+    from control_plane.models import ApiKey
+    from control_plane.tenancy import api_keys
+
+    owner = make_user(db, "owner@perm.example")
+    tenant_id = create_tenant(services, owner.email, "perm")
+    run_pending_jobs(services, database_url)
+    for role in ROLES[1:]:
+        make_user(db, f"{role.lower()}@perm.example", is_owner=False)
+    keys: dict[tuple[str, str], str] = {}
+    with services.session_factory() as s, s.begin():
+        me = s.get(User, owner.id)
+        tenant_access = service.access_tenant(s, tenant_id, user=me)
+        for role in ROLES[1:]:
+            service.do_add_member(s, tenant_access, email=f"{role.lower()}@perm.example",
+                                  role=role, acting_user=me)
+        for role in ROLES:
+            creator = s.scalars(select(User).where(
+                User.email == f"{role.lower()}@perm.example")).one()
+            for scope in api_keys.SCOPES:
+                prefix = _secrets.token_hex(6)
+                secret = f"mg_{prefix}_{_secrets.token_urlsafe(32)}"
+                s.add(ApiKey(tenant_id=tenant_id, name=f"{role} {scope}", prefix=prefix,
+                             secret_hash=api_keys.key_hash(secret), created_by=creator.id,
+                             scopes=[scope]))
+                keys[(role, scope)] = secret
+    app = build_app(services)
+    routes = [(route, key) for route, key in all_keys(app) if key in access.KEY_SCOPES]
+    assert len(routes) == len(access.KEY_SCOPES)
+    bodies = {"/api/actions": {"action": "no.such", "payload": {}},
+              "/api/agents/{agent_id}/shadow-runs": JSON_SAMPLES[
+                  "/api/agents/{agent_id}/shadow-runs"],
+              "/v1/chat/completions": {}, "/v1/messages": {}}
+    problems: list[str] = []
+    with TestClient(app, base_url="http://testserver", raise_server_exceptions=False) as c:
+        for route, name in routes:
+            method = name.split(" ", 1)[0]
+            rule = access.KEY_SCOPES[name]
+            permission = access.key_rule_for(name).permission
+            for (role, scope), secret in keys.items():
+                c.cookies.clear()
+                answer = c.request(method, fill(route.path, tenant_id),
+                                   headers={"Authorization": f"Bearer {secret}"},
+                                   json=bodies.get(route.path) if method == "POST" else None)
+                held = not rule or scope in rule
+                allowed = (held and permissions.allows(role, permission)
+                           and (not rule or permissions.allows(
+                               role, api_keys.SCOPES[scope].permission)))
+                text = _message(answer) or str(answer.json().get("error", {}))
+                if allowed and answer.status_code in (401, 403) and "API key" in text:
+                    problems.append(f"{name}, a {role}'s key with {scope}: refused: {text}")
+                if not allowed and (answer.status_code != 403 or "API key" not in text):
+                    problems.append(f"{name}, a {role}'s key with {scope}: "
+                                    f"{answer.status_code}, expected a 403 about the key")
+    assert not problems, "\n".join(problems)

@@ -19,7 +19,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from control_plane.keys.local import LocalKeyProvider
+from control_plane.models import User
+from control_plane.tenancy import api_keys
 from control_plane.tenancy.servers import ensure_primary_server
+from control_plane.tenancy.service import access_tenant, do_add_member
 from control_plane.web.app import build_app, build_services
 from control_plane.web.services import Services
 from tenant_runtime.agents import service as agents
@@ -54,6 +57,8 @@ class ApiEnv:
     agent_id: int
     request_id: str  # an approved request for an unrestricted action, not executed yet
     owner_id: int
+    owner_membership_id: int = 0  # the session user's own (the last Owner: never removed)
+    spare_membership_id: int = 0  # a Viewer's, which a generated DELETE may remove
 
     def auth_for(self, security: list[dict[str, list[str]]]) -> tuple[dict[str, str],
                                                                       dict[str, str]]:
@@ -111,7 +116,8 @@ def api_env(tmp_path_factory, database_url, redis_url, pg_server_url) -> Iterato
                 # what an approved promotion does: off → shadow, where runs are recorded
                 promoted = agents.apply_promotion(s, ctx, {"agent_id": agent_id, "from": "off"})
                 assert promoted is not None and promoted.phase == "shadow"
-            key = new_api_key(services, tenant_id, owner.id)
+            key = new_api_key(services, tenant_id, owner.id,  # every scope: past the key
+                              scopes=tuple(api_keys.SCOPES))
             app = build_app(services)
             browser = TestClient(app, base_url="http://testserver")  # no lifespan: ours
             try:
@@ -121,8 +127,15 @@ def api_env(tmp_path_factory, database_url, redis_url, pg_server_url) -> Iterato
                               if c.name == settings.session_cookie_name)
             finally:
                 browser.close()
+            spare = make_user(services.session_factory, "spare@example.com", is_owner=False)
+            with services.session_factory() as s, s.begin():
+                me = s.get(User, owner.id)
+                mine = access_tenant(s, tenant_id, user=me)
+                spare_id = do_add_member(s, mine, email=spare.email, role="Viewer",
+                                         acting_user=me).id
+                owner_membership = mine.membership.id
             yield ApiEnv(services, app, tenant_id, key, cookie, token, llm, agent_id,
-                         request_id, owner.id)
+                         request_id, owner.id, owner_membership, spare_id)
         finally:
             services.close()
             drop_tenant_leftovers(pg_server_url)

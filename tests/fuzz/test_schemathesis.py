@@ -78,6 +78,8 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "POST /api/tenants": {"slug": "never-made", "key_provider": "local",
                           "key_ref": "test-kek"},
     "POST /api/actions": {"action": "report.send", "payload": {"id": 7}},
+    # the session user is the tenant's Owner: staying Owner is accepted and changes nothing
+    "POST /api/tenants/{tenant_id}/members/{membership_id}/role": {"role": "Owner"},
     "POST /api/agents/{agent_id}/shadow-runs": {"proposed": "a", "actual": "a",
                                                 "agreed": True},
     "POST /v1/chat/completions": {"model": "gpt-4o-mini",
@@ -287,8 +289,10 @@ def steer(case, api_env: ApiEnv, operation_id: str, draw) -> None:
     """Well-formed values that also exist (the tenant, its agent, an approval request, an
     allowed model, an action class), so that positive cases get past the lookups to the code
     behind them."""
+    member = (api_env.spare_membership_id if case.method.upper() == "DELETE"
+              else api_env.owner_membership_id)
     for name, value in (("tenant_id", api_env.tenant_id), ("agent_id", api_env.agent_id),
-                        ("request_id", api_env.request_id)):
+                        ("request_id", api_env.request_id), ("membership_id", member)):
         if case.path_parameters and name in case.path_parameters:
             case.path_parameters[name] = value
     if case.query and "Authorization" in (case.headers or {}):
@@ -299,6 +303,8 @@ def steer(case, api_env: ApiEnv, operation_id: str, draw) -> None:
         case.body["model"] = draw(st.sampled_from(sorted(MODELS)), label="model")
     elif operation_id == "POST /api/actions":
         case.body["action"] = draw(st.sampled_from(["report.send", "deploy.production"]))
+    elif operation_id.endswith("/role"):
+        case.body["role"] = "Owner"
     elif operation_id == "POST /api/tenants":
         case.body.update(slug=draw(st.from_regex(r"[a-z][a-z0-9-]{1,20}", fullmatch=True)),
                          key_provider="local", key_ref="test-kek")
@@ -325,7 +331,9 @@ def send(client: TestClient, api_env: ApiEnv, operation_id: str, content: bytes,
     client.cookies.clear()
     for name, value in cookies.items():
         client.cookies.set(name, value)
-    url = path.replace("{agent_id}", str(api_env.agent_id))
+    url = (path.replace("{agent_id}", str(api_env.agent_id))
+           .replace("{tenant_id}", str(api_env.tenant_id))
+           .replace("{membership_id}", str(api_env.owner_membership_id)))
     return client.request(method, url, content=content, headers=headers)
 
 
@@ -410,6 +418,7 @@ def test_the_valid_bodies_are_accepted(api_env: ApiEnv, client: TestClient,
     answer = send(client, api_env, operation_id, json.dumps(body).encode(), "application/json")
     expected = {"POST /api/tenants": 202, "POST /api/actions": 200,
                 "POST /api/agents/{agent_id}/shadow-runs": 201,
+                "POST /api/tenants/{tenant_id}/members/{membership_id}/role": 200,
                 "POST /v1/chat/completions": 200, "POST /v1/messages": 200}[operation_id]
     assert answer.status_code == expected, answer.text
 

@@ -77,7 +77,8 @@ def exported(request, cache) -> dict[str, Any]:
                                                       Actor("system"))
             user = s.get(User, owner.id)
             _, key = api_keys.do_create_api_key(s, access_tenant(s, tenant_id, user=user),
-                                                name="compliance", acting_user=user)
+                                                name="compliance", acting_user=user,
+                                                scopes=["audit:export"])
         actors = [Actor("user", str(owner.id), owner.email, "Owner"),
                   Actor("api_key", "3", "build bot"), Actor("system")]
         for i in range(16):

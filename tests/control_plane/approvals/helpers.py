@@ -37,11 +37,14 @@ class Team:
             return self.services.tenant_connections.context(
                 s, s.get(Tenant, self.tenant_id), Actor("system", None, "test"))
 
-    def api_key(self, name: str = "agent") -> str:
+    def api_key(self, name: str = "agent", *, who: str = "owner",
+                scopes: tuple[str, ...] = ("actions:request", "actions:execute")) -> str:
+        """A key made by ``who`` (an Owner or Admin), holding ``scopes``."""
         with self.services.session_factory() as s, s.begin():
-            owner = s.get(User, self.users["owner"].id)
-            access = service.access_tenant(s, self.tenant_id, user=owner)
-            _, key = api_keys.do_create_api_key(s, access, name=name, acting_user=owner)
+            creator = s.get(User, self.users[who].id)
+            access = service.access_tenant(s, self.tenant_id, user=creator)
+            _, key = api_keys.do_create_api_key(s, access, name=name, acting_user=creator,
+                                                scopes=scopes)
             return key
 
     def add_class(self, name: str, **values: object) -> tuple[int, str | None]:

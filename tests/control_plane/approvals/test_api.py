@@ -49,7 +49,9 @@ def test_an_agent_asks_then_executes_exactly_once(client, team):
     assert "already used" in again.json()["error"]
     with team.system().session() as s:
         row = service.access_request(s, rid)
-        assert (row.via, row.requested_by_type, row.executed_via) == ("api", "api_key", "api")
+        # the human behind the key is the requester (DESIGN.md, invariant 9)
+        assert (row.via, row.requested_by_type, row.requested_by_id, row.executed_via) == (
+            "api", "user", str(team.users["owner"].id), "api")
 
 
 def test_bad_input_gets_a_sentence(client, team):

@@ -69,11 +69,13 @@ def owner_context(services, tenant_id: int, owner_id: int) -> TenantContext:
 
 
 def new_api_key(services, tenant_id: int, owner_id: int, *, name: str = "build bot",
-                expires_in_days: int | None = None) -> str:
+                expires_in_days: int | None = None,
+                scopes: tuple[str, ...] = ("gateway",)) -> str:
     with services.session_factory() as s, s.begin():
         owner = s.get(User, owner_id)
         access = service.access_tenant(s, tenant_id, user=owner)
         _, key = api_keys.do_create_api_key(s, access, name=name, acting_user=owner,
+                                            scopes=scopes,
                                             expires_in_days=expires_in_days)
         return key
 

@@ -19,7 +19,8 @@ def setup(services, db, database_url, slug: str, email: str,
     with services.session_factory() as s, s.begin():
         user = s.get(User, owner.id)
         access = service.access_tenant(s, tid, user=user)
-        _, key = api_keys.do_create_api_key(s, access, name="agent", acting_user=user)
+        _, key = api_keys.do_create_api_key(s, access, name="agent", acting_user=user,
+                                            scopes=["agents"])
         ctx = services.tenant_connections.context(
             s, s.get(Tenant, tid), Actor("user", str(user.id), user.email, "Owner"))
     with ctx.session() as ts, ts.begin():

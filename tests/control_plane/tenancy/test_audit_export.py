@@ -117,7 +117,8 @@ def bearer_key(services, tenant_id: int, owner_id: int) -> str:
     with services.session_factory() as s, s.begin():
         user = s.get(User, owner_id)
         _, key = api_keys.do_create_api_key(s, access_tenant(s, tenant_id, user=user),
-                                            name="auditor", acting_user=user)
+                                            name="auditor", acting_user=user,
+                                            scopes=["audit:export"])
     return key
 
 

@@ -41,7 +41,7 @@ SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            "kind": "logs", "source_id": "", "file_format": "", "signals_file": "",
            "extraction": "off",
            # key rotation ("approval_id" is shared with deletion)
-           "reencrypt": "true"}
+           "reencrypt": "true", "scopes": "gateway"}
 
 
 def tenant_routes(app) -> list[tuple[str, str, dict[str, str]]]:

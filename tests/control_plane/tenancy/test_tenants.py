@@ -357,7 +357,8 @@ def test_api_keys_are_shown_once_and_refused_when_suspended_or_revoked(client, s
 
     owner, a, _ = two_tenants
     sign_in(client, owner.email)
-    created = post_form(client, f"/tenants/{a}/api-keys", {"name": "ci-agent"},
+    created = post_form(client, f"/tenants/{a}/api-keys", {"name": "ci-agent",
+                                                           "scopes": "read"},
                         page=f"/tenants/{a}")
     assert created.status_code == 201
     key = re.search(r'data-testid="new-api-key">([^<]+)<', created.text).group(1)

@@ -1,0 +1,180 @@
+"""``magistrate member list|set-role|remove`` and ``magistrate user deactivate|reactivate``.
+
+Each change names who makes it (``--as EMAIL``, an active account) and goes through the same
+``do_*`` function as the dashboard and the JSON API, so the same rules hold from the shell:
+nobody removes, demotes or deactivates a member whose role outranks theirs, and a tenant's
+last active Owner is neither removed, demoted nor deactivated. The change is audited under that
+account's name."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+
+def register(sub: Any, user_sub: Any) -> None:
+    member = sub.add_parser("member", help="list members of a tenant, change roles, remove",
+                            description="List a tenant's members, change a member's role or "
+                                        "remove a member, as the account named by --as.")
+    msub = member.add_subparsers(dest="member_command", metavar="ACTION", required=True)
+    listing = msub.add_parser("list", help="list a tenant's members",
+                              description="List a tenant's members and their roles.")
+    listing.add_argument("--tenant", required=True, help="the tenant's slug")
+    listing.set_defaults(func=cmd_member_list)
+    role = msub.add_parser("set-role", help="change a member's role",
+                           description="Change a member's role. Refused when their role "
+                                       "outranks yours, when the new role does, or when they "
+                                       "are the tenant's last Owner.")
+    role.add_argument("--tenant", required=True, help="the tenant's slug")
+    role.add_argument("--email", required=True, help="the member's e-mail")
+    role.add_argument("--role", required=True, help="the new role")
+    role.add_argument("--as", dest="acting", required=True, metavar="EMAIL",
+                      help="the Owner or Admin of the tenant making the change")
+    role.set_defaults(func=cmd_member_set_role)
+    remove = msub.add_parser("remove", help="remove a member",
+                             description="Remove a member; their API keys of this tenant are "
+                                         "revoked. Refused when their role outranks yours or "
+                                         "they are the tenant's last Owner.")
+    remove.add_argument("--tenant", required=True, help="the tenant's slug")
+    remove.add_argument("--email", required=True, help="the member's e-mail")
+    remove.add_argument("--as", dest="acting", required=True, metavar="EMAIL",
+                        help="the Owner or Admin of the tenant making the change")
+    remove.set_defaults(func=cmd_member_remove)
+    for name, verb, func in (("deactivate", "Deactivate an account: its sessions end and "
+                              "every API key it made is revoked (reactivation does not revive "
+                              "them). Refused for the last active Owner of the installation or "
+                              "of a tenant.", cmd_user_deactivate),
+                             ("reactivate", "Let a deactivated account sign in again; its "
+                              "revoked API keys stay revoked.", cmd_user_reactivate)):
+        parser = user_sub.add_parser(name, help=verb.split(":")[0].split(";")[0].lower(),
+                                     description=verb)
+        parser.add_argument("--email", required=True, help="the account's e-mail")
+        parser.add_argument("--as", dest="acting", required=True, metavar="EMAIL",
+                            help="the installation Owner making the change")
+        parser.set_defaults(func=func)
+
+
+@contextmanager
+def _session(args: argparse.Namespace) -> Iterator[Session]:
+    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.exceptions import MagistrateError
+
+    _, endpoints = _prepare(args)
+    _check_database(endpoints.database_url)
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            yield s
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        engine.dispose()
+
+
+def _user(s: Session, email: str, *, what: str) -> Any:
+    from control_plane.cli import CommandError
+    from control_plane.models import User
+
+    user = s.scalars(select(User).where(User.email == email.strip().lower())).first()
+    if user is None:
+        raise CommandError(f"no account has the e-mail {email.strip()} ({what})")
+    return user
+
+
+def _acting(s: Session, email: str) -> Any:
+    from control_plane.cli import CommandError
+
+    user = _user(s, email, what="--as")
+    if not user.is_active:
+        raise CommandError(f"the account {user.email} (--as) is deactivated")
+    return user
+
+
+def _tenant_change(args: argparse.Namespace,
+                   change: Callable[[Session, Any, int, Any], str]) -> int:
+    from control_plane.cli import CommandError
+    from control_plane.models import Membership, Tenant
+    from control_plane.tenancy import service
+
+    with _session(args) as s:
+        tenant = s.scalars(select(Tenant).where(Tenant.slug == args.tenant.strip().lower(),
+                                                Tenant.state != "deleted")).first()
+        if tenant is None:
+            raise CommandError(f"no tenant has the slug {args.tenant}")
+        me = _acting(s, args.acting)
+        access = service.access_tenant(s, tenant.id, user=me, permission="members.manage")
+        target = _user(s, args.email, what="--email")
+        membership = s.scalars(select(Membership).where(Membership.tenant_id == tenant.id,
+                                                        Membership.user_id == target.id)).first()
+        if membership is None:
+            raise CommandError(f"{target.email} is not a member of {tenant.slug}")
+        print(change(s, access, membership.id, me))
+    return 0
+
+
+def cmd_member_set_role(args: argparse.Namespace) -> int:
+    from control_plane.tenancy import service
+
+    def change(s: Session, access: Any, membership_id: int, me: Any) -> str:
+        changed = service.do_change_member_role(s, access, membership_id, role=args.role,
+                                                acting_user=me)
+        return f"{changed.user.email} is now {changed.role} in {access.tenant.slug}"
+
+    return _tenant_change(args, change)
+
+
+def cmd_member_remove(args: argparse.Namespace) -> int:
+    from control_plane.tenancy import service
+
+    def change(s: Session, access: Any, membership_id: int, me: Any) -> str:
+        service.do_remove_member(s, access, membership_id, acting_user=me)
+        return f"{args.email.strip().lower()} removed from {access.tenant.slug}"
+
+    return _tenant_change(args, change)
+
+
+def cmd_member_list(args: argparse.Namespace) -> int:
+    from control_plane.cli import CommandError
+    from control_plane.models import Tenant
+    from control_plane.tenancy import service
+
+    with _session(args) as s:
+        tenant = s.scalars(select(Tenant).where(Tenant.slug == args.tenant.strip().lower(),
+                                                Tenant.state != "deleted")).first()
+        if tenant is None:
+            raise CommandError(f"no tenant has the slug {args.tenant}")
+        rows = service.members(s, tenant)
+        for membership, user in rows:
+            state = "" if user.is_active else " (deactivated)"
+            print(f"{user.email:<40} {membership.role}{state}")
+        print(f"{len(rows)} member(s)")
+    return 0
+
+
+def _set_active(args: argparse.Namespace, active: bool) -> int:
+    from control_plane.users import service
+
+    with _session(args) as s:
+        me = _acting(s, args.acting)
+        target = service.access_user(s, _user(s, args.email, what="--email").id,
+                                     acting_user=me)
+        if active:
+            service.do_reactivate_user(s, target, acting_user=me)
+        else:
+            service.do_deactivate_user(s, target, acting_user=me)
+        print(f"{target.email} {'reactivated' if active else 'deactivated'}")
+    return 0
+
+
+def cmd_user_deactivate(args: argparse.Namespace) -> int:
+    return _set_active(args, False)
+
+
+def cmd_user_reactivate(args: argparse.Namespace) -> int:
+    return _set_active(args, True)
