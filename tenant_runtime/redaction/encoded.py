@@ -8,9 +8,9 @@ or not, at least ``MIN_LENGTH`` characters) is decoded whole; when it decodes to
 encoded: ``MAX_DEPTH`` layers are read) and, if anything is found, the whole chunk becomes one
 entity. The placeholder stands for the chunk as written, so restoring gives it back.
 
-Words that cannot be base64 of text are skipped before decoding: all lowercase, all uppercase,
-or capitalized letters only ("configuration", "README", "Kubernetes"), and digits only (the
-structured detectors read those). Base64 of a value of at least six bytes ("a@b.io") has eight
+Words that cannot be base64 of text are skipped before decoding: those without a capital
+letter ("configuration", "follow-up", "2024-01-15"), and words of letters only in capitals or
+capitalized ("README", "Kubernetes"). Base64 of a value of at least six bytes ("a@b.io") has eight
 characters or more.
 """
 
@@ -21,7 +21,9 @@ import re
 
 MIN_LENGTH = 8
 MAX_DEPTH = 2
-_CANDIDATE = re.compile(rf"(?<![\w+/-])[A-Za-z0-9+/_-]{{{MIN_LENGTH},}}={{0,2}}(?![\w+/=-])")
+# a chunk starts after no word character, "+", "/" or "-" (checked after the match: a lookbehind
+# at every position costs more than the scan)
+_CANDIDATE = re.compile(rf"[A-Za-z0-9+/_-]{{{MIN_LENGTH},}}={{0,2}}(?![\w+/=-])")
 _URL_SAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -31,6 +33,9 @@ def base64_chunks(text: str) -> list[tuple[int, int, str]]:
         return []
     found: list[tuple[int, int, str]] = []
     for m in _CANDIDATE.finditer(text):
+        start = m.start()
+        if start and (text[start - 1].isalnum() or text[start - 1] in "_+/-"):
+            continue
         decoded = decode(m.group())
         if decoded is not None:
             found.append((m.start(), m.end(), decoded))
@@ -40,9 +45,8 @@ def base64_chunks(text: str) -> list[tuple[int, int, str]]:
 def decode(token: str) -> str | None:
     """The text ``token`` is the base64 of, or None when it is not printable text."""
     body = token.rstrip("=")
-    if body.isdigit() or (body.isalpha() and (body.islower() or body.isupper()
-                                              or body[1:].islower())):
-        return None
+    if body.lower() == body or (body.isalpha() and (body.isupper() or body[1:].islower())):
+        return None  # base64 of six bytes of text or more has capitals, and is no word
     data = body.encode("ascii")
     if b"-" in data or b"_" in data:
         if b"+" in data or b"/" in data:

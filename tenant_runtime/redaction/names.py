@@ -15,9 +15,10 @@ Case does not hide a name. A word in ALL CAPITALS is read like a capitalized one
 capitals carry no sign of a name there: a surname after it must be a listed one ("MARIA LOPEZ",
 not "JOHN SENT"), and a first name alone needs four letters ("MARIA", not "ANN" or "SAM"). A
 lowercase word is a name only from the lists: a first name that is no ordinary word
-("maria", not "mark" or "will"), with a listed surname after it ("maria lopez"). Accents do
-not hide one either: the lists are looked up without diacritics ("Jöhn" is "john"), and
-normalize.py has already folded Cyrillic and Greek look-alike letters to Latin.
+("maria", not "mark", "will" or "jade"), with a listed surname after it ("maria lopez"); a
+lowercase surname confirms no capitalized first name that is an ordinary word ("Rose gold").
+Accents do not hide one either: the lists are looked up without diacritics ("Jöhn" is "john"),
+and normalize.py has already folded Cyrillic and Greek look-alike letters to Latin.
 
 Places, organizations and products built on a first name are not people: a name right after a
 place prefix ("San Francisco", "St. Louis", "Lake Charles") or a brand ("Amazon Alexa"), right
@@ -95,11 +96,33 @@ ORGANIZATION_WORDS = frozenset("""
     boulevard county city hall center centre library museum church memorial stadium arena
 """.split())
 
-_ACCENTED = re.compile(r"[^\x00-\x7f]")
+# Latin letters (through Latin Extended-B): the lists hold Latin names, and normalize.py has
+# folded Cyrillic and Greek look-alikes to Latin already
 
-# A word: "Maria", "O'Brien", "Jean-Luc", "McDonald", "maria", "MARIA"; possessive "'s" is
-# split off.
-_TOKEN = re.compile(r"(?<![\w'’@-])[^\W\d_]+(?:['’-][^\W\d_]+)*")
+
+def _letter_class(test: str) -> str:
+    """The letters of U+0000-U+024F for which ``str.<test>()`` holds, as a class body of
+    ranges (a long list of single characters makes a slow class)."""
+    codes = [c for c in range(0x250) if getattr(chr(c), test)()]
+    ranges: list[list[int]] = []
+    for code in codes:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    return "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges)
+
+
+_UPPER = _letter_class("isupper")
+_LOWER = _letter_class("islower")
+_REST = r"[^\W\d_]*(?:['’-][^\W\d_]+)*"
+# A word: "Maria", "O'Brien", "Jean-Luc", "McDonald", "MARIA"; possessive "'s" is split off.
+# (a token starts after no word character, "'", "’", "@" or "-": checked after the match, a
+# lookbehind at every position costs more than the whole scan)
+_UPPER_TOKEN = re.compile(rf"[{_UPPER}]{_REST}")
+_LOWER_TOKEN = re.compile(rf"(?<![\w'’@-])[{_LOWER}]{_REST}")
+_WORD = re.compile(rf"[^\W\d_]{_REST}")
+_LETTERS = re.compile(r"[^\W\d_]+")
 # cues that name whatever capitalized word follows
 _CUE_ONE = re.compile(r"(?i)(?:\bmy name is|\bname is|\bname:|\bsigned,?|\bsincerely,)\s+$")
 # cues that need two capitalized words, or a listed name
@@ -121,11 +144,18 @@ def name_lists() -> tuple[frozenset[str], frozenset[str]]:
 
 
 @lru_cache(maxsize=1)
+def lexicon() -> frozenset[str]:
+    """First names and surnames: the lowercase words that may be part of a name."""
+    first, last = name_lists()
+    return first | last
+
+
+@lru_cache(maxsize=1)
 def not_names() -> dict[str, list[tuple[str, ...]]]:
     """The phrases of data/not_names.txt (lowercase words), by their first word."""
     phrases: dict[str, list[tuple[str, ...]]] = {}
     for line in _load("not_names.txt"):
-        words = tuple(w.lower() for w in _TOKEN.findall(line))
+        words = tuple(_key(w) for w in _WORD.findall(line))
         phrases.setdefault(words[0], []).append(words)
     return phrases
 
@@ -133,7 +163,7 @@ def not_names() -> dict[str, list[tuple[str, ...]]]:
 def _key(word: str) -> str:
     """The lookup form of a word: lowercase, without diacritics."""
     word = word.lower()
-    if _ACCENTED.search(word):
+    if not word.isascii():
         decomposed = unicodedata.normalize("NFKD", word)
         word = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return word
@@ -141,23 +171,49 @@ def _key(word: str) -> str:
 
 def _tokens(text: str, lexicon: frozenset[str]) -> list[tuple[int, int, str, str]]:
     """(start, end, lookup form, TITLE/CAPS/LOWER) of each word that may be part of a name:
-    capitalized words and words in capitals, and lowercase words of ``lexicon``."""
-    out = []
-    for m in _TOKEN.finditer(text):
-        start, end = m.span()
-        word = m.group()
-        if word.endswith(("'s", "’s")) and len(word) > 3:
-            end -= 2
-            word = word[:-2]
-        if word[0].isupper():
-            style = CAPS if len(word) > 1 and word.isupper() else TITLE
-        else:
-            style = LOWER
-        key = _key(word)
-        if style is LOWER and key not in lexicon:
-            continue
-        out.append((start, end, key, style))
+    capitalized words and words in capitals, and lowercase words of ``lexicon``. Lowercase
+    words are many and seldom names, so each distinct one is looked up once, and only those in
+    ``lexicon`` are looked for again."""
+    out = [_token(m, CAPS if len(m.group()) > 1 and m.group().isupper() else TITLE)
+           for m in _UPPER_TOKEN.finditer(text)
+           if m.start() == 0 or _not_in_word(text[m.start() - 1])]
+    if lexicon:
+        words = set(_LETTERS.findall(text))
+        hits = words & lexicon
+        if not text.isascii():
+            hits.update(w for w in words if not w.isascii() and _key(w) in lexicon)
+        for word in hits:
+            if word[0].islower():
+                out.extend(_occurrences(text, word))
+        out.sort()
     return out
+
+
+def _without_possessive(word: str) -> str:
+    return word[:-2] if word.endswith(("'s", "’s")) and len(word) > 3 else word
+
+
+def _token(m: re.Match[str], style: str) -> tuple[int, int, str, str]:
+    start, end = m.span()
+    word = _without_possessive(m.group())
+    return start, start + len(word), _key(word), style
+
+
+def _occurrences(text: str, word: str) -> list[tuple[int, int, str, str]]:
+    """The tokens of ``text`` that are ``word`` (lowercase), as ``_LOWER_TOKEN`` reads them."""
+    out = []
+    at = text.find(word)
+    while at >= 0:
+        m = _LOWER_TOKEN.match(text, at)
+        if m is not None and _without_possessive(m.group()) == word and \
+                (at == 0 or _not_in_word(text[at - 1])):
+            out.append(_token(m, LOWER))
+        at = text.find(word, at + len(word))
+    return out
+
+
+def _not_in_word(ch: str) -> bool:
+    return not (ch.isalnum() or ch in "_'’@-")
 
 
 def _starts_sentence(text: str, start: int) -> bool:
@@ -187,7 +243,7 @@ def find_names(text: str, listed: bool = True, pairs: bool = False) -> list[tupl
     """The spans of person names in ``text``: by the lists, honorifics and cues (``listed``,
     the "person" detector) and by capitalized pairs (``pairs``, the "name_pair" detector)."""
     first, last = name_lists()
-    tokens = _tokens(text, first | last if listed else frozenset())
+    tokens = _tokens(text, lexicon() if listed else frozenset())
     excluded = _excluded(text, tokens) if tokens else set()
     found: list[tuple[int, int]] = []
     n = len(tokens)
@@ -195,9 +251,11 @@ def find_names(text: str, listed: bool = True, pairs: bool = False) -> list[tupl
     def adjacent(i: int, gaps: tuple[str, ...] = (" ",)) -> bool:
         return i + 1 < n and text[tokens[i][1]:tokens[i + 1][0]] in gaps
 
-    def surname_after(i: int, any_capitalized: bool) -> int:
+    def surname_after(i: int, any_capitalized: bool, confirmed: bool = True) -> int:
         """Index of the last token of a name whose first part ends at token ``i``; a listed
-        surname, or (``any_capitalized``) any capitalized word that is no stopword."""
+        surname, or (``any_capitalized``) any capitalized word that is no stopword. A
+        lowercase surname after a capitalized word counts only for a name ``confirmed``
+        already ("Maria lopez"), never as the proof of one ("Rose gold")."""
         gaps: tuple[str, ...] = (" ",)
         j = i
         if adjacent(j) and len(tokens[j + 1][2]) == 1 and tokens[j + 1][3] is TITLE and \
@@ -205,8 +263,9 @@ def find_names(text: str, listed: bool = True, pairs: bool = False) -> list[tupl
             j, gaps = j + 1, (". ", " ")  # a middle initial
         if adjacent(j, gaps) and j + 1 not in excluded:
             _, _, word, style = tokens[j + 1]
-            if word in last or (any_capitalized and style is TITLE and word not in STOPWORDS
-                                and len(word) > 1):
+            if word in last and (style is not LOWER or tokens[i][3] is LOWER or confirmed):
+                return j + 1
+            if any_capitalized and style is TITLE and word not in STOPWORDS and len(word) > 1:
                 return j + 1
         return i
 
@@ -218,13 +277,11 @@ def find_names(text: str, listed: bool = True, pairs: bool = False) -> list[tupl
         start, _, word, style = tokens[i]
         if word in HONORIFICS or i in excluded:
             return None
-        if style is LOWER:  # only from the lists
-            if word not in first or word in STOPWORDS:
+        if style is LOWER:  # only from the lists, and no ordinary word ("jade green")
+            if word not in first or word in STOPWORDS or word in AMBIGUOUS_FIRST or \
+                    word in LOWERCASE_WORDS:
                 return None
-            j = surname_after(i, any_capitalized=False)
-            if j > i or (word not in AMBIGUOUS_FIRST and word not in LOWERCASE_WORDS):
-                return j
-            return None
+            return surname_after(i, any_capitalized=False)
         # in capitals, capitalization is no sign of a name
         loose = style is TITLE
         if i > 0 and tokens[i - 1][2] in HONORIFICS and tokens[i - 1][3] is not LOWER and \
@@ -238,7 +295,7 @@ def find_names(text: str, listed: bool = True, pairs: bool = False) -> list[tupl
             return None
         if cue(start, _CUE_ONE):
             return surname_after(i, any_capitalized=loose)
-        j = surname_after(i, any_capitalized=loose and word not in first)
+        j = surname_after(i, any_capitalized=loose and word not in first, confirmed=False)
         if word in first and j > i:  # an ambiguous first name confirmed by a known surname
             return j
         if (j > i or word in first or word in last) and cue(start, _CUE_TWO):

@@ -77,7 +77,7 @@ def test_luhn_uses_the_numeric_value_of_each_digit(zero):
     ("ask maria lopez about it", "maria lopez"),
     ("michael called twice", "michael"),
     ("cc: jennifer, thanks", "jennifer"),
-    ("grace kelly arrived", "grace kelly"),  # an ordinary word, confirmed by a surname
+    ("GRACE KELLY ARRIVED", "GRACE KELLY"),  # an ordinary word, confirmed by a surname
 ])
 def test_names_in_capitals_and_in_lowercase_are_found(text, value):
     assert found(text) == [("PERSON", value)]
@@ -94,6 +94,14 @@ def test_names_in_capitals_and_in_lowercase_are_found(text, value):
 ])
 def test_names_with_look_alike_letters_are_found(written):
     assert found(f"please ask {written} about it") == [("PERSON", written)]
+
+
+@pytest.mark.parametrize("text", [
+    "the will of the people", "mark the date", "jade green and ivy walls",
+    "Rose gold and Amber white", "a Penny saved, Hope brown", "julia is fast",
+])
+def test_name_words_in_lowercase_or_with_a_lowercase_surname_are_words(text):
+    assert found(text) == []
 
 
 def test_a_word_that_is_really_cyrillic_is_not_folded():
