@@ -43,9 +43,10 @@ _LAST_DIGIT_OR_DASH = 0x1FBFA  # no code point past this one is a decimal digit 
 
 
 @lru_cache(maxsize=1)  # built when the first non-ASCII text comes: the CLI starts faster
-def _fold_table() -> tuple[dict[int, str], re.Pattern[str]]:
+def _fold_table() -> tuple[dict[int, str], re.Pattern[str], re.Pattern[str]]:
     """Every dash (category Pd) and minus sign to "-", every non-ASCII decimal digit to its
-    ASCII digit; and a pattern that finds any of them."""
+    ASCII digit; and two patterns that find any of them: one of the Basic Multilingual Plane
+    only (a class the engine checks by table, fast), one of all (for texts beyond it)."""
     table: dict[int, str] = {}
     for code in range(0x80, _LAST_DIGIT_OR_DASH):
         ch = chr(code)
@@ -56,15 +57,20 @@ def _fold_table() -> tuple[dict[int, str], re.Pattern[str]]:
             table[code] = str(unicodedata.decimal(ch))
     for minus in "\u2212\u2796\u02d7\u2043\u207b\u208b\ufe63\uff0d":
         table[ord(minus)] = "-"
-    ranges: list[list[int]] = []  # digits come in runs of ten: a class of ranges is fast
-    for code in sorted(table):
+    return table, _class([c for c in table if c <= 0xFFFF]), _class(list(table))
+
+
+def _class(codes: list[int]) -> re.Pattern[str]:
+    """A character class of ``codes``, written as ranges (digits come in runs of ten)."""
+    ranges: list[list[int]] = []
+    for code in sorted(codes):
         if ranges and ranges[-1][1] == code - 1:
             ranges[-1][1] = code
         else:
             ranges.append([code, code])
-    pattern = "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
-                      for a, b in ranges)
-    return table, re.compile(f"[{pattern}]")
+    body = "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+                   for a, b in ranges)
+    return re.compile(f"[{body}]")
 
 
 # Cyrillic and Greek letters that look like a Latin letter (after Unicode's confusables.txt,
@@ -87,7 +93,6 @@ CONFUSABLES = {
 }
 _CONFUSABLE_TABLE = str.maketrans(CONFUSABLES)
 _HAS_CONFUSABLE = re.compile("[" + "".join(CONFUSABLES) + "]")
-_WORD = re.compile(r"[^\W\d_]+")
 _LATIN_END = "\u0250"  # Basic Latin through Latin Extended-B
 
 _ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+"
@@ -232,20 +237,36 @@ def _fold(text: str) -> Normalized | None:
 def _fold_characters(text: str) -> str:
     """Dashes, digits and look-alike letters folded, one character for one; ``text`` itself
     when there is nothing to fold."""
-    table, foldable = _fold_table()
-    if foldable.search(text):
-        text = text.translate(table)
+    table, basic, every = _fold_table()
+    foldable = every if max(text) > "\uffff" else basic
+    if foldable.search(text):  # replaced where they are: translate() walks every character
+        text = foldable.sub(lambda m: table[ord(m.group())], text)
     if _HAS_CONFUSABLE.search(text):
-        text = _WORD.sub(_latin_word, text)
+        text = _latin_words(text)
     return text
 
 
-def _latin_word(m: re.Match[str]) -> str:
-    word = m.group()
-    folded = word.translate(_CONFUSABLE_TABLE)
-    if folded != word and all(ch < _LATIN_END for ch in folded):
-        return folded
-    return word
+def _latin_words(text: str) -> str:
+    """Each word with a look-alike letter in it, folded to Latin when all its letters then are
+    (linear: each word is walked once, from the look-alike letter it was found by)."""
+    pieces: list[str] = []
+    done = 0
+    for m in _HAS_CONFUSABLE.finditer(text):
+        if m.start() < done:
+            continue  # inside the word just folded
+        start = m.start()
+        while start > done and text[start - 1].isalpha():
+            start -= 1
+        end = m.end()
+        while end < len(text) and text[end].isalpha():
+            end += 1
+        word = text[start:end]
+        folded = word.translate(_CONFUSABLE_TABLE)
+        pieces.append(text[done:start])
+        pieces.append(folded if all(ch < _LATIN_END for ch in folded) else word)
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _nfkc(text: str) -> Normalized:
