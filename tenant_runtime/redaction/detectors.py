@@ -69,6 +69,7 @@ _DOB = (r"(?P<dob>(?i:\b(?:DOB|D\.O\.B|date of birth|birth ?date|birthday|born))
 _DIGIT_BRANCHES = {"address": (_ADDRESS,), "card": (_CARD,), "ssn": (_SSN, _SSN_CONTEXT),
                    "ein": (_EIN,), "phone": (_PHONE, _INTL_PHONE), "ip": (_IPV4,)}
 _EMAIL_PATTERN = re.compile(_EMAIL)
+_LOCAL_PART = re.compile(r"[\w.%+'-]{1,64}@")  # the longest local part before one "@"
 _DOB_PATTERN = re.compile(_DOB)
 _DOB_CUES = ("dob", "d.o.b", "birth", "born")
 
@@ -207,14 +208,18 @@ class StructuredDetector:
     @staticmethod
     def _emails(text: str, found: list[tuple[int, int, str]]) -> None:
         """Each "@", with the 64 characters a local part may take before it (the match starts
-        at the first of them that may belong to a local part)."""
+        at the first of them that may belong to a local part; never before the "@" ahead of
+        it, which no local part holds, so a run of "@"s costs one step each)."""
         at = text.find("@")
-        done = 0
+        done = previous = 0
         while at >= 0:
-            m = _EMAIL_PATTERN.search(text, max(done, at - 64), min(len(text), at + 400))
-            if m is not None and m.start() <= at:
-                found.append((m.start(), m.end(), "EMAIL"))
-                done = m.end()
+            if 0 < at < len(text) - 1 and (text[at + 1].isalnum() or text[at + 1] == "-"):
+                local = _LOCAL_PART.search(text, max(done, previous, at - 64), at + 1)
+                m = local and _EMAIL_PATTERN.match(text, local.start(), min(len(text), at + 400))
+                if m:
+                    found.append((m.start(), m.end(), "EMAIL"))
+                    done = m.end()
+            previous = at + 1
             at = text.find("@", max(at + 1, done))
 
 

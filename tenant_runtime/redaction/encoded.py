@@ -21,9 +21,11 @@ import re
 
 MIN_LENGTH = 8
 MAX_DEPTH = 2
-# a chunk starts after no word character, "+", "/" or "-" (checked after the match: a lookbehind
-# at every position costs more than the scan)
-_CANDIDATE = re.compile(rf"[A-Za-z0-9+/_-]{{{MIN_LENGTH},}}={{0,2}}(?![\w+/=-])")
+# A chunk starts and ends next to no word character, "+", "/" or "-" (nor ends before "=").
+# Both are checked after the match, not by lookarounds: a lookbehind at every position costs
+# more than the scan, and a lookahead that fails would make the engine retry the run from each
+# of its characters (quadratic: "AAAA…Aé").
+_CANDIDATE = re.compile(rf"[A-Za-z0-9+/_-]{{{MIN_LENGTH},}}={{0,2}}")
 _URL_SAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -33,13 +35,20 @@ def base64_chunks(text: str) -> list[tuple[int, int, str]]:
         return []
     found: list[tuple[int, int, str]] = []
     for m in _CANDIDATE.finditer(text):
-        start = m.start()
-        if start and (text[start - 1].isalnum() or text[start - 1] in "_+/-"):
+        start, end = m.span()
+        if start and _joins(text[start - 1]) or end < len(text) and \
+                (_joins(text[end]) or text[end] == "="):
             continue
         decoded = decode(m.group())
         if decoded is not None:
             found.append((m.start(), m.end(), decoded))
     return found
+
+
+def _joins(ch: str) -> bool:
+    """Whether ``ch`` next to a chunk makes it part of something longer ("=" before it does
+    not: "payload=<chunk>")."""
+    return ch.isalnum() or ch in "_+/-"
 
 
 def decode(token: str) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import time
 import urllib.parse
 
 import pytest
@@ -153,3 +154,17 @@ def test_a_value_in_a_url_is_redacted_and_the_rest_of_the_url_kept():
     result = redact_text(text, STANDARD)
     assert result.text == "GET /search?who=[EMAIL_1]&page=2 HTTP/1.1"
     assert result.restorer.restore(result.text) == text
+
+
+@pytest.mark.parametrize("text", [
+    "A" * 100_000 + "\u00e9",  # a base64-looking run that ends in a word character
+    "QUJD" * 25_000 + "\u00e9", "a@" * 50_000, "@" * 100_000, "a@b." * 25_000,
+    ("a" * 200 + "@") * 500, "\u0410a" * 50_000, "%41" * 30_000, "&#65;" * 20_000,
+    "MARIA " * 20_000, "maria " * 20_000, "e\u0301" * 50_000,
+])
+def test_long_adversarial_texts_are_redacted_in_linear_time(text):
+    # each takes well under a second; a quadratic scan took minutes ("A" * 100_000 + "é": 443 s)
+    started = time.perf_counter()
+    for profile in (STANDARD, Profile.named("aggressive")):
+        redact_text(text, profile)
+    assert time.perf_counter() - started < 10
