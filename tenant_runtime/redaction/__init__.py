@@ -16,12 +16,16 @@ CONTRACT (the gateway and the adapters are written against it):
   split across chunks.
 - ``redact_text(text, profile) -> RedactionResult`` (``text``, ``entities``) for the CLI.
 
-How a text is redacted: it is normalized (normalize.py: NFKC, zero-width characters removed,
-with a map back to the original); the tenant's terms and patterns (custom.py), the structured
-detectors (detectors.py, one compiled alternation) and the name scan (names.py) report spans in
-the normalized text; overlapping spans are merged into one entity, so no part of a value
-escapes; each entity is mapped back to the original text and replaced there by its placeholder
-(placeholders.py), leaving every other character as it was.
+How a text is redacted: it is normalized (normalize.py: percent-escapes and HTML character
+references decoded, NFKC, zero-width characters removed, dashes, digits of every script and
+Cyrillic or Greek look-alike letters folded, with a map back to the original); the tenant's
+terms and patterns (custom.py), the structured detectors (detectors.py, one compiled
+alternation) and the name scan (names.py) report spans in the normalized text; so does the
+base64 layer (encoded.py): a chunk whose decoded text holds a value is one entity, whole;
+overlapping spans are merged into one entity, so no part of a value escapes; each entity is
+mapped back to the original text and replaced there by its placeholder (placeholders.py),
+leaving every other character as it was. The placeholder stands for the original characters,
+escapes and all, so the answer gets back exactly what the caller wrote.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
-from tenant_runtime.redaction import custom
+from tenant_runtime.redaction import custom, encoded
 from tenant_runtime.redaction.exceptions import RedactionTimeout
 from tenant_runtime.redaction.names import find_names
 from tenant_runtime.redaction.normalize import normalize
@@ -70,8 +74,9 @@ class RedactionResult:
     restorer: Restorer = field(repr=False, compare=False)
 
 
-def _spans(text: str, profile: Profile) -> list[tuple[int, int, str]]:
-    """(start, end, type) of every value in ``text`` (normalized), overlapping or not."""
+def _spans(text: str, profile: Profile, depth: int = 0) -> list[tuple[int, int, str]]:
+    """(start, end, type) of every value in ``text`` (normalized), overlapping or not;
+    ``depth`` counts the base64 layers ``text`` came through."""
     spans: list[tuple[int, int, str]] = []
     terms = custom.terms_pattern(profile.terms)
     if terms is not None:
@@ -82,6 +87,12 @@ def _spans(text: str, profile: Profile) -> list[tuple[int, int, str]]:
     listed, pairs = "person" in profile.detectors, "name_pair" in profile.detectors
     if listed or pairs:
         spans.extend((s, e, "PERSON") for s, e in find_names(text, listed=listed, pairs=pairs))
+    if depth < encoded.MAX_DEPTH:
+        for start, end, decoded in encoded.base64_chunks(text):
+            inner = _merge(_spans(normalize(decoded).text, profile, depth + 1))
+            if inner:
+                kind = max(inner, key=lambda span: (span[1] - span[0], -_PRIORITY[span[2]]))[2]
+                spans.append((start, end, kind))
     return spans
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -21,21 +22,25 @@ from functools import lru_cache
 ENTITY_TYPES = {"email": "EMAIL", "phone": "PHONE", "ssn": "SSN", "ein": "EIN", "card": "CARD",
                 "address": "ADDRESS", "ip": "IP", "dob": "DOB"}
 
-_EMAIL = (r"(?P<email>(?<![\w.%+'-])[\w.%+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){0,8}"
-          r"\.[^\W\d_]{2,24})(?![\w-])")
+# The local part is searched from at most 64 characters before the "@" (``_emails``), so a run
+# of dots or dashes before it cannot push its start out of reach; the address ends where its
+# top-level domain does, whatever follows ("jane@example.com--", "_", "-x", "1").
+_EMAIL = (r"(?P<email>[\w.%+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){0,8}"
+          r"\.[^\W\d_]{2,24})(?![^\W\d_])")
 
 _CARD = (r"(?P<card>(?<![\w+-])(?:\d{13,19}"
-         r"|\d{4}(?P<cs1>[ -])\d{4}(?P=cs1)\d{4}(?P=cs1)\d{1,4}(?:(?P=cs1)\d{1,3})?"
-         r"|\d{4}(?P<cs2>[ -])\d{6}(?P=cs2)\d{4,5}))(?!\w)")
+         r"|\d{4}(?P<cs1>[ ./-])\d{4}(?P=cs1)\d{4}(?P=cs1)\d{1,4}(?:(?P=cs1)\d{1,3})?"
+         r"|\d{4}(?P<cs2>[ ./-])\d{6}(?P=cs2)\d{4,5}))(?!\w)")
 
-_SSN = r"(?P<ssn>(?<![\w-])\d{3}-\d{2}-\d{4})(?![\w-])"
+_SSN = (r"(?P<ssn>(?<![\w-])(?<!\d[./])\d{3}(?P<ss>[./-])\d{2}(?P=ss)\d{4})"
+        r"(?![\w-])(?![./]\d)")
 _SSN_CONTEXT = r"(?P<ssnctx>(?<![\w-])(?:\d{3} \d{2} \d{4}|\d{9}))(?![\w-])"  # needs a cue
 _EIN = r"(?P<ein>(?<![\w-])\d{2}-\d{7})(?![\w-])"
 
-_PHONE = (r"(?P<phone>(?<![\w+])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-]?)\d{3}[ .-]?\d{4})"
-          r"(?!\w|[.-]\d)")
-_INTL_PHONE = (r"(?P<intl>(?<![\w+])\+(?:\d{8,15}|[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\)\d{0,6})?"
-               r"(?:[ .-]\d{1,8}){1,5}))(?!\w|[.-]\d)")
+_PHONE = (r"(?P<phone>(?<![\w+])(?:\+?1[ ./-]?)?(?:\(\d{3}\)[ ./-]?|\d{3}[ ./-]?)\d{3}[ ./-]?"
+          r"\d{4})(?!\w|[./-]\d)")
+_INTL_PHONE = (r"(?P<intl>(?<![\w+])\+(?:\d{8,15}|[1-9]\d{0,2}(?:[ ./-]?\(\d{1,4}\)\d{0,6})?"
+               r"(?:[ ./-]\d{1,8}){1,5}))(?!\w|[./-]\d)")
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = rf"(?P<ipv4>(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}})(?!\w|\.\d)"
@@ -64,6 +69,7 @@ _DOB = (r"(?P<dob>(?i:\b(?:DOB|D\.O\.B|date of birth|birth ?date|birthday|born))
 _DIGIT_BRANCHES = {"address": (_ADDRESS,), "card": (_CARD,), "ssn": (_SSN, _SSN_CONTEXT),
                    "ein": (_EIN,), "phone": (_PHONE, _INTL_PHONE), "ip": (_IPV4,)}
 _EMAIL_PATTERN = re.compile(_EMAIL)
+_LOCAL_PART = re.compile(r"[\w.%+'-]{1,64}@")  # the longest local part before one "@"
 _DOB_PATTERN = re.compile(_DOB)
 _DOB_CUES = ("dob", "d.o.b", "birth", "born")
 
@@ -79,9 +85,10 @@ def valid_ssn(digits: str) -> bool:
 
 
 def luhn(digits: str) -> bool:
+    """The Luhn check over the numeric value of each digit, whatever its script."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
+        d = unicodedata.decimal(ch)
         if i % 2:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
@@ -89,7 +96,7 @@ def luhn(digits: str) -> bool:
 
 
 def _digits(value: str) -> str:
-    return "".join(ch for ch in value if ch.isdigit())
+    return "".join(ch for ch in value if ch.isdecimal())
 
 
 # A check returns the span of the value in the match, or None: not a value after all.
@@ -101,7 +108,7 @@ def _card(text: str, m: re.Match[str]) -> Span:
     if luhn(_digits(value)):
         return m.span()
     # "4111 1111 1111 1111 12": the shape took a trailing group that is not part of the card
-    cut = max(value.rfind(" "), value.rfind("-"))
+    cut = max(value.rfind(" "), value.rfind("-"), value.rfind("."), value.rfind("/"))
     if cut > 0 and value.count(value[cut]) == 4 and luhn(_digits(value[:cut])):
         return m.start(), m.start() + cut
     return None
@@ -200,14 +207,19 @@ class StructuredDetector:
 
     @staticmethod
     def _emails(text: str, found: list[tuple[int, int, str]]) -> None:
-        """Each "@", with the 64 characters a local part may take before it."""
+        """Each "@", with the 64 characters a local part may take before it (the match starts
+        at the first of them that may belong to a local part; never before the "@" ahead of
+        it, which no local part holds, so a run of "@"s costs one step each)."""
         at = text.find("@")
-        done = 0
+        done = previous = 0
         while at >= 0:
-            m = _EMAIL_PATTERN.search(text, max(done, at - 64), min(len(text), at + 400))
-            if m is not None and m.start() <= at:
-                found.append((m.start(), m.end(), "EMAIL"))
-                done = m.end()
+            if 0 < at < len(text) - 1 and (text[at + 1].isalnum() or text[at + 1] == "-"):
+                local = _LOCAL_PART.search(text, max(done, previous, at - 64), at + 1)
+                m = local and _EMAIL_PATTERN.match(text, local.start(), min(len(text), at + 400))
+                if m:
+                    found.append((m.start(), m.end(), "EMAIL"))
+                    done = m.end()
+            previous = at + 1
             at = text.find("@", max(at + 1, done))
 
 

@@ -4,6 +4,7 @@ rate limits, spend cap, provider failures and malformed requests answer in each 
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -119,6 +120,87 @@ def test_profile_off_sends_the_text_as_it_is_and_aggressive_redacts_more(gw):
     sent = wire(gw).decode()
     assert "10.20.30.40" not in sent and "Elm Street" not in sent and "1985" not in sent
     assert_no_pii(wire(gw))
+
+
+def _in_script(value: str, zero: int) -> str:
+    return "".join(chr(zero + int(c)) if c.isdigit() else c for c in value)
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+# The review's bypasses (issue 15, finding 5): (as written in the prompt, as a person reads it)
+WRITTEN = {
+    "email --": ("ann.lee@example.org--", "ann.lee@example.org"),
+    "email _": ("bo.chen@example.net_", "bo.chen@example.net"),
+    "email -x": ("cy.diaz@example.io-x", "cy.diaz@example.io"),
+    "ssn U+2010": ("123\u201045\u20106789", "123-45-6789"),
+    "ssn U+2011": ("234\u201156\u20117890", "234-56-7890"),
+    "card U+2013": ("4111\u20131111\u20131111\u20131111", "4111-1111-1111-1111"),
+    "phone U+2212": ("415\u2212555\u22120134", "415-555-0134"),
+    "ssn dots": ("345.67.8901", "345-67-8901"),
+    "card slashes": ("5555/5555/5555/4444", "5555-5555-5555-4444"),
+    "phone slashes": ("212/555/0173", "212-555-0173"),
+    "ssn arabic-indic": (_in_script("456-78-9012", 0x660), "456-78-9012"),
+    "card extended arabic-indic": (_in_script("4012 8888 8888 1881", 0x6F0),
+                                   "4012 8888 8888 1881"),
+    "phone devanagari": (_in_script("(646) 555-0199", 0x966), "(646) 555-0199"),
+    "ssn bengali": (_in_script("567-89-0123", 0x9E6), "567-89-0123"),
+    "card fullwidth": (_in_script("3782 822463 10005", 0xFF10), "3782 822463 10005"),
+    "name in capitals": ("MARIA LOPEZ", "MARIA LOPEZ"),
+    "name in lowercase": ("james wilson", "james wilson"),
+    "name with a cyrillic letter": ("\u0415lizabeth Moore", "Elizabeth Moore"),
+    "name with greek letters": ("\u039cich\u03b1el Brown", "Michael Brown"),
+    "email percent-encoded": ("dee.ng%40example.com", "dee.ng@example.com"),
+    "ssn html decimal": ("".join(f"&#{ord(c)};" for c in "678-90-1234"), "678-90-1234"),
+    "phone html hex": ("".join(f"&#x{ord(c):x};" for c in "303-555-0147"), "303-555-0147"),
+    "email html named": ("eve.ito&commat;example&period;com", "eve.ito@example.com"),
+    "card base64": (_b64("6011 1111 1111 1117"), "6011 1111 1111 1117"),
+    "name base64": (_b64("Patricia Nguyen"), "Patricia Nguyen"),
+}
+WRITTEN_PROMPT = "Notes: " + "; ".join(f"{kind}: {text}" for kind, (text, _) in WRITTEN.items())
+
+
+def wire_strings(env: GatewayEnv) -> str:
+    """Every string in the JSON bodies the provider received (JSON may escape non-ASCII
+    characters, so the raw bytes would hide them), one a line."""
+    out: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(key)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for request in env.llm.received:
+        try:
+            walk(json.loads(request.body))
+        except ValueError:
+            out.append(request.body.decode("utf-8", "replace"))
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("model", sorted(ROUTES))
+def test_no_provider_wire_sees_a_value_however_it_is_written(gw, model):
+    with oai(gw) as client:
+        answer = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": WRITTEN_PROMPT}], max_tokens=900)
+    # restored exactly as written, escapes and all
+    assert answer.choices[0].message.content == f"You said: {WRITTEN_PROMPT}"
+    sent = wire_strings(gw)
+    assert "Notes: email --: [EMAIL_" in sent  # the check reads the prompt itself
+    for kind, (text, plain) in WRITTEN.items():
+        assert text not in sent, f"{kind} reached the provider as written"
+        assert plain not in sent, f"{kind} reached the provider in plain"
+        digits = "".join(c for c in plain if c.isdigit())
+        assert not digits or digits not in "".join(c for c in sent if c.isdigit() or c == "\n")
+    assert calls(gw)[0].redactions == {"EMAIL": 5, "SSN": 6, "CARD": 5, "PHONE": 4, "PERSON": 5}
 
 
 # ------------------------------------------------------------------------------- allowlist
