@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
-from tenant_runtime.exceptions import TenantError
+from tenant_runtime.exceptions import TenantError, TenantInvalidInput
 from tenant_runtime.gateway import config, pricing, spend
 from tenant_runtime.gateway.egress import EgressRefused, check_route
 from tenant_runtime.gateway.messages import ChatRequest
@@ -58,6 +58,11 @@ class GatewayEvents:
     ROUTE_DELETED = "gateway.route_deleted"
     PRICE_SET = "gateway.price_set"
     PRICE_REMOVED = "gateway.price_removed"
+
+
+# providers whose wire format takes the system prompt apart from the conversation and refuses
+# a conversation with no turn: a system-only request is refused before any spend or call
+NEEDS_A_TURN = frozenset({"anthropic", "bedrock"})
 
 
 class ModelRefused(TenantError):
@@ -131,14 +136,24 @@ class Gateway:
                     "Owner or Admin can allow it on the tenant's gateway page.")
             else:
                 redacted, restorer = redact_request(request, cfg.profile)
-                chain, egress_refusals = [], []
+                chain, egress_refusals, untranslatable = [], [], []
+                turns = any(m.role != "system" for m in request.messages)
                 for entry in cfg.chains[request.model]:
+                    if not turns and entry.provider in NEEDS_A_TURN:
+                        untranslatable.append(entry.provider)
+                        continue
                     try:
                         check_route(self.ctx.egress, provider=entry.provider,
                                     endpoint=entry.endpoint, has_credential=entry.has_credential)
                         chain.append(entry)
                     except EgressRefused as exc:
                         egress_refusals.append(f"{entry.model_name}: {exc.message}")
+                if not chain and untranslatable and not egress_refusals:
+                    raise TenantInvalidInput(
+                        f"The model {shown(request.model)} is served by "
+                        f"{' and '.join(sorted(set(untranslatable)))}, which needs at least one "
+                        "user or assistant message; this request has only system messages. "
+                        "Add the user's message.")
                 if not chain:
                     raise ProvidersFailed(f"The model {shown(request.model)} cannot be called: "
                                           + " ".join(egress_refusals))

@@ -300,6 +300,28 @@ def test_malformed_requests_get_a_clear_4xx_in_each_apis_shape(gw):
 # ------------------------------------------------------------------------------- providers
 
 
+@pytest.mark.parametrize("model", sorted(ROUTES))
+def test_a_system_only_request_is_refused_where_the_provider_needs_a_turn(gw, model):
+    """Anthropic and Bedrock take the system prompt apart from the conversation and refuse an
+    empty conversation: such a request is a 422 naming what to add, before any spend or call
+    (it was a 502 after the provider's refusal). The other providers answer it."""
+    provider = ROUTES[model][0]
+    with oai(gw, max_retries=0) as client:
+        if provider in ("anthropic", "bedrock"):
+            with pytest.raises(openai.UnprocessableEntityError) as bad:
+                client.chat.completions.create(
+                    model=model, messages=[{"role": "system", "content": "Be terse."}])
+            assert bad.value.body["message"] == (
+                f"The model '{model}' is served by {provider}, which needs at least one user or "
+                "assistant message; this request has only system messages. Add the user's "
+                "message.")
+            assert gw.llm.received == [] and calls(gw) == []
+        else:
+            answer = client.chat.completions.create(
+                model=model, messages=[{"role": "system", "content": "Be terse."}])
+            assert answer.choices[0].message.content
+
+
 def test_provider_failures_are_retried_then_named(gw):
     with oai(gw) as client:  # the SDK's own retries stay on: ours must stop them
         gw.llm.fail_next(503)
