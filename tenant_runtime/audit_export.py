@@ -19,18 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Row, func, select, text
 from sqlalchemy.orm import Session
 
+from tenant_runtime.checkpoints import make_checkpoint, statement_signer
+from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.models import AuditEvent
 
-FORMAT = 1
+FORMAT = 2
 BATCH_SIZE = 5_000
 RANGE_PARAMS = ("first_seq", "last_seq", "since", "until")
 SEQ = re.compile(r"[0-9]{1,18}")  # fits a bigint
@@ -173,28 +175,67 @@ def _checkpoints(session: Session, low: int, high: int, batch: int) -> Iterator[
         after = rows[-1].seq
 
 
+def _keys(session: Session) -> list[dict[str, Any]]:
+    if not _table_exists(session, "checkpoint_keys"):
+        return []
+    return [{"key_id": row.key_id, "public_key": row.public_key,
+             "valid_from": timestamp(row.valid_from),
+             "retired_at": timestamp(row.retired_at) if row.retired_at else None}
+            for row in session.execute(text(
+                "SELECT key_id, public_key, valid_from, retired_at FROM checkpoint_keys "
+                "ORDER BY valid_from, id"))]
+
+
+def _rotations(session: Session, tenant_id: int) -> list[dict[str, Any]]:
+    if not _table_exists(session, "checkpoint_key_rotations"):
+        return []
+    return [{"type": "key_rotation", "tenant_id": tenant_id, "old_key_id": row.old_key_id,
+             "new_key_id": row.new_key_id, "new_public_key": row.new_public_key,
+             "rotated_at": timestamp(row.rotated_at), "signature": row.signature,
+             "new_signature": row.new_signature}
+            for row in session.execute(text(
+                "SELECT old_key_id, new_key_id, new_public_key, rotated_at, signature, "
+                "new_signature FROM checkpoint_key_rotations ORDER BY rotated_at, id"))]
+
+
+class Signer(Protocol):
+    """Signs an export statement: the checkpoint key valid at the export's time."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def sign(self, message: bytes) -> str: ...
+
+
 def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int | None = None,
                  last_seq: int | None = None, since: datetime | None = None,
                  until: datetime | None = None, batch_size: int = BATCH_SIZE,
-                 exported_at: datetime | None = None) -> Iterator[bytes]:
+                 exported_at: datetime | None = None,
+                 signer: Callable[[Session, datetime], Signer | None] | None = None
+                 ) -> Iterator[bytes]:
     """The export, line by line (each ``bytes`` ends with ``\\n``). ``session`` must not have
-    run a statement yet: the export opens its own read-only snapshot in it."""
+    run a statement yet: the export opens its own read-only snapshot in it. ``signer`` finds,
+    in that snapshot, the key that signs the closing statement (None: no statement, which the
+    verifier refuses for a tenant that has a key; only tests and benchmarks leave it out)."""
     wanted = check_range(ExportRange(first_seq, last_seq, since, until))
+    moment = exported_at or datetime.now(UTC)  # before the snapshot: see statement_signer
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
     has_checkpoints = _table_exists(session, "audit_checkpoints")
-    keys = [] if not _table_exists(session, "checkpoint_keys") else [
-        {"key_id": key_id, "public_key": public_key} for key_id, public_key in session.execute(
-            text("SELECT key_id, public_key FROM checkpoint_keys ORDER BY id"))]
+    keys = _keys(session)
+    tenant_head = session.execute(select(EVENTS.c.seq, EVENTS.c.chain_hash)
+                                  .order_by(EVENTS.c.seq.desc()).limit(1)).first()
+    signing = signer(session, moment) if signer is not None and keys else None
     digest = hashlib.sha256()
 
     def emit(line: bytes) -> bytes:
         digest.update(line)
         return line
 
-    yield emit(canonical_line({
-        "type": "header", "format": FORMAT, "tenant_id": tenant_id, "tenant": slug,
-        "exported_at": timestamp(exported_at or datetime.now(UTC)), "range": wanted.as_json(),
-        "public_keys": keys}))
+    header = {"type": "header", "format": FORMAT, "tenant_id": tenant_id, "tenant": slug,
+              "exported_at": timestamp(moment), "range": wanted.as_json(), "public_keys": keys}
+    yield emit(canonical_line(header))
+    for rotation in _rotations(session, tenant_id):
+        yield emit(canonical_line(rotation))
     bounds = _seq_bounds(session, wanted)
     count, first_row, head = 0, None, None
     for row in _events(session, *bounds, batch_size) if bounds else ():
@@ -211,8 +252,38 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
                 "type": "checkpoint", "tenant_id": tenant_id, "seq": cp.seq,
                 "chain_hash": cp.chain_hash, "created_at": timestamp(cp.created_at),
                 "signature": cp.signature, "key_id": cp.key_id}))
-    yield canonical_line({"type": "manifest", "first_seq": first_row,
-                          "last_seq": head.seq if head is not None else None,
-                          "head_hash": head.chain_hash if head is not None else None,
-                          "events": count, "checkpoints": checkpoints,
-                          "sha256": digest.hexdigest()})
+    manifest = {"type": "manifest", "first_seq": first_row,
+                "last_seq": head.seq if head is not None else None,
+                "head_hash": head.chain_hash if head is not None else None,
+                "events": count, "checkpoints": checkpoints, "sha256": digest.hexdigest()}
+    yield emit(canonical_line(manifest))
+    if signing is None:
+        return
+    statement: dict[str, Any] = {
+        "type": "statement", "tenant_id": tenant_id, "tenant": slug,
+        "exported_at": header["exported_at"], "range": header["range"],
+        "first_seq": first_row, "last_seq": manifest["last_seq"], "events": count,
+        "checkpoints": checkpoints,
+        "head_seq": tenant_head.seq if tenant_head is not None else None,
+        "head_hash": tenant_head.chain_hash if tenant_head is not None else None,
+        "sha256": digest.hexdigest(), "key_id": signing.key_id}
+    statement["signature"] = signing.sign(canonical_line(statement)[:-1])
+    yield canonical_line(statement)
+
+
+def export_tenant_chain(ctx: TenantContext, wanted: ExportRange, *,
+                        batch_size: int = BATCH_SIZE) -> Iterator[bytes]:
+    """What the dashboard, the API and the shell hand out: the chain head checkpointed first
+    (in its own transaction, so the export carries a checkpoint of the head as it was a moment
+    before), then ``export_lines`` from one snapshot, closed by a statement signed by the
+    tenant's checkpoint key. Needs the tenant's data key (TenantKeyUnavailable otherwise):
+    without it nothing can be signed, and an unsigned export of a tenant with a key does not
+    verify."""
+    with ctx.session() as s, s.begin():
+        make_checkpoint(s, ctx, force=True)
+    with ctx.session() as s:
+        yield from export_lines(
+            s, tenant_id=ctx.tenant_id, slug=ctx.slug, first_seq=wanted.first_seq,
+            last_seq=wanted.last_seq, since=wanted.since, until=wanted.until,
+            batch_size=batch_size,
+            signer=lambda session, moment: statement_signer(session, ctx, moment))

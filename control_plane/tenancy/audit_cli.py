@@ -50,6 +50,9 @@ def register(sub: Any) -> None:
     verify.add_argument("--checkpoint", metavar="FILE",
                         help="a checkpoint (JSON) kept outside the export, which the log must "
                              "reach and match")
+    verify.add_argument("--allow-format-1", action="store_true",
+                        help="check an export made before signed export statements (format 1) "
+                             "by the format 1 rules")
     verify.set_defaults(func=cmd_audit_verify)
 
 
@@ -60,7 +63,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from control_plane.tenancy.events import TenantEvents
     from control_plane.tenancy.export import EXPORTABLE_STATES
-    from tenant_runtime.audit_export import export_lines, parse_range
+    from tenant_runtime.audit_export import export_tenant_chain, parse_range
     from tenant_runtime.context import Actor
     from tenant_runtime.exceptions import TenantError
 
@@ -86,13 +89,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
                              actor=audit.Actor("system", None, name), target_type="tenant",
                              target_id=tenant.id,
                              details={"range": wanted.as_json(), "via": "cli"})
-            last = b""
-            with ctx.session() as ts:
-                for line in export_lines(ts, tenant_id=ctx.tenant_id, slug=ctx.slug,
-                                         first_seq=wanted.first_seq, last_seq=wanted.last_seq,
-                                         since=wanted.since, until=wanted.until):
-                    f.write(line)
-                    last = line
+            lines: list[bytes] = []  # the manifest, and the statement when there is one
+            for line in export_tenant_chain(ctx, wanted):
+                f.write(line)
+                lines = [*lines[-1:], line]
         os.replace(partial, out)
     except OSError as exc:
         raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -100,11 +100,15 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         raise CommandError(exc.message) from None
     finally:
         partial.unlink(missing_ok=True)
-    manifest = json.loads(last)
+    closing = [json.loads(line) for line in lines]
+    manifest = next(o for o in closing if o["type"] == "manifest")
+    statement = next((o for o in closing if o["type"] == "statement"), None)
     span = (f"seq {manifest['first_seq']}-{manifest['last_seq']}" if manifest["events"]
             else "no events in the range")
     print(f"exported tenant {ctx.slug} (id {ctx.tenant_id}) to {out}: {manifest['events']} "
-          f"rows ({span}), {manifest['checkpoints']} checkpoint(s)")
+          f"rows ({span}), {manifest['checkpoints']} checkpoint(s), "
+          + (f"signed by key {statement['key_id']} at head seq {statement['head_seq']}"
+             if statement else "unsigned (the tenant has no checkpoint key yet)"))
     print(f"{manifest['events']} rows, head {manifest['head_hash'] or 'none'}")
     return 0
 
@@ -130,4 +134,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         argv += ["--pin-key", args.pin_key]
     if args.checkpoint:
         argv += ["--checkpoint", args.checkpoint]
+    if args.allow_format_1:
+        argv.append("--allow-format-1")
     return int(verifier.main(argv))

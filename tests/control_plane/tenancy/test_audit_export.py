@@ -34,7 +34,8 @@ from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.service import access_tenant
 from control_plane.web.app import build_app
 from tenant_runtime import audit
-from tenant_runtime.audit_export import export_lines
+from tenant_runtime.audit_export import ExportRange, export_lines, export_tenant_chain
+from tenant_runtime.checkpoints import StatementSigner
 from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent
 from tests.conftest import TEST_SECRET_KEY
@@ -43,6 +44,9 @@ from tests.factories import make_user, sign_in
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = 25
+# the first export checkpoints the head, which makes the tenant's checkpoint key: its creation
+# is one more event of the chain
+EXPORTED = EVENTS + 1
 
 
 def load_verifier():
@@ -134,9 +138,11 @@ def test_owner_and_compliance_export_from_the_api_and_the_dashboard(app_client, 
     disposition = response.headers["content-disposition"]
     assert disposition.startswith('attachment; filename="audit-acme-')
     assert disposition.endswith('.jsonl"') and response.headers["cache-control"] == "no-store"
-    code, output = verify(tmp_path, response.content)
+    public = json.loads(response.content.splitlines()[0])["public_keys"][0]["public_key"]
+    code, output = verify(tmp_path, response.content, "--pin-key", public)
     assert code == 0, output
-    assert output.splitlines()[-1].startswith(f"OK {EVENTS} rows, head ")
+    assert output.splitlines()[-1].startswith(f"OK {EXPORTED} rows, head ")
+    assert "had reached seq 26; the file holds everything it should" in output
     header = json.loads(response.content.splitlines()[0])
     assert header["tenant_id"] == acme and header["tenant"] == "acme"
 
@@ -154,7 +160,7 @@ def test_owner_and_compliance_export_from_the_api_and_the_dashboard(app_client, 
     assert code == 0 and "OK 0 rows, head none" in output, output
     since_ever = client.get(f"/tenants/{acme}/audit/export?since=0001-01-01")
     code, output = verify(tmp_path, since_ever.content)
-    assert code == 0 and f"OK {EVENTS} rows" in output and "from genesis" in output, output
+    assert code == 0 and f"OK {EXPORTED} rows" in output and "from genesis" in output, output
 
     compliance = add_member(db, acme, "compliance@acme.example", "Compliance")
     client.cookies.clear()
@@ -294,7 +300,7 @@ def test_a_large_log_streams_in_chunks(app_client, services, tenants, tmp_path):
     acme = tenants["acme"]
     ctx = context(services, acme)
     append_events(ctx, 12_000)
-    total = EVENTS + 12_000
+    total = EXPORTED + 12_000
     key = bearer_key(services, acme, tenants["acme_owner"].id)
     status, chunks = asyncio.run(asgi_get(app_client.app, "/api/audit/export", "",
                                           {"Authorization": f"Bearer {key}"}))
@@ -306,16 +312,15 @@ def test_a_large_log_streams_in_chunks(app_client, services, tenants, tmp_path):
     assert code == 0 and output.splitlines()[-1].startswith(f"OK {total} rows"), output
 
     # memory holds one batch of rows, not the log
-    with ctx.session() as s:
-        lines = export_lines(s, tenant_id=acme, slug="acme", batch_size=500)
-        size = len(next(lines))
-        tracemalloc.start()
-        try:
-            for line in lines:
-                size += len(line)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    lines = export_tenant_chain(ctx, ExportRange(), batch_size=500)
+    size = len(next(lines))
+    tracemalloc.start()
+    try:
+        for line in lines:
+            size += len(line)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert size == len(body)
     assert peak < size / 4, (peak, size)
 
@@ -336,9 +341,11 @@ def test_checkpoints_and_keys_of_the_tenant_database_are_exported(services, tena
     public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
     key_id = hashlib.sha256(key.public_key().public_bytes_raw()).hexdigest()[:16]
     created_at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    valid_from = datetime(2026, 1, 1, tzinfo=UTC)
     with psycopg.connect(owner_url) as conn:
-        conn.execute("INSERT INTO checkpoint_keys (key_id, public_key, private_key_sealed) "
-                     "VALUES (%s, %s, %s)", (key_id, public, b"not used by the export"))
+        conn.execute("INSERT INTO checkpoint_keys (key_id, public_key, private_key_sealed, "
+                     "valid_from) VALUES (%s, %s, %s, %s)",
+                     (key_id, public, b"not used by the export", valid_from))
         for seq in (4, 10, EVENTS):
             signed = json.dumps({"tenant_id": acme, "seq": seq, "chain_hash": hashes[seq],
                                  "created_at": created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
@@ -351,12 +358,16 @@ def test_checkpoints_and_keys_of_the_tenant_database_are_exported(services, tena
     for range_, expected in (({}, [4, 10, EVENTS]), ({"first_seq": 11}, [10, EVENTS]),
                              ({"first_seq": 5, "last_seq": 9}, [4]),
                              ({"first_seq": 12, "last_seq": 20}, [])):
-        with ctx.session() as s:
-            body = b"".join(export_lines(s, tenant_id=acme, slug="acme", **range_))
+        with ctx.session() as s:  # the statement signed with the test key, as the spec says
+            body = b"".join(export_lines(s, tenant_id=acme, slug="acme", **range_,
+                                         signer=lambda _s, _m: StatementSigner(key_id, key)))
         lines = [json.loads(line) for line in body.splitlines()]
-        assert lines[0]["public_keys"] == [{"key_id": key_id, "public_key": public}]
+        assert lines[0]["public_keys"] == [{"key_id": key_id, "public_key": public,
+                                            "valid_from": "2026-01-01T00:00:00.000000Z",
+                                            "retired_at": None}]
         assert [o["seq"] for o in lines if o["type"] == "checkpoint"] == expected, range_
-        assert lines[-1]["checkpoints"] == len(expected)
+        assert lines[-2]["checkpoints"] == lines[-1]["checkpoints"] == len(expected)
+        assert lines[-1]["type"] == "statement" and lines[-1]["key_id"] == key_id
         code, output = verify(tmp_path, body, "--pin-key", public)
         assert code == 0, (range_, output)
         if expected:
@@ -364,11 +375,12 @@ def test_checkpoints_and_keys_of_the_tenant_database_are_exported(services, tena
                     "the pinned key") in output
 
     with psycopg.connect(owner_url) as conn:
-        conn.execute("DROP TABLE audit_checkpoints, checkpoint_keys")
+        conn.execute("DROP TABLE checkpoint_key_rotations, audit_checkpoints, checkpoint_keys")
     with ctx.session() as s:
         body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))
     lines = [json.loads(line) for line in body.splitlines()]
     assert lines[0]["public_keys"] == [] and lines[-1]["checkpoints"] == 0
+    assert lines[-1]["type"] == "manifest"  # no key, so nothing signs a statement
     assert verify(tmp_path, body)[0] == 0
 
 
@@ -388,8 +400,7 @@ def test_the_applications_own_checkpoints_and_pruning_verify(services, tenants, 
     with ctx.session() as s, s.begin():
         checkpoints.make_checkpoint(s, ctx, force=True)
         public = checkpoints.public_key(s)
-    with ctx.session() as s:
-        body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))
+    body = b"".join(export_tenant_chain(ctx, ExportRange()))
     code, output = verify(tmp_path, body, "--pin-key", public)
     assert code == 0, output
     assert "checkpoints: 2 valid" in output and "signed by the pinned key" in output
@@ -397,8 +408,7 @@ def test_the_applications_own_checkpoints_and_pruning_verify(services, tenants, 
     with ctx.session() as s, s.begin():
         removed = s.scalar(text("SELECT prune_audit_events(:seq)"), {"seq": first.seq})
     assert removed == first.seq
-    with ctx.session() as s:
-        body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))
+    body = b"".join(export_tenant_chain(ctx, ExportRange()))
     lines = [json.loads(line) for line in body.splitlines()]
     assert [o["seq"] for o in lines if o["type"] == "checkpoint"][0] == first.seq
     code, output = verify(tmp_path, body, "--pin-key", public)
@@ -430,12 +440,13 @@ def test_export_and_verify_from_the_shell(services, db, database_url, redis_url,
     done = magistrate("audit", "export", "--tenant", "acme", "--out", str(out), env=env)
     assert done.returncode == 0, done.stderr
     head = json.loads(out.read_bytes().splitlines()[-1])["head_hash"]
-    assert done.stdout.splitlines()[-1] == f"{EVENTS} rows, head {head}"
+    assert done.stdout.splitlines()[-1] == f"{EXPORTED} rows, head {head}"
+    assert "signed by key " in done.stdout and "at head seq 26" in done.stdout
     assert out.stat().st_mode & 0o777 == 0o600
     assert not (tmp_path / "acme.jsonl.partial").exists()
     checked = magistrate("audit", "verify", str(out), env=env)
     assert checked.returncode == 0 and checked.stdout.splitlines()[-1] == (
-        f"OK {EVENTS} rows, head {head}")
+        f"OK {EXPORTED} rows, head {head}")
 
     ranged = magistrate("audit", "export", "--tenant", str(tenants["acme"]), "--out",
                         str(out), "--first-seq", "5", "--last-seq", "7", env=env)
