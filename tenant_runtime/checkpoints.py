@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import SealedValueRefused, TenantInvalidInput
+from tenant_runtime.key_notices import queue_key_notices
 from tenant_runtime.models import (
     AuditCheckpoint,
     AuditEvent,
@@ -153,6 +154,7 @@ def _ensure_key(s: Session, ctx: TenantContext) -> CheckpointKey:
         return key
     key, _ = _new_key(s, ctx, datetime.now(UTC))
     s.flush()
+    queue_key_notices(s, key.key_id)
     audit.record(s, audit.CheckpointEvents.KEY_CREATED, actor=ctx.actor,
                  target_type="checkpoint_key", target_id=key.key_id,
                  details={"key_id": key.key_id, "public_key": key.public_key})
@@ -311,6 +313,7 @@ def do_rotate_checkpoint_key(s: Session, ctx: TenantContext, *,
         new_signature=base64.b64encode(new_private.sign(signed)).decode())
     s.add(rotation)
     s.flush()
+    queue_key_notices(s, new.key_id)
     audit.record(s, audit.CheckpointEvents.KEY_ROTATED, actor=ctx.actor,
                  target_type="checkpoint_key", target_id=new.key_id,
                  details={"old_key_id": old.key_id, "key_id": new.key_id,

@@ -141,6 +141,24 @@ class CheckpointKeyRotation(TenantBase):
     new_signature: Mapped[str] = mapped_column(Text, info=PLAIN)  # by the new key, base64
 
 
+class KeyNotice(TenantBase):
+    """A checkpoint key's public half, to send out of band when the key is made (or rotated
+    in): ``webhook`` to the tenant's notification webhook, ``email`` to its compliance
+    contacts (tenant_runtime/key_notices.py). Written in the key's transaction; retried until
+    sent, ``skipped`` when there is nowhere to send it."""
+
+    __tablename__ = "key_notices"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
+    key_id: Mapped[str] = mapped_column(String(16), ForeignKey("checkpoint_keys.key_id"),
+                                        info=PLAIN)
+    kind: Mapped[str] = mapped_column(String(20), info=PLAIN)  # webhook or email
+    status: Mapped[str] = mapped_column(String(20), server_default="pending", info=PLAIN)
+    attempts: Mapped[int] = mapped_column(server_default=text("0"), info=PLAIN)
+    last_error: Mapped[str | None] = mapped_column(String(300), info=PLAIN)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), info=PLAIN)
+
+
 class AuditCheckpoint(TenantBase):
     """A signed statement "the chain had reached ``seq`` with ``chain_hash`` at ``created_at``"
     (tenant_runtime/checkpoints.py). Append-only like ``audit_events``: a trigger refuses UPDATE

@@ -39,6 +39,14 @@ def register(sub: Any) -> None:
                         help="events at or after this date or time (ISO 8601, UTC if no offset)")
     export.add_argument("--until", metavar="WHEN", help="events before this date or time")
     export.set_defaults(func=cmd_audit_export)
+    rotate = asub.add_parser(
+        "rotate-key", help="retire a tenant's checkpoint key and make a new one",
+        description="Checkpoint the head with the tenant's checkpoint key, retire it and make "
+                    "a new one, with a rotation statement signed by both (ops/AUDIT_FORMAT.md, "
+                    "section 2). The new key's public half goes to the tenant's notification "
+                    "webhook and compliance contacts.")
+    rotate.add_argument("--tenant", required=True, help="the tenant's slug or id")
+    rotate.set_defaults(func=cmd_audit_rotate_key)
     verify = asub.add_parser(
         "verify", help="verify an exported audit log, as ops/verify_audit_chain.py does",
         description="Check an export's hash chain, seq continuity, checkpoints and manifest. "
@@ -110,6 +118,40 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
           + (f"signed by key {statement['key_id']} at head seq {statement['head_seq']}"
              if statement else "unsigned (the tenant has no checkpoint key yet)"))
     print(f"{manifest['events']} rows, head {manifest['head_hash'] or 'none'}")
+    return 0
+
+
+def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
+    from control_plane import audit
+    from control_plane.cli import CommandError
+    from control_plane.exceptions import MagistrateError
+    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
+    from control_plane.tenancy.events import TenantEvents
+    from tenant_runtime.checkpoints import do_rotate_checkpoint_key
+    from tenant_runtime.context import Actor
+    from tenant_runtime.exceptions import TenantError
+
+    name = "magistrate audit rotate-key"
+    try:
+        with tenant_stack(args) as stack:
+            with stack.session_factory() as s, s.begin():
+                tenant = find_tenant(s, args.tenant)
+                if tenant.state != "active":
+                    raise CommandError(f"tenant {tenant.slug} is {tenant.state}: only an active "
+                                       "tenant's checkpoint key can be rotated")
+                ctx = stack.connections.context(s, tenant, Actor("system", None, name))
+                with ctx.session() as ts, ts.begin():
+                    rotation = do_rotate_checkpoint_key(ts, ctx)
+                audit.record(s, TenantEvents.CHECKPOINT_KEY_ROTATED,
+                             actor=audit.Actor("system", None, name), target_type="tenant",
+                             target_id=tenant.id,
+                             details={"old_key_id": rotation.old_key_id,
+                                      "key_id": rotation.new_key_id})
+    except (MagistrateError, TenantError) as exc:
+        raise CommandError(exc.message) from None
+    print(f"tenant {ctx.slug}: checkpoint key {rotation.old_key_id} retired, "
+          f"{rotation.new_key_id} signs from now on")
+    print(f"public key {rotation.new_public_key}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""audit keys: a validity period on checkpoint keys, and signed key rotations
+"""audit keys: a validity period on checkpoint keys, signed key rotations, and the notices
+that send a new key's public half out of band
 
 Revision ID: t0012_audit_keys
 Revises: t0011
@@ -37,8 +38,20 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_checkpoint_key_rotations')),
     sa.UniqueConstraint('new_key_id', name=op.f('uq_checkpoint_key_rotations_new_key_id'))
     )
+    op.create_table('key_notices',
+    sa.Column('id', sa.BigInteger(), sa.Identity(always=False), nullable=False),
+    sa.Column('key_id', sa.String(length=16), nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('status', sa.String(length=20), server_default='pending', nullable=False),
+    sa.Column('attempts', sa.Integer(), server_default=sa.text('0'), nullable=False),
+    sa.Column('last_error', sa.String(length=300), nullable=True),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['key_id'], ['checkpoint_keys.key_id'], name=op.f('fk_key_notices_key_id_checkpoint_keys')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_key_notices'))
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('key_notices')
     op.drop_table('checkpoint_key_rotations')
     op.drop_column('checkpoint_keys', 'valid_from')
