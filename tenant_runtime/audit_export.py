@@ -22,9 +22,9 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Row, func, select, text
+from sqlalchemy import Row, Table, func, select, text
 from sqlalchemy.orm import Session
 
 from tenant_runtime.checkpoints import make_checkpoint, statement_signer
@@ -36,7 +36,23 @@ FORMAT = 2
 BATCH_SIZE = 5_000
 RANGE_PARAMS = ("first_seq", "last_seq", "since", "until")
 SEQ = re.compile(r"[0-9]{1,18}")  # fits a bigint
-EVENTS = AuditEvent.__table__
+EVENTS = cast(Table, AuditEvent.__table__)
+
+
+@dataclass(frozen=True)
+class ChainTables:
+    """Where a chain lives: its events table and the names of its checkpoint, key and key
+    rotation tables (constants, never input). The tenant chain's are the default; the
+    platform chain (control_plane/audit_checkpoints.py) passes its own."""
+
+    events: Table
+    checkpoints: str
+    keys: str
+    rotations: str
+
+
+TENANT_CHAIN = ChainTables(EVENTS, "audit_checkpoints", "checkpoint_keys",
+                           "checkpoint_key_rotations")
 
 
 @dataclass(frozen=True)
@@ -116,18 +132,19 @@ def check_range(wanted: ExportRange) -> ExportRange:
     return wanted
 
 
-def _seq_bounds(session: Session, wanted: ExportRange) -> tuple[int, int | None] | None:
+def _seq_bounds(session: Session, wanted: ExportRange,
+                events: Table = EVENTS) -> tuple[int, int | None] | None:
     """The seq range to export, ``(first, last)`` with ``last`` None for "to the end"; a date
     range becomes the seqs it covers. None when a date range holds no event."""
     first, last = wanted.first_seq or 1, wanted.last_seq
     if wanted.since is not None:
-        first = session.scalar(select(func.min(EVENTS.c.seq))
-                               .where(EVENTS.c.occurred_at >= wanted.since))
+        first = session.scalar(select(func.min(events.c.seq))
+                               .where(events.c.occurred_at >= wanted.since))
         if first is None:
             return None
     if wanted.until is not None:
-        last = session.scalar(select(func.max(EVENTS.c.seq))
-                              .where(EVENTS.c.occurred_at < wanted.until))
+        last = session.scalar(select(func.max(events.c.seq))
+                              .where(events.c.occurred_at < wanted.until))
         if last is None:
             return None
     return first, last
@@ -149,12 +166,13 @@ def _event_line(row: Row[Any]) -> bytes:
         "chain_hash": row.chain_hash})
 
 
-def _events(session: Session, first: int, last: int | None, batch: int) -> Iterator[Row[Any]]:
+def _events(session: Session, first: int, last: int | None, batch: int,
+            events: Table = EVENTS) -> Iterator[Row[Any]]:
     after = first - 1
     while True:
-        query = select(EVENTS).where(EVENTS.c.seq > after).order_by(EVENTS.c.seq).limit(batch)
+        query = select(events).where(events.c.seq > after).order_by(events.c.seq).limit(batch)
         if last is not None:
-            query = query.where(EVENTS.c.seq <= last)
+            query = query.where(events.c.seq <= last)
         rows = session.execute(query).all()
         yield from rows
         if len(rows) < batch:
@@ -162,11 +180,12 @@ def _events(session: Session, first: int, last: int | None, batch: int) -> Itera
         after = rows[-1].seq
 
 
-def _checkpoints(session: Session, low: int, high: int, batch: int) -> Iterator[Row[Any]]:
+def _checkpoints(session: Session, low: int, high: int, batch: int,
+                 table: str) -> Iterator[Row[Any]]:
     after = low - 1
     while True:
         rows = session.execute(text(
-            "SELECT seq, chain_hash, created_at, signature, key_id FROM audit_checkpoints "
+            f"SELECT seq, chain_hash, created_at, signature, key_id FROM {table} "  # noqa: S608
             "WHERE seq > :after AND seq <= :high ORDER BY seq LIMIT :batch"),
             {"after": after, "high": high, "batch": batch}).all()
         yield from rows
@@ -175,27 +194,27 @@ def _checkpoints(session: Session, low: int, high: int, batch: int) -> Iterator[
         after = rows[-1].seq
 
 
-def _keys(session: Session) -> list[dict[str, Any]]:
-    if not _table_exists(session, "checkpoint_keys"):
+def _keys(session: Session, table: str) -> list[dict[str, Any]]:
+    if not _table_exists(session, table):
         return []
     return [{"key_id": row.key_id, "public_key": row.public_key,
              "valid_from": timestamp(row.valid_from),
              "retired_at": timestamp(row.retired_at) if row.retired_at else None}
             for row in session.execute(text(
-                "SELECT key_id, public_key, valid_from, retired_at FROM checkpoint_keys "
+                f"SELECT key_id, public_key, valid_from, retired_at FROM {table} "  # noqa: S608
                 "ORDER BY valid_from, id"))]
 
 
-def _rotations(session: Session, tenant_id: int) -> list[dict[str, Any]]:
-    if not _table_exists(session, "checkpoint_key_rotations"):
+def _rotations(session: Session, tenant_id: int, table: str) -> list[dict[str, Any]]:
+    if not _table_exists(session, table):
         return []
     return [{"type": "key_rotation", "tenant_id": tenant_id, "old_key_id": row.old_key_id,
              "new_key_id": row.new_key_id, "new_public_key": row.new_public_key,
              "rotated_at": timestamp(row.rotated_at), "signature": row.signature,
              "new_signature": row.new_signature}
             for row in session.execute(text(
-                "SELECT old_key_id, new_key_id, new_public_key, rotated_at, signature, "
-                "new_signature FROM checkpoint_key_rotations ORDER BY rotated_at, id"))]
+                "SELECT old_key_id, new_key_id, new_public_key, rotated_at, signature, "  # noqa: S608
+                f"new_signature FROM {table} ORDER BY rotated_at, id"))]
 
 
 class Signer(Protocol):
@@ -211,8 +230,8 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
                  last_seq: int | None = None, since: datetime | None = None,
                  until: datetime | None = None, batch_size: int = BATCH_SIZE,
                  exported_at: datetime | None = None,
-                 signer: Callable[[Session, datetime], Signer | None] | None = None
-                 ) -> Iterator[bytes]:
+                 signer: Callable[[Session, datetime], Signer | None] | None = None,
+                 chain: ChainTables = TENANT_CHAIN) -> Iterator[bytes]:
     """The export, line by line (each ``bytes`` ends with ``\\n``). ``session`` must not have
     run a statement yet: the export opens its own read-only snapshot in it. ``signer`` finds,
     in that snapshot, the key that signs the closing statement (None: no statement, which the
@@ -220,10 +239,11 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
     wanted = check_range(ExportRange(first_seq, last_seq, since, until))
     moment = exported_at or datetime.now(UTC)  # before the snapshot: see statement_signer
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-    has_checkpoints = _table_exists(session, "audit_checkpoints")
-    keys = _keys(session)
-    tenant_head = session.execute(select(EVENTS.c.seq, EVENTS.c.chain_hash)
-                                  .order_by(EVENTS.c.seq.desc()).limit(1)).first()
+    has_checkpoints = _table_exists(session, chain.checkpoints)
+    keys = _keys(session, chain.keys)
+    events = chain.events
+    tenant_head = session.execute(select(events.c.seq, events.c.chain_hash)
+                                  .order_by(events.c.seq.desc()).limit(1)).first()
     signing = signer(session, moment) if signer is not None and keys else None
     digest = hashlib.sha256()
 
@@ -234,11 +254,11 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
     header = {"type": "header", "format": FORMAT, "tenant_id": tenant_id, "tenant": slug,
               "exported_at": timestamp(moment), "range": wanted.as_json(), "public_keys": keys}
     yield emit(canonical_line(header))
-    for rotation in _rotations(session, tenant_id):
+    for rotation in _rotations(session, tenant_id, chain.rotations):
         yield emit(canonical_line(rotation))
-    bounds = _seq_bounds(session, wanted)
+    bounds = _seq_bounds(session, wanted, events)
     count, first_row, head = 0, None, None
-    for row in _events(session, *bounds, batch_size) if bounds else ():
+    for row in _events(session, *bounds, batch_size, events) if bounds else ():
         count += 1
         if first_row is None:
             first_row = row.seq
@@ -246,7 +266,7 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
         yield emit(_event_line(row))
     checkpoints = 0
     if has_checkpoints and head is not None and first_row is not None:
-        for cp in _checkpoints(session, first_row - 1, head.seq, batch_size):
+        for cp in _checkpoints(session, first_row - 1, head.seq, batch_size, chain.checkpoints):
             checkpoints += 1
             yield emit(canonical_line({
                 "type": "checkpoint", "tenant_id": tenant_id, "seq": cp.seq,

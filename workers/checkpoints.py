@@ -191,6 +191,13 @@ def _process_connections() -> TenantConnections:
 
 def run_checkpoints() -> dict[str, int]:
     """The periodic task's body: every active tenant, with this process's tenant engines."""
+    from control_plane.audit_checkpoints import make_platform_checkpoint
+
+    try:
+        with runtime.session_factory()() as s, s.begin():  # the platform chain's, when due
+            make_platform_checkpoint(s, runtime.env().sealer)
+    except Exception as exc:  # noqa: BLE001 - the tenants' checkpoints still run
+        log.warning("checkpoint of the platform chain failed: %s", type(exc).__name__)
     return checkpoint_all_tenants(runtime.session_factory(), _process_connections(),
                                   runtime.env().settings)
 

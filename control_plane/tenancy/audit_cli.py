@@ -30,7 +30,11 @@ def register(sub: Any) -> None:
                     "signed checkpoints of that range and a manifest to FILE (mode 0600). "
                     "Check it with `magistrate audit verify FILE` or, anywhere, with "
                     "ops/verify_audit_chain.py.")
-    export.add_argument("--tenant", required=True, help="the tenant's slug or id")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tenant", help="the tenant's slug or id")
+    which.add_argument("--platform", action="store_true",
+                       help="the platform's own chain (sign-ins, tenant lifecycle, key "
+                            "operations) instead of a tenant's")
     export.add_argument("--out", required=True, type=Path, metavar="FILE",
                         help="the file to write (replaced if it exists)")
     export.add_argument("--first-seq", metavar="N", help="the first seq to export")
@@ -85,6 +89,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     out: Path = args.out
     partial = out.with_name(out.name + ".partial")
     name = "magistrate audit export"
+    if args.platform:
+        return _export_platform(args, wanted, out, partial)
     try:  # the file first: an unwritable --out fails before anything is recorded
         with tenant_stack(args) as stack, _private_file(partial) as f:
             with stack.session_factory() as s, s.begin():
@@ -152,6 +158,43 @@ def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
     print(f"tenant {ctx.slug}: checkpoint key {rotation.old_key_id} retired, "
           f"{rotation.new_key_id} signs from now on")
     print(f"public key {rotation.new_public_key}")
+    return 0
+
+
+def _export_platform(args: argparse.Namespace, wanted: Any, out: Path, partial: Path) -> int:
+    """``magistrate audit export --platform``: the platform chain, in the tenant format with
+    tenant id 0 (control_plane/audit_checkpoints.py)."""
+    from control_plane import audit
+    from control_plane.audit_checkpoints import platform_export_lines
+    from control_plane.cli import CommandError
+    from control_plane.exceptions import MagistrateError
+    from control_plane.tenancy.cli_support import tenant_stack
+    from control_plane.tenancy.events import TenantEvents
+
+    name = "magistrate audit export"
+    lines: list[bytes] = []
+    try:
+        with tenant_stack(args) as stack, _private_file(partial) as f:
+            with stack.session_factory() as s, s.begin():
+                audit.record(s, TenantEvents.AUDIT_EXPORTED,
+                             actor=audit.Actor("system", None, name), target_type="platform",
+                             details={"range": wanted.as_json(), "via": "cli"})
+            for line in platform_export_lines(stack.session_factory,
+                                              stack.connections.sealer, wanted):
+                f.write(line)
+                lines = [*lines[-1:], line]
+        os.replace(partial, out)
+    except OSError as exc:
+        raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    manifest, statement = (json.loads(line) for line in lines)
+    print(f"exported the platform chain to {out}: {manifest['events']} rows, "
+          f"{manifest['checkpoints']} checkpoint(s), signed by key {statement['key_id']} at "
+          f"head seq {statement['head_seq']}")
+    print(f"{manifest['events']} rows, head {manifest['head_hash'] or 'none'}")
     return 0
 
 
