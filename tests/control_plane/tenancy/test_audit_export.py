@@ -375,7 +375,8 @@ def test_checkpoints_and_keys_of_the_tenant_database_are_exported(services, tena
                     "the pinned key") in output
 
     with psycopg.connect(owner_url) as conn:
-        conn.execute("DROP TABLE checkpoint_key_rotations, audit_checkpoints, checkpoint_keys")
+        conn.execute("DROP TABLE key_notices, checkpoint_key_rotations, audit_checkpoints, "
+                     "checkpoint_keys")
     with ctx.session() as s:
         body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))
     lines = [json.loads(line) for line in body.splitlines()]
