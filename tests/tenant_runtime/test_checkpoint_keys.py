@@ -203,3 +203,39 @@ def test_with_nowhere_to_send_a_notice_is_skipped_with_a_reason(services, db, da
         notices = {n.kind: (n.status, n.last_error) for n in s.scalars(select(KeyNotice))}
     assert notices == {"webhook": ("skipped", "no notification webhook is configured"),
                        "email": ("skipped", "no SMTP server is configured")}
+
+
+def test_rotate_key_from_the_shell(services, team, database_url, redis_url, settings):
+    import os
+    import subprocess
+    import sys
+
+    from control_plane.models import PlatformAuditEvent
+    from tests.conftest import TEST_SECRET_KEY
+
+    ctx = team.system()
+    record(ctx, 2)
+    with ctx.session() as s, s.begin():
+        checkpoints.make_checkpoint(s, ctx, force=True)
+        old = s.scalars(select(CheckpointKey.key_id)).one()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAGISTRATE_")}
+    env.update({"MAGISTRATE_DATABASE_URL": database_url, "MAGISTRATE_REDIS_URL": redis_url,
+                "MAGISTRATE_SECRET_KEY": TEST_SECRET_KEY, "MAGISTRATE_HOME": str(settings.home)})
+    done = subprocess.run([sys.executable, "-m", "control_plane", "audit", "rotate-key",
+                           "--tenant", team.slug], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    with ctx.session() as s:
+        keys = {k.key_id: k.retired_at for k in s.scalars(select(CheckpointKey))}
+    [new] = [k for k in keys if k != old]
+    assert keys[old] is not None and keys[new] is None
+    assert done.stdout.startswith(f"tenant {team.slug}: checkpoint key {old} retired, {new} "
+                                  "signs from now on")
+    with services.session_factory() as s:
+        recorded = s.scalars(select(PlatformAuditEvent).where(
+            PlatformAuditEvent.event_type == "audit.checkpoint_key_rotated")).one()
+    assert recorded.details == {"old_key_id": old, "key_id": new}
+    missing = subprocess.run([sys.executable, "-m", "control_plane", "audit", "rotate-key",
+                              "--tenant", "nope"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode != 0 and "no tenant has the slug or id 'nope'" in missing.stderr
