@@ -89,11 +89,12 @@ def event_hash(event, prev_hash):
 
 
 def real_date(day):
+    """Whether "YYYY-MM-DD" (str or bytes) is a day of the calendar."""
     if day not in REAL_DATES:
         try:
-            datetime.date.fromisoformat(day)
+            datetime.date.fromisoformat(day.decode("ascii") if isinstance(day, bytes) else day)
             REAL_DATES[day] = True
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):
             REAL_DATES[day] = False
     return REAL_DATES[day]
 
@@ -204,44 +205,52 @@ def next_link(raw, prev, seq):
     chain hash, so they are the canonical bytes Magistrate wrote, and parsing them would prove
     nothing more. Every other line is read in full."""
     i, j = raw.find(b',"chain_hash":"'), raw.rfind(b',"prev_hash":"')
+    at_seq = b'","seq":%d,' % seq
     if not (0 < i < j and raw.endswith(EVENT_END) and raw.startswith(b'","details":', i + 79)
-            and raw[j + 14:j + 78] == prev and raw.startswith(b'","seq":%d,' % seq, j + 78)
-            and in_domain(raw, i, j)):
+            and raw[j + 14:j + 78] == prev and raw.startswith(at_seq, j + 78)
+            and in_domain(raw, i, j, j + 78 + len(at_seq))):
         return None
     link = hashlib.sha256(b"".join((raw[:i], raw[i + 80:j], raw[j + 79:-len(EVENT_END)], b"}",
                                     prev))).hexdigest().encode("ascii")
     return link if raw[i + 15:i + 79] == link else None
 
 
-def in_domain(raw, i, j):
+def in_domain(raw, i, j, seq_end):
     """The cheap part of the domain checks, on an event line's bytes (``i``: where
-    ``,"chain_hash":"`` starts, ``j``: where ``,"prev_hash":"`` does): UTF-8, a known
-    actor_type, a real occurred_at, and no digit followed by ``.``, ``e`` or ``E`` in details
-    (which every fraction or exponent has). A line that fails is read in full, which names the
-    problem or, for such characters inside a string, accepts it."""
+    ``,"chain_hash":"`` starts, ``j``: where ``,"prev_hash":"`` does, ``seq_end``: where
+    ``"target_id":`` must start): UTF-8, a known actor_type, a real occurred_at, details an
+    object with no digit followed by ``.``, ``e`` or ``E`` (which every fraction or exponent
+    has), a non-empty event_type, and a string or null in the four fields that hold one. A
+    line that fails is read in full, which names the problem or, for such characters inside a
+    string, accepts it."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    time, k = raw[j - 28:j - 1], raw.rfind(b',"event_type":"', i, j)
-    return (raw.startswith(b',"occurred_at":"', j - 44) and TIME.fullmatch(time) is not None
-            and real_date(time[:10].decode("ascii"))
-            and raw[:i].endswith(ACTOR_TYPE_ENDINGS)
+    k = raw.rfind(b',"event_type":"', i, j)
+    return (raw.startswith(b',"occurred_at":"', j - 44)
+            and TIME.fullmatch(raw, j - 28, j - 1) is not None
+            and real_date(raw[j - 28:j - 18])
+            and raw.endswith(ACTOR_TYPE_ENDINGS, 0, i)
             and raw.startswith(b'","details":{', i + 79) and raw[k + 15:k + 16] != b'"'
             and FLOATISH.search(raw, i + 79, k) is None
-            and string_or_null(raw, b'{"actor_id":', 0)
-            and string_or_null(raw, b',"actor_name":', 0)
-            and string_or_null(raw, b',"target_id":', j + 78)
-            and string_or_null(raw, b',"target_type":', j + 78))
+            and string_or_null(raw, 12)  # after {"actor_id":
+            and string_or_null(raw, value_at(raw, b',"actor_name":', 12))
+            and raw.startswith(b'"target_id":', seq_end) and string_or_null(raw, seq_end + 12)
+            and string_or_null(raw, value_at(raw, b',"target_type":', seq_end)))
 
 
-def string_or_null(raw, name, start):
-    """Whether the member ``name`` (found from ``start``) holds a string or null. Its first
-    match is the member itself: before the details only strings come, and after the seq too,
-    and a string cannot hold an unescaped quote."""
+def value_at(raw, name, start):
+    """Where the value of the member ``name`` starts (its first match from ``start``), or -1."""
     at = raw.find(name, start)
-    value = at + len(name)
-    return at >= 0 and (raw[value:value + 1] == b'"' or raw.startswith(b"null,", value))
+    return -1 if at < 0 else at + len(name)
+
+
+def string_or_null(raw, at):
+    """Whether the value starting at ``at`` is a string or null (a member found with find():
+    before the details only strings come, and after the seq too, and a string cannot hold an
+    unescaped quote, so the first match is the member itself)."""
+    return at >= 0 and (raw[at:at + 1] == b'"' or raw.startswith(b"null,", at))
 
 
 def quick_run(path, start, end, vouched, wanted):
