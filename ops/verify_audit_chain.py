@@ -2,12 +2,17 @@
 """Verify an exported Magistrate audit log, offline, on your own machine.
 
     python3 verify_audit_chain.py EXPORT.jsonl [--pin-key BASE64] [--checkpoint FILE]
+                                               [--allow-format-1]
 
-The format is specified in AUDIT_FORMAT.md, next to this script. The hash chain is checked with
-the Python standard library alone; checkpoint signatures (Ed25519) need the `cryptography`
-package, and the script says so when it is missing. Memory stays small for any size: a first
-pass notes which seqs the checkpoints name, then the file is read line by line. A long file is
-also shared out to worker processes, one per CPU (see verify()).
+The format is specified in AUDIT_FORMAT.md, next to this script; its section 4 lists the
+checks in the order this script makes them, and anything that page forbids fails here,
+wherever in the file it is. Pin the key you received out of band (the key notice), not the
+one the file names: without a pin nothing in the file is authenticated.
+
+The hash chain is checked with the Python standard library alone; signatures (Ed25519) need
+the `cryptography` package, and the script says so when it is missing. Memory stays small
+for any size: a first pass notes which seqs the checkpoints name, then the file is read line
+by line. A long file is also shared out to worker processes, one per CPU (see verify()).
 
 Prints "OK <rows> rows, head <hash>" and exits 0, or "FAIL <the first problem>" and exits 1.
 Exit 2: the command line or this machine is the problem (no such file, bad key, no cryptography).
