@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import insert, select, text
 
 from control_plane.cli import build_parser
+from control_plane.keys.local import LocalKeyProvider
 from control_plane.models import Membership, PlatformAuditEvent, Tenant, User
 from control_plane.tenancy import api_keys, audit_routes
 from control_plane.tenancy.events import TenantEvents
@@ -478,3 +479,17 @@ def test_export_and_verify_from_the_shell(services, db, database_url, redis_url,
         via = [e.details["via"] for e in s.scalars(select(PlatformAuditEvent).where(
             PlatformAuditEvent.event_type == TenantEvents.AUDIT_EXPORTED))]
     assert via == ["cli", "cli"]  # the refused ones were refused before the request
+
+
+def test_an_export_fails_closed_when_the_tenant_key_is_unavailable(app_client, services,
+                                                                    tenants, local_kek):
+    """The statement is signed with the tenant's checkpoint key, sealed under its data key: when
+    the customer revokes the key, the export answers 503 with the sentence, never an unsigned
+    file that a verifier would refuse, nor a 500."""
+    LocalKeyProvider(services.settings.home / "keys").path(local_kek).unlink()
+    services.dek_cache.clear()
+    key = bearer_key(services, tenants["acme"], tenants["acme_owner"].id)
+    response = app_client.get("/api/audit/export", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 503, response.text[:300]
+    assert "tenant key unavailable" in response.text.lower()
+    assert b'"type":"header"' not in response.content
