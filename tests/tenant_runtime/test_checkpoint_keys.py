@@ -239,3 +239,35 @@ def test_rotate_key_from_the_shell(services, team, database_url, redis_url, sett
                               "--tenant", "nope"], env=env, capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode != 0 and "no tenant has the slug or id 'nope'" in missing.stderr
+
+
+def test_verify_now_refuses_a_checkpoint_of_a_retired_key(team):
+    import base64
+    from datetime import UTC, datetime
+
+    from tenant_runtime.audit_verify import verify_tenant_chain
+    from tenant_runtime.models import AuditCheckpoint, AuditEvent
+
+    ctx = team.system()
+    record(ctx, 3)
+    with ctx.session() as s, s.begin():
+        checkpoints.make_checkpoint(s, ctx, force=True)
+    with ctx.session() as s, s.begin():
+        rotation = checkpoints.do_rotate_checkpoint_key(s, ctx)
+    with ctx.session() as s:
+        assert verify_tenant_chain(s, team.tenant_id).ok
+    record(ctx, 1)
+    with ctx.session() as s, s.begin():  # the old key, used after it retired
+        old = s.scalars(select(CheckpointKey).where(
+            CheckpointKey.key_id == rotation.old_key_id)).one()
+        head = s.execute(select(AuditEvent.seq, AuditEvent.chain_hash)
+                         .order_by(AuditEvent.seq.desc()).limit(1)).one()
+        now = datetime.now(UTC)
+        signed = checkpoints.canonical_checkpoint(team.tenant_id, head.seq, head.chain_hash, now)
+        s.add(AuditCheckpoint(seq=head.seq, chain_hash=head.chain_hash, created_at=now,
+                              key_id=old.key_id, signature=base64.b64encode(
+                                  checkpoints._signing_key(ctx, old).sign(signed)).decode()))
+    with ctx.session() as s:
+        result = verify_tenant_chain(s, team.tenant_id)
+    assert not result.ok and result.problem == (
+        f"checkpoint at seq {head.seq}: signed by key {old.key_id} outside its validity")
