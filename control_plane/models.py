@@ -281,3 +281,32 @@ class PlatformAuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB)
     prev_hash: Mapped[str] = mapped_column(String(64))
     chain_hash: Mapped[str] = mapped_column(String(64))
+
+
+class PlatformCheckpointKey(Base):
+    """The platform's Ed25519 key that signs checkpoints of the platform audit chain and its
+    export statements (control_plane/audit_checkpoints.py). The private half is sealed under
+    the control-plane sealing key (row key: ``key_id``)."""
+
+    __tablename__ = "platform_checkpoint_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    private_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PlatformCheckpoint(Base):
+    """A signed statement "the platform chain had reached ``seq`` with ``chain_hash`` at
+    ``created_at``", encoded as a tenant's checkpoint with tenant id 0."""
+
+    __tablename__ = "platform_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    chain_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    signature: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(16),
+                                        ForeignKey("platform_checkpoint_keys.key_id"))

@@ -2,12 +2,17 @@
 """Verify an exported Magistrate audit log, offline, on your own machine.
 
     python3 verify_audit_chain.py EXPORT.jsonl [--pin-key BASE64] [--checkpoint FILE]
+                                               [--allow-format-1]
 
-The format is specified in AUDIT_FORMAT.md, next to this script. The hash chain is checked with
-the Python standard library alone; checkpoint signatures (Ed25519) need the `cryptography`
-package, and the script says so when it is missing. Memory stays small for any size: a first
-pass notes which seqs the checkpoints name, then the file is read line by line. A long file is
-also shared out to worker processes, one per CPU (see verify()).
+The format is specified in AUDIT_FORMAT.md, next to this script; its section 4 lists the
+checks in the order this script makes them, and anything that page forbids fails here,
+wherever in the file it is. Pin the key you received out of band (the key notice), not the
+one the file names: without a pin nothing in the file is authenticated.
+
+The hash chain is checked with the Python standard library alone; signatures (Ed25519) need
+the `cryptography` package, and the script says so when it is missing. Memory stays small
+for any size: a first pass notes which seqs the checkpoints name, then the file is read line
+by line. A long file is also shared out to worker processes, one per CPU (see verify()).
 
 Prints "OK <rows> rows, head <hash>" and exits 0, or "FAIL <the first problem>" and exits 1.
 Exit 2: the command line or this machine is the problem (no such file, bad key, no cryptography).
@@ -15,6 +20,7 @@ Exit 2: the command line or this machine is the problem (no such file, bad key, 
 
 import argparse
 import base64
+import datetime
 import functools
 import hashlib
 import json
@@ -24,27 +30,50 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 GENESIS_HASH = "0" * 64
+FORMATS = (1, 2)
 EVENT_FIELDS = ("seq", "occurred_at", "actor_type", "actor_id", "actor_name", "event_type",
                 "target_type", "target_id", "details")
+ACTOR_TYPES = ("user", "api_key", "system")
 MAX_LINE = 16 * 1024 * 1024
+MAX_SEQ = (1 << 63) - 1  # a bigint
 CHECKPOINT_SEQ = re.compile(rb'\n{"chain_hash":"[0-9a-f]{64}","created_at":"[^"\\n]*",'
                             rb'"key_id":"[0-9a-f]{16}","seq":([0-9]{1,18}),')
 EVENT_END = b',"type":"event"}\n'
 RUN_SEQ = re.compile(rb'","seq":([1-9][0-9]{0,17}),')
+FLOATISH = re.compile(rb"[0-9][.eE]")  # what any JSON number with a fraction or exponent has
 CHUNK = 16 << 20  # bytes of a long file that one worker process checks
 
-# The fields of each kind of line. "str?" is a string or null; "seq" an integer >= 1.
-HEADER = {"type": "str", "format": "int", "tenant_id": "int", "tenant": "str",
+# The fields of each kind of line (AUDIT_FORMAT.md, section 3) and their domains: "seq" an
+# integer 1..2**63-1, "count" an integer >= 0, "time" a real UTC instant written as
+# YYYY-MM-DDTHH:MM:SS.ffffffZ, "x?" an x or null.
+HEADER = {"type": "str", "format": "int", "tenant_id": "id", "tenant": "name",
           "exported_at": "time", "range": "object", "public_keys": "list"}
 RANGE = {"first_seq": "seq?", "last_seq": "seq?", "since": "time?", "until": "time?"}
-EVENT = {"type": "str", "seq": "seq", "occurred_at": "time", "actor_type": "str",
-         "actor_id": "str?", "actor_name": "str?", "event_type": "str", "target_type": "str?",
-         "target_id": "str?", "details": "object", "prev_hash": "hash", "chain_hash": "hash"}
-CHECKPOINT = {"type": "str", "tenant_id": "int", "seq": "seq", "chain_hash": "hash",
-              "created_at": "time", "signature": "str", "key_id": "key_id"}
-MANIFEST = ("type", "first_seq", "last_seq", "head_hash", "events", "checkpoints", "sha256")
-PATTERNS = {"hash": "[0-9a-f]{64}", "key_id": "[0-9a-f]{16}",
-            "time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"}
+KEY = {1: {"key_id": "key_id", "public_key": "public_key"},
+       2: {"key_id": "key_id", "public_key": "public_key", "valid_from": "time",
+           "retired_at": "time?"}}
+ROTATION = {"type": "str", "tenant_id": "id", "old_key_id": "key_id", "new_key_id": "key_id",
+            "new_public_key": "public_key", "rotated_at": "time", "signature": "signature",
+            "new_signature": "signature"}
+EVENT = {"type": "str", "seq": "seq", "occurred_at": "time", "actor_type": "actor_type",
+         "actor_id": "str?", "actor_name": "str?", "event_type": "name", "target_type": "str?",
+         "target_id": "str?", "details": "details", "prev_hash": "hash", "chain_hash": "hash"}
+CHECKPOINT = {"type": "str", "tenant_id": "id", "seq": "seq", "chain_hash": "hash",
+              "created_at": "time", "signature": "signature", "key_id": "key_id"}
+MANIFEST = {"type": "str", "first_seq": "seq?", "last_seq": "seq?", "head_hash": "hash?",
+            "events": "count", "checkpoints": "count", "sha256": "hash"}
+STATEMENT = {"type": "str", "tenant_id": "id", "tenant": "name", "exported_at": "time",
+             "range": "object", "first_seq": "seq?", "last_seq": "seq?", "events": "count",
+             "checkpoints": "count", "head_seq": "seq?", "head_hash": "hash?",
+             "sha256": "hash", "key_id": "key_id", "signature": "signature"}
+PATTERNS = {"hash": "[0-9a-f]{64}", "key_id": "[0-9a-f]{16}", "name": ".+",
+            "signature": "[A-Za-z0-9+/]{86}==", "public_key": "[A-Za-z0-9+/]{43}=",
+            "time": r"[0-9]{4}-(0[1-9]|1[0-2])-[0-3][0-9]T([01][0-9]|2[0-3]):[0-5][0-9]"
+                    r":[0-5][0-9]\.[0-9]{6}Z",
+            "actor_type": "|".join(ACTOR_TYPES)}
+TIME = re.compile(PATTERNS["time"].encode("ascii"))
+ACTOR_TYPE_ENDINGS = tuple(b',"actor_type":"%s"' % name.encode() for name in ACTOR_TYPES)
+REAL_DATES = {}  # "YYYY-MM-DD" -> whether that day exists (a cache: logs repeat their days)
 
 
 class Bad(Exception):
@@ -64,22 +93,54 @@ def event_hash(event, prev_hash):
     return hashlib.sha256(content + prev_hash.encode("ascii")).hexdigest()
 
 
+def real_date(day):
+    """Whether "YYYY-MM-DD" (str or bytes) is a day of the calendar."""
+    if day not in REAL_DATES:
+        try:
+            datetime.date.fromisoformat(day.decode("ascii") if isinstance(day, bytes) else day)
+            REAL_DATES[day] = True
+        except (ValueError, UnicodeDecodeError):
+            REAL_DATES[day] = False
+    return REAL_DATES[day]
+
+
 def valid(kind, value):
     if kind.endswith("?"):
         return value is None or valid(kind[:-1], value)
-    if kind in ("int", "seq"):
-        return type(value) is int and (kind == "int" or value >= 1)
+    if kind in ("int", "seq", "id", "count"):
+        low = {"int": None, "seq": 1, "id": 0, "count": 0}[kind]
+        return type(value) is int and (low is None or low <= value <= MAX_SEQ)
     if kind in ("object", "list"):
         return isinstance(value, dict if kind == "object" else list)
-    return isinstance(value, str) and (kind == "str" or re.fullmatch(PATTERNS[kind], value))
+    if kind == "details":
+        return isinstance(value, dict) and not float_in(value)
+    return (isinstance(value, str) and (kind == "str" or bool(re.fullmatch(PATTERNS[kind], value)))
+            and (kind != "time" or real_date(value[:10])))
+
+
+def float_in(value, path="details"):
+    """Where ``value`` holds a number with a fraction or an exponent (AUDIT_FORMAT.md, section 1,
+    rule 5), or None."""
+    if isinstance(value, float):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]"
+        if found := float_in(item, inner):
+            return found
+    return None
 
 
 def check_fields(obj, spec, where):
     if set(obj) != set(spec):
         raise Bad(f"{where}: expected exactly the fields {', '.join(sorted(spec))}")
     for name, kind in spec.items():
+        if kind == "details" and isinstance(obj[name], dict) and (path := float_in(obj[name])):
+            raise Bad(f"{where}: {path} is not a whole number (details hold no fractions)")
         if not valid(kind, obj[name]):
-            raise Bad(f"{where}: field {name} is not a valid {kind} ({obj[name]!r:.70})")
+            raise Bad(f"{where}: field {name} is not a valid {kind.rstrip('?')} "
+                      f"({obj[name]!r:.70})")
 
 
 def public_key_id(b64, where):
@@ -149,12 +210,52 @@ def next_link(raw, prev, seq):
     chain hash, so they are the canonical bytes Magistrate wrote, and parsing them would prove
     nothing more. Every other line is read in full."""
     i, j = raw.find(b',"chain_hash":"'), raw.rfind(b',"prev_hash":"')
+    at_seq = b'","seq":%d,' % seq
     if not (0 < i < j and raw.endswith(EVENT_END) and raw.startswith(b'","details":', i + 79)
-            and raw[j + 14:j + 78] == prev and raw.startswith(b'","seq":%d,' % seq, j + 78)):
+            and raw[j + 14:j + 78] == prev and raw.startswith(at_seq, j + 78)
+            and in_domain(raw, i, j, j + 78 + len(at_seq))):
         return None
     link = hashlib.sha256(b"".join((raw[:i], raw[i + 80:j], raw[j + 79:-len(EVENT_END)], b"}",
                                     prev))).hexdigest().encode("ascii")
     return link if raw[i + 15:i + 79] == link else None
+
+
+def in_domain(raw, i, j, seq_end):
+    """The cheap part of the domain checks, on an event line's bytes (``i``: where
+    ``,"chain_hash":"`` starts, ``j``: where ``,"prev_hash":"`` does, ``seq_end``: where
+    ``"target_id":`` must start): UTF-8, a known actor_type, a real occurred_at, details an
+    object with no digit followed by ``.``, ``e`` or ``E`` (which every fraction or exponent
+    has), a non-empty event_type, and a string or null in the four fields that hold one. A
+    line that fails is read in full, which names the problem or, for such characters inside a
+    string, accepts it."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    k = raw.rfind(b',"event_type":"', i, j)
+    return (raw.startswith(b',"occurred_at":"', j - 44)
+            and TIME.fullmatch(raw, j - 28, j - 1) is not None
+            and real_date(raw[j - 28:j - 18])
+            and raw.endswith(ACTOR_TYPE_ENDINGS, 0, i)
+            and raw.startswith(b'","details":{', i + 79) and raw[k + 15:k + 16] != b'"'
+            and FLOATISH.search(raw, i + 79, k) is None
+            and string_or_null(raw, 12)  # after {"actor_id":
+            and string_or_null(raw, value_at(raw, b',"actor_name":', 12))
+            and raw.startswith(b'"target_id":', seq_end) and string_or_null(raw, seq_end + 12)
+            and string_or_null(raw, value_at(raw, b',"target_type":', seq_end)))
+
+
+def value_at(raw, name, start):
+    """Where the value of the member ``name`` starts (its first match from ``start``), or -1."""
+    at = raw.find(name, start)
+    return -1 if at < 0 else at + len(name)
+
+
+def string_or_null(raw, at):
+    """Whether the value starting at ``at`` is a string or null (a member found with find():
+    before the details only strings come, and after the seq too, and a string cannot hold an
+    unescaped quote, so the first match is the member itself)."""
+    return at >= 0 and (raw[at:at + 1] == b'"' or raw.startswith(b"null,", at))
 
 
 def quick_run(path, start, end, vouched, wanted):
@@ -201,60 +302,147 @@ def checkpoint_seqs(path):
     return seqs
 
 
-def digest_before_last_line(path):
-    """SHA-256 of the file up to its last line, where the manifest must be (for a long file, a
-    worker process computes it while the chain is checked)."""
+def digests_before_last_lines(path):
+    """{offset: SHA-256 of every byte before it} at the start of each of the file's last two
+    lines, where the manifest and the statement must be (for a long file, a worker process
+    computes them while the chain is checked)."""
     with open(path, "rb") as f:
-        end = f.seek(0, 2) - 1  # the last line starts after the last newline before this
-        while end > 0:
+        starts, end = [], f.seek(0, 2) - 1  # the search starts before the final newline
+        while end > 0 and len(starts) < 2:
             start = max(end - (1 << 16), 0)
             f.seek(start)
             at = f.read(end - start).rfind(b"\n")
-            end = start + at + 1 if at >= 0 else start
+            end = start + at if at >= 0 else start
             if at >= 0:
-                break
+                starts.append(start + at + 1)
         f.seek(0)
-        digest = hashlib.sha256()
-        while (left := max(end, 0) - f.tell()) > 0:
-            digest.update(f.read(min(left, 1 << 20)))
-    return digest.hexdigest()
+        digest, found = hashlib.sha256(), {}
+        for stop in sorted({*starts, 0}):
+            while (left := stop - f.tell()) > 0:
+                digest.update(f.read(min(left, 1 << 20)))
+            found[stop] = digest.hexdigest()
+    return found
 
 
 # --- checking ---------------------------------------------------------------------------------
 
-def read_header(header, pinned):
-    """The tenant id, the seq the rows must start at (None: any) and the trusted keys."""
-    if not header:
-        raise Bad("the file is empty")
-    if header.get("type") != "header":
-        raise Bad("line 1: the first line must be the header")
-    check_fields(header, HEADER, "line 1 (header)")
-    check_fields(header["range"], RANGE, "line 1 (header range)")
-    if header["format"] != 1:
-        raise Bad(f"line 1: format {header['format']} is not supported (this script reads 1)")
-    keys = {}
-    for key in header["public_keys"]:
-        if not isinstance(key, dict) or set(key) != {"key_id", "public_key"}:
-            raise Bad("line 1: each public key must have exactly key_id and public_key")
-        if public_key_id(key["public_key"], "line 1") != key["key_id"]:
-            raise Bad(f"line 1: key_id {key['key_id']!r:.40} does not match its public key")
-        keys[key["key_id"]] = key["public_key"]
-    if pinned:  # then only the pinned key counts, whatever the file names
-        keys = pinned
-    wanted = header["range"]
-    return header["tenant_id"], None if wanted["since"] else wanted["first_seq"] or 1, keys
+class Export:
+    """What the header says, and the keys trusted for this file."""
+
+    def __init__(self, header, options):
+        if not header:
+            raise Bad("the file is empty")
+        if header.get("type") != "header":
+            raise Bad("line 1: the first line must be the header")
+        check_fields(header, HEADER, "line 1 (header)")
+        if header["format"] not in FORMATS:
+            raise Bad(f"line 1: format {header['format']} is not supported (this script reads "
+                      "1 and 2)")
+        if header["format"] == 1 and not options.allow_format_1:
+            raise Bad("line 1: a format 1 export (made before signed export statements): "
+                      "nothing in it shows that it is complete or that no checkpoint was "
+                      "removed; export it again, or pass --allow-format-1 to check it by the "
+                      "format 1 rules")
+        check_fields(header["range"], RANGE, "line 1 (header range)")
+        self.header, self.format, self.tenant_id = header, header["format"], header["tenant_id"]
+        self.range = r = header["range"]
+        by_seq, by_date = r["first_seq"] or r["last_seq"], r["since"] or r["until"]
+        if by_seq and by_date:
+            raise Bad("line 1: the range is by seq and by date at once")
+        if r["first_seq"] and r["last_seq"] and r["last_seq"] < r["first_seq"]:
+            raise Bad("line 1: the range's last_seq is below its first_seq")
+        if r["since"] and r["until"] and r["until"] <= r["since"]:
+            raise Bad("line 1: the range's until is not after its since")
+        self.whole = not (by_seq or by_date)
+        self.by_date = bool(by_date)
+        self.start = None if by_date else r["first_seq"] or 1  # the seq the rows start at
+        self.keys = {}
+        for key in header["public_keys"]:
+            if not isinstance(key, dict):
+                raise Bad("line 1: each public key must be an object")
+            check_fields(key, KEY[self.format], "line 1 (header public key)")
+            if public_key_id(key["public_key"], "line 1") != key["key_id"]:
+                raise Bad(f"line 1: key_id {key['key_id']} does not match its public key")
+            if key["key_id"] in self.keys:
+                raise Bad(f"line 1: key {key['key_id']} is listed twice")
+            self.keys[key["key_id"]] = key
+        if self.format == 2:
+            listed = list(self.keys.values())
+            for before, after in zip(listed, listed[1:], strict=False):
+                if before["retired_at"] is None or not (
+                        before["valid_from"] < after["valid_from"] == before["retired_at"]):
+                    raise Bad(f"line 1: key {after['key_id']} does not take over when key "
+                              f"{before['key_id']} is retired (keys are listed oldest first, "
+                              "each valid from the moment the one before it retired)")
+        self.pinned = options.pinned
+        if self.pinned:
+            kid, public = next(iter(self.pinned.items()))
+            if kid not in self.keys or self.keys[kid]["public_key"] != public:
+                raise Bad(f"line 1: the header does not list the pinned key (key_id {kid}): "
+                          "this is not an export of the tenant whose key you pinned, or its "
+                          "keys were replaced")
+        self.rotations, self.trusted = [], None
+
+    def settle_keys(self):
+        """The keys trusted for this file: the pinned one (or, unpinned, the oldest key the
+        header lists) and every key a rotation statement links to it, either way."""
+        root = next(iter(self.pinned or self.keys), None)
+        trusted = {root} if root else set()
+        for number, rot in self.rotations:
+            where = f"line {number} (key rotation {rot['old_key_id']} to {rot['new_key_id']})"
+            old, new = self.keys.get(rot["old_key_id"]), self.keys.get(rot["new_key_id"])
+            if old is None or new is None:
+                raise Bad(f"{where}: names a key the header does not list")
+            if rot["tenant_id"] != self.tenant_id:
+                raise Bad(f"{where}: for another tenant (tenant_id {rot['tenant_id']})")
+            if rot["new_public_key"] != new["public_key"]:
+                raise Bad(f"{where}: the new public key is not the one the header lists")
+            if not (old["retired_at"] == rot["rotated_at"] == new["valid_from"]):
+                raise Bad(f"{where}: rotated_at is not when the old key retired and the new "
+                          "one became valid")
+            signed = canonical({k: v for k, v in rot.items()
+                                if k not in ("signature", "new_signature")}).encode("utf-8")
+            if not signature_valid(old["public_key"], rot["signature"], signed):
+                raise Bad(f"{where}: signature of the old key invalid")
+            if not signature_valid(new["public_key"], rot["new_signature"], signed):
+                raise Bad(f"{where}: signature of the new key invalid")
+        grew = True
+        while grew:
+            grew = False
+            for _, rot in self.rotations:
+                pair = {rot["old_key_id"], rot["new_key_id"]}
+                if pair & trusted and not pair <= trusted:
+                    trusted |= pair
+                    grew = True
+        for kid in self.keys:
+            if kid not in trusted:
+                raise Bad(f"line 1: key {kid} is not linked to the "
+                          f"{'pinned' if self.pinned else 'oldest'} key by a key rotation "
+                          "statement in the file")
+        self.trusted = trusted
+
+    def check_signer(self, kid, when, where):
+        if kid not in self.trusted:
+            raise Bad(f"{where}: signed by another key (key_id {kid})")
+        key = self.keys[kid]
+        if self.format == 2 and not (key["valid_from"] <= when and (
+                key["retired_at"] is None or when < key["retired_at"])):
+            raise Bad(f"{where}: signed by key {kid} at {when}, outside its validity "
+                      f"({key['valid_from']} to {key['retired_at'] or 'now'})")
+        return key["public_key"]
 
 
-def check_checkpoint(cp, keys, tenant_id, hashes, last_seq):
+def check_checkpoint(cp, export, hashes, last_seq):
     at = f"checkpoint at seq {cp['seq']}"
-    if cp["key_id"] not in keys:
-        raise Bad(f"{at}: signed by another key (key_id {cp['key_id']})")
+    public = export.check_signer(cp["key_id"], cp["created_at"], at)
     signed = canonical({k: cp[k] for k in ("tenant_id", "seq", "chain_hash", "created_at")})
-    if not signature_valid(keys[cp["key_id"]], cp["signature"], signed.encode("utf-8")):
+    if not signature_valid(public, cp["signature"], signed.encode("utf-8")):
         raise Bad(f"{at}: signature invalid")
-    if cp["tenant_id"] != tenant_id:
+    if cp["tenant_id"] != export.tenant_id:
         raise Bad(f"{at}: for another tenant (tenant_id {cp['tenant_id']}; "
-                  f"this log is tenant {tenant_id})")
+                  f"this log is tenant {export.tenant_id})")
+    if cp["created_at"] > export.header["exported_at"]:
+        raise Bad(f"{at}: made at {cp['created_at']}, after the export itself")
     if last_seq is None or cp["seq"] > last_seq:
         raise Bad(f"log shorter than checkpoint at seq {cp['seq']} (it ends at seq {last_seq})")
     if cp["seq"] not in hashes:
@@ -264,35 +452,86 @@ def check_checkpoint(cp, keys, tenant_id, hashes, last_seq):
                   "signed one: rows up to there were changed)")
 
 
-def verify(path, pinned=None, external=None, chunk=CHUNK):
+def check_statement(st, export, manifest, digest):
+    """The signed export statement (AUDIT_FORMAT.md, section 3): who signed it, that the file
+    reaches the head it names, and that it says what the file holds."""
+    public = export.check_signer(st["key_id"], st["exported_at"], "statement")
+    signed = canonical({k: v for k, v in st.items() if k != "signature"}).encode("utf-8")
+    if not signature_valid(public, st["signature"], signed):
+        raise Bad("statement: signature invalid")
+    for name in ("tenant_id", "tenant", "exported_at", "range"):
+        if st[name] != export.header[name]:
+            raise Bad(f"statement: {name} is {st[name]!r:.70} but the header says "
+                      f"{export.header[name]!r:.70}")
+    head, last, r = st["head_seq"], manifest["last_seq"], export.range
+    if (head is None) != (st["head_hash"] is None) or (last is not None and (
+            head is None or head < last)):
+        raise Bad(f"statement: head_seq {head} does not cover the rows of the file")
+    if r["until"] is None and not (export.by_date and last is None):
+        # the rows must reach the head, or the range's last_seq (where a range by date ends
+        # is not written anywhere a verifier can see)
+        end = head if r["last_seq"] is None or head is None else min(head, r["last_seq"])
+        if last != end and not (last is None and (end is None or end < (r["first_seq"] or 1))):
+            raise Bad(f"statement: the tenant's chain had reached seq {head} when this export "
+                      f"was made, so the file should end at seq {end}, but it ends at "
+                      f"{'no row' if last is None else f'seq {last}'}: rows were cut off")
+    if head is not None and head == last and st["head_hash"] != manifest["head_hash"]:
+        raise Bad(f"statement: the tenant's head at seq {head} had chain_hash "
+                  f"{st['head_hash']}, not the file's last row's (rows were rewritten)")
+    for name in ("first_seq", "last_seq"):
+        if st[name] != manifest[name]:
+            raise Bad(f"statement: {name} is {st[name]} but the file's is {manifest[name]}")
+    for name in ("events", "checkpoints"):
+        if st[name] != manifest[name]:
+            raise Bad(f"statement: {st[name]} {name} were exported but the file has "
+                      f"{manifest[name]}: {name} were removed or added")
+    if st["sha256"] != digest:
+        raise Bad(f"statement: sha256 is {st['sha256']} but the file before it hashes to "
+                  f"{digest} (a line was changed, added or removed)")
+
+
+class Options:
+    """What the command line asks: a pinned key ({key_id: base64}), a checkpoint kept outside
+    the export, and whether format 1 exports are checked (by their weaker rules)."""
+
+    def __init__(self, pinned=None, external=None, allow_format_1=False):
+        self.pinned, self.external, self.allow_format_1 = pinned, external, allow_format_1
+
+
+def verify(path, pinned=None, external=None, chunk=CHUNK, allow_format_1=False):
     """The summary lines of an intact export; raises Bad at the first problem. ``pinned``:
-    {key_id: public key} that must have signed every checkpoint; ``external``: a checkpoint.
+    {key_id: public key} at the root of the keys trusted; ``external``: a checkpoint.
 
     A file longer than ``chunk`` bytes is shared out: worker processes hash it for the
-    manifest and check runs of rows (quick_run) while this process reads it in order, joining
-    on each run that follows the row before and reading everything else itself."""
+    manifest and the statement, and check runs of rows (quick_run), while this process reads
+    it in order, joining on each run that follows the row before and reading everything else
+    itself."""
+    options = Options(pinned, external, allow_format_1)
     size = os.path.getsize(path)
     pool = ProcessPoolExecutor(os.cpu_count() or 1) if size > chunk else None
     try:
-        file_digest = (pool.submit(digest_before_last_line, path).result if pool
-                       else functools.partial(digest_before_last_line, path))
+        digests = (pool.submit(digests_before_last_lines, path).result if pool
+                   else functools.partial(digests_before_last_lines, path))
         wanted = checkpoint_seqs(path) | ({external["seq"]} if external else set())
         vouched = max(wanted, default=0)  # rows up to this seq may take the quick path
         runs = [pool.submit(quick_run, path, start, start + chunk, vouched, wanted)
                 for start in range(0, size, chunk)] if pool else []
         runs = {run[0]: run for run in (future.result() for future in runs) if run}
         with open(path, "rb") as f:
-            return check_file(f, pinned, external, wanted, vouched, runs, file_digest)
+            return check_file(f, options, wanted, vouched, runs, digests)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
 
 
-def check_file(f, pinned, external, wanted, vouched, runs, file_digest):
+def check_file(f, options, wanted, vouched, runs, digests):
     number, raw = 1, f.readline(MAX_LINE + 1)
-    tenant_id, expected, keys = read_header(raw and parsed(number, raw), pinned)
+    export = Export(raw and parsed(number, raw), options)
+    if export.by_date:
+        vouched = 0  # every row is read in full: its time is checked against the range
     rows, first, last, prev, hashes, checkpoints = 0, None, None, None, {}, []
     gap = None  # a jump in seq is a gap, unless the next row shows a reordering
+    expected = export.start
     while True:
         quick = rows and expected <= vouched and not (gap or checkpoints)
         run = quick and runs.get(f.tell())
@@ -303,7 +542,7 @@ def check_file(f, pinned, external, wanted, vouched, runs, file_digest):
             hashes.update(run_hashes)
             f.seek(stop)
             continue
-        raw = f.readline(MAX_LINE + 1)
+        at, raw = f.tell(), f.readline(MAX_LINE + 1)
         if not raw:
             raise Bad("file ends without a manifest (truncated?)")
         number += 1
@@ -313,15 +552,26 @@ def check_file(f, pinned, external, wanted, vouched, runs, file_digest):
                 hashes[last] = link.decode("ascii")
             continue
         obj = parsed(number, raw)
-        if gap and not (obj.get("type") == "event" and valid("seq", obj.get("seq"))
-                        and obj["seq"] <= last):
+        kind = obj.get("type")
+        if gap and not (kind == "event" and valid("seq", obj.get("seq")) and obj["seq"] <= last):
             raise Bad(gap)
-        if obj.get("type") == "event":
-            check_fields(obj, EVENT, f"line {number} (event)")
+        if kind == "key_rotation" and export.format == 2:
+            check_fields(obj, ROTATION, f"line {number} (key rotation)")
+            if export.trusted is not None:
+                raise Bad(f"line {number}: a key rotation after the events (rotations come "
+                          "right after the header)")
+            export.rotations.append((number, obj))
+            continue
+        if export.trusted is None:
+            export.settle_keys()
+        if kind == "event":
+            seq = obj.get("seq")
+            where = f"row {rows + 1} (seq {seq})" if valid("seq", seq) else \
+                f"row {rows + 1} (line {number})"
+            check_fields(obj, EVENT, where)
             if checkpoints:
-                raise Bad(f"line {number}: an event after the checkpoints")
+                raise Bad(f"{where}: an event after the checkpoints (line {number})")
             rows += 1
-            seq, where = obj["seq"], f"row {rows} (seq {obj['seq']})"
             intact = event_hash(obj, obj["prev_hash"]) == obj["chain_hash"]
             if gap and not intact:
                 raise Bad(gap)
@@ -340,37 +590,67 @@ def check_file(f, pinned, external, wanted, vouched, runs, file_digest):
                 raise Bad(f"{where}: reordered (seq {seq} after {last})")
             if last is not None and seq == last:
                 raise Bad(f"{where}: seq {seq} repeated (a row was inserted or copied)")
+            check_in_range(obj, export.range, where)
             gap = f"{where}: gap in seq (expected {expected}, found {seq})" \
                 if seq != expected else None
             if seq in wanted:
                 hashes[seq] = obj["chain_hash"]
             last, prev, expected = seq, obj["chain_hash"].encode("ascii"), seq + 1
-        elif obj.get("type") == "checkpoint":
+        elif kind == "checkpoint":
             check_fields(obj, CHECKPOINT, f"line {number} (checkpoint)")
-            check_checkpoint(obj, keys, tenant_id, hashes, last)
+            if checkpoints and obj["seq"] <= checkpoints[-1]:
+                raise Bad(f"checkpoint at seq {obj['seq']}: "
+                          + ("repeated (there is one checkpoint per seq)"
+                             if obj["seq"] == checkpoints[-1] else
+                             f"out of order (after the checkpoint at seq {checkpoints[-1]})"))
+            check_checkpoint(obj, export, hashes, last)
             checkpoints.append(obj["seq"])
-        elif obj.get("type") == "manifest":
+        elif kind == "manifest":
             break
         else:
-            raise Bad(f"line {number}: unknown line type {obj.get('type')!r:.40}")
-    if set(obj) != set(MANIFEST):
-        raise Bad(f"line {number} (manifest): expected exactly the fields "
-                  f"{', '.join(sorted(MANIFEST))}")
-    if f.readline(1):
+            raise Bad(f"line {number}: unknown line type {kind!r:.40}")
+    manifest, manifest_at = obj, at
+    check_fields(manifest, MANIFEST, f"line {number} (manifest)")
+    at, raw = f.tell(), f.readline(MAX_LINE + 1)
+    statement = raw and parsed(number + 1, raw)
+    if statement and (statement.get("type") != "statement" or export.format == 1):
         raise Bad(f"line {number + 1}: more lines after the manifest")
+    if statement:
+        check_fields(statement, STATEMENT, f"line {number + 1} (statement)")
+        if f.readline(1):
+            raise Bad(f"line {number + 2}: more lines after the statement")
     head = prev and prev.decode("ascii")
     found = {"type": "manifest", "first_seq": first, "last_seq": last, "head_hash": head,
-             "events": rows, "checkpoints": len(checkpoints), "sha256": file_digest()}
+             "events": rows, "checkpoints": len(checkpoints),
+             "sha256": digests()[manifest_at]}
     for name in MANIFEST:
-        if obj[name] != found[name] or type(obj[name]) is not type(found[name]):
-            raise Bad(f"manifest: {name} is {obj[name]!r:.70} but the file has {found[name]!r}")
+        if manifest[name] != found[name]:
+            raise Bad(f"manifest: {name} is {manifest[name]!r:.70} but the file has "
+                      f"{found[name]!r}")
+    if export.trusted and export.whole and not checkpoints:
+        raise Bad("a whole-log export of a tenant with a checkpoint key, but no checkpoint in "
+                  "it: its checkpoints were removed (a rewritten log would look like this)")
+    if statement:
+        check_statement(statement, export, manifest, digests()[at])
+    elif export.trusted and export.format == 2:
+        raise Bad("file ends after the manifest without the signed export statement (it was "
+                  "removed, or the file was cut)")
+    external = options.external
     if external:
-        check_checkpoint(external, keys, tenant_id, hashes, last)
-        checkpoints.append(external["seq"])
-    return summary(rows, first, head, checkpoints, pinned=bool(pinned))
+        check_checkpoint(external, export, hashes, last)
+    return summary(export, rows, first, head, checkpoints, statement, external)
 
 
-def summary(rows, first, head, checkpoints, pinned):
+def check_in_range(event, r, where):
+    if r["last_seq"] is not None and event["seq"] > r["last_seq"]:
+        raise Bad(f"{where}: after the range's last_seq {r['last_seq']}")
+    if r["since"] is not None and event["occurred_at"] < r["since"]:
+        raise Bad(f"{where}: occurred before the range's since ({r['since']})")
+    if r["until"] is not None and event["occurred_at"] >= r["until"]:
+        raise Bad(f"{where}: occurred at or after the range's until ({r['until']})")
+
+
+def summary(export, rows, first, head, checkpoints, statement, external):
     if not rows:
         chain = "chain: no rows in this range"
     elif first == 1:
@@ -380,34 +660,57 @@ def summary(rows, first, head, checkpoints, pinned):
                  "vouches for its prev_hash (earlier events pruned or not exported)")
     else:
         chain = (f"chain: starts at seq {first} from its prev_hash, "
-                 + ("which the checkpoints vouch for" if checkpoints else "taken on trust"))
-    signer = "the pinned key" if pinned else ("a key named in the file (pin the tenant's key "
-                                              "with --pin-key to know it is theirs)")
-    signed = (f"checkpoints: {len(checkpoints)} valid, up to seq {max(checkpoints)}, signed "
-              f"by {signer}" if checkpoints else "checkpoints: none (a consistent rewrite of "
-              "the whole log would not show; use --checkpoint or an export with checkpoints)")
-    return [chain, signed, f"OK {rows} rows, head {head or 'none'}"]
+                 + ("which the checkpoints vouch for" if checkpoints or statement
+                    else "taken on trust"))
+    signer = "the pinned key" if export.pinned else ("a key named in the file (pin the "
+                                                     "tenant's key with --pin-key to know it "
+                                                     "is theirs)")
+    if len(export.trusted) > 1:
+        signer += f", through {len(export.rotations)} key rotation(s)"
+    every = checkpoints + ([external["seq"]] if external else [])
+    lines = [chain, f"checkpoints: {len(every)} valid, up to seq {max(every)}, signed by "
+                    f"{signer}" if every else
+             "checkpoints: none (a consistent rewrite of the whole log would not show; use "
+             "--checkpoint or an export with checkpoints)"]
+    if statement:
+        lines.append(f"statement: signed at {statement['exported_at']}, when the tenant's chain "
+                     f"had reached seq {statement['head_seq']}; the file holds everything it "
+                     "should up to then")
+    elif export.format == 1:
+        lines.append("statement: none (a format 1 export: a log cut back to an earlier "
+                     "checkpoint, with the later ones removed, would not show)")
+    else:
+        lines.append("statement: none (no checkpoint key in this export: nothing is signed; "
+                     "pin the tenant's key to require one)")
+    return [*lines, f"OK {rows} rows, head {head or 'none'}"]
 
 
 def read_checkpoint(path):
-    """A checkpoint kept outside the export: a JSON object with (at least) its six fields."""
+    """A checkpoint kept outside the export: exactly a checkpoint line, as the checkpoint
+    webhook delivers it (AUDIT_FORMAT.md, section 2), with or without its final newline."""
     with open(path, "rb") as f:
         data = f.read(1024 * 1024)
     try:
-        obj = json.loads(data.decode("utf-8"))
-        cp = {"type": "checkpoint", **{k: obj.get(k) for k in CHECKPOINT if k != "type"}}
+        cp = json.loads(data.decode("utf-8"), object_pairs_hook=strict_object,
+                        parse_constant=no_constant)
+        if not isinstance(cp, dict) or cp.get("type") != "checkpoint":
+            raise ValueError("not a checkpoint")
         check_fields(cp, CHECKPOINT, path)
         return cp
-    except (ValueError, RecursionError, AttributeError, Bad):
-        raise CannotCheck(f"--checkpoint {path}: not a JSON object with the fields tenant_id, "
-                          "seq, chain_hash, created_at, signature, key_id") from None
+    except (ValueError, RecursionError, Bad):
+        raise CannotCheck(f"--checkpoint {path}: not a checkpoint line (the fields type, "
+                          "tenant_id, seq, chain_hash, created_at, signature, key_id, with "
+                          "valid values)") from None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Verify an exported Magistrate audit log.")
     parser.add_argument("export", help="the .jsonl file exported by Magistrate")
-    parser.add_argument("--pin-key", help="the tenant's public key (base64) for checkpoints")
+    parser.add_argument("--pin-key", help="the tenant's (or the platform's) checkpoint public "
+                                          "key (base64), learnt out of band")
     parser.add_argument("--checkpoint", help="a checkpoint (JSON) that you kept yourself")
+    parser.add_argument("--allow-format-1", action="store_true",
+                        help="check an export made before signed statements (format 1)")
     args = parser.parse_args(argv)
     try:
         pinned = None
@@ -417,7 +720,8 @@ def main(argv=None):
             except Bad as exc:
                 raise CannotCheck(str(exc)) from None
         external = read_checkpoint(args.checkpoint) if args.checkpoint else None
-        print("\n".join(verify(args.export, pinned, external)))
+        print("\n".join(verify(args.export, pinned, external,
+                               allow_format_1=args.allow_format_1)))
         return 0
     except Bad as exc:
         print(f"FAIL {exc}")

@@ -21,11 +21,13 @@ from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent
 
 GENESIS_HASH = "0" * 64
+ACTOR_TYPES = ("user", "api_key", "system")
 CHAIN_LOCK = 74203  # transaction-scoped advisory lock id of the tenant chain head
 
 
 class CheckpointEvents:
     KEY_CREATED = "audit.checkpoint_key_created"
+    KEY_ROTATED = "audit.checkpoint_key_rotated"
 
 
 class CredentialEvents:
@@ -38,6 +40,9 @@ def canonical_content(
     actor_name: str | None, event_type: str, target_type: str | None, target_id: str | None,
     details: dict[str, Any],
 ) -> bytes:
+    if actor_type not in ACTOR_TYPES or not event_type:  # the format's domains (AUDIT_FORMAT.md)
+        raise ValueError(f"an audit event's actor_type is one of {', '.join(ACTOR_TYPES)} and "
+                         "its event_type is not empty")
     document = {
         "seq": seq,
         "occurred_at": occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),

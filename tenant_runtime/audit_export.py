@@ -19,22 +19,40 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Row, func, select, text
+from sqlalchemy import Row, Table, func, select, text
 from sqlalchemy.orm import Session
 
+from tenant_runtime.checkpoints import make_checkpoint, statement_signer
+from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.models import AuditEvent
 
-FORMAT = 1
+FORMAT = 2
 BATCH_SIZE = 5_000
 RANGE_PARAMS = ("first_seq", "last_seq", "since", "until")
 SEQ = re.compile(r"[0-9]{1,18}")  # fits a bigint
-EVENTS = AuditEvent.__table__
+EVENTS = cast(Table, AuditEvent.__table__)
+
+
+@dataclass(frozen=True)
+class ChainTables:
+    """Where a chain lives: its events table and the names of its checkpoint, key and key
+    rotation tables (constants, never input). The tenant chain's are the default; the
+    platform chain (control_plane/audit_checkpoints.py) passes its own."""
+
+    events: Table
+    checkpoints: str
+    keys: str
+    rotations: str
+
+
+TENANT_CHAIN = ChainTables(EVENTS, "audit_checkpoints", "checkpoint_keys",
+                           "checkpoint_key_rotations")
 
 
 @dataclass(frozen=True)
@@ -114,18 +132,19 @@ def check_range(wanted: ExportRange) -> ExportRange:
     return wanted
 
 
-def _seq_bounds(session: Session, wanted: ExportRange) -> tuple[int, int | None] | None:
+def _seq_bounds(session: Session, wanted: ExportRange,
+                events: Table = EVENTS) -> tuple[int, int | None] | None:
     """The seq range to export, ``(first, last)`` with ``last`` None for "to the end"; a date
     range becomes the seqs it covers. None when a date range holds no event."""
     first, last = wanted.first_seq or 1, wanted.last_seq
     if wanted.since is not None:
-        first = session.scalar(select(func.min(EVENTS.c.seq))
-                               .where(EVENTS.c.occurred_at >= wanted.since))
+        first = session.scalar(select(func.min(events.c.seq))
+                               .where(events.c.occurred_at >= wanted.since))
         if first is None:
             return None
     if wanted.until is not None:
-        last = session.scalar(select(func.max(EVENTS.c.seq))
-                              .where(EVENTS.c.occurred_at < wanted.until))
+        last = session.scalar(select(func.max(events.c.seq))
+                              .where(events.c.occurred_at < wanted.until))
         if last is None:
             return None
     return first, last
@@ -147,12 +166,13 @@ def _event_line(row: Row[Any]) -> bytes:
         "chain_hash": row.chain_hash})
 
 
-def _events(session: Session, first: int, last: int | None, batch: int) -> Iterator[Row[Any]]:
+def _events(session: Session, first: int, last: int | None, batch: int,
+            events: Table = EVENTS) -> Iterator[Row[Any]]:
     after = first - 1
     while True:
-        query = select(EVENTS).where(EVENTS.c.seq > after).order_by(EVENTS.c.seq).limit(batch)
+        query = select(events).where(events.c.seq > after).order_by(events.c.seq).limit(batch)
         if last is not None:
-            query = query.where(EVENTS.c.seq <= last)
+            query = query.where(events.c.seq <= last)
         rows = session.execute(query).all()
         yield from rows
         if len(rows) < batch:
@@ -160,11 +180,12 @@ def _events(session: Session, first: int, last: int | None, batch: int) -> Itera
         after = rows[-1].seq
 
 
-def _checkpoints(session: Session, low: int, high: int, batch: int) -> Iterator[Row[Any]]:
+def _checkpoints(session: Session, low: int, high: int, batch: int,
+                 table: str) -> Iterator[Row[Any]]:
     after = low - 1
     while True:
         rows = session.execute(text(
-            "SELECT seq, chain_hash, created_at, signature, key_id FROM audit_checkpoints "
+            f"SELECT seq, chain_hash, created_at, signature, key_id FROM {table} "  # noqa: S608
             "WHERE seq > :after AND seq <= :high ORDER BY seq LIMIT :batch"),
             {"after": after, "high": high, "batch": batch}).all()
         yield from rows
@@ -173,31 +194,71 @@ def _checkpoints(session: Session, low: int, high: int, batch: int) -> Iterator[
         after = rows[-1].seq
 
 
+def _keys(session: Session, table: str) -> list[dict[str, Any]]:
+    if not _table_exists(session, table):
+        return []
+    return [{"key_id": row.key_id, "public_key": row.public_key,
+             "valid_from": timestamp(row.valid_from),
+             "retired_at": timestamp(row.retired_at) if row.retired_at else None}
+            for row in session.execute(text(
+                f"SELECT key_id, public_key, valid_from, retired_at FROM {table} "  # noqa: S608
+                "ORDER BY valid_from, id"))]
+
+
+def _rotations(session: Session, tenant_id: int, table: str) -> list[dict[str, Any]]:
+    if not _table_exists(session, table):
+        return []
+    return [{"type": "key_rotation", "tenant_id": tenant_id, "old_key_id": row.old_key_id,
+             "new_key_id": row.new_key_id, "new_public_key": row.new_public_key,
+             "rotated_at": timestamp(row.rotated_at), "signature": row.signature,
+             "new_signature": row.new_signature}
+            for row in session.execute(text(
+                "SELECT old_key_id, new_key_id, new_public_key, rotated_at, signature, "  # noqa: S608
+                f"new_signature FROM {table} ORDER BY rotated_at, id"))]
+
+
+class Signer(Protocol):
+    """Signs an export statement: the checkpoint key valid at the export's time."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def sign(self, message: bytes) -> str: ...
+
+
 def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int | None = None,
                  last_seq: int | None = None, since: datetime | None = None,
                  until: datetime | None = None, batch_size: int = BATCH_SIZE,
-                 exported_at: datetime | None = None) -> Iterator[bytes]:
+                 exported_at: datetime | None = None,
+                 signer: Callable[[Session, datetime], Signer | None] | None = None,
+                 chain: ChainTables = TENANT_CHAIN) -> Iterator[bytes]:
     """The export, line by line (each ``bytes`` ends with ``\\n``). ``session`` must not have
-    run a statement yet: the export opens its own read-only snapshot in it."""
+    run a statement yet: the export opens its own read-only snapshot in it. ``signer`` finds,
+    in that snapshot, the key that signs the closing statement (None: no statement, which the
+    verifier refuses for a tenant that has a key; only tests and benchmarks leave it out)."""
     wanted = check_range(ExportRange(first_seq, last_seq, since, until))
+    moment = exported_at or datetime.now(UTC)  # before the snapshot: see statement_signer
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-    has_checkpoints = _table_exists(session, "audit_checkpoints")
-    keys = [] if not _table_exists(session, "checkpoint_keys") else [
-        {"key_id": key_id, "public_key": public_key} for key_id, public_key in session.execute(
-            text("SELECT key_id, public_key FROM checkpoint_keys ORDER BY id"))]
+    has_checkpoints = _table_exists(session, chain.checkpoints)
+    keys = _keys(session, chain.keys)
+    events = chain.events
+    tenant_head = session.execute(select(events.c.seq, events.c.chain_hash)
+                                  .order_by(events.c.seq.desc()).limit(1)).first()
+    signing = signer(session, moment) if signer is not None and keys else None
     digest = hashlib.sha256()
 
     def emit(line: bytes) -> bytes:
         digest.update(line)
         return line
 
-    yield emit(canonical_line({
-        "type": "header", "format": FORMAT, "tenant_id": tenant_id, "tenant": slug,
-        "exported_at": timestamp(exported_at or datetime.now(UTC)), "range": wanted.as_json(),
-        "public_keys": keys}))
-    bounds = _seq_bounds(session, wanted)
+    header = {"type": "header", "format": FORMAT, "tenant_id": tenant_id, "tenant": slug,
+              "exported_at": timestamp(moment), "range": wanted.as_json(), "public_keys": keys}
+    yield emit(canonical_line(header))
+    for rotation in _rotations(session, tenant_id, chain.rotations):
+        yield emit(canonical_line(rotation))
+    bounds = _seq_bounds(session, wanted, events)
     count, first_row, head = 0, None, None
-    for row in _events(session, *bounds, batch_size) if bounds else ():
+    for row in _events(session, *bounds, batch_size, events) if bounds else ():
         count += 1
         if first_row is None:
             first_row = row.seq
@@ -205,14 +266,44 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
         yield emit(_event_line(row))
     checkpoints = 0
     if has_checkpoints and head is not None and first_row is not None:
-        for cp in _checkpoints(session, first_row - 1, head.seq, batch_size):
+        for cp in _checkpoints(session, first_row - 1, head.seq, batch_size, chain.checkpoints):
             checkpoints += 1
             yield emit(canonical_line({
                 "type": "checkpoint", "tenant_id": tenant_id, "seq": cp.seq,
                 "chain_hash": cp.chain_hash, "created_at": timestamp(cp.created_at),
                 "signature": cp.signature, "key_id": cp.key_id}))
-    yield canonical_line({"type": "manifest", "first_seq": first_row,
-                          "last_seq": head.seq if head is not None else None,
-                          "head_hash": head.chain_hash if head is not None else None,
-                          "events": count, "checkpoints": checkpoints,
-                          "sha256": digest.hexdigest()})
+    manifest = {"type": "manifest", "first_seq": first_row,
+                "last_seq": head.seq if head is not None else None,
+                "head_hash": head.chain_hash if head is not None else None,
+                "events": count, "checkpoints": checkpoints, "sha256": digest.hexdigest()}
+    yield emit(canonical_line(manifest))
+    if signing is None:
+        return
+    statement: dict[str, Any] = {
+        "type": "statement", "tenant_id": tenant_id, "tenant": slug,
+        "exported_at": header["exported_at"], "range": header["range"],
+        "first_seq": first_row, "last_seq": manifest["last_seq"], "events": count,
+        "checkpoints": checkpoints,
+        "head_seq": tenant_head.seq if tenant_head is not None else None,
+        "head_hash": tenant_head.chain_hash if tenant_head is not None else None,
+        "sha256": digest.hexdigest(), "key_id": signing.key_id}
+    statement["signature"] = signing.sign(canonical_line(statement)[:-1])
+    yield canonical_line(statement)
+
+
+def export_tenant_chain(ctx: TenantContext, wanted: ExportRange, *,
+                        batch_size: int = BATCH_SIZE) -> Iterator[bytes]:
+    """What the dashboard, the API and the shell hand out: the chain head checkpointed first
+    (in its own transaction, so the export carries a checkpoint of the head as it was a moment
+    before), then ``export_lines`` from one snapshot, closed by a statement signed by the
+    tenant's checkpoint key. Needs the tenant's data key (TenantKeyUnavailable otherwise):
+    without it nothing can be signed, and an unsigned export of a tenant with a key does not
+    verify."""
+    with ctx.session() as s, s.begin():
+        make_checkpoint(s, ctx, force=True)
+    with ctx.session() as s:
+        yield from export_lines(
+            s, tenant_id=ctx.tenant_id, slug=ctx.slug, first_seq=wanted.first_seq,
+            last_seq=wanted.last_seq, since=wanted.since, until=wanted.until,
+            batch_size=batch_size,
+            signer=lambda session, moment: statement_signer(session, ctx, moment))

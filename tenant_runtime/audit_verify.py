@@ -1,7 +1,8 @@
 """Verifying a tenant's audit chain inside the platform ("Verify now"): every link recomputed in
-seq order (streamed in batches), every checkpoint's signature checked and matched against the
-chain. The result names the first bad row and why. The offline verifier a compliance team runs
-(``ops/verify_audit_chain.py``) does the same on an export, without our code."""
+seq order (streamed in batches), every checkpoint's signature checked, by a key valid when it
+was made, and matched against the chain. The result names the first bad row and why. The
+offline verifier a compliance team runs (``ops/verify_audit_chain.py``) does the same on an
+export, without our code."""
 
 from __future__ import annotations
 
@@ -74,15 +75,19 @@ def verify_tenant_chain(s: Session, tenant_id: int,
         if anchor.chain_hash != first_prev:
             return VerifyResult(False, rows, prev, f"seq {first_seq}: previous hash does not "
                                                    "match the anchoring checkpoint")
-    keys = {k.key_id: k.public_key for k in s.scalars(select(CheckpointKey))}
+    keys = {k.key_id: k for k in s.scalars(select(CheckpointKey))}
     last_seq = (expected or 1) - 1
     for c in checkpoints:
         created = c.created_at
         key = keys.get(c.key_id)
-        if key is None or not verify_checkpoint(key, tenant_id, c.seq, c.chain_hash, created,
-                                                c.signature):
+        if key is None or not verify_checkpoint(key.public_key, tenant_id, c.seq, c.chain_hash,
+                                                created, c.signature):
             return VerifyResult(False, rows, prev, f"checkpoint at seq {c.seq}: signature "
                                                    "invalid")
+        if created < key.valid_from or (key.retired_at is not None
+                                        and created >= key.retired_at):
+            return VerifyResult(False, rows, prev, f"checkpoint at seq {c.seq}: signed by key "
+                                                   f"{c.key_id} outside its validity")
         if c.seq > last_seq:
             return VerifyResult(False, rows, prev, f"log shorter than checkpoint at seq "
                                                    f"{c.seq}")

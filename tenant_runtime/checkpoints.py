@@ -39,8 +39,14 @@ from sqlalchemy.orm import Session
 
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
-from tenant_runtime.exceptions import SealedValueRefused
-from tenant_runtime.models import AuditCheckpoint, AuditEvent, CheckpointKey
+from tenant_runtime.exceptions import SealedValueRefused, TenantInvalidInput
+from tenant_runtime.key_notices import queue_key_notices
+from tenant_runtime.models import (
+    AuditCheckpoint,
+    AuditEvent,
+    CheckpointKey,
+    CheckpointKeyRotation,
+)
 
 EVENTS_PER_CHECKPOINT = 1_000
 CHECKPOINT_INTERVAL = timedelta(minutes=10)
@@ -146,22 +152,29 @@ def _ensure_key(s: Session, ctx: TenantContext) -> CheckpointKey:
     key = _active_key(s)
     if key is not None:
         return key
+    key, _ = _new_key(s, ctx, datetime.now(UTC))
+    s.flush()
+    queue_key_notices(s, key.key_id)
+    audit.record(s, audit.CheckpointEvents.KEY_CREATED, actor=ctx.actor,
+                 target_type="checkpoint_key", target_id=key.key_id,
+                 details={"key_id": key.key_id, "public_key": key.public_key})
+    return key
+
+
+def _new_key(s: Session, ctx: TenantContext,
+             valid_from: datetime) -> tuple[CheckpointKey, Ed25519PrivateKey]:
     private = Ed25519PrivateKey.generate()
     raw_public = private.public_key().public_bytes_raw()
-    public_b64 = base64.b64encode(raw_public).decode("ascii")
     # the row key of the sealed value is the id, so take it before the row exists
     row_id = int(s.execute(text(
         f"SELECT nextval(pg_get_serial_sequence('{KEY_TABLE}', 'id'))")).scalar_one())
     key = CheckpointKey(
-        id=row_id, key_id=hashlib.sha256(raw_public).hexdigest()[:16], public_key=public_b64,
+        id=row_id, key_id=hashlib.sha256(raw_public).hexdigest()[:16],
+        public_key=base64.b64encode(raw_public).decode("ascii"), valid_from=valid_from,
         private_key_sealed=ctx.sealer.seal(private.private_bytes_raw(), table=KEY_TABLE,
                                            column=KEY_COLUMN, row_key=row_id))
     s.add(key)
-    s.flush()
-    audit.record(s, audit.CheckpointEvents.KEY_CREATED, actor=ctx.actor,
-                 target_type="checkpoint_key", target_id=key.key_id,
-                 details={"key_id": key.key_id, "public_key": public_b64})
-    return key
+    return key, private
 
 
 def ensure_checkpoint_key(s: Session, ctx: TenantContext) -> tuple[str, str]:
@@ -207,9 +220,13 @@ def make_checkpoint(s: Session, ctx: TenantContext, *, force: bool = False,
     the sealed private key does not open for its row."""
     if s.scalar(select(func.max(AuditEvent.seq))) is None:
         return None  # an empty chain: nothing to vouch for, and no key made for it
-    key = _ensure_key(s, ctx)
+    _ensure_key(s, ctx)
     s.execute(text(f"SELECT pg_advisory_xact_lock({CHECKPOINT_LOCK})"))
-    # read after the lock: a writer that held it has committed, and its checkpoint is seen
+    # read after the lock: a writer that held it has committed, and its checkpoint is seen;
+    # so is a rotation (which holds the lock too), and the key is the one active now
+    key = _active_key(s)
+    if key is None:
+        raise SealedValueRefused("The tenant has no active checkpoint key.")
     head = s.execute(select(AuditEvent.seq, AuditEvent.chain_hash)
                      .order_by(AuditEvent.seq.desc()).limit(1)).one()
     last = s.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc())
@@ -224,3 +241,81 @@ def make_checkpoint(s: Session, ctx: TenantContext, *, force: bool = False,
     s.flush()
     return Checkpoint(ctx.tenant_id, head.seq, head.chain_hash, created_at, signature,
                       key.key_id)
+
+
+# ------------------------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class StatementSigner:
+    """The checkpoint key that signs an export statement: the one valid at ``moment``."""
+
+    key_id: str
+    private: Ed25519PrivateKey
+
+    def sign(self, message: bytes) -> str:
+        return base64.b64encode(self.private.sign(message)).decode("ascii")
+
+
+def statement_signer(s: Session, ctx: TenantContext, moment: datetime) -> StatementSigner | None:
+    """The signer of an export made at ``moment``, or None when the tenant has no key yet.
+    Needs the tenant's data key (TenantKeyUnavailable otherwise)."""
+    key = s.scalars(select(CheckpointKey).where(
+        CheckpointKey.valid_from <= moment,
+        (CheckpointKey.retired_at.is_(None)) | (CheckpointKey.retired_at > moment))
+        .order_by(CheckpointKey.id.desc()).limit(1)).first()
+    return None if key is None else StatementSigner(key.key_id, _signing_key(ctx, key))
+
+
+# ------------------------------------------------------------------------------- rotation
+
+
+def rotation_document(tenant_id: int, old_key_id: str, new_key_id: str, new_public_key: str,
+                      rotated_at: datetime) -> dict[str, object]:
+    """The key rotation line of an export without its two signatures, which cover exactly
+    the canonical bytes of this document (ops/AUDIT_FORMAT.md, section 2)."""
+    return {"type": "key_rotation", "tenant_id": tenant_id, "old_key_id": old_key_id,
+            "new_key_id": new_key_id, "new_public_key": new_public_key,
+            "rotated_at": rotated_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+
+
+def canonical_bytes(document: dict[str, object]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def do_rotate_checkpoint_key(s: Session, ctx: TenantContext, *,
+                             now: datetime | None = None) -> CheckpointKeyRotation:
+    """Retire the active checkpoint key and make a new one, in the caller's transaction: the
+    old key's ``retired_at`` and the new key's ``valid_from`` are the same moment, and a
+    rotation statement naming the new key is signed by both (so a verifier pinned to either
+    follows the chain to the other). The head is checkpointed with the old key first, so every
+    event up to the rotation is vouched for by it. Audited as ``audit.checkpoint_key_rotated``
+    (its details carry the new public key, which the fingerprint notice sends out).
+
+    Raises TenantInvalidInput when the tenant has no key yet (nothing to rotate)."""
+    s.execute(text(f"SELECT pg_advisory_xact_lock({audit.CHAIN_LOCK})"))  # the lock order
+    old = _active_key(s)
+    if old is None:
+        raise TenantInvalidInput("This tenant has no checkpoint key yet; its first checkpoint "
+                                 "makes one.")
+    make_checkpoint(s, ctx, force=True)  # takes CHECKPOINT_LOCK, held until commit
+    old_private = _signing_key(ctx, old)
+    moment = now or datetime.now(UTC)
+    old.retired_at = moment
+    new, new_private = _new_key(s, ctx, moment)
+    s.flush()
+    signed = canonical_bytes(rotation_document(ctx.tenant_id, old.key_id, new.key_id,
+                                               new.public_key, moment))
+    rotation = CheckpointKeyRotation(
+        old_key_id=old.key_id, new_key_id=new.key_id, new_public_key=new.public_key,
+        rotated_at=moment, signature=base64.b64encode(old_private.sign(signed)).decode(),
+        new_signature=base64.b64encode(new_private.sign(signed)).decode())
+    s.add(rotation)
+    s.flush()
+    queue_key_notices(s, new.key_id)
+    audit.record(s, audit.CheckpointEvents.KEY_ROTATED, actor=ctx.actor,
+                 target_type="checkpoint_key", target_id=new.key_id,
+                 details={"old_key_id": old.key_id, "key_id": new.key_id,
+                          "public_key": new.public_key})
+    return rotation

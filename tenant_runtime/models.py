@@ -117,7 +117,46 @@ class CheckpointKey(TenantBase):
     private_key_sealed: Mapped[bytes] = mapped_column(LargeBinary, info=SECRET)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
                                                  info=PLAIN)
+    # what the key may sign: checkpoints and statements made from valid_from, before retired_at
+    # (the application's clock, the one checkpoint times are written with)
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), info=PLAIN)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), info=PLAIN)
+
+
+class CheckpointKeyRotation(TenantBase):
+    """"Key ``old_key_id`` retires at ``rotated_at``; ``new_key_id`` (``new_public_key``) takes
+    over", signed by both keys (ops/AUDIT_FORMAT.md, section 2), so a verifier that pinned
+    either one can follow the chain of keys to the other."""
+
+    __tablename__ = "checkpoint_key_rotations"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
+    old_key_id: Mapped[str] = mapped_column(String(16), ForeignKey("checkpoint_keys.key_id"),
+                                            info=PLAIN)
+    new_key_id: Mapped[str] = mapped_column(String(16), ForeignKey("checkpoint_keys.key_id"),
+                                            unique=True, info=PLAIN)
+    new_public_key: Mapped[str] = mapped_column(Text, info=PLAIN)
+    rotated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), info=PLAIN)
+    signature: Mapped[str] = mapped_column(Text, info=PLAIN)  # by the old key, base64
+    new_signature: Mapped[str] = mapped_column(Text, info=PLAIN)  # by the new key, base64
+
+
+class KeyNotice(TenantBase):
+    """A checkpoint key's public half, to send out of band when the key is made (or rotated
+    in): ``webhook`` to the tenant's notification webhook, ``email`` to its compliance
+    contacts (tenant_runtime/key_notices.py). Written in the key's transaction; retried until
+    sent, ``skipped`` when there is nowhere to send it."""
+
+    __tablename__ = "key_notices"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, info=PLAIN)
+    key_id: Mapped[str] = mapped_column(String(16), ForeignKey("checkpoint_keys.key_id"),
+                                        info=PLAIN)
+    kind: Mapped[str] = mapped_column(String(20), info=PLAIN)  # webhook or email
+    status: Mapped[str] = mapped_column(String(20), server_default="pending", info=PLAIN)
+    attempts: Mapped[int] = mapped_column(server_default=text("0"), info=PLAIN)
+    last_error: Mapped[str | None] = mapped_column(String(300), info=PLAIN)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), info=PLAIN)
 
 
 class AuditCheckpoint(TenantBase):

@@ -36,7 +36,8 @@ TENANT_ID_BASE = secrets.randbelow(900_000) * 1000 + 100_000
 RESET_SQL = """
 TRUNCATE users, backup_codes, tenants, memberships, web_sessions, api_keys, db_servers,
          tenant_keys, tenant_tombstones, jobs,
-         platform_audit_events RESTART IDENTITY CASCADE;
+         platform_audit_events, platform_checkpoints, platform_checkpoint_keys
+         RESTART IDENTITY CASCADE;
 UPDATE platform_audit_head SET seq = 0, chain_hash = repeat('0', 64);
 """
 RESTART_TENANT_IDS = f"ALTER TABLE tenants ALTER COLUMN id RESTART WITH {TENANT_ID_BASE}"

@@ -17,7 +17,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.models import Tenant
+from control_plane.models import Membership, Tenant, User
+from control_plane.settings import Settings
 from control_plane.tenancy.connections import TenantConnections, egress_policy
 from tenant_runtime.audit_retention import deliver_checkpoints, prune
 from tenant_runtime.checkpoints import make_checkpoint
@@ -25,18 +26,44 @@ from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.gateway.service import forget_kept_answers
 from tenant_runtime.gateway.spend import settle_abandoned
+from tenant_runtime.key_notices import deliver_key_notices
 from tenant_runtime.minimization.retention import sweep as sweep_minimization
 from tenant_runtime.signals.service import fail_abandoned_imports
+from tenant_runtime.webhooks import Poster
 from workers import runtime
 
 log = logging.getLogger("magistrate.checkpoints")
 SYSTEM = Actor("system", None, "checkpoints")
 
 
+def compliance_contacts(session_factory: sessionmaker[Session],
+                        tenant_id: int) -> Callable[[], list[str]]:
+    """The tenant's compliance contacts, who get its checkpoint keys by e-mail: its active
+    members with the Compliance role, or its Owners when it has none (resolved here, at
+    sending time: the tenant database holds no e-mail addresses)."""
+
+    def contacts() -> list[str]:
+        with session_factory() as s:
+            rows = s.execute(
+                select(Membership.role, User.email).join(User, Membership.user_id == User.id)
+                .where(Membership.tenant_id == tenant_id, User.is_active,
+                       Membership.role.in_(("Compliance", "Owner")))
+                .order_by(User.id)).all()
+        compliance = [email for role, email in rows if role == "Compliance"]
+        return compliance or [email for role, email in rows if role == "Owner"]
+
+    return contacts
+
+
 def checkpoint_all_tenants(session_factory: sessionmaker[Session],
-                           connections: TenantConnections) -> dict[str, int]:
-    """Write the due checkpoint of every active tenant; each tenant in its own transaction.
-    Returns ``{"tenants", "written", "not_due", "failed"}``."""
+                           connections: TenantConnections, settings: Settings | None = None,
+                           *, post: Poster | None = None) -> dict[str, int]:
+    """Write the due checkpoint of every active tenant, send its checkpoints to its checkpoint
+    webhook and its key notices to its notification webhook and compliance contacts; each
+    tenant in its own transactions. Returns ``{"tenants", "written", "not_due", "failed"}``."""
+    from workers.approvals import mailer_for  # workers.approvals imports this module
+
+    mailer = mailer_for(settings) if settings is not None else None
     with session_factory() as s:
         tenant_ids = list(s.scalars(select(Tenant.id).where(Tenant.state == "active")
                                     .order_by(Tenant.id)))
@@ -52,7 +79,10 @@ def checkpoint_all_tenants(session_factory: sessionmaker[Session],
             with ctx.session() as ts, ts.begin():
                 checkpoint = make_checkpoint(ts, ctx)
             with ctx.session() as ts, ts.begin():  # send what is made, retry what failed
-                deliver_checkpoints(ts, ctx)
+                deliver_checkpoints(ts, ctx, post)
+            with ctx.session() as ts, ts.begin():
+                deliver_key_notices(ts, ctx, recipients=compliance_contacts(
+                    session_factory, tenant_id), mailer=mailer, post=post)
         except TenantError as exc:
             counts["failed"] += 1
             log.warning("checkpoint of tenant %d failed: %s", tenant_id, exc.message)
@@ -177,7 +207,15 @@ def _process_connections() -> TenantConnections:
 
 def run_checkpoints() -> dict[str, int]:
     """The periodic task's body: every active tenant, with this process's tenant engines."""
-    return checkpoint_all_tenants(runtime.session_factory(), _process_connections())
+    from control_plane.audit_checkpoints import make_platform_checkpoint
+
+    try:
+        with runtime.session_factory()() as s, s.begin():  # the platform chain's, when due
+            make_platform_checkpoint(s, runtime.env().sealer)
+    except Exception as exc:  # noqa: BLE001 - the tenants' checkpoints still run
+        log.warning("checkpoint of the platform chain failed: %s", type(exc).__name__)
+    return checkpoint_all_tenants(runtime.session_factory(), _process_connections(),
+                                  runtime.env().settings)
 
 
 def close_connections() -> None:

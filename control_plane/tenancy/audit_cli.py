@@ -30,7 +30,11 @@ def register(sub: Any) -> None:
                     "signed checkpoints of that range and a manifest to FILE (mode 0600). "
                     "Check it with `magistrate audit verify FILE` or, anywhere, with "
                     "ops/verify_audit_chain.py.")
-    export.add_argument("--tenant", required=True, help="the tenant's slug or id")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tenant", help="the tenant's slug or id")
+    which.add_argument("--platform", action="store_true",
+                       help="the platform's own chain (sign-ins, tenant lifecycle, key "
+                            "operations) instead of a tenant's")
     export.add_argument("--out", required=True, type=Path, metavar="FILE",
                         help="the file to write (replaced if it exists)")
     export.add_argument("--first-seq", metavar="N", help="the first seq to export")
@@ -39,6 +43,14 @@ def register(sub: Any) -> None:
                         help="events at or after this date or time (ISO 8601, UTC if no offset)")
     export.add_argument("--until", metavar="WHEN", help="events before this date or time")
     export.set_defaults(func=cmd_audit_export)
+    rotate = asub.add_parser(
+        "rotate-key", help="retire a tenant's checkpoint key and make a new one",
+        description="Checkpoint the head with the tenant's checkpoint key, retire it and make "
+                    "a new one, with a rotation statement signed by both (ops/AUDIT_FORMAT.md, "
+                    "section 2). The new key's public half goes to the tenant's notification "
+                    "webhook and compliance contacts.")
+    rotate.add_argument("--tenant", required=True, help="the tenant's slug or id")
+    rotate.set_defaults(func=cmd_audit_rotate_key)
     verify = asub.add_parser(
         "verify", help="verify an exported audit log, as ops/verify_audit_chain.py does",
         description="Check an export's hash chain, seq continuity, checkpoints and manifest. "
@@ -50,6 +62,9 @@ def register(sub: Any) -> None:
     verify.add_argument("--checkpoint", metavar="FILE",
                         help="a checkpoint (JSON) kept outside the export, which the log must "
                              "reach and match")
+    verify.add_argument("--allow-format-1", action="store_true",
+                        help="check an export made before signed export statements (format 1) "
+                             "by the format 1 rules")
     verify.set_defaults(func=cmd_audit_verify)
 
 
@@ -60,7 +75,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from control_plane.tenancy.events import TenantEvents
     from control_plane.tenancy.export import EXPORTABLE_STATES
-    from tenant_runtime.audit_export import export_lines, parse_range
+    from tenant_runtime.audit_export import export_tenant_chain, parse_range
     from tenant_runtime.context import Actor
     from tenant_runtime.exceptions import TenantError
 
@@ -74,6 +89,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     out: Path = args.out
     partial = out.with_name(out.name + ".partial")
     name = "magistrate audit export"
+    if args.platform:
+        return _export_platform(args, wanted, out, partial)
     try:  # the file first: an unwritable --out fails before anything is recorded
         with tenant_stack(args) as stack, _private_file(partial) as f:
             with stack.session_factory() as s, s.begin():
@@ -86,13 +103,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
                              actor=audit.Actor("system", None, name), target_type="tenant",
                              target_id=tenant.id,
                              details={"range": wanted.as_json(), "via": "cli"})
-            last = b""
-            with ctx.session() as ts:
-                for line in export_lines(ts, tenant_id=ctx.tenant_id, slug=ctx.slug,
-                                         first_seq=wanted.first_seq, last_seq=wanted.last_seq,
-                                         since=wanted.since, until=wanted.until):
-                    f.write(line)
-                    last = line
+            lines: list[bytes] = []  # the manifest, and the statement when there is one
+            for line in export_tenant_chain(ctx, wanted):
+                f.write(line)
+                lines = [*lines[-1:], line]
         os.replace(partial, out)
     except OSError as exc:
         raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -100,11 +114,86 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         raise CommandError(exc.message) from None
     finally:
         partial.unlink(missing_ok=True)
-    manifest = json.loads(last)
+    closing = [json.loads(line) for line in lines]
+    manifest = next(o for o in closing if o["type"] == "manifest")
+    statement = next((o for o in closing if o["type"] == "statement"), None)
     span = (f"seq {manifest['first_seq']}-{manifest['last_seq']}" if manifest["events"]
             else "no events in the range")
     print(f"exported tenant {ctx.slug} (id {ctx.tenant_id}) to {out}: {manifest['events']} "
-          f"rows ({span}), {manifest['checkpoints']} checkpoint(s)")
+          f"rows ({span}), {manifest['checkpoints']} checkpoint(s), "
+          + (f"signed by key {statement['key_id']} at head seq {statement['head_seq']}"
+             if statement else "unsigned (the tenant has no checkpoint key yet)"))
+    print(f"{manifest['events']} rows, head {manifest['head_hash'] or 'none'}")
+    return 0
+
+
+def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
+    from control_plane import audit
+    from control_plane.cli import CommandError
+    from control_plane.exceptions import MagistrateError
+    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
+    from control_plane.tenancy.events import TenantEvents
+    from tenant_runtime.checkpoints import do_rotate_checkpoint_key
+    from tenant_runtime.context import Actor
+    from tenant_runtime.exceptions import TenantError
+
+    name = "magistrate audit rotate-key"
+    try:
+        with tenant_stack(args) as stack:
+            with stack.session_factory() as s, s.begin():
+                tenant = find_tenant(s, args.tenant)
+                if tenant.state != "active":
+                    raise CommandError(f"tenant {tenant.slug} is {tenant.state}: only an active "
+                                       "tenant's checkpoint key can be rotated")
+                ctx = stack.connections.context(s, tenant, Actor("system", None, name))
+                with ctx.session() as ts, ts.begin():
+                    rotation = do_rotate_checkpoint_key(ts, ctx)
+                audit.record(s, TenantEvents.CHECKPOINT_KEY_ROTATED,
+                             actor=audit.Actor("system", None, name), target_type="tenant",
+                             target_id=tenant.id,
+                             details={"old_key_id": rotation.old_key_id,
+                                      "key_id": rotation.new_key_id})
+    except (MagistrateError, TenantError) as exc:
+        raise CommandError(exc.message) from None
+    print(f"tenant {ctx.slug}: checkpoint key {rotation.old_key_id} retired, "
+          f"{rotation.new_key_id} signs from now on")
+    print(f"public key {rotation.new_public_key}")
+    return 0
+
+
+def _export_platform(args: argparse.Namespace, wanted: Any, out: Path, partial: Path) -> int:
+    """``magistrate audit export --platform``: the platform chain, in the tenant format with
+    tenant id 0 (control_plane/audit_checkpoints.py)."""
+    from control_plane import audit
+    from control_plane.audit_checkpoints import platform_export_lines
+    from control_plane.cli import CommandError
+    from control_plane.exceptions import MagistrateError
+    from control_plane.tenancy.cli_support import tenant_stack
+    from control_plane.tenancy.events import TenantEvents
+
+    name = "magistrate audit export"
+    lines: list[bytes] = []
+    try:
+        with tenant_stack(args) as stack, _private_file(partial) as f:
+            with stack.session_factory() as s, s.begin():
+                audit.record(s, TenantEvents.AUDIT_EXPORTED,
+                             actor=audit.Actor("system", None, name), target_type="platform",
+                             details={"range": wanted.as_json(), "via": "cli"})
+            for line in platform_export_lines(stack.session_factory,
+                                              stack.connections.sealer, wanted):
+                f.write(line)
+                lines = [*lines[-1:], line]
+        os.replace(partial, out)
+    except OSError as exc:
+        raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    manifest, statement = (json.loads(line) for line in lines)
+    print(f"exported the platform chain to {out}: {manifest['events']} rows, "
+          f"{manifest['checkpoints']} checkpoint(s), signed by key {statement['key_id']} at "
+          f"head seq {statement['head_seq']}")
     print(f"{manifest['events']} rows, head {manifest['head_hash'] or 'none'}")
     return 0
 
@@ -130,4 +219,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         argv += ["--pin-key", args.pin_key]
     if args.checkpoint:
         argv += ["--checkpoint", args.checkpoint]
+    if args.allow_format_1:
+        argv.append("--allow-format-1")
     return int(verifier.main(argv))

@@ -39,7 +39,7 @@ from control_plane.tenancy.export import EXPORTABLE_STATES
 from control_plane.web.access import audits_denials, authenticate_key, key_actor
 from control_plane.web.deps import require_user
 from control_plane.web.services import services
-from tenant_runtime.audit_export import RANGE_PARAMS, ExportRange, export_lines, parse_range
+from tenant_runtime.audit_export import RANGE_PARAMS, ExportRange, export_tenant_chain, parse_range
 from tenant_runtime.context import Actor, TenantContext
 
 CHUNK_BYTES = 64 * 1024
@@ -65,19 +65,16 @@ def _check_state(tenant: Tenant) -> None:
 
 
 def _body(ctx: TenantContext, wanted: ExportRange) -> Iterator[bytes]:
-    with ctx.session() as s:
-        chunk: list[bytes] = []
-        size = 0
-        for line in export_lines(s, tenant_id=ctx.tenant_id, slug=ctx.slug,
-                                 first_seq=wanted.first_seq, last_seq=wanted.last_seq,
-                                 since=wanted.since, until=wanted.until):
-            chunk.append(line)
-            size += len(line)
-            if size >= CHUNK_BYTES:
-                yield b"".join(chunk)
-                chunk, size = [], 0
-        if chunk:
+    chunk: list[bytes] = []
+    size = 0
+    for line in export_tenant_chain(ctx, wanted):
+        chunk.append(line)
+        size += len(line)
+        if size >= CHUNK_BYTES:
             yield b"".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield b"".join(chunk)
 
 
 def _export(request: Request, s: Session, tenant: Tenant, *, actor: audit.Actor,

@@ -21,5 +21,6 @@ class TenantEvents:
     EXPORT_REQUESTED = "tenant.export_requested"
     EXPORT_DOWNLOADED = "tenant.export_downloaded"
     AUDIT_EXPORTED = "audit.exported"
+    CHECKPOINT_KEY_ROTATED = "audit.checkpoint_key_rotated"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"

@@ -11,13 +11,14 @@ tenant through the real ``do_create_tenant`` and ``provision(...)``, then
    (``appends_per_second.writers_16``). Each is timed ``ROUNDS`` times for ``PHASE_SECONDS``,
    after a warm-up and once the machine is idle (this one is shared), and the median round
    is the figure; the client's CPU time per append is reported beside it;
-2. exports the chain those appends wrote (``tenant_runtime.audit_export.export_lines``) and
+2. exports the chain those appends wrote (``tenant_runtime.audit_export.export_tenant_chain``) and
    checks it with ``ops/verify_audit_chain.py``: the benchmark counts only appends that verify;
 3. writes a 1,000,000-event export file with the real encoding (``canonical_content`` and
    ``chain_hash`` from ``tenant_runtime.audit``, a signed checkpoint every 1,000 events as the
-   worker writes them, a manifest) and times ``python ops/verify_audit_chain.py`` on it
-   (``verify_rows_per_second``). Without that script it times an in-process loop that checks
-   the chain the same way and says so (``"verifier": "missing"``);
+   worker writes them, a manifest, a signed statement) and times
+   ``python ops/verify_audit_chain.py`` on it (``verify_rows_per_second``). Without that
+   script it times an in-process loop that checks the chain the same way and says so
+   (``"verifier": "missing"``);
 4. times the floors under both: commits per second of a one-row INSERT on one connection (the
    chain's appends are serialized through their commit), SHA-256 links per second, and event
    lines per second that one process can parse, re-encode and hash.
@@ -54,7 +55,12 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from ops.bench._stack import Stack, log, percentile, wait_for_quiet  # noqa: E402
 from tenant_runtime import audit  # noqa: E402
-from tenant_runtime.audit_export import canonical_line, export_lines, timestamp  # noqa: E402
+from tenant_runtime.audit_export import (  # noqa: E402
+    ExportRange,
+    canonical_line,
+    export_tenant_chain,
+    timestamp,
+)
 from tenant_runtime.checkpoints import EVENTS_PER_CHECKPOINT, canonical_checkpoint  # noqa: E402
 from tenant_runtime.context import Actor, TenantContext  # noqa: E402
 
@@ -167,8 +173,8 @@ def check_written_chain(bench: Bench, ctx: TenantContext) -> dict[str, Any]:
     """Export what the appends wrote and run the verifier on it: the figures count only if
     the chain they built is intact."""
     path = bench.home / "written.jsonl"
-    with ctx.session() as s, path.open("wb") as f:
-        for line in export_lines(s, tenant_id=bench.tenant_id, slug=bench.slug):
+    with path.open("wb") as f:  # as Magistrate hands it out: the head checkpointed, signed
+        for line in export_tenant_chain(ctx, ExportRange()):
             f.write(line)
     if not VERIFIER.exists():
         rows, head = verify_in_process(path)
@@ -225,14 +231,15 @@ def write_export(path: Path, tenant_id: int, slug: str, rows: int) -> tuple[str,
     signer = Ed25519PrivateKey.generate()
     raw_public = signer.public_key().public_bytes_raw()
     key = {"key_id": hashlib.sha256(raw_public).hexdigest()[:16],
-           "public_key": base64.b64encode(raw_public).decode("ascii")}
+           "public_key": base64.b64encode(raw_public).decode("ascii"),
+           "valid_from": "2026-11-01T00:00:00.000000Z", "retired_at": None}
     head, checkpoints = audit.GENESIS_HASH, 0
     with path.open("wb", buffering=1 << 20) as f:
+        whole = {"first_seq": None, "last_seq": None, "since": None, "until": None}
+        exported_at = timestamp(datetime.now(UTC))
         header = canonical_line({
-            "type": "header", "format": 1, "tenant_id": tenant_id, "tenant": slug,
-            "exported_at": timestamp(datetime.now(UTC)),
-            "range": {"first_seq": None, "last_seq": None, "since": None, "until": None},
-            "public_keys": [key]})
+            "type": "header", "format": 2, "tenant_id": tenant_id, "tenant": slug,
+            "exported_at": exported_at, "range": whole, "public_keys": [key]})
         digest = hashlib.sha256(header)
         f.write(header)
         for line, link in event_lines(tenant_id, rows, signer, key["key_id"]):
@@ -242,9 +249,19 @@ def write_export(path: Path, tenant_id: int, slug: str, rows: int) -> tuple[str,
                 checkpoints += 1
             else:
                 head = link
-        f.write(canonical_line({"type": "manifest", "first_seq": 1, "last_seq": rows,
-                                "head_hash": head, "events": rows,
-                                "checkpoints": checkpoints, "sha256": digest.hexdigest()}))
+        manifest = canonical_line({"type": "manifest", "first_seq": 1, "last_seq": rows,
+                                   "head_hash": head, "events": rows,
+                                   "checkpoints": checkpoints, "sha256": digest.hexdigest()})
+        digest.update(manifest)
+        f.write(manifest)
+        statement: dict[str, Any] = {
+            "type": "statement", "tenant_id": tenant_id, "tenant": slug,
+            "exported_at": exported_at, "range": whole, "first_seq": 1, "last_seq": rows,
+            "events": rows, "checkpoints": checkpoints, "head_seq": rows, "head_hash": head,
+            "sha256": digest.hexdigest(), "key_id": key["key_id"]}
+        statement["signature"] = base64.b64encode(
+            signer.sign(canonical_line(statement)[:-1])).decode("ascii")
+        f.write(canonical_line(statement))
     return head, checkpoints
 
 

@@ -10,11 +10,9 @@ must answer FAIL with a reason, never OK and never the catch-all for an unexpect
   or moved elsewhere. The manifest is then recomputed (counts, head, SHA-256), as a careful
   forger would, so what catches the change is the chain, the seqs or the checkpoints;
 - one checkpoint: one field given another value (manifest recomputed likewise);
-- one byte anywhere in the file (header and manifest included): replaced, deleted or
-  inserted, with no recomputing. The header and the manifest are vouched for by the
-  manifest's SHA-256 alone, so a forger who recomputes the manifest can change a header field
-  no signature covers (``exported_at``, ``slug``): that is by design (ops/AUDIT_FORMAT.md),
-  and why this property leaves the manifest as it is.
+- one byte anywhere in the file (header, manifest and statement included): replaced, deleted
+  or inserted, with no recomputing. (The signed statement at the end covers every byte before
+  it, so recomputing the manifest would not help a forger either.)
 
 ops/verify_audit_chain.py's own tests (test_verify_audit_chain.py) name the reason for a
 fixed corpus of mutations; this file searches the whole space of single ones."""
@@ -24,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -47,7 +45,16 @@ from tests.control_plane.tenancy.conftest import (  # noqa: F401 - fixtures
 )
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import make_user
-from tests.ops.test_verify_audit_chain import dump, events, parse, verifier
+from tests.ops.test_verify_audit_chain import (
+    checkpoint,
+    dump,
+    events,
+    key_entry,
+    parse,
+    public_b64,
+    sign_statement,
+    verifier,
+)
 
 PROPERTY = hypothesis_settings(max_examples=300, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
@@ -105,16 +112,17 @@ def exported(request, cache) -> dict[str, Any]:
 
 
 def reseal(lines: list[dict]) -> list[dict]:
-    """The manifest (the last line) recomputed from the lines before it, as a careful forger
-    would; a line may have lost any field."""
-    body = lines[:-1]
+    """The manifest (the line before the statement) recomputed from the lines before it, as a
+    careful forger would (the statement stays: only the tenant's key signs one); a line may
+    have lost any field."""
+    body, statement = lines[:-2], lines[-1]
     rows = [o for o in body if o.get("type") == "event"]
     manifest = {"type": "manifest", "first_seq": rows[0].get("seq") if rows else None,
                 "last_seq": rows[-1].get("seq") if rows else None,
                 "head_hash": rows[-1].get("chain_hash") if rows else None, "events": len(rows),
                 "checkpoints": sum(o.get("type") == "checkpoint" for o in body),
                 "sha256": hashlib.sha256(dump(body)).hexdigest()}
-    return [*body, manifest]
+    return [*body, manifest, statement]
 
 
 def verdict(tmp_path: Path, data: bytes, public: str) -> tuple[int, str]:
@@ -248,11 +256,19 @@ def test_any_single_byte_changed_anywhere_is_rejected(exported, tmp_path):
 
 
 def test_the_properties_would_see_an_accepted_change(exported, tmp_path):
-    """The check above can fail: a change no signature covers, resealed, is accepted."""
+    """The check above can fail: a change signed again by the key the verifier is pinned to
+    (here a forger's, with every signature of the file made again) is accepted."""
+    forger = Ed25519PrivateKey.generate()
     lines = parse(exported["body"])
-    lines[0] = {**lines[0], "exported_at": "2030-01-01T00:00:00.000000Z"}
-    code, output = verdict(tmp_path, dump(reseal(lines)), exported["public"])
+    lines[0] = {**lines[0], "exported_at": "2030-01-01T00:00:00.000000Z",
+                "public_keys": [key_entry(forger)]}
+    tenant_id = lines[0]["tenant_id"]
+    lines = [checkpoint(forger, tenant_id, o["seq"], o["chain_hash"])
+             if o["type"] == "checkpoint" else o for o in lines]
+    head = (lines[-1]["head_seq"], lines[-1]["head_hash"])
+    forged = dump(sign_statement(lines, forger, head=head))
+    code, output = verdict(tmp_path, forged, public_b64(forger))
     assert code == 0, output
     with pytest.raises(AssertionError):
-        assert_rejected(tmp_path, dump(reseal(lines)), exported["public"])
-    assert json.loads(exported["body"].splitlines()[0])["type"] == "header"
+        assert_rejected(tmp_path, forged, public_b64(forger))
+    assert_rejected(tmp_path, forged, exported["public"])

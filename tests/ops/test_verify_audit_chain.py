@@ -45,6 +45,7 @@ VERIFIER = ROOT / "ops" / "verify_audit_chain.py"
 FORMAT_DOC = ROOT / "ops" / "AUDIT_FORMAT.md"
 KEY_A = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"acme test key").digest())
 KEY_B = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"globex test key").digest())
+VALID_FROM = "2026-01-01T00:00:00.000000Z"
 CREATED_AT = "2026-01-02T03:04:05.123456Z"
 K = 37  # the row the mutations aim at
 
@@ -87,6 +88,10 @@ def cache() -> dict:
 
 @pytest.fixture
 def exports(request, cache) -> dict:
+    return build_exports(request, cache)
+
+
+def build_exports(request, cache) -> dict:
     """Built once per module from two real tenants (the database work is the slow part)."""
     if not cache:
         services = request.getfixturevalue("services")
@@ -128,15 +133,17 @@ def events(lines: list[dict]) -> list[dict]:
 
 
 def reseal(lines: list[dict]) -> list[dict]:
-    """Recompute the manifest from the lines, as a careful forger would."""
-    body = [o for o in lines if o["type"] != "manifest"]
+    """Recompute the manifest from the lines, as a careful forger would. The statement, if
+    any, stays as it was: a forger cannot sign one with the tenant's key."""
+    statement = [o for o in lines if o["type"] == "statement"]
+    body = [o for o in lines if o["type"] not in ("manifest", "statement")]
     rows = events(body)
     manifest = {"type": "manifest", "first_seq": rows[0]["seq"] if rows else None,
                 "last_seq": rows[-1]["seq"] if rows else None,
                 "head_hash": rows[-1]["chain_hash"] if rows else None, "events": len(rows),
                 "checkpoints": sum(o["type"] == "checkpoint" for o in body),
                 "sha256": hashlib.sha256(dump(body)).hexdigest()}
-    return [*body, manifest]
+    return [*body, manifest, *statement]
 
 
 def public_b64(key: Ed25519PrivateKey) -> str:
@@ -147,6 +154,11 @@ def key_id(key: Ed25519PrivateKey) -> str:
     return hashlib.sha256(key.public_key().public_bytes_raw()).hexdigest()[:16]
 
 
+def key_entry(key, valid_from: str = VALID_FROM, retired_at: str | None = None) -> dict:
+    return {"key_id": key_id(key), "public_key": public_b64(key), "valid_from": valid_from,
+            "retired_at": retired_at}
+
+
 def checkpoint(key, tenant_id: int, seq: int, chain_hash: str, created_at: str = CREATED_AT):
     signed = {"tenant_id": tenant_id, "seq": seq, "chain_hash": chain_hash,
               "created_at": created_at}
@@ -155,15 +167,36 @@ def checkpoint(key, tenant_id: int, seq: int, chain_hash: str, created_at: str =
             "signature": base64.b64encode(key.sign(message)).decode()}
 
 
-def with_checkpoints(data: bytes, key, seqs) -> list[dict]:
-    """The export with its checkpoints replaced by ones at ``seqs`` signed by ``key``."""
-    lines = [o for o in parse(data) if o["type"] != "checkpoint"]
+def sign_statement(lines: list[dict], key, *, head: tuple[int, str] | None = None) -> list[dict]:
+    """The manifest recomputed and a statement signed by ``key`` (the tenant's, for an honest
+    export; a forger's own, for a forgery). ``head``: the tenant's (seq, chain_hash) at export
+    time; by default the last row's."""
+    body = reseal([o for o in lines if o["type"] != "statement"])
+    header, manifest = body[0], body[-1]
+    if head is None:
+        head = (manifest["last_seq"], manifest["head_hash"])
+    statement = {"type": "statement", "tenant_id": header["tenant_id"],
+                 "tenant": header["tenant"], "exported_at": header["exported_at"],
+                 "range": header["range"], "first_seq": manifest["first_seq"],
+                 "last_seq": manifest["last_seq"], "events": manifest["events"],
+                 "checkpoints": manifest["checkpoints"], "head_seq": head[0],
+                 "head_hash": head[1], "sha256": hashlib.sha256(dump(body)).hexdigest(),
+                 "key_id": key_id(key)}
+    statement["signature"] = base64.b64encode(key.sign(dump([statement])[:-1])).decode()
+    return [*body, statement]
+
+
+def with_checkpoints(data: bytes, key, seqs, *, head: tuple[int, str] | None = None
+                     ) -> list[dict]:
+    """The export as Magistrate makes it for a tenant whose checkpoint key is ``key``: its
+    checkpoints at ``seqs``, its manifest and a statement signed by ``key``."""
+    lines = [o for o in parse(data) if o["type"] not in ("checkpoint", "statement")]
     header = lines[0]
-    header["public_keys"] = [{"key_id": key_id(key), "public_key": public_b64(key)}]
+    header["public_keys"] = [key_entry(key)]
     hashes = {o["seq"]: o["chain_hash"] for o in events(lines)}
     hashes[events(lines)[0]["seq"] - 1] = events(lines)[0]["prev_hash"]
     signed = [checkpoint(key, header["tenant_id"], seq, hashes[seq]) for seq in seqs]
-    return reseal([*lines[:-1], *signed])
+    return sign_statement([*lines[:-1], *signed, lines[-1]], key, head=head)
 
 
 def rechain(rows: list[dict], prev_hash: str) -> None:
@@ -237,17 +270,17 @@ def test_a_pruned_log_starts_after_its_anchor_checkpoint(exports, tmp_path):
     just after it, and that checkpoint, in the file, anchors the first row."""
     pruned = [o for o in with_checkpoints(exports["acme"], KEY_A, [20, 60])
               if o["type"] != "event" or o["seq"] > 20]
-    done = run(tmp_path, reseal(pruned), "--pin-key", public_b64(KEY_A))
+    done = run(tmp_path, sign_statement(pruned, KEY_A), "--pin-key", public_b64(KEY_A))
     assert done.returncode == 0, done.stdout
     assert done.stdout.startswith("chain: starts at seq 21, after the checkpoint at seq 20")
     assert done.stdout.splitlines()[-1].startswith("OK 40 rows, head ")
     cut_elsewhere = [o for o in pruned if o["type"] != "event" or o["seq"] > 21]
-    done = run(tmp_path, reseal(cut_elsewhere))
+    done = run(tmp_path, sign_statement(cut_elsewhere, KEY_A))
     assert done.stdout.strip() == "FAIL row 1 (seq 22): gap in seq (expected 1, found 22)"
-    forged_anchor = reseal(pruned)
+    forged_anchor = sign_statement(pruned, KEY_A)
     forged_anchor[1]["prev_hash"] = "1" * 64  # no longer the checkpoint's chain hash
     rechain(events(forged_anchor), "1" * 64)
-    done = run(tmp_path, reseal(forged_anchor))
+    done = run(tmp_path, sign_statement(forged_anchor, KEY_A))
     assert done.stdout.startswith("FAIL checkpoint at seq 20: the log differs"), done.stdout
 
 
@@ -304,12 +337,12 @@ def rewritten(lines):
 
 def other_tenants_checkpoint(exports, *, add_key: bool):
     def mutate(lines):
-        theirs = with_checkpoints(exports["globex"], KEY_B, [20])[-2]
+        theirs = next(o for o in with_checkpoints(exports["globex"], KEY_B, [20])
+                      if o["type"] == "checkpoint")
         at = next(i for i, o in enumerate(lines) if o["type"] == "checkpoint" and o["seq"] == 20)
         lines[at] = theirs
         if add_key:
-            lines[0]["public_keys"].append({"key_id": key_id(KEY_B),
-                                            "public_key": public_b64(KEY_B)})
+            lines[0]["public_keys"].append(key_entry(KEY_B))
         return lines
     return mutate
 
@@ -369,34 +402,66 @@ def test_another_tenants_checkpoint_is_refused(exports, tmp_path):
                                    f"(key_id {key_id(KEY_B)})")
     signed = with_checkpoints(exports["acme"], KEY_A, [20, 60])
     with_their_key = reseal(other_tenants_checkpoint(exports, add_key=True)(signed))
-    done = run(tmp_path, with_their_key)
+    done = run(tmp_path, with_their_key)  # a second key in the header, with no rotation
+    assert done.stdout.strip().startswith(f"FAIL line 1: key {key_id(KEY_B)} does not take "
+                                          f"over when key {key_id(KEY_A)} is retired")
+    with_their_key[0]["public_keys"][0]["retired_at"] = VALID_FROM.replace("01T", "02T")
+    with_their_key[0]["public_keys"][1]["valid_from"] = VALID_FROM.replace("01T", "02T")
+    done = run(tmp_path, reseal(with_their_key))
+    assert done.stdout.strip() == (f"FAIL line 1: key {key_id(KEY_B)} is not linked to the "
+                                   "oldest key by a key rotation statement in the file")
+    signed = with_checkpoints(exports["acme"], KEY_A, [20, 60])
+    ours = next(o for o in signed if o["type"] == "checkpoint")
+    signed[signed.index(ours)] = checkpoint(KEY_A, globex_id, 20, ours["chain_hash"])
+    done = run(tmp_path, reseal(signed))
     assert done.stdout.strip() == (f"FAIL checkpoint at seq 20: for another tenant (tenant_id "
                                    f"{globex_id}; this log is tenant {acme_id})")
-    pinned = run(tmp_path, with_their_key, "--pin-key", public_b64(KEY_A))
-    assert pinned.stdout.strip() == (f"FAIL checkpoint at seq 20: signed by another key "
-                                     f"(key_id {key_id(KEY_B)})")
     wrong_pin = run(tmp_path, with_checkpoints(exports["acme"], KEY_A, [20]), "--pin-key",
                     public_b64(KEY_B))
-    assert wrong_pin.stdout.strip() == (f"FAIL checkpoint at seq 20: signed by another key "
-                                        f"(key_id {key_id(KEY_A)})")
+    assert wrong_pin.stdout.strip() == (
+        f"FAIL line 1: the header does not list the pinned key (key_id {key_id(KEY_B)}): this "
+        "is not an export of the tenant whose key you pinned, or its keys were replaced")
+
+
+def format_1(lines: list[dict]) -> list[dict]:
+    """The export as Magistrate wrote it before signed statements (format 1)."""
+    lines = [o for o in lines if o["type"] != "statement"]
+    lines[0]["format"] = 1
+    lines[0]["public_keys"] = [{k: v for k, v in key.items() if k in ("key_id", "public_key")}
+                               for key in lines[0]["public_keys"]]
+    return reseal(lines)
 
 
 def test_a_checkpoint_kept_outside_the_export(exports, tmp_path):
-    """Dropping or rewriting rows *and* the checkpoints in the file is caught by a checkpoint
-    the compliance team kept (received by webhook, say)."""
+    """A format 1 export has no statement: dropping or rewriting rows *and* its checkpoints is
+    caught only by a checkpoint the compliance team kept (received by webhook, say). A format
+    1 file is refused unless asked for, and then said to lack a statement."""
     tenant_id = parse(exports["acme"])[0]["tenant_id"]
     head = events(parse(exports["acme"]))[-1]["chain_hash"]
     kept = tmp_path / "checkpoint.json"
     kept.write_text(json.dumps(checkpoint(KEY_A, tenant_id, 60, head)))
     pin = ("--pin-key", public_b64(KEY_A))
-    assert run(tmp_path, exports["acme"], "--checkpoint", str(kept), *pin).returncode == 0
+    honest = with_checkpoints(exports["acme"], KEY_A, [20])
+    assert run(tmp_path, honest, "--checkpoint", str(kept), *pin).returncode == 0
+    old = format_1(honest)
+    refused = run(tmp_path, old, *pin)
+    assert refused.returncode == 1 and refused.stdout.startswith(
+        "FAIL line 1: a format 1 export (made before signed export statements)")
+    allowed = run(tmp_path, old, "--allow-format-1", *pin)
+    assert allowed.returncode == 0, allowed.stdout
+    assert "statement: none (a format 1 export" in allowed.stdout
     for mutate, reason in ((tail_dropped, "log shorter than checkpoint at seq 60"),
                            (rewritten, "checkpoint at seq 60: the log differs")):
-        lines = reseal(mutate(parse(exports["acme"])))
-        alone = run(tmp_path, lines)  # without any checkpoint, a consistent forgery passes
-        assert alone.returncode == 0 and "checkpoints: none" in alone.stdout
-        done = run(tmp_path, lines, "--checkpoint", str(kept), *pin)
+        # cut back (or rewritten) after the checkpoint at 20, which stays: format 1 cannot tell
+        lines = reseal(mutate(format_1(with_checkpoints(exports["acme"], KEY_A, [20]))))
+        alone = run(tmp_path, lines, "--allow-format-1", *pin)
+        assert alone.returncode == 0 and "checkpoints: 1 valid" in alone.stdout, alone.stdout
+        done = run(tmp_path, lines, "--allow-format-1", "--checkpoint", str(kept), *pin)
         assert done.returncode == 1 and done.stdout.startswith(f"FAIL {reason}"), done.stdout
+        # the same cut of a format 2 export is named by its statement, with no outside help
+        cut = reseal(mutate(with_checkpoints(exports["acme"], KEY_A, [20])))
+        done = run(tmp_path, cut, *pin)
+        assert done.returncode == 1 and done.stdout.startswith("FAIL statement: "), done.stdout
 
 
 def test_the_manifest_must_match(exports, tmp_path):
@@ -445,12 +510,12 @@ def test_structural_problems(exports, tmp_path):
     odd = [*lines[:5], {"type": "note", "text": "hi"}, *lines[5:]]
     assert run(tmp_path, reseal(odd)).stdout.strip() == "FAIL line 6: unknown line type 'note'"
     late = with_checkpoints(exports["acme"], KEY_A, [20])
-    late.insert(-1, late.pop(-3))  # the last event after the checkpoint
+    late.insert(-2, late.pop(-4))  # the last event after the checkpoint
     assert run(tmp_path, reseal(late)).stdout.strip() == (
-        "FAIL line 62: an event after the checkpoints")
+        "FAIL row 60 (seq 60): an event after the checkpoints (line 62)")
     lines[3]["seq"] = "3"
     assert run(tmp_path, lines).stdout.startswith(
-        "FAIL line 4 (event): field seq is not a valid seq ('3')")
+        "FAIL row 3 (line 4): field seq is not a valid seq ('3')")
 
 
 def test_usage_problems_exit_2(exports, tmp_path):
@@ -460,7 +525,7 @@ def test_usage_problems_exit_2(exports, tmp_path):
         ([str(tmp_path / "missing.jsonl")], "No such file"),
         ([str(tmp_path)], "Is a directory"),
         ([str(path), "--pin-key", "not-a-key"], "--pin-key: not a base64 Ed25519 public key"),
-        ([str(path), "--checkpoint", str(path)], "not a JSON object with the fields"),
+        ([str(path), "--checkpoint", str(path)], "not a checkpoint line"),
         ([str(path), "--checkpoint", str(tmp_path / "nope.json")], "No such file"),
         ([], "usage:"),
     ):
@@ -516,6 +581,7 @@ def test_rows_after_the_last_checkpoint_are_read_in_full(exports, tmp_path):
     """The quick path (hashing an event line's bytes without parsing it) is only for rows a
     checkpoint vouches for; a later row must be canonical JSON even if its hash is right."""
     lines = with_checkpoints(exports["acme"], KEY_A, [20])
+    lines = lines[:-1]  # no statement: the rows are what is checked here
     body = dump(lines[:-1])
     last = body.splitlines(keepends=True)[-2]  # the last event, after it the checkpoint
     assert b'"seq":60,' in last

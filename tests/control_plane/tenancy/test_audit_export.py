@@ -28,13 +28,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import insert, select
 
 from control_plane.cli import build_parser
+from control_plane.keys.local import LocalKeyProvider
 from control_plane.models import Membership, PlatformAuditEvent, Tenant, User
 from control_plane.tenancy import api_keys, audit_routes
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.service import access_tenant
 from control_plane.web.app import build_app
 from tenant_runtime import audit
-from tenant_runtime.audit_export import export_lines
+from tenant_runtime.audit_export import ExportRange, export_lines, export_tenant_chain
+from tenant_runtime.checkpoints import StatementSigner
 from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent
 from tests.conftest import TEST_SECRET_KEY
@@ -43,6 +45,9 @@ from tests.factories import make_user, sign_in
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = 25
+# the first export checkpoints the head, which makes the tenant's checkpoint key: its creation
+# is one more event of the chain
+EXPORTED = EVENTS + 1
 
 
 def load_verifier():
@@ -135,9 +140,11 @@ def test_owner_and_compliance_export_from_the_api_and_the_dashboard(app_client, 
     disposition = response.headers["content-disposition"]
     assert disposition.startswith('attachment; filename="audit-acme-')
     assert disposition.endswith('.jsonl"') and response.headers["cache-control"] == "no-store"
-    code, output = verify(tmp_path, response.content)
+    public = json.loads(response.content.splitlines()[0])["public_keys"][0]["public_key"]
+    code, output = verify(tmp_path, response.content, "--pin-key", public)
     assert code == 0, output
-    assert output.splitlines()[-1].startswith(f"OK {EVENTS} rows, head ")
+    assert output.splitlines()[-1].startswith(f"OK {EXPORTED} rows, head ")
+    assert "had reached seq 26; the file holds everything it should" in output
     header = json.loads(response.content.splitlines()[0])
     assert header["tenant_id"] == acme and header["tenant"] == "acme"
 
@@ -155,7 +162,7 @@ def test_owner_and_compliance_export_from_the_api_and_the_dashboard(app_client, 
     assert code == 0 and "OK 0 rows, head none" in output, output
     since_ever = client.get(f"/tenants/{acme}/audit/export?since=0001-01-01")
     code, output = verify(tmp_path, since_ever.content)
-    assert code == 0 and f"OK {EVENTS} rows" in output and "from genesis" in output, output
+    assert code == 0 and f"OK {EXPORTED} rows" in output and "from genesis" in output, output
 
     compliance = add_member(db, acme, "compliance@acme.example", "Compliance")
     client.cookies.clear()
@@ -298,7 +305,7 @@ def test_a_large_log_streams_in_chunks(app_client, services, tenants, tmp_path):
     acme = tenants["acme"]
     ctx = context(services, acme)
     append_events(ctx, 12_000)
-    total = EVENTS + 12_000
+    total = EXPORTED + 12_000
     key = bearer_key(services, acme, tenants["acme_owner"].id)
     status, chunks = asyncio.run(asgi_get(app_client.app, "/api/audit/export", "",
                                           {"Authorization": f"Bearer {key}"}))
@@ -310,16 +317,15 @@ def test_a_large_log_streams_in_chunks(app_client, services, tenants, tmp_path):
     assert code == 0 and output.splitlines()[-1].startswith(f"OK {total} rows"), output
 
     # memory holds one batch of rows, not the log
-    with ctx.session() as s:
-        lines = export_lines(s, tenant_id=acme, slug="acme", batch_size=500)
-        size = len(next(lines))
-        tracemalloc.start()
-        try:
-            for line in lines:
-                size += len(line)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    lines = export_tenant_chain(ctx, ExportRange(), batch_size=500)
+    size = len(next(lines))
+    tracemalloc.start()
+    try:
+        for line in lines:
+            size += len(line)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert size == len(body)
     assert peak < size / 4, (peak, size)
 
@@ -340,9 +346,11 @@ def test_checkpoints_and_keys_of_the_tenant_database_are_exported(services, tena
     public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
     key_id = hashlib.sha256(key.public_key().public_bytes_raw()).hexdigest()[:16]
     created_at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    valid_from = datetime(2026, 1, 1, tzinfo=UTC)
     with psycopg.connect(owner_url) as conn:
-        conn.execute("INSERT INTO checkpoint_keys (key_id, public_key, private_key_sealed) "
-                     "VALUES (%s, %s, %s)", (key_id, public, b"not used by the export"))
+        conn.execute("INSERT INTO checkpoint_keys (key_id, public_key, private_key_sealed, "
+                     "valid_from) VALUES (%s, %s, %s, %s)",
+                     (key_id, public, b"not used by the export", valid_from))
         for seq in (4, 10, EVENTS):
             signed = json.dumps({"tenant_id": acme, "seq": seq, "chain_hash": hashes[seq],
                                  "created_at": created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
@@ -355,12 +363,16 @@ def test_checkpoints_and_keys_of_the_tenant_database_are_exported(services, tena
     for range_, expected in (({}, [4, 10, EVENTS]), ({"first_seq": 11}, [10, EVENTS]),
                              ({"first_seq": 5, "last_seq": 9}, [4]),
                              ({"first_seq": 12, "last_seq": 20}, [])):
-        with ctx.session() as s:
-            body = b"".join(export_lines(s, tenant_id=acme, slug="acme", **range_))
+        with ctx.session() as s:  # the statement signed with the test key, as the spec says
+            body = b"".join(export_lines(s, tenant_id=acme, slug="acme", **range_,
+                                         signer=lambda _s, _m: StatementSigner(key_id, key)))
         lines = [json.loads(line) for line in body.splitlines()]
-        assert lines[0]["public_keys"] == [{"key_id": key_id, "public_key": public}]
+        assert lines[0]["public_keys"] == [{"key_id": key_id, "public_key": public,
+                                            "valid_from": "2026-01-01T00:00:00.000000Z",
+                                            "retired_at": None}]
         assert [o["seq"] for o in lines if o["type"] == "checkpoint"] == expected, range_
-        assert lines[-1]["checkpoints"] == len(expected)
+        assert lines[-2]["checkpoints"] == lines[-1]["checkpoints"] == len(expected)
+        assert lines[-1]["type"] == "statement" and lines[-1]["key_id"] == key_id
         code, output = verify(tmp_path, body, "--pin-key", public)
         assert code == 0, (range_, output)
         if expected:
@@ -368,11 +380,13 @@ def test_checkpoints_and_keys_of_the_tenant_database_are_exported(services, tena
                     "the pinned key") in output
 
     with psycopg.connect(owner_url) as conn:
-        conn.execute("DROP TABLE audit_checkpoints, checkpoint_keys")
+        conn.execute("DROP TABLE key_notices, checkpoint_key_rotations, audit_checkpoints, "
+                     "checkpoint_keys")
     with ctx.session() as s:
         body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))
     lines = [json.loads(line) for line in body.splitlines()]
     assert lines[0]["public_keys"] == [] and lines[-1]["checkpoints"] == 0
+    assert lines[-1]["type"] == "manifest"  # no key, so nothing signs a statement
     assert verify(tmp_path, body)[0] == 0
 
 
@@ -392,8 +406,7 @@ def test_the_applications_own_checkpoints_and_pruning_verify(services, tenants, 
     with ctx.session() as s, s.begin():
         checkpoints.make_checkpoint(s, ctx, force=True)
         public = checkpoints.public_key(s)
-    with ctx.session() as s:
-        body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))
+    body = b"".join(export_tenant_chain(ctx, ExportRange()))
     code, output = verify(tmp_path, body, "--pin-key", public)
     assert code == 0, output
     assert "checkpoints: 2 valid" in output and "signed by the pinned key" in output
@@ -403,8 +416,7 @@ def test_the_applications_own_checkpoints_and_pruning_verify(services, tenants, 
     with psycopg.connect(owner_url) as conn:
         removed = conn.execute("SELECT prune_audit_events(%s)", (first.seq,)).fetchone()[0]
     assert removed == first.seq
-    with ctx.session() as s:
-        body = b"".join(export_lines(s, tenant_id=acme, slug="acme"))
+    body = b"".join(export_tenant_chain(ctx, ExportRange()))
     lines = [json.loads(line) for line in body.splitlines()]
     assert [o["seq"] for o in lines if o["type"] == "checkpoint"][0] == first.seq
     code, output = verify(tmp_path, body, "--pin-key", public)
@@ -436,12 +448,13 @@ def test_export_and_verify_from_the_shell(services, db, database_url, redis_url,
     done = magistrate("audit", "export", "--tenant", "acme", "--out", str(out), env=env)
     assert done.returncode == 0, done.stderr
     head = json.loads(out.read_bytes().splitlines()[-1])["head_hash"]
-    assert done.stdout.splitlines()[-1] == f"{EVENTS} rows, head {head}"
+    assert done.stdout.splitlines()[-1] == f"{EXPORTED} rows, head {head}"
+    assert "signed by key " in done.stdout and "at head seq 26" in done.stdout
     assert out.stat().st_mode & 0o777 == 0o600
     assert not (tmp_path / "acme.jsonl.partial").exists()
     checked = magistrate("audit", "verify", str(out), env=env)
     assert checked.returncode == 0 and checked.stdout.splitlines()[-1] == (
-        f"OK {EVENTS} rows, head {head}")
+        f"OK {EXPORTED} rows, head {head}")
 
     ranged = magistrate("audit", "export", "--tenant", str(tenants["acme"]), "--out",
                         str(out), "--first-seq", "5", "--last-seq", "7", env=env)
@@ -472,3 +485,17 @@ def test_export_and_verify_from_the_shell(services, db, database_url, redis_url,
         via = [e.details["via"] for e in s.scalars(select(PlatformAuditEvent).where(
             PlatformAuditEvent.event_type == TenantEvents.AUDIT_EXPORTED))]
     assert via == ["cli", "cli"]  # the refused ones were refused before the request
+
+
+def test_an_export_fails_closed_when_the_tenant_key_is_unavailable(app_client, services,
+                                                                    tenants, local_kek):
+    """The statement is signed with the tenant's checkpoint key, sealed under its data key: when
+    the customer revokes the key, the export answers 503 with the sentence, never an unsigned
+    file that a verifier would refuse, nor a 500."""
+    LocalKeyProvider(services.settings.home / "keys").path(local_kek).unlink()
+    services.dek_cache.clear()
+    key = bearer_key(services, tenants["acme"], tenants["acme_owner"].id)
+    response = app_client.get("/api/audit/export", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 503, response.text[:300]
+    assert "tenant key unavailable" in response.text.lower()
+    assert b'"type":"header"' not in response.content
