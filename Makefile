@@ -5,7 +5,7 @@ ifeq ($(UV),)
 UV := .tools/bin/uv
 endif
 
-.PHONY: install run test lint bench reliability
+.PHONY: install run test lint docs bench reliability
 
 install: .venv/.installed
 
@@ -19,8 +19,11 @@ install: .venv/.installed
 run: install  ## the one-machine stack: embedded Postgres and Redis, web app, worker
 	.venv/bin/magistrate up
 
-test: lint  ## ruff, mypy, then the whole pytest suite
-	.venv/bin/pytest
+test: lint  ## ruff, mypy, then the whole pytest suite, measuring coverage against its floor
+	.venv/bin/pytest --cov --cov-report=term:skip-covered
+
+docs: install  ## the documentation site (MkDocs Material) into site/; strict: a broken link fails
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d site
 
 lint: install  ## ruff and mypy
 	.venv/bin/ruff check .

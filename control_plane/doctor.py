@@ -63,7 +63,7 @@ def check_configuration() -> tuple[list[Finding], Settings | None]:
         settings = Settings.from_env()
     except SettingsError as exc:
         return [Finding("FAIL", "configuration", str(exc),
-                        "fix that variable (README's Configuration table lists every "
+                        "fix that variable (docs/configuration.md lists every "
                         "setting)")], None
     findings = [_ok("configuration", f"{settings.env} settings parsed (home {settings.home})")]
     if settings.is_production:

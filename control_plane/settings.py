@@ -2,7 +2,7 @@
 
 Nothing else in the code base reads a setting from ``os.environ``: ``Settings.from_env()`` is the
 one place (``magistrate up`` only copies the environment on to the processes it starts).
-Each entry of ``SETTINGS`` is documented in the README's configuration table (a test checks).
+Each entry of ``SETTINGS`` is documented in the tables of ``docs/configuration.md`` (a test checks).
 
 In production (``MAGISTRATE_ENV=production``) ``production_problems()`` lists every unsafe
 combination, and the CLI refuses to start, before binding a port, when the list is not empty.
@@ -76,7 +76,7 @@ class SettingDoc:
     description: str
 
 
-# The documented list. The README's configuration table must name every one (tests/test_docs.py).
+# The documented list. docs/configuration.md's tables must name every one (tests/test_docs.py).
 SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("MAGISTRATE_ENV", "development", "`development`, `test` or `production`."),
     SettingDoc(

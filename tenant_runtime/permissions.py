@@ -3,8 +3,8 @@
 Every route and action under a tenant names one permission from ``MATRIX``; the edge checks the
 caller's membership role against it before anything else runs. A role without the permission
 gets 403 with a sentence naming what it may not do, and the refusal is audited as a scope
-denial; an id of another tenant stays 404, as if it did not exist. The README's "Roles and
-permissions" table is this matrix, and a test keeps the two equal.
+denial; an id of another tenant stays 404, as if it did not exist. The table of
+``docs/roles.md`` is this matrix, and a test keeps the two equal.
 
 Roles: Owner (everything, including consent, keys and deletion), Admin (runs the tenant's
 configuration), Operator (day-to-day work: tasks, agents, imports), Approver (answers approval

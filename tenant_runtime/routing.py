@@ -33,4 +33,4 @@ class TenantRoute:
         if self.permission not in permissions.MATRIX:
             raise ValueError(f"TenantRoute {self.method} {self.path}: unknown permission "
                              f"{self.permission!r}; name one from tenant_runtime/permissions.py "
-                             "MATRIX (or add it there, and to the README's table).")
+                             "MATRIX (or add it there, and to the table in docs/roles.md).")

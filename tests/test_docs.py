@@ -1,11 +1,11 @@
 """The documentation names every setting and every ``MAGISTRATE_*`` variable the code reads.
 
-- Each entry of ``control_plane.settings.SETTINGS`` must appear in the README's configuration
-  table (the ``## Configuration`` section) or in a file under ``ops/``.
+- Each entry of ``control_plane.settings.SETTINGS`` must appear in the configuration tables
+  (``docs/configuration.md``) or in a file under ``ops/``.
 - Each ``"MAGISTRATE_..."`` string literal in ``control_plane/``, ``workers/``,
   ``tenant_runtime/`` and the test suite's ``conftest.py`` files must be mentioned in
-  ``README.md`` or in ``ops/**/*.md``.
-- Conversely, the README's configuration tables name no variable that nothing reads.
+  ``README.md``, ``docs/**/*.md`` or ``ops/**/*.md``.
+- Conversely, the configuration tables name no variable that nothing reads.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from control_plane.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+CONFIGURATION = DOCS / "configuration.md"
 OPS = ROOT / "ops"
 SOURCE_DIRS = ("control_plane", "workers", "tenant_runtime")
 NAME = r"MAGISTRATE_[A-Z0-9_]+"
@@ -30,12 +32,11 @@ def _mentions(text: str, name: str) -> bool:
     return re.search(r"(?<![A-Z0-9_])" + re.escape(name) + r"(?![A-Z0-9_])", text) is not None
 
 
-def _section(markdown: str, heading: str) -> str:
-    """The text of the level-2 section ``heading`` (up to the next level-2 heading)."""
-    match = re.search(r"^## " + re.escape(heading) + r"[ \t]*\n(.*?)(?=^## |\Z)", markdown,
-                      flags=re.MULTILINE | re.DOTALL)
-    assert match is not None, f"README.md has no '## {heading}' section"
-    return match.group(1)
+def _configuration_tables() -> set[str]:
+    """The names in the tables of ``docs/configuration.md`` (the page titled Configuration)."""
+    markdown = CONFIGURATION.read_text(encoding="utf-8")
+    assert markdown.startswith("# Configuration\n"), f"{CONFIGURATION} is not that page"
+    return _table_names(markdown)
 
 
 def _table_names(markdown: str) -> set[str]:
@@ -81,12 +82,16 @@ def _names_read_in_code() -> dict[str, str]:
     return found
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    table = _table_names(_section(README.read_text(encoding="utf-8"), "Configuration"))
+def _docs_texts() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(DOCS.rglob("*.md")))
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = _configuration_tables()
     ops = _ops_texts()
     missing = [s.name for s in SETTINGS if s.name not in table and not _mentions(ops, s.name)]
     assert not missing, (
-        "settings in control_plane.settings.SETTINGS that README.md's configuration table "
+        "settings in control_plane.settings.SETTINGS that docs/configuration.md's tables "
         f"(or a file under ops/) does not document: {', '.join(missing)}"
     )
 
@@ -96,19 +101,19 @@ def test_every_magistrate_variable_read_in_code_is_documented() -> None:
     assert "MAGISTRATE_ENV" in read and "MAGISTRATE_TEST_DATABASE_URL" in read, (
         "the scan of the source tree found nothing: check SOURCE_DIRS"
     )
-    docs = README.read_text(encoding="utf-8") + "\n" + _ops_texts((".md",))
+    docs = "\n".join((README.read_text(encoding="utf-8"), _docs_texts(), _ops_texts((".md",))))
     missing = sorted(f"{name} ({where})" for name, where in read.items()
                      if not _mentions(docs, name))
     assert not missing, (
-        f"MAGISTRATE_* variables read in code but not mentioned in README.md or ops/*.md: "
+        f"MAGISTRATE_* variables read in code but not mentioned in README.md, docs/ or ops/: "
         f"{', '.join(missing)}"
     )
 
 
 def test_the_configuration_tables_name_only_variables_that_are_read() -> None:
-    table = _table_names(_section(README.read_text(encoding="utf-8"), "Configuration"))
+    table = _configuration_tables()
     known = {s.name for s in SETTINGS} | set(_names_read_in_code())
     stale = sorted(table - known)
     assert not stale, (
-        f"README.md's configuration tables name variables nothing reads: {', '.join(stale)}"
+        f"docs/configuration.md's tables name variables nothing reads: {', '.join(stale)}"
     )

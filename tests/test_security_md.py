@@ -10,6 +10,8 @@
   ``Proof:`` followed by at least one test node or benchmark.
 - The page has the sections a reviewer expects, including "Not done yet" with at least one
   item, and names at least one test: it cannot pass by saying nothing.
+- It opens with "At a glance", a table of claims (at least 15 rows) before the detail; each
+  row's last cell names at least one test node, and those nodes exist like any other.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECURITY_MD = ROOT / "SECURITY.md"
 
+SUMMARY = "At a glance"
 REQUIRED_SECTIONS = (
-    "Deployment and where data lives", "Where inference happens", "Keys",
+    SUMMARY, "Deployment and where data lives", "Where inference happens", "Keys",
     "Authentication and sessions", "Roles and permissions", "The audit log",
     "What agents may do", "Data minimization", "What happens when things fail",
     "Reporting a vulnerability", "Not done yet",
 )
 # Sections that explain or list gaps, so their items carry no proof.
 UNPROVEN_SECTIONS = ("How to read this page", "Reporting a vulnerability", "Not done yet")
+# Sections whose claims are table rows, each proved in its last cell.
+TABLE_SECTIONS = (SUMMARY,)
 GAPS = "Not done yet"
 
 BACKTICKED = re.compile(r"`([^`\n]+)`")
@@ -74,6 +79,21 @@ def _items(section: str) -> list[str]:
             continue
         items[-1] = "\n".join(current)
     return items
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """The body rows of the Markdown tables of a section, each as its list of cells."""
+    rows: list[list[str]] = []
+    for line in section.splitlines():
+        line = line.strip()
+        if not (line.startswith("|") and line.endswith("|")):
+            continue
+        cells = [cell.strip() for cell in line[1:-1].split("|")]
+        if all(re.fullmatch(r":?-+:?", cell) for cell in cells):
+            rows.pop()  # the line above was the header
+            continue
+        rows.append(cells)
+    return rows
 
 
 def _references(text: str) -> list[str]:
@@ -127,6 +147,11 @@ def claims_without_proof(markdown: str) -> list[str]:
     for heading, body in _sections(markdown).items():
         if heading in UNPROVEN_SECTIONS:
             continue
+        if heading in TABLE_SECTIONS:
+            for cells in _table_rows(body):
+                if not any(NODE.fullmatch(r) or BENCH.fullmatch(r) for r in _references(cells[-1])):
+                    bare.append(f"{heading}: {' | '.join(cells)[:70]}…")
+            continue
         for item in _items(body):
             proof = PROOF.search(item)
             refs = _references(proof.group(1)) if proof else []
@@ -151,8 +176,12 @@ def test_security_md_names_tests_and_has_every_section() -> None:
     assert _items(sections["Not done yet"]), "SECURITY.md's 'Not done yet' section lists nothing"
     assert len(set(named_tests(markdown))) >= 50, (
         "SECURITY.md names fewer than 50 tests: its claims should each name their proof")
-    empty = [h for h, body in sections.items() if h not in UNPROVEN_SECTIONS and not _items(body)]
+    empty = [h for h, body in sections.items()
+             if h not in UNPROVEN_SECTIONS + TABLE_SECTIONS and not _items(body)]
     assert not empty, f"sections of SECURITY.md that make no claim: {', '.join(empty)}"
+    assert list(sections)[0] == SUMMARY, f"SECURITY.md does not open with '## {SUMMARY}'"
+    assert len(_table_rows(sections[SUMMARY])) >= 15, (
+        f"SECURITY.md's '{SUMMARY}' table has fewer than 15 claims")
 
 
 def test_every_test_and_benchmark_named_in_security_md_exists() -> None:
@@ -191,6 +220,14 @@ class TestGroup:
 
 SAMPLE_PAGE = """# Security
 
+## At a glance
+
+| Area | Claim | Proof |
+| --- | --- | --- |
+| Keys | Held well. | `tests/test_sample.py::test_kept` |
+| Keys | Said, not shown. | see below |
+| Keys | Gone. | `tests/test_sample.py::test_summary_gone` |
+
 ## Keys
 
 - Held well. Proof: `tests/test_sample.py::test_kept`,
@@ -226,6 +263,8 @@ def _sample_repo(tmp_path: Path) -> Path:
 def test_the_checker_reports_each_missing_proof_and_only_those(tmp_path: Path) -> None:
     root = _sample_repo(tmp_path)
     assert missing_proofs(SAMPLE_PAGE, root) == [
+        "tests/test_sample.py::test_summary_gone "
+        "(no test test_summary_gone in tests/test_sample.py)",
         "tests/test_sample.py::test_gone (no test test_gone in tests/test_sample.py)",
         "tests/test_sample.py::helper (no test helper in tests/test_sample.py)",
         "tests/test_absent.py::test_kept (no file tests/test_absent.py)",
@@ -239,10 +278,12 @@ def test_the_checker_reports_each_missing_proof_and_only_those(tmp_path: Path) -
 
 
 def test_the_checker_finds_claims_without_proof_outside_the_gap_list() -> None:
-    assert claims_without_proof(SAMPLE_PAGE) == ["Keys: - Named only. See "
-                                                 "`tests/test_sample.py::test_kept`.…"]
+    assert claims_without_proof(SAMPLE_PAGE) == [
+        "At a glance: Keys | Said, not shown. | see below…",
+        "Keys: - Named only. See `tests/test_sample.py::test_kept`.…"]
     sections = _sections(SAMPLE_PAGE)
-    assert list(sections) == ["Keys", "Not done yet"]
+    assert list(sections) == ["At a glance", "Keys", "Not done yet"]
+    assert len(_table_rows(sections["At a glance"])) == 3
     assert len(_items(sections["Keys"])) == 7
 
 

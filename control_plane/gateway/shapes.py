@@ -6,7 +6,7 @@ that ignored them). Fields that could carry personal data and have no effect on 
 (``user``, ``safety_identifier``, ``metadata``, message ``name``) are accepted and never
 forwarded. The official SDKs send only the fields their caller passes, so a plain call
 (model, messages, max_tokens, temperature, top_p, stop, stream, stream_options) goes
-through; the README lists what is accepted."""
+through; docs/gateway.md lists what is accepted."""
 
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ def test_the_tenant_tree_matches_the_tenant_models(scratch_url: str) -> None:
 
 
 def test_keys_made_before_scopes_hold_only_the_gateway_scope(scratch_url: str) -> None:
-    """0004_api_key_scopes: an existing key keeps 'gateway' and nothing more (README, upgrade
-    notes); a row written without scopes afterwards holds none."""
+    """0004_api_key_scopes: an existing key keeps 'gateway' and nothing more
+    (docs/upgrade-notes.md); a row written without scopes afterwards holds none."""
     from alembic import command
 
     from control_plane.migrations import _config, upgrade_control

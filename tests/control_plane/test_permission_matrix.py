@@ -2,7 +2,7 @@
 so routes added later join automatically) has a decision, and every tenant route answers each
 of the six roles as ``tenant_runtime/permissions.MATRIX`` says: a role outside the permission
 gets 403 with the matrix's sentence and exactly one new ``access.scope_denied`` audit event (and
-nothing else); a role inside it gets anything but 403 or 404. The README's table is MATRIX."""
+nothing else); a role inside it gets anything but 403 or 404. docs/roles.md's table is MATRIX."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.control_plane.tenancy.test_isolation import SAMPLES, fill
 from tests.factories import csrf_token, make_user, sign_in
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROLES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "roles.md"
 # path parameters other than the tenant's id name sub-resources the walk does not create (it
 # fills them with 1): an allowed role may meet a 404 for them
 SUB_ID = re.compile(r"\{(?!tenant_id)\w+")
@@ -108,16 +108,16 @@ def test_a_tenant_route_cannot_be_declared_without_a_known_permission():
 
 
 def test_the_readme_table_is_the_matrix():
-    text = README.read_text(encoding="utf-8")
-    match = re.search(r"^#{2,3} Roles and permissions[ \t]*\n(.*?)(?=^#{2,3} |\Z)", text,
+    text = ROLES_PAGE.read_text(encoding="utf-8")
+    match = re.search(r"^#{1,3} Roles and permissions[ \t]*\n(.*?)(?=^#{1,3} |\Z)", text,
                       flags=re.MULTILINE | re.DOTALL)
-    assert match is not None, "README.md has no 'Roles and permissions' section"
+    assert match is not None, "docs/roles.md has no 'Roles and permissions' section"
     table: dict[str, tuple[str, tuple[str, ...]]] = {}
     for line in match.group(1).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[0].startswith("`"):
             name = cells[0].strip("`")
-            assert name not in table, f"{name} is in the README's table twice"
+            assert name not in table, f"{name} is in docs/roles.md's table twice"
             table[name] = (cells[1], tuple(r.strip() for r in cells[2].split(",")))
     assert table == {p.name: (p.means, p.roles) for p in MATRIX.values()}
 

@@ -1,4 +1,4 @@
-"""Which fields of the official SDKs the gateway takes (README, "The LLM gateway"): the ones
+"""Which fields of the official SDKs the gateway takes (docs/gateway.md): the ones
 that may carry personal data and do not change the answer are accepted and never reach the
 provider; the ones that would change the answer and are not supported are refused with 422,
 which the SDKs raise as ``UnprocessableEntityError`` with our sentence, and never retry."""
