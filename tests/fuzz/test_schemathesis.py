@@ -47,7 +47,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
-from control_plane.web.openapi import OPERATIONS
+from control_plane.api.openapi import OPERATIONS
 from tests.fuzz.conftest import FUZZ_EXAMPLES, MODELS, ApiEnv
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

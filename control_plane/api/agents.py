@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from control_plane.approvals_api import _context
+from control_plane.api.approvals import _context
 from control_plane.exceptions import InvalidInput
 from control_plane.web.forms import read_json_object, validated
 from tenant_runtime.agents import service

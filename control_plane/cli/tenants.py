@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_tenant_create(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.stack import CommandError, _check_database, _prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
     from control_plane.models import Job, Tenant, User
@@ -96,7 +96,7 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tenant_list(args: argparse.Namespace) -> int:
-    from control_plane.cli import _check_database, _prepare
+    from control_plane.cli.stack import _check_database, _prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.models import DbServer, Tenant
 
@@ -121,7 +121,7 @@ def cmd_server_add(args: argparse.Namespace) -> int:
     import psycopg
 
     from control_plane.audit import SYSTEM
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.stack import CommandError, _check_database, _prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
     from control_plane.sealing import ControlSealer
@@ -166,7 +166,7 @@ def cmd_server_add(args: argparse.Namespace) -> int:
 def cmd_server_list(args: argparse.Namespace) -> int:
     from sqlalchemy import func
 
-    from control_plane.cli import _check_database, _prepare
+    from control_plane.cli.stack import _check_database, _prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.models import DbServer, Tenant
 

@@ -31,7 +31,7 @@ class TenantStack:
 def tenant_stack(args: argparse.Namespace, *, pool_size: int = 1) -> Iterator[TenantStack]:
     """Open the control database (checked first, with the CLI's own error) and the tenant
     connections; close both when the command is done."""
-    from control_plane.cli import _check_database, _prepare
+    from control_plane.cli.stack import _check_database, _prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.sealing import ControlSealer
 
@@ -53,7 +53,7 @@ def tenant_stack(args: argparse.Namespace, *, pool_size: int = 1) -> Iterator[Te
 
 def find_tenant(s: Session, ident: str) -> Tenant:
     """The tenant (not deleted) whose id or slug is ``ident``, or the CLI's error naming it."""
-    from control_plane.cli import CommandError
+    from control_plane.cli.stack import CommandError
 
     ident = ident.strip()
     by_id = ident.isascii() and ident.isdigit() and len(ident) <= 18

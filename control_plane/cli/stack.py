@@ -515,27 +515,27 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("email", help="the account's e-mail address")
     reset.set_defaults(func=cmd_user_reset_password)
 
-    from control_plane.members_cli import register as register_member_commands
+    from control_plane.cli.users import register as register_member_commands
 
     register_member_commands(sub, user_sub)
-    from control_plane.tenancy.cli import register as register_tenant_commands
+    from control_plane.cli.tenants import register as register_tenant_commands
 
     register_tenant_commands(sub)
-    from control_plane.tenancy.rotation_cli import register as register_key_commands
+    from control_plane.cli.keys import register as register_key_commands
     register_key_commands(sub)
-    from control_plane.tenancy.audit_cli import register as register_audit_commands
+    from control_plane.cli.audit import register as register_audit_commands
 
     register_audit_commands(sub)
-    from control_plane.redact_cli import register as register_redact_command
+    from control_plane.cli.redact import register as register_redact_command
 
     register_redact_command(sub)
-    from control_plane.reconcile_cli import register as register_reconcile_command
+    from control_plane.cli.reconcile import register as register_reconcile_command
 
     register_reconcile_command(sub)
-    from control_plane.signals_cli import register as register_signal_commands
+    from control_plane.cli.signals import register as register_signal_commands
 
     register_signal_commands(sub)
-    from control_plane.doctor import register as register_doctor_command
+    from control_plane.cli.doctor import register as register_doctor_command
 
     register_doctor_command(sub)
     return parser

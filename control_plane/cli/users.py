@@ -61,7 +61,7 @@ def register(sub: Any, user_sub: Any) -> None:
 
 @contextmanager
 def _session(args: argparse.Namespace) -> Iterator[Session]:
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.stack import CommandError, _check_database, _prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
 
@@ -78,7 +78,7 @@ def _session(args: argparse.Namespace) -> Iterator[Session]:
 
 
 def _user(s: Session, email: str, *, what: str) -> Any:
-    from control_plane.cli import CommandError
+    from control_plane.cli.stack import CommandError
     from control_plane.models import User
 
     user = s.scalars(select(User).where(User.email == email.strip().lower())).first()
@@ -88,7 +88,7 @@ def _user(s: Session, email: str, *, what: str) -> Any:
 
 
 def _acting(s: Session, email: str) -> Any:
-    from control_plane.cli import CommandError
+    from control_plane.cli.stack import CommandError
 
     user = _user(s, email, what="--as")
     if not user.is_active:
@@ -98,7 +98,7 @@ def _acting(s: Session, email: str) -> Any:
 
 def _tenant_change(args: argparse.Namespace,
                    change: Callable[[Session, Any, int, Any], str]) -> int:
-    from control_plane.cli import CommandError
+    from control_plane.cli.stack import CommandError
     from control_plane.models import Membership, Tenant
     from control_plane.tenancy import service
 
@@ -140,7 +140,7 @@ def cmd_member_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_member_list(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError
+    from control_plane.cli.stack import CommandError
     from control_plane.models import Tenant
     from control_plane.tenancy import service
 

@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.stack import CommandError, _check_database, _prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.keys.registry import DataKeyCache, build_key_providers
     from control_plane.sealing import ControlSealer
