@@ -8,6 +8,6 @@
   ``tenants`` (``tenant``, ``server``), ``keys``, ``audit``, ``redact``, ``reconcile``,
   ``signals``, ``doctor``: the groups."""
 
-from control_plane.cli.stack import build_parser, main
+from control_plane.cli.root import build_parser, main
 
 __all__ = ["build_parser", "main"]

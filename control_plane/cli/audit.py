@@ -55,8 +55,7 @@ def register(sub: Any) -> None:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from control_plane import audit
-    from control_plane.cli.stack import CommandError
-    from control_plane.cli.support import find_tenant, tenant_stack
+    from control_plane.cli.support import CommandError, find_tenant, tenant_stack
     from control_plane.exceptions import MagistrateError
     from control_plane.tenancy.events import TenantEvents
     from control_plane.tenancy.export import EXPORTABLE_STATES
@@ -117,7 +116,7 @@ def _private_file(path: Path) -> BinaryIO:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from control_plane.cli.stack import CommandError
+    from control_plane.cli.support import CommandError
 
     spec = importlib.util.spec_from_file_location("verify_audit_chain", VERIFIER)
     if not VERIFIER.is_file() or spec is None or spec.loader is None:
