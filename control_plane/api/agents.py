@@ -5,7 +5,7 @@
 - ``POST /api/agents/{id}/shadow-runs`` ``{"proposed", "actual", "agreed",
   "ground_truth_score"}``: record a run (201) and get the promotion gate's evidence back.
 
-Authenticated like ``/api/actions`` (control_plane/approvals_api.py): a tenant API key, or a
+Authenticated like ``/api/actions`` (control_plane/api/approvals.py): a tenant API key, or a
 session naming the tenant with ``?tenant=<id>`` whose role holds ``agents.view`` (to read) or
 ``agents.work`` (to record a run). Another tenant's agent ids answer 404."""
 
