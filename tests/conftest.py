@@ -8,6 +8,7 @@ migrated by the real Alembic tree, and every test starts from empty tables.
 
 from __future__ import annotations
 
+import difflib
 import os
 import secrets
 import shutil
@@ -149,3 +150,32 @@ def client(services: Services) -> Iterator[TestClient]:
     with TestClient(build_app(services), base_url="http://testserver",
                     raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+# ------------------------------------------------------------------------------- snapshots
+
+UPDATE_SNAPSHOTS = "MAGISTRATE_UPDATE_SNAPSHOTS"
+SNAPSHOT_DIFF_LINES = 60
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def assert_snapshot(path: Path, actual: str, *, rewrite: str) -> None:
+    """``actual`` equals the committed file ``path``, so a change shows up as a reviewed diff.
+
+    On a difference, fail with a short unified diff and ``rewrite``, the one command that
+    rewrites the file; with ``MAGISTRATE_UPDATE_SNAPSHOTS=1`` write the file instead."""
+    if os.environ.get(UPDATE_SNAPSHOTS) == "1":
+        path.write_text(actual, encoding="utf-8")
+        return
+    expected = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if actual == expected:
+        return
+    name = (path.relative_to(REPOSITORY) if path.is_relative_to(REPOSITORY) else path).as_posix()
+    diff = list(difflib.unified_diff(expected.splitlines(), actual.splitlines(),
+                                     fromfile=f"{name} (committed)", tofile=f"{name} (live)",
+                                     lineterm="", n=2))
+    if len(diff) > SNAPSHOT_DIFF_LINES:
+        diff = [*diff[:SNAPSHOT_DIFF_LINES], f"... ({len(diff) - SNAPSHOT_DIFF_LINES} more lines)"]
+    pytest.fail(f"{name} differs from what the code produces. If the change is intended, "
+                f"rewrite it with\n\n    {rewrite}\n\nand commit it with the change.\n\n"
+                + "\n".join(diff), pytrace=False)

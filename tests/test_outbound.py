@@ -51,7 +51,7 @@ ALLOWED = {
     ("control_plane/embedded.py", "socket.socket"):
         "`magistrate up` probes its embedded servers' ports on this machine",
     ("control_plane/web/serving.py", "socket.socket"): "the web server's listening socket",
-    ("control_plane/cli.py", "urllib.request.urlopen"):
+    ("control_plane/cli/stack.py", "urllib.request.urlopen"):
         "`magistrate up` polls its own web process on this machine",
     ("control_plane/keys/aws.py", "session.client"):
         "the platform's KMS (aws-kms), an operator setting, not a tenant's",

@@ -12,7 +12,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from control_plane import agents_api, approvals_api, jobs_routes
+from control_plane.api import agents as agents_api
+from control_plane.api import approvals as approvals_api
+from control_plane.api import members as member_api
+from control_plane.api import openapi
 from control_plane.auth import routes as auth_routes
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
@@ -24,13 +27,14 @@ from control_plane.keys.registry import DataKeyCache, build_key_providers
 from control_plane.models import Tenant
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
-from control_plane.tenancy import audit_routes, export_routes, member_api
+from control_plane.tenancy import audit_routes, export_routes
 from control_plane.tenancy import routes as tenant_routes
 from control_plane.tenancy import service as tenancy
 from control_plane.tenancy.area_jobs import enqueue_tenant_job
 from control_plane.tenancy.connections import TenantConnections, egress_policy
 from control_plane.users import routes as user_routes
-from control_plane.web import dashboard, openapi
+from control_plane.web import dashboard
+from control_plane.web import jobs as jobs_routes
 from control_plane.web.errors import (
     DATABASE_UNAVAILABLE,
     handle_database_unavailable,

@@ -1,12 +1,26 @@
-"""/openapi.json describes every programmatic route, and only routes that exist."""
+"""/openapi.json describes every programmatic route, and only routes that exist; the document
+is committed as ``openapi.snapshot.json``, so a change to the public API is a reviewed diff."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+from typing import Any
 
+import pytest
 from starlette.routing import Route
 
 from control_plane.web.app import build_app
+from tests.conftest import assert_snapshot
+
+SNAPSHOT = Path(__file__).with_name("openapi.snapshot.json")
+REWRITE = "MAGISTRATE_UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/control_plane/test_openapi.py"
+
+
+def canonical(document: Any) -> str:
+    """Pretty-printed with sorted keys, so the snapshot's diff shows only what changed."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def programmatic_routes(app) -> set[tuple[str, str]]:
@@ -66,3 +80,23 @@ def test_the_gateway_answers_are_described_as_they_come(client):
     assert set(spec["paths"]["/v1/models"]["get"]["responses"]) == {"200", "401", "403", "503"}
     actions = spec["paths"]["/api/actions"]["post"]["responses"]
     assert {"413", "415", "422"} <= set(actions) and "400" not in actions
+
+
+def test_the_public_api_is_the_committed_snapshot(client):
+    assert_snapshot(SNAPSHOT, canonical(client.get("/openapi.json").json()), rewrite=REWRITE)
+
+
+def test_a_changed_api_fails_with_its_diff_and_the_command_that_rewrites_the_snapshot(
+        client, tmp_path, monkeypatch):
+    monkeypatch.delenv("MAGISTRATE_UPDATE_SNAPSHOTS", raising=False)
+    spec = client.get("/openapi.json").json()
+    committed = tmp_path / "openapi.snapshot.json"
+    committed.write_text(canonical(spec), encoding="utf-8")
+    spec["paths"]["/api/actions"]["post"]["summary"] = "Something else"
+    with pytest.raises(pytest.fail.Exception) as failed:
+        assert_snapshot(committed, canonical(spec), rewrite=REWRITE)
+    message = str(failed.value)
+    assert REWRITE in message
+    assert '+        "summary": "Something else",' in message
+    assert len(message.splitlines()) < 80
+    assert committed.read_text(encoding="utf-8") != canonical(spec)  # nothing was rewritten

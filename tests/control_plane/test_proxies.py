@@ -150,7 +150,7 @@ def test_uvicorn_rewrites_nothing_itself():
     import ast
     from pathlib import Path
 
-    import control_plane.cli as cli
+    import control_plane.cli.stack as cli
 
     tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
     values = [node.values[node.keys.index(key)] for node in ast.walk(tree)

@@ -47,7 +47,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
-from control_plane.web.openapi import OPERATIONS
+from control_plane.api.openapi import OPERATIONS
 from tests.fuzz.conftest import FUZZ_EXAMPLES, MODELS, ApiEnv
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -109,6 +109,7 @@ TEXT_FIELDS = {
     "POST /api/tenants": ("name",),
     "POST /api/actions": ("payload", "note"),
     "POST /api/agents/{agent_id}/shadow-runs": ("proposed",),
+    "POST /api/tenants/{tenant_id}/members/{membership_id}/role": ("role",),
     "POST /v1/chat/completions": ("messages", 0, "content"),
     "POST /v1/messages": ("messages", 0, "content"),
 }

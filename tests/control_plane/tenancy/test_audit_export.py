@@ -440,8 +440,8 @@ def test_export_and_verify_from_the_shell(services, db, database_url, redis_url,
     registered = None
     with redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):
         registered = build_parser().parse_args(["audit", "verify", "x.jsonl"]).func
-    assert registered, ("control_plane/cli.py's build_parser must register the commands of "
-                        "control_plane/tenancy/audit_cli.py")
+    assert registered, ("control_plane/cli/root.py's build_parser must register the commands of "
+                        "control_plane/cli/audit.py")
     env = {"MAGISTRATE_DATABASE_URL": database_url, "MAGISTRATE_REDIS_URL": redis_url,
            "MAGISTRATE_SECRET_KEY": TEST_SECRET_KEY, "MAGISTRATE_HOME": str(settings.home)}
     out = tmp_path / "acme.jsonl"

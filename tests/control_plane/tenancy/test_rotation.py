@@ -15,6 +15,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from sqlalchemy import func, select
 
+from control_plane.cli.keys import ProgressLine
 from control_plane.exceptions import Conflict
 from control_plane.keys.gcp import GcpKmsProvider
 from control_plane.keys.local import LocalKeyProvider
@@ -29,7 +30,6 @@ from control_plane.tenancy.rotation import (
     rotation_lock,
     sealed_tables,
 )
-from control_plane.tenancy.rotation_cli import ProgressLine
 from control_plane.tenancy.servers import ensure_primary_server
 from control_plane.web.app import build_services
 from tenant_runtime.context import Actor

@@ -5,7 +5,7 @@
 - ``POST /api/agents/{id}/shadow-runs`` ``{"proposed", "actual", "agreed",
   "ground_truth_score"}``: record a run (201) and get the promotion gate's evidence back.
 
-Authenticated like ``/api/actions`` (control_plane/approvals_api.py): a tenant API key, or a
+Authenticated like ``/api/actions`` (control_plane/api/approvals.py): a tenant API key, or a
 session naming the tenant with ``?tenant=<id>`` whose role holds ``agents.view`` (to read) or
 ``agents.work`` (to record a run). Another tenant's agent ids answer 404."""
 
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from control_plane.approvals_api import _context
+from control_plane.api.approvals import _context
 from control_plane.exceptions import InvalidInput
 from control_plane.web.forms import read_json_object, validated
 from tenant_runtime.agents import service

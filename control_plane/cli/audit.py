@@ -70,9 +70,8 @@ def register(sub: Any) -> None:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from control_plane import audit
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError, find_tenant, tenant_stack
     from control_plane.exceptions import MagistrateError
-    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from control_plane.tenancy.events import TenantEvents
     from control_plane.tenancy.export import EXPORTABLE_STATES
     from tenant_runtime.audit_export import export_tenant_chain, parse_range
@@ -129,9 +128,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
     from control_plane import audit
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError, find_tenant, tenant_stack
     from control_plane.exceptions import MagistrateError
-    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from control_plane.tenancy.events import TenantEvents
     from tenant_runtime.checkpoints import do_rotate_checkpoint_key
     from tenant_runtime.context import Actor
@@ -166,9 +164,8 @@ def _export_platform(args: argparse.Namespace, wanted: Any, out: Path, partial: 
     tenant id 0 (control_plane/audit_checkpoints.py)."""
     from control_plane import audit
     from control_plane.audit_checkpoints import platform_export_lines
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError, tenant_stack
     from control_plane.exceptions import MagistrateError
-    from control_plane.tenancy.cli_support import tenant_stack
     from control_plane.tenancy.events import TenantEvents
 
     name = "magistrate audit export"
@@ -206,7 +203,7 @@ def _private_file(path: Path) -> BinaryIO:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError
 
     spec = importlib.util.spec_from_file_location("verify_audit_chain", VERIFIER)
     if not VERIFIER.is_file() or spec is None or spec.loader is None:

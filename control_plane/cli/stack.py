@@ -1,6 +1,4 @@
-"""The ``magistrate`` command: up, web, worker, migrate, user create.
-
-Every command prints what it did, and exits non-zero with one clear sentence on failure."""
+"""``magistrate up``, ``web``, ``worker`` and ``migrate``: running the stack and migrating it."""
 
 from __future__ import annotations
 
@@ -8,80 +6,17 @@ import argparse
 import contextlib
 import fcntl
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from control_plane.embedded import EmbeddedServiceError
-from control_plane.exceptions import MagistrateError
-from control_plane.runtime import (
-    Endpoints,
-    configure_logging,
-    refuse_unsafe_production,
-    resolve_endpoints,
-)
-from control_plane.settings import Settings, SettingsError
-
-
-class CommandError(Exception):
-    """A failure the user can act on; printed as 'magistrate: <message>', exit code 1."""
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
-
-
-def _prepare(args: argparse.Namespace) -> tuple[Settings, Endpoints]:
-    settings = _settings()
-    refuse_unsafe_production(settings)
-    configure_logging(settings)
-    return settings, resolve_endpoints(settings)
-
-
-def _check_database(url: str) -> None:
-    import psycopg
-
-    from control_plane.db import sqlalchemy_url
-
-    plain = sqlalchemy_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
-    try:
-        psycopg.connect(plain, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CommandError(f"cannot reach the control-plane database ({first}). "
-                           + _where_is_the_stack()) from None
-
-
-def _where_is_the_stack() -> str:
-    """What to do when the database does not answer: which setting differs from the stack that
-    `magistrate up` runs, or that none runs."""
-    from control_plane.stack_state import other_running_stacks, running_state
-
-    settings = _settings()
-    if settings.database_url is not None:
-        return "Start it, or check MAGISTRATE_DATABASE_URL."
-    running = running_state(settings.home)
-    if running is not None:
-        return (f"`magistrate up` (pid {running.pid}) runs for MAGISTRATE_HOME={settings.home} "
-                f"but its Postgres on port {running.embedded_pg_port} does not answer; see "
-                f"{running.log or 'its standard error'}.")
-    others = other_running_stacks(settings.home)
-    if others:
-        homes = " or ".join(f"MAGISTRATE_HOME={o.home}" for o in others)
-        return (f"No `magistrate up` runs for MAGISTRATE_HOME={settings.home}, but one runs "
-                f"with {homes}: set that in this shell (or run the command from the folder "
-                "where `magistrate up` was started).")
-    return (f"No `magistrate up` runs for MAGISTRATE_HOME={settings.home}; start it, or set "
-            "MAGISTRATE_DATABASE_URL to your Postgres.")
+from control_plane.cli.support import ONE_TIME_PASSWORD_LINE, CommandError, check_database, prepare
+from control_plane.runtime import Endpoints, configure_logging
+from control_plane.settings import Settings
 
 
 def _migrate(endpoints: Endpoints) -> str:
@@ -91,7 +26,7 @@ def _migrate(endpoints: Endpoints) -> str:
     from control_plane.tenancy.database import close_databases_to_public
     from control_plane.tenancy.servers import ensure_primary_server
 
-    _check_database(endpoints.database_url)
+    check_database(endpoints.database_url)
     revision = upgrade_control(endpoints.database_url)
     # tenants' roles must not open the control database, `postgres` or anything else here
     warning = close_databases_to_public(endpoints.database_url).warning()
@@ -120,7 +55,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise CommandError("--concurrency must be at least 1")
-    _, endpoints = _prepare(args)
+    _, endpoints = prepare(args)
     revision = _migrate(endpoints)
     print(f"control plane migrated to revision {revision}", flush=True)
     # Alembic's "Context impl" lines, once per tenant, would bury the progress display
@@ -159,8 +94,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    settings, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    settings, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     import uvicorn
 
     from control_plane.web.app import build_app, build_services
@@ -186,58 +121,13 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    settings, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     from workers.worker import run_worker
 
     run_worker(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url,
                secret_key=endpoints.secret_key, burst=args.burst)
     return 0
-
-
-def cmd_user_create(args: argparse.Namespace) -> int:
-    _, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
-    from control_plane.db import make_engine, make_session_factory
-    from control_plane.exceptions import MagistrateError
-    from control_plane.users.service import do_create_user
-
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
-    engine = make_engine(endpoints.database_url, pool_size=1)
-    try:
-        with make_session_factory(engine)() as s, s.begin():
-            created = do_create_user(s, email=args.email, display_name=args.name or "",
-                                     is_owner=args.owner, password=password, acting_user=None)
-            email = created.user.email
-    except MagistrateError as exc:
-        raise CommandError(exc.message) from None
-    finally:
-        engine.dispose()
-    print(f"created {'Owner' if args.owner else 'user'} {email}")
-    if created.one_time_password:
-        print(f"one-time password (shown once): {created.one_time_password}")
-    return 0
-
-
-def cmd_user_reset_password(args: argparse.Namespace) -> int:
-    _, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
-    from control_plane.db import make_engine, make_session_factory
-    from control_plane.exceptions import MagistrateError
-    from control_plane.users.service import do_reset_password
-
-    engine = make_engine(endpoints.database_url, pool_size=1)
-    try:
-        with make_session_factory(engine)() as s, s.begin():
-            one_time = do_reset_password(s, email=args.email, acting_user=None)
-    except MagistrateError as exc:
-        raise CommandError(exc.message) from None
-    finally:
-        engine.dispose()
-    print(f"password of {args.email.strip().lower()} reset; every session of it was signed out")
-    print(f"{ONE_TIME_PASSWORD_LINE}{one_time}")
-    return 0
-
 
 def _bootstrap_owner(settings: Settings, endpoints: Endpoints) -> list[str]:
     """Create the first Owner on a fresh installation; return the banner's lines about it."""
@@ -266,11 +156,6 @@ def _bootstrap_owner(settings: Settings, endpoints: Endpoints) -> list[str]:
     else:
         lines.append("password: the one in MAGISTRATE_ADMIN_PASSWORD")
     return lines
-
-
-# `.ci/run` and the README read this line; keep them in step
-ONE_TIME_PASSWORD_LINE = "one-time password (shown once, change it at first sign-in): "  # noqa: S105
-
 
 def _bootstrap_demo_tenant(settings: Settings, endpoints: Endpoints) -> None:
     """Outside production, a first run also gets a demo tenant on a local development key, so
@@ -305,9 +190,8 @@ def _bootstrap_demo_tenant(settings: Settings, endpoints: Endpoints) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    settings, endpoints = _prepare(args)
+    settings, endpoints = prepare(args)
     from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_home
-    from control_plane.runtime import configure_logging
     from control_plane.stack_state import StackState, clear_state, write_state
 
     ensure_home(settings.home)
@@ -444,16 +328,10 @@ def _terminate(children: list[subprocess.Popen[bytes]], *, grace: float) -> None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(5)
 
-
 # ------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="magistrate",
-        description="Magistrate: a self-hosted control plane for AI-workflow governance.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def register(sub: Any) -> None:
     up = sub.add_parser("up", help="run everything on this machine (embedded Postgres and "
                                    "Redis unless their URLs are set)",
                         description="Start embedded Postgres and Redis under $MAGISTRATE_HOME "
@@ -492,102 +370,3 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--concurrency", type=int, default=8, metavar="N",
                          help="tenants migrated at the same time (default 8)")
     migrate.set_defaults(func=cmd_migrate)
-
-    user = sub.add_parser("user", help="manage operator accounts",
-                          description="Manage operator accounts.")
-    user_sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
-    create = user_sub.add_parser("create", help="create an account",
-                                 description="Create an account. Without --password-stdin a "
-                                             "one-time password is generated and printed once.")
-    create.add_argument("--email", required=True, help="the account's e-mail address")
-    create.add_argument("--name", help="display name")
-    create.add_argument("--owner", action="store_true", help="make the account an Owner")
-    create.add_argument("--password-stdin", action="store_true",
-                        help="read the password from the first line of standard input")
-    create.set_defaults(func=cmd_user_create)
-    reset = user_sub.add_parser(
-        "reset-password", help="give an account a new one-time password",
-        description="Give an account a new one-time password, printed once: the old password "
-                    "stops working, every session of the account is signed out, and the user "
-                    "chooses a new password at next sign-in (second factors are kept). "
-                    "Recorded in the platform audit log. This is how a lost first-run password "
-                    "is recovered.")
-    reset.add_argument("email", help="the account's e-mail address")
-    reset.set_defaults(func=cmd_user_reset_password)
-
-    from control_plane.members_cli import register as register_member_commands
-
-    register_member_commands(sub, user_sub)
-    from control_plane.tenancy.cli import register as register_tenant_commands
-
-    register_tenant_commands(sub)
-    from control_plane.tenancy.rotation_cli import register as register_key_commands
-    register_key_commands(sub)
-    from control_plane.tenancy.audit_cli import register as register_audit_commands
-
-    register_audit_commands(sub)
-    from control_plane.redact_cli import register as register_redact_command
-
-    register_redact_command(sub)
-    from control_plane.reconcile_cli import register as register_reconcile_command
-
-    register_reconcile_command(sub)
-    from control_plane.signals_cli import register as register_signal_commands
-
-    register_signal_commands(sub)
-    from control_plane.doctor import register as register_doctor_command
-
-    register_doctor_command(sub)
-    return parser
-
-
-def _write_error_report(exc: BaseException) -> Path:
-    """Keep an unexpected error's traceback in a 0600 file (under $MAGISTRATE_HOME/logs when the
-    settings can be read), so the terminal shows one sentence and the details are not lost."""
-    import tempfile
-    import traceback
-
-    folder = Path(tempfile.gettempdir())
-    with contextlib.suppress(Exception):
-        home = Settings.from_env().home
-        if home.is_dir():  # (a home is made by ensure_home, with its mode, never here)
-            (home / "logs").mkdir(mode=0o700, exist_ok=True)
-            folder = home / "logs"
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    fd, name = tempfile.mkstemp(prefix=f"error-{stamp}-", suffix=".log", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"magistrate {' '.join(sys.argv[1:])}\n")
-        fh.write("".join(traceback.format_exception(exc)))
-    return Path(name)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. No command prints a traceback: a failure the user can act on is one
-    sentence, anything else is one sentence naming the file that holds the details."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (CommandError, EmbeddedServiceError) as exc:
-        print(f"magistrate: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except MagistrateError as exc:  # a refusal with its sentence, wherever it was raised
-        print(f"magistrate: {exc.message}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - the last line of defence, reported in a file
-        try:
-            where = f"the details are in {_write_error_report(exc)}"
-        except OSError:
-            where = "no report could be written"
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        first = re.sub(r"://[^/@\s]*@", "://***@", first)  # no credential of a URL
-        print(f"magistrate: unexpected error ({type(exc).__name__}"
-              f"{': ' + first if first else ''}); {where}. Please report it with that file.",
-              file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from control_plane.agents_api import RunBody
-from control_plane.approvals_api import ActionRequest
+from control_plane.api.agents import RunBody
+from control_plane.api.approvals import ActionRequest
+from control_plane.api.members import RoleChange
 from control_plane.gateway.shapes import AnthropicMessages, OpenAIChat
-from control_plane.tenancy.member_api import RoleChange
 from control_plane.tenancy.routes import CreateTenantRequest
 
 VERSION = "1"

@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_tenant_create(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.support import CommandError, check_database, prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
     from control_plane.models import Job, Tenant, User
@@ -58,8 +58,8 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
     from workers import runtime
     from workers.runner import run_job
 
-    settings, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    settings, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     env = runtime.configure(settings, database_url=endpoints.database_url,
                             secret_key=endpoints.secret_key)
     engine = make_engine(endpoints.database_url, pool_size=2)
@@ -96,12 +96,12 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tenant_list(args: argparse.Namespace) -> int:
-    from control_plane.cli import _check_database, _prepare
+    from control_plane.cli.support import check_database, prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.models import DbServer, Tenant
 
-    _, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    _, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     engine = make_engine(endpoints.database_url, pool_size=1)
     try:
         with make_session_factory(engine)() as s:
@@ -121,15 +121,15 @@ def cmd_server_add(args: argparse.Namespace) -> int:
     import psycopg
 
     from control_plane.audit import SYSTEM
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.support import CommandError, check_database, prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
     from control_plane.sealing import ControlSealer
     from control_plane.tenancy.database import close_databases_to_public, libpq_url, url_for
     from control_plane.tenancy.servers import do_add_db_server
 
-    _, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    _, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     url = sys.stdin.readline().strip()
     if not url:
         raise CommandError("no URL on standard input")
@@ -166,12 +166,12 @@ def cmd_server_add(args: argparse.Namespace) -> int:
 def cmd_server_list(args: argparse.Namespace) -> int:
     from sqlalchemy import func
 
-    from control_plane.cli import _check_database, _prepare
+    from control_plane.cli.support import check_database, prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.models import DbServer, Tenant
 
-    _, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    _, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     engine = make_engine(endpoints.database_url, pool_size=1)
     try:
         with make_session_factory(engine)() as s:

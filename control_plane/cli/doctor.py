@@ -88,10 +88,10 @@ def _engine_checks(settings: Settings, database_url: str) -> Iterator[Finding]:
             row = conn.execute("SELECT now(), version()").fetchone()
         after = time.time()
     except psycopg.Error as exc:
-        from control_plane.cli import _where_is_the_stack
+        from control_plane.cli.support import where_is_the_stack
 
         yield Finding("FAIL", "postgres", f"cannot reach the control-plane database at "
-                      f"{_where(plain)} ({_first_line(exc)})", _where_is_the_stack())
+                      f"{_where(plain)} ({_first_line(exc)})", where_is_the_stack())
         return
     if row is None:  # (SELECT always returns its row)
         return

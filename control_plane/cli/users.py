@@ -1,4 +1,8 @@
-"""``magistrate member list|set-role|remove`` and ``magistrate user deactivate|reactivate``.
+"""``magistrate user create|reset-password|deactivate|reactivate`` and ``magistrate member
+list|set-role|remove``.
+
+``user create`` and ``user reset-password`` print a one-time password once; they act as the
+system, from the shell of the machine that runs Magistrate. The others:
 
 Each change names who makes it (``--as EMAIL``, an active account) and goes through the same
 ``do_*`` function as the dashboard and the JSON API, so the same rules hold from the shell:
@@ -9,6 +13,7 @@ account's name."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +22,29 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 
-def register(sub: Any, user_sub: Any) -> None:
+def register(sub: Any) -> None:
+    user = sub.add_parser("user", help="manage operator accounts",
+                          description="Manage operator accounts.")
+    user_sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    create = user_sub.add_parser("create", help="create an account",
+                                 description="Create an account. Without --password-stdin a "
+                                             "one-time password is generated and printed once.")
+    create.add_argument("--email", required=True, help="the account's e-mail address")
+    create.add_argument("--name", help="display name")
+    create.add_argument("--owner", action="store_true", help="make the account an Owner")
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+    create.set_defaults(func=cmd_user_create)
+    reset = user_sub.add_parser(
+        "reset-password", help="give an account a new one-time password",
+        description="Give an account a new one-time password, printed once: the old password "
+                    "stops working, every session of the account is signed out, and the user "
+                    "chooses a new password at next sign-in (second factors are kept). "
+                    "Recorded in the platform audit log. This is how a lost first-run password "
+                    "is recovered.")
+    reset.add_argument("email", help="the account's e-mail address")
+    reset.set_defaults(func=cmd_user_reset_password)
+
     member = sub.add_parser("member", help="list members of a tenant, change roles, remove",
                             description="List a tenant's members, change a member's role or "
                                         "remove a member, as the account named by --as.")
@@ -61,12 +88,12 @@ def register(sub: Any, user_sub: Any) -> None:
 
 @contextmanager
 def _session(args: argparse.Namespace) -> Iterator[Session]:
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.support import CommandError, check_database, prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.exceptions import MagistrateError
 
-    _, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    _, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     engine = make_engine(endpoints.database_url, pool_size=1)
     try:
         with make_session_factory(engine)() as s, s.begin():
@@ -78,7 +105,7 @@ def _session(args: argparse.Namespace) -> Iterator[Session]:
 
 
 def _user(s: Session, email: str, *, what: str) -> Any:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError
     from control_plane.models import User
 
     user = s.scalars(select(User).where(User.email == email.strip().lower())).first()
@@ -88,7 +115,7 @@ def _user(s: Session, email: str, *, what: str) -> Any:
 
 
 def _acting(s: Session, email: str) -> Any:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError
 
     user = _user(s, email, what="--as")
     if not user.is_active:
@@ -98,7 +125,7 @@ def _acting(s: Session, email: str) -> Any:
 
 def _tenant_change(args: argparse.Namespace,
                    change: Callable[[Session, Any, int, Any], str]) -> int:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError
     from control_plane.models import Membership, Tenant
     from control_plane.tenancy import service
 
@@ -140,7 +167,7 @@ def cmd_member_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_member_list(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError
     from control_plane.models import Tenant
     from control_plane.tenancy import service
 
@@ -178,3 +205,56 @@ def cmd_user_deactivate(args: argparse.Namespace) -> int:
 
 def cmd_user_reactivate(args: argparse.Namespace) -> int:
     return _set_active(args, True)
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    from control_plane.cli.support import CommandError, check_database, prepare
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.exceptions import MagistrateError
+    from control_plane.users.service import do_create_user
+
+    _, endpoints = prepare(args)
+    check_database(endpoints.database_url)
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            created = do_create_user(s, email=args.email, display_name=args.name or "",
+                                     is_owner=args.owner, password=password, acting_user=None)
+            email = created.user.email
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        engine.dispose()
+    print(f"created {'Owner' if args.owner else 'user'} {email}")
+    if created.one_time_password:
+        print(f"one-time password (shown once): {created.one_time_password}")
+    return 0
+
+
+def cmd_user_reset_password(args: argparse.Namespace) -> int:
+    from control_plane.cli.support import (
+        ONE_TIME_PASSWORD_LINE,
+        CommandError,
+        check_database,
+        prepare,
+    )
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.exceptions import MagistrateError
+    from control_plane.users.service import do_reset_password
+
+    _, endpoints = prepare(args)
+    check_database(endpoints.database_url)
+
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            one_time = do_reset_password(s, email=args.email, acting_user=None)
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        engine.dispose()
+    print(f"password of {args.email.strip().lower()} reset; every session of it was signed out")
+    print(f"{ONE_TIME_PASSWORD_LINE}{one_time}")
+    return 0

@@ -60,7 +60,7 @@ def _render(result: RedactionResult) -> str:
 
 
 def cmd_redact(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError
 
     try:
         profile = _profile(args)

@@ -25,15 +25,15 @@ def register(sub: Any) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError, _check_database, _prepare
+    from control_plane.cli.support import CommandError, check_database, prepare
     from control_plane.db import make_engine, make_session_factory
     from control_plane.keys.registry import DataKeyCache, build_key_providers
     from control_plane.sealing import ControlSealer
     from control_plane.tenancy.connections import TenantConnections
     from workers.reconcile import reconcile
 
-    settings, endpoints = _prepare(args)
-    _check_database(endpoints.database_url)
+    settings, endpoints = prepare(args)
+    check_database(endpoints.database_url)
     providers = build_key_providers(
         home=settings.home, production=settings.is_production, aws_region=settings.aws_region,
         aws_endpoint_url=settings.aws_kms_endpoint, gcp_endpoint=settings.gcp_kms_endpoint)

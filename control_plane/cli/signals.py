@@ -66,7 +66,7 @@ class ProgressLine:
 
 
 def _open(path: str) -> tuple[BinaryIO, int, str]:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError
 
     if path == "-":
         return sys.stdin.buffer, 0, "stdin"
@@ -78,9 +78,8 @@ def _open(path: str) -> tuple[BinaryIO, int, str]:
 
 
 def cmd_signals_import(args: argparse.Namespace) -> int:
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError, find_tenant, tenant_stack
     from control_plane.exceptions import MagistrateError
-    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from tenant_runtime.context import Actor
     from tenant_runtime.exceptions import TenantError
     from tenant_runtime.personas.scope import EVERYTHING

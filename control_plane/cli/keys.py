@@ -66,10 +66,9 @@ class ProgressLine:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from control_plane.audit import Actor
-    from control_plane.cli import CommandError
+    from control_plane.cli.support import CommandError, find_tenant, tenant_stack
     from control_plane.exceptions import MagistrateError
     from control_plane.keys.providers import KeyUnavailable
-    from control_plane.tenancy.cli_support import find_tenant, tenant_stack
     from control_plane.tenancy.rotation import reencrypt, rewrap
     from tenant_runtime.approvals import gates
     from tenant_runtime.context import Actor as TenantActor
