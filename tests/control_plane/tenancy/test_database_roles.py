@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -230,12 +231,15 @@ def test_a_non_superuser_admin_keeps_connect_and_is_told_what_it_cannot_close(pg
                           f"magistrate_probe_other_{suffix}")
     ident = sql.Identifier
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE").format(ident(role)))
+        password = secrets.token_hex(16)  # the embedded server asks for one; trust ignores it
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
+            ident(role), sql.Literal(password)))
         # `postgres` is closed on a managed server: the operator grants CONNECT on it
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE postgres TO {}").format(ident(role)))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident(own), ident(role)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(ident(foreign)))
-    admin = with_database(pg_server_url, own).replace("postgres@", f"{role}@", 1)
+    parts = urlsplit(with_database(pg_server_url, own))
+    admin = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
     try:
         lockdown = database.close_databases_to_public(admin)
         assert own in lockdown.closed and foreign in lockdown.left_open
