@@ -203,7 +203,11 @@ def test_a_key_with_junk_cookies_is_exempt_and_never_uses_the_session(client, se
             assert asked.status_code == 202, (kind, asked.text)
             with team.system().session() as s:
                 row = approvals.access_request(s, asked.json()["id"])
-                assert row.requested_by_type == "api_key", kind
+                # the key asked, on its creator's behalf (the human behind it is the requester)
+                event = s.scalars(select(AuditEvent).where(
+                    AuditEvent.target_id == str(row.id)).order_by(AuditEvent.seq.desc())).first()
+                assert event is not None and event.actor_type == "api_key", kind
+                assert row.requested_by_type == "user", kind
             tenant = program.post("/api/tenants", json={"slug": "by-key", "key_provider": "local",
                                                         "key_ref": "k"},
                                   headers=[*cookie_headers, ("authorization", f"Bearer {key}")])
