@@ -100,11 +100,25 @@ class CheckedTransport(httpx2.HTTPTransport):
         return response
 
 
+class _OwnedClient(httpx2.Client):
+    """An httpx2 client that closes its pool when it is collected. The SDKs do this for the
+    clients they build themselves, not for one passed in, and a client evicted from the
+    adapters' cache is left to the collector (a call in another thread may still hold it)."""
+
+    def __del__(self) -> None:
+        if self.is_closed:
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - nothing to tell at collection time
+            pass
+
+
 def http_client(policy: EgressPolicy, *, timeout: float = 60.0,
                 limits: httpx2.Limits = LIMITS) -> httpx2.Client:
     """The one way to build an httpx2 client for a tenant-chosen destination."""
-    return httpx2.Client(transport=CheckedTransport(policy, limits=limits), timeout=timeout,
-                         follow_redirects=False, trust_env=False)
+    return _OwnedClient(transport=CheckedTransport(policy, limits=limits), timeout=timeout,
+                        follow_redirects=False, trust_env=False)
 
 
 # -- botocore (urllib3) --------------------------------------------------------------------------

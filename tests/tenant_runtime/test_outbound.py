@@ -234,3 +234,24 @@ def test_tls_to_the_checked_address_still_verifies_and_names_the_host(dns, tmp_p
             call(provider, target(provider, other, ONLY_127_0_0_1), stream=False)
         assert upstream.server_names[-1] == "tls-other.test"
         assert len(upstream.hosts) == 1
+
+
+def test_a_client_dropped_without_closing_closes_its_connections_when_collected():
+    """The adapters' cache evicts clients without closing them (a call in another thread may
+    still hold one); a client built here must then close its pool when it is collected, or
+    its kept-alive sockets leak (and, in a long-lived process, pile up)."""
+    import gc
+    import warnings
+
+    from tenant_runtime import outbound
+
+    with LLMServer() as upstream:  # HTTP/1.1: the connection stays open in the pool
+        client = outbound.http_client(EgressPolicy.parse(
+            ambient_identity=False, private_networks=("127.0.0.0/8",)))
+        client.post(upstream.base_url + "/v1/chat/completions", json={
+            "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del client
+            gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
