@@ -97,7 +97,8 @@ class Forms(HTMLParser):
             return
         elif tag == "input" and a.get("type") not in ("submit", "button", "file"):
             if a.get("type") in ("checkbox", "radio") and "checked" not in a:
-                self._current.setdefault(a["name"], "")
+                # a person may tick it: the first box's value is a plausible answer
+                self._current.setdefault(a["name"], a.get("value", ""))
             else:
                 self._current[a["name"]] = a.get("value", "")
         elif tag == "textarea":

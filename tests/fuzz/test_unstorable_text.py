@@ -168,7 +168,8 @@ def test_a_form_field_with_a_control_character_is_refused(api_env: ApiEnv,
     assert "The field 'name' contains a control character (U+001B)" in page(answer)
     # tab, line feed and carriage return are text
     answer = client.post(f"/tenants/{api_env.tenant_id}/api-keys",
-                         data={"name": "line\tone\r\nline two"}, headers=headers)
+                         data={"name": "line\tone\r\nline two", "scopes": "gateway"},
+                         headers=headers)
     assert answer.status_code == 201, answer.text
 
 
