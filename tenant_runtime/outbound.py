@@ -30,6 +30,7 @@ whatever an SDK wrapped it in, for the adapters' error sentences.
 from __future__ import annotations
 
 import socket
+import weakref
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -100,25 +101,17 @@ class CheckedTransport(httpx2.HTTPTransport):
         return response
 
 
-class _OwnedClient(httpx2.Client):
-    """An httpx2 client that closes its pool when it is collected. The SDKs do this for the
-    clients they build themselves, not for one passed in, and a client evicted from the
-    adapters' cache is left to the collector (a call in another thread may still hold it)."""
-
-    def __del__(self) -> None:
-        if self.is_closed:
-            return
-        try:
-            self.close()
-        except Exception:  # noqa: S110 - nothing to tell at collection time
-            pass
-
-
 def http_client(policy: EgressPolicy, *, timeout: float = 60.0,
                 limits: httpx2.Limits = LIMITS) -> httpx2.Client:
-    """The one way to build an httpx2 client for a tenant-chosen destination."""
-    return _OwnedClient(transport=CheckedTransport(policy, limits=limits), timeout=timeout,
-                        follow_redirects=False, trust_env=False)
+    """The one way to build an httpx2 client for a tenant-chosen destination. Its pool is
+    closed when the client is collected: the SDKs do that for clients they build, not for one
+    passed in, and the adapters' cache drops clients without closing them (a call in another
+    thread may still hold one)."""
+    transport = CheckedTransport(policy, limits=limits)
+    client = httpx2.Client(transport=transport, timeout=timeout, follow_redirects=False,
+                           trust_env=False)
+    weakref.finalize(client, transport.close)
+    return client
 
 
 # -- botocore (urllib3) --------------------------------------------------------------------------
