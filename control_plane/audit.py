@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from control_plane.db import utcnow
 from control_plane.models import PlatformAuditEvent, PlatformAuditHead
 from tenant_runtime.audit import GENESIS_HASH, canonical_content, chain_hash, check_details
+from tenant_runtime.observability import metrics
 
 
 class AuthEvents:
@@ -30,6 +31,27 @@ class AuthEvents:
     MFA_DISABLED = "auth.mfa_disabled"
     BACKUP_CODE_USED = "auth.backup_code_used"
     PASSWORD_CHANGED = "auth.password_changed"  # noqa: S105 - an event name
+
+
+class SsoEvents:
+    """Single sign-on (control_plane/identity)."""
+
+    PROVIDER_CREATED = "sso.provider_created"
+    PROVIDER_DISABLED = "sso.provider_disabled"
+    PROVIDER_ENABLED = "sso.provider_enabled"
+    POLICY_CHANGED = "sso.policy_changed"
+    TENANT_POLICY_CHANGED = "sso.tenant_policy_changed"
+    SIGN_IN = "sso.sign_in"
+    SIGN_IN_REFUSED = "sso.sign_in_refused"  # details: reason (wrong_issuer, expired, ...)
+    ACCOUNT_CREATED = "sso.account_created"
+    IDENTITY_LINKED = "sso.identity_linked"
+    LINK_FAILED = "sso.link_failed"
+    ROLE_GRANTED = "sso.role_granted"
+    ROLE_CHANGED = "sso.role_changed"
+    ROLE_REMOVED = "sso.role_removed"
+    ROLE_KEPT = "sso.role_kept"  # a removal refused: the tenant's last Owner
+    BACKCHANNEL_LOGOUT = "sso.backchannel_logout"
+    BACKCHANNEL_LOGOUT_REFUSED = "sso.backchannel_logout_refused"
 
 
 class UserEvents:
@@ -68,6 +90,7 @@ def record(
     target_id: str | int | None = None, details: dict[str, Any] | None = None,
 ) -> PlatformAuditEvent:
     """Append one event to the platform chain inside the caller's transaction."""
+    metrics.AUDIT_APPENDS.labels("platform").inc()
     head = session.execute(
         select(PlatformAuditHead).where(PlatformAuditHead.id == 1).with_for_update()
     ).scalar_one()

@@ -109,6 +109,19 @@ def make_platform_checkpoint(s: Session, sealer: ControlSealer, *, force: bool =
     return checkpoint
 
 
+def platform_signer(s: Session, sealer: ControlSealer) -> tuple[StatementSigner, str] | None:
+    """The active platform checkpoint key as a signer, with its public key (base64); None
+    before the first platform checkpoint. Signs backup manifests (control_plane/backups/)."""
+    key = _active_key(s)
+    return None if key is None else (StatementSigner(key.key_id, _private(sealer, key)),
+                                     key.public_key)
+
+
+def platform_public_keys(s: Session) -> dict[str, str]:
+    """Every platform checkpoint key, retired ones included: key id -> public key."""
+    return {k.key_id: k.public_key for k in s.scalars(select(PlatformCheckpointKey))}
+
+
 def platform_export_lines(session_factory: sessionmaker[Session], sealer: ControlSealer,
                           wanted: ExportRange) -> Iterator[bytes]:
     """The platform chain's export (module docstring)."""

@@ -51,5 +51,24 @@ def make_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> Engi
     )
 
 
+def make_hot_path_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for the gateway's key lookup: autocommit (a lone SELECT is its own
+    transaction, so no BEGIN and COMMIT round trips) and no ``pool_pre_ping`` (no empty
+    statement before each checkout). A connection that died since its last use fails the
+    statement with ``connection_invalidated`` set, the pool drops it (and the connections
+    older than it), and the caller runs its read once more on a fresh connection
+    (``control_plane.gateway.api._tenant``); only a database that is really unreachable answers
+    503."""
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 5, "application_name": "magistrate"},
+    )
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)

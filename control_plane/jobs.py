@@ -41,6 +41,12 @@ class JobKinds:
     EXPORT_TENANT = "export_tenant"
     ROTATE_TENANT_KEY = "rotate_tenant_key"
     VERIFY_AUDIT = "verify_audit"
+    # backups (control_plane/backups/schedule.py)
+    BACKUP_TENANT = "backup_tenant"
+    BACKUP_CONTROL = "backup_control"
+    BACKUP_DRILL = "backup_drill"
+    RESTORE_TENANT_AS = "restore_tenant_as"  # a backup restored as a new tenant (the console)
+    REPLACE_TENANT = "replace_tenant"  # a backup restored over the live tenant, approved
     # the recommendation gate (tenant_runtime/recommendations/jobs.py names the same kinds)
     RECOMMENDATION_RUN = "recommendation_run"
     RECOMMENDATION_VOTE = "recommendation_vote"

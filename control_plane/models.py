@@ -97,6 +97,15 @@ class Tenant(Base):
     owner_password_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     app_password_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
+    # members must have two-factor sign-in to open the tenant's pages (tenancy/mfa_policy.py)
+    require_mfa: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # members sign in with single sign-on only, but for the named break-glass Owner
+    # (identity/policy.py); ``sso_provider_id`` names the provider's button to use
+    sso_required: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    sso_break_glass_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    sso_provider_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="SET NULL"))
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
@@ -200,6 +209,10 @@ class Membership(Base):
                                            index=True)
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    # set when a provider's group mapping gave this role: the mapping may change or remove it
+    # at the next sign-in; a membership given by hand (NULL) is never touched by a mapping
+    sso_provider_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="SET NULL"))
 
     user: Mapped[User] = relationship()
     tenant: Mapped[Tenant] = relationship()
@@ -229,10 +242,19 @@ class WebSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # a session from single sign-on: the provider, the subject and the provider's session id
+    # (``sid``), which a back-channel logout token names
+    sso_provider_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="SET NULL"))
+    sso_subject: Mapped[str | None] = mapped_column(String(255))
+    sso_sid: Mapped[str | None] = mapped_column(String(255))
+    # the provider's ID token showed a second factor its configuration accepts (amr/acr)
+    mfa_by_provider: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     user: Mapped[User] = relationship()
 
-    __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),)
+    __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),
+                      Index("ix_web_sessions_sso", "sso_provider_id", "sso_subject"))
 
 
 class ApiKey(Base):
@@ -310,3 +332,220 @@ class PlatformCheckpoint(Base):
     signature: Mapped[str] = mapped_column(Text)
     key_id: Mapped[str] = mapped_column(String(16),
                                         ForeignKey("platform_checkpoint_keys.key_id"))
+
+
+class Backup(Base):
+    """One published backup (control_plane/backups/): where its encrypted object and signed
+    manifest are, and its data key wrapped by the tenant's key-encryption key (for the
+    control-plane backup: by the platform backup key). Deleting ``wrapped_key`` crypto-shreds
+    the backup, which is what a tenant's deletion does; the manifest never holds the key of a
+    tenant backup. ``tenant_id`` is None for a control-plane backup."""
+
+    __tablename__ = "backups"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    tenant_slug: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    destination: Mapped[str] = mapped_column(String(1000))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    key_provider: Mapped[str] = mapped_column(String(20))
+    key_ref: Mapped[str] = mapped_column(String(500))
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    monthly: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    drill_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    drill_ok: Mapped[bool | None] = mapped_column(Boolean)
+    drill_detail: Mapped[str | None] = mapped_column(String(1000))
+
+
+class BackupReplacement(Base):
+    """A backup restored over a live tenant database (control_plane/backups/replace.py), keyed
+    by the ``tenant.restore`` approval it consumed: the approval's single use outlives the
+    tenant database it was recorded in (the restored one may hold an older copy of the same
+    request), and the retained database is named for the operator."""
+
+    __tablename__ = "backup_replacements"
+
+    approval_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    backup_id: Mapped[str] = mapped_column(String(40))
+    retained_database: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+
+class IdentityProvider(Base):
+    """An OpenID Connect provider Owners configured for single sign-on (control_plane/identity).
+    The client secret is sealed (row key: ``name``). ``group_roles`` maps the values of
+    ``groups_claim`` to tenant roles: ``[{"group": ..., "tenant_id": ..., "role": ...}]``."""
+
+    __tablename__ = "identity_providers"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    discovery_url: Mapped[str] = mapped_column(String(1000))
+    issuer: Mapped[str] = mapped_column(String(1000))
+    client_id: Mapped[str] = mapped_column(String(500))
+    client_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    allowed_domains: Mapped[list[str]] = mapped_column(ARRAY(String(253)),
+                                                       server_default=text("'{}'"))
+    # an unknown subject: an account without tenant roles (True) or a refusal (False)
+    create_accounts: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    groups_claim: Mapped[str | None] = mapped_column(String(100))
+    group_roles: Mapped[list[dict[str, Any]]] = mapped_column(JSONB,
+                                                              server_default=text("'[]'"))
+    # the ID token's amr/acr can stand for the second factor (else TOTP is still asked)
+    trust_idp_mfa: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # which ``amr`` values (RFC 8176; empty: oidc.MFA_AMR) and ``acr`` values (empty: none)
+    # stand for a second factor when trust_idp_mfa is on
+    mfa_amr_values: Mapped[list[str]] = mapped_column(ARRAY(String(40)),
+                                                      server_default=text("'{}'"))
+    mfa_acr_values: Mapped[list[str]] = mapped_column(ARRAY(String(200)),
+                                                      server_default=text("'{}'"))
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+
+class ExternalIdentity(Base):
+    """A provider's stable subject (``iss`` + ``sub``) bound to one local account."""
+
+    __tablename__ = "external_identities"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    provider_id: Mapped[int] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(1000))
+    subject: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    groups: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    last_sign_in_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_external_identities_sub"),)
+
+
+class SsoAuthorization(Base):
+    """One sign-in in flight: the ``state`` (its SHA-256), ``nonce`` and PKCE verifier, bound to
+    the browser that started it; consumed once. A subject waiting to be linked to an existing
+    account keeps its row (``link_*``) until the account proves its password."""
+
+    __tablename__ = "sso_authorizations"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    state_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    browser_hash: Mapped[str] = mapped_column(String(64))
+    provider_id: Mapped[int] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="CASCADE"))
+    nonce: Mapped[str] = mapped_column(String(100))
+    code_verifier_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    next_path: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    link_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    link_claims: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class SsoPolicy(Base):
+    """One row: whether password sign-in is refused (single sign-on required), and the named
+    break-glass Owner who keeps password + TOTP."""
+
+    __tablename__ = "sso_policy"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sso_required: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    break_glass_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+
+    break_glass_user: Mapped[User | None] = relationship()
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class SsoUsedToken(Base):
+    """An ID or logout token's ``jti``, or a sign-in's ``nonce``, already taken (SHA-256 of
+    kind, issuer and value): a second presentation is a replay. Kept until the token would
+    have expired anyway."""
+
+    __tablename__ = "sso_used_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ScimToken(Base):
+    """A SCIM bearer token an Owner created for one identity provider (scope ``scim``): only
+    its SHA-256 is kept; shown once; revocable. Its label is the audit actor of what it does."""
+
+    __tablename__ = "scim_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    provider_id: Mapped[int] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(40)), server_default=text("'{scim}'"))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    provider: Mapped[IdentityProvider] = relationship()
+
+
+class ScimGroup(Base):
+    """A group the provider pushes over SCIM; its members get the roles the provider's group
+    mapping gives its ``display_name``."""
+
+    __tablename__ = "scim_groups"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    provider_id: Mapped[int] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="CASCADE"))
+    display_name: Mapped[str] = mapped_column(String(255))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+    __table_args__ = (UniqueConstraint("provider_id", "display_name",
+                                       name="uq_scim_groups_name"),)
+
+
+class ScimGroupMember(Base):
+    __tablename__ = "scim_group_members"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("scim_groups.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+
+
+class ScimUser(Base):
+    """An account a provider's SCIM client provisioned (its SCIM view), with its
+    ``externalId``. A SCIM DELETE deactivates the account and removes this row."""
+
+    __tablename__ = "scim_users"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    provider_id: Mapped[int] = mapped_column(
+        ForeignKey("identity_providers.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    # the provider's userName: usually the e-mail (then the account's e-mail), else the account
+    # takes the primary of ``emails``
+    user_name: Mapped[str] = mapped_column(String(320))
+    # the e-mail addresses as the provider sent them (value, type, primary)
+    emails: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+    __table_args__ = (UniqueConstraint("provider_id", "user_name", name="uq_scim_users_name"),)
+
+
+# the MCP authorization server's tables live with their package; importing them here registers
+# them wherever the control models are loaded (migrations' comparison included)
+from control_plane.mcp_oauth import models as _mcp_oauth_models  # noqa: E402, F401

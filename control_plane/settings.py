@@ -256,6 +256,69 @@ SETTINGS: tuple[SettingDoc, ...] = (
         "Largest signal export file (MB) the dashboard upload and `magistrate signals import` "
         "accept; a larger one is refused whole.",
     ),
+    SettingDoc(
+        "MAGISTRATE_BACKUP_DESTINATION",
+        "`$MAGISTRATE_HOME/backups`",
+        "Where `magistrate backup` publishes encrypted dumps and their signed manifests: a local "
+        "folder (made with mode 0700) or `s3://BUCKET/PREFIX` (ops/BACKUPS.md).",
+    ),
+    SettingDoc(
+        "MAGISTRATE_BACKUP_S3_ENDPOINT",
+        "unset",
+        "Endpoint URL of an S3-compatible store (MinIO, Ceph, a moto server); unset for AWS S3.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_BACKUP_OBJECT_LOCK",
+        "unset",
+        "`GOVERNANCE:DAYS` or `COMPLIANCE:DAYS`: the S3 object-lock retention every published "
+        "backup object and manifest gets (the bucket must have object lock enabled).",
+    ),
+    SettingDoc(
+        "MAGISTRATE_BACKUP_KEY_PROVIDER",
+        "`MAGISTRATE_KEY_PROVIDER`",
+        "Key provider of the platform key that wraps the control-plane backup's data key.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_BACKUP_KEY_REF",
+        "`platform-backups`",
+        "Key reference (in that provider) of the platform key that wraps the control-plane "
+        "backup's data key. With the `local` provider the key file is made on first use.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_BACKUP_AGE_RECIPIENTS",
+        "unset",
+        "age X25519 recipients (`age1...`, separated by commas or spaces): when set, the "
+        "control-plane backup's data key is age-encrypted to them instead of the platform "
+        "backup key; `magistrate restore control --age-identity FILE` restores it.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_MCP_CALLS_PER_MINUTE",
+        "120",
+        "Tool calls one MCP client (agent) may make per minute through the tenant's MCP "
+        "endpoint.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_MCP_TOOL_CALLS_PER_MINUTE",
+        "60",
+        "Calls of one tool one MCP client (agent) may make per minute.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_METRICS_TOKEN",
+        "unset (`/metrics` answers 404)",
+        "Bearer token a Prometheus scraper sends (`Authorization: Bearer …`) to read `/metrics`. "
+        "Production: at least 32 bytes and not a known default.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_OTLP_ENDPOINT",
+        "unset (no traces)",
+        "OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`) that receives a "
+        "span per gateway call (docs/observability.md). Production: `https://` off this machine.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_TRACE_SAMPLE_RATIO",
+        "1.0",
+        "Share of gateway calls traced when `MAGISTRATE_OTLP_ENDPOINT` is set, from 0 to 1.",
+    ),
 )
 
 
@@ -306,6 +369,55 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def _object_lock(raw: str) -> tuple[str, int] | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    mode, _, days = raw.partition(":")
+    if mode.upper() not in ("GOVERNANCE", "COMPLIANCE") or not days.strip().isdigit() \
+            or int(days) < 1:
+        raise SettingsError("MAGISTRATE_BACKUP_OBJECT_LOCK must be GOVERNANCE:DAYS or "
+                            f"COMPLIANCE:DAYS (DAYS at least 1), not {raw!r}.")
+    return mode.upper(), int(days)
+
+
+def _age_recipients(raw: str) -> tuple[str, ...]:
+    found = tuple(r for r in raw.replace(",", " ").split() if r)
+    bad = [r for r in found if not (r.startswith("age1") and 50 <= len(r) <= 100)]
+    if bad:
+        raise SettingsError(f"MAGISTRATE_BACKUP_AGE_RECIPIENTS holds {bad[0][:40]!r}, which is "
+                            "not an age X25519 recipient (age1...).")
+    return found
+
+
+def _ratio(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number from 0 to 1, not {raw!r}.") from None
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be from 0 to 1, not {value}.")
+    return value
+
+
+def _http_url(name: str, raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name} must be an http:// or https:// URL, not {raw!r}.")
+    return raw
+
+
+def _backup_provider(raw: str) -> str | None:
+    raw = raw.strip()
+    if raw and raw not in KEY_PROVIDERS:
+        raise SettingsError(f"MAGISTRATE_BACKUP_KEY_PROVIDER must be one of "
+                            f"{', '.join(KEY_PROVIDERS)}, not {raw!r}.")
+    return raw or None
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str = "development"
@@ -340,6 +452,9 @@ class Settings:
     gcp_kms_endpoint: str | None = None
     dek_cache_seconds: int = 300
     dek_cache_uses: int = 10_000
+    # the gateway's per-process cache of checked API keys (control_plane/tenancy/key_cache.py):
+    # the hard bound on an entry's age; 0 turns the cache off (every call reads the key)
+    gateway_key_cache_seconds: int = 5
     gateway_ambient_identity: bool = False
     gateway_private_networks: tuple[str, ...] = ()
     smtp_host: str | None = None
@@ -349,6 +464,17 @@ class Settings:
     smtp_password: Secret | None = None
     smtp_from: str = "magistrate@localhost"
     signal_upload_max_mb: int = 200
+    backup_destination: str | None = None  # None: $MAGISTRATE_HOME/backups
+    backup_s3_endpoint: str | None = None
+    backup_object_lock: tuple[str, int] | None = None
+    backup_key_provider: str | None = None  # None: key_provider
+    backup_key_ref: str = "platform-backups"
+    backup_age_recipients: tuple[str, ...] = ()
+    mcp_calls_per_minute: int = 120
+    mcp_tool_calls_per_minute: int = 60
+    metrics_token: Secret | None = None
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = 1.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -455,6 +581,9 @@ class Settings:
             dek_cache_uses=_int(
                 "MAGISTRATE_DEK_CACHE_USES", get("MAGISTRATE_DEK_CACHE_USES", "10000")
             ),
+            gateway_key_cache_seconds=_int(
+                "MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS",
+                get("MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS", "5"), minimum=0),
             gateway_ambient_identity=_bool("MAGISTRATE_GATEWAY_AMBIENT_IDENTITY",
                                            get("MAGISTRATE_GATEWAY_AMBIENT_IDENTITY", "false")),
             gateway_private_networks=_networks("MAGISTRATE_GATEWAY_PRIVATE_NETWORKS",
@@ -467,6 +596,23 @@ class Settings:
             smtp_from=get("MAGISTRATE_SMTP_FROM", "magistrate@localhost").strip(),
             signal_upload_max_mb=_int("MAGISTRATE_SIGNAL_UPLOAD_MAX_MB",
                                       get("MAGISTRATE_SIGNAL_UPLOAD_MAX_MB", "200")),
+            backup_destination=env.get("MAGISTRATE_BACKUP_DESTINATION", "").strip() or None,
+            backup_s3_endpoint=env.get("MAGISTRATE_BACKUP_S3_ENDPOINT", "").strip() or None,
+            backup_object_lock=_object_lock(env.get("MAGISTRATE_BACKUP_OBJECT_LOCK", "")),
+            backup_key_provider=_backup_provider(env.get("MAGISTRATE_BACKUP_KEY_PROVIDER", "")),
+            backup_key_ref=get("MAGISTRATE_BACKUP_KEY_REF", "platform-backups").strip()
+            or "platform-backups",
+            backup_age_recipients=_age_recipients(env.get("MAGISTRATE_BACKUP_AGE_RECIPIENTS",
+                                                          "")),
+            mcp_calls_per_minute=_int("MAGISTRATE_MCP_CALLS_PER_MINUTE",
+                                      get("MAGISTRATE_MCP_CALLS_PER_MINUTE", "120")),
+            mcp_tool_calls_per_minute=_int("MAGISTRATE_MCP_TOOL_CALLS_PER_MINUTE",
+                                           get("MAGISTRATE_MCP_TOOL_CALLS_PER_MINUTE", "60")),
+            metrics_token=secret("MAGISTRATE_METRICS_TOKEN"),
+            otlp_endpoint=_http_url("MAGISTRATE_OTLP_ENDPOINT",
+                                    get("MAGISTRATE_OTLP_ENDPOINT", "")),
+            trace_sample_ratio=_ratio("MAGISTRATE_TRACE_SAMPLE_RATIO",
+                                      get("MAGISTRATE_TRACE_SAMPLE_RATIO", "1.0")),
         )
 
     # ---------------------------------------------------------------- derived values
@@ -492,6 +638,12 @@ class Settings:
     @property
     def anon_cookie_name(self) -> str:
         return "__Host-magistrate_anon" if self.secure_cookies else "magistrate_anon"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the processes of one machine leave their metrics for ``/metrics`` to add up
+        (prometheus-client's multiprocess mode; docs/observability.md)."""
+        return self.home / "metrics"
 
     @property
     def proxy_networks(self) -> tuple[str, ...]:
@@ -550,8 +702,25 @@ class Settings:
                     f"MAGISTRATE_ADMIN_PASSWORD must be at least "
                     f"{MIN_ADMIN_PASSWORD_LENGTH} characters."
                 )
+        problems.extend(self._observability_problems())
         return problems
 
+
+    def _observability_problems(self) -> list[str]:
+        problems: list[str] = []
+        token = self.metrics_token.reveal() if self.metrics_token else None
+        if token is not None and (token.strip().lower() in KNOWN_DEFAULT_SECRETS
+                                  or len(token.encode()) < MIN_SECRET_KEY_BYTES):
+            problems.append(
+                f"MAGISTRATE_METRICS_TOKEN must be at least {MIN_SECRET_KEY_BYTES} bytes and "
+                "not a known default; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`.")
+        if self.otlp_endpoint:
+            parts = urlsplit(self.otlp_endpoint)
+            if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+                problems.append("MAGISTRATE_OTLP_ENDPOINT points off this machine without TLS; "
+                                "use https://.")
+        return problems
 
     def _proxy_problems(self) -> list[str]:
         problems: list[str] = []

@@ -42,6 +42,8 @@ EVENT_END = b',"type":"event"}\n'
 RUN_SEQ = re.compile(rb'","seq":([1-9][0-9]{0,17}),')
 FLOATISH = re.compile(rb"[0-9][.eE]")  # what any JSON number with a fraction or exponent has
 CHUNK = 16 << 20  # bytes of a long file that one worker process checks
+RESTORED_FROM, PRUNED = "tenant.restored_from", "audit.pruned"  # the lineage (section 2)
+LINEAGE_TYPES = (b'tenant.restored_from"', b'audit.pruned"')  # never on the quick path
 
 # The fields of each kind of line (AUDIT_FORMAT.md, section 3) and their domains: "seq" an
 # integer 1..2**63-1, "count" an integer >= 0, "time" a real UTC instant written as
@@ -130,6 +132,44 @@ def float_in(value, path="details"):
         if found := float_in(item, inner):
             return found
     return None
+
+
+# --- lineage: a tenant restored from another tenant's backup (AUDIT_FORMAT.md, section 2) ---
+# The same rule as tenant_runtime/audit_lineage.py, which this script cannot import (it runs
+# with the standard library alone); tests/ops/test_audit_lineage.py checks that they agree.
+
+def entries(seq, event_type, details):
+    """The restorations the event at ``seq`` records, as (seq, source tenant id):
+    ``tenant.restored_from`` its own, ``audit.pruned`` those it carries for the events
+    retention removed; no other event any."""
+    if not isinstance(details, dict):
+        return []
+    if event_type == RESTORED_FROM:
+        return [(int(seq), int(details["source_tenant_id"]))]
+    if event_type == PRUNED:
+        return [(int(x["seq"]), int(x["source_tenant_id"])) for x in details.get("lineage") or ()]
+    return []
+
+
+def signer_of(restorations, seq, tenant_id):
+    """The tenant id a checkpoint at ``seq`` was signed for: the source named by the nearest
+    restoration above it (``restorations`` sorted by seq), else the log's own tenant."""
+    return next((source for at, source in restorations if at > seq), tenant_id)
+
+
+def lineage_of(event, where):
+    """``entries`` of a parsed event line, or Bad when its lineage is malformed."""
+    details, kind = event["details"], event["event_type"]
+    found = [details.get("source_tenant_id")] if kind == RESTORED_FROM else [
+        x.get("source_tenant_id") if isinstance(x, dict) else None
+        for x in details.get("lineage") or ()] if kind == PRUNED else []
+    seqs = [x.get("seq") if isinstance(x, dict) else None
+            for x in details.get("lineage") or ()] if kind == PRUNED else []
+    if (kind == PRUNED and not valid("list?", details.get("lineage"))) or not all(
+            valid("id", v) for v in found) or not all(valid("seq", v) for v in seqs):
+        raise Bad(f"{where}: a {kind} event whose lineage is malformed (source_tenant_id must "
+                  "be a tenant id, and each carried entry a seq and a source_tenant_id)")
+    return entries(event["seq"], kind, details)
 
 
 def check_fields(obj, spec, where):
@@ -227,7 +267,8 @@ def in_domain(raw, i, j, seq_end):
     object with no digit followed by ``.``, ``e`` or ``E`` (which every fraction or exponent
     has), a non-empty event_type, and a string or null in the four fields that hold one. A
     line that fails is read in full, which names the problem or, for such characters inside a
-    string, accepts it."""
+    string, accepts it. A lineage event (``tenant.restored_from``, ``audit.pruned``) is always
+    read in full too: its details say which tenant the checkpoints below it were signed for."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -238,6 +279,7 @@ def in_domain(raw, i, j, seq_end):
             and real_date(raw[j - 28:j - 18])
             and raw.endswith(ACTOR_TYPE_ENDINGS, 0, i)
             and raw.startswith(b'","details":{', i + 79) and raw[k + 15:k + 16] != b'"'
+            and not raw.startswith(LINEAGE_TYPES, k + 15)  # read in full: lineage_of()
             and FLOATISH.search(raw, i + 79, k) is None
             and string_or_null(raw, 12)  # after {"actor_id":
             and string_or_null(raw, value_at(raw, b',"actor_name":', 12))
@@ -382,6 +424,8 @@ class Export:
                           "this is not an export of the tenant whose key you pinned, or its "
                           "keys were replaced")
         self.rotations, self.trusted = [], None
+        self.lineage = set()  # (seq, source tenant id) of every restoration the rows record
+        self.rotations_checked = False
 
     def settle_keys(self):
         """The keys trusted for this file: the pinned one (or, unpinned, the oldest key the
@@ -393,8 +437,6 @@ class Export:
             old, new = self.keys.get(rot["old_key_id"]), self.keys.get(rot["new_key_id"])
             if old is None or new is None:
                 raise Bad(f"{where}: names a key the header does not list")
-            if rot["tenant_id"] != self.tenant_id:
-                raise Bad(f"{where}: for another tenant (tenant_id {rot['tenant_id']})")
             if rot["new_public_key"] != new["public_key"]:
                 raise Bad(f"{where}: the new public key is not the one the header lists")
             if not (old["retired_at"] == rot["rotated_at"] == new["valid_from"]):
@@ -421,6 +463,21 @@ class Export:
                           "statement in the file")
         self.trusted = trusted
 
+    def check_rotation_tenants(self):
+        """Once the events are read: each rotation was signed for this tenant or, for a copy
+        restored from another tenant's backup, for a source its lineage names, in the order of
+        the lineage (the oldest source's rotations first; section 2)."""
+        if self.rotations_checked:
+            return
+        self.rotations_checked = True
+        order, at = [source for _, source in sorted(self.lineage)] + [self.tenant_id], 0
+        for number, rot in self.rotations:
+            if rot["tenant_id"] not in order[at:]:
+                raise Bad(f"line {number} (key rotation {rot['old_key_id']} to "
+                          f"{rot['new_key_id']}): for another tenant (tenant_id "
+                          f"{rot['tenant_id']})")
+            at = order.index(rot["tenant_id"], at)
+
     def check_signer(self, kid, when, where):
         if kid not in self.trusted:
             raise Bad(f"{where}: signed by another key (key_id {kid})")
@@ -438,7 +495,14 @@ def check_checkpoint(cp, export, hashes, last_seq):
     signed = canonical({k: cp[k] for k in ("tenant_id", "seq", "chain_hash", "created_at")})
     if not signature_valid(public, cp["signature"], signed.encode("utf-8")):
         raise Bad(f"{at}: signature invalid")
-    if cp["tenant_id"] != export.tenant_id:
+    restorations = sorted(export.lineage)
+    signer = signer_of(restorations, cp["seq"], export.tenant_id)
+    if cp["tenant_id"] != signer:
+        restored = next((at for at, _ in restorations if at > cp["seq"]), None)
+        if restored is not None:
+            raise Bad(f"{at}: signed for tenant {cp['tenant_id']}, but the restoration recorded "
+                      f"at seq {restored} says the rows below it come from tenant {signer} "
+                      "(the lineage was changed, or the checkpoint is another tenant's)")
         raise Bad(f"{at}: for another tenant (tenant_id {cp['tenant_id']}; "
                   f"this log is tenant {export.tenant_id})")
     if cp["created_at"] > export.header["exported_at"]:
@@ -591,6 +655,8 @@ def check_file(f, options, wanted, vouched, runs, digests):
             if last is not None and seq == last:
                 raise Bad(f"{where}: seq {seq} repeated (a row was inserted or copied)")
             check_in_range(obj, export.range, where)
+            if obj["event_type"] in (RESTORED_FROM, PRUNED):
+                export.lineage.update(lineage_of(obj, where))
             gap = f"{where}: gap in seq (expected {expected}, found {seq})" \
                 if seq != expected else None
             if seq in wanted:
@@ -598,6 +664,7 @@ def check_file(f, options, wanted, vouched, runs, digests):
             last, prev, expected = seq, obj["chain_hash"].encode("ascii"), seq + 1
         elif kind == "checkpoint":
             check_fields(obj, CHECKPOINT, f"line {number} (checkpoint)")
+            export.check_rotation_tenants()
             if checkpoints and obj["seq"] <= checkpoints[-1]:
                 raise Bad(f"checkpoint at seq {obj['seq']}: "
                           + ("repeated (there is one checkpoint per seq)"
@@ -606,6 +673,7 @@ def check_file(f, options, wanted, vouched, runs, digests):
             check_checkpoint(obj, export, hashes, last)
             checkpoints.append(obj["seq"])
         elif kind == "manifest":
+            export.check_rotation_tenants()
             break
         else:
             raise Bad(f"line {number}: unknown line type {kind!r:.40}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent
+from tenant_runtime.observability import metrics
 
 GENESIS_HASH = "0" * 64
 ACTOR_TYPES = ("user", "api_key", "system")
@@ -128,41 +130,68 @@ def _execute(cursor: Any, statement: str, params: dict[str, Any] | None = None) 
         raise DBAPIError.instance(statement, params, exc, psycopg.Error) from exc
 
 
-def record(session: Session, event_type: str, *, actor: Actor, target_type: str | None = None,
-           target_id: str | int | None = None,
-           details: dict[str, Any] | None = None) -> AuditEvent:
-    """Append an event to this tenant's chain, in the caller's transaction.
+@dataclass
+class Pending:
+    """An event prepared for its append: all that does not depend on the chain's head."""
+    event: AuditEvent
+    before_time: bytes
+    params: dict[str, Any]
 
-    Writers are serialized by a transaction-scoped advisory lock, held until the caller commits,
-    so what runs under it bounds the chain's appends per second (ops/BENCHMARKS.md, "Audit").
-    Everything that does not depend on the head is prepared before the lock; under it run one
-    statement, ``_APPEND``, and the commit. The lock is a statement of its own: a statement
-    reads with the snapshot taken when it starts, so one that waited for the lock would read a
-    stale head. Both go straight to the session's psycopg connection: SQLAlchemy's execution
-    layer and ORM flush cost more than the statements, and under the lock every waiting writer
-    pays for them. The event returned is in the session, as a flushed one would be."""
+
+def prepare(event_type: str, *, actor: Actor, target_type: str | None = None,
+            target_id: str | int | None = None,
+            details: dict[str, Any] | None = None) -> Pending:
+    """The event's row and statement parameters, checked, before any lock is taken."""
     details = details or {}
     check_details(details)
     event = AuditEvent(actor_type=actor.type, actor_id=actor.id, actor_name=actor.name,
                        event_type=event_type, target_type=target_type,
                        target_id=None if target_id is None else str(target_id), details=details)
     before_time, after_seq = _content_around(event)
-    params: dict[str, Any] = {
+    return Pending(event, before_time, {
         "genesis": GENESIS_HASH, "actor_type": event.actor_type, "actor_id": event.actor_id,
         "actor_name": event.actor_name, "event_type": event.event_type,
         "target_type": event.target_type, "target_id": event.target_id,
-        "details": Jsonb(details), "after_seq": after_seq}
+        "details": Jsonb(details), "after_seq": after_seq})
+
+
+def append(session: Session, pending: Pending, *, chain_locked: bool = False) -> AuditEvent:
+    """Append a prepared event in the session's transaction (``record``, whose rules hold)."""
+    event = pending.event
     session.flush()  # the caller's pending changes first, as autoflush did
     driver: Any = session.connection(bind_arguments={"mapper": AuditEvent}).connection \
         .driver_connection  # a psycopg connection, in the session's transaction
     with driver.cursor() as cursor:
-        _execute(cursor, _LOCK)
+        if not chain_locked:
+            _execute(cursor, _LOCK)
         event.occurred_at = datetime.now(UTC)  # under the lock: times follow seq
         moment = event.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode("ascii")
-        params.update(occurred_at=event.occurred_at,
-                      before_seq=before_time + moment + b'","seq":')
+        params = {**pending.params, "occurred_at": event.occurred_at,
+                  "before_seq": pending.before_time + moment + b'","seq":'}
         _execute(cursor, _APPEND, params)
         event.seq, event.prev_hash, event.chain_hash = cursor.fetchone()
+    metrics.AUDIT_APPENDS.labels("tenant").inc()
     make_transient_to_detached(event)  # the row exists: the session holds it as loaded
     session.add(event)
     return event
+
+
+def record(session: Session, event_type: str, *, actor: Actor, target_type: str | None = None,
+           target_id: str | int | None = None,
+           details: dict[str, Any] | None = None, chain_locked: bool = False) -> AuditEvent:
+    """Append an event to this tenant's chain, in the caller's transaction.
+
+    Writers are serialized by a transaction-scoped advisory lock, held until the caller commits,
+    so what runs under it bounds the chain's appends per second (ops/BENCHMARKS.md, "Audit").
+    Everything that does not depend on the head is prepared before the lock (``prepare``);
+    under it run one statement, ``_APPEND``, and the commit. The lock is a statement of its
+    own: a statement reads with the snapshot taken when it starts, so one that waited for the
+    lock would read a stale head. Both go straight to the session's psycopg connection:
+    SQLAlchemy's execution layer and ORM flush cost more than the statements, and under the
+    lock every waiting writer pays for them. The event returned is in the session, as a
+    flushed one would be. ``chain_locked``: the caller's transaction already holds the chain
+    lock, taken by an earlier statement, so only the append runs here (the gateway's group
+    commit, ``gateway/settlement.py``, takes it once for a batch of appends)."""
+    return append(session, prepare(event_type, actor=actor, target_type=target_type,
+                                   target_id=target_id, details=details),
+                  chain_locked=chain_locked)

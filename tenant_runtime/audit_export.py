@@ -11,7 +11,10 @@ manifest. ``export_lines`` streams it:
 - a date range is first resolved to the seq range it covers, so the exported rows are always
   contiguous (the verifier checks that);
 - the tables of checkpoints and keys may not exist in an older tenant database: then the export
-  has no checkpoints and no keys.
+  has no checkpoints and no keys;
+- each checkpoint line's ``tenant_id`` is the tenant it was signed for: a copy restored from
+  another tenant's backup carries checkpoints signed for that tenant (tenant_runtime/
+  audit_lineage.py), and the lineage events in the chain say which.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Row, Table, func, select, text
 from sqlalchemy.orm import Session
 
+from tenant_runtime.audit_lineage import Lineage, lineage, signer_of
 from tenant_runtime.checkpoints import make_checkpoint, statement_signer
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
@@ -205,16 +209,27 @@ def _keys(session: Session, table: str) -> list[dict[str, Any]]:
                 "ORDER BY valid_from, id"))]
 
 
-def _rotations(session: Session, tenant_id: int, table: str) -> list[dict[str, Any]]:
-    if not _table_exists(session, table):
+def _rotations(session: Session, tenant_id: int, chain: ChainTables,
+               restorations: Lineage) -> list[dict[str, Any]]:
+    """The rotation statements, each naming the tenant it was signed for: the one that signed
+    the old key's last checkpoint, made in the same transaction just before the rotation
+    (tenant_runtime/checkpoints.py), so a restored copy's rotations inherited from its source
+    name the source, by the same lineage rule as its checkpoints."""
+    if not _table_exists(session, chain.rotations):
         return []
-    return [{"type": "key_rotation", "tenant_id": tenant_id, "old_key_id": row.old_key_id,
+    last_checkpoint = (f"(SELECT max(c.seq) FROM {chain.checkpoints} c "  # noqa: S608
+                       "WHERE c.key_id = r.old_key_id)" if restorations else "NULL")
+    return [{"type": "key_rotation",
+             "tenant_id": tenant_id if row.last_seq is None else signer_of(
+                 restorations, row.last_seq, tenant_id),
+             "old_key_id": row.old_key_id,
              "new_key_id": row.new_key_id, "new_public_key": row.new_public_key,
              "rotated_at": timestamp(row.rotated_at), "signature": row.signature,
              "new_signature": row.new_signature}
             for row in session.execute(text(
                 "SELECT old_key_id, new_key_id, new_public_key, rotated_at, signature, "  # noqa: S608
-                f"new_signature FROM {table} ORDER BY rotated_at, id"))]
+                f"new_signature, {last_checkpoint} AS last_seq FROM {chain.rotations} r "
+                "ORDER BY rotated_at, id"))]
 
 
 class Signer(Protocol):
@@ -245,6 +260,9 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
     tenant_head = session.execute(select(events.c.seq, events.c.chain_hash)
                                   .order_by(events.c.seq.desc()).limit(1)).first()
     signing = signer(session, moment) if signer is not None and keys else None
+    # a restored copy carries checkpoints (and key rotations) signed for its source: each line
+    # names its signer
+    restorations = lineage(session) if chain is TENANT_CHAIN and has_checkpoints else []
     digest = hashlib.sha256()
 
     def emit(line: bytes) -> bytes:
@@ -254,7 +272,7 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
     header = {"type": "header", "format": FORMAT, "tenant_id": tenant_id, "tenant": slug,
               "exported_at": timestamp(moment), "range": wanted.as_json(), "public_keys": keys}
     yield emit(canonical_line(header))
-    for rotation in _rotations(session, tenant_id, chain.rotations):
+    for rotation in _rotations(session, tenant_id, chain, restorations):
         yield emit(canonical_line(rotation))
     bounds = _seq_bounds(session, wanted, events)
     count, first_row, head = 0, None, None
@@ -269,7 +287,8 @@ def export_lines(session: Session, *, tenant_id: int, slug: str, first_seq: int 
         for cp in _checkpoints(session, first_row - 1, head.seq, batch_size, chain.checkpoints):
             checkpoints += 1
             yield emit(canonical_line({
-                "type": "checkpoint", "tenant_id": tenant_id, "seq": cp.seq,
+                "type": "checkpoint", "seq": cp.seq,
+                "tenant_id": signer_of(restorations, cp.seq, tenant_id),
                 "chain_hash": cp.chain_hash, "created_at": timestamp(cp.created_at),
                 "signature": cp.signature, "key_id": cp.key_id}))
     manifest = {"type": "manifest", "first_seq": first_row,

@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from tenant_runtime import audit
+from tenant_runtime import audit, audit_lineage
+from tenant_runtime.audit_lineage import carried, lineage, signer_of
 from tenant_runtime.checkpoints import verify_checkpoint
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput
@@ -51,7 +52,7 @@ DELIVERY_BATCH = 20
 
 class AuditEvents:
     SETTINGS_CHANGED = "audit.settings_changed"
-    PRUNED = "audit.pruned"
+    PRUNED = audit_lineage.PRUNED  # carries the lineage of what it removes
     PRUNE_REFUSED = "audit.prune_refused"
 
 
@@ -163,7 +164,8 @@ def prune(s: Session, ctx: TenantContext, *, now: datetime | None = None) -> Pru
                             .where(AuditEvent.seq <= upto)) or 0)
     audit.record(s, AuditEvents.PRUNED, actor=ctx.actor,
                  details={"upto_seq": upto, "removed": expected,
-                          "retention_days": row.retention_days})
+                          "retention_days": row.retention_days,
+                          **({"lineage": kept} if (kept := carried(lineage(s), upto)) else {})})
     removed = int(s.scalar(text("SELECT prune_audit_events(:upto)"), {"upto": upto}) or 0)
     if removed != expected:  # only appends run beside us, above the cut: never expected
         raise RuntimeError(f"retention removed {removed} events, not {expected}")
@@ -175,5 +177,5 @@ def _signed_by_its_key(s: Session, ctx: TenantContext, checkpoint: AuditCheckpoi
     public = s.scalar(select(CheckpointKey.public_key)
                       .where(CheckpointKey.key_id == checkpoint.key_id))
     return public is not None and verify_checkpoint(
-        public, ctx.tenant_id, checkpoint.seq, checkpoint.chain_hash, checkpoint.created_at,
-        checkpoint.signature)
+        public, signer_of(lineage(s), checkpoint.seq, ctx.tenant_id), checkpoint.seq,
+        checkpoint.chain_hash, checkpoint.created_at, checkpoint.signature)

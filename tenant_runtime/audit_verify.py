@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tenant_runtime.audit import GENESIS_HASH, canonical_content, chain_hash
+from tenant_runtime.audit_lineage import lineage, signer_of
 from tenant_runtime.checkpoints import verify_checkpoint
 from tenant_runtime.models import AuditCheckpoint, AuditEvent, CheckpointKey
 
@@ -76,12 +77,14 @@ def verify_tenant_chain(s: Session, tenant_id: int,
             return VerifyResult(False, rows, prev, f"seq {first_seq}: previous hash does not "
                                                    "match the anchoring checkpoint")
     keys = {k.key_id: k for k in s.scalars(select(CheckpointKey))}
+    restorations = lineage(s)  # checkpoints a restored copy carries: signed for its source
     last_seq = (expected or 1) - 1
     for c in checkpoints:
         created = c.created_at
         key = keys.get(c.key_id)
-        if key is None or not verify_checkpoint(key.public_key, tenant_id, c.seq, c.chain_hash,
-                                                created, c.signature):
+        if key is None or not verify_checkpoint(
+                key.public_key, signer_of(restorations, c.seq, tenant_id), c.seq,
+                c.chain_hash, created, c.signature):
             return VerifyResult(False, rows, prev, f"checkpoint at seq {c.seq}: signature "
                                                    "invalid")
         if created < key.valid_from or (key.retired_at is not None

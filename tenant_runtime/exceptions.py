@@ -9,6 +9,8 @@
     │   └── EgressRefused       422 an address the egress policy refuses (gateway/egress.py)
     │       └── RedirectRefused     an upstream answered with a redirect, never followed
     ├── ModelRefused            403 a model off the allowlist (gateway/service.py)
+    ├── ToolRefused             403 a tool the tenant's tool rules forbid (gateway/service.py)
+    ├── ImagesRefused           403 images, where the tenant's image policy refuses them
     ├── SpendCapReached         402 the monthly AI spend cap (gateway/spend.py)
     └── ProvidersFailed         502 every provider attempt failed (gateway/service.py)
 """
@@ -20,8 +22,10 @@ class TenantError(Exception):
     status_code = 500
     default_message = "Something went wrong inside this tenant."
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *,
+                 details: dict[str, object] | None = None) -> None:
         self.message = message or self.default_message
+        self.details = details  # what the refusal's audit event records beside the defaults
         super().__init__(self.message)
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     text,
@@ -225,6 +226,11 @@ class GatewaySettings(TenantBase):
                                                      info=PLAIN)
     tokens_per_minute: Mapped[int] = mapped_column(Integer, server_default=text("400000"),
                                                    info=PLAIN)
+    # [{"tool": glob, "models": [model names]}]: a tool matching the glob may be offered only
+    # to the listed models (none listed: to no model); tools.py reads them
+    tool_rules: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, server_default=text("'[]'"), info=PLAIN)
+    image_policy: Mapped[str | None] = mapped_column(String(10), info=PLAIN)  # allow / refuse
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW,
                                                  info=PLAIN)
     # a new random value at every change of the gateway's configuration (settings, routes,
@@ -272,27 +278,51 @@ class GatewayPrice(TenantBase):
 
 
 class GatewaySpendMonth(TenantBase):
-    """Spend of one calendar month (UTC): what was settled and what is reserved by calls in
-    flight. A call reserves its worst case with one conditional UPDATE (spent + reserved + the
-    new reservation must stay within the cap), so concurrent calls cannot overspend."""
+    """One calendar month (UTC) of the spend cap: how much of the cap it has allotted to its
+    shards (always the sum of their allotments, changed only under this row's lock and never
+    past the cap). What was spent and what calls in flight reserve is in the shards
+    (``tenant_runtime/gateway/spend.py``)."""
 
     __tablename__ = "gateway_spend_months"
 
     month: Mapped[datetime] = mapped_column(Date, primary_key=True, info=PLAIN)
-    spent_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), info=PLAIN)
-    reserved_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
+    allotted_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
                                                  info=PLAIN)
 
+    __table_args__ = (CheckConstraint("allotted_micros >= 0", name="not_negative"),)
+
+
+class GatewaySpendShard(TenantBase):
+    """One stripe of a month's spend: the part of the cap allotted to it, what calls in flight
+    reserved on it and what was spent on it. A call reserves its worst case on one shard with
+    one conditional UPDATE (spent + reserved + the new reservation must stay within the
+    shard's allotment), so concurrent calls on different shards do not wait for each other,
+    and none can overspend."""
+
+    __tablename__ = "gateway_spend_shards"
+
+    month: Mapped[datetime] = mapped_column(Date, ForeignKey("gateway_spend_months.month"),
+                                            primary_key=True, info=PLAIN)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, info=PLAIN)
+    allotted_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
+                                                 info=PLAIN)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
+                                                 info=PLAIN)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), info=PLAIN)
+
     __table_args__ = (
-        CheckConstraint("spent_micros >= 0 AND reserved_micros >= 0", name="not_negative"),
+        CheckConstraint("spent_micros >= 0 AND reserved_micros >= 0 AND allotted_micros >= 0",
+                        name="not_negative"),
+        CheckConstraint("shard >= 0", name="shard_number"),
     )
 
 
 class GatewayCall(TenantBase):
     """One gateway call: counts, cost and outcome, never the prompt. A row is written with its
-    reservation before the provider is called, and settled afterwards. A call the platform
-    makes for a job carries the job step's idempotency key and keeps its answer, sealed, only
-    until that step has recorded it (``Gateway.complete_once``); no other answer is kept."""
+    reservation before the provider is called (``shard``: the spend shard it reserved on), and
+    settled afterwards, on that shard. A call the platform makes for a job carries the job
+    step's idempotency key and keeps its answer, sealed, only until that step has recorded it
+    (``Gateway.complete_once``); no other answer is kept."""
 
     __tablename__ = "gateway_calls"
 
@@ -309,6 +339,7 @@ class GatewayCall(TenantBase):
     status: Mapped[str] = mapped_column(String(20), info=PLAIN)  # reserved, ok, error
     reserved_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"),
                                                  info=PLAIN)
+    shard: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"), info=PLAIN)
     cost_micros: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), info=PLAIN)
     tokens_in: Mapped[int] = mapped_column(Integer, server_default=text("0"), info=PLAIN)
     tokens_out: Mapped[int] = mapped_column(Integer, server_default=text("0"), info=PLAIN)
@@ -333,6 +364,7 @@ class GatewayCall(TenantBase):
 # tenant table in TenantBase.metadata, which migrations, exports and key rotation walk.
 from tenant_runtime.agents import models as _agents  # noqa: E402, F401
 from tenant_runtime.approvals import models as _approvals  # noqa: E402, F401
+from tenant_runtime.mcp import models as _mcp  # noqa: E402, F401
 from tenant_runtime.minimization import models as _minimization  # noqa: E402, F401
 from tenant_runtime.personas import models as _personas  # noqa: E402, F401
 from tenant_runtime.recommendations import models as _recommendations  # noqa: E402, F401

@@ -7,6 +7,10 @@ is made here, so the egress policy (``tenant_runtime.gateway.egress``) holds at 
   ``CheckedBackend`` and refuses redirects (``CheckedTransport``); ``follow_redirects`` is off
   and the environment's proxies are not used (a proxy would resolve the name itself, out of our
   sight); CA certificates are found as the SDKs find them (``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
+- **httpx2, async** (MCP upstreams, through the ``mcp`` SDK's client, which takes an
+  ``httpx2.AsyncClient``): ``async_http_client(policy)`` is the same rule on
+  ``CheckedAsyncBackend`` (the name is resolved and checked in a worker thread, so the event
+  loop never blocks on DNS) and ``CheckedAsyncTransport``.
 - **botocore** (Bedrock): ``aws_client(session, service, policy, ...)`` builds the boto3 client
   and gives its endpoint an ``URLLib3Session`` whose urllib3 connection classes connect the same
   way and refuse redirects. botocore has no public hook for its connection classes, so the
@@ -32,8 +36,9 @@ from __future__ import annotations
 import socket
 import weakref
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import anyio.to_thread
 import botocore.awsrequest
 import botocore.config
 import botocore.httpsession
@@ -49,6 +54,7 @@ from tenant_runtime.gateway.egress import (
     checked_addresses,
 )
 
+E = TypeVar("E", bound=BaseException)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # the SDKs' own pool sizes (openai._constants, anthropic._constants), kept when we build the client
 LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
@@ -112,6 +118,64 @@ def http_client(policy: EgressPolicy, *, timeout: float = 60.0,
                            trust_env=False)
     weakref.finalize(client, transport.close)
     return client
+
+
+# -- httpx2, async (MCP upstreams) --------------------------------------------------------------
+
+class CheckedAsyncBackend(httpcore2.AnyIOBackend):
+    """httpcore2's anyio backend, connecting only to addresses the policy allows."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self.policy = policy
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None
+                          ) -> httpcore2.AsyncNetworkStream:
+        addresses = await anyio.to_thread.run_sync(checked_addresses, self.policy, host)
+        last: httpcore2.ConnectError | None = None
+        for address in addresses:
+            try:
+                return await super().connect_tcp(address, port, timeout, local_address,
+                                                 socket_options)
+            except httpcore2.ConnectError as exc:
+                last = exc
+        assert last is not None  # noqa: S101 - checked_addresses answers at least one
+        raise last
+
+
+class CheckedAsyncTransport(httpx2.AsyncHTTPTransport):
+    """``httpx2.AsyncHTTPTransport`` over ``CheckedAsyncBackend``, refusing redirects."""
+
+    def __init__(self, policy: EgressPolicy, *, limits: httpx2.Limits = LIMITS) -> None:
+        ssl_context = httpx2.create_ssl_context()
+        super().__init__(verify=ssl_context, limits=limits)
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=CheckedAsyncBackend(policy))
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        location = response.headers.get("location")
+        if response.status_code in REDIRECT_STATUSES and location is not None:
+            await response.aclose()
+            raise RedirectRefused(response.status_code, location)
+        return response
+
+
+def async_http_client(policy: EgressPolicy, *, headers: dict[str, str] | None = None,
+                      auth: httpx2.Auth | None = None,
+                      timeout: float = 60.0) -> httpx2.AsyncClient:
+    """The one way to build an async httpx2 client for a tenant-chosen destination (an MCP
+    upstream). Use it as ``async with``: that closes its pool. ``auth``'s own requests (an
+    OAuth token endpoint, metadata discovery) go through the same checked transport."""
+    return httpx2.AsyncClient(transport=CheckedAsyncTransport(policy), headers=headers,
+                              auth=auth,
+                              timeout=httpx2.Timeout(timeout, read=max(timeout, 300.0)),
+                              follow_redirects=False, trust_env=False)
 
 
 # -- botocore (urllib3) --------------------------------------------------------------------------
@@ -199,9 +263,10 @@ def aws_client(session: Any, service: str, policy: EgressPolicy, *, endpoint_url
 
 # -- what went wrong -----------------------------------------------------------------------------
 
-def refusal(exc: BaseException) -> EgressRefused | None:
-    """The egress or redirect refusal behind ``exc``, however an SDK wrapped it (``raise ...
-    from``, an exception raised while handling it, botocore's ``error=`` keyword)."""
+def cause_of(exc: BaseException, kind: type[E]) -> E | None:
+    """The ``kind`` of exception behind ``exc``, however an SDK wrapped it (``raise ...
+    from``, an exception raised while handling it, an exception group, botocore's ``error=``
+    keyword)."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [exc]
     while pending:
@@ -209,10 +274,17 @@ def refusal(exc: BaseException) -> EgressRefused | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, EgressRefused):
+        if isinstance(current, kind):
             return current
         error = getattr(current, "kwargs", {}).get("error") if isinstance(
             getattr(current, "kwargs", None), dict) else None
         pending += [current.__cause__, current.__context__,
                     error if isinstance(error, BaseException) else None]
+        if isinstance(current, BaseExceptionGroup):
+            pending += list(current.exceptions)
     return None
+
+
+def refusal(exc: BaseException) -> EgressRefused | None:
+    """The egress or redirect refusal behind ``exc``, however an SDK wrapped it."""
+    return cause_of(exc, EgressRefused)

@@ -82,6 +82,11 @@ MATRIX: dict[str, Permission] = _matrix(
                "see agents and their shadow runs"),
     Permission("agents.work", _WORKERS,
                "create agents, set their tools, record runs, ask for promotion"),
+    # governed MCP
+    Permission("tools.view", ("Owner", "Admin", "Operator", "Compliance"),
+               "see MCP upstreams, the tool catalogue and its quarantine"),
+    Permission("tools.manage", _MANAGERS,
+               "register MCP upstreams and allow, deny or restrict their tools"),
     # signals, observations and minimization
     Permission("signals.view", _READERS,
                "see sources, imports, signals and observations (within one's persona)"),
@@ -141,6 +146,8 @@ PAGES: tuple[Page, ...] = (
     Page("Audit log", "/audit", "audit.view"),
     Page("Tasks and recommendations", "/tasks", "tasks.view"),
     Page("Agents", "/agents", "agents.view"),
+    Page("Tools (MCP)", "/mcp", "tools.view"),
+    Page("Connected clients", "/connections", "tools.view"),
     Page("Approvals", "/approvals", "approvals.view"),
     Page("Signals", "/signals", "signals.view"),
     Page("Teams", "/teams", "aggregates.view"),

@@ -40,9 +40,11 @@ class TenantSealer:
         return f"{self.tenant_id}|{table}|{column}|{row_key}|{version}".encode()
 
     def seal(self, plaintext: str | bytes, *, table: str, column: str,
-             row_key: str | int) -> bytes:
+             row_key: str | int, version: int | None = None) -> bytes:
+        """Seal under the current data-key version, or ``version`` (a value moved to another
+        tenant id keeps its version: control_plane/backups/copy.py)."""
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
-        version = self.current_version
+        version = self.current_version if version is None else version
         aead = AESGCM(self._key_for(version))
         nonce = os.urandom(12)
         return HEADER.pack(MAGIC, version) + nonce + aead.encrypt(

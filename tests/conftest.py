@@ -21,12 +21,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
 from control_plane.embedded import EmbeddedPostgres, EmbeddedRedis
 from control_plane.migrations import upgrade_control
 from control_plane.settings import Secret, Settings
+from control_plane.tenancy.database import SPARE_PREFIX, spare_namespace
 from control_plane.web.app import build_app, build_services
 from control_plane.web.services import Services
 
@@ -36,7 +38,9 @@ TEST_SECRET_KEY = "test-secret-key-" + "k" * 40
 TENANT_ID_BASE = secrets.randbelow(900_000) * 1000 + 100_000
 RESET_SQL = """
 TRUNCATE users, backup_codes, tenants, memberships, web_sessions, api_keys, db_servers,
-         tenant_keys, tenant_tombstones, jobs,
+         identity_providers, external_identities, sso_authorizations, sso_policy,
+         scim_tokens, scim_groups, scim_group_members, scim_users,
+         tenant_keys, tenant_tombstones, jobs, backups, mcp_oauth_clients,
          platform_audit_events, platform_checkpoints, platform_checkpoint_keys
          RESTART IDENTITY CASCADE;
 UPDATE platform_audit_head SET seq = 0, chain_hash = repeat('0', 64);
@@ -48,6 +52,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def worker_redis_url(url: str) -> str:
+    """The Redis database of this test process: the suite flushes its database before each
+    test, so each pytest-xdist worker (``gw0``, ``gw1``, ...) takes the given number plus its
+    own index, modulo Redis's 16 databases."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    number = (base + int(worker[2:])) % 16
+    return urlunsplit((parts.scheme, parts.netloc, f"/{number}", parts.query, ""))
 
 
 def with_database(url: str, name: str) -> str:
@@ -79,12 +96,29 @@ def pg_server_url(embedded_home: Path) -> Iterator[str]:
 def redis_url(embedded_home: Path) -> Iterator[str]:
     external = os.environ.get("MAGISTRATE_TEST_REDIS_URL")
     if external:
-        yield external
+        yield worker_redis_url(external)
         return
     server = EmbeddedRedis(embedded_home, free_port())
     server.start()
     yield server.url(0)
     server.stop()
+
+
+def drop_database(conn: psycopg.Connection, name: str) -> None:
+    """``DROP DATABASE`` on the shared test server, ``conn`` being on its ``postgres`` database:
+    under the server's privileges lock, since another test process's sweep
+    (``close_databases_to_public``) may be revoking PUBLIC's rights on this very database, and
+    Postgres fails one of the two ("tuple concurrently updated")."""
+    from control_plane.tenancy.database import privileges_lock
+
+    with privileges_lock(conn):
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+# The spare databases of this process's control database(s) (``magistrate_spare_<namespace>``):
+# other test processes share the server and keep spares of their own, which are not ours to drop.
+OUR_SPARES: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +129,15 @@ def database_url(pg_server_url: str) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = with_database(pg_server_url, name)
     upgrade_control(url)
+    spares_of_this_run = SPARE_PREFIX + spare_namespace(url)
+    OUR_SPARES.add(spares_of_this_run)
     yield url
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        spares = [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+            (spares_of_this_run,))]
+        for database in [name, *spares]:
+            drop_database(conn, database)
 
 
 def make_settings(**overrides: object) -> Settings:

@@ -27,12 +27,13 @@ SENDERS = {
     "httpx2.Client", "httpx2.AsyncClient", "httpx2.HTTPTransport", "httpx2.AsyncHTTPTransport",
     "httpx2.request", "httpx2.stream", "httpx2.get", "httpx2.post", "httpx2.put",
     "httpx2.patch", "httpx2.delete", "httpx2.head", "httpx2.options",
-    "httpcore2.ConnectionPool", "httpcore2.HTTPProxy", "httpcore2.SOCKSProxy",
+    "httpcore2.ConnectionPool", "httpcore2.AsyncConnectionPool", "httpcore2.HTTPProxy",
+    "httpcore2.SOCKSProxy",
     "requests.get", "requests.post", "requests.put", "requests.patch", "requests.delete",
     "requests.head", "requests.request", "requests.Session", "requests.session",
     "boto3.client", "boto3.resource", "KeyClient", "CryptographyClient", "SecretClient",
     "kms_v1.KeyManagementServiceClient", "KeyManagementServiceClient",
-    "aiohttp.ClientSession",
+    "aiohttp.ClientSession", "OTLPSpanExporter",
 }
 # SDK clients that take an ``http_client``: allowed anywhere with http_client=outbound.http_client()
 SDK_CLIENTS = {"openai.OpenAI", "openai.AzureOpenAI", "openai.AsyncOpenAI",
@@ -44,6 +45,9 @@ ALLOWED = {
     # the choke point itself
     ("tenant_runtime/outbound.py", "httpx2.Client"): "the checked client",
     ("tenant_runtime/outbound.py", "httpcore2.ConnectionPool"): "the checked pool",
+    ("tenant_runtime/outbound.py", "httpx2.AsyncClient"): "the checked async client (MCP)",
+    ("tenant_runtime/outbound.py", "httpcore2.AsyncConnectionPool"):
+        "the checked async pool (MCP)",
     ("tenant_runtime/outbound.py", "urllib3.util.connection.create_connection"):
         "the checked botocore connection",
     ("tenant_runtime/outbound.py", "session.client"): "the checked boto3 client",
@@ -56,10 +60,16 @@ ALLOWED = {
     ("control_plane/keys/aws.py", "session.client"):
         "the platform's KMS (aws-kms), an operator setting, not a tenant's",
     ("control_plane/keys/azure.py", "KeyClient"): "the customer key's vault, set by the operator",
+    ("control_plane/backups/destinations.py", "boto3.client"):
+        "the backup store (MAGISTRATE_BACKUP_DESTINATION, MAGISTRATE_BACKUP_S3_ENDPOINT), an "
+        "operator setting, not a tenant's",
     ("control_plane/keys/azure.py", "CryptographyClient"):
         "the customer key's vault, set by the operator",
     ("control_plane/keys/gcp.py", "kms_v1.KeyManagementServiceClient"):
         "the platform's Cloud KMS, an operator setting",
+    ("tenant_runtime/observability/tracing.py", "OTLPSpanExporter"):
+        "the operator's trace collector (MAGISTRATE_OTLP_ENDPOINT), not a tenant's; spans carry "
+        "names, counts and times only",
 }
 
 

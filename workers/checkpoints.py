@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.models import Membership, Tenant, User
@@ -28,6 +28,8 @@ from tenant_runtime.gateway.service import forget_kept_answers
 from tenant_runtime.gateway.spend import settle_abandoned
 from tenant_runtime.key_notices import deliver_key_notices
 from tenant_runtime.minimization.retention import sweep as sweep_minimization
+from tenant_runtime.models import AuditCheckpoint
+from tenant_runtime.observability import metrics
 from tenant_runtime.signals.service import fail_abandoned_imports
 from tenant_runtime.webhooks import Poster
 from workers import runtime
@@ -78,6 +80,9 @@ def checkpoint_all_tenants(session_factory: sessionmaker[Session],
                 ctx = connections.context(s, tenant, SYSTEM)
             with ctx.session() as ts, ts.begin():
                 checkpoint = make_checkpoint(ts, ctx)
+                newest = ts.scalar(select(func.max(AuditCheckpoint.created_at)))
+            if newest is not None:  # its age is the dashboard's "checkpoint age"
+                metrics.CHECKPOINT_TIME.labels(ctx.slug).set(newest.timestamp())
             with ctx.session() as ts, ts.begin():  # send what is made, retry what failed
                 deliver_checkpoints(ts, ctx, post)
             with ctx.session() as ts, ts.begin():

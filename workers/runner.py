@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db import utcnow
 from control_plane.models import Job
+from tenant_runtime.observability import metrics
 from workers import runtime
 
 log = logging.getLogger("magistrate.runner")
@@ -201,6 +202,7 @@ def reap_expired_leases(session_factory: sessionmaker[Session]) -> int:
                                    updated_at=utcnow()))
         reaped = int(getattr(result, "rowcount", 0) or 0)
     if reaped:
+        metrics.LEASE_RECLAIMS.labels("expired").inc(reaped)
         log.warning("%d job(s) whose lease expired returned to the outbox", reaped)
     return reaped
 
@@ -215,6 +217,7 @@ def release_leases(session_factory: sessionmaker[Session], owner: str) -> int:
                                    updated_at=utcnow()))
         released = int(getattr(result, "rowcount", 0) or 0)
     if released:
+        metrics.LEASE_RECLAIMS.labels("released").inc(released)
         log.warning("%d job(s) left by the stopped process %s returned to the outbox",
                     released, owner)
     return released

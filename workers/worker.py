@@ -36,6 +36,7 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
 
 def periodic_tasks(connection: redis.Redis,
                    settings: Settings | None = None) -> list[PeriodicTask]:
+    from control_plane.backups.schedule import schedule_due
     from control_plane.jobs import dispatch_pending, redeliver_undelivered
     from workers.approvals import run_approval_outbox
     from workers.checkpoints import (
@@ -65,6 +66,8 @@ def periodic_tasks(connection: redis.Redis,
         PeriodicTask("settle_abandoned_gateway_calls", settle_abandoned_calls, 300),
         PeriodicTask("fail_abandoned_signal_imports", fail_abandoned_signal_imports, 120),
         PeriodicTask("approval_outbox", run_approval_outbox, 10),
+        PeriodicTask("schedule_backups",
+                     lambda: schedule_due(runtime.session_factory()), 300),
         PeriodicTask("purge_stale_exports",
                      lambda: purge_stale_exports(runtime.env().settings.home / "exports"), 600),
     ]
@@ -76,14 +79,15 @@ def refill_all_servers() -> int:
     from sqlalchemy import select
 
     from control_plane.models import DbServer
-    from control_plane.tenancy.database import refill_spares
+    from control_plane.tenancy.database import refill_spares, spare_namespace
     from control_plane.tenancy.servers import admin_url
 
     env = runtime.env()
+    namespace = spare_namespace(env.database_url)
     with runtime.session_factory()() as s:
         urls = [admin_url(env.sealer, server) for server in
                 s.scalars(select(DbServer).where(DbServer.is_active))]
-    return sum(refill_spares(url) for url in urls)
+    return sum(refill_spares(url, namespace=namespace) for url in urls)
 
 
 EXPORT_MAX_AGE_SECONDS = 3600

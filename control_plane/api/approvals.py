@@ -32,6 +32,7 @@ from control_plane.exceptions import (
     NotFound,
 )
 from control_plane.tenancy import api_keys, service
+from control_plane.tenancy.mfa_policy import check_mfa
 from control_plane.web.access import audits_denials, authenticate_key, key_actor
 from control_plane.web.deps import require_user
 from control_plane.web.forms import read_json_object, validated
@@ -71,6 +72,7 @@ def _context(request: Request, *, permission: str = "approvals.request") -> Tena
         if not TENANT_ID.fullmatch(named):
             raise InvalidInput("Name the tenant by its id: ?tenant=<id>.")
         access = service.access_tenant(s, int(named), user=me.user, permission=permission)
+        check_mfa(access, me)  # a session, not a key: the tenant's MFA rule applies
         request.state.tenant = access.tenant.id
         if access.tenant.state == "suspended":
             raise Forbidden("This tenant is suspended; an Owner can resume it on the tenant's "

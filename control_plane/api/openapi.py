@@ -19,7 +19,10 @@ from starlette.routing import Route
 from control_plane.api.agents import RunBody
 from control_plane.api.approvals import ActionRequest
 from control_plane.api.members import RoleChange
-from control_plane.gateway.shapes import AnthropicMessages, OpenAIChat
+from control_plane.gateway.anthropic_messages import AnthropicMessages, CountTokens
+from control_plane.gateway.embeddings import Embeddings
+from control_plane.gateway.openai_chat import OpenAIChat
+from control_plane.gateway.responses_shapes import ResponsesCreate
 from control_plane.tenancy.routes import CreateTenantRequest
 
 VERSION = "1"
@@ -132,6 +135,20 @@ class ChatCompletion(_Doc):
     usage: dict[str, Any] | None = None
 
 
+class ResponseDocument(_Doc):
+    """A Response object of OpenAI's Responses API; it also repeats the request's settings
+    (tools, tool_choice, text, instructions, temperature...)."""
+
+    id: str
+    object: str
+    created_at: int
+    status: str
+    model: str
+    output: list[dict[str, Any]]
+    incomplete_details: dict[str, Any] | None
+    usage: dict[str, Any] | None
+
+
 class AnthropicAnswer(_Doc):
     id: str
     type: str
@@ -140,6 +157,17 @@ class AnthropicAnswer(_Doc):
     content: list[dict[str, Any]]
     stop_reason: str | None
     usage: dict[str, Any]
+
+
+class EmbeddingList(_Doc):
+    object: str
+    model: str
+    data: list[dict[str, Any]]
+    usage: dict[str, Any]
+
+
+class TokenCount(_Doc):
+    input_tokens: int
 
 
 class StreamEvent(_Doc):
@@ -246,6 +274,18 @@ OPERATIONS: tuple[Operation, ...] = (
               responses={200: ("the answer (text/event-stream when stream is true)",
                                AnthropicAnswer)},
               error_model=AnthropicError, errors=_GATEWAY_CALL_ERRORS, streams=True),
+    Operation("POST", "/v1/responses", "OpenAI-compatible Responses API (no stored responses)",
+              "gateway", body=ResponsesCreate,
+              responses={200: ("the response (text/event-stream when stream is true)",
+                               ResponseDocument)},
+              error_model=OpenAIError, errors=_GATEWAY_CALL_ERRORS, streams=True),
+    Operation("POST", "/v1/messages/count_tokens", "Anthropic-compatible token count",
+              "gateway", body=CountTokens,
+              responses={200: ("the prompt's tokens", TokenCount)},
+              error_model=AnthropicError, errors=_GATEWAY_CALL_ERRORS),
+    Operation("POST", "/v1/embeddings", "OpenAI-compatible embeddings", "gateway",
+              body=Embeddings, responses={200: ("one vector per input", EmbeddingList)},
+              error_model=OpenAIError, errors=_GATEWAY_CALL_ERRORS),
     Operation("GET", "/v1/models", "The models on the tenant's allowlist", "gateway",
               responses={200: ("the allowed models", ModelList)}, error_model=OpenAIError,
               errors=(401, 403, 503)),

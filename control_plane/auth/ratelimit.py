@@ -35,6 +35,7 @@ from collections.abc import Callable
 import redis
 
 from control_plane.exceptions import RateLimited
+from tenant_runtime.observability import metrics
 
 log = logging.getLogger("magistrate.ratelimit")
 
@@ -134,6 +135,7 @@ class LoginRateLimiter:
         return f"magistrate:rl:login:pair:{digest}"
 
     def _warn(self, exc: Exception) -> None:
+        metrics.RATE_LIMIT_FALLBACKS.labels("sign_in").inc()
         if not self.degraded:
             log.warning("Redis unreachable for sign-in rate limits (%s); using the in-process "
                         "limiter until it returns", type(exc).__name__)

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from control_plane.auth import mfa, service, sessions
 from control_plane.auth.service import ClientInfo, SignInOutcome
 from control_plane.exceptions import Conflict, InvalidInput, RateLimited
+from control_plane.identity.service import list_providers, sign_out_target
 from control_plane.web.deps import (
     client_ip,
     current_session,
@@ -80,13 +81,25 @@ def clear_session_cookie(request: Request, response: Response) -> None:
 # ------------------------------------------------------------------------------- sign-in
 
 
+def sso_buttons(request: Request) -> list[tuple[int, str]]:
+    """The active identity providers, (id, name), for the sign-in page's buttons."""
+    with services(request).session_factory() as s:
+        return [(p.id, p.name) for p in list_providers(s, active_only=True)]
+
+
+def _sign_in_form(request: Request, context: dict[str, object], *, status_code: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    return render(request, "auth/sign_in.html", {**context, "providers": sso_buttons(request)},
+                  status_code=status_code, headers=headers)
+
+
 def sign_in_page(request: Request) -> Response:
     with services(request).session_factory() as s, s.begin():
         row = current_session(s, request)
         if row is not None and not row.mfa_pending:
             return RedirectResponse(safe_next(request.query_params.get("next")), 303)
-    return render(request, "auth/sign_in.html",
-                  {"next": safe_next(request.query_params.get("next")), "email": ""})
+    return _sign_in_form(request, {"next": safe_next(request.query_params.get("next")),
+                                   "email": ""})
 
 
 @form_endpoint(SignInForm)
@@ -103,12 +116,16 @@ def sign_in(request: Request, form: SignInForm) -> Response:
     except RateLimited as exc:
         with svc.session_factory() as s, s.begin():
             service.do_record_rate_limited(s, client=client_info(request))
-        return render(request, "auth/sign_in.html", {**context, "error": exc.message},
-                      status_code=429, headers={"Retry-After": str(exc.retry_after)})
+        return _sign_in_form(request, {**context, "error": exc.message}, status_code=429,
+                             headers={"Retry-After": str(exc.retry_after)})
     if result.outcome is SignInOutcome.FAILED:
-        return render(request, "auth/sign_in.html",
-                      {**context, "error": "The e-mail or password is not correct."},
-                      status_code=401)
+        return _sign_in_form(request,
+                             {**context, "error": "The e-mail or password is not correct."},
+                             status_code=401)
+    if result.outcome is SignInOutcome.SSO_REQUIRED:
+        message = (result.refusal.sentence() if result.refusal is not None
+                   else "Single sign-on is required: use your identity provider's button.")
+        return _sign_in_form(request, {**context, "error": message}, status_code=403)
     if result.token is None or result.user is None:
         raise RuntimeError("sign-in succeeded without a session")
     if result.outcome is SignInOutcome.MFA_REQUIRED:
@@ -161,11 +178,18 @@ def mfa_challenge(request: Request, form: CodeForm) -> Response:
 
 @form_endpoint(EmptyForm)
 def sign_out(request: Request, form: EmptyForm) -> Response:
-    with services(request).session_factory() as s, s.begin():
+    """Sign out here; a session from single sign-on then goes on to the provider's end-session
+    endpoint (RP-initiated logout), which sends the browser back to the sign-in page."""
+    svc = services(request)
+    target = None
+    with svc.session_factory() as s, s.begin():
         row = sessions.load_session(s, session_token(request), host=request_host(request))
         if row is not None:
+            target = sign_out_target(s, row, oidc=svc.oidc, sealer=svc.sealer,
+                                     post_logout_redirect_uri=svc.settings.public_origin
+                                     + "/sign-in")
             service.do_sign_out(s, row, acting_user=row.user)
-    response = RedirectResponse("/sign-in", 303)
+    response = RedirectResponse(target or "/sign-in", 303)
     clear_session_cookie(request, response)
     return response
 

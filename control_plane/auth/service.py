@@ -15,6 +15,7 @@ from control_plane.auth import mfa, passwords, sessions
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.db import utcnow
 from control_plane.exceptions import Conflict, InvalidInput
+from control_plane.identity.policy import PasswordRefusal, password_refusal
 from control_plane.models import BackupCode, User, WebSession
 from control_plane.sealing import ControlSealer, SealError
 
@@ -23,6 +24,7 @@ class SignInOutcome(enum.Enum):
     SIGNED_IN = "signed_in"
     MFA_REQUIRED = "mfa_required"
     FAILED = "failed"
+    SSO_REQUIRED = "sso_required"  # the password was right, but the policy wants the provider
 
 
 @dataclass
@@ -30,6 +32,7 @@ class SignInResult:
     outcome: SignInOutcome
     token: str | None = None
     user: User | None = None
+    refusal: PasswordRefusal | None = None  # SSO_REQUIRED: which policy, which buttons
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ def do_sign_in(s: Session, *, email: str, password: str, client: ClientInfo,
                      target_type="user" if user else None, target_id=user.id if user else None,
                      details={"reason": reason, "ip": client.ip})
         return SignInResult(SignInOutcome.FAILED)
+    refusal = password_refusal(s, user)
+    if refusal is not None:
+        # said only after the right password, so the break-glass account is not revealed
+        audit.record(s, AuthEvents.SIGN_IN_FAILED, actor=audit.SYSTEM, target_type="user",
+                     target_id=user.id, details={"reason": "sso_required", "ip": client.ip,
+                                                 "tenant": refusal.tenant})
+        return SignInResult(SignInOutcome.SSO_REQUIRED, refusal=refusal)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
     if user.mfa_enabled:
@@ -131,8 +141,10 @@ def do_pass_mfa_challenge(s: Session, pending: WebSession, *, code: str, client:
         return None
     limiter.record_success(client.ip, user.email)
     sessions.revoke_session(s, pending)
+    sso = None if pending.sso_provider_id is None or pending.sso_subject is None else (
+        pending.sso_provider_id, pending.sso_subject, pending.sso_sid)
     token = sessions.start_session(s, user, host=client.host, ip=client.ip,
-                                   user_agent=client.user_agent)
+                                   user_agent=client.user_agent, sso=sso)
     actor = actor_for(user)
     if used_backup:
         remaining = len(s.scalars(select(BackupCode.id).where(

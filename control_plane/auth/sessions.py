@@ -73,9 +73,13 @@ def token_hash(token: str) -> str:
 
 def start_session(
     s: Session, user: User, *, host: str, ip: str | None, user_agent: str | None,
-    mfa_pending: bool = False,
+    mfa_pending: bool = False, sso: tuple[int, str, str | None] | None = None,
+    mfa_by_provider: bool = False,
 ) -> str:
-    """Create a session row for ``user``; returns the token to put in the cookie."""
+    """Create a session row for ``user``; returns the token to put in the cookie. ``sso`` is
+    (provider id, subject, provider session id) for a session from single sign-on, which a
+    back-channel logout finds by them; ``mfa_by_provider`` that the provider did the second
+    factor (a tenant requiring two-factor sign-in accepts it)."""
     token = new_token()
     now = utcnow()
     lifetime = MFA_PENDING_LIFETIME if mfa_pending else ABSOLUTE_LIFETIME
@@ -83,6 +87,8 @@ def start_session(
         token_hash=token_hash(token), user_id=user.id, host=host, mfa_pending=mfa_pending,
         ip=ip, user_agent=(user_agent or "")[:300], created_at=now, last_seen_at=now,
         expires_at=now + lifetime,
+        sso_provider_id=sso[0] if sso else None, sso_subject=sso[1] if sso else None,
+        sso_sid=sso[2] if sso else None, mfa_by_provider=mfa_by_provider,
     ))
     s.flush()
     return token

@@ -5,7 +5,8 @@
   tenant connections); it imports none of the groups, and nothing outside this package
   imports it (tests/test_layers.py);
 - ``stack`` (``up``, ``web``, ``worker``, ``migrate``), ``users`` (``user``, ``member``),
-  ``tenants`` (``tenant``, ``server``), ``keys``, ``audit``, ``redact``, ``reconcile``,
+  ``tenants`` (``tenant``, ``server``), ``keys``, ``audit``, ``backups`` (``backup``,
+  ``restore``, ``drill``), ``redact``, ``reconcile``,
   ``signals``, ``doctor``: the groups."""
 
 from control_plane.cli.root import build_parser, main

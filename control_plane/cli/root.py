@@ -13,14 +13,27 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from control_plane.cli import audit, doctor, keys, reconcile, redact, signals, stack, tenants, users
+from control_plane.cli import (
+    audit,
+    backups,
+    doctor,
+    keys,
+    reconcile,
+    redact,
+    signals,
+    sso,
+    stack,
+    tenants,
+    users,
+)
 from control_plane.cli.support import CommandError
 from control_plane.embedded import EmbeddedServiceError
 from control_plane.exceptions import MagistrateError
 from control_plane.settings import Settings
 
 # the groups in the order ``magistrate --help`` lists their commands
-GROUPS = (stack, users, tenants, keys, audit, redact, reconcile, signals, doctor)
+GROUPS = (stack, users, tenants, keys, sso, audit, backups, redact, reconcile, signals,
+          doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

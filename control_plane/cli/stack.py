@@ -93,14 +93,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _observe(settings: Settings, *, clean: bool, service: str) -> None:
+    """Metrics of this process (and of those it starts) in the machine's shared folder, and
+    its gateway traces when ``MAGISTRATE_OTLP_ENDPOINT`` is set (docs/observability.md)."""
+    from tenant_runtime.observability import metrics, tracing
+
+    metrics.enable_multiprocess(settings.metrics_dir, clean=clean)
+    tracing.configure(settings.otlp_endpoint, service_name=service,
+                      sample_ratio=settings.trace_sample_ratio)
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     settings, endpoints = prepare(args)
     check_database(endpoints.database_url)
+    # the web process empties the metrics folder, unless `up` did before starting it and the
+    # worker, whose files are there already
+    _observe(settings, clean=not args.keep_metrics, service="magistrate-web")
     import uvicorn
 
     from control_plane.web.app import build_app, build_services
+    from control_plane.web.serving import fast_server_options
 
     options: dict[str, Any] = {
+        **fast_server_options(),  # uvloop and httptools
         "host": args.host or settings.host, "port": args.port or settings.port,
         "log_config": None, "access_log": False, "server_header": False,
         # uvicorn rewrites nothing from forwarding headers: the app's security edge does, from
@@ -123,6 +138,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings, endpoints = prepare(args)
     check_database(endpoints.database_url)
+    _observe(settings, clean=False, service="magistrate-worker")
     from workers.worker import run_worker
 
     run_worker(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url,
@@ -230,12 +246,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"control plane migrated to revision {_migrate(endpoints)}", flush=True)
         owner_lines = _bootstrap_owner(settings, endpoints)
         _bootstrap_demo_tenant(settings, endpoints)
+        from tenant_runtime.observability import metrics
+
+        metrics.enable_multiprocess(settings.metrics_dir, clean=True)  # before the children
         env = dict(os.environ)
         env.update(MAGISTRATE_DATABASE_URL=endpoints.database_url,
                    MAGISTRATE_REDIS_URL=endpoints.redis_url,
                    MAGISTRATE_SECRET_KEY=endpoints.secret_key)
         executable = [sys.executable, "-m", "control_plane"]
-        for command in (["web"], ["worker"]):
+        for command in (["web", "--keep-metrics"], ["worker"]):
             # a session of their own: Ctrl-C reaches only `up`, which stops them in order
             children.append(subprocess.Popen([*executable, *command], env=env,  # noqa: S603
                                              start_new_session=True, stderr=log_file))
@@ -351,6 +370,7 @@ def register(sub: Any) -> None:
     web.add_argument("--port", type=int, help="port to bind (default MAGISTRATE_PORT)")
     web.add_argument("--workers", type=int, default=1,
                      help="processes serving requests (default 1; one per CPU uses them all)")
+    web.add_argument("--keep-metrics", action="store_true", help=argparse.SUPPRESS)  # by `up`
     web.set_defaults(func=cmd_web)
 
     worker = sub.add_parser("worker", help="run an RQ worker",

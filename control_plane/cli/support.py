@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.keys.registry import DataKeyCache, KeyProviderRegistry, build_key_providers
-from control_plane.models import Tenant
+from control_plane.models import Tenant, User
 from control_plane.runtime import (
     Endpoints,
     configure_logging,
@@ -132,3 +132,38 @@ def find_tenant(s: Session, ident: str) -> Tenant:
     if tenant is None:
         raise CommandError(f"no tenant has the slug or id {ident!r}")
     return tenant
+
+
+@contextmanager
+def control_session(args: argparse.Namespace) -> Iterator[Session]:
+    """One transaction on the control database for a command; a ``MagistrateError`` raised
+    inside is printed as its sentence."""
+    from control_plane.db import make_engine, make_session_factory
+    from control_plane.exceptions import MagistrateError
+
+    _, endpoints = prepare(args)
+    check_database(endpoints.database_url)
+    engine = make_engine(endpoints.database_url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as s, s.begin():
+            yield s
+    except MagistrateError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        engine.dispose()
+
+
+def find_user(s: Session, email: str, *, what: str) -> User:
+    """The account with ``email``; ``what`` names the option that gave it."""
+    user = s.scalars(select(User).where(User.email == email.strip().lower())).first()
+    if user is None:
+        raise CommandError(f"no account has the e-mail {email.strip()} ({what})")
+    return user
+
+
+def acting_user(s: Session, email: str) -> User:
+    """The active account an ``--as`` option names."""
+    user = find_user(s, email, what="--as")
+    if not user.is_active:
+        raise CommandError(f"the account {user.email} (--as) is deactivated")
+    return user

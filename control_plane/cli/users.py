@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -86,57 +85,20 @@ def register(sub: Any) -> None:
         parser.set_defaults(func=func)
 
 
-@contextmanager
-def _session(args: argparse.Namespace) -> Iterator[Session]:
-    from control_plane.cli.support import CommandError, check_database, prepare
-    from control_plane.db import make_engine, make_session_factory
-    from control_plane.exceptions import MagistrateError
-
-    _, endpoints = prepare(args)
-    check_database(endpoints.database_url)
-    engine = make_engine(endpoints.database_url, pool_size=1)
-    try:
-        with make_session_factory(engine)() as s, s.begin():
-            yield s
-    except MagistrateError as exc:
-        raise CommandError(exc.message) from None
-    finally:
-        engine.dispose()
-
-
-def _user(s: Session, email: str, *, what: str) -> Any:
-    from control_plane.cli.support import CommandError
-    from control_plane.models import User
-
-    user = s.scalars(select(User).where(User.email == email.strip().lower())).first()
-    if user is None:
-        raise CommandError(f"no account has the e-mail {email.strip()} ({what})")
-    return user
-
-
-def _acting(s: Session, email: str) -> Any:
-    from control_plane.cli.support import CommandError
-
-    user = _user(s, email, what="--as")
-    if not user.is_active:
-        raise CommandError(f"the account {user.email} (--as) is deactivated")
-    return user
-
-
 def _tenant_change(args: argparse.Namespace,
                    change: Callable[[Session, Any, int, Any], str]) -> int:
-    from control_plane.cli.support import CommandError
+    from control_plane.cli.support import CommandError, acting_user, control_session, find_user
     from control_plane.models import Membership, Tenant
     from control_plane.tenancy import service
 
-    with _session(args) as s:
+    with control_session(args) as s:
         tenant = s.scalars(select(Tenant).where(Tenant.slug == args.tenant.strip().lower(),
                                                 Tenant.state != "deleted")).first()
         if tenant is None:
             raise CommandError(f"no tenant has the slug {args.tenant}")
-        me = _acting(s, args.acting)
+        me = acting_user(s, args.acting)
         access = service.access_tenant(s, tenant.id, user=me, permission="members.manage")
-        target = _user(s, args.email, what="--email")
+        target = find_user(s, args.email, what="--email")
         membership = s.scalars(select(Membership).where(Membership.tenant_id == tenant.id,
                                                         Membership.user_id == target.id)).first()
         if membership is None:
@@ -167,11 +129,11 @@ def cmd_member_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_member_list(args: argparse.Namespace) -> int:
-    from control_plane.cli.support import CommandError
+    from control_plane.cli.support import CommandError, control_session
     from control_plane.models import Tenant
     from control_plane.tenancy import service
 
-    with _session(args) as s:
+    with control_session(args) as s:
         tenant = s.scalars(select(Tenant).where(Tenant.slug == args.tenant.strip().lower(),
                                                 Tenant.state != "deleted")).first()
         if tenant is None:
@@ -185,11 +147,12 @@ def cmd_member_list(args: argparse.Namespace) -> int:
 
 
 def _set_active(args: argparse.Namespace, active: bool) -> int:
+    from control_plane.cli.support import acting_user, control_session, find_user
     from control_plane.users import service
 
-    with _session(args) as s:
-        me = _acting(s, args.acting)
-        target = service.access_user(s, _user(s, args.email, what="--email").id,
+    with control_session(args) as s:
+        me = acting_user(s, args.acting)
+        target = service.access_user(s, find_user(s, args.email, what="--email").id,
                                      acting_user=me)
         if active:
             service.do_reactivate_user(s, target, acting_user=me)

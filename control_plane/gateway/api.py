@@ -1,7 +1,10 @@
-"""The drop-in endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models`` in OpenAI's
-shapes, ``POST /v1/messages`` in Anthropic's, streaming included, so the official SDKs work
-with only ``base_url`` and ``api_key`` changed. Authenticated by tenant API keys (``mg_…``) that
-hold the ``gateway`` scope and whose creator's current role holds ``gateway.call``.
+"""The drop-in endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``,
+``POST /v1/embeddings`` and ``GET /v1/models`` in OpenAI's shapes, ``POST /v1/messages`` and
+``POST /v1/messages/count_tokens`` in Anthropic's, streaming included, so the official SDKs and
+the agent frameworks built on them work with only ``base_url`` and ``api_key`` changed. This
+module is the edge (key, body, tenant, errors, streaming); each API's shape has its module
+(openai_chat, responses, anthropic_messages, embeddings). Authenticated by tenant API keys
+(``mg_…``) that hold the ``gateway`` scope and whose creator's current role holds ``gateway.call``.
 
 Every error answers in the shape of the API it came through, so an SDK raises its usual
 exception with our sentence; errors the caller's SDK must not retry (ours already retried the
@@ -35,30 +38,36 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
+import sqlalchemy.exc
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from control_plane.exceptions import MagistrateError, RateLimited
+from control_plane.gateway import anthropic_messages, embeddings, openai_chat
 from control_plane.gateway.ratelimit import GatewayRateLimiter
-from control_plane.gateway.shapes import InvalidBody, anthropic_request, openai_request
+from control_plane.gateway.shapes import InvalidBody
 from control_plane.tenancy import api_keys
 from control_plane.web.access import key_rule
 from control_plane.web.errors import DATABASE_RETRY_AFTER_SECONDS, database_unavailable
-from control_plane.web.services import services
+from control_plane.web.services import Services, services
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
 from tenant_runtime.gateway import config, pricing
 from tenant_runtime.gateway.messages import ChatRequest
+from tenant_runtime.gateway.providers.base import StreamEvent
 from tenant_runtime.gateway.service import CallResult, Gateway, ModelRefused, PreparedCall
+from tenant_runtime.observability import metrics
 from tenant_runtime.text import first_unstorable, refusal
 
 log = logging.getLogger("magistrate.gateway")
 MAX_BODY = 4 * 1024 * 1024
 MODEL_FIELD = frozenset({"model"})
-FINISH = {"openai": {"stop": "stop", "length": "length", "other": "stop"},
-          "anthropic": {"stop": "end_turn", "length": "max_tokens", "other": "end_turn"}}
+# a key refused at the edge, as the reason label of the refusals metric
+KEY_REFUSALS = {401: "unauthenticated", 403: "forbidden", 404: "tenant_unavailable",
+                409: "tenant_unavailable", 503: "tenant_unavailable"}
 OPENAI_TYPES = {400: ("invalid_request_error", None), 401: ("invalid_request_error",
                                                             "invalid_api_key"),
                 402: ("insufficient_quota", "insufficient_quota"),
@@ -135,16 +144,37 @@ def _limiter(request: Request) -> GatewayRateLimiter:
 
 
 def _tenant(request: Request) -> tuple[TenantContext, str]:
-    """The tenant context of the calling API key, and the key's id."""
+    """The tenant context of the calling API key, and the key's id: no round trip to the
+    control database when the process's key cache holds the key (``tenancy/key_cache.py``:
+    dropped the moment Postgres notifies a change to the key, its tenant, creator, membership
+    or data keys, bypassed while the process is not listening, never older than
+    ``MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS``), else one (an autocommit SELECT on a connection
+    taken without a pre-ping; ``control_plane.db.make_hot_path_engine``). Every /v1 endpoint
+    resolves its key here. A connection that died while pooled is dropped and the read, which
+    changes nothing but ``last_used_at``, runs once more on a fresh one."""
     svc = services(request)
-    with svc.session_factory() as s, s.begin():
-        key = api_keys.authenticate_gateway_key(s, request.headers.get("authorization"),
-                                                request.headers.get("x-api-key"),
-                                                rule=key_rule(request))
-        request.state.tenant, request.state.actor = key.tenant_id, f"api_key:{key.key_id}"
-        actor = Actor("api_key", str(key.key_id), key.key_name, key.creator_role,
-                      on_behalf_of=str(key.creator_id))
-        return svc.tenant_connections.gateway_context(s, key, actor), str(key.key_id)
+    sessions = svc.hot_path_sessions or svc.session_factory
+    for attempt in (1, 2):
+        try:
+            with sessions() as s:
+                return _tenant_in(request, svc, s)
+        except MagistrateError as exc:
+            metrics.refused(KEY_REFUSALS.get(exc.status_code, "forbidden"))
+            raise
+        except sqlalchemy.exc.DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _tenant_in(request: Request, svc: Services, s: Session) -> tuple[TenantContext, str]:
+    key = api_keys.authenticate_gateway_key(s, request.headers.get("authorization"),
+                                            request.headers.get("x-api-key"),
+                                            rule=key_rule(request), cache=svc.key_cache)
+    request.state.tenant, request.state.actor = key.tenant_id, f"api_key:{key.key_id}"
+    actor = Actor("api_key", str(key.key_id), key.key_name, key.creator_role,
+                  on_behalf_of=str(key.creator_id))
+    return svc.tenant_connections.gateway_context(s, key, actor), str(key.key_id)
 
 
 def _json_body(request: Request, raw: bytes) -> Any:
@@ -166,21 +196,31 @@ def _json_body(request: Request, raw: bytes) -> Any:
     return body
 
 
+def _check_tokens(tokens: int, tokens_per_minute: int, what: str) -> None:
+    if tokens > tokens_per_minute:
+        metrics.refused("token_limit")
+        raise ApiError(400, f"This request may use up to {tokens:,} tokens ({what}), more "
+                            f"than the tenant's limit of {tokens_per_minute:,} tokens per "
+                            "minute; lower max_tokens or shorten the input.",
+                       param="max_tokens")
+
+
+def _started(request: Request) -> float | None:
+    """When the call's body was read (``_with_body``): the start of its overhead metric."""
+    return getattr(request.state, "gateway_started", None)
+
+
 def _prepare(request: Request, ctx: TenantContext, key_id: str, chat: ChatRequest,
              kind: str) -> tuple[Gateway, PreparedCall]:
     limiter = _limiter(request)
 
     def limit(requests_per_minute: int, tokens_per_minute: int) -> None:
-        tokens = pricing.prompt_token_bound(m.content for m in chat.messages) + chat.max_tokens
-        if tokens > tokens_per_minute:
-            raise ApiError(400, f"This request may use up to {tokens:,} tokens (prompt and "
-                                f"max_tokens), more than the tenant's limit of "
-                                f"{tokens_per_minute:,} tokens per minute; lower max_tokens "
-                                "or shorten the prompt.", param="max_tokens")
+        tokens = pricing.request_token_bound(chat) + chat.max_tokens * chat.n
+        _check_tokens(tokens, tokens_per_minute, "prompt and max_tokens")
         limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
                       tokens_per_minute=tokens_per_minute)
 
-    gateway = Gateway(ctx, api_key_id=key_id)
+    gateway = Gateway(ctx, api_key_id=key_id, started=_started(request))
     return gateway, gateway.prepare(chat, endpoint_kind=kind, rate_limit=limit)
 
 
@@ -206,6 +246,10 @@ class ClosingStream(StreamingResponse):
         ready: deque[str] = deque()
         wake = asyncio.Event()
         finished = False
+        # a wake-up is on its way to the loop: pieces added meanwhile need none of their own
+        # (each costs the loop a write to its self-pipe and a turn). The loop clears it before
+        # it takes the pieces, so a piece added after it took them sends a new one.
+        signalled = False
 
         def mark_finished() -> None:
             nonlocal finished
@@ -213,10 +257,13 @@ class ClosingStream(StreamingResponse):
             wake.set()
 
         def produce() -> None:  # in a worker thread
+            nonlocal signalled
             try:
                 for piece in self._events:
                     ready.append(piece)
-                    loop.call_soon_threadsafe(wake.set)
+                    if not signalled:
+                        signalled = True
+                        loop.call_soon_threadsafe(wake.set)
                     if self._stop.is_set():
                         break
             finally:
@@ -230,6 +277,7 @@ class ClosingStream(StreamingResponse):
             while True:
                 await wake.wait()
                 wake.clear()
+                signalled = False
                 done = finished  # read before draining: every piece came before the mark
                 if ready:
                     yield "".join([ready.popleft() for _ in range(len(ready))])
@@ -263,25 +311,27 @@ def _sse(events: Iterator[str]) -> StreamingResponse:
 def _call(request: Request, kind: str,
           parse: Callable[[Any], tuple[ChatRequest, bool]],
           answer: Callable[[ChatRequest, CallResult, str], dict[str, Any]],
-          stream: Callable[[ChatRequest, Iterator[str | CallResult], str, bool],
-                           Iterator[str]]) -> Response:
+          stream: Callable[[ChatRequest, Iterator[StreamEvent | CallResult], str, bool],
+                           Iterator[str]], *, id_prefix: str | None = None) -> Response:
     try:
         ctx, key_id = _tenant(request)
         chat, include_usage = parse(_json_body(request, request.state.body))
         gateway, call = _prepare(request, ctx, key_id, chat, kind)
-        call_id = f"{'msg' if kind == 'anthropic' else 'chatcmpl'}_{secrets.token_hex(12)}"
+        prefix = id_prefix or ("msg" if kind == "anthropic" else "chatcmpl")
+        call_id = f"{prefix}_{secrets.token_hex(12)}"
         if not chat.stream:
             return JSONResponse(answer(chat, gateway.complete(call), call_id),
                                 headers={"x-request-id": request.state.request_id})
         events = gateway.stream(call)
         first = next(events)  # before the response starts: a failure gets its own status
-        return _sse(stream(chat, _chain(first, events), call_id, include_usage))
+        chained = _chain(first, events)
+        return _sse(_guarded(kind, stream(chat, chained, call_id, include_usage), chained))
     except Exception as exc:  # noqa: BLE001 - every error in the API's own shape
         return error_response(request, kind, api_error(exc))
 
 
-def _chain(first: str | CallResult, rest: Iterator[str | CallResult]
-           ) -> Iterator[str | CallResult]:
+def _chain(first: StreamEvent | CallResult, rest: Iterator[StreamEvent | CallResult]
+           ) -> Iterator[StreamEvent | CallResult]:
     try:
         yield first
         yield from rest
@@ -296,57 +346,26 @@ def close(events: Iterator[Any]) -> None:
         closer()
 
 
-# --- OpenAI -------------------------------------------------------------------------------
+# --- the endpoints ------------------------------------------------------------------------
 
-def _openai_usage(result: CallResult) -> dict[str, int]:
-    return {"prompt_tokens": result.usage.input_tokens,
-            "completion_tokens": result.usage.output_tokens,
-            "total_tokens": result.usage.input_tokens + result.usage.output_tokens}
-
-
-def _openai_answer(chat: ChatRequest, result: CallResult, call_id: str) -> dict[str, Any]:
-    return {"id": call_id, "object": "chat.completion", "created": int(time.time()),
-            "model": chat.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text,
-                                                 "refusal": None},
-                         "finish_reason": FINISH["openai"][result.finish_reason],
-                         "logprobs": None}],
-            "usage": _openai_usage(result)}
-
-
-def _openai_stream(chat: ChatRequest, events: Iterator[str | CallResult], call_id: str,
-                   include_usage: bool) -> Iterator[str]:
-    created = int(time.time())
-
-    def chunk(delta: dict[str, Any], finish: str | None = None,
-              usage: dict[str, int] | None = None) -> str:
-        body: dict[str, Any] = {"id": call_id, "object": "chat.completion.chunk",
-                                "created": created, "model": chat.model,
-                                "choices": [] if usage else [{"index": 0, "delta": delta,
-                                                              "finish_reason": finish,
-                                                              "logprobs": None}]}
-        if usage:
-            body["usage"] = usage
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
+def _guarded(kind: str, rendered: Iterator[str], events: Iterator[Any]) -> Iterator[str]:
+    """A rendered stream whose failure after the response started arrives as the API's own
+    error event (OpenAI's stream then ends with ``[DONE]``)."""
     try:
-        for event in events:
-            if isinstance(event, str):
-                yield chunk({"content": event})
-            else:
-                yield chunk({}, FINISH["openai"][event.finish_reason])
-                if include_usage:
-                    yield chunk({}, usage=_openai_usage(event))
+        yield from rendered
     except TenantError as exc:
-        yield f"data: {json.dumps(error_body('openai', api_error(exc)))}\n\n"
+        if kind == "anthropic":
+            yield f"event: error\ndata: {json.dumps(error_body(kind, api_error(exc)))}\n\n"
+        else:
+            yield f"data: {json.dumps(error_body(kind, api_error(exc)))}\n\n"
+            yield "data: [DONE]\n\n"
     finally:
+        close(rendered)
         close(events)
-    yield "data: [DONE]\n\n"
 
 
 def chat_completions(request: Request) -> Response:
-    return _call(request, "openai", openai_request, _openai_answer, _openai_stream)
+    return _call(request, "openai", openai_chat.parse, openai_chat.answer, openai_chat.stream)
 
 
 def list_models(request: Request) -> Response:
@@ -362,49 +381,42 @@ def list_models(request: Request) -> Response:
         return error_response(request, "openai", api_error(exc))
 
 
-# --- Anthropic ----------------------------------------------------------------------------
-
-def _anthropic_answer(chat: ChatRequest, result: CallResult, call_id: str) -> dict[str, Any]:
-    return {"id": call_id, "type": "message", "role": "assistant", "model": chat.model,
-            "content": [{"type": "text", "text": result.text}],
-            "stop_reason": FINISH["anthropic"][result.finish_reason], "stop_sequence": None,
-            "usage": {"input_tokens": result.usage.input_tokens,
-                      "output_tokens": result.usage.output_tokens}}
-
-
-def _anthropic_stream(chat: ChatRequest, events: Iterator[str | CallResult], call_id: str,
-                      include_usage: bool) -> Iterator[str]:
-    def event(name: str, body: dict[str, Any]) -> str:
-        return f"event: {name}\ndata: {json.dumps({'type': name, **body}, ensure_ascii=False)}\n\n"
-
-    yield event("message_start", {"message": {
-        "id": call_id, "type": "message", "role": "assistant", "model": chat.model,
-        "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": 0}}})
-    yield event("content_block_start", {"index": 0, "content_block": {"type": "text",
-                                                                      "text": ""}})
-    try:
-        for item in events:
-            if isinstance(item, str):
-                yield event("content_block_delta", {"index": 0, "delta": {
-                    "type": "text_delta", "text": item}})
-            else:
-                yield event("content_block_stop", {"index": 0})
-                yield event("message_delta", {
-                    "delta": {"stop_reason": FINISH["anthropic"][item.finish_reason],
-                              "stop_sequence": None},
-                    "usage": {"input_tokens": item.usage.input_tokens,
-                              "output_tokens": item.usage.output_tokens}})
-                yield event("message_stop", {})
-    except TenantError as exc:
-        yield f"event: error\ndata: {json.dumps(error_body('anthropic', api_error(exc)))}\n\n"
-    finally:
-        close(events)
-
-
 def messages(request: Request) -> Response:
-    return _call(request, "anthropic", lambda body: (anthropic_request(body), False),
-                 _anthropic_answer, _anthropic_stream)
+    return _call(request, "anthropic", anthropic_messages.parse, anthropic_messages.answer,
+                 anthropic_messages.stream)
+
+
+def count_tokens(request: Request) -> Response:
+    """POST /v1/messages/count_tokens: the prompt's tokens as the route's provider counts
+    them, after redaction (Anthropic routes), or the gateway's estimate (others); no spend."""
+    try:
+        ctx, key_id = _tenant(request)
+        chat = anthropic_messages.parse_count(_json_body(request, request.state.body))
+        tokens = Gateway(ctx, api_key_id=key_id).count_tokens(chat, endpoint_kind="anthropic")
+        return JSONResponse({"input_tokens": tokens},
+                            headers={"x-request-id": request.state.request_id})
+    except Exception as exc:  # noqa: BLE001 - every error in the API's own shape
+        return error_response(request, "anthropic", api_error(exc))
+
+
+def embeddings_endpoint_sync(request: Request) -> Response:
+    try:
+        ctx, key_id = _tenant(request)
+        parsed = embeddings.parse(_json_body(request, request.state.body))
+        limiter = _limiter(request)
+
+        def limit(requests_per_minute: int, tokens_per_minute: int) -> None:
+            tokens = pricing.prompt_token_bound(parsed.inputs)
+            _check_tokens(tokens, tokens_per_minute, "input")
+            limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
+                          tokens_per_minute=tokens_per_minute)
+
+        result = Gateway(ctx, api_key_id=key_id, started=_started(request)).embed(
+            parsed, endpoint_kind="openai", rate_limit=limit)
+        return JSONResponse(embeddings.answer(parsed, result),
+                            headers={"x-request-id": request.state.request_id})
+    except Exception as exc:  # noqa: BLE001
+        return error_response(request, "openai", api_error(exc))
 
 
 async def _with_body(request: Request, endpoint: Callable[[Request], Response]) -> Response:
@@ -416,6 +428,7 @@ async def _with_body(request: Request, endpoint: Callable[[Request], Response]) 
         if len(body) > MAX_BODY:
             break
     request.state.body = bytes(body)
+    request.state.gateway_started = time.perf_counter()  # the overhead metric starts here
     return await run_in_threadpool(endpoint, request)
 
 
@@ -427,8 +440,18 @@ async def messages_endpoint(request: Request) -> Response:
     return await _with_body(request, messages)
 
 
+async def count_tokens_endpoint(request: Request) -> Response:
+    return await _with_body(request, count_tokens)
+
+
+async def embeddings_endpoint(request: Request) -> Response:
+    return await _with_body(request, embeddings_endpoint_sync)
+
+
 routes = [
     Route("/v1/chat/completions", chat_completions_endpoint, methods=["POST"]),
+    Route("/v1/embeddings", embeddings_endpoint, methods=["POST"]),
     Route("/v1/messages", messages_endpoint, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens_endpoint, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
 ]

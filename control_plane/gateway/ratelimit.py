@@ -12,6 +12,7 @@ import redis
 
 from control_plane.auth.ratelimit import LocalWindows
 from control_plane.exceptions import RateLimited
+from tenant_runtime.observability import metrics
 
 log = logging.getLogger("magistrate.gateway.ratelimit")
 WINDOW = 60
@@ -42,6 +43,7 @@ class GatewayRateLimiter:
             self.degraded = False
             return [int(total) for total in totals]
         except redis.RedisError as exc:
+            metrics.RATE_LIMIT_FALLBACKS.labels("gateway").inc()
             if not self.degraded:
                 log.warning("Redis unreachable for gateway rate limits (%s); using the "
                             "in-process limiter until it returns", type(exc).__name__)
@@ -61,6 +63,8 @@ class GatewayRateLimiter:
         retry_after = min(WINDOW, max(1, int((window + 1) * WINDOW - moment) + 1))
         base = f"magistrate:rl:gw:{tenant_id}:{window}"
         requests, used = self._counts([(f"{base}:req", 1), (f"{base}:tok", max(tokens, 1))])
+        if requests > requests_per_minute or used > tokens_per_minute:
+            metrics.refused("rate_limit")
         if requests > requests_per_minute:
             raise GatewayRateLimited(retry_after, "requests", requests_per_minute)
         if used > tokens_per_minute:

@@ -1,26 +1,36 @@
-"""The two drop-in request shapes, validated with pydantic and turned into a ``ChatRequest``:
-OpenAI's chat completions and Anthropic's messages. Text content only; a field the gateway
-does not support is refused (422, in the API's own error shape) with a sentence that names it,
-rather than silently dropped (a caller relying on ``tools`` or ``seed`` must not get an answer
-that ignored them). Fields that could carry personal data and have no effect on the answer
-(``user``, ``safety_identifier``, ``metadata``, message ``name``) are accepted and never
-forwarded. The official SDKs send only the fields their caller passes, so a plain call
-(model, messages, max_tokens, temperature, top_p, stop, stream, stream_options) goes
-through; docs/gateway.md lists what is accepted."""
+"""What the drop-in request shapes share: pydantic models that refuse unknown fields, the
+sentence a validation error becomes (422, naming the field), model names, tool names, tool-call
+arguments and images. Each API has its module: ``openai_chat`` (Chat Completions),
+``responses`` (the Responses API), ``anthropic_messages`` (Messages), ``embeddings``.
+
+A field the gateway does not support is refused rather than silently dropped (a caller relying
+on it must not get an answer that ignored it); fields that could carry personal data and have no
+effect on the answer (``user``, ``safety_identifier``, ``metadata``, a message's ``name``) are
+accepted and never forwarded. docs/gateway.md lists, per API and provider, what is accepted,
+translated and refused."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import base64
+import binascii
+import json
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
+from tenant_runtime.gateway.content import Image
 from tenant_runtime.gateway.names import normalize_model_name
 from tenant_runtime.text import escaped
 
 DEFAULT_MAX_TOKENS = 4096
 MAX_TOKENS_LIMIT = 200_000
 MAX_MESSAGES = 1000
+MAX_TOOLS = 128
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+DATA_URL = re.compile(r"^data:(image/[a-z+.-]+);base64,([A-Za-z0-9+/=\s]*)$", re.DOTALL)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class InvalidBody(Exception):
@@ -31,91 +41,76 @@ class InvalidBody(Exception):
         self.message, self.param = message, param
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class TextPart(_Strict):
+class TextPart(Strict):
     type: Literal["text"]
     text: str
     cache_control: dict[str, Any] | None = None  # Anthropic prompt caching: accepted, ignored
 
 
-class OpenAIMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-
-
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
 
 
-class OpenAIChat(_Strict):
-    model: str = Field(max_length=200)
-    messages: list[OpenAIMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: Tokens | None = None
-    max_completion_tokens: Tokens | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: Literal[1] | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
-    metadata: dict[str, str] | None = None
+def _path(loc: tuple[Any, ...], body: Any, *, keep_last: bool) -> str:
+    """An error's location as the caller wrote the body: the steps pydantic adds (a union's
+    tag or member name) are left out by walking the body itself; a missing or unknown field,
+    the last step, is kept though the body does not hold it."""
+    steps: list[str] = []
+    current = body
+    for n, part in enumerate(loc):
+        last = n == len(loc) - 1
+        if isinstance(current, dict) and not last and part in (current.get("type"),
+                                                               current.get("role")):
+            continue  # a tagged union's tag, not a field
+        if isinstance(current, dict) and isinstance(part, str) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        elif not (last and keep_last):
+            continue
+        steps.append(str(part))
+    return ".".join(steps)
 
 
-class AnthropicMessage(_Strict):
-    role: Literal["user", "assistant"]
-    content: str | list[TextPart]
-
-
-class AnthropicMessages(_Strict):
-    model: str = Field(max_length=200)
-    max_tokens: Tokens
-    messages: list[AnthropicMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    system: str | list[TextPart] | None = None
-    temperature: float | None = Field(default=None, ge=0, le=1)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    stop_sequences: list[str] | None = Field(default=None, max_length=8)
-    stream: bool = False
-    metadata: dict[str, Any] | None = None
-
-
-def _text(content: str | list[TextPart]) -> str:
-    return content if isinstance(content, str) else "\n".join(p.text for p in content)
-
-
-def _validation_sentence(exc: ValidationError) -> InvalidBody:
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"])
+def _sentence(exc: ValidationError, body: Any) -> InvalidBody:
+    # of a union's alternatives, the one that got furthest into the body says most: an unknown
+    # or missing field inside a list of blocks rather than "should be a valid string"
+    errors = exc.errors()
+    error = max(errors, key=lambda e: (e["type"] in ("extra_forbidden", "missing"),
+                                       len(e["loc"]), -errors.index(e)))
+    where = _path(tuple(error["loc"]), body,
+                  keep_last=error["type"] in ("missing", "extra_forbidden"))
     if error["type"] == "extra_forbidden":
-        return InvalidBody(f"Unrecognized request argument supplied: {where}. The gateway "
-                           "supports text chat only (no tools, images or other options).",
-                           where)
+        return InvalidBody(f"Unrecognized request argument supplied: {where}. docs/gateway.md "
+                           "lists what the gateway accepts.", where)
     if error["type"] == "missing":
         return InvalidBody(f"Missing required parameter: {where}.", where)
+    if error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx") or {}
+        return InvalidBody(f"Invalid value for {where}: {ctx.get('tag')!s} is not supported "
+                           f"here; expected {ctx.get('expected_tags')}.", where)
     if not where:
         return InvalidBody("The request body must be a JSON object.")
     return InvalidBody(f"Invalid value for {where}: {error['msg']}.", where)
 
 
-def _storable_model(body: Any) -> Any:
-    """The body with its model name's NUL characters and unpaired surrogates written as
-    escapes (which pydantic, Postgres and UTF-8 could not take): such a name is no model's,
-    and goes on to be refused by the allowlist, audited, like any other unlisted name. Every
-    other string of the body was checked at the edge (api.py, ``_json_body``)."""
+def validated(shape: type[M], body: Any) -> M:
+    """``body`` as ``shape``, its model name's NUL characters and unpaired surrogates written as
+    escapes (such a name is no model's, and goes on to be refused by the allowlist, audited,
+    like any other unlisted name; every other string was checked at the edge)."""
     if isinstance(body, dict) and isinstance(body.get("model"), str):
-        return {**body, "model": escaped(body["model"])}
-    return body
+        body = {**body, "model": escaped(body["model"])}
+    try:
+        return shape.model_validate(body)
+    except ValidationError as exc:
+        raise _sentence(exc, body) from None
 
 
-def _model(raw: str) -> str:
+def model_name(raw: str) -> str:
     """The normalized name; a name that cannot be one is kept as sent (stripped): it matches
     no route, so the gateway refuses it as off the allowlist (403, audited) like any other."""
     if not raw.strip():
@@ -123,35 +118,33 @@ def _model(raw: str) -> str:
     return normalize_model_name(raw) or raw.strip()[:100]
 
 
-def openai_request(body: Any) -> tuple[ChatRequest, bool]:
-    """The chat request and whether to send a usage chunk at the end of a stream."""
+def arguments_json(text: str, where: str) -> str:
+    """Tool-call arguments as sent back in a conversation: JSON text of an object."""
     try:
-        parsed = OpenAIChat.model_validate(_storable_model(body))
-    except ValidationError as exc:
-        raise _validation_sentence(exc) from None
-    if parsed.max_tokens and parsed.max_completion_tokens:
-        raise InvalidBody("Give max_tokens or max_completion_tokens, not both.", "max_tokens")
-    stop = [parsed.stop] if isinstance(parsed.stop, str) else (parsed.stop or [])
-    if len(stop) > 4:
-        raise InvalidBody("At most 4 stop sequences.", "stop")
-    messages = tuple(ChatMessage("system" if m.role == "developer" else m.role, _text(m.content))
-                     for m in parsed.messages)
-    request = ChatRequest(
-        model=_model(parsed.model), messages=messages,
-        max_tokens=parsed.max_completion_tokens or parsed.max_tokens or DEFAULT_MAX_TOKENS,
-        temperature=parsed.temperature, top_p=parsed.top_p, stop=tuple(stop),
-        stream=parsed.stream)
-    return request, bool(parsed.stream_options and parsed.stream_options.include_usage)
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidBody(f"{where} must be JSON text of an object (the arguments the model "
+                          "gave).", where) from None
+    if not isinstance(value, dict):
+        raise InvalidBody(f"{where} must be JSON text of an object.", where)
+    return text
 
 
-def anthropic_request(body: Any) -> ChatRequest:
-    try:
-        parsed = AnthropicMessages.model_validate(_storable_model(body))
-    except ValidationError as exc:
-        raise _validation_sentence(exc) from None
-    system = () if parsed.system is None else (ChatMessage("system", _text(parsed.system)),)
-    messages = system + tuple(ChatMessage(m.role, _text(m.content)) for m in parsed.messages)
-    return ChatRequest(model=_model(parsed.model), messages=messages,
-                       max_tokens=parsed.max_tokens, temperature=parsed.temperature,
-                       top_p=parsed.top_p, stop=tuple(parsed.stop_sequences or ()),
-                       stream=parsed.stream)
+def image_block(url: str, detail: str | None, where: str) -> Image:
+    """An image given by URL: an https URL, or a data: URL of base64 PNG, JPEG, GIF or WebP
+    (which becomes base64 bytes with its media type)."""
+    if url.startswith("data:"):
+        found = DATA_URL.match(url)
+        if found is None or found.group(1) not in IMAGE_TYPES:
+            raise InvalidBody(f"{where} must be a data: URL of a base64 PNG, JPEG, GIF or WebP "
+                              "image (data:image/png;base64,...).", where)
+        data = re.sub(r"\s", "", found.group(2))
+        try:
+            base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidBody(f"{where} holds base64 that does not decode.", where) from None
+        return Image("base64", data, found.group(1), detail)
+    if not url.startswith("https://") or len(url) > 4096:
+        raise InvalidBody(f"{where} must be an https URL (at most 4,096 characters) or a data: "
+                          "URL.", where)
+    return Image("url", url, None, detail)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.keys.providers import KeyProvider, KeyUnavailable
+from tenant_runtime.observability import metrics
 
 DEK_BYTES = 32
 
@@ -35,7 +36,7 @@ class KeyProviderRegistry(Mapping[str, KeyProvider]):
     def __getitem__(self, name: str) -> KeyProvider:
         with self._lock:
             if name not in self._built:
-                self._built[name] = self._factories[name]()
+                self._built[name] = counted(self._factories[name]())
             return self._built[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -43,6 +44,29 @@ class KeyProviderRegistry(Mapping[str, KeyProvider]):
 
     def __len__(self) -> int:
         return len(self._factories)
+
+
+def counted(provider: KeyProvider) -> KeyProvider:
+    """``provider`` with each ``wrap`` and ``unwrap`` counted in ``magistrate_kms_calls``
+    (by provider, operation and outcome). The methods are replaced on the instance, so the
+    provider keeps its class (code that asks ``isinstance(p, LocalKeyProvider)`` still may)."""
+    name = metrics.closed(provider.name, metrics.KMS_PROVIDERS)
+
+    def counting(operation: str, call: Callable[..., bytes]) -> Callable[..., bytes]:
+        def counted_call(*args: object, **kwargs: object) -> bytes:
+            try:
+                out = call(*args, **kwargs)
+            except BaseException:
+                metrics.KMS_CALLS.labels(name, operation, "error").inc()
+                raise
+            metrics.KMS_CALLS.labels(name, operation, "ok").inc()
+            return out
+
+        return counted_call
+
+    for operation in ("wrap", "unwrap"):
+        setattr(provider, operation, counting(operation, getattr(provider, operation)))
+    return provider
 
 
 def build_key_providers(*, home: Path, production: bool, aws_region: str,
@@ -95,8 +119,10 @@ class DataKeyCache:
             entry = self._entries.get((tenant_id, version))
             if entry is not None and entry.expires_at > now and entry.uses_left > 0:
                 entry.uses_left -= 1
+                metrics.DATA_KEY_CACHE.labels("hit").inc()
                 return entry.key
             self._entries.pop((tenant_id, version), None)
+        metrics.DATA_KEY_CACHE.labels("miss").inc()
         key = unwrap()  # outside the lock: a slow KMS must not block other tenants
         if len(key) != DEK_BYTES:
             raise KeyUnavailable("cache", "the unwrapped data key has the wrong length")

@@ -1,8 +1,9 @@
 """Tenant API keys: what programs present to the gateway and the JSON API as
 ``Authorization: Bearer mg_<prefix>_<secret>`` (or ``x-api-key: mg_…``, as the Anthropic SDK
 sends it). The secret is 256 random bits; only the SHA-256 of the whole key is stored, and the
-key is shown once. A key may expire; a revoked or expired key is refused at once (every request
-looks it up). A suspended tenant's keys are refused with a clear message.
+key is shown once. A key may expire; a revoked or expired key is refused (the gateway's key
+cache holds a key at most until Postgres notifies the change; see below). A suspended tenant's
+keys are refused with a clear message.
 
 A key is least-privilege (DESIGN.md, invariant 9). Its creator picks its scopes (``SCOPES``) and
 may pick only those their role could use itself. On every use, ``check_key`` (the one rule both
@@ -18,9 +19,12 @@ reactivating the account does not bring them back.
 
 The gateway's hot path checks a key with ``authenticate_gateway_key``: the same rules in one
 statement that also reads the creator, their membership and the tenant's data-key records, so a
-call costs one round trip here, and nothing about a key or its tenant is cached between requests
-(a revocation, an expiry, a suspension, a demotion written by any process, or straight into the
-database, holds on the next call)."""
+call costs one round trip here, or none when the process's key cache (``key_cache``) holds the
+key: Postgres notifies every change to those rows (triggers, so SQL typed straight into the
+database counts too) and each process drops what changed, so a revocation, an expiry, a
+suspension or a demotion holds in every process within the notification delay and never later
+than ``MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS``. The JSON API's ``authenticate_bearer`` reads the
+key on every request."""
 
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from control_plane.db import utcnow
 from control_plane.exceptions import Forbidden, InvalidInput, NotFound, NotSignedIn
 from control_plane.models import ApiKey, Membership, Tenant, User
 from control_plane.tenancy.events import TenantEvents
+from control_plane.tenancy.key_cache import KeyCache
 from control_plane.tenancy.service import TenantAccess, actor_of
 from tenant_runtime import permissions
 
@@ -67,6 +72,9 @@ SCOPES: dict[str, Scope] = {s.name: s for s in (
     Scope("actions:execute", "approvals.request",
           "execute approved actions (POST /api/actions/{id}/execute) and read their state"),
     Scope("agents", "agents.work", "read agents and record their shadow runs (/api/agents)"),
+    Scope("mcp", "agents.work",
+          "act as an agent at the tenant's MCP endpoint (/mcp/{tenant}): list and call the "
+          "tools its catalogue allows"),
     Scope("audit:export", "audit.export", "export the audit log (GET /api/audit/export)"),
     Scope("read", "tenant.view", "read the state of actions and agents (GET only)"),
 )}
@@ -292,23 +300,50 @@ _GATEWAY_KEY = (
 _TOUCH = "UPDATE api_keys SET last_used_at = %(now)s WHERE id = %(id)s"
 
 
-def authenticate_gateway_key(s: Session, authorization: str | None,
-                             x_api_key: str | None = None, *,
-                             rule: KeyRule) -> GatewayPrincipal:
-    """``authenticate_bearer`` for the gateway: the same ``check_key`` and sentences, read with
-    one statement (plus a write of ``last_used_at`` at most once a minute per key)."""
-    key = presented_key(authorization, x_api_key) or ""
-    prefix = _prefix(key)
-    connection = s.connection()
+@dataclass
+class GatewayKey:
+    """What the gateway's statement read about one key: what ``check_key`` judges and what the
+    call needs. Kept by the process's key cache (``key_cache.KeyCache``) between calls."""
+
+    facts: KeyFacts
+    principal: GatewayPrincipal
+    last_used_at: datetime | None
+
+
+def read_gateway_key(connection: Any, prefix: str) -> GatewayKey:
+    """The key of ``prefix``, its tenant, creator, membership and data-key records, in one
+    statement; no such key (or its tenant is gone): a refusal."""
     rows: list[Any] = list(connection.exec_driver_sql(_GATEWAY_KEY, {"prefix": prefix}))
-    now = utcnow()
     if not rows:
         raise NotSignedIn("This API key is not valid.")
     first = rows[0]
-    check_key(key, KeyFacts(first[3], first[4], first[5], first[7], tuple(first[14] or ()),
-                            first[15], first[16]), rule, now)
-    if first[6] is None or (now - first[6]).total_seconds() > 60:
-        connection.exec_driver_sql(_TOUCH, {"now": now, "id": first[0]})
     keys = tuple(TenantKeyRecord(row[9], row[10], row[11], bytes(row[12]), row[13])
                  for row in rows if row[9] is not None)
-    return GatewayPrincipal(first[0], first[1], first[2], first[8], keys, first[17], first[16])
+    return GatewayKey(
+        KeyFacts(first[3], first[4], first[5], first[7], tuple(first[14] or ()), first[15],
+                 first[16]),
+        GatewayPrincipal(first[0], first[1], first[2], first[8], keys, first[17], first[16]),
+        first[6])
+
+
+def authenticate_gateway_key(s: Session, authorization: str | None,
+                             x_api_key: str | None = None, *, rule: KeyRule,
+                             cache: KeyCache | None = None) -> GatewayPrincipal:
+    """``authenticate_bearer`` for the gateway: the same ``check_key`` and sentences, read with
+    one statement (plus a write of ``last_used_at`` at most once a minute per key and
+    process), or, when ``cache`` holds the key, with none: the rules, the expiry included,
+    still run on every call, on what the cache kept."""
+    key = presented_key(authorization, x_api_key) or ""
+    prefix = _prefix(key)
+    digest = key_hash(key)
+    found, generation = cache.get(digest) if cache is not None else (None, None)
+    if found is None:
+        found = read_gateway_key(s.connection(), prefix)
+        if cache is not None and hmac.compare_digest(found.facts.secret_hash, digest):
+            cache.put(digest, found, generation)
+    now = utcnow()
+    check_key(key, found.facts, rule, now)
+    if found.last_used_at is None or (now - found.last_used_at).total_seconds() > 60:
+        s.connection().exec_driver_sql(_TOUCH, {"now": now, "id": found.principal.key_id})
+        found.last_used_at = now
+    return found.principal

@@ -19,6 +19,7 @@ from control_plane.exceptions import (
     UnsupportedMediaType,
 )
 from control_plane.tenancy import service
+from control_plane.tenancy.mfa_policy import check_mfa
 from control_plane.tenancy.service import TenantAccess
 from control_plane.web.access import audits_denials
 from control_plane.web.deps import SignedIn, require_user
@@ -30,6 +31,7 @@ from tenant_runtime.audit_views import routes as audit_view_routes
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials import routes as credential_routes
 from tenant_runtime.gateway import routes as gateway_routes
+from tenant_runtime.mcp import routes as mcp_routes
 from tenant_runtime.minimization import routes as minimization_routes
 from tenant_runtime.personas import routes as persona_routes
 from tenant_runtime.recommendations import routes as recommendation_routes
@@ -41,7 +43,8 @@ TENANT_AREAS: list[TenantRoute] = [*credential_routes.routes, *audit_view_routes
                                    *gateway_routes.routes, *approval_routes.routes,
                                    *recommendation_routes.routes, *agent_routes.routes,
                                    *clustering_routes.routes, *persona_routes.routes,
-                                   *minimization_routes.routes, *signal_routes.routes]
+                                   *minimization_routes.routes, *signal_routes.routes,
+                                   *mcp_routes.routes]
 
 
 def with_tenant(request: Request, s: Session, *, permission: str
@@ -51,6 +54,7 @@ def with_tenant(request: Request, s: Session, *, permission: str
     me = require_user(s, request)
     access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
                                    permission=permission)
+    check_mfa(access, me)  # the tenant may require two-factor sign-in of its members
     request.state.tenant = access.tenant.id
     return me, access
 

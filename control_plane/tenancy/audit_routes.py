@@ -36,6 +36,7 @@ from control_plane.models import Tenant
 from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.export import EXPORTABLE_STATES
+from control_plane.tenancy.mfa_policy import check_mfa
 from control_plane.web.access import audits_denials, authenticate_key, key_actor
 from control_plane.web.deps import require_user
 from control_plane.web.services import services
@@ -121,6 +122,7 @@ def api_export(request: Request) -> Response:
                 raise InvalidInput("Name the tenant by its id: ?tenant=<id>.")
             access = service.access_tenant(s, int(named), user=me.user,
                                            permission="audit.export")
+            check_mfa(access, me)
             tenant = access.tenant
             actor = service.actor_of(me.user)
             tenant_actor = Actor("user", str(me.user.id), me.user.email, access.role)
@@ -138,6 +140,7 @@ def dashboard_export(request: Request) -> Response:
         me = require_user(s, request)
         access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
                                        permission="audit.export")
+        check_mfa(access, me)
         wanted = _range(request, allowed=RANGE_PARAMS)
         ctx = _export(request, s, access.tenant, actor=service.actor_of(me.user),
                       tenant_actor=Actor("user", str(me.user.id), me.user.email, access.role),

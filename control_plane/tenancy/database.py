@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from sqlalchemy.engine import URL, make_url
 
 from control_plane.db import sqlalchemy_url
 from control_plane.migrations import ALEMBIC_ROOT, head_revision, upgrade_tenant
@@ -127,21 +130,33 @@ _OPEN_TO_PUBLIC = """
 """
 
 
+@contextmanager
+def privileges_lock(conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[None]:
+    """Hold the server's lock on database privileges (the template's lock) on ``conn``: every
+    GRANT or REVOKE ``ON DATABASE`` of Magistrate's runs under it. Postgres refuses two
+    concurrent changes of one database's privileges ("tuple concurrently updated"), and
+    ``close_databases_to_public`` touches every database of the server, so a provisioning, a
+    restore and that sweep in other processes would otherwise fail each other at random."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK,))
+
+
 def close_databases_to_public(admin_url: str) -> ServerLockdown:
     """Revoke CONNECT and TEMP from PUBLIC on every database of the server that still grants
     them (Postgres grants both to PUBLIC on every new database), keeping CONNECT for the admin
     role on the maintenance database and on its URL's own database (the control database, on
     the primary server). Idempotent and cheap when there is nothing to do: one query."""
-    with _connect(url_for(admin_url, database="postgres")) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
-        try:
-            return _close_to_public(conn, admin_url)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK,))
+    with _connect(url_for(admin_url, database="postgres")) as conn, privileges_lock(conn):
+        return close_to_public_under_lock(conn, admin_url)
 
 
-def _close_to_public(conn: psycopg.Connection[tuple[object, ...]],
-                     admin_url: str) -> ServerLockdown:
+def close_to_public_under_lock(conn: psycopg.Connection[tuple[object, ...]],
+                               admin_url: str) -> ServerLockdown:
+    """``close_databases_to_public`` on ``conn`` (the admin role's, on the maintenance
+    database), its caller holding ``privileges_lock`` in this or another session."""
     own = {"postgres", urlsplit(libpq_url(admin_url)).path.lstrip("/") or "postgres"}
     me = conn.execute("SELECT current_user").fetchone()
     closed, left_open = [], []
@@ -174,7 +189,7 @@ def ensure_template(admin_url: str) -> str:
     with _connect(url_for(admin_url, database="postgres")) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
         try:
-            _close_to_public(conn, admin_url)
+            close_to_public_under_lock(conn, admin_url)
             if database_exists(conn, name):
                 return name
             if not role_exists(conn, TEMPLATE_OWNER):
@@ -224,17 +239,19 @@ def ensure_roles(admin_url: str, *, owner: str, owner_password: str, app: str,
         _grant_self(conn, owner)
 
 
-def ensure_database(admin_url: str, *, database: str, owner: str, app: str) -> bool:
+def ensure_database(admin_url: str, *, database: str, owner: str, app: str,
+                    spares: str) -> bool:
     """Give ``database`` (owned by ``owner``) a migrated schema and lock down CONNECT.
 
-    A spare clone of the template is renamed into place when one is ready (milliseconds); else
-    the template is cloned now (``CREATE DATABASE`` is most of a provisioning's time). Returns
-    True when a spare was used."""
+    A spare clone of the template from this installation's namespace ``spares`` (see
+    ``spare_namespace``) is renamed into place when one is ready (milliseconds); else the
+    template is cloned now (``CREATE DATABASE`` is most of a provisioning's time). Returns True
+    when a spare was used."""
     template = ensure_template(admin_url)
     used_spare = False
     with _connect(url_for(admin_url, database="postgres")) as conn:
         if not database_exists(conn, database):
-            used_spare = _claim_spare(conn, database)
+            used_spare = _claim_spare(conn, database, spares)
             if not used_spare:
                 try:
                     conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
@@ -243,21 +260,43 @@ def ensure_database(admin_url: str, *, database: str, owner: str, app: str) -> b
                 except psycopg.errors.DuplicateDatabase:
                     pass  # a concurrent retry created it: same end state
         db = sql.Identifier(database)
-        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(owner)))
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(
-            db, sql.Identifier(owner), sql.Identifier(app)))
+        with privileges_lock(conn):
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                db, sql.Identifier(owner)))
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(
+                db, sql.Identifier(owner), sql.Identifier(app)))
     return used_spare
 
 
-def _spare_prefix() -> str:
-    return SPARE_PREFIX + template_name()[len(TEMPLATE_PREFIX):] + "_"
+def spare_namespace(control_url: str | URL) -> str:
+    """The spares of one installation, named by its control database (host, port, name).
+
+    Two installations sharing a tenant server (staging and production, or two versions during
+    an upgrade) each claim and refill their own spares: one never renames the other's spare
+    into place nor drops it as "of an older revision"."""
+    url = make_url(sqlalchemy_url(control_url)) if isinstance(control_url, str) else control_url
+    identity = f"{url.host or ''}:{url.port or 5432}/{url.database or ''}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:8]
 
 
-def _claim_spare(conn: psycopg.Connection[tuple[object, ...]], database: str) -> bool:
-    """Rename one ready spare of the current template revision to ``database``."""
+def _spare_prefix(namespace: str) -> str:
+    """``magistrate_spare_<namespace>_`` then a digest of the template's name, then a random
+    suffix: 51 characters, under Postgres's 63 whatever the revision is called."""
+    return f"{SPARE_PREFIX}{namespace}_"
+
+
+def _current_prefix(namespace: str) -> str:
+    revision = hashlib.sha256(template_name().encode()).hexdigest()[:16]
+    return f"{_spare_prefix(namespace)}{revision}_"
+
+
+def _claim_spare(conn: psycopg.Connection[tuple[object, ...]], database: str,
+                 namespace: str) -> bool:
+    """Rename one ready spare of this installation and the current template revision to
+    ``database``."""
     rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
-                        "ORDER BY datname", (_spare_prefix(),)).fetchall()
+                        "ORDER BY datname", (_current_prefix(namespace),)).fetchall()
     for (spare,) in rows:
         try:
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
@@ -269,16 +308,17 @@ def _claim_spare(conn: psycopg.Connection[tuple[object, ...]], database: str) ->
     return False
 
 
-def refill_spares(admin_url: str, *, want: int = SPARES) -> int:
-    """Keep ``want`` spare clones of the current template ready on this server (and none of an
-    older revision); returns how many were created. Spares are owned by the template owner,
-    closed to PUBLIC, and hold no tenant data."""
+def refill_spares(admin_url: str, *, namespace: str, want: int = SPARES) -> int:
+    """Keep ``want`` spare clones of the current template ready on this server for the
+    installation ``namespace`` (and none of its older revisions); returns how many were
+    created. Spares are owned by the template owner, closed to PUBLIC, and hold no tenant
+    data."""
     ensure_template(admin_url)
-    prefix = _spare_prefix()
+    prefix = _current_prefix(namespace)
     created = 0
     with _connect(url_for(admin_url, database="postgres")) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-                            (SPARE_PREFIX,)).fetchall()
+                            (_spare_prefix(namespace),)).fetchall()
         current = [str(r[0]) for r in rows if str(r[0]).startswith(prefix)]
         for (old,) in rows:
             if not str(old).startswith(prefix):
@@ -289,8 +329,9 @@ def refill_spares(admin_url: str, *, want: int = SPARES) -> int:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
                 sql.Identifier(name), sql.Identifier(TEMPLATE_OWNER),
                 sql.Identifier(template_name())))
-            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
-                sql.Identifier(name)))
+            with privileges_lock(conn):
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(name)))
             created += 1
     return created
 
@@ -353,10 +394,16 @@ def _take_ownership(conn: psycopg.Connection[tuple[object, ...]], owner: str) ->
 
 
 def drop_tenant(admin_url: str, *, database: str, owner: str, app: str) -> None:
-    """Drop the database and both roles. Idempotent: what is already gone is skipped."""
+    """Drop the database, the databases restored from its backups (``<database>_r…``,
+    ``<database>_d…``, control_plane/backups/restore.py) and both roles. Idempotent: what is
+    already gone is skipped."""
     with _connect(url_for(admin_url, database="postgres")) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(database)))
+        restored = [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+            (database + "_",)).fetchall()]
+        for name in [database, *restored]:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
         for role in (app, owner):
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 

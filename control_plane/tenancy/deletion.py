@@ -1,10 +1,12 @@
 """Deleting a tenant. Deleted means gone: the request records a tombstone (who, when, why) and
 queues a job; the job drops the tenant's database and both roles, destroys every wrapped data
-key, and removes the tenant's rows from the control plane. Each step is idempotent."""
+key (its backups' too: crypto-shred) and the backups' encrypted objects and manifests at their
+destinations, and removes the tenant's rows from the control plane. Each step is idempotent."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +17,7 @@ from control_plane.exceptions import Forbidden, InvalidInput
 from control_plane.jobs import JobKinds, enqueue_job
 from control_plane.models import (
     ApiKey,
+    Backup,
     DbServer,
     Job,
     Membership,
@@ -29,6 +32,9 @@ from control_plane.tenancy.events import TenantEvents
 from control_plane.tenancy.servers import admin_url
 from control_plane.tenancy.service import TenantAccess, actor_of
 from tenant_runtime import permissions
+
+if TYPE_CHECKING:
+    from control_plane.backups.destinations import Destination
 
 
 def do_request_deletion(s: Session, access: TenantAccess, *, confirm_slug: str, reason: str,
@@ -54,8 +60,14 @@ def do_request_deletion(s: Session, access: TenantAccess, *, confirm_slug: str, 
 
 def delete_tenant(session_factory: sessionmaker[Session], tenant_id: int, *,
                   sealer: ControlSealer, progress: Callable[[int, int, str], None],
-                  forget: Callable[[int], None] | None = None) -> str:
-    """Drop everything of a tenant whose deletion was requested; returns what happened."""
+                  forget: Callable[[int], None] | None = None,
+                  backup_destination: Callable[[str], Destination] | None = None) -> str:
+    """Drop everything of a tenant whose deletion was requested; returns what happened.
+    ``backup_destination`` opens a backup's recorded destination, so its objects are deleted
+    there too (without it only the wrapped keys are destroyed, which already makes them
+    unreadable)."""
+    from control_plane.backups.retention import destroy_objects
+
     with session_factory() as s:
         tenant = s.get(Tenant, tenant_id)
         if tenant is None:
@@ -70,10 +82,17 @@ def delete_tenant(session_factory: sessionmaker[Session], tenant_id: int, *,
     if url is not None:
         database.drop_tenant(url, database=names[0], owner=names[1], app=names[2])
     progress(1, 3, "database and roles dropped")
+    with session_factory() as s:
+        stored = [(r.id, r.destination) for r in s.execute(
+            select(Backup.id, Backup.destination).where(Backup.tenant_id == tenant_id))]
+    objects = destroy_objects(backup_destination, tenant_id, stored)
     with session_factory() as s, s.begin():
         destroyed = len(s.scalars(select(TenantKey.id).where(TenantKey.tenant_id == tenant_id))
                         .all())
         s.execute(delete(TenantKey).where(TenantKey.tenant_id == tenant_id))
+        # its backups' wrapped data keys too: every backup of the tenant is crypto-shredded
+        shredded = len(s.scalars(select(Backup.id).where(Backup.tenant_id == tenant_id)).all())
+        s.execute(delete(Backup).where(Backup.tenant_id == tenant_id))
         s.execute(delete(ApiKey).where(ApiKey.tenant_id == tenant_id))
         s.execute(delete(Membership).where(Membership.tenant_id == tenant_id))
     progress(2, 3, "wrapped data keys destroyed")
@@ -84,6 +103,10 @@ def delete_tenant(session_factory: sessionmaker[Session], tenant_id: int, *,
             s.delete(tenant)
             audit.record(s, TenantEvents.DELETED, actor=audit.SYSTEM, target_type="tenant",
                          target_id=tenant_id, details={"slug": slug,
-                                                       "data_keys_destroyed": destroyed})
+                                                       "data_keys_destroyed": destroyed,
+                                                       "backups_destroyed": shredded,
+                                                       "backup_objects_deleted": objects.deleted,
+                                                       "backup_objects_kept_locked":
+                                                           objects.kept})
     progress(3, 3, "tenant removed")
     return "deleted"

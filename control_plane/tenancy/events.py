@@ -24,3 +24,4 @@ class TenantEvents:
     CHECKPOINT_KEY_ROTATED = "audit.checkpoint_key_rotated"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
+    MFA_REQUIREMENT_CHANGED = "tenant.mfa_requirement_changed"

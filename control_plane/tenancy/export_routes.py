@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from control_plane.jobs import dispatch_pending
 from control_plane.tenancy import export, service
+from control_plane.tenancy.mfa_policy import check_mfa
 from control_plane.tenancy.service import TenantAccess
 from control_plane.web.access import audits_denials
 from control_plane.web.deps import SignedIn, require_user
@@ -30,6 +31,7 @@ def _access(request: Request, s: Session) -> tuple[SignedIn, TenantAccess]:
     me = require_user(s, request)
     access = service.access_tenant(s, int(request.path_params["tenant_id"]), user=me.user,
                                    permission="audit.export")
+    check_mfa(access, me)
     request.state.tenant = access.tenant.id
     return me, access
 

@@ -80,6 +80,7 @@ def provision(session_factory: sessionmaker[Session], tenant_id: int, *,
             return "gone" if tenant is None else tenant.state
         secrets = tenant_secrets(sealer, tenant)
         names = (tenant.db_name, tenant.owner_role, tenant.app_role)
+        spares = database.spare_namespace(s.get_bind().engine.url)
     db_name, owner, app = names
 
     def step(done: int) -> bool:
@@ -93,7 +94,8 @@ def provision(session_factory: sessionmaker[Session], tenant_id: int, *,
                           app=app, app_password=secrets.app_password)
     if step(2):
         return "provisioning"
-    database.ensure_database(secrets.admin_url, database=db_name, owner=owner, app=app)
+    database.ensure_database(secrets.admin_url, database=db_name, owner=owner, app=app,
+                             spares=spares)
     if step(3):
         return "provisioning"
     database.apply_privileges(secrets.admin_url, database=db_name, owner=owner, app=app)

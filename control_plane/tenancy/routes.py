@@ -17,17 +17,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from control_plane.console.notices import done_url, notice_from
+from control_plane.console.overview import tenant_overview
 from control_plane.db import make_session_factory, utcnow
 from control_plane.exceptions import (
     Conflict,
     Forbidden,
     InvalidInput,
 )
+from control_plane.identity.policy import sso_settings
 from control_plane.jobs import dispatch_pending, requeue_job
 from control_plane.keys.providers import KeyReferenceInvalid
 from control_plane.models import ROLES, Tenant
 from control_plane.tenancy import api_keys, service
 from control_plane.tenancy.areas import TENANT_AREAS, mount_area, with_tenant
+from control_plane.tenancy.mfa_policy import not_enrolled
 from control_plane.web.access import audits_denials, authenticate_key
 from control_plane.web.deps import require_user
 from control_plane.web.forms import (
@@ -154,7 +158,7 @@ def _list_page(request: Request, *, status_code: int = 200, **extra: object) -> 
 
 
 def tenants_page(request: Request) -> Response:
-    return _list_page(request)
+    return _list_page(request, notice=notice_from(request.query_params))
 
 
 @form_endpoint(CreateTenantForm)
@@ -241,7 +245,10 @@ def create_local_key(request: Request, form: LocalKeyForm) -> Response:
 # ------------------------------------------------------------------------------- one tenant
 
 
-def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Response:
+def _detail(request: Request, *, status_code: int = 200, page: str = "settings",
+            **extra: object) -> Response:
+    """The tenant's Overview (``page="overview"``) or Settings tab. A POST that re-renders
+    it (a refusal, a one-time secret) names the tab's own address for the address bar."""
     svc = services(request)
     with svc.session_factory() as s, s.begin():
         me, access = with_tenant(request, s, permission="tenant.view")
@@ -271,15 +278,52 @@ def _detail(request: Request, *, status_code: int = 200, **extra: object) -> Res
             if permissions.allows(access.role, "api_keys.manage") else [], "now": utcnow(),
             "scopes": [api_keys.SCOPES[name]
                        for name in api_keys.grantable_scopes(access.role)],
+            "notice": notice_from(request.query_params),
+            "not_enrolled": not_enrolled(s, access)
+            if permissions.allows(access.role, "tenant.lifecycle") else [],
+            **sso_settings(s, tenant),
             **extra,
         }
-    return render(request, "tenants/detail.html", context, status_code=status_code,
-                  partial="tenants/_status.html")
+        if page == "overview" and tenant.state in ("active", "suspended"):
+            context["overview"] = tenant_overview(s, svc, access, base_url=svc.settings.public_url)
+    path = f"/tenants/{tenant.id}" + ("" if page == "overview" else "/settings")
+    if request.method == "POST":
+        context["page_url"] = path
+    template = "tenants/detail.html" if page == "overview" else "tenants/settings.html"
+    return render(request, template, context, status_code=status_code,
+                  partial="tenants/_status.html" if page == "overview" else None)
 
 
 @audits_denials
 def tenant_page(request: Request) -> Response:
+    return _detail(request, page="overview")
+
+
+@audits_denials
+def tenant_settings_page(request: Request) -> Response:
     return _detail(request)
+
+
+def _settings_done(tenant_id: int, code: str, **params: int) -> Response:
+    return RedirectResponse(done_url(f"/tenants/{tenant_id}/settings", code, **params), 303)
+
+
+@audits_denials
+def switch_tenant(request: Request) -> Response:
+    """The tenant switcher: the same tab of another of the member's tenants (its Overview when
+    their role there does not open that tab). A tenant they are not a member of is a 404."""
+    from control_plane.console.nav import tab_paths
+
+    wanted = request.query_params.get("tab", "")
+    with services(request).session_factory() as s, s.begin():
+        me = require_user(s, request)  # sign-in first, whatever the address holds
+        raw = request.query_params.get("to", "")
+        if not raw.isdigit():
+            return RedirectResponse("/tenants", 303)  # no tenant chosen: the list
+        target = int(raw)
+        access = service.access_tenant(s, target, user=me.user, permission="tenant.view")
+        paths = [path for _, path in tab_paths(access.role, access.tenant.state)]
+    return RedirectResponse(f"/tenants/{target}{wanted if wanted in paths else ''}", 303)
 
 
 @form_endpoint(EmptyForm)
@@ -316,7 +360,7 @@ def change_provisioning_key(request: Request, form: ChangeKeyForm) -> Response:
             tenant_id = access.tenant.id
     except (InvalidInput, Conflict) as exc:
         return _detail(request, status_code=exc.status_code, error=exc.message,
-                       key_form=form.model_dump())
+                       key_form=form.model_dump(), page="overview")
     _dispatch(svc)
     return RedirectResponse(f"/tenants/{tenant_id}", 303)
 
@@ -333,8 +377,7 @@ def suspend_tenant(request: Request, form: ReasonForm) -> Response:
     except Conflict as exc:
         return _detail(request, status_code=409, error=exc.message)
     svc.tenant_connections.forget(tenant_id)
-    return _detail(request, notice="The tenant is suspended: its API keys and pages are "
-                                   "refused until it is resumed.")
+    return _settings_done(tenant_id, "suspended")
 
 
 @form_endpoint(EmptyForm)
@@ -344,9 +387,10 @@ def resume_tenant(request: Request, form: EmptyForm) -> Response:
         with services(request).session_factory() as s, s.begin():
             me, access = with_tenant(request, s, permission="tenant.lifecycle")
             service.do_resume_tenant(s, access, acting_user=me.user)
+            tenant_id = access.tenant.id
     except Conflict as exc:
         return _detail(request, status_code=409, error=exc.message)
-    return _detail(request, notice="The tenant is active again.")
+    return _settings_done(tenant_id, "resumed")
 
 
 @form_endpoint(MemberForm)
@@ -357,9 +401,11 @@ def add_member(request: Request, form: MemberForm) -> Response:
             me, access = with_tenant(request, s, permission="members.manage")
             service.do_add_member(s, access, email=form.email, role=form.role,
                                   acting_user=me.user)
+            tenant_id = access.tenant.id
     except (InvalidInput, Conflict) as exc:
-        return _detail(request, status_code=exc.status_code, error=exc.message)
-    return _detail(request, notice=f"{form.email} added as {form.role}.")
+        return _detail(request, status_code=exc.status_code, error=exc.message,
+                       member_form=form.model_dump())
+    return _settings_done(tenant_id, "member-added")
 
 
 @form_endpoint(EmptyForm)
@@ -370,9 +416,10 @@ def remove_member(request: Request, form: EmptyForm) -> Response:
             me, access = with_tenant(request, s, permission="members.manage")
             service.do_remove_member(s, access, int(request.path_params["membership_id"]),
                                      acting_user=me.user)
+            tenant_id = access.tenant.id
     except Conflict as exc:
         return _detail(request, status_code=409, error=exc.message)
-    return _detail(request, notice="Member removed.")
+    return _settings_done(tenant_id, "member-removed")
 
 
 class RoleForm(Form):
@@ -388,10 +435,11 @@ def change_member_role(request: Request, form: RoleForm) -> Response:
             changed = service.do_change_member_role(
                 s, access, int(request.path_params["membership_id"]), role=form.role,
                 acting_user=me.user)
-            email = changed.user.email
+            del changed
+            tenant_id = access.tenant.id
     except (InvalidInput, Conflict) as exc:
         return _detail(request, status_code=exc.status_code, error=exc.message)
-    return _detail(request, notice=f"{email} is now {form.role}.")
+    return _settings_done(tenant_id, "member-role")
 
 
 @form_endpoint(ApiKeyForm)
@@ -406,7 +454,9 @@ def create_api_key(request: Request, form: ApiKeyForm) -> Response:
     except service.ScopeDenied:
         raise  # audited by audits_denials
     except (InvalidInput, Forbidden) as exc:  # a scope the creator's role lacks, no scope
-        return _detail(request, status_code=exc.status_code, error=exc.message)
+        return _detail(request, status_code=exc.status_code, error=exc.message,
+                       key_form=form.model_dump())
+    # shown once, so rendered here rather than redirected; the page names its own address
     return _detail(request, status_code=201, new_api_key=key)
 
 
@@ -417,7 +467,8 @@ def revoke_api_key(request: Request, form: EmptyForm) -> Response:
         me, access = with_tenant(request, s, permission="api_keys.manage")
         api_keys.do_revoke_api_key(s, access, int(request.path_params["key_id"]),
                                    acting_user=me.user)
-    return _detail(request, notice="API key revoked.")
+        tenant_id = access.tenant.id
+    return _settings_done(tenant_id, "key-revoked")
 
 
 def api_whoami(request: Request) -> Response:
@@ -500,9 +551,7 @@ def delete_tenant(request: Request, form: DeleteForm) -> Response:
         return _detail(request, status_code=exc.status_code, error=exc.message)
     svc.tenant_connections.forget(tenant_id)
     _dispatch(svc)
-    return _list_page(request, notice="The tenant is being deleted: its database, roles and "
-                                      "data keys are destroyed. A tombstone records who, when "
-                                      "and why.")
+    return RedirectResponse(done_url("/tenants", "tenant-deleted"), 303)
 
 
 @form_endpoint(RotateKeyForm)
@@ -539,10 +588,8 @@ def rotate_key(request: Request, form: RotateKeyForm) -> Response:
     except TenantError as exc:  # the approval named is not usable: say why, rotate nothing
         return _detail(request, status_code=exc.status_code, error=exc.message)
     _dispatch(svc)
-    what = ("rewrap the data key and re-encrypt every sealed value" if form.reencrypt
-            else "rewrap the data key")
-    return _detail(request, notice=f"Key rotation queued (job {job_id}): a worker will {what}. "
-                                   "The jobs page shows its progress.")
+    return _settings_done(access.tenant.id,
+                          "reencrypt-queued" if form.reencrypt else "rotation-queued", job=job_id)
 
 
 # ------------------------------------------------------------------------------- JSON API
@@ -596,7 +643,9 @@ routes = [
     Route("/tenants/test-key", test_key, methods=["POST"]),
     Route("/tenants/local-key", create_local_key, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/key", change_provisioning_key, methods=["POST"]),
+    Route("/tenants/switch", switch_tenant, methods=["GET"]),
     Route("/tenants/{tenant_id:int}", tenant_page, methods=["GET"]),
+    Route("/tenants/{tenant_id:int}/settings", tenant_settings_page, methods=["GET"]),
     Route("/tenants/{tenant_id:int}/retry", retry_provisioning, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/suspend", suspend_tenant, methods=["POST"]),
     Route("/tenants/{tenant_id:int}/resume", resume_tenant, methods=["POST"]),

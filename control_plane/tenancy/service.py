@@ -29,6 +29,7 @@ from control_plane.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from control_plane.jobs import JobKinds, enqueue_job, requeue_job
 from control_plane.keys.providers import KeyProvider, KeyReferenceInvalid, KeyUnavailable
 from control_plane.keys.registry import new_data_key
+from control_plane.mcp_oauth.service import revoke_grants_of
 from control_plane.models import ROLES, ApiKey, Job, Membership, Tenant, TenantKey, User
 from control_plane.sealing import ControlSealer
 from control_plane.tenancy.events import TenantEvents
@@ -162,23 +163,25 @@ def do_change_provisioning_key(s: Session, access: TenantAccess, *, key_provider
     return job
 
 
-def do_create_tenant(s: Session, *, slug: str, name: str, key_provider: str, key_ref: str,
-                     providers: Mapping[str, KeyProvider], sealer: ControlSealer,
-                     acting_user: User) -> tuple[Tenant, Job]:
-    """Record the tenant (state ``provisioning``), make the creator its Owner, and queue the
-    provisioning job, all in the caller's transaction."""
-    if not acting_user.is_owner:
-        raise Forbidden("Only an Owner of this installation can create tenants.")
+def check_new_slug(s: Session, slug: str) -> str:
+    """``slug`` normalised, if it is well formed and no tenant (live or deleted) has it."""
     slug = slug.strip().lower()
     if not SLUG_PATTERN.fullmatch(slug):
         raise InvalidInput("The slug must be 2 to 63 characters: lowercase letters, digits and "
                            "'-', starting with a letter.")
-    check_key_choice(providers, key_provider, key_ref)
     if s.scalars(select(Tenant.id).where(Tenant.slug == slug)).first() is not None:
         raise Conflict(f"A tenant with the slug {slug} already exists.")
+    return slug
+
+
+def add_tenant_row(s: Session, *, slug: str, name: str, key_provider: str, key_ref: str,
+                   sealer: ControlSealer, owner: User) -> Tenant:
+    """The tenant row (state ``provisioning``) on the server the normal placement picks, with
+    fresh sealed passwords for its two roles, and ``owner`` as its Owner; flushed."""
     server = pick_server(s)
     tenant = Tenant(slug=slug, name=name.strip() or slug, key_provider=key_provider,
-                    key_ref=key_ref, db_server_id=server.id, created_by=acting_user.id)
+                    key_ref=key_ref, db_server_id=server.id, created_by=owner.id)
+    tenant.db_server = server
     s.add(tenant)
     s.flush()
     tenant.owner_password_sealed = sealer.seal(secrets.token_urlsafe(32).encode(),
@@ -187,12 +190,31 @@ def do_create_tenant(s: Session, *, slug: str, name: str, key_provider: str, key
     tenant.app_password_sealed = sealer.seal(secrets.token_urlsafe(32).encode(),
                                              table="tenants", column="app_password",
                                              row_key=tenant.id)
-    s.add(Membership(user_id=acting_user.id, tenant_id=tenant.id, role="Owner"))
+    s.add(Membership(user_id=owner.id, tenant_id=tenant.id, role="Owner"))
+    s.flush()
+    return tenant
+
+
+def server_name(tenant: Tenant) -> str | None:
+    return tenant.db_server.name if tenant.db_server is not None else None
+
+
+def do_create_tenant(s: Session, *, slug: str, name: str, key_provider: str, key_ref: str,
+                     providers: Mapping[str, KeyProvider], sealer: ControlSealer,
+                     acting_user: User) -> tuple[Tenant, Job]:
+    """Record the tenant (state ``provisioning``), make the creator its Owner, and queue the
+    provisioning job, all in the caller's transaction."""
+    if not acting_user.is_owner:
+        raise Forbidden("Only an Owner of this installation can create tenants.")
+    slug = check_new_slug(s, slug)
+    check_key_choice(providers, key_provider, key_ref)
+    tenant = add_tenant_row(s, slug=slug, name=name, key_provider=key_provider,
+                            key_ref=key_ref, sealer=sealer, owner=acting_user)
     job = enqueue_job(s, JobKinds.PROVISION_TENANT, {"tenant_id": tenant.id},
                       idempotency_key=f"provision:{tenant.id}", tenant_id=tenant.id,
                       created_by=acting_user.id, progress_total=len(STEPS))
     audit.record(s, TenantEvents.CREATED, actor=actor_of(acting_user), target_type="tenant",
-                 target_id=tenant.id, details={"slug": slug, "server": server.name,
+                 target_id=tenant.id, details={"slug": slug, "server": server_name(tenant),
                                                "key_provider": key_provider})
     return tenant, job
 
@@ -332,18 +354,29 @@ def do_change_member_role(s: Session, access: TenantAccess, membership_id: int, 
 
 def do_remove_member(s: Session, access: TenantAccess, membership_id: int, *,
                      acting_user: User) -> None:
-    """Remove a membership; the member's API keys of this tenant are revoked with it."""
+    """Remove a membership; the member's API keys and OAuth grants of this tenant are revoked
+    with it."""
     _lock_owners(s, access.tenant.id)
     membership = access_member(s, access, membership_id)
     _check_may_touch(access, membership, "remove")
     _check_not_last_owner(s, membership, "removed")
     s.delete(membership)
-    revoked = revoke_keys_of(s, membership.user_id, tenant_id=access.tenant.id,
-                             reason="membership removed", actor=actor_of(acting_user))
+    revoked = revoke_member_access(s, membership.user_id, tenant_id=access.tenant.id,
+                                   reason="membership removed", actor=actor_of(acting_user))
     audit.record(s, TenantEvents.MEMBER_REMOVED, actor=actor_of(acting_user),
                  target_type="tenant", target_id=access.tenant.id,
-                 details={"user_id": membership.user_id, "role": membership.role,
-                          "api_keys_revoked": revoked})
+                 details={"user_id": membership.user_id, "role": membership.role, **revoked})
+
+
+def revoke_member_access(s: Session, user_id: int, *, tenant_id: int, reason: str,
+                         actor: Actor) -> dict[str, int]:
+    """What a member loses with their membership of ``tenant_id``: the API keys they created
+    there and the MCP clients' grants they approved there, each audited; the counts, under the
+    audit detail keys ``api_keys_revoked`` and ``mcp_grants_revoked``."""
+    return {"api_keys_revoked": revoke_keys_of(s, user_id, tenant_id=tenant_id, reason=reason,
+                                               actor=actor),
+            "mcp_grants_revoked": revoke_grants_of(s, user_id, tenant_id=tenant_id,
+                                                   reason=reason, actor=actor)}
 
 
 def revoke_keys_of(s: Session, user_id: int, *, tenant_id: int | None, reason: str,

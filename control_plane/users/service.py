@@ -20,7 +20,8 @@ from control_plane.auth import passwords, sessions
 from control_plane.db import utcnow
 from control_plane.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from control_plane.models import User
-from control_plane.tenancy.service import revoke_keys_of, tenants_it_would_orphan
+from control_plane.tenancy.service import tenants_it_would_orphan
+from control_plane.users import deprovision
 
 
 @dataclass
@@ -95,6 +96,14 @@ def do_deactivate_user(s: Session, user: User, *, acting_user: User) -> None:
     require_owner(acting_user)
     if user.id == acting_user.id:
         raise Conflict("You cannot deactivate your own account.")
+    do_deactivate_account(s, user, actor=_actor(acting_user))
+
+
+def do_deactivate_account(s: Session, user: User, *, actor: Actor) -> None:
+    """End the account's access at once: sessions revoked, every API key it made revoked, and
+    every other standing access of ``deprovision.REVOCATIONS`` (the one hook point), audited
+    with ``actor`` (an Owner, or a SCIM token acting for the identity provider). Refused while
+    it is the last active Owner of the installation or of a tenant."""
     if not user.is_active:
         raise Conflict("That account is already deactivated.")
     if user.is_owner and _active_owner_count(s) <= 1:
@@ -105,22 +114,23 @@ def do_deactivate_user(s: Session, user: User, *, acting_user: User) -> None:
                        "else an Owner there first.")
     user.is_active = False
     user.deactivated_at = utcnow()
-    revoked = sessions.revoke_user_sessions(s, user.id)
-    keys = revoke_keys_of(s, user.id, tenant_id=None, reason="creator deactivated",
-                          actor=_actor(acting_user))
-    audit.record(s, UserEvents.DEACTIVATED, actor=_actor(acting_user), target_type="user",
-                 target_id=user.id, details={"sessions_revoked": revoked,
-                                             "api_keys_revoked": keys})
+    revoked = deprovision.revoke_all_access(s, user, actor=actor)
+    audit.record(s, UserEvents.DEACTIVATED, actor=actor, target_type="user",
+                 target_id=user.id, details=revoked)
 
 
 def do_reactivate_user(s: Session, user: User, *, acting_user: User) -> None:
     """Let the account sign in again. Its API keys, revoked at deactivation, stay revoked."""
     require_owner(acting_user)
+    do_reactivate_account(s, user, actor=_actor(acting_user))
+
+
+def do_reactivate_account(s: Session, user: User, *, actor: Actor) -> None:
     if user.is_active:
         raise Conflict("That account is already active.")
     user.is_active = True
     user.deactivated_at = None
-    audit.record(s, UserEvents.REACTIVATED, actor=_actor(acting_user), target_type="user",
+    audit.record(s, UserEvents.REACTIVATED, actor=actor, target_type="user",
                  target_id=user.id)
 
 

@@ -53,11 +53,17 @@ PUBLIC = "public"
 SIGNED_IN = "signed-in"
 INSTALLATION_OWNER = "installation-owner"
 API_KEY = "api-key"
+SCIM_TOKEN = "scim-token"  # noqa: S105 - a decision name
+METRICS_TOKEN = "metrics-token"  # noqa: S105 - a decision name
 NON_TENANT: dict[str, str] = {
     PUBLIC: "anyone, signed in or not",
     SIGNED_IN: "any signed-in user; what it shows is limited to their own account and tenants",
     INSTALLATION_OWNER: "a signed-in Owner of this installation (not of one tenant)",
     API_KEY: "a tenant API key (Authorization: Bearer), acting as its own tenant only",
+    SCIM_TOKEN: "a SCIM token (Authorization: Bearer, scope scim) an installation Owner made "
+                "for one identity provider, acting in that provider's view only",
+    METRICS_TOKEN: "the scraper's bearer token, MAGISTRATE_METRICS_TOKEN (no token "
+                   "configured: 404)",
 }
 
 # Routes outside the tenant areas. A tenant permission here means: a session caller must be a
@@ -69,8 +75,14 @@ DECISIONS: dict[str, str] = {
     "GET /approvals/nav": SIGNED_IN,
     "GET /healthz": PUBLIC,
     "GET /readyz": PUBLIC,
+    "GET /metrics": METRICS_TOKEN,  # Prometheus; no data of any tenant, no content
     "MOUNT /static": PUBLIC,
     "GET /openapi.json": PUBLIC,  # the API's description, no data
+    # the global pages: only the tenants whose role holds the tab's permission
+    # (control_plane/console/across.py visible_tenants)
+    "GET /gateway": SIGNED_IN,
+    "GET /approvals": SIGNED_IN,
+    "GET /audit": SIGNED_IN,
     "GET /jobs": SIGNED_IN,  # lists only the jobs of tenants one holds tenant.lifecycle in
     "POST /jobs/{job_id:int}/retry": SIGNED_IN,  # likewise; another tenant's job is a 404
     # signing in and one's own account
@@ -79,6 +91,45 @@ DECISIONS: dict[str, str] = {
     "GET /sign-in/mfa": PUBLIC,  # the second step of a sign-in in progress
     "POST /sign-in/mfa": PUBLIC,
     "POST /sign-out": PUBLIC,  # ends the presented session, if any
+    # single sign-on (control_plane/identity): the sign-in steps are the browser's own, bound
+    # to it by state and its cookie; back-channel logout is authenticated by the signed token
+    "GET /sign-in/sso/{provider_id:int}": PUBLIC,  # a link: starts a sign-in at the provider
+    "GET /sign-in/sso/callback": PUBLIC,
+    "GET /sign-in/sso/link": PUBLIC,
+    "POST /sign-in/sso/link": PUBLIC,  # the account to link proves its password
+    "POST /sso/backchannel-logout/{provider_id:int}": PUBLIC,
+    "GET /sso": INSTALLATION_OWNER,
+    "POST /sso/providers": INSTALLATION_OWNER,
+    "POST /sso/providers/{provider_id:int}/disable": INSTALLATION_OWNER,
+    "POST /sso/providers/{provider_id:int}/enable": INSTALLATION_OWNER,
+    "POST /sso/policy": INSTALLATION_OWNER,
+    "POST /sso/scim-tokens": INSTALLATION_OWNER,
+    "POST /sso/scim-tokens/{token_id:int}/revoke": INSTALLATION_OWNER,
+    # SCIM 2.0 provisioning (control_plane/scim): the token is the only credential
+    "GET /scim/v2/Users": SCIM_TOKEN,
+    "POST /scim/v2/Users": SCIM_TOKEN,
+    "POST /scim/v2/Users/.search": SCIM_TOKEN,
+    "GET /scim/v2/Users/{user_id}": SCIM_TOKEN,
+    "PUT /scim/v2/Users/{user_id}": SCIM_TOKEN,
+    "PATCH /scim/v2/Users/{user_id}": SCIM_TOKEN,
+    "DELETE /scim/v2/Users/{user_id}": SCIM_TOKEN,
+    "GET /scim/v2/Groups": SCIM_TOKEN,
+    "POST /scim/v2/Groups": SCIM_TOKEN,
+    "POST /scim/v2/Groups/.search": SCIM_TOKEN,
+    "GET /scim/v2/Groups/{group_id}": SCIM_TOKEN,
+    "PUT /scim/v2/Groups/{group_id}": SCIM_TOKEN,
+    "PATCH /scim/v2/Groups/{group_id}": SCIM_TOKEN,
+    "DELETE /scim/v2/Groups/{group_id}": SCIM_TOKEN,
+    "GET /scim/v2/ServiceProviderConfig": SCIM_TOKEN,
+    "GET /scim/v2/ResourceTypes": SCIM_TOKEN,
+    "GET /scim/v2/ResourceTypes/{name}": SCIM_TOKEN,
+    "GET /scim/v2/Schemas": SCIM_TOKEN,
+    "GET /scim/v2/Schemas/{name}": SCIM_TOKEN,
+    "GET /scim/v2/{rest:path}": SCIM_TOKEN,  # a SCIM 404 for any other address
+    "POST /scim/v2/{rest:path}": SCIM_TOKEN,
+    "PUT /scim/v2/{rest:path}": SCIM_TOKEN,
+    "PATCH /scim/v2/{rest:path}": SCIM_TOKEN,
+    "DELETE /scim/v2/{rest:path}": SCIM_TOKEN,
     "GET /account": SIGNED_IN,
     "POST /account/password": SIGNED_IN,
     "POST /account/sign-out-everywhere": SIGNED_IN,
@@ -93,6 +144,7 @@ DECISIONS: dict[str, str] = {
     "POST /users/{user_id:int}/deactivate": INSTALLATION_OWNER,
     "POST /users/{user_id:int}/reactivate": INSTALLATION_OWNER,
     "GET /tenants": SIGNED_IN,  # the tenants one is a member of
+    "GET /tenants/switch": SIGNED_IN,  # the switcher: a tenant one is not a member of is a 404
     "POST /tenants": INSTALLATION_OWNER,
     "POST /tenants/test-key": INSTALLATION_OWNER,
     "POST /tenants/local-key": INSTALLATION_OWNER,  # development only (409 in production)
@@ -101,6 +153,11 @@ DECISIONS: dict[str, str] = {
     "GET /api/whoami": API_KEY,
     # one tenant (control-plane pages)
     "GET /tenants/{tenant_id:int}": "tenant.view",
+    "GET /tenants/{tenant_id:int}/settings": "tenant.view",  # sections shown by role
+    "POST /tenants/{tenant_id:int}/security/mfa": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/security/sso": "tenant.lifecycle",
+    "GET /tenants/{tenant_id:int}/gateway/calls": "gateway.view",
+    "GET /tenants/{tenant_id:int}/gateway/calls.csv": "gateway.view",
     "GET /api/tenants/{tenant_id:int}": "tenant.view",
     "POST /tenants/{tenant_id:int}/retry": "tenant.lifecycle",
     "POST /tenants/{tenant_id:int}/key": "tenant.lifecycle",  # a failed provisioning's key
@@ -119,6 +176,9 @@ DECISIONS: dict[str, str] = {
     "POST /tenants/{tenant_id:int}/audit/verify": "audit.verify",
     "GET /tenants/{tenant_id:int}/audit/verification": "audit.view",
     "GET /tenants/{tenant_id:int}/audit/export": "audit.export",
+    "GET /tenants/{tenant_id:int}/backups": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/backups/restore-as": "tenant.lifecycle",
+    "POST /tenants/{tenant_id:int}/backups/replace": "tenant.lifecycle",
     "GET /tenants/{tenant_id:int}/exports": "audit.export",
     "POST /tenants/{tenant_id:int}/exports": "audit.export",
     "GET /tenants/{tenant_id:int}/exports/{job_id:int}": "audit.export",
@@ -132,8 +192,26 @@ DECISIONS: dict[str, str] = {
     "POST /api/agents/{agent_id}/shadow-runs": "agents.work",
     # the gateway
     "POST /v1/chat/completions": API_KEY,
+    "POST /v1/responses": API_KEY,
+    "POST /v1/embeddings": API_KEY,
     "POST /v1/messages": API_KEY,
+    "POST /v1/messages/count_tokens": API_KEY,
     "GET /v1/models": API_KEY,
+    # the tenant's MCP endpoint (Streamable HTTP); the key's tenant must be the one named
+    "GET /mcp/{tenant_slug}": API_KEY,
+    "POST /mcp/{tenant_slug}": API_KEY,
+    "DELETE /mcp/{tenant_slug}": API_KEY,
+    # the MCP authorization server (control_plane/mcp_oauth): discovery and the protocol's
+    # endpoints are public (a client authenticates by PKCE and its code or refresh token); the
+    # consent page needs a signed-in member, and checks their role in the tenant it names
+    "GET /.well-known/oauth-protected-resource/mcp/{tenant_slug}": PUBLIC,
+    "GET /.well-known/oauth-authorization-server": PUBLIC,
+    "POST /oauth/register": PUBLIC,  # rate-limited per address, size-limited
+    "GET /oauth/authorize": SIGNED_IN,
+    "POST /oauth/authorize": SIGNED_IN,
+    "POST /oauth/token": PUBLIC,
+    "GET /tenants/{tenant_id:int}/connections": "tools.view",
+    "POST /tenants/{tenant_id:int}/connections/{grant_id:int}/revoke": "tools.manage",
 }
 
 
@@ -151,10 +229,18 @@ KEY_SCOPES: dict[str, tuple[str, ...]] = {
     "GET /api/agents/{agent_id}": ("read", "agents"),
     "POST /api/agents/{agent_id}/shadow-runs": ("agents",),
     "POST /v1/chat/completions": ("gateway",),
+    "POST /v1/responses": ("gateway",),
+    "POST /v1/embeddings": ("gateway",),
     "POST /v1/messages": ("gateway",),
+    "POST /v1/messages/count_tokens": ("gateway",),
     "GET /v1/models": ("gateway",),
+    "GET /mcp/{tenant_slug}": ("mcp",),
+    "POST /mcp/{tenant_slug}": ("mcp",),
+    "DELETE /mcp/{tenant_slug}": ("mcp",),
 }
-KEY_PERMISSION = {API_KEY: "gateway.call", "GET /api/whoami": "tenant.view"}
+KEY_PERMISSION = {API_KEY: "gateway.call", "GET /api/whoami": "tenant.view",
+                  **{f"{method} /mcp/{{tenant_slug}}": "agents.work"
+                     for method in ("GET", "POST", "DELETE")}}
 
 
 def _check_table() -> None:

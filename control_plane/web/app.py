@@ -14,17 +14,25 @@ from starlette.staticfiles import StaticFiles
 
 from control_plane.api import agents as agents_api
 from control_plane.api import approvals as approvals_api
+from control_plane.api import mcp as mcp_api
 from control_plane.api import members as member_api
 from control_plane.api import openapi
 from control_plane.auth import routes as auth_routes
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
-from control_plane.db import make_engine, make_session_factory
+from control_plane.backups import routes as backup_routes
+from control_plane.console import routes as console_routes
+from control_plane.db import make_engine, make_hot_path_engine, make_session_factory
 from control_plane.exceptions import MagistrateError
 from control_plane.gateway import api as gateway_api
+from control_plane.gateway import responses as gateway_responses
+from control_plane.identity import routes as identity_routes
+from control_plane.identity.oidc import OidcClient
 from control_plane.keys.providers import KeyProvider
 from control_plane.keys.registry import DataKeyCache, build_key_providers
+from control_plane.mcp_oauth import routes as mcp_oauth_routes
 from control_plane.models import Tenant
+from control_plane.scim import routes as scim_routes
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
 from control_plane.tenancy import audit_routes, export_routes
@@ -32,9 +40,11 @@ from control_plane.tenancy import routes as tenant_routes
 from control_plane.tenancy import service as tenancy
 from control_plane.tenancy.area_jobs import enqueue_tenant_job
 from control_plane.tenancy.connections import TenantConnections, egress_policy
+from control_plane.tenancy.key_cache import KeyCache
 from control_plane.users import routes as user_routes
 from control_plane.web import dashboard
 from control_plane.web import jobs as jobs_routes
+from control_plane.web import metrics as metrics_routes
 from control_plane.web.errors import (
     DATABASE_UNAVAILABLE,
     handle_database_unavailable,
@@ -50,6 +60,7 @@ def build_services(settings: Settings, *, database_url: str, redis_url: str,
                    secret_key: str, key_providers: Mapping[str, KeyProvider] | None = None
                    ) -> Services:
     engine = make_engine(database_url)
+    hot_path_engine = make_hot_path_engine(database_url)
     client = redis_client(redis_url)
     sealer = ControlSealer(secret_key)
     providers = key_providers if key_providers is not None else build_key_providers(
@@ -57,10 +68,15 @@ def build_services(settings: Settings, *, database_url: str, redis_url: str,
         aws_endpoint_url=settings.aws_kms_endpoint, gcp_endpoint=settings.gcp_kms_endpoint)
     dek_cache = DataKeyCache(ttl_seconds=settings.dek_cache_seconds,
                              max_uses=settings.dek_cache_uses)
+    egress = egress_policy(settings)
     return Services(
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
+        hot_path_engine=hot_path_engine,
+        hot_path_sessions=make_session_factory(hot_path_engine),
+        key_cache=KeyCache(database_url, ttl_seconds=settings.gateway_key_cache_seconds)
+        if settings.gateway_key_cache_seconds else None,
         redis=client,
         limiter=LoginRateLimiter(client, max_per_ip=settings.login_max_per_ip,
                                  max_per_account=settings.login_max_per_account,
@@ -72,7 +88,8 @@ def build_services(settings: Settings, *, database_url: str, redis_url: str,
         dek_cache=dek_cache,
         tenant_connections=TenantConnections(sealer=sealer, providers=providers,
                                              dek_cache=dek_cache,
-                                             egress=egress_policy(settings)),
+                                             egress=egress),
+        oidc=OidcClient(egress, allow_http=not settings.is_production),
     )
 
 
@@ -81,7 +98,12 @@ def app_from_environment() -> Starlette:
     command resolved and put in the environment."""
     import os
 
+    from tenant_runtime.observability import tracing
+
     settings = Settings.from_env()
+    # (metrics: the process inherits the folder `magistrate web` chose, PROMETHEUS_MULTIPROC_DIR)
+    tracing.configure(settings.otlp_endpoint, service_name="magistrate-web",
+                      sample_ratio=settings.trace_sample_ratio)
     svc = build_services(settings, database_url=os.environ["MAGISTRATE_DATABASE_URL"],
                          redis_url=os.environ["MAGISTRATE_REDIS_URL"],
                          secret_key=os.environ["MAGISTRATE_SECRET_KEY"])
@@ -89,9 +111,12 @@ def app_from_environment() -> Starlette:
 
 
 def build_app(svc: Services) -> Starlette:
+    mcp_routes = mcp_api.make_routes()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        async with mcp_api.running(mcp_api.endpoint_of(mcp_routes), svc):
+            yield
         svc.close()
 
     app = Starlette(
@@ -99,16 +124,24 @@ def build_app(svc: Services) -> Starlette:
         routes=[
             *dashboard.routes,
             *auth_routes.routes,
+            *identity_routes.routes,
+            *scim_routes.routes,
             *user_routes.routes,
             *tenant_routes.routes,
+            *backup_routes.routes,
             *member_api.routes,
             *export_routes.routes,
             *audit_routes.routes,
             *gateway_api.routes,
+            *gateway_responses.routes,
             *agents_api.routes,
             *approvals_api.routes,
+            *mcp_routes,
+            *mcp_oauth_routes.routes,
             *openapi.routes,
             *jobs_routes.routes,
+            *metrics_routes.routes,
+            *console_routes.routes,
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ],
         middleware=[Middleware(SecurityMiddleware, settings=svc.settings, signer=svc.signer)],

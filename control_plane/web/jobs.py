@@ -7,11 +7,13 @@ audited in the platform chain. Another tenant's job answers 404, like a missing 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select, true
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,10 +28,22 @@ from control_plane.web.deps import require_user
 from control_plane.web.forms import Form, form_endpoint
 from control_plane.web.services import services
 from control_plane.web.templating import render
-from tenant_runtime import permissions
+from tenant_runtime import permissions, tables
 
-PAGE_SIZE = 200
+PAGE_SIZE = 50
 STATES = ("pending", "dispatched", "running", "succeeded", "failed")
+SHOWN_STATES = ("queued", "retrying", "running", "failed", "succeeded")
+FILTERS = ("queued", "running", "failed", "succeeded", *STATES[:2])
+
+
+@dataclass(frozen=True)
+class JobFilter(tables.TableFilter):
+    state: str = ""
+    page: int = 1
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> JobFilter:
+        return cls(tables.choice(query, "state", FILTERS), tables.page_number(query))
 
 
 class JobEvents:
@@ -54,7 +68,20 @@ class JobRow:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    finished_at: datetime | None
     can_retry: bool
+
+    @property
+    def elapsed(self) -> str:
+        """From creation to the end (to the last change, for a job not finished), as people
+        read it: ``45 s``, ``3 min 20 s``, ``2 h 5 min``."""
+        end = self.finished_at or self.updated_at
+        seconds = max(int((end - self.created_at).total_seconds()), 0)
+        if seconds < 60:
+            return f"{seconds} s"
+        if seconds < 3600:
+            return f"{seconds // 60} min {seconds % 60} s"
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _visible_tenants(s: Session, user: User) -> list[int] | None:
@@ -81,21 +108,35 @@ def _row(job: Job, slug: str | None, now: datetime) -> JobRow:
         progress = f"{progress} · {job.progress_note}" if progress else job.progress_note
     return JobRow(job.id, job.kind, slug, _shown_state(job), job.attempts, job.max_attempts,
                   job.lease_owner, expires_in, progress, job.last_error, job.created_at,
-                  job.updated_at, job.state == "failed")
+                  job.updated_at, job.finished_at, job.state == "failed")
 
 
-def list_jobs(s: Session, user: User, *, state: str | None = None) -> list[JobRow]:
-    query = select(Job, Tenant.slug).outerjoin(Tenant, Tenant.id == Job.tenant_id)
-    visible = _visible_tenants(s, user)
-    if visible is not None:
-        query = query.where(Job.tenant_id.in_(visible))
-    if state == "queued":
+def _visible(visible: list[int] | None) -> ColumnElement[bool]:
+    """The jobs of ``visible`` tenants (all jobs for None)."""
+    return true() if visible is None else Job.tenant_id.in_(visible)
+
+
+def list_jobs(s: Session, user: User, f: JobFilter) -> tuple[list[JobRow], bool]:
+    """A page of the jobs ``user`` may see, newest first, and whether there is a next."""
+    query = (select(Job, Tenant.slug).outerjoin(Tenant, Tenant.id == Job.tenant_id)
+             .where(_visible(_visible_tenants(s, user))))
+    if f.state == "queued":
         query = query.where(Job.state.in_(("pending", "dispatched")))
-    elif state in STATES:
-        query = query.where(Job.state == state)
+    elif f.state:
+        query = query.where(Job.state == f.state)
     now = utcnow()
-    rows = s.execute(query.order_by(Job.id.desc()).limit(PAGE_SIZE)).all()
-    return [_row(job, slug, now) for job, slug in rows]
+    rows = s.execute(query.order_by(Job.id.desc()).limit(PAGE_SIZE + 1)
+                     .offset((f.page - 1) * PAGE_SIZE)).all()
+    return [_row(job, slug, now) for job, slug in rows[:PAGE_SIZE]], len(rows) > PAGE_SIZE
+
+
+def job_counts(s: Session, user: User) -> dict[str, int]:
+    """How many jobs ``user`` may see are in each shown state (all of them, not one page)."""
+    shown = case((Job.state.in_(("pending", "dispatched")) & (Job.attempts > 0), "retrying"),
+                 (Job.state.in_(("pending", "dispatched")), "queued"), else_=Job.state)
+    query = (select(shown, func.count()).where(_visible(_visible_tenants(s, user)))
+             .group_by(shown))
+    return {state: int(n) for state, n in s.execute(query)}
 
 
 def access_job(s: Session, user: User, job_id: int) -> Job:
@@ -117,17 +158,13 @@ def do_retry_job(s: Session, user: User, job_id: int) -> Job:
 
 
 def _page(request: Request, *, status_code: int = 200, **extra: object) -> Response:
-    state = request.query_params.get("state") or None
-    if state is not None and state not in (*STATES, "queued"):
-        state = None
+    f = JobFilter.parse(request.query_params) if request.method == "GET" else JobFilter()
     with services(request).session_factory() as s, s.begin():
         me = require_user(s, request)
-        jobs = list_jobs(s, me.user, state=state)
-        counts: dict[str, int] = {}
-        for job in jobs:
-            counts[job.state] = counts.get(job.state, 0) + 1
-    context = {"jobs": jobs, "counts": counts, "state": state or "", "page_size": PAGE_SIZE,
-               **extra}
+        jobs, has_next = list_jobs(s, me.user, f)
+        counts = job_counts(s, me.user)
+    context = {"jobs": jobs, "has_next": has_next, "counts": counts, "filter": f,
+               "state": f.state, "shown_states": SHOWN_STATES, **extra}
     return render(request, "jobs/jobs.html", context, status_code=status_code,
                   partial="jobs/_jobs.html")
 

@@ -17,7 +17,8 @@
    state, so an exempt request cannot act with a session;
 5. security headers on every response, error pages included;
 6. any unhandled exception becomes a 500 page with the request id, never a stack trace;
-7. one structured log line per request.
+7. one structured log line per request, and its count in ``magistrate_http_requests`` by
+   route template (``control_plane/web/metrics.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from control_plane.exceptions import (
     UnstorableText,
 )
 from control_plane.settings import Settings
+from control_plane.web.metrics import RouteTemplates, count_request
 from control_plane.web.proxies import TrustedProxies
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.text import refusal, safe_path, unstorable, untypable
@@ -53,11 +55,17 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 # Reviewable exemption list: these prefixes are exempt ONLY for requests that use no session
-# (programs with their keys, not browsers); a request with a session needs the token.
-CSRF_EXEMPT_PREFIXES: tuple[str, ...] = ("/api/", "/v1/")
+# (programs and MCP clients with their keys, not browsers; an identity provider's back-channel
+# logout, whose credential is the signed logout token; its SCIM client, with its SCIM token; an
+# MCP client registering itself or exchanging a code or refresh token, whose credential is the
+# code with its PKCE verifier, or the refresh token); a request with a session needs the token.
+CSRF_EXEMPT_PREFIXES: tuple[str, ...] = ("/api/", "/v1/", "/mcp/",
+                                         "/sso/backchannel-logout/", "/scim/",
+                                         "/oauth/token", "/oauth/register")
 MAX_FORM_BYTES = 10 * 1024 * 1024
 # Load-balancer probes often use an address as the Host: these answer whatever the Host.
-HOST_CHECK_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+# So do Prometheus's scrapes, whose credential is the metrics token (control_plane/web/metrics.py).
+HOST_CHECK_EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -99,6 +107,7 @@ class SecurityMiddleware:
         self.headers = security_headers(settings)
         self.allowed_hosts = {h.lower() for h in settings.allowed_hosts}
         self.proxies = TrustedProxies(settings.proxy_networks)
+        self.templates = RouteTemplates()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -257,6 +266,7 @@ class SecurityMiddleware:
             "actor": state.get("actor"),
         }
         log.info(json.dumps(record, separators=(",", ":")), extra={"structured": record})
+        count_request(self.templates, scope, status)
 
 
 def check_address(scope: Scope, headers: Headers) -> None:

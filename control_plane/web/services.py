@@ -13,11 +13,13 @@ from starlette.requests import Request
 
 from control_plane.auth.ratelimit import LoginRateLimiter
 from control_plane.auth.sessions import CookieSigner
+from control_plane.identity.oidc import OidcClient
 from control_plane.keys.providers import KeyProvider
 from control_plane.keys.registry import DataKeyCache
 from control_plane.sealing import ControlSealer
 from control_plane.settings import Settings
 from control_plane.tenancy.connections import TenantConnections
+from control_plane.tenancy.key_cache import KeyCache
 
 
 @dataclass
@@ -32,10 +34,21 @@ class Services:
     key_providers: Mapping[str, KeyProvider]
     dek_cache: DataKeyCache
     tenant_connections: TenantConnections
+    oidc: OidcClient  # single sign-on: the providers' metadata and keys, cached
+    # the gateway's key lookup: autocommit, no pre-ping (control_plane.db.make_hot_path_engine)
+    hot_path_engine: Engine | None = None
+    hot_path_sessions: sessionmaker[Session] | None = None
+    # the gateway's checked keys, dropped on notification (control_plane/tenancy/key_cache.py);
+    # None: MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS=0, every call reads its key
+    key_cache: KeyCache | None = None
 
     def close(self) -> None:
+        if self.key_cache is not None:
+            self.key_cache.close()
         self.tenant_connections.close()
         self.engine.dispose()
+        if self.hot_path_engine is not None:
+            self.hot_path_engine.dispose()
         self.redis.close()
 
 

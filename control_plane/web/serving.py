@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 
 import uvicorn
+
+
+def fast_server_options() -> dict[str, str]:
+    """The event loop and HTTP parser uvicorn runs: uvloop and httptools (both dependencies,
+    uvicorn's ``[standard]`` pieces) where they are installed, asyncio's loop and h11
+    otherwise. Named here rather than left to uvicorn's ``auto`` so that what production runs
+    is written down; ``ops/BENCHMARKS.md`` has what they save per call."""
+    have = importlib.util.find_spec
+    return {"loop": "uvloop" if have("uvloop") else "asyncio",
+            "http": "httptools" if have("httptools") else "h11"}
 
 
 class TcpConfig(uvicorn.Config):

@@ -21,19 +21,23 @@ templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 # disk (the check is a stat() per template and per include on every render)
 templates.env.auto_reload = False
 templates.env.globals["nav_areas"] = (
-    # (label, path or None while the area is not built yet)
+    # (label, path): the platform's pages, the global ones across the user's tenants
+    # (control_plane/console/across.py); a tenant's own pages are its tabs
+    # (control_plane/console/nav.py), reached through the Tenants page or the switcher
     ("Dashboard", "/"),
     ("Tenants", "/tenants"),
-    ("Gateway", None),
-    ("Approvals", None),
-    ("Recommendations", None),
-    ("Audit", None),
+    ("Gateway", "/gateway"),
+    ("Approvals", "/approvals"),  # with a live count (/approvals/nav)
+    ("Audit", "/audit"),
     ("Jobs", "/jobs"),
 )
 
 
 def is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
+    """An htmx request that wants a fragment. A boosted form (static/console.js) wants the
+    whole page it is sent to, as a normal navigation would."""
+    return (request.headers.get("hx-request") == "true"
+            and request.headers.get("hx-boosted") != "true")
 
 
 def render(request: Request, template: str, context: dict[str, Any] | None = None, *,
@@ -48,5 +52,9 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
         "request_id": getattr(request.state, "request_id", ""),
     }
     ctx.update(context or {})
+    if name == template and "tenant_nav" not in ctx:
+        from control_plane.console.nav import tenant_nav  # the console builds on this module
+
+        ctx["tenant_nav"] = tenant_nav(request)
     return templates.TemplateResponse(request, name, ctx, status_code=status_code,
                                       headers=headers)

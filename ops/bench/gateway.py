@@ -6,7 +6,8 @@ own so none shares a GIL with another:
 
 - the upstream: a minimal OpenAI-compatible server (plain asyncio) answering ``POST
   /v1/chat/completions`` with ``"You said: "`` + the last user message, as JSON or as SSE in
-  pieces of ``STREAM_PIECE_CHARS`` characters, with a usage block; it requires ``Authorization:
+  pieces of ``STREAM_PIECE_CHARS`` characters, with a usage block (with tools offered, the
+  tool loop below); it requires ``Authorization:
   Bearer <key>`` and counts, per key, requests and raw PII strings of the prompt it received;
 - the gateway: the real app, ``python -m control_plane web`` (one uvicorn process, as
   ``magistrate web`` runs it), on the embedded Postgres and Redis.
@@ -42,6 +43,16 @@ Figures:
   the rate-limit counters are in Redis (no fail-open); the upstream received none of the raw
   PII strings through the gateway's key.
 - ``concurrency_1``: the same with one client (added latency without queueing).
+- ``tools``: an agent's tool loop, non-streaming: three model calls over two tools
+  (``lookup_customer``, ``send_email``) with a prompt of about 2 KB (``TOOL_PROMPT``). Call 1
+  offers the tools and the upstream calls ``lookup_customer`` with ``{"query": <the user's
+  text>}``; call 2 resends the history with the tool's result (a customer record with another
+  e-mail address and phone number) and the upstream calls ``send_email`` with ``{"to": <that
+  result>}``; call 3 sends that tool's result and the upstream answers ``"Tool said: "`` + it.
+  The client checks each step got the originals back (the restored arguments, the restored
+  answer). Figures as for ``chat``, per model call (``added_ms``, ``per_second`` = model calls
+  a second), plus ``loops_per_second``; ``CLIENTS`` clients, ``TOOL_LOOPS`` loops each, and
+  ``tools.concurrency_1`` with one client (``SOLO_REQUESTS`` ÷ 3 loops).
 - ``breakdown_ms``: after the load, the same functions the endpoint calls, timed in this
   process one call at a time: the API-key lookup and tenant context (control-plane
   transaction), tenant transaction 1 (``Gateway.prepare``: settings, rate limit, allowlist,
@@ -53,7 +64,8 @@ Figures:
 Target: added p99 ≤ 10 ms for non-streaming calls at concurrency 16 (``met``).
 
 Prints one JSON object on stdout (progress goes to stderr), and removes everything it started.
-Run: ``.venv/bin/python ops/bench/gateway.py`` (``--requests``, ``--rounds`` for a quick run;
+Run: ``.venv/bin/python ops/bench/gateway.py`` (``--requests``, ``--tool-loops``, ``--rounds``
+for a quick run;
 ``--profile`` prints a cProfile of the in-process call path to stderr).
 """
 
@@ -82,15 +94,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 
 ROOT = Path(__file__).resolve().parents[2]
+# run as a script, Python puts ops/bench first on the path, where ops/bench/mcp.py would shadow
+# the ``mcp`` package that control_plane imports
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from control_plane.gateway.openai_chat import parse as openai_request  # noqa: E402
 from control_plane.gateway.ratelimit import GatewayRateLimiter  # noqa: E402
-from control_plane.gateway.shapes import openai_request  # noqa: E402
 from control_plane.models import Tenant  # noqa: E402
 from control_plane.runtime import resolve_endpoints  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
@@ -103,7 +119,7 @@ from ops.bench._stack import Stack, free_port, log, percentile, wait_for_quiet  
 from tenant_runtime.audit_export import export_lines  # noqa: E402
 from tenant_runtime.context import Actor  # noqa: E402
 from tenant_runtime.credentials.service import do_add_credential  # noqa: E402
-from tenant_runtime.gateway import admin, config, pricing  # noqa: E402
+from tenant_runtime.gateway import admin, config, pricing, spend  # noqa: E402
 from tenant_runtime.gateway.egress import EgressPolicy  # noqa: E402
 from tenant_runtime.gateway.providers.base import Adapter  # noqa: E402
 from tenant_runtime.gateway.providers.registry import adapter_for  # noqa: E402
@@ -117,18 +133,28 @@ STREAM_REQUESTS = 50  # per client and phase for streaming: 800 a phase
 WARM_UP = 5  # per client, before each timed phase
 ROUNDS = 3
 SOLO_REQUESTS = 200  # concurrency 1
+TOOL_LOOPS = 30  # per client and phase for the tool loop: 480 loops, 1,440 model calls
 BREAKDOWN_CALLS = 300
 STREAM_PIECE_CHARS = 16  # the upstream streams its answer in pieces of this many characters
 MODEL = "bench-model"
 PROVIDER_MODEL = "bench-llm"
 DIRECT_KEY = "sk-bench-direct-0123456789"
 GATEWAY_KEY = "sk-bench-gateway-0123456789"
+LITELLM_KEY = "sk-bench-litellm-0123456789"  # LiteLLM's key at the upstream
+LITELLM_MASTER_KEY = "sk-bench-litellm-master-0123456789"  # the clients' key at LiteLLM
+LITELLM = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv")  # noqa: S108 - a path
+               ) / "bin" / "litellm"
+SLOW_MODEL = "bench-slow"  # a route to the upstream that takes OPEN_LOOP_LATENCY_MS to answer
+OPEN_LOOP_LATENCY_MS = 300.0
+OPEN_LOOP_SHARE = 0.5  # the open loop offers this share of the measured saturation rate
+OPEN_LOOP_REQUESTS = 600
 TARGETS = {"chat_added_p99_ms": 10.0}
 VERIFIER = ROOT / "ops" / "verify_audit_chain.py"
 UPSTREAM_NETWORK = "127.0.0.0/8"  # the operator lets routes reach the local upstream
 
 PII = {"email": "maria.garcia@example.com", "phone": "(415) 555-0142",
-       "person": "Maria Garcia", "person_2": "James Wilson"}
+       "person": "Maria Garcia", "person_2": "James Wilson",
+       "billing_email": "m.garcia.billing@example.org", "mobile": "(650) 555-0199"}
 SYSTEM = "You are a careful support assistant. Answer briefly and never invent facts."
 PROMPT = (
     "Please summarize the support ticket below in three sentences and suggest a friendly "
@@ -148,10 +174,24 @@ PROMPT = (
     "not promise a date we cannot keep."
 )
 EXPECTED = "You said: " + PROMPT
+# The tool loop's prompt: about 2 KB, the ticket and the previous one from the same customer.
+TOOL_PROMPT = f"{PROMPT}\n\nThe previous ticket from the same customer, for context:\n{PROMPT}"
+LOOKUP_RESULT = (f"Customer {PII['person']}: billing {PII['billing_email']}, mobile "
+                 f"{PII['mobile']}, enterprise plan since 2021.")
+SENT_RESULT = f"Sent to {PII['billing_email']}"
+TOOLS = [{"type": "function", "function": {
+             "name": "lookup_customer", "description": "Find a customer by e-mail or phone.",
+             "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                            "required": ["query"]}}},
+         {"type": "function", "function": {
+             "name": "send_email", "description": "Send an e-mail to a customer.",
+             "parameters": {"type": "object", "properties": {"to": {"type": "string"}},
+                            "required": ["to"]}}}]
 
 
-def body(stream: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": MODEL, "max_tokens": 512,
+
+def body(stream: bool, model: str = MODEL) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "max_tokens": 512,
                            "messages": [{"role": "system", "content": SYSTEM},
                                         {"role": "user", "content": PROMPT}]}
     if stream:
@@ -176,9 +216,14 @@ def _reply(request: dict[str, Any], piece_chars: int) -> tuple[str, list[bytes]]
     prompt_chars = sum(len(m.get("content") or "") for m in messages
                        if isinstance(m.get("content"), str))
     usage = {"prompt_tokens": _tokens(prompt_chars), "completion_tokens": _tokens(len(text))}
-    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     base = {"id": "chatcmpl-bench", "created": int(time.time()),
             "model": request.get("model", "")}
+    tools = [t["function"]["name"] for t in request.get("tools") or ()]
+    if tools and not request.get("stream"):
+        return "application/json", [json.dumps(
+            {**base, "object": "chat.completion", **_tool_step(messages, tools, prompt_chars)}
+        ).encode()]
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     if not request.get("stream"):
         return "application/json", [json.dumps({
             **base, "object": "chat.completion", "usage": usage,
@@ -198,6 +243,35 @@ def _reply(request: dict[str, Any], piece_chars: int) -> tuple[str, list[bytes]]
         events.append(event([], usage=usage))
     events.append(b"data: [DONE]\n\n")
     return "text/event-stream", events
+
+
+def _tool_step(messages: list[dict[str, Any]], tools: list[str],
+               prompt_chars: int) -> dict[str, Any]:
+    """The tool loop's model: after the user's turn it calls the first tool with the user's
+    text, after one tool result the second tool with that result, after two it answers
+    ``"Tool said: "`` + the last result."""
+    results = [m.get("content") or "" for m in messages if m.get("role") == "tool"]
+    if len(results) >= 2 or len(tools) < 2 and results:
+        text = "Tool said: " + results[-1]
+        usage = {"prompt_tokens": _tokens(prompt_chars), "completion_tokens": _tokens(len(text))}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        finish = "stop"
+    else:
+        if results:
+            name, arguments = tools[1], json.dumps({"to": results[-1]})
+        else:
+            last = next(m.get("content") or "" for m in reversed(messages)
+                        if m.get("role") == "user")
+            name, arguments = tools[0], json.dumps({"query": last})
+        usage = {"prompt_tokens": _tokens(prompt_chars),
+                 "completion_tokens": _tokens(len(name) + len(arguments))}
+        message = {"role": "assistant", "content": None, "tool_calls": [{
+            "id": f"call_bench_{len(results)}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}]}
+        finish = "tool_calls"
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {"usage": usage, "choices": [{"index": 0, "finish_reason": finish,
+                                         "message": message}]}
 
 
 async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -329,11 +403,12 @@ def start_upstream(port: int, latency: float = 0.0) -> multiprocessing.process.B
     context = multiprocessing.get_context("spawn")
     process = context.Process(
         target=serve_upstream, daemon=True,
-        args=(port, {f"Bearer {DIRECT_KEY}": "direct", f"Bearer {GATEWAY_KEY}": "gateway"},
+        args=(port, {f"Bearer {DIRECT_KEY}": "direct", f"Bearer {GATEWAY_KEY}": "gateway",
+                     f"Bearer {LITELLM_KEY}": "litellm"},
               PII, STREAM_PIECE_CHARS, latency))
     process.start()
     wait_until(lambda: httpx2.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code
-               == 200, "the upstream", process.is_alive)
+               == 200, "the upstream", process.is_alive, seconds=180)  # a busy machine
     return process
 
 
@@ -385,12 +460,146 @@ def wait_until(ready: Callable[[], bool], what: str, alive: Callable[[], bool],
     raise RuntimeError(f"{what} did not start")
 
 
+def start_litellm(home: Path, port: int, upstream: str, slow_upstream: str,
+                  workers: int) -> subprocess.Popen[bytes] | None:
+    """LiteLLM's proxy (``litellm --config``, its own virtual environment: never one of our
+    dependencies) with the same two models on the same upstreams and no database; None when it
+    is not installed (``uv venv /tmp/litellm-venv && uv pip install --python /tmp/litellm-venv
+    'litellm[proxy]'``, or ``LITELLM_VENV``)."""
+    if not LITELLM.exists():
+        log(f"LiteLLM is not installed at {LITELLM}: no side-by-side figures")
+        return None
+    config = home / "litellm.json"  # YAML is a superset of JSON
+    config.write_text(json.dumps({"model_list": [
+        {"model_name": name, "litellm_params": {"model": f"openai/{PROVIDER_MODEL}",
+                                                "api_base": f"{base}/v1",
+                                                "api_key": LITELLM_KEY}}
+        for name, base in ((MODEL, upstream), (SLOW_MODEL, slow_upstream))],
+        "general_settings": {"master_key": LITELLM_MASTER_KEY}}))
+    logfile = (home / f"litellm-{port}.log").open("wb")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_TELEMETRY": "False"}
+    process = subprocess.Popen([str(LITELLM), "--config", str(config), "--host", "127.0.0.1",
+                                "--port", str(port), "--num_workers", str(workers)],
+                               env=env, stdout=logfile, stderr=logfile, cwd=home)
+    logfile.close()
+    try:
+        wait_until(lambda: httpx2.get(f"http://127.0.0.1:{port}/health/liveliness",
+                                      timeout=1).status_code == 200, "LiteLLM",
+                   lambda: process.poll() is None, seconds=240)
+    except RuntimeError:
+        process.terminate()
+        process.wait(timeout=30)
+        tail = (home / f"litellm-{port}.log").read_text(errors="replace")[-1500:]
+        log(f"LiteLLM did not start: {tail}")
+        return None
+    return process
+
+
+def stop(process: Any) -> None:
+    if process is None:
+        return
+    process.terminate()
+    if isinstance(process, subprocess.Popen):
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+    else:
+        process.join(timeout=30)
+
+
+def open_loop(base_url: str, key: str, *, rate: float, requests: int,
+              threads: int = 96, seed: int = 19) -> dict[str, Any]:
+    """Open loop: ``requests`` calls of the slow model arriving as a Poisson process of
+    ``rate`` a second, whatever the answers' speed; each latency runs from its scheduled
+    arrival (time spent waiting for a free sender counts), so queueing shows."""
+    import random
+
+    rng = random.Random(seed)  # noqa: S311 - arrival times, not secrets
+    due, at = [], 0.0
+    for _ in range(requests):
+        at += rng.expovariate(rate)
+        due.append(at)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    next_index = [0]
+    barrier = threading.Barrier(threads + 1)
+    go = threading.Event()  # set once the schedule's origin is: after every client is made
+    start = [0.0]
+
+    def sender() -> None:
+        with httpx2.Client(base_url=base_url, timeout=60,
+                           headers={"Authorization": f"Bearer {key}"}) as http:
+            barrier.wait()
+            go.wait()
+            while True:
+                with lock:
+                    index = next_index[0]
+                    next_index[0] += 1
+                if index >= requests:
+                    return
+                scheduled = start[0] + due[index]
+                pause = scheduled - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                try:
+                    problem = one_call(http, False, SLOW_MODEL)
+                except Exception as exc:  # noqa: BLE001 - counted
+                    problem = f"{type(exc).__name__}: {exc}"
+                elapsed = (time.perf_counter() - scheduled) * 1000
+                with lock:
+                    (errors.append(problem) if problem else latencies.append(elapsed))
+
+    workers = [threading.Thread(target=sender) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()  # every sender has its client (making 96 of them takes seconds)
+    start[0] = time.perf_counter() + 0.05
+    go.set()
+    for worker in workers:
+        worker.join()
+    return {"latency_ms": distribution(latencies), "errors": len(errors),
+            "error_examples": errors[:3], "offered_per_second": round(rate, 1),
+            "achieved_per_second": round(len(latencies) / max(due[-1], 1e-9), 1)}
+
+
+def measure_open_loop(ends: Endpoints, slow_direct: str, rate: float,
+                      requests: int) -> dict[str, Any]:
+    """The open loop against the slow upstream directly, then through the gateway (and
+    LiteLLM): added = percentile through − percentile direct."""
+    sides = [("direct", slow_direct, DIRECT_KEY), ("gateway", ends.gateway, ends.key)]
+    if ends.litellm is not None:
+        sides.append(("litellm", ends.litellm, LITELLM_MASTER_KEY))
+    out: dict[str, Any] = {"upstream_latency_ms": OPEN_LOOP_LATENCY_MS,
+                           "offered_share_of_saturation": OPEN_LOOP_SHARE}
+    for side, url, key in sides:
+        wait_for_quiet()
+        out[side] = open_loop(url, key, rate=rate, requests=requests)
+        if side == "gateway":
+            ends.gateway_calls += requests
+            ends.gateway_ok += out[side]["latency_ms"]["n"]
+            ends.errors.extend(f"open loop: {e}" for e in out[side]["error_examples"])
+    direct = out["direct"]["latency_ms"]
+    for side in ("gateway", "litellm"):
+        if side in out:
+            mine = out[side]["latency_ms"]
+            out[f"{side}_added_ms"] = {q: round(mine[q] - direct[q], 2)
+                                       for q in ("p50", "p95", "p99")}
+    log(f"open loop at {rate:.0f}/s: added p99 gateway {out['gateway_added_ms']['p99']} ms")
+    return out
+
+
 # ------------------------------------------------------------------------------- tenant
 
 
-def configure_tenant(stack: Stack, tenant_id: int, upstream: str) -> str:
+def configure_tenant(stack: Stack, tenant_id: int, upstream: str,
+                     slow_upstream: str | None = None) -> str:
     """Governance on (standard redaction, a route on the allowlist, a price, a generous cap
-    and limits) and an API key; returns the key."""
+    and limits) and an API key; returns the key. ``slow_upstream``: a second route to it, for
+    the open-loop phase."""
     ctx = dataclasses.replace(
         stack.tenant_context(tenant_id, actor=Actor("user", str(stack.owner_id),
                                                     "bench@example.com", "Owner"), pool_size=1),
@@ -405,6 +614,11 @@ def configure_tenant(stack: Stack, tenant_id: int, upstream: str) -> str:
         admin.add_route(s, ctx, admin.RouteInput(
             model_name=MODEL, provider="on-prem", provider_model=PROVIDER_MODEL,
             endpoint=f"{upstream}/v1", credential_id=credential.id, timeout_seconds=30))
+        if slow_upstream is not None:
+            admin.add_route(s, ctx, admin.RouteInput(
+                model_name=SLOW_MODEL, provider="on-prem", provider_model=PROVIDER_MODEL,
+                endpoint=f"{slow_upstream}/v1", credential_id=credential.id,
+                timeout_seconds=30))
         admin.set_price(s, ctx, PROVIDER_MODEL, input_usd_per_mtok=0.15,
                         output_usd_per_mtok=0.60)
     with stack.session_factory() as s, s.begin():
@@ -424,16 +638,17 @@ class Run:
     errors: list[str]
     seconds: float
     cpu: dict[str, float]  # seconds per process over the run
+    sent: int = 0  # requests sent (model calls, for the tool loop)
 
     @property
     def per_second(self) -> float:
         return len(self.latencies) / self.seconds
 
 
-def one_call(client: httpx2.Client, stream: bool) -> str | None:
+def one_call(client: httpx2.Client, stream: bool, model: str = MODEL) -> str | None:
     """One request; None when the answer is right, else what went wrong."""
     if not stream:
-        response = client.post("/chat/completions", json=body(False))
+        response = client.post("/chat/completions", json=body(False, model))
         if response.status_code != 200:
             return f"{response.status_code}: {response.text[:200]}"
         text = response.json()["choices"][0]["message"]["content"]
@@ -454,12 +669,40 @@ def one_call(client: httpx2.Client, stream: bool) -> str | None:
     return None if text == EXPECTED else f"wrong answer: {text[:120]!r}"
 
 
-def run_clients(base_url: str, key: str, *, stream: bool, clients: int, requests: int,
+def one_loop(client: httpx2.Client, latencies: list[float]) -> str | None:
+    """One agent tool loop (three model calls), each call's ms appended to ``latencies``;
+    None when every step got the originals back, else what went wrong."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": TOOL_PROMPT}]
+    expected = [("lookup_customer", {"query": TOOL_PROMPT}), ("send_email", {"to": LOOKUP_RESULT})]
+    for step, result in enumerate((LOOKUP_RESULT, SENT_RESULT, None)):
+        started = time.perf_counter()
+        response = client.post("/chat/completions", json={
+            "model": MODEL, "max_tokens": 512, "messages": messages, "tools": TOOLS})
+        if response.status_code != 200:
+            return f"tools step {step + 1}: {response.status_code}: {response.text[:200]}"
+        message = response.json()["choices"][0]["message"]
+        latencies.append((time.perf_counter() - started) * 1000)
+        if result is None:
+            text = message.get("content")
+            return None if text == "Tool said: " + SENT_RESULT else f"wrong answer: {text!r:.120}"
+        calls = message.get("tool_calls") or []
+        got = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
+        if got != [expected[step]]:
+            return f"tools step {step + 1}: wrong tool call: {str(got)[:120]}"
+        messages += [{"role": "assistant", "content": None, "tool_calls": calls},
+                     {"role": "tool", "tool_call_id": calls[0]["id"], "content": result}]
+    raise AssertionError("unreachable")
+
+
+def run_clients(base_url: str, key: str, *, workload: str, clients: int, requests: int,
                 processes: Processes) -> Run:
-    """``clients`` threads, each sending ``requests`` requests back to back."""
+    """``clients`` threads, each sending ``requests`` requests (tool loops for the ``tools``
+    workload) back to back."""
     barrier = threading.Barrier(clients + 1)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
+    sent = [0] * clients
 
     def client(n: int) -> None:
         with httpx2.Client(base_url=base_url, timeout=60,
@@ -467,19 +710,27 @@ def run_clients(base_url: str, key: str, *, stream: bool, clients: int, requests
             barrier.wait()
             for _ in range(requests):
                 started = time.perf_counter()
+                before = len(latencies[n])
                 try:
-                    problem = one_call(http, stream)
+                    if workload == "tools":
+                        problem = one_loop(http, latencies[n])
+                    else:
+                        problem = one_call(http, workload == "stream")
                 except Exception as exc:  # noqa: BLE001 - counted, and the run goes on
                     problem = f"{type(exc).__name__}: {exc}"
                 elapsed = (time.perf_counter() - started) * 1000
-                if problem is None:
-                    latencies[n].append(elapsed)
+                if workload == "tools":  # the calls answered, and the one that failed
+                    sent[n] += len(latencies[n]) - before + (problem is not None)
                 else:
+                    sent[n] += 1
+                if problem is None and workload != "tools":
+                    latencies[n].append(elapsed)
+                elif problem is not None:
                     errors.append(problem)
 
     seconds, cpu = processes.run_threads(
         [threading.Thread(target=client, args=(n,)) for n in range(clients)], barrier)
-    return Run([ms for mine in latencies for ms in mine], errors, seconds, cpu)
+    return Run([ms for mine in latencies for ms in mine], errors, seconds, cpu, sum(sent))
 
 
 def distribution(samples: list[float]) -> dict[str, float]:
@@ -492,7 +743,7 @@ def distribution(samples: list[float]) -> dict[str, float]:
 
 
 def cpu_per_request(run: Run) -> dict[str, float]:
-    count = max(1, len(run.latencies) + len(run.errors))
+    count = max(1, run.sent)
     return {name: round(seconds * 1000 / count, 3) for name, seconds in run.cpu.items()}
 
 
@@ -502,47 +753,87 @@ class Endpoints:
     gateway: str
     key: str
     processes: Processes
+    litellm: str | None = None  # LiteLLM's proxy on the same upstream, when it is installed
     gateway_calls: int = 0  # every request sent through the gateway, warm-ups included
     gateway_ok: int = 0
     errors: list[str] = field(default_factory=list)
+    postgres_url: str | None = None  # to count the transactions of the gateway phases
 
 
-def measure(ends: Endpoints, *, stream: bool, clients: int, requests: int,
+def transaction_ids(url: str | None) -> int:
+    """Transaction ids the Postgres server has assigned so far (every database): one per
+    transaction that wrote, read at once (the statistics views lag by up to seconds)."""
+    if url is None:
+        return 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
+    return int(row[0]) if row else 0
+
+
+def measure(ends: Endpoints, *, workload: str, clients: int, requests: int,
             rounds: int) -> dict[str, Any]:
     """``rounds`` × (direct, then gateway), each after a warm-up on a quiet machine."""
     results = []
     for number in range(1, rounds + 1):
         runs: dict[str, Run] = {}
         busy: dict[str, float | None] = {}
-        for side, url, key in (("direct", ends.direct, DIRECT_KEY),
-                               ("gateway", ends.gateway, ends.key)):
-            warm = run_clients(url, key, stream=stream, clients=clients, requests=WARM_UP,
-                               processes=ends.processes)
+        sides = [("direct", ends.direct, DIRECT_KEY), ("gateway", ends.gateway, ends.key)]
+        if ends.litellm is not None:  # the peer, interleaved in the same round
+            sides.append(("litellm", ends.litellm, LITELLM_MASTER_KEY))
+        for side, url, key in sides:
+            warm = run_clients(url, key, workload=workload, clients=clients,
+                               requests=WARM_UP, processes=ends.processes)
             busy[side] = wait_for_quiet()
-            run = run_clients(url, key, stream=stream, clients=clients, requests=requests,
+            before = transaction_ids(ends.postgres_url) if side == "gateway" else 0
+            run = run_clients(url, key, workload=workload, clients=clients, requests=requests,
                               processes=ends.processes)
             runs[side] = run
+            if side == "gateway":
+                assigned = transaction_ids(ends.postgres_url) - before
             for counted in (warm, run):
                 ends.errors.extend(f"{side}: {e}" for e in counted.errors)
                 if side == "gateway":
-                    ends.gateway_calls += len(counted.latencies) + len(counted.errors)
+                    ends.gateway_calls += counted.sent
                     ends.gateway_ok += len(counted.latencies)
         direct, gateway = (distribution(runs[s].latencies) for s in ("direct", "gateway"))
         added = {q: round(gateway[q] - direct[q], 2) for q in ("p50", "p95", "p99", "max")}
+        peer: dict[str, Any] = {}
+        if "litellm" in runs:
+            litellm = distribution(runs["litellm"].latencies)
+            peer = {"litellm_ms": litellm,
+                    "litellm_added_ms": {q: round(litellm[q] - direct[q], 2)
+                                         for q in ("p50", "p95", "p99", "max")},
+                    "gateway_per_second_over_litellm": round(
+                        runs["gateway"].per_second / max(runs["litellm"].per_second, 1e-9), 2),
+                    "litellm_cpu_ms_per_request": cpu_per_request(runs["litellm"])}
         results.append({
-            "added_ms": added, "direct_ms": direct, "gateway_ms": gateway,
+            "added_ms": added, "direct_ms": direct, "gateway_ms": gateway, **peer,
             "per_second": {s: round(runs[s].per_second, 1) for s in runs},
-            "errors": len(runs["direct"].errors) + len(runs["gateway"].errors),
+            "errors": sum(len(r.errors) for r in runs.values()),
+            **({"loops_per_second": {s: round(runs[s].per_second / 3, 1) for s in runs}}
+               if workload == "tools" else {}),
             "cpu_ms_per_request": cpu_per_request(runs["gateway"]),
+            # transaction ids assigned (a transaction that wrote, and each savepoint in it that
+            # wrote) in every database, per gateway request
+            "postgres_xids_per_request": round(
+                assigned / max(len(runs["gateway"].latencies), 1), 2),
             "direct_cpu_ms_per_request": cpu_per_request(runs["direct"]),
             "machine_busy_before": busy})
-        log(f"{'stream' if stream else 'chat'} c={clients} round {number}: added p50 "
+        log(f"{workload} c={clients} round {number}: added p50 "
             f"{added['p50']} p99 {added['p99']} ms; gateway "
-            f"{results[-1]['per_second']['gateway']}/s, direct "
-            f"{results[-1]['per_second']['direct']}/s")
+            f"{results[-1]['per_second']['gateway']}/s "
+            f"({results[-1]['postgres_xids_per_request']} transaction ids/request), direct "
+            f"{results[-1]['per_second']['direct']}/s, LiteLLM "
+            f"{results[-1]['per_second'].get('litellm')}/s (added p50 "
+            f"{peer.get('litellm_added_ms', {}).get('p50')} p99 "
+            f"{peer.get('litellm_added_ms', {}).get('p99')} ms)")
+    for name, r in runs.items():
+        if name == "litellm":
+            ends.errors.extend(f"litellm: {e}" for e in r.errors[:5])
     ordered = sorted(results, key=lambda r: r["added_ms"]["p99"])
     return {**ordered[(len(ordered) - 1) // 2], "clients": clients,
-            "requests_per_phase": clients * requests, "rounds": results}
+            "requests_per_phase": clients * requests * (3 if workload == "tools" else 1),
+            "rounds": results}
 
 
 # ------------------------------------------------------------------------------- checks
@@ -627,9 +918,13 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
 
     def call() -> None:
         t0 = time.perf_counter()
-        with svc.session_factory() as s, s.begin():
-            principal = api_keys.authenticate_gateway_key(s, f"Bearer {key}", None,
-                                                          rule=gateway_rule)
+        # as control_plane/gateway/api.py reads the key: through the process's key cache, on
+        # the hot-path engine (autocommit, no pre-ping) where they exist
+        hot = getattr(svc, "hot_path_sessions", None)
+        with (hot() if hot is not None else svc.session_factory.begin()) as s:
+            principal = api_keys.authenticate_gateway_key(
+                s, f"Bearer {key}", None, rule=gateway_rule,
+                **({"cache": svc.key_cache} if getattr(svc, "key_cache", None) else {}))
             actor = Actor("api_key", str(principal.key_id), principal.key_name)
             ctx = svc.tenant_connections.gateway_context(s, principal, actor)
             key_id = str(principal.key_id)
@@ -638,8 +933,7 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         t2 = time.perf_counter()
 
         def limit(requests_per_minute: int, tokens_per_minute: int) -> None:
-            prompt = sum(len(m.content.encode("utf-8")) for m in chat.messages)
-            limiter.check(ctx.tenant_id, tokens=pricing.estimate_tokens(prompt)
+            limiter.check(ctx.tenant_id, tokens=pricing.request_token_bound(chat)
                           + chat.max_tokens, requests_per_minute=requests_per_minute,
                           tokens_per_minute=tokens_per_minute)
 
@@ -657,22 +951,60 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         steps["restore_settle_audit_tx2"].append((t4 - t3) * 1000 - provider_ms[-1])
         steps["total"].append((t4 - t0) * 1000)
 
+    counted: Counter[str] = Counter()
+
+    def on_statement(*_: Any) -> None:
+        counted["statements"] += 1
+
+    def on_begin(conn: Any) -> None:  # an autocommit connection sends no BEGIN or COMMIT
+        if not getattr(conn.connection.dbapi_connection, "autocommit", False):
+            counted["transactions"] += 1
+
+    def on_checkout(*_: Any) -> None:
+        counted["checkouts"] += 1
+
     try:
         for _ in range(20):  # warm-up
             call()
         for name in steps:
             steps[name].clear()
         wait_for_quiet()
+        event.listen(Engine, "before_cursor_execute", on_statement)
+        event.listen(Engine, "begin", on_begin)
+        control_engine = svc.session_factory.kw["bind"]  # type: ignore[attr-defined]
+        hot_engine = getattr(svc, "hot_path_engine", None)
+        if hot_engine is not None:
+            control_engine = hot_engine
+        pings = bool(getattr(control_engine.pool, "_pre_ping", False))
+        event.listen(control_engine.pool, "checkout", on_checkout)
         cpu_started = time.process_time()
         for _ in range(calls):
             call()
         cpu_ms = (time.process_time() - cpu_started) * 1000 / calls
+        event.remove(Engine, "before_cursor_execute", on_statement)
+        event.remove(Engine, "begin", on_begin)
+        event.remove(control_engine.pool, "checkout", on_checkout)
+        per_call = {name: round(count / calls, 2) for name, count in counted.items()}
+        pre_pings = per_call.get("checkouts", 0.0) if pings else 0.0
+        # psycopg sends BEGIN and COMMIT as round trips of their own
+        per_call["pre_pings"] = pre_pings
+        # the audit append (and its lock, unless the settlement took it) go straight to the
+        # psycopg cursor (tenant_runtime/audit.py), which SQLAlchemy's events do not see
+        chained = hasattr(spend, "_SETTLE_CALL_LOCKING_CHAIN")
+        per_call["audit_driver_statements"] = 1.0 if chained else 2.0
+        per_call["statements"] = per_call.get("statements", 0) + per_call[
+            "audit_driver_statements"]
+        per_call["postgres_round_trips"] = round(
+            per_call.get("statements", 0) + 2 * per_call.get("transactions", 0) + pre_pings, 2)
         timed = {name: list(samples) for name, samples in steps.items()}
         if profile:  # a separate pass: the profiler's overhead stays out of the figures
-            profiler = cProfile.Profile()
+            # CPU time, not wall-clock: waits on Postgres, Redis and the upstream count nothing
+            profiler = cProfile.Profile(time.process_time)
             profiler.runcall(lambda: [call() for _ in range(calls)])
             text = io.StringIO()
-            pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
+            stats = pstats.Stats(profiler, stream=text)
+            stats.sort_stats("cumulative").print_stats(60)
+            stats.sort_stats("tottime").print_stats(40)
             print(text.getvalue(), file=sys.stderr)
         chat, _ = openai_request(body(False))
         with svc.session_factory() as s:
@@ -698,6 +1030,7 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
                                "p95": round(percentile(v, 0.95), 3)}
                         for name, v in alone.items()}
     summary["calls"] = calls
+    summary["per_call"] = per_call  # statements, transactions, round trips to Postgres
     summary["cpu_ms_per_call_in_process"] = round(cpu_ms, 3)  # this process only, not Postgres
     log(f"breakdown: {json.dumps(summary)}")
     return summary
@@ -711,40 +1044,86 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     stack.start()
     redis_server = stack.start_redis()
     tenant_id = stack.add_tenant("bench-gateway", "Bench gateway")
-    upstream_port, gateway_port = free_port(), free_port()
+    upstream_port, slow_port, gateway_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
-    key = configure_tenant(stack, tenant_id, upstream)
+    slow_upstream = f"http://127.0.0.1:{slow_port}"
+    key = configure_tenant(stack, tenant_id, upstream, slow_upstream)
+    clients = [int(n) for n in args.clients.split(",") if n.strip()]
     children: list[Any] = []
+    peer: subprocess.Popen[bytes] | None = None
+    gateway_process: subprocess.Popen[bytes] | None = None
+    two: dict[str, Any] | None = None
     try:
         upstream_process = start_upstream(upstream_port, args.upstream_latency_ms / 1000)
         children.append(upstream_process)
-        gateway_process = start_gateway(stack, gateway_port, args.web_workers)
-        children.append(gateway_process)
-        log(f"upstream on {upstream_port}, gateway on {gateway_port}")
+        children.append(start_upstream(slow_port, OPEN_LOOP_LATENCY_MS / 1000))
         postmaster = int((stack.pg.pgdata / "postmaster.pid").read_text().split()[0])
         assert redis_server.process is not None and upstream_process.pid is not None
-        processes = Processes({"gateway": (gateway_process.pid, True),
-                               "upstream": (upstream_process.pid, False),
-                               "postgres": (postmaster, True),
-                               "redis": (redis_server.process.pid, False)})
-        ends = Endpoints(direct=f"{upstream}/v1", gateway=f"http://127.0.0.1:{gateway_port}/v1",
-                         key=key, processes=processes)
-        chat = measure(ends, stream=False, clients=CLIENTS, requests=args.requests,
-                       rounds=args.rounds)
-        stream = measure(ends, stream=True, clients=CLIENTS, requests=args.stream_requests,
-                         rounds=args.rounds)
-        solo = measure(ends, stream=False, clients=1, requests=args.solo_requests, rounds=1)
+
+        def up(workers: int) -> Endpoints:
+            nonlocal gateway_process, peer
+            gateway_process = start_gateway(stack, gateway_port, workers)
+            litellm_port = free_port()
+            peer = None if args.no_litellm else start_litellm(
+                stack.home, litellm_port, upstream, slow_upstream, workers)
+            pids = {"gateway": (gateway_process.pid, True),
+                    "upstream": (upstream_process.pid or 0, False),
+                    "postgres": (postmaster, True),
+                    "redis": (redis_server.process.pid, False)}  # type: ignore[union-attr]
+            if peer is not None:
+                pids["litellm"] = (peer.pid, True)
+            log(f"upstream on {upstream_port}, gateway on {gateway_port} ({workers} process"
+                f"{'es' if workers > 1 else ''}), LiteLLM "
+                f"{'on ' + str(litellm_port) if peer else 'absent'}")
+            return Endpoints(direct=f"{upstream}/v1",
+                             gateway=f"http://127.0.0.1:{gateway_port}/v1", key=key,
+                             processes=Processes(pids),
+                             litellm=f"http://127.0.0.1:{litellm_port}/v1" if peer else None,
+                             postgres_url=stack.pg.url())
+
+        ends = up(args.web_workers)
+        chat = {f"clients_{n}": measure(ends, workload="chat", clients=n,
+                                        requests=args.requests, rounds=args.rounds)
+                for n in clients}
+        stream = measure(ends, workload="stream", clients=CLIENTS,
+                         requests=args.stream_requests, rounds=args.rounds)
+        tools = measure(ends, workload="tools", clients=CLIENTS, requests=args.tool_loops,
+                        rounds=args.rounds)
+        solo = measure(ends, workload="chat", clients=1, requests=args.solo_requests,
+                       rounds=1)
         solo.pop("rounds")
-        checked = checks(stack, tenant_id, ends, upstream)
+        tools_solo = measure(ends, workload="tools", clients=1,
+                             requests=max(1, args.solo_requests // 3), rounds=1)
+        tools_solo.pop("rounds")
+        saturation = chat[f"clients_{clients[0]}"]["per_second"]["gateway"]
+        opened = measure_open_loop(ends, f"{slow_upstream}/v1", OPEN_LOOP_SHARE * saturation,
+                                   args.open_requests)
         parts = breakdown(stack, gateway_port, key, args.breakdown_calls, args.profile)
+        in_process = 20 + args.breakdown_calls * (2 if args.profile else 1)  # warm-up included
+        ends.gateway_calls += in_process  # their audit events are counted by the checks too
+        ends.gateway_ok += in_process
+        if args.two_processes:
+            stop(peer)
+            stop(gateway_process)
+            later = up(2)
+            later.gateway_calls, later.gateway_ok = ends.gateway_calls, ends.gateway_ok
+            later.errors = ends.errors
+            two = measure(later, workload="chat", clients=CLIENTS, requests=args.requests,
+                          rounds=args.rounds)
+            ends = later
+            one = chat[f"clients_{CLIENTS}"]["per_second"] if f"clients_{CLIENTS}" in chat \
+                else None
+            if one:
+                two["scaling_over_one_process"] = {
+                    side: round(two["per_second"][side] / max(one[side], 1e-9), 2)
+                    for side in ("gateway", "litellm")
+                    if side in one and side in two["per_second"]}
+        checked = checks(stack, tenant_id, ends, upstream)
     finally:
+        stop(peer)
+        stop(gateway_process)
         for child in reversed(children):
-            child.terminate()
-        for child in reversed(children):
-            if isinstance(child, subprocess.Popen):
-                child.wait(timeout=30)
-            else:
-                child.join(timeout=30)
+            stop(child)
     errors = len(ends.errors)
     ok = (errors == 0 and checked["one_ok_event_per_ok_call"]
           and checked["no_raw_email_at_upstream"] and checked["audit_chain"].startswith("OK"))
@@ -752,24 +1131,31 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "gateway",
         "chat": chat,
         "stream": {**stream, "stream_piece_chars": STREAM_PIECE_CHARS},
+        "tools": {**tools, "loops_per_phase": CLIENTS * args.tool_loops,
+                  "prompt_bytes": len(TOOL_PROMPT.encode()), "model_calls_per_loop": 3,
+                  "tools_offered": len(TOOLS), "concurrency_1": tools_solo},
         "concurrency_1": solo,
+        "open_loop": opened,
+        "two_processes": two,
         "errors": errors,
         "error_examples": ends.errors[:5],
         "checks": checked,
         "breakdown_ms": parts,
-        "setup": {"web_processes": args.web_workers, "clients": CLIENTS,
+        "setup": {"web_processes": args.web_workers, "clients": clients,
                   "upstream_latency_ms": args.upstream_latency_ms,
                   "client": f"httpx2 {httpx2.__version__}, one Client per thread",
                   "prompt_bytes": len(PROMPT.encode()),
                   "answer_chars": len(EXPECTED), "redaction_profile": "standard",
-                  "upstream": "asyncio HTTP/1.1 server in its own process"},
+                  "upstream": "asyncio HTTP/1.1 server in its own process",
+                  "litellm": str(LITELLM) if ends.litellm else None},
         "targets": TARGETS,
-        "met": {"chat_added_p99_ms": ok and chat["added_ms"]["p99"]
+        "met": {"chat_added_p99_ms": ok and chat[f"clients_{clients[0]}"]["added_ms"]["p99"]
                 <= TARGETS["chat_added_p99_ms"]},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "postgres": stack.server_version(),
                     "postgres_settings": stack.server_settings(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    "load_average_at_end": os.getloadavg()},
     }
 
 
@@ -782,16 +1168,26 @@ def main() -> int:
     parser.add_argument("--solo-requests", type=int, default=SOLO_REQUESTS,
                         help="requests in each concurrency-1 phase")
     parser.add_argument("--breakdown-calls", type=int, default=BREAKDOWN_CALLS)
+    parser.add_argument("--tool-loops", type=int, default=TOOL_LOOPS,
+                        help="tool loops (3 model calls each) per client in each tools phase")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--web-workers", type=int, default=os.cpu_count() or 1,
-                        help="`magistrate web --workers` (default: one per CPU)")
+    parser.add_argument("--web-workers", type=int, default=1,
+                        help="`magistrate web --workers` (default 1, as `magistrate up` runs it)")
+    parser.add_argument("--clients", default="16,64",
+                        help="comma-separated client counts of the non-streaming runs")
+    parser.add_argument("--open-requests", type=int, default=OPEN_LOOP_REQUESTS,
+                        help="requests of each open-loop phase (300 ms upstream)")
+    parser.add_argument("--two-processes", action=argparse.BooleanOptionalAction,
+                        default=True, help="also run 16 clients against 2 web processes")
+    parser.add_argument("--no-litellm", action="store_true",
+                        help="leave LiteLLM out even when it is installed")
     parser.add_argument("--upstream-latency-ms", type=float, default=0.0,
                         help="how long the upstream takes to answer each call (default 0)")
     parser.add_argument("--quiet-wait", type=float, default=_stack.QUIET_WAIT_SECONDS,
                         help="longest wait, in seconds, for the machine to be quiet before "
                              "each timed phase")
     parser.add_argument("--profile", action="store_true",
-                        help="print a cProfile of the in-process breakdown to stderr")
+                        help="print a CPU-time cProfile of the in-process breakdown to stderr")
     args = parser.parse_args()
     return _stack.run_benchmark(run, args)
 

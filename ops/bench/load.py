@@ -70,6 +70,8 @@ import httpx2
 from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[2]
+# the script's own folder holds mcp.py, which would shadow the mcp SDK the app imports
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
@@ -365,7 +367,7 @@ def gateway_phase(ends: gateway_bench.Endpoints, args: argparse.Namespace,
                   latency_ms: float) -> dict[str, Any]:
     errors_before = len(ends.errors)
     loadavg = _loadavg()
-    figures = gateway_bench.measure(ends, stream=False, clients=args.clients,
+    figures = gateway_bench.measure(ends, workload="chat", clients=args.clients,
                                     requests=args.gateway_requests, rounds=args.rounds)
     figures.update(upstream_latency_ms=latency_ms, loadavg_before=loadavg,
                    errors=len(ends.errors) - errors_before,

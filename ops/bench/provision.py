@@ -37,6 +37,8 @@ import psycopg
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[2]
+# the script's own folder holds mcp.py, which would shadow the mcp SDK the app imports
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
@@ -169,11 +171,13 @@ def run(bench: Bench) -> dict[str, Any]:
     # Steady state: the workers keep a spare clone of the template ready on each server
     # (refill_spare_databases, every 30 s), so a new tenant renames one into place. The refill
     # is untimed here, as it runs in the background in service.
+    with bench.session_factory() as s:
+        spares = database.spare_namespace(s.get_bind().engine.url)
     totals, steps, cold = [], [], []
     for number in range(1, TOTAL_TENANTS + 1):
         with_spare = number <= TIMED_TENANTS
         if with_spare:
-            database.refill_spares(admin, want=1)
+            database.refill_spares(admin, namespace=spares, want=1)
         tenant_id = bench.create_tenant(number)
         total, per_step = bench.provision(tenant_id)
         if with_spare:

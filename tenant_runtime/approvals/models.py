@@ -77,7 +77,9 @@ class ActionClass(TenantBase):
 class ApprovalRequest(TenantBase):
     """A request to run an action. The class's rules are copied in when it is made, so a later
     change of the class does not move the goalposts of requests in flight. The payload holds
-    identifiers and counts, never secrets (checked like audit details)."""
+    identifiers and counts, never secrets (checked like audit details). ``arguments_sealed``:
+    what a governed MCP tool call would send (arguments.py), sealed as ``pii`` (row key
+    ``id``), shown to the request's approvers only."""
 
     __tablename__ = "approval_requests"
 
@@ -103,6 +105,7 @@ class ApprovalRequest(TenantBase):
     executed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), info=PLAIN)
     executed_via: Mapped[str | None] = mapped_column(String(20), info=PLAIN)
     executed_by: Mapped[str | None] = mapped_column(String(320), info=PLAIN)
+    arguments_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, info=PII)
 
     __table_args__ = (
         CheckConstraint("state IN ('pending', 'approved', 'rejected', 'executed')",

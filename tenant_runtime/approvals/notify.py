@@ -6,7 +6,10 @@ Rows are written in the request's transaction (service.py); a periodic worker ta
 workers never send the same row at once; a failure is recorded and retried with backoff
 (30 s doubling, at most an hour apart) until the receiver takes it, so nothing is lost while
 SMTP or a receiver is down. Links lead to the request's page, which needs sign-in; messages
-carry the action's name and who asked, never the payload's values, comments or secrets.
+carry the action's name and who asked, never the payload's values, comments or secrets. A
+governed MCP tool call's request also names its tool and upstream (identifiers an approver
+needs to triage), never its arguments: those leave the platform nowhere and are shown, opened,
+on the request's page to its approvers only (arguments.py).
 ``action.execute`` carries ``Idempotency-Key: <request id>``: if a worker dies between the
 receiver's 2xx and its commit, the one repeat is recognisable."""
 
@@ -93,6 +96,14 @@ def request_url(public_url: str, tenant_id: int, request_id: object) -> str:
     return f"{public_url.rstrip('/')}/tenants/{tenant_id}/approvals/{request_id}"
 
 
+def tool_of(req: ApprovalRequest) -> tuple[str, str] | None:
+    """(upstream, tool) of a governed MCP tool call's request, else None."""
+    upstream, tool = req.payload.get("upstream"), req.payload.get("tool")
+    if isinstance(upstream, str) and isinstance(tool, str):
+        return upstream, tool
+    return None
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -104,6 +115,10 @@ def email_text(ctx: TenantContext, req: ApprovalRequest, description: str, url: 
     lines = [f"{who} asked to run \"{req.action}\" in the tenant {ctx.slug}."]
     if description:
         lines.append(description)
+    found = tool_of(req)
+    if found is not None:
+        lines.append(f"The tool: {found[1]} of the MCP upstream {found[0]}; its arguments are "
+                     "shown on the request's page.")
     lines += ["", f"It needs {req.approvals_needed} approval(s) from the {req.approver_role} "
               f"role (or the tenant's Owner) before {_iso(req.expires_at)}.", "",
               "Review it (you will be asked to sign in):", url, ""]
@@ -116,6 +131,9 @@ def _notification_body(ctx: TenantContext, req: ApprovalRequest, url: str) -> by
                 "requested_by": req.requested_by_name, "approver_role": req.approver_role,
                 "approvals_needed": req.approvals_needed, "created_at": _iso(req.created_at),
                 "expires_at": _iso(req.expires_at), "url": url}
+    found = tool_of(req)
+    if found is not None:
+        document["upstream"], document["tool"] = found
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 

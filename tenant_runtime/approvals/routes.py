@@ -3,6 +3,8 @@ control plane.
 
 - ``/approvals``: the inbox (requests the signed-in member may decide), asking for an action
   (Owners, Admins, Operators) and the recent requests; htmx swaps ``_approvals_inbox.html``.
+- ``/approvals/history``: requests no longer waiting, with filters, sorting, paging and a CSV
+  download (``.csv``).
 - ``/approvals/{request_id}``: one request and its timeline; approve (optional comment) or
   reject (a reason is required).
 - ``/approvals/classes``: action classes and notification settings (Owners and Admins change
@@ -19,8 +21,8 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from tenant_runtime import permissions
-from tenant_runtime.approvals import classes, service
+from tenant_runtime import permissions, tables
+from tenant_runtime.approvals import arguments, classes, history, notify, service
 from tenant_runtime.approvals.exceptions import ApprovalError, RequestNotFound
 from tenant_runtime.approvals.executors import internal_actions
 from tenant_runtime.context import TenantContext
@@ -77,8 +79,9 @@ def _me(ctx: TenantContext) -> tuple[str, str]:
 def _inbox_context(s: Session, ctx: TenantContext) -> dict[str, Any]:
     user_id, role = _me(ctx)
     now = service.clock()
-    return {"inbox": service.inbox(s, user_id=user_id, role=role, now=now),
-            "recent": service.recent_requests(s), "now": now,
+    inbox = service.inbox(s, user_id=user_id, role=role, now=now)
+    return {"inbox": inbox, "recent": service.recent_requests(s), "now": now,
+            "arguments": {r.id: arguments.arguments_for(ctx, r) for r in inbox},
             "state_of": lambda r: service.display_state(r, now)}
 
 
@@ -132,8 +135,12 @@ def _request_page(request: Request, ctx: TenantContext, *, status_code: int = 20
     render = request.app.state.render
     with ctx.session() as s, s.begin():
         view = service.request_view(s, ctx, request.path_params["request_id"])
+        shown = arguments.arguments_for(ctx, view.request)
     return render(request, "tenants/approval_request.html",  # type: ignore[no-any-return]
-                  {"view": view, "req": view.request, **extra}, status_code=status_code,
+                  {"view": view, "req": view.request, "arguments": shown,
+                   "tool": notify.tool_of(view.request),
+                   "arguments_kept": view.request.arguments_sealed is not None, **extra},
+                  status_code=status_code,
                   partial="tenants/_approval_request.html")
 
 
@@ -171,6 +178,29 @@ def approve(request: Request, ctx: TenantContext) -> Response:
 def reject(request: Request, ctx: TenantContext) -> Response:
     form: RejectForm = request.state.form
     return _decide(request, ctx, False, form.reason)
+
+
+# --- history ---------------------------------------------------------------------------------
+
+
+def history_page(request: Request, ctx: TenantContext) -> Response:
+    f = history.HistoryFilter.parse(request.query_params)
+    render = request.app.state.render
+    with ctx.session() as s, s.begin():
+        page = history.history(s, f, service.clock())
+        actions = history.action_names(s)
+    return render(request, "tenants/approvals_history.html",  # type: ignore[no-any-return]
+                  {"page": page, "actions": actions, "statuses": history.STATUSES,
+                   "sorts": history.SORTS, "tid": ctx.tenant_id},
+                  partial="tenants/_approvals_history.html")
+
+
+def history_download(request: Request, ctx: TenantContext) -> Response:
+    f = history.HistoryFilter.parse(request.query_params)
+    with ctx.session() as s, s.begin():
+        body = history.history_csv(s, f, service.clock())
+    return Response(body, media_type="text/csv; charset=utf-8", headers=tables.csv_headers(
+        f"tenant-{ctx.tenant_id}-approvals.csv"))
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -266,6 +296,8 @@ routes = [
                 form=EmptyForm, permission="approvals.manage"),
     TenantRoute("/approvals/settings", save_settings, "POST", form=SettingsForm,
                 permission="approvals.manage"),
+    TenantRoute("/approvals/history", history_page, permission="approvals.view"),
+    TenantRoute("/approvals/history.csv", history_download, permission="approvals.view"),
     TenantRoute("/approvals/{request_id}", request_page, permission="approvals.view"),
     # who may decide one request is also the class's setting (service.may_decide)
     TenantRoute("/approvals/{request_id}/approve", approve, "POST", form=ApproveForm,

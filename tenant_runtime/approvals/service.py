@@ -304,6 +304,14 @@ def _why_not_usable(req: ApprovalRequest | None, now: datetime) -> Exception:
                        "yet.")
 
 
+def check_usable(req: ApprovalRequest, now: datetime | None = None) -> None:
+    """Raise why ``req`` could not be consumed now (the reasons ``consume`` gives), without
+    consuming it: for an action that does long, undoable work before it consumes."""
+    now = now or clock()
+    if req.state != "approved" or req.expires_at <= now or req.executed_at is not None:
+        raise _why_not_usable(req, now)
+
+
 def display_state(req: ApprovalRequest, now: datetime | None = None) -> str:
     now = now or clock()
     if req.state in ("pending", "approved") and req.expires_at <= now:

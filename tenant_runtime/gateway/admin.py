@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantInvalidInput, TenantNotFound
-from tenant_runtime.gateway import config
+from tenant_runtime.gateway import config, tools
 from tenant_runtime.gateway.egress import check_route
 from tenant_runtime.gateway.names import normalize_model_name
 from tenant_runtime.gateway.providers.base import PROVIDERS
@@ -80,6 +80,31 @@ def update_settings(s: Session, ctx: TenantContext, change: SettingsChange) -> l
     config.bump(s)
     audit.record(s, GatewayEvents.SETTINGS_CHANGED, actor=ctx.actor,
                  target_type="gateway_settings", target_id=1, details=details)
+    return changed
+
+
+def update_tool_policy(s: Session, ctx: TenantContext, rules: tuple[tools.ToolRule, ...],
+                       image_policy: str | None) -> list[str]:
+    """Set the tenant's tool rules and image policy (None: the profile's default); returns
+    the names of the fields that changed. The audit event lists the rules (tool globs and model
+    names are a program's identifiers, never personal data)."""
+    if image_policy is not None and image_policy not in tools.IMAGE_POLICIES:
+        raise TenantInvalidInput("The image policy must be allow, refuse, or the profile's "
+                                 "default.")
+    stored = [{"tool": r.tool, "models": list(r.models)} for r in rules]
+    row = config.load_settings(s)
+    changed = [name for name, old, new in (("tool_rules", list(row.tool_rules), stored),
+                                           ("image_policy", row.image_policy, image_policy))
+               if old != new]
+    if not changed:
+        return []
+    row.tool_rules, row.image_policy = stored, image_policy
+    row.updated_at = datetime.now(UTC)
+    config.bump(s)
+    audit.record(s, GatewayEvents.SETTINGS_CHANGED, actor=ctx.actor,
+                 target_type="gateway_settings", target_id=1,
+                 details={"changed": changed, "tool_rules": stored[:50],
+                          "image_policy": image_policy or "default"})
     return changed
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from tenant_runtime.context import TenantContext
 from tenant_runtime.credentials.service import reveal_secret
-from tenant_runtime.gateway import pricing
+from tenant_runtime.gateway import pricing, tools
 from tenant_runtime.gateway.providers.base import Target
 from tenant_runtime.models import GatewayRoute, GatewaySettings, single_row
 from tenant_runtime.redaction import Profile
@@ -99,6 +99,8 @@ class GatewayConfig:
     profile: Profile
     allowed: frozenset[str]
     chains: dict[str, tuple[RouteEntry, ...]]  # model name → the route, then its fallbacks
+    tool_rules: tuple[tools.ToolRule, ...] = ()
+    images_allowed: bool = True
 
 
 _snapshots: dict[int, GatewayConfig] = {}
@@ -124,7 +126,9 @@ def _build(s: Session, ctx: TenantContext, settings: GatewaySettings) -> Gateway
     return GatewayConfig(settings.config_version, settings.monthly_cap_micros,
                          settings.requests_per_minute, settings.tokens_per_minute,
                          profile_of(ctx, settings),
-                         frozenset(r.model_name for r in routes if r.allowed), chains)
+                         frozenset(r.model_name for r in routes if r.allowed), chains,
+                         tools.parse_rules(settings.tool_rules),
+                         tools.images_allowed(settings.image_policy, settings.redaction_profile))
 
 
 _VERSION = f"SELECT config_version FROM {SETTINGS_TABLE} WHERE id = 1"  # noqa: S608 - a constant

@@ -5,12 +5,23 @@ cannot run up spend the cap does not see."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tenant_runtime.gateway.content import (
+    Document,
+    Image,
+    RedactedThinking,
+    Text,
+    Thinking,
+    ToolCall,
+    ToolResult,
+)
 from tenant_runtime.models import GatewayPrice
 
 
@@ -93,3 +104,45 @@ def prompt_token_bound(texts: Iterable[str]) -> int:
     for text in texts:
         count, size = count + 1, size + len(text.encode("utf-8"))
     return size + 8 * count + 8
+
+
+# An upper bound of what one image costs in prompt tokens: OpenAI's largest tiling of a
+# high-detail image (2048 x 768 px: 8 tiles of 170 plus 85, 1,445 tokens), its patch-based
+# models' cap (1,536 patches, ~2,490 tokens) and Anthropic's ((width x height) / 750, at most
+# ~1,600 tokens for images it does not scale down) all stay under it. A non-text document is
+# bounded by the larger of this and one token per byte.
+IMAGE_TOKEN_BOUND = 2_500
+
+
+def request_token_bound(request: Any) -> int:
+    """An upper bound of a chat request's prompt tokens (a ``ChatRequest`` or the
+    ``RedactedRequest`` made of it): every text it sends (messages, tool calls and results,
+    thinking, tool definitions and the output schema as JSON) and every image."""
+    texts: list[str] = []
+    extra = 0
+    for message in request.messages:
+        if isinstance(message.content, str):
+            texts.append(message.content)
+            continue
+        for block in message.content:
+            for part in (block.content if isinstance(block, ToolResult) else (block,)):
+                if isinstance(part, Text):
+                    texts.append(part.text)
+                elif isinstance(part, ToolCall):
+                    texts.append(part.name + part.arguments)
+                elif isinstance(part, Thinking):
+                    texts.append(part.text + part.signature)
+                elif isinstance(part, RedactedThinking):
+                    texts.append(part.data)
+                elif isinstance(part, Document) and part.source == "text":
+                    texts.append(part.data)
+                elif isinstance(part, Document):
+                    extra += max(IMAGE_TOKEN_BOUND, len(part.data) * 3 // 4)
+                elif isinstance(part, Image):
+                    extra += IMAGE_TOKEN_BOUND
+    for tool in request.tools:
+        texts.append(json.dumps([tool.name, tool.description, tool.parameters]))
+    if request.output is not None:
+        texts.append(json.dumps([request.output.name, request.output.description,
+                                 request.output.schema]))
+    return prompt_token_bound(texts) + extra

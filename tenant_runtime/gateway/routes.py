@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
@@ -17,7 +18,7 @@ from tenant_runtime import permissions
 from tenant_runtime.context import TenantContext
 from tenant_runtime.credentials.service import list_credentials
 from tenant_runtime.exceptions import TenantInvalidInput
-from tenant_runtime.gateway import admin, config, pricing, report
+from tenant_runtime.gateway import admin, config, pricing, report, tools
 from tenant_runtime.gateway.providers.base import PROVIDERS
 from tenant_runtime.models import GatewayRoute
 from tenant_runtime.redaction import DETECTORS, PROFILES
@@ -56,6 +57,11 @@ class SettingsForm(_Form):
     custom_patterns: str = Field(default="", max_length=10_000)
     requests_per_minute: int = Field(ge=1, le=1_000_000)
     tokens_per_minute: int = Field(ge=1, le=1_000_000_000)
+
+
+class ToolPolicyForm(_Form):
+    tool_rules: str = Field(default="", max_length=20_000)
+    image_policy: Literal["default", "allow", "refuse"] = "default"
 
 
 class CapForm(_Form):
@@ -117,6 +123,9 @@ def _page(request: Request, ctx: TenantContext, *, status_code: int = 200,
             "custom_terms": config.custom_terms(ctx, settings) if manager else [],
             "credentials": list_credentials(s, ctx) if manager else [],
             "providers": PROVIDERS, "profiles": PROFILES, "detectors": DETECTORS,
+            "tool_rules_text": tools.rules_text(tools.parse_rules(settings.tool_rules)),
+            "images_allowed": tools.images_allowed(settings.image_policy,
+                                                   settings.redaction_profile),
             "role": ctx.actor.role, "dollars": lambda micros: f"${micros / 1e6:,.2f}",
             **extra}
     return render(request, "tenants/gateway.html",  # type: ignore[no-any-return]
@@ -151,6 +160,22 @@ def update_settings(request: Request, ctx: TenantContext) -> Response:
             tokens_per_minute=form.tokens_per_minute))
 
     return _change(request, ctx, apply, "Gateway settings saved.")
+
+
+def update_tool_policy(request: Request, ctx: TenantContext) -> Response:
+    form: ToolPolicyForm = request.state.form
+
+    def apply(s: Session) -> None:
+        admin.update_tool_policy(s, ctx, tools.parse_rules_text(form.tool_rules),
+                                 None if form.image_policy == "default" else form.image_policy)
+
+    try:
+        with ctx.session() as s, s.begin():
+            apply(s)
+    except TenantInvalidInput as exc:
+        return _page(request, ctx, status_code=422, tools_error=exc.message,
+                     tools_form=form.model_dump(exclude={"csrf_token"}))
+    return _page(request, ctx, notice="Tool rules and image policy saved.")
 
 
 def update_cap(request: Request, ctx: TenantContext) -> Response:
@@ -224,6 +249,8 @@ def remove_price(request: Request, ctx: TenantContext) -> Response:
 routes = [
     TenantRoute("/gateway", gateway_page, permission="gateway.view"),
     TenantRoute("/gateway/settings", update_settings, "POST", form=SettingsForm,
+                permission="gateway.manage"),
+    TenantRoute("/gateway/tools", update_tool_policy, "POST", form=ToolPolicyForm,
                 permission="gateway.manage"),
     TenantRoute("/gateway/cap", update_cap, "POST", form=CapForm, permission="gateway.spend"),
     TenantRoute("/gateway/routes", add_route, "POST", form=RouteForm,

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -31,26 +32,41 @@ from sqlalchemy.orm import Session
 from tenant_runtime import audit
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantError, TenantInvalidInput
-from tenant_runtime.gateway import config, pricing, spend
+from tenant_runtime.gateway import config, features, pricing, settlement, spend, tools
+from tenant_runtime.gateway.content import AnswerBlock, Choice, Text, ToolCall
 from tenant_runtime.gateway.egress import EgressRefused, check_route
-from tenant_runtime.gateway.messages import ChatRequest
+from tenant_runtime.gateway.messages import ChatRequest, EmbeddingRequest, tool_history_problem
 from tenant_runtime.gateway.names import shown
 from tenant_runtime.gateway.providers.base import (
     Adapter,
     Finished,
     ProviderError,
+    StreamEvent,
     Target,
     TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
     Usage,
 )
 from tenant_runtime.gateway.providers.registry import adapter_for
 from tenant_runtime.models import GatewayCall
-from tenant_runtime.redaction import RedactedRequest, Restorer, redact_request
+from tenant_runtime.observability import metrics, tracing
+from tenant_runtime.redaction import (
+    RedactedEmbedding,
+    RedactedRequest,
+    Restorer,
+    StreamRestorer,
+    redact_embedding,
+    redact_request,
+)
 
 
 class GatewayEvents:
     CALL = "gateway.call"
     MODEL_REFUSED = "gateway.model_refused"  # a scope denial
+    TOOL_REFUSED = "gateway.tool_refused"  # a scope denial: a tool the tenant's rules forbid
+    IMAGE_REFUSED = "gateway.image_refused"  # images, where the tenant's policy refuses them
+    TOKENS_COUNTED = "gateway.tokens_counted"  # count_tokens: no spend, the provider may see it
     SPEND_CAP_REACHED = "gateway.spend_cap_reached"
     SETTINGS_CHANGED = "gateway.settings_changed"
     ROUTE_ADDED = "gateway.route_added"
@@ -60,14 +76,28 @@ class GatewayEvents:
     PRICE_REMOVED = "gateway.price_removed"
 
 
-# providers whose wire format takes the system prompt apart from the conversation and refuses
-# a conversation with no turn: a system-only request is refused before any spend or call
-NEEDS_A_TURN = frozenset({"anthropic", "bedrock"})
+# a refusal's event, as the reason label of the refusals metric
+REFUSAL_REASONS = {GatewayEvents.MODEL_REFUSED: "model_not_allowed",
+                   GatewayEvents.TOOL_REFUSED: "tool_not_allowed",
+                   GatewayEvents.IMAGE_REFUSED: "images_not_allowed",
+                   GatewayEvents.SPEND_CAP_REACHED: "spend_cap"}
+# a provider's answer that the request itself is invalid: answered 422, the caller's to fix
+REFUSED_AS_INVALID = frozenset({400, 422})
 
 
 class ModelRefused(TenantError):
     status_code = 403
     default_message = "This model is not on the tenant's allowlist."
+
+
+class ToolRefused(TenantError):
+    status_code = 403
+    default_message = "The tenant's tool rules do not allow this tool."
+
+
+class ImagesRefused(TenantError):
+    status_code = 403
+    default_message = "The tenant's policy does not let images leave."
 
 
 class ProvidersFailed(TenantError):
@@ -80,27 +110,65 @@ class PreparedCall:
     call_id: int
     month: date
     model_name: str
-    redacted: RedactedRequest
+    redacted: RedactedRequest | RedactedEmbedding
     restorer: Restorer = field(repr=False)  # the placeholder map: memory only, this call only
     targets: list[Target] = field(repr=False)
     prices: list[pricing.Price]
     reserved_micros: int
     started: float
     idempotency_key: str | None = None  # set: the answer is kept, sealed, until released
+    endpoint_kind: str = ""
+    # time inside provider adapters, and each attempt, for the overhead metric and the trace
+    provider_seconds: float = 0.0
+    attempts: list[tracing.ProviderAttempt] = field(default_factory=list, repr=False)
+
+    def provider_done(self, target: Target, began: float, error: BaseException | None = None
+                      ) -> None:
+        """Count an adapter call that began at ``began`` (``perf_counter``) and ends now."""
+        ended = time.perf_counter()
+        self.provider_seconds += ended - began
+        self.attempts.append(tracing.ProviderAttempt(
+            target.provider, target.model, began, ended,
+            None if error is None else type(error).__name__))
+
+    @property
+    def json_answer(self) -> bool:
+        """Structured output: the answer text is JSON, restored as JSON."""
+        return isinstance(self.redacted, RedactedRequest) and self.redacted.output is not None
+
+    @property
+    def chat(self) -> RedactedRequest:
+        if not isinstance(self.redacted, RedactedRequest):
+            raise TypeError("An embeddings call has no chat request.")
+        return self.redacted
 
 
 @dataclass(frozen=True)
 class CallResult:
-    text: str  # restored
+    text: str  # restored, of the first choice
     usage: Usage
     finish_reason: str
     provider: str
     cost_micros: int
     replayed: bool = False  # the kept answer of an earlier attempt: no call, no charge
+    choices: tuple[Choice, ...] = ()  # restored; empty for a stream's result
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vectors: tuple[list[float] | str, ...]
+    usage: Usage
+    provider: str
+    cost_micros: int
 
 
 KEPT_ANSWER = ("gateway_calls", "answer_sealed")  # the sealed answer's table and column
 KEEP_ANSWERS_FOR = timedelta(days=1)
+
+
+def _listed(names: list[str]) -> str:
+    names = list(dict.fromkeys(names))
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _now() -> datetime:
@@ -109,12 +177,15 @@ def _now() -> datetime:
 
 class Gateway:
     """One tenant's gateway. ``adapters`` maps a provider name to its adapter (the registry by
-    default); ``endpoint_kind`` records which drop-in API the call came through."""
+    default); ``endpoint_kind`` records which drop-in API the call came through.
+    ``started``: when the call reached Magistrate (``perf_counter``; default: when ``prepare``
+    or ``embed`` begins), the start of its latency and of its overhead metric."""
 
     def __init__(self, ctx: TenantContext, *, api_key_id: str | None = None,
                  adapters: Callable[[str], Adapter] = adapter_for,
-                 clock: Callable[[], datetime] = _now) -> None:
+                 clock: Callable[[], datetime] = _now, started: float | None = None) -> None:
         self.ctx, self.api_key_id, self.adapters, self.clock = ctx, api_key_id, adapters, clock
+        self.started = started
 
     # -- before the provider -------------------------------------------------------------
 
@@ -124,74 +195,128 @@ class Gateway:
         """Allowlist, redaction and the spend reservation, committed together. ``rate_limit``
         is called with the tenant's requests and tokens per minute first, and raises to
         refuse. ``idempotency_key``: see ``complete_once``."""
-        started = time.perf_counter()
+        started = time.perf_counter() if self.started is None else self.started
         month = spend.month_of(self.clock())
+        problem = tool_history_problem(request.messages)
+        if problem is not None:
+            raise TenantInvalidInput(problem)
         with self.ctx.session() as s, s.begin():
             cfg = config.snapshot(s, self.ctx)
             if rate_limit is not None:
                 rate_limit(cfg.requests_per_minute, cfg.tokens_per_minute)
+            refused_tools = tools.refused_tools(request, cfg.tool_rules)
             if request.model not in cfg.allowed:
                 refusal: TenantError = ModelRefused(
                     f"The model {shown(request.model)} is not on this tenant's allowlist; an "
                     "Owner or Admin can allow it on the tenant's gateway page.")
+            elif refused_tools:
+                refusal = ToolRefused(
+                    f"This tenant's tool rules do not let programs offer "
+                    f"{_listed(refused_tools)} to {shown(request.model)}; remove "
+                    f"{'it' if len(refused_tools) == 1 else 'them'} from the request, or ask an "
+                    "Owner or Admin to change the rules on the tenant's gateway page.",
+                    details={"tools": sorted(set(refused_tools))[:20]})
+            elif not cfg.images_allowed and tools.count_images(request):
+                refusal = ImagesRefused(
+                    "This tenant's policy does not let images or documents leave (they cannot "
+                    "be scanned for personal data); send text only, or ask an Owner or Admin "
+                    "to allow images on the tenant's gateway page.")
             else:
                 redacted, restorer = redact_request(request, cfg.profile)
-                chain, egress_refusals, untranslatable = [], [], []
-                turns = any(m.role != "system" for m in request.messages)
-                for entry in cfg.chains[request.model]:
-                    if not turns and entry.provider in NEEDS_A_TURN:
-                        untranslatable.append(entry.provider)
-                        continue
-                    try:
-                        check_route(self.ctx.egress, provider=entry.provider,
-                                    endpoint=entry.endpoint, has_credential=entry.has_credential)
-                        chain.append(entry)
-                    except EgressRefused as exc:
-                        egress_refusals.append(f"{entry.model_name}: {exc.message}")
-                if not chain and untranslatable and not egress_refusals:
-                    raise TenantInvalidInput(
-                        f"The model {shown(request.model)} is served by "
-                        f"{' and '.join(sorted(set(untranslatable)))}, which needs at least one "
-                        "user or assistant message; this request has only system messages. "
-                        "Add the user's message.")
-                if not chain:
-                    raise ProvidersFailed(f"The model {shown(request.model)} cannot be called: "
-                                          + " ".join(egress_refusals))
+                chain = self._chain(cfg, request.model,
+                                    lambda provider: features.unsupported(request, provider))
                 prices = [entry.price for entry in chain]
                 reserved = self._worst_case(redacted, prices)
-                first = chain[0].target
-                call_id = spend.reserve_call(
-                    s, month=month, amount_micros=reserved, cap_micros=cfg.monthly_cap_micros,
-                    call={"api_key_id": self.api_key_id, "model_name": request.model,
-                          "provider": first.provider, "provider_model": first.model,
-                          "endpoint_kind": endpoint_kind, "stream": request.stream,
-                          "redactions": dict(redacted.counts),
-                          "idempotency_key": idempotency_key})
-                if call_id is not None:
-                    return PreparedCall(call_id, month, request.model, redacted, restorer,
-                                        [entry.target for entry in chain], prices, reserved,
-                                        started, idempotency_key)
-                refusal = spend.SpendCapReached(spend.cap_message(cfg.monthly_cap_micros, month))
-        self._refused(refusal, request, endpoint_kind)
+                prepared = self._reserve(s, cfg, month, chain, reserved, redacted, restorer,
+                                         endpoint_kind=endpoint_kind, stream=request.stream,
+                                         started=started, idempotency_key=idempotency_key)
+                if prepared is not None:
+                    return prepared
+                refusal = spend.SpendCapReached(spend.reservation_message(
+                    s, month=month, cap_micros=cfg.monthly_cap_micros,
+                    reserved_micros=reserved,
+                    prompt_tokens=pricing.request_token_bound(redacted), prices=prices,
+                    answers=redacted.n))
+        self._refused(refusal, request.model, endpoint_kind)
         raise refusal
+
+    def _chain(self, cfg: config.GatewayConfig, model: str,
+               unsupported: Callable[[str], list[str]]) -> list[config.RouteEntry]:
+        """The routes a call of ``model`` may take, in order: those whose provider can take
+        the request (``unsupported`` lists what it cannot) and whose endpoint the egress
+        policy allows. None: 422 naming what no provider could take, or 502."""
+        chain, egress_refusals = [], []
+        untranslatable: dict[str, list[str]] = {}
+        for entry in cfg.chains[model]:
+            missing = unsupported(entry.provider)
+            if missing:
+                untranslatable.setdefault(entry.provider, missing)
+                continue
+            try:
+                check_route(self.ctx.egress, provider=entry.provider, endpoint=entry.endpoint,
+                            has_credential=entry.has_credential)
+                chain.append(entry)
+            except EgressRefused as exc:
+                egress_refusals.append(f"{entry.model_name}: {exc.message}")
+        if not chain and untranslatable and not egress_refusals:
+            if all(fields == [features.NEEDS_A_TURN] for fields in untranslatable.values()):
+                raise TenantInvalidInput(
+                    f"The model {shown(model)} is served by "
+                    f"{' and '.join(sorted(untranslatable))}, which needs at least one user or "
+                    "assistant message; this request has only system messages. Add the user's "
+                    "message.")
+            raise TenantInvalidInput(
+                f"The model {shown(model)} is served by "
+                + "; ".join(f"{provider}, which cannot take {_listed(fields)}"
+                            for provider, fields in sorted(untranslatable.items()))
+                + ". Leave those out, or use a model another provider serves.")
+        if not chain:
+            raise ProvidersFailed(f"The model {shown(model)} cannot be called: "
+                                  + " ".join(egress_refusals))
+        return chain
+
+    def _reserve(self, s: Session, cfg: config.GatewayConfig, month: date,
+                 chain: list[config.RouteEntry], reserved: int,
+                 redacted: RedactedRequest | RedactedEmbedding, restorer: Restorer, *,
+                 endpoint_kind: str, stream: bool, started: float,
+                 idempotency_key: str | None = None) -> PreparedCall | None:
+        """Reserve the call's worst case and write its row; None when it does not fit."""
+        first = chain[0].target
+        call_id = spend.reserve_call(
+            s, month=month, amount_micros=reserved, cap_micros=cfg.monthly_cap_micros,
+            call={"api_key_id": self.api_key_id, "model_name": redacted.model,
+                  "provider": first.provider, "provider_model": first.model,
+                  "endpoint_kind": endpoint_kind, "stream": stream,
+                  "redactions": dict(redacted.counts), "idempotency_key": idempotency_key})
+        if call_id is None:
+            return None
+        return PreparedCall(call_id, month, redacted.model, redacted, restorer,
+                            [entry.target for entry in chain],
+                            [entry.price for entry in chain], reserved, started,
+                            idempotency_key, endpoint_kind)
 
     @staticmethod
     def _worst_case(redacted: RedactedRequest, prices: list[pricing.Price]) -> int:
-        tokens_in = pricing.prompt_token_bound(m.content for m in redacted.messages)
-        return max(price.cost_micros(tokens_in, redacted.max_tokens) for price in prices)
+        tokens_in = pricing.request_token_bound(redacted)
+        return max(price.cost_micros(tokens_in, redacted.max_tokens * redacted.n)
+                   for price in prices)
 
-    def _refused(self, refusal: TenantError, request: ChatRequest, endpoint_kind: str) -> None:
-        event = (GatewayEvents.MODEL_REFUSED if isinstance(refusal, ModelRefused)
-                 else GatewayEvents.SPEND_CAP_REACHED)
+    def _refused(self, refusal: TenantError, model: str, endpoint_kind: str) -> None:
+        event = {ModelRefused: GatewayEvents.MODEL_REFUSED,
+                 ToolRefused: GatewayEvents.TOOL_REFUSED,
+                 ImagesRefused: GatewayEvents.IMAGE_REFUSED}.get(
+                     type(refusal), GatewayEvents.SPEND_CAP_REACHED)
+        metrics.refused(REFUSAL_REASONS[event])
         with self.ctx.session() as s, s.begin():
-            listed = config.route_for(s, request.model) is not None
+            listed = config.route_for(s, model) is not None
             # a name that is no route of the tenant's could be anything a caller typed (an
             # e-mail address, say): the chain keeps only its digest
-            name = request.model if listed else "unlisted:" + hashlib.sha256(
-                request.model.encode("utf-8", "replace")).hexdigest()[:16]
+            name = model if listed else "unlisted:" + hashlib.sha256(
+                model.encode("utf-8", "replace")).hexdigest()[:16]
             audit.record(s, event, actor=self.ctx.actor, target_type="model",
                          target_id=name[:64],
-                         details={"api_key_id": self.api_key_id, "endpoint": endpoint_kind})
+                         details={"api_key_id": self.api_key_id, "endpoint": endpoint_kind,
+                                  **(refusal.details or {})})
 
     # -- the provider ----------------------------------------------------------------------
 
@@ -229,53 +354,61 @@ class Gateway:
     def complete(self, call: PreparedCall) -> CallResult:
         failures: list[ProviderError] = []
         for target, price in zip(call.targets, call.prices, strict=True):
+            began = time.perf_counter()
             try:
-                answer = self.adapters(target.provider).complete(call.redacted, target)
+                answer = self.adapters(target.provider).complete(call.chat, target)
             except ProviderError as exc:
+                call.provider_done(target, began, exc)
                 failures.append(exc)
                 continue
             except Exception as exc:  # not the provider's answer: still settle, then raise
+                call.provider_done(target, began, exc)
                 self._finish(call, target, outcome="error", usage=Usage(0, 0),
                              cost=call.reserved_micros, attempts=1, fallback=bool(failures),
                              error=f"unexpected {type(exc).__name__}")
                 raise
+            call.provider_done(target, began)
             cost = price.cost_micros(answer.usage.input_tokens, answer.usage.output_tokens)
-            result = CallResult(call.restorer.restore(answer.text), answer.usage,
-                                answer.finish_reason, target.provider, cost)
+            choices = tuple(restore_choice(choice, call.restorer, json_text=call.json_answer)
+                            for choice in answer.choices)
+            result = CallResult(choices[0].text if choices else "", answer.usage,
+                                answer.finish_reason, target.provider, cost, choices=choices)
             self._finish(call, target, outcome="ok", usage=answer.usage, cost=cost,
                          attempts=sum(f.attempts for f in failures) + answer.attempts,
-                         fallback=bool(failures), kept=result)
+                         fallback=bool(failures), kept=result,
+                         tool_calls=tools.tool_call_counts(answer.choices))
             return result
         raise self._failed(call, failures)
 
-    def stream(self, call: PreparedCall) -> Iterator[str | CallResult]:
-        """Restored text as it arrives, then one ``CallResult``. A fallback is taken only
-        before the first text; the call is settled and audited however the stream ends, the
+    def stream(self, call: PreparedCall) -> Iterator[StreamEvent | CallResult]:
+        """Restored events as they arrive (text, tool calls whose argument fragments are
+        restored as JSON, thinking unchanged), then one ``CallResult``. A fallback is taken only
+        before the first event; the call is settled and audited however the stream ends, the
         caller hanging up included."""
         failures: list[ProviderError] = []
         for target, price in zip(call.targets, call.prices, strict=True):
-            restoring, received, finished = call.restorer.stream(), 0, None
+            restoring = StreamRestoration(call.restorer, json_text=call.json_answer)
+            finished: Finished | None = None
             error: ProviderError | None = None
             fell_back = False
+            provider_events = self._timed_stream(call, target)
             try:
-                for event in self.adapters(target.provider).stream(call.redacted, target):
-                    if isinstance(event, TextDelta):
-                        received += len(event.text)
-                        if text := restoring.feed(event.text):
-                            yield text
-                    elif isinstance(event, Finished):
+                for event in provider_events:
+                    if isinstance(event, Finished):
                         finished = event
-                if tail := restoring.flush():
-                    yield tail
+                        continue
+                    yield from restoring.feed(event)
+                yield from restoring.flush()
             except ProviderError as exc:
-                fell_back = received == 0
+                fell_back = restoring.received == 0
                 if fell_back:
                     failures.append(exc)
                 else:
                     error = exc
             finally:  # also when the caller hangs up (GeneratorExit at a yield)
+                provider_events.close()  # the provider's stream at once, and its time counted
                 if not fell_back:
-                    self._finish_stream(call, target, price, failures, received, finished,
+                    self._finish_stream(call, target, price, failures, restoring, finished,
                                         error)
             if fell_back:
                 continue
@@ -287,23 +420,151 @@ class Gateway:
             return
         raise self._failed(call, failures)
 
+    def _timed_stream(self, call: PreparedCall, target: Target
+                      ) -> Generator[StreamEvent, None, None]:
+        """The adapter's events, the time spent waiting for each counted as the provider's."""
+        began = time.perf_counter()
+        error: BaseException | None = None
+        events = self.adapters(target.provider).stream(call.chat, target)
+        try:
+            while True:
+                tick = time.perf_counter()
+                try:
+                    event = next(events)
+                except StopIteration:
+                    return
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    call.provider_seconds += time.perf_counter() - tick
+                yield event
+        finally:
+            getattr(events, "close", lambda: None)()
+            call.attempts.append(tracing.ProviderAttempt(
+                target.provider, target.model, began, time.perf_counter(),
+                None if error is None else type(error).__name__))
+
     def _finish_stream(self, call: PreparedCall, target: Target, price: pricing.Price,
-                       failures: list[ProviderError], received: int, finished: Finished | None,
-                       error: ProviderError | None) -> None:
+                       failures: list[ProviderError], restoring: StreamRestoration,
+                       finished: Finished | None, error: ProviderError | None) -> None:
         if finished is not None:
             usage, attempts = finished.usage, finished.attempts
             cost = price.cost_micros(usage.input_tokens, usage.output_tokens)
         else:  # cut short: the provider may have generated (and billed) up to the worst case,
             # so the reservation is charged in full, on the side of the cap
-            usage = Usage(pricing.prompt_token_bound(m.content for m in call.redacted.messages),
-                          pricing.estimate_tokens(received))
+            usage = Usage(pricing.request_token_bound(call.redacted),
+                          pricing.estimate_tokens(restoring.received))
             attempts, cost = (error.attempts if error else 1), call.reserved_micros
         outcome = "error" if error else ("ok" if finished else "cut short")
         self._finish(call, target, outcome=outcome, usage=usage, cost=cost,
                      attempts=sum(f.attempts for f in failures) + attempts,
-                     fallback=bool(failures), error=str(error) if error else None)
+                     fallback=bool(failures), error=str(error) if error else None,
+                     tool_calls=dict(restoring.tool_calls),
+                     finish_reason=finished.finish_reason if finished else None)
 
-    def _failed(self, call: PreparedCall, failures: list[ProviderError]) -> ProvidersFailed:
+    # -- embeddings and token counts -------------------------------------------------------
+
+    def embed(self, request: EmbeddingRequest, *, endpoint_kind: str,
+              rate_limit: Callable[[int, int], None] | None = None) -> EmbeddingResult:
+        """Allowlist, redaction, reservation (the input's token bound at the input price),
+        the OpenAI-shaped routes in order, settlement and the call's audit event."""
+        started = time.perf_counter() if self.started is None else self.started
+        month = spend.month_of(self.clock())
+        with self.ctx.session() as s, s.begin():
+            cfg = config.snapshot(s, self.ctx)
+            if rate_limit is not None:
+                rate_limit(cfg.requests_per_minute, cfg.tokens_per_minute)
+            if request.model not in cfg.allowed:
+                refusal: TenantError = ModelRefused(
+                    f"The model {shown(request.model)} is not on this tenant's allowlist; an "
+                    "Owner or Admin can allow it on the tenant's gateway page.")
+            else:
+                redacted = redact_embedding(request, cfg.profile)
+                chain = self._chain(cfg, request.model, lambda provider: (
+                    [] if provider in features.OPENAI_SHAPED else ["embeddings"]))
+                prices = [entry.price for entry in chain]
+                tokens = pricing.prompt_token_bound(redacted.inputs)
+                reserved = max(price.cost_micros(tokens, 0) for price in prices)
+                call = self._reserve(s, cfg, month, chain, reserved, redacted, Restorer({}),
+                                     endpoint_kind="embeddings", stream=False,
+                                     started=started)
+                if call is not None:
+                    return self._embed(call, redacted)
+                refusal = spend.SpendCapReached(spend.reservation_message(
+                    s, month=month, cap_micros=cfg.monthly_cap_micros,
+                    reserved_micros=reserved, prompt_tokens=tokens, prices=prices, answers=1))
+        self._refused(refusal, request.model, endpoint_kind)
+        raise refusal
+
+    def _embed(self, call: PreparedCall, redacted: RedactedEmbedding) -> EmbeddingResult:
+        failures: list[ProviderError] = []
+        for target, price in zip(call.targets, call.prices, strict=True):
+            adapter = self.adapters(target.provider)
+            began = time.perf_counter()
+            try:
+                answer = adapter.embed(redacted, target)  # type: ignore[attr-defined]
+            except ProviderError as exc:
+                call.provider_done(target, began, exc)
+                failures.append(exc)
+                continue
+            except Exception as exc:
+                call.provider_done(target, began, exc)
+                self._finish(call, target, outcome="error", usage=Usage(0, 0),
+                             cost=call.reserved_micros, attempts=1, fallback=bool(failures),
+                             error=f"unexpected {type(exc).__name__}")
+                raise
+            call.provider_done(target, began)
+            cost = price.cost_micros(answer.usage.input_tokens, 0)
+            self._finish(call, target, outcome="ok", usage=answer.usage, cost=cost,
+                         attempts=sum(f.attempts for f in failures) + answer.attempts,
+                         fallback=bool(failures))
+            return EmbeddingResult(answer.vectors, answer.usage, target.provider, cost)
+        raise self._failed(call, failures)
+
+    def count_tokens(self, request: ChatRequest, *, endpoint_kind: str) -> int:
+        """The prompt's tokens: counted by the provider (redacted first) when the model's
+        first route that can take the request is an Anthropic one, else estimated here (about
+        four characters a token, images at their bound). No spend; audited as a call of
+        endpoint ``count_tokens``."""
+        problem = tool_history_problem(request.messages)
+        if problem is not None:
+            raise TenantInvalidInput(problem)
+        with self.ctx.session() as s:
+            cfg = config.snapshot(s, self.ctx)
+        if request.model not in cfg.allowed:
+            refusal = ModelRefused(
+                f"The model {shown(request.model)} is not on this tenant's allowlist; an "
+                "Owner or Admin can allow it on the tenant's gateway page.")
+            self._refused(refusal, request.model, endpoint_kind)
+            raise refusal
+        redacted, _ = redact_request(request, cfg.profile)
+        chain = self._chain(cfg, request.model,
+                            lambda provider: features.unsupported(request, provider))
+        entry = chain[0]
+        counted = "estimate"
+        tokens = pricing.request_token_bound(redacted) // 4 + 1
+        counter = getattr(self.adapters(entry.provider), "count_tokens", None)
+        if entry.provider == "anthropic" and counter is not None:
+            try:
+                tokens, counted = counter(redacted, entry.target), "provider"
+            except ProviderError as exc:
+                failed = (TenantInvalidInput if exc.status in REFUSED_AS_INVALID
+                          else ProvidersFailed)
+                raise failed(
+                    f"The model {shown(request.model)} could not count the tokens: "
+                    f"{exc.provider} failed after {exc.attempts} attempt"
+                    f"{'' if exc.attempts == 1 else 's'}"
+                    + (f" (HTTP {exc.status})" if exc.status else "") + ".") from None
+        with self.ctx.session() as s, s.begin():
+            audit.record(s, GatewayEvents.TOKENS_COUNTED, actor=self.ctx.actor,
+                         target_type="model", target_id=request.model[:64],
+                         details={"api_key_id": self.api_key_id, "provider": entry.provider,
+                                  "counted": counted, "tokens": tokens,
+                                  "redactions": dict(redacted.counts)})
+        return int(tokens)
+
+    def _failed(self, call: PreparedCall, failures: list[ProviderError]) -> TenantError:
         detail = "; ".join(str(f) for f in failures) or "no provider was configured"
         self._finish(call, call.targets[-1] if call.targets else None, outcome="error",
                      usage=Usage(0, 0), cost=0, attempts=sum(f.attempts for f in failures),
@@ -312,6 +573,12 @@ class Gateway:
                          f"{'' if f.attempts == 1 else 's'}"
                          + (f" (last: HTTP {f.status})" if f.status else "")
                          for f in failures) or "no provider was configured"
+        if failures and all(f.status in REFUSED_AS_INVALID for f in failures):
+            # every provider said the request itself is wrong: the caller's to fix, not ours
+            return TenantInvalidInput(
+                f"The provider refused this request as invalid ({told}); check the fields "
+                "sent against what the model accepts. The tenant's gateway page shows the "
+                "details.")
         return ProvidersFailed(f"The model {shown(call.model_name)} could not answer: {told}. "
                                "The tenant's gateway page shows the details.")
 
@@ -319,7 +586,8 @@ class Gateway:
 
     def _finish(self, call: PreparedCall, target: Target | None, *, outcome: str, usage: Usage,
                 cost: int, attempts: int, fallback: bool, error: str | None = None,
-                kept: CallResult | None = None) -> None:
+                kept: CallResult | None = None, tool_calls: dict[str, int] | None = None,
+                finish_reason: str | None = None) -> None:
         latency_ms = round((time.perf_counter() - call.started) * 1000)
         details: dict[str, Any] = {
             "model": call.model_name, "provider": target.provider if target else None,
@@ -327,7 +595,15 @@ class Gateway:
             "tokens_in": usage.input_tokens, "tokens_out": usage.output_tokens,
             "cost_micros": cost, "redactions": dict(call.redacted.counts),
             "latency_ms": latency_ms, "outcome": outcome, "attempts": attempts,
-            "fallback": fallback, "stream": call.redacted.stream, "api_key_id": self.api_key_id}
+            "fallback": fallback, "api_key_id": self.api_key_id}
+        if isinstance(call.redacted, RedactedRequest):
+            details["stream"] = call.redacted.stream
+            if call.redacted.tools:
+                details["tools_offered"] = len(call.redacted.tools)
+        else:
+            details["inputs"] = len(call.redacted.inputs)
+        if tool_calls:  # names and counts, never arguments
+            details["tool_calls"] = dict(sorted(tool_calls.items())[:50])
         values: dict[str, Any] = {
             "status": outcome, "cost_micros": cost, "tokens_in": usage.input_tokens,
             "tokens_out": usage.output_tokens, "latency_ms": latency_ms, "attempts": attempts,
@@ -339,21 +615,100 @@ class Gateway:
             values["answer_sealed"] = self.ctx.sealer.seal(
                 json.dumps({"text": kept.text, "finish_reason": kept.finish_reason}),
                 table=table, column=column, row_key=call.call_id)
-        with self.ctx.session() as s, s.begin():
-            # one statement in the usual case: the call is still reserved, settle it
-            if not spend.settle_call(s, call_id=call.call_id, month=call.month,
-                                     reserved_micros=call.reserved_micros, cost_micros=cost,
-                                     values=values):
-                # the sweeper charged it in full meanwhile: correct to the real cost
-                charged = s.execute(select(GatewayCall.cost_micros).where(
-                    GatewayCall.id == call.call_id).with_for_update()).scalar()
-                if charged is not None:
-                    spend.settle(s, month=call.month, reserved_micros=0,
-                                 cost_micros=cost - charged)
-                    s.execute(update(GatewayCall).where(GatewayCall.id == call.call_id)
-                              .values(**values))
-            audit.record(s, GatewayEvents.CALL, actor=self.ctx.actor, target_type="model",
-                         target_id=call.model_name[:64], details=details)
+        # tx 2, group-committed with the tenant's other calls finishing meanwhile in this
+        # process (settlement.py); returns once this call's event is durably committed
+        settlement.writer_for(self.ctx.session_factory).submit(settlement.Settlement(
+            call_id=call.call_id, month=call.month, reserved_micros=call.reserved_micros,
+            cost_micros=cost, values=values,
+            event=audit.prepare(GatewayEvents.CALL, actor=self.ctx.actor, target_type="model",
+                                target_id=call.model_name[:64], details=details)))
+        self._observe(call, target, outcome=outcome, usage=usage, cost=cost,
+                      finish_reason=finish_reason or (kept.finish_reason if kept else None))
+
+    def _observe(self, call: PreparedCall, target: Target | None, *, outcome: str, usage: Usage,
+                 cost: int, finish_reason: str | None) -> None:
+        """The call's metrics and (when tracing is on) its spans: names, counts and times."""
+        overhead = time.perf_counter() - call.started - call.provider_seconds
+        metrics.gateway_call(
+            tenant=self.ctx.slug, provider=target.provider if target else None,
+            endpoint=call.endpoint_kind, outcome=outcome, input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens, cost_micros=cost,
+            redactions=call.redacted.counts, overhead=overhead,
+            provider_seconds=call.provider_seconds)
+        if tracing.enabled():
+            chat = isinstance(call.redacted, RedactedRequest)
+            tracing.record_call(
+                operation="chat" if chat else "embeddings", model=call.model_name,
+                tenant=self.ctx.slug, endpoint=call.endpoint_kind, outcome=outcome,
+                started=call.started, attempts=call.attempts, input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens, finish_reason=finish_reason,
+                cost_micros=cost, redactions=call.redacted.counts, overhead=overhead,
+                stream=call.chat.stream if chat else False,
+                max_tokens=call.chat.max_tokens if chat else None)
+
+
+def restore_choice(choice: Choice, restorer: Restorer, *, json_text: bool) -> Choice:
+    """A choice with the originals back: in text (escaped as JSON string content when the
+    answer is structured output) and in tool-call arguments (always JSON); thinking blocks are
+    left as the provider signed them."""
+    blocks: list[AnswerBlock] = []
+    for block in choice.content:
+        if isinstance(block, Text):
+            blocks.append(Text(restorer.restore_json(block.text) if json_text
+                               else restorer.restore(block.text)))
+        elif isinstance(block, ToolCall):
+            blocks.append(replace(block, arguments=restorer.restore_json(block.arguments)))
+        else:
+            blocks.append(block)
+    return replace(choice, content=tuple(blocks))
+
+
+class StreamRestoration:
+    """Restores a streamed answer event by event. Text and each tool call's arguments have a
+    ``StreamRestorer`` of their own (a placeholder may be split across fragments); the
+    fragment held back at the end of one is flushed before an event of another block goes
+    out, so blocks never interleave."""
+
+    def __init__(self, restorer: Restorer, *, json_text: bool) -> None:
+        self._restorer, self._json_text = restorer, json_text
+        self._current: tuple[str, int] | None = None  # ("text", 0) or ("tool", index)
+        self._pending: StreamRestorer | None = None
+        self.received = 0  # content events from the provider
+        self.tool_calls: Counter[str] = Counter()
+
+    def feed(self, event: StreamEvent) -> Iterator[StreamEvent]:
+        self.received += 1
+        if isinstance(event, TextDelta):
+            pending = yield from self._switch(("text", 0), json=self._json_text)
+            if text := pending.feed(event.text):
+                yield TextDelta(text)
+        elif isinstance(event, ToolCallStart):
+            yield from self._switch(("tool", event.index), json=True)
+            self.tool_calls[event.name] += 1
+            yield event
+        elif isinstance(event, ToolCallDelta):
+            pending = yield from self._switch(("tool", event.index), json=True)
+            if arguments := pending.feed(event.arguments):
+                yield ToolCallDelta(event.index, arguments)
+        else:  # thinking and its signature: as the provider sent them
+            yield from self.flush()
+            yield event
+
+    def _switch(self, block: tuple[str, int], *,
+                json: bool) -> Generator[StreamEvent, None, StreamRestorer]:
+        """Make ``block`` the current one (flushing the one before); its restorer."""
+        if self._current != block or self._pending is None:
+            yield from self.flush()
+            self._current, self._pending = block, self._restorer.stream(json=json)
+        return self._pending
+
+    def flush(self) -> Iterator[StreamEvent]:
+        if self._pending is not None and self._current is not None:
+            tail = self._pending.flush()
+            if tail:
+                kind, index = self._current
+                yield TextDelta(tail) if kind == "text" else ToolCallDelta(index, tail)
+        self._current, self._pending = None, None
 
 
 def release_answer(s: Session, key: str) -> None:

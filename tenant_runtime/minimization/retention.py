@@ -8,9 +8,14 @@ which the worker runs every hour for every active tenant (workers/checkpoints.py
   it first keeps the count exact).
 - A ``signal_imports`` row older than the cut-off that no longer has any signal is removed too:
   its list of rejected rows describes a file that is past retention.
-- Deletes run in batches of ``BATCH`` rows, at most ``MAX_BATCHES`` per table in one run, in the
-  caller's transaction together with the run's audit event; what remains (``more``) is left to
-  the next run, so a large backlog never makes one long transaction.
+- The sealed arguments of an MCP tool call kept on an approval request for its approvers
+  (``approval_requests.arguments_sealed``) are erased once the request is older than the
+  cut-off (by ``created_at``); the request itself, its decisions and its audit events stay, as
+  the record of who approved what (the arguments' digest is in the payload).
+- Deletes (and the erasing UPDATE) run in batches of ``BATCH`` rows, at most ``MAX_BATCHES``
+  per table in one run, in the caller's transaction together with the run's audit event; what
+  remains (``more``) is left to the next run, so a large backlog never makes one long
+  transaction.
 - The audit event ``minimization.retention_swept`` (counts and cut-off) and the log line are
   written only when something was removed: an hourly run that finds nothing would otherwise add
   8,760 events a year to each tenant's chain that say nothing.
@@ -27,10 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Delete, delete, exists, or_, select, text
+from sqlalchemy import Delete, Update, delete, exists, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from tenant_runtime import audit
+from tenant_runtime.approvals.models import ApprovalRequest
 from tenant_runtime.context import TenantContext
 from tenant_runtime.minimization.models import (
     DEFAULT_RETENTION_DAYS,
@@ -58,18 +64,19 @@ class SweepResult:
     observations: int = 0
     signals: int = 0
     signal_imports: int = 0
+    approval_arguments: int = 0  # approval requests whose sealed arguments were erased
     more: bool = False  # a table still had rows past the cut-off when the run stopped
     skipped: bool = False  # another sweep of this tenant was running
 
     @property
     def removed(self) -> int:
-        return self.observations + self.signals + self.signal_imports
+        return self.observations + self.signals + self.signal_imports + self.approval_arguments
 
     def as_details(self) -> dict[str, Any]:
         return {"cutoff": self.cutoff.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "retention_days": self.retention_days, "observations": self.observations,
                 "signals": self.signals, "signal_imports": self.signal_imports,
-                "more": self.more}
+                "approval_arguments": self.approval_arguments, "more": self.more}
 
 
 def retention_days(s: Session) -> int:
@@ -78,11 +85,11 @@ def retention_days(s: Session) -> int:
 
 
 def _delete_in_batches(s: Session, make: Any) -> tuple[int, bool]:
-    """Run ``make()`` (a DELETE of at most BATCH rows) until it removes fewer than BATCH or
-    MAX_BATCHES ran. Returns (rows removed, whether rows may remain)."""
+    """Run ``make()`` (a DELETE, or an erasing UPDATE, of at most BATCH rows) until it touches
+    fewer than BATCH or MAX_BATCHES ran. Returns (rows touched, whether rows may remain)."""
     removed = 0
     for _ in range(MAX_BATCHES):
-        statement: Delete = make()
+        statement: Delete | Update = make()
         result = s.execute(statement.execution_options(synchronize_session=False))
         count = int(getattr(result, "rowcount", 0) or 0)
         removed += count
@@ -119,16 +126,27 @@ def sweep(s: Session, ctx: TenantContext, *, now: datetime | None = None) -> Swe
                    .limit(BATCH))
         return delete(SignalImport).where(SignalImport.id.in_(emptied))
 
+    def approval_arguments() -> Update:
+        kept = (select(ApprovalRequest.id)
+                .where(ApprovalRequest.created_at < cutoff,
+                       ApprovalRequest.arguments_sealed.is_not(None))
+                .limit(BATCH))
+        return update(ApprovalRequest).where(ApprovalRequest.id.in_(kept)).values(
+            arguments_sealed=None)
+
     n_observations, more_observations = _delete_in_batches(s, observations)
     n_signals, more_signals = _delete_in_batches(s, signals)
     n_imports, more_imports = _delete_in_batches(s, imports)
-    result = SweepResult(cutoff, days, n_observations, n_signals, n_imports,
-                         more=more_observations or more_signals or more_imports)
+    n_arguments, more_arguments = _delete_in_batches(s, approval_arguments)
+    result = SweepResult(cutoff, days, n_observations, n_signals, n_imports, n_arguments,
+                         more=more_observations or more_signals or more_imports
+                         or more_arguments)
     if result.removed:
         audit.record(s, RetentionEvents.SWEPT, actor=ctx.actor, target_type="retention",
                      details=result.as_details())
         log.info("retention of tenant %d removed observations=%d signals=%d "
-                 "signal_imports=%d older than %s (%d days)%s", ctx.tenant_id,
-                 n_observations, n_signals, n_imports, result.as_details()["cutoff"], days,
+                 "signal_imports=%d approval_arguments=%d older than %s (%d days)%s",
+                 ctx.tenant_id, n_observations, n_signals, n_imports, n_arguments,
+                 result.as_details()["cutoff"], days,
                  "; more remain for the next run" if result.more else "")
     return result

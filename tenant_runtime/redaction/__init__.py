@@ -9,10 +9,14 @@ CONTRACT (the gateway and the adapters are written against it):
 - ``Profile.named(name)`` for "off", "standard", "aggressive"; ``Profile.custom(...)`` for the
   tenant's own; ``Profile.from_settings(...)`` for stored settings; all frozen.
 - ``redact_request(request: ChatRequest, profile: Profile) -> (RedactedRequest, Restorer)``.
-- ``RedactedRequest``: model, messages, max_tokens, temperature, top_p, stop, stream (as in
-  ``ChatRequest``, the texts redacted) and ``counts`` (entities per type, e.g. {"EMAIL": 2}).
-- ``Restorer.restore(text) -> str``; ``Restorer.stream() -> StreamRestorer`` with
-  ``feed(chunk) -> str`` and ``flush() -> str`` for streamed answers, where a placeholder may be
+- ``RedactedRequest``: every field of ``ChatRequest``, the texts redacted (walk.py says which),
+  and ``counts`` (entities per type, e.g. {"EMAIL": 2}).
+- ``redact_embedding(request: EmbeddingRequest, profile) -> RedactedEmbedding`` (inputs
+  redacted; nothing to restore).
+- ``Restorer.restore(text) -> str`` and ``Restorer.restore_json(text) -> str`` (inside JSON
+  text: each original is written as JSON string content, quotes and backslashes escaped);
+  ``Restorer.stream(json=False) -> StreamRestorer`` with ``feed(chunk) -> str`` and
+  ``flush() -> str`` for streamed answers and tool-call arguments, where a placeholder may be
   split across chunks.
 - ``redact_text(text, profile) -> RedactionResult`` (``text``, ``entities``) for the CLI.
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
+from tenant_runtime.gateway.messages import ChatRequest, EmbeddingRequest
 from tenant_runtime.redaction import custom, encoded
 from tenant_runtime.redaction.exceptions import RedactionTimeout
 from tenant_runtime.redaction.names import find_names
@@ -45,11 +49,12 @@ from tenant_runtime.redaction.placeholders import (
     StreamRestorer,
 )
 from tenant_runtime.redaction.profiles import DETECTORS, PROFILES, Profile
-from tenant_runtime.redaction.request import RedactedRequest, _build
+from tenant_runtime.redaction.request import RedactedEmbedding, RedactedRequest, _build
+from tenant_runtime.redaction.walk import visit_request
 
-__all__ = ["DETECTORS", "ENTITY_TYPES", "PROFILES", "Entity", "Profile", "RedactedRequest",
-           "RedactionResult", "RedactionTimeout", "Restorer", "StreamRestorer", "redact_request",
-           "redact_text"]
+__all__ = ["DETECTORS", "ENTITY_TYPES", "PROFILES", "Entity", "Profile", "RedactedEmbedding",
+           "RedactedRequest", "RedactionResult", "RedactionTimeout", "Restorer", "StreamRestorer",
+           "redact_embedding", "redact_request", "redact_text"]
 
 # when spans of two types overlap and are as long as each other, the merged entity takes the
 # type listed first
@@ -145,23 +150,43 @@ def redact_text(text: str, profile: Profile) -> RedactionResult:
 
 
 def redact_request(request: ChatRequest, profile: Profile) -> tuple[RedactedRequest, Restorer]:
-    """The request with every message and stop string redacted, and the ``Restorer`` for the
-    answer. Raises ``RedactionTimeout`` when a custom pattern runs past its bound."""
-    texts = [m.content for m in request.messages] + list(request.stop)
+    """The request with every text redacted (walk.py lists where text can be), and the
+    ``Restorer`` for the answer. Raises ``RedactionTimeout`` when a custom pattern runs past its
+    bound."""
+    texts: list[str] = []
+
+    def collect(text: str) -> str:
+        texts.append(text)
+        return text
+
+    visit_request(request, collect)
     book = PlaceholderBook(texts)
     counts: Counter[str] = Counter()
-    messages = []
-    for message in request.messages:
-        content, entities = _redact(message.content, profile, book)
-        counts.update(e.type for e in entities)
-        messages.append(message if content is message.content
-                        else ChatMessage(role=message.role, content=content))
-    stop = []
-    for text in request.stop:
+
+    def redact(text: str) -> str:
         redacted, entities = _redact(text, profile, book)
         counts.update(e.type for e in entities)
-        stop.append(redacted)
-    built = _build(model=request.model, messages=tuple(messages), max_tokens=request.max_tokens,
-                   temperature=request.temperature, top_p=request.top_p, stop=tuple(stop),
-                   stream=request.stream, counts=dict(counts))
+        return redacted
+
+    out = visit_request(request, redact)
+    built = _build(RedactedRequest, model=out.model, messages=out.messages,
+                   max_tokens=out.max_tokens, temperature=out.temperature, top_p=out.top_p,
+                   stop=out.stop, stream=out.stream, tools=out.tools,
+                   tool_choice=out.tool_choice, parallel_tool_calls=out.parallel_tool_calls,
+                   output=out.output, n=out.n, sampling=out.sampling, counts=dict(counts))
     return built, Restorer(book.originals)
+
+
+def redact_embedding(request: EmbeddingRequest, profile: Profile) -> RedactedEmbedding:
+    """The inputs redacted like prompt text. An embedding is not restored: the placeholders
+    stand in the vector's text for good."""
+    book = PlaceholderBook(request.inputs)
+    counts: Counter[str] = Counter()
+    inputs = []
+    for text in request.inputs:
+        redacted, entities = _redact(text, profile, book)
+        counts.update(e.type for e in entities)
+        inputs.append(redacted)
+    return _build(RedactedEmbedding, model=request.model, inputs=tuple(inputs),
+                  dimensions=request.dimensions, encoding_format=request.encoding_format,
+                  counts=dict(counts))

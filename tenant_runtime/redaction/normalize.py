@@ -237,6 +237,8 @@ def _fold(text: str) -> Normalized | None:
 def _fold_characters(text: str) -> str:
     """Dashes, digits and look-alike letters folded, one character for one; ``text`` itself
     when there is nothing to fold."""
+    if not text:
+        return text
     table, basic, every = _fold_table()
     foldable = every if max(text) > "\uffff" else basic
     if foldable.search(text):  # replaced where they are: translate() walks every character

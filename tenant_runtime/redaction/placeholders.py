@@ -9,6 +9,7 @@ for one request, in memory: it is never logged or stored.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 
@@ -47,10 +48,14 @@ class Restorer:
     """Puts the originals back into a provider's answer. Unknown bracket tokens stay as they
     are. One pass over the text, however many placeholders there are."""
 
-    __slots__ = ("_originals", "_longest")
+    __slots__ = ("_originals", "_escaped", "_longest")
 
     def __init__(self, originals: Mapping[str, str]) -> None:
         self._originals = dict(originals)  # placeholder -> original text
+        # the same, written as the content of a JSON string: quotes, backslashes and control
+        # characters escaped, so a restored value cannot end the string or inject JSON
+        self._escaped = {p: json.dumps(v, ensure_ascii=False)[1:-1]
+                         for p, v in self._originals.items()}
         self._longest = max((len(p) for p in self._originals), default=0)
 
     def __repr__(self) -> str:  # never the originals
@@ -60,13 +65,24 @@ class Restorer:
         token = m.group()
         return self._originals.get(token, token)
 
+    def _original_escaped(self, m: re.Match[str]) -> str:
+        token = m.group()
+        return self._escaped.get(token, token)
+
     def restore(self, text: str) -> str:
         if not self._originals or "[" not in text:
             return text
         return PLACEHOLDER.sub(self._original, text)
 
-    def stream(self) -> StreamRestorer:
-        return StreamRestorer(self)
+    def restore_json(self, text: str) -> str:
+        """Restore inside JSON text (tool-call arguments, structured output): placeholders
+        appear inside JSON strings, so each original goes back escaped as string content."""
+        if not self._originals or "[" not in text:
+            return text
+        return PLACEHOLDER.sub(self._original_escaped, text)
+
+    def stream(self, *, json: bool = False) -> StreamRestorer:
+        return StreamRestorer(self, json=json)
 
     def _pending_start(self, text: str) -> int:
         """Where a trailing fragment that may still become a known placeholder starts, or
@@ -85,11 +101,12 @@ class StreamRestorer:
     holding back a trailing fragment that may be the start of a placeholder ("[EMA");
     ``flush`` returns the rest at the end of the stream."""
 
-    __slots__ = ("_restorer", "_pending")
+    __slots__ = ("_restorer", "_pending", "_restore")
 
-    def __init__(self, restorer: Restorer) -> None:
+    def __init__(self, restorer: Restorer, *, json: bool = False) -> None:
         self._restorer = restorer
         self._pending = ""
+        self._restore = restorer.restore_json if json else restorer.restore
 
     def __repr__(self) -> str:
         return "<StreamRestorer>"
@@ -98,8 +115,8 @@ class StreamRestorer:
         text = self._pending + chunk if self._pending else chunk
         cut = self._restorer._pending_start(text)
         self._pending = text[cut:]
-        return self._restorer.restore(text[:cut])
+        return self._restore(text[:cut])
 
     def flush(self) -> str:
         text, self._pending = self._pending, ""
-        return self._restorer.restore(text)
+        return self._restore(text)

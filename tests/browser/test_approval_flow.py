@@ -45,7 +45,10 @@ def test_an_approved_action_fires_once(browser: Browser, live_server, services, 
 
     operator_context, operator = signed_in(browser, live_server, "operator@example.com",
                                            errors)
-    operator.get_by_test_id("approvals-nav").click()  # the navigation leads to the tenant
+    operator.get_by_test_id("approvals-nav").click()  # the global page names the tenant
+    operator.wait_for_url(f"{live_server}/approvals")
+    operator.get_by_test_id("across-approvals").get_by_role(
+        "link", name="Acme", exact=True).click()
     operator.wait_for_url(f"{live_server}/tenants/{team.tenant_id}/approvals")
     operator.locator("select[name=action]").select_option("deploy.production")
     operator.get_by_label("Payload").fill('{"service_id": 7}')
@@ -58,7 +61,12 @@ def test_an_approved_action_fires_once(browser: Browser, live_server, services, 
                                            errors)
     expect(approver.get_by_test_id("approvals-count")).to_have_text("1")
     approver.get_by_test_id("approvals-nav").click()
+    waiting = approver.get_by_test_id("across-waiting")
+    expect(waiting).to_contain_text("deploy.production")
+    expect(waiting).to_contain_text('{"service_id": 7}')  # the payload being approved
+    waiting.get_by_role("link", name="Acme", exact=True).click()
     expect(approver.get_by_test_id("inbox")).to_contain_text("deploy.production")
+    expect(approver.get_by_test_id("inbox-payload")).to_have_text('{"service_id": 7}')
     expect(approver.get_by_test_id("inbox")).to_contain_text("operator@example.com")
     approver.get_by_label("Comment (optional)").fill("Diff reviewed")
     approver.get_by_role("button", name="Approve").click()

@@ -49,7 +49,8 @@ def test_owner_creates_a_tenant_and_watches_it_provision(browser: Browser, live_
 
     page.reload()
     page.screenshot(path=str(artifacts_dir / "tenant-detail.png"), full_page=True)
-    page.get_by_role("link", name="Provider credentials").click()
+    page.get_by_role("navigation", name="Tenant Globex").get_by_role(
+        "link", name="Credentials").click()  # the tenant's tab
     page.get_by_label("Name").fill("openai-prod")
     page.get_by_label("Secret").fill("sk-browser-secret-7777")
     page.get_by_role("button", name="Save").click()

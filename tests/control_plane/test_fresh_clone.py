@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from control_plane.embedded import cluster_folder
-from tests.conftest import free_port
+from tests.conftest import drop_database, free_port
 from tests.control_plane.test_up import sign_in_over_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,7 +215,7 @@ def test_an_unexpected_error_is_one_sentence_and_a_report_file(pg_server_url, tm
 
     name = f"magistrate_bogus_{os.getpid()}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        drop_database(conn, name)
         conn.execute(f'CREATE DATABASE "{name}"')
     url = with_database(pg_server_url, name)
     try:
@@ -229,7 +229,7 @@ def test_an_unexpected_error_is_one_sentence_and_a_report_file(pg_server_url, tm
                                 capture_output=True, text=True, timeout=120)
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            drop_database(conn, name)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     last = result.stderr.strip().splitlines()[-1]

@@ -119,3 +119,34 @@ def test_retry_needs_the_csrf_token(client, db):
     assert refused.status_code == 403
     with db() as s:
         assert s.get(Job, ids["failed"]).state == "failed"
+
+
+def test_jobs_come_in_pages_with_counts_over_all_and_finished_jobs_took_their_time(
+        client, db, monkeypatch):
+    from control_plane.web import jobs as jobs_page
+
+    ids = seed(db)
+    with db() as s, s.begin():
+        done = enqueue_job(s, "export_tenant", {"tenant_id": ids["a"]},
+                           idempotency_key="jobs-page:done", tenant_id=ids["a"])
+        done.state, done.attempts = "succeeded", 1
+        done.finished_at = done.created_at + timedelta(minutes=3, seconds=20)
+        done.updated_at = done.created_at + timedelta(hours=5)  # touched later: not the end
+        ids["done"] = done.id
+    make_user(db, "root@example.com")
+    sign_in(client, "root@example.com")
+    monkeypatch.setattr(jobs_page, "PAGE_SIZE", 4)
+    first = client.get("/jobs")
+    assert len(rows(first.text)) == 4 and 'data-testid="next-page"' in first.text
+    counts = re.search(r'data-testid="job-counts">(.*?)</p>', first.text).group(1)
+    assert "queued: 1" in counts and "failed: 2" in counts and "succeeded: 1" in counts
+    second = client.get("/jobs?page=2")
+    assert len(rows(second.text)) == 2 and 'data-testid="next-page"' not in second.text
+    assert set(rows(first.text)) | set(rows(second.text)) == set(ids.values()) - {
+        ids["a"], ids["b"]}
+    assert "3 min 20 s" in row_html(first.text, ids["done"])  # to its end, not its last touch
+    failed_only = client.get("/jobs?state=failed&page=1")
+    assert set(rows(failed_only.text)) == {ids["failed"], ids["failed_b"]}
+    for bad in ("/jobs?page=0", "/jobs?state=exploded"):
+        refused = client.get(bad)
+        assert refused.status_code == 422, bad

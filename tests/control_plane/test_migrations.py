@@ -16,7 +16,7 @@ from control_plane import models as _control_models  # noqa: F401 - registers th
 from control_plane.db import Base, sqlalchemy_url
 from control_plane.migrations import upgrade_tenant
 from tenant_runtime.models import TenantBase
-from tests.conftest import with_database
+from tests.conftest import drop_database, with_database
 
 
 def differences(url: str, metadata: MetaData) -> list[object]:
@@ -36,7 +36,7 @@ def scratch_url(pg_server_url: str) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield with_database(pg_server_url, name)
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(conn, name)
 
 
 def test_the_control_tree_matches_the_control_models(database_url: str) -> None:
@@ -66,3 +66,34 @@ def test_keys_made_before_scopes_hold_only_the_gateway_scope(scratch_url: str) -
                      "'new row', 'def456', repeat('0', 64) FROM tenants")
         rows = conn.execute("SELECT prefix, scopes FROM api_keys ORDER BY id").fetchall()
     assert rows == [("abc123", ["gateway"]), ("def456", [])]
+
+
+def test_a_months_spend_moves_to_its_first_shard_and_back(scratch_url: str) -> None:
+    """t0016_spend_shards: a month's spend and reservations so far land on shard 0, allotted
+    exactly what they hold (so the cap's invariants hold from the first call after the
+    upgrade), and a call in flight settles there; the downgrade sums the shards back."""
+    from alembic import command
+
+    from control_plane.migrations import _config
+
+    command.upgrade(_config("tenant", scratch_url), "t0015_mcp_calls")
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO gateway_spend_months (month, spent_micros, reserved_micros) "
+                     "VALUES ('2026-11-01', 700, 50), ('2026-12-01', 0, 0)")
+        conn.execute("INSERT INTO gateway_calls (month, model_name, endpoint_kind, stream, "
+                      "status, reserved_micros) VALUES ('2026-11-01', 'm', 'openai', false, "
+                      "'reserved', 50)")
+    upgrade_tenant(scratch_url)
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        assert conn.execute("SELECT month::text, allotted_micros FROM gateway_spend_months "
+                            "ORDER BY month").fetchall() == [("2026-11-01", 750),
+                                                              ("2026-12-01", 0)]
+        assert conn.execute("SELECT month::text, shard, allotted_micros, reserved_micros, "
+                            "spent_micros FROM gateway_spend_shards ORDER BY month").fetchall() \
+            == [("2026-11-01", 0, 750, 50, 700), ("2026-12-01", 0, 0, 0, 0)]
+        assert conn.execute("SELECT shard FROM gateway_calls").fetchall() == [(0,)]
+    command.downgrade(_config("tenant", scratch_url), "t0015_mcp_calls")
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        assert conn.execute("SELECT month::text, spent_micros, reserved_micros FROM "
+                            "gateway_spend_months ORDER BY month").fetchall() == [
+            ("2026-11-01", 700, 50), ("2026-12-01", 0, 0)]

@@ -341,6 +341,8 @@ def test_non_tenant_decisions_hold_for_anonymous_callers_and_members(services, d
             assert response.status_code < 400 and not to_sign_in, (path, response.status_code)
         elif decision == access.API_KEY:
             assert response.status_code == 401, (path, response.status_code)
+        elif decision == access.METRICS_TOKEN:  # no token configured here: no such route
+            assert response.status_code == 404, (path, response.status_code)
         else:  # signed-in, installation-owner: a page sends to sign-in, the JSON API says 401
             assert to_sign_in or response.status_code == 401, (path, response.status_code)
     sign_in(client, "member@perm.example")

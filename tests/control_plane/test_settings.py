@@ -57,6 +57,10 @@ def test_a_good_production_configuration_has_no_problems():
     ({"MAGISTRATE_REDIS_URL": None}, "MAGISTRATE_REDIS_URL is not set"),
     ({"MAGISTRATE_ADMIN_PASSWORD": "admin"}, "known default password"),
     ({"MAGISTRATE_ADMIN_PASSWORD": "Short1!"}, "at least 12 characters"),
+    ({"MAGISTRATE_METRICS_TOKEN": "short-token"}, "MAGISTRATE_METRICS_TOKEN must be at least"),
+    ({"MAGISTRATE_METRICS_TOKEN": "changeme"}, "MAGISTRATE_METRICS_TOKEN must be at least"),
+    ({"MAGISTRATE_OTLP_ENDPOINT": "http://collector.internal:4318/v1/traces"},
+     "MAGISTRATE_OTLP_ENDPOINT points off this machine without TLS"),
 ])
 def test_each_misconfiguration_is_named(changes, expected):
     found = problems(**changes)
@@ -135,3 +139,26 @@ def test_production_refuses_to_boot_listing_every_problem(command, tmp_path):
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
     assert not (tmp_path / "home").exists()
+
+
+def test_observability_settings_in_production_when_sound():
+    assert problems(MAGISTRATE_METRICS_TOKEN="t" * 20 + "-scrape-token-0123456789",
+                    MAGISTRATE_OTLP_ENDPOINT="http://127.0.0.1:4318/v1/traces") == []
+    assert problems(MAGISTRATE_OTLP_ENDPOINT="https://collector.internal/v1/traces") == []
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("MAGISTRATE_OTLP_ENDPOINT", "collector:4318", "must be an http:// or https:// URL"),
+    ("MAGISTRATE_TRACE_SAMPLE_RATIO", "half", "must be a number from 0 to 1"),
+    ("MAGISTRATE_TRACE_SAMPLE_RATIO", "1.5", "must be from 0 to 1"),
+])
+def test_observability_settings_that_cannot_be_read_are_named(name, value, expected):
+    with pytest.raises(SettingsError, match=expected):
+        Settings.from_env({name: value})
+
+
+def test_the_metrics_token_never_prints():
+    settings = Settings.from_env({"MAGISTRATE_METRICS_TOKEN": "scrape-secret-value"})
+    assert "scrape-secret-value" not in repr(settings)
+    assert settings.metrics_token is not None
+    assert settings.metrics_token.reveal() == "scrape-secret-value"

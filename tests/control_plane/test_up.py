@@ -103,12 +103,23 @@ def test_up_on_external_servers(database_url, redis_url, services, tmp_path):
     env.update(MAGISTRATE_DATABASE_URL=database_url, MAGISTRATE_REDIS_URL=redis_url,
                MAGISTRATE_SECRET_KEY=TEST_SECRET_KEY,
                MAGISTRATE_ADMIN_EMAIL="admin@example.com",
-               MAGISTRATE_ADMIN_PASSWORD="a-chosen-admin-password")
+               MAGISTRATE_ADMIN_PASSWORD="a-chosen-admin-password",
+               MAGISTRATE_METRICS_TOKEN="m" * 40)
+    stale = tmp_path / "home" / "metrics" / "counter_1.db"  # a previous run's file
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
     process, lines = start_up(env)
     try:
         assert not any("embedded" in line for line in lines)
         assert "first Owner created: admin@example.com" in lines
         assert sign_in_over_http(port, "admin@example.com", "a-chosen-admin-password") == 303
+        # the web process's samples, in the folder `up` emptied, added up by /metrics
+        assert not stale.exists() and list(stale.parent.glob("counter_*.db"))
+        scrape = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                        headers={"Authorization": "Bearer " + "m" * 40})
+        text = urllib.request.urlopen(scrape, timeout=10).read().decode()  # noqa: S310
+        assert 'magistrate_http_requests_total{method="POST",route="/sign-in",status="303"}' \
+            in text, text[:2000]
         second = subprocess.run([sys.executable, "-m", "control_plane", "up"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 1

@@ -43,6 +43,7 @@ FUZZ_EXAMPLES = int(os.environ.get("MAGISTRATE_FUZZ_EXAMPLES") or 25)
 # the model names a program uses → (provider, the provider's model id)
 MODELS = {"gpt-4o-mini": ("openai", "gpt-4o-mini"),
           "claude-haiku": ("anthropic", "claude-haiku-4-5")}
+EMBEDDING_MODEL = "text-embedding-3-large"  # a route of its own, for /v1/embeddings
 
 
 @dataclass
@@ -95,8 +96,9 @@ def api_env(tmp_path_factory, database_url, redis_url, pg_server_url) -> Iterato
             assert outcomes == ["succeeded"], outcomes
             ctx = owner_context(services, tenant_id, owner.id)
             with ctx.session() as s, s.begin():
-                for name, (provider, model) in MODELS.items():
-                    credential = do_add_credential(s, ctx, name=provider, provider=provider,
+                for name, (provider, model) in {
+                        **MODELS, EMBEDDING_MODEL: ("openai", EMBEDDING_MODEL)}.items():
+                    credential = do_add_credential(s, ctx, name=name, provider=provider,
                                                    secret=llm.api_key, contact_email=None)
                     endpoint = f"{llm.base_url}/v1" if provider == "openai" else llm.base_url
                     admin.add_route(s, ctx, admin.RouteInput(

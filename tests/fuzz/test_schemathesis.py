@@ -48,7 +48,7 @@ from schemathesis.specs.openapi.checks import (
 from starlette.testclient import TestClient
 
 from control_plane.api.openapi import OPERATIONS
-from tests.fuzz.conftest import FUZZ_EXAMPLES, MODELS, ApiEnv
+from tests.fuzz.conftest import EMBEDDING_MODEL, FUZZ_EXAMPLES, MODELS, ApiEnv
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, negative_data_rejection]
@@ -86,12 +86,20 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
                                   "messages": [{"role": "user", "content": "Hi"}]},
     "POST /v1/messages": {"model": "claude-haiku", "max_tokens": 16,
                           "messages": [{"role": "user", "content": "Hi"}]},
+    "POST /v1/responses": {"model": "gpt-4o-mini", "input": [{"role": "user", "content": "Hi"}]},
+    "POST /v1/embeddings": {"model": "gpt-4o-mini", "input": ["Hi"]},
+    "POST /v1/messages/count_tokens": {"model": "claude-haiku",
+                                       "messages": [{"role": "user", "content": "Hi"}]},
 }
 # an unknown field, where a caller could put one: (a JSON path, the name the answer must give)
 UNKNOWN_FIELDS = {
-    "POST /v1/chat/completions": [((), "tools"), (("messages", 0), "tool_calls")],
-    "POST /v1/messages": [((), "top_k"), (("messages", 0), "citations")],
+    "POST /v1/chat/completions": [((), "audio"), (("messages", 0), "tool_calls")],
+    "POST /v1/messages": [((), "container"), (("messages", 0), "citations")],
+    "POST /v1/messages/count_tokens": [((), "max_tokens")],
+    "POST /v1/embeddings": [((), "input_type")],
+    "POST /v1/responses": [((), "top_k"), (("input", 0), "name")],
 }
+ANTHROPIC_SHAPED = ("POST /v1/messages", "POST /v1/messages/count_tokens")
 WRONG_TYPES = {
     "text/plain": lambda body: json.dumps(body).encode(),
     "application/x-www-form-urlencoded": lambda body: urlencode(
@@ -112,6 +120,9 @@ TEXT_FIELDS = {
     "POST /api/tenants/{tenant_id}/members/{membership_id}/role": ("role",),
     "POST /v1/chat/completions": ("messages", 0, "content"),
     "POST /v1/messages": ("messages", 0, "content"),
+    "POST /v1/responses": ("input", 0, "content"),
+    "POST /v1/embeddings": ("input", 0),
+    "POST /v1/messages/count_tokens": ("messages", 0, "content"),
 }
 
 
@@ -300,7 +311,9 @@ def steer(case, api_env: ApiEnv, operation_id: str, draw) -> None:
         case.query.pop("tenant", None)  # a key names its tenant itself
     if not isinstance(case.body, dict):
         return
-    if operation_id.startswith("POST /v1/"):
+    if operation_id == "POST /v1/embeddings":
+        case.body["model"] = EMBEDDING_MODEL
+    elif operation_id.startswith("POST /v1/"):
         case.body["model"] = draw(st.sampled_from(sorted(MODELS)), label="model")
     elif operation_id == "POST /api/actions":
         case.body["action"] = draw(st.sampled_from(["report.send", "deploy.production"]))
@@ -309,6 +322,15 @@ def steer(case, api_env: ApiEnv, operation_id: str, draw) -> None:
     elif operation_id == "POST /api/tenants":
         case.body.update(slug=draw(st.from_regex(r"[a-z][a-z0-9-]{1,20}", fullmatch=True)),
                          key_provider="local", key_ref="test-kek")
+    if operation_id.startswith("POST /v1/") and draw(st.integers(0, 3), label="a plain call") > 0:
+        # a generated call is mostly one the gateway must refuse (a tool result that answers
+        # no call, a legacy field, an option the model's provider cannot take): most of the
+        # steered cases are the well-formed call, on an allowed model, streamed or not
+        model = case.body.get("model")
+        case.body.clear()
+        case.body.update(json.loads(json.dumps(VALID_BODIES[operation_id])), model=model)
+        if "count_tokens" not in operation_id and "embeddings" not in operation_id:
+            case.body["stream"] = draw(st.booleans(), label="stream")
 
 
 # ------------------------------------------------------------------------------- 422 and 415
@@ -343,7 +365,7 @@ def assert_error_shape(operation_id: str, answer, status: int) -> str:
     assert answer.status_code == status, (operation_id, answer.status_code, answer.text)
     assert answer.headers["content-type"].startswith("application/json")
     body = answer.json()
-    if operation_id == "POST /v1/messages":
+    if operation_id in ANTHROPIC_SHAPED:
         assert body["type"] == "error"
         assert body["error"]["type"] == "invalid_request_error"
         assert set(body["error"]) == {"type", "message"}
@@ -356,6 +378,14 @@ def assert_error_shape(operation_id: str, answer, status: int) -> str:
     assert set(body) == {"error", "status", "request_id"} and body["status"] == status
     assert body["request_id"] == answer.headers["x-request-id"]
     return str(body["error"])
+
+
+def param_of(operation_id: str, path: list[Any]) -> str:
+    """A field's path as the API's errors spell it: ``input[0].name`` in the Responses API,
+    ``messages.0.name`` in chat completions."""
+    if operation_id != "POST /v1/responses":
+        return ".".join(map(str, path))
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
 def with_unknown(body: dict[str, Any], where: tuple, name: str) -> dict[str, Any]:
@@ -377,8 +407,8 @@ def test_an_unknown_field_is_refused_with_422_in_the_apis_shape(
                       "application/json")
         sentence = assert_error_shape(operation_id, answer, 422)
         assert name in sentence, (operation_id, sentence)
-        if operation_id.startswith("POST /v1/") and operation_id != "POST /v1/messages":
-            assert answer.json()["error"]["param"] == ".".join(map(str, [*where, name]))
+        if operation_id.startswith("POST /v1/") and operation_id not in ANTHROPIC_SHAPED:
+            assert answer.json()["error"]["param"] == param_of(operation_id, [*where, name])
         FIGURES["unknown_field_checks"] += 1
     assert len(api_env.llm.received) == before  # nothing refused reached a provider
 
@@ -420,7 +450,9 @@ def test_the_valid_bodies_are_accepted(api_env: ApiEnv, client: TestClient,
     expected = {"POST /api/tenants": 202, "POST /api/actions": 200,
                 "POST /api/agents/{agent_id}/shadow-runs": 201,
                 "POST /api/tenants/{tenant_id}/members/{membership_id}/role": 200,
-                "POST /v1/chat/completions": 200, "POST /v1/messages": 200}[operation_id]
+                "POST /v1/chat/completions": 200, "POST /v1/messages": 200,
+                "POST /v1/responses": 200, "POST /v1/embeddings": 200,
+                "POST /v1/messages/count_tokens": 200}[operation_id]
     assert answer.status_code == expected, answer.text
 
 

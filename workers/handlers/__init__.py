@@ -2,6 +2,7 @@
 
 from workers.handlers import (  # noqa: F401
     audit,
+    backups,
     export,
     provisioning,
     recommendations,

@@ -26,10 +26,12 @@ def provision_tenant(run: JobRun) -> dict[str, Any]:
 
 @handler(JobKinds.DELETE_TENANT)
 def delete_tenant_job(run: JobRun) -> dict[str, Any]:
+    from control_plane.backups.destinations import configured
     from control_plane.tenancy.deletion import delete_tenant
 
     env = runtime.env()
     outcome = delete_tenant(run.session_factory, int(run.payload["tenant_id"]),
                             sealer=env.sealer, progress=run.progress,
-                            forget=env.dek_cache.forget)
+                            forget=env.dek_cache.forget,
+                            backup_destination=configured(env.settings)[1])
     return {"tenant_id": run.payload["tenant_id"], "deletion": outcome}

@@ -1,31 +1,47 @@
 """The Anthropic Messages adapter, through the official ``anthropic`` SDK.
 
-System messages go to the top-level ``system`` parameter (joined with blank lines), the others
-stay messages. ``temperature`` and ``top_p`` are not sent: anthropic 2.x speaks API version
-2026-10-21, which removed the sampling parameters (any value, even the default, is a 400), and
-the SDK no longer offers them. Stop reasons: end_turn and stop_sequence are "stop", max_tokens is
-"length", anything else (refusal, pause_turn, ...) "other".
+The request is rendered by render_anthropic.py (system prompts at the top, alternating turns,
+tool_use / tool_result / image / document / thinking blocks, tools, tool_choice,
+output_config, thinking) and the answer read back there. ``temperature`` and ``top_p`` are not
+sent: anthropic 2.x speaks API version 2026-10-21, which removed the sampling parameters (any
+value, even the default, is a 400), and the SDK no longer offers them. Stop reasons: end_turn and
+stop_sequence are "stop", max_tokens is "length", tool_use "tool_calls", anything else (refusal,
+pause_turn, ...) "other".
+
+Streams: a text_delta is a ``TextDelta``; a tool_use block opens a ``ToolCallStart`` (numbered
+among the answer's tool calls from 0) whose input_json_delta fragments are ``ToolCallDelta``s (a
+tool_use block without any is a call with arguments ``{}``, sent as one delta when it closes);
+thinking_delta and signature_delta are ``ThinkingDelta`` and ``SignatureDelta``; a
+redacted_thinking block is one ``RedactedThinking``.
+
+``count_tokens`` asks ``/v1/messages/count_tokens`` what the request's input costs, with the same
+retries and error classification as a call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anthropic
 import httpx2
-from anthropic.types import MessageParam
 
 from tenant_runtime import outbound
+from tenant_runtime.gateway.content import Choice, RedactedThinking
+from tenant_runtime.gateway.providers import render_anthropic as render
 from tenant_runtime.gateway.providers import retry
 from tenant_runtime.gateway.providers.base import (
     Completion,
     Finished,
     ProviderError,
+    SignatureDelta,
     StreamEvent,
     Target,
     TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
     Usage,
     require_redacted,
 )
@@ -35,10 +51,10 @@ if TYPE_CHECKING:
     from tenant_runtime.gateway.providers.registry import ClientCache
 
 ANTHROPIC_ENDPOINT = "https://api.anthropic.com"
-FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 # An error event inside a stream arrives on a 200 response; its type tells the status.
 STREAM_ERROR_STATUSES = {"overloaded_error": 529, "api_error": 500, "rate_limit_error": 429,
                          "timeout_error": 504}
+T = TypeVar("T")
 
 
 class AnthropicAdapter:
@@ -51,48 +67,84 @@ class AnthropicAdapter:
     def complete(self, request: RedactedRequest, target: Target) -> Completion:
         require_redacted(request)
         client = self._client(target)
-        system, messages = _split(request)
-        message, attempts = retry.call(
-            self.provider, self._policy, partial(classify, target=target),
-            lambda: client.messages.create(
-                model=target.model, max_tokens=request.max_tokens, messages=messages,
-                system=system or anthropic.omit,
-                stop_sequences=list(request.stop) or anthropic.omit))
-        text = "".join(block.text for block in message.content if block.type == "text")
+        params = self._params(request, target)
+        message, attempts = self._call(target, lambda: client.messages.create(**params))
         usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
-        return Completion(text, usage, FINISH_REASONS.get(message.stop_reason or "", "other"),
-                          attempts)
+        choice = Choice(render.answer_blocks(message.content),
+                        render.finish_reason(message.stop_reason))
+        return Completion((choice,), usage, attempts)
+
+    def count_tokens(self, request: RedactedRequest, target: Target) -> int:
+        """The input tokens ``request`` would cost on ``target``'s model."""
+        require_redacted(request)
+        client = self._client(target)
+        params = self._params(request, target, counting=True)
+        counted, _ = self._call(target, lambda: client.messages.count_tokens(**params))
+        return int(counted.input_tokens)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
         require_redacted(request)
         client = self._client(target)
+        params = self._params(request, target)
         return retry.stream(self.provider, self._policy, partial(classify, target=target),
-                            lambda: self._events(client, request, target))
+                            lambda: self._events(client, params))
 
-    def _events(self, client: anthropic.Anthropic, request: RedactedRequest,
-                target: Target) -> Iterator[StreamEvent]:
-        system, messages = _split(request)
-        events = client.messages.create(
-            model=target.model, max_tokens=request.max_tokens, messages=messages,
-            system=system or anthropic.omit, stop_sequences=list(request.stop) or anthropic.omit,
-            stream=True)
+    def _call(self, target: Target, call: Callable[[], T]) -> tuple[T, int]:
+        return retry.call(self.provider, self._policy, partial(classify, target=target), call)
+
+    def _params(self, request: RedactedRequest, target: Target, *,
+                counting: bool = False) -> dict[str, Any]:
+        try:
+            return render.params(request, target.model, counting=counting)
+        except render.ArgumentsNotAnObject as exc:
+            raise ProviderError(self.provider, 0, str(exc), status=422) from None
+
+    def _events(self, client: anthropic.Anthropic,
+                params: dict[str, Any]) -> Iterator[StreamEvent]:
+        events = client.messages.create(**params, stream=True)
         input_tokens = output_tokens = 0
         stop_reason: str | None = None
+        calls = 0
+        open_call: int | None = None  # the tool call of the open block, until a delta arrives
         with events:
             for event in events:
                 if event.type == "message_start":
                     input_tokens = event.message.usage.input_tokens
                     output_tokens = event.message.usage.output_tokens
-                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    if event.delta.text:
-                        yield TextDelta(event.delta.text)
+                elif event.type == "content_block_start":
+                    block = event.content_block
+                    if block.type == "tool_use":
+                        open_call = calls
+                        calls += 1
+                        yield ToolCallStart(open_call, block.id, block.name)
+                    elif block.type == "redacted_thinking":
+                        yield RedactedThinking(block.data)
+                    elif block.type == "text" and block.text:
+                        yield TextDelta(block.text)
+                    elif block.type == "thinking" and block.thinking:
+                        yield ThinkingDelta(block.thinking)
+                elif event.type == "content_block_delta":
+                    delta = event.delta
+                    if delta.type == "text_delta" and delta.text:
+                        yield TextDelta(delta.text)
+                    elif delta.type == "input_json_delta" and delta.partial_json:
+                        yield ToolCallDelta(calls - 1, delta.partial_json)
+                        open_call = None
+                    elif delta.type == "thinking_delta" and delta.thinking:
+                        yield ThinkingDelta(delta.thinking)
+                    elif delta.type == "signature_delta" and delta.signature:
+                        yield SignatureDelta(delta.signature)
+                elif event.type == "content_block_stop":
+                    if open_call is not None:  # a call without arguments: its input is {}
+                        yield ToolCallDelta(open_call, "{}")
+                    open_call = None
                 elif event.type == "message_delta":
                     stop_reason = event.delta.stop_reason or stop_reason
                     output_tokens = event.usage.output_tokens  # cumulative
                     if event.usage.input_tokens is not None:
                         input_tokens = event.usage.input_tokens
-        yield Finished(Usage(input_tokens, output_tokens),
-                       FINISH_REASONS.get(stop_reason or "", "other"), attempts=0)
+        yield Finished(Usage(input_tokens, output_tokens), render.finish_reason(stop_reason),
+                       attempts=0)
 
     def _client(self, target: Target) -> anthropic.Anthropic:
         if not target.api_key:
@@ -102,13 +154,6 @@ class AnthropicAdapter:
             max_retries=0, timeout=target.timeout_seconds,
             http_client=outbound.http_client(target.egress, timeout=target.timeout_seconds),
             open_telemetry=False))  # no spans that could carry request content
-
-
-def _split(request: RedactedRequest) -> tuple[str, list[MessageParam]]:
-    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-    messages = [cast(MessageParam, {"role": m.role, "content": m.content})
-                for m in request.messages if m.role != "system"]
-    return system, messages
 
 
 def classify(exc: BaseException, *, target: Target) -> retry.Failure | None:

@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tenant_runtime.gateway.content import Choice, RedactedThinking, Text
 from tenant_runtime.gateway.egress import EgressPolicy
-from tenant_runtime.redaction import RedactedRequest
+from tenant_runtime.redaction import RedactedEmbedding, RedactedRequest
 
 PROVIDERS = ("openai", "anthropic", "azure-openai", "bedrock", "on-prem")
 
@@ -45,10 +46,30 @@ class Usage:
 
 @dataclass(frozen=True)
 class Completion:
-    text: str
+    """A whole answer: one ``Choice`` per answer asked for (``n``), in order."""
+
+    choices: tuple[Choice, ...]
     usage: Usage
-    finish_reason: str  # "stop", "length" or "other"
     attempts: int
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text if self.choices else ""
+
+    @property
+    def finish_reason(self) -> str:
+        return self.choices[0].finish_reason if self.choices else "other"
+
+
+def text_completion(text: str, usage: Usage, finish_reason: str, attempts: int) -> Completion:
+    return Completion((Choice((Text(text),) if text else (), finish_reason),), usage, attempts)
+
+
+# A streamed answer is a sequence of these, ending in one ``Finished``. Blocks arrive in order:
+# a text delta continues the current text block (or opens one), a ``ToolCallStart`` opens the
+# tool call ``index`` (its position among the answer's tool calls, from 0), whose arguments come
+# in ``ToolCallDelta`` fragments; thinking arrives as ``ThinkingDelta`` text, then its signature
+# (``SignatureDelta``); ``RedactedThinking`` whole. Streams carry one choice.
 
 
 @dataclass(frozen=True)
@@ -57,13 +78,37 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ThinkingDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class SignatureDelta:
+    signature: str
+
+
+@dataclass(frozen=True)
 class Finished:
     usage: Usage
-    finish_reason: str
+    finish_reason: str  # "stop", "length", "tool_calls" or "other"
     attempts: int
 
 
-StreamEvent = TextDelta | Finished
+StreamEvent = (TextDelta | ToolCallStart | ToolCallDelta | ThinkingDelta | SignatureDelta
+               | RedactedThinking | Finished)
 
 
 class ProviderError(Exception):
@@ -85,6 +130,20 @@ class Adapter(Protocol):
 
 def require_redacted(request: object) -> None:
     """Every adapter's first line: nothing but a ``RedactedRequest`` reaches a provider."""
-    if not isinstance(request, RedactedRequest):
+    if not isinstance(request, RedactedRequest | RedactedEmbedding):
         raise TypeError(f"Provider adapters accept only a RedactedRequest (built by "
                         f"tenant_runtime.redaction.redact_request), not {type(request).__name__}.")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Embedding vectors, one per input in order: lists of floats, or base64 strings when the
+    caller asked for ``encoding_format: base64``."""
+
+    vectors: tuple[list[float] | str, ...]
+    usage: Usage  # input tokens only
+    attempts: int
+
+
+class EmbeddingAdapter(Protocol):
+    def embed(self, request: RedactedEmbedding, target: Target) -> Embeddings: ...

@@ -5,8 +5,15 @@ Credentials: ``target.api_key`` is ``ACCESS_KEY_ID:SECRET_ACCESS_KEY`` (optional
 The region is ``target.region`` or us-east-1; ``target.endpoint`` overrides the endpoint (a VPC
 endpoint, or a local fake). System messages go to ``system`` (one text block each); botocore's
 own retries are off (``total_max_attempts=1``: its ``max_attempts`` counts retries, not
-attempts). Stop reasons: end_turn and stop_sequence are "stop", max_tokens is "length", anything
-else (guardrail_intervened, content_filtered, ...) "other".
+attempts).
+
+The request is rendered by render_bedrock.py (alternating turns, text, image bytes, toolUse,
+toolResult, toolConfig) and the answer read back there. Stop reasons: end_turn and stop_sequence
+are "stop", max_tokens is "length", tool_use "tool_calls", anything else (guardrail_intervened,
+content_filtered, ...) "other". Streams: contentBlockDelta text is a ``TextDelta``; a
+contentBlockStart toolUse opens a ``ToolCallStart`` (numbered among the answer's tool calls from
+0) whose contentBlockDelta toolUse.input fragments are ``ToolCallDelta``s (a call without any has
+arguments ``{}``, sent as one delta when its block stops).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from tenant_runtime import outbound
+from tenant_runtime.gateway.content import Choice
+from tenant_runtime.gateway.providers import render_bedrock as render
 from tenant_runtime.gateway.providers import retry
 from tenant_runtime.gateway.providers.base import (
     Completion,
@@ -29,6 +38,8 @@ from tenant_runtime.gateway.providers.base import (
     StreamEvent,
     Target,
     TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
     Usage,
     require_redacted,
 )
@@ -38,7 +49,6 @@ if TYPE_CHECKING:
     from tenant_runtime.gateway.providers.registry import ClientCache
 
 DEFAULT_REGION = "us-east-1"
-FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 # Error codes whose status may be missing (exceptions inside an event stream).
 RETRYABLE_CODES = {"ThrottlingException": 429, "ServiceUnavailableException": 503,
                    "InternalServerException": 500, "ModelNotReadyException": 429}
@@ -54,31 +64,55 @@ class BedrockAdapter:
     def complete(self, request: RedactedRequest, target: Target) -> Completion:
         require_redacted(request)
         client = self._client(target)
+        params = self._params(request, target)
         response, attempts = retry.call(
             self.provider, self._policy, partial(classify, target=target),
-            lambda: _checked(client.converse(**_params(request, target))))
+            lambda: _checked(client.converse(**params)))
         content = response.get("output", {}).get("message", {}).get("content", [])
-        text = "".join(block.get("text", "") for block in content)
-        return Completion(text, _usage(response.get("usage")),
-                          FINISH_REASONS.get(response.get("stopReason", ""), "other"), attempts)
+        choice = Choice(render.answer_blocks(content),
+                        render.finish_reason(response.get("stopReason")))
+        return Completion((choice,), _usage(response.get("usage")), attempts)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
         require_redacted(request)
         client = self._client(target)
+        params = self._params(request, target)
         return retry.stream(self.provider, self._policy, partial(classify, target=target),
-                            lambda: self._events(client, request, target))
+                            lambda: self._events(client, params))
 
-    def _events(self, client: Any, request: RedactedRequest,
-                target: Target) -> Iterator[StreamEvent]:
-        events = client.converse_stream(**_params(request, target))["stream"]
+    def _params(self, request: RedactedRequest, target: Target) -> dict[str, Any]:
+        try:
+            return render.params(request, target.model)
+        except (render.ArgumentsNotAnObject, render.BadImage) as exc:
+            raise ProviderError(self.provider, 0, str(exc), status=422) from None
+
+    def _events(self, client: Any, params: dict[str, Any]) -> Iterator[StreamEvent]:
+        events = client.converse_stream(**params)["stream"]
         usage: dict[str, Any] | None = None
         stop_reason = ""
+        calls = 0
+        open_call: int | None = None  # the tool call of the open block, until a delta arrives
         try:
             for event in events:
                 if "contentBlockDelta" in event:
-                    text = event["contentBlockDelta"].get("delta", {}).get("text")
-                    if text:
-                        yield TextDelta(text)
+                    delta = event["contentBlockDelta"].get("delta", {})
+                    if delta.get("text"):
+                        yield TextDelta(delta["text"])
+                    elif isinstance(delta.get("toolUse"), dict) and calls:
+                        if delta["toolUse"].get("input"):
+                            yield ToolCallDelta(calls - 1, str(delta["toolUse"]["input"]))
+                            open_call = None
+                elif "contentBlockStart" in event:
+                    use = event["contentBlockStart"].get("start", {}).get("toolUse")
+                    if isinstance(use, dict):
+                        open_call = calls
+                        calls += 1
+                        yield ToolCallStart(open_call, str(use.get("toolUseId", "")),
+                                            str(use.get("name", "")))
+                elif "contentBlockStop" in event:
+                    if open_call is not None:  # a call without arguments: its input is {}
+                        yield ToolCallDelta(open_call, "{}")
+                    open_call = None
                 elif "messageStop" in event:
                     stop_reason = event["messageStop"].get("stopReason", "")
                 elif "metadata" in event:
@@ -87,7 +121,7 @@ class BedrockAdapter:
             events.close()
         if not stop_reason:
             raise IncompleteAnswer("the answer stream ended without a messageStop event")
-        yield Finished(_usage(usage), FINISH_REASONS.get(stop_reason, "other"), attempts=0)
+        yield Finished(_usage(usage), render.finish_reason(stop_reason), attempts=0)
 
     def _client(self, target: Target) -> Any:
         access_key = secret_key = session_token = None
@@ -123,26 +157,6 @@ def _checked(response: dict[str, Any]) -> dict[str, Any]:
     if "stopReason" not in response or "output" not in response:
         raise IncompleteAnswer("the Converse answer has no output or stop reason")
     return response
-
-
-def _params(request: RedactedRequest, target: Target) -> dict[str, Any]:
-    inference: dict[str, Any] = {"maxTokens": request.max_tokens}
-    if request.temperature is not None:
-        inference["temperature"] = request.temperature
-    if request.top_p is not None:
-        inference["topP"] = request.top_p
-    if request.stop:
-        inference["stopSequences"] = list(request.stop)
-    params: dict[str, Any] = {
-        "modelId": target.model,
-        "messages": [{"role": m.role, "content": [{"text": m.content}]}
-                     for m in request.messages if m.role != "system"],
-        "inferenceConfig": inference,
-    }
-    system = [{"text": m.content} for m in request.messages if m.role == "system"]
-    if system:
-        params["system"] = system
-    return params
 
 
 def _usage(usage: dict[str, Any] | None) -> Usage:

@@ -14,6 +14,16 @@ servers, which do not all know the newer name. Streams ask for a final usage chu
 (``stream_options.include_usage``); a server that sends no usage gets an estimate (characters /
 4), so spend is never settled at zero.
 
+The request is rendered by render_openai.py (messages, tool calls and results, images, tools,
+tool_choice, parallel_tool_calls, response_format, n, seed, penalties, logit_bias, logprobs,
+reasoning_effort; ``top_k`` as the extra body field vLLM and TGI read, on-prem only), and the
+answer read back there: one ``Choice`` per choice (text, tool calls, finish reason, logprobs as
+sent); streamed ``tool_calls`` deltas become ``ToolCallStart`` / ``ToolCallDelta`` events by
+index. Streams carry choice 0 (``n`` > 1 is refused for streams by features.py).
+
+``embed`` posts ``/embeddings`` (Azure's client maps it to the deployment's URL) with the same
+retries and error classification, and reads the vectors (floats or base64) back in input order.
+
 The SDK is the client (its request building, authentication, Azure deployment URLs, errors and
 connection pool), but its answers are read as plain JSON: ``client.post(..., cast_to=
 httpx2.Response)`` instead of ``client.chat.completions.create``, which would build pydantic
@@ -25,30 +35,38 @@ is refused like the SDK's own ``APIResponseValidationError``.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx2
 import openai
 from azure.core.exceptions import AzureError
-from openai.types.chat import ChatCompletionMessageParam
+from openai._compat import model_copy
+from openai._models import FinalRequestOptions
 
 from tenant_runtime import outbound
+from tenant_runtime.gateway.content import Choice, Text, ToolCall, text_of
+from tenant_runtime.gateway.providers import render_openai as render
 from tenant_runtime.gateway.providers import retry
 from tenant_runtime.gateway.providers.base import (
     Completion,
+    Embeddings,
     Finished,
     ProviderError,
     StreamEvent,
     Target,
     TextDelta,
+    ToolCallDelta,
     Usage,
     require_redacted,
 )
-from tenant_runtime.redaction import RedactedRequest
+from tenant_runtime.redaction import RedactedEmbedding, RedactedRequest
 
 if TYPE_CHECKING:
     from tenant_runtime.gateway.providers.registry import ClientCache
@@ -58,9 +76,9 @@ AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 # On-prem servers without authentication still need some key for the SDK (vLLM's docs use this).
 NO_KEY = "EMPTY"
 CHAT_PATH = "/chat/completions"
+EMBEDDINGS_PATH = "/embeddings"  # Azure's client maps it to /deployments/{model}/embeddings
 # The SDK's header (openai._constants) asking it to return a response with its body unread.
 RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
-FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
 class OpenAICompatAdapter:
@@ -78,8 +96,7 @@ class OpenAICompatAdapter:
         body = self._params(request, target)
 
         def post() -> Completion:
-            response = client.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
-            return parse_completion(response, request)
+            return parse_completion(send_chat(client, body, stream=False), request)
 
         answer, attempts = retry.call(self.provider, self._policy,
                                       partial(classify, target=target), post)
@@ -91,14 +108,33 @@ class OpenAICompatAdapter:
         return retry.stream(self.provider, self._policy, partial(classify, target=target),
                             lambda: self._events(client, request, target))
 
+    def embed(self, request: RedactedEmbedding, target: Target) -> Embeddings:
+        """Embedding vectors for ``request.inputs``, in order (same retries as ``complete``)."""
+        require_redacted(request)
+        if not isinstance(request, RedactedEmbedding):
+            raise TypeError("embed takes a RedactedEmbedding (tenant_runtime.redaction."
+                            "redact_embedding).")
+        client = self._client(target)
+        body: dict[str, Any] = {"model": target.model, "input": list(request.inputs)}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.encoding_format is not None:
+            body["encoding_format"] = request.encoding_format
+
+        def post() -> Embeddings:
+            response = client.post(EMBEDDINGS_PATH, body=body, cast_to=httpx2.Response)
+            return parse_embeddings(response, len(request.inputs))
+
+        answer, attempts = retry.call(self.provider, self._policy,
+                                      partial(classify, target=target), post)
+        return replace(answer, attempts=attempts)
+
     def _events(self, client: openai.OpenAI, request: RedactedRequest,
                 target: Target) -> Iterator[StreamEvent]:
-        # the SDK's own way to hand back a streaming response unread (with_streaming_response)
-        response = client.post(CHAT_PATH, cast_to=httpx2.Response, body={
-            **self._params(request, target), "stream": True,
-            "stream_options": {"include_usage": True}},
-            options={"headers": {RAW_RESPONSE_HEADER: "stream"}})
-        usage, finish, text, done = None, None, [], False
+        response = send_chat(client, {**self._params(request, target), "stream": True,
+                                      "stream_options": {"include_usage": True}}, stream=True)
+        usage, finish, said, done = None, None, [], False
+        calls = render.ToolCallStream()
         try:
             for data in sse_data(response.iter_lines()):
                 # read to the end, past [DONE], as the SDK does: a response closed before its
@@ -116,32 +152,32 @@ class OpenAICompatAdapter:
                     if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                         continue
                     delta = choice.get("delta")
-                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if not isinstance(delta, dict):
+                        delta = {}
+                    content = delta.get("content")
                     if content:
                         if not isinstance(content, str):
                             raise _bad_shape(response, chunk)
-                        text.append(content)
+                        said.append(content)
                         yield TextDelta(content)
+                    if delta.get("tool_calls") is not None:
+                        try:
+                            events = calls.events(delta["tool_calls"])
+                        except render.BadShape:
+                            raise _bad_shape(response, chunk) from None
+                        for event in events:
+                            if isinstance(event, ToolCallDelta):
+                                said.append(event.arguments)
+                            yield event
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
         finally:
             response.close()
-        yield Finished(usage or estimate_usage(request, "".join(text)),
-                       FINISH_REASONS.get(finish or "", "other"), attempts=0)
+        yield Finished(usage or estimate_usage(request, "".join(said)),
+                       render.finish_reason(finish), attempts=0)
 
     def _params(self, request: RedactedRequest, target: Target) -> dict[str, Any]:
-        messages = [cast(ChatCompletionMessageParam, {"role": m.role, "content": m.content})
-                    for m in request.messages]
-        params: dict[str, Any] = {"model": target.model, "messages": messages}
-        limit = "max_tokens" if self.provider == "on-prem" else "max_completion_tokens"
-        params[limit] = request.max_tokens
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
-        if request.top_p is not None:
-            params["top_p"] = request.top_p
-        if request.stop:
-            params["stop"] = list(request.stop)
-        return params
+        return render.body(request, target.model, self.provider)
 
     def _client(self, target: Target) -> openai.OpenAI:
         if self.provider == "azure-openai":
@@ -157,6 +193,74 @@ class OpenAICompatAdapter:
             api_key=target.api_key or NO_KEY, base_url=target.endpoint or OPENAI_ENDPOINT,
             max_retries=0, timeout=target.timeout_seconds,
             http_client=outbound.http_client(target.egress, timeout=target.timeout_seconds)))
+
+
+def send_chat(client: openai.OpenAI, body: dict[str, Any], *, stream: bool) -> httpx2.Response:
+    """POST ``body`` to the chat path and return the response, its body unread when
+    ``stream`` (the SDK's own way to hand back a streaming response unread,
+    ``with_streaming_response``), with the SDK's errors: what ``client.post(CHAT_PATH, body=body,
+    cast_to=httpx2.Response)`` does. For a plain ``openai.OpenAI`` client (an API key, no
+    workload identity, no provider runtime: what ``_client`` makes for ``openai`` and
+    ``on-prem``) the request is the one the SDK built for the client's first call, with this
+    call's body: its URL, headers and timeout depend on the client only (``max_retries=0``, so
+    the retry count is always 0; no idempotency header), and building them again cost a third
+    of the provider call's CPU. It is sent through the SDK's ``_send_request`` and its errors
+    raised as the SDK's request loop raises them. Any other client (Azure's, whose URL and
+    token are per call) goes through ``client.post``."""
+    if not _plain(client):
+        return client.post(CHAT_PATH, body=body, cast_to=httpx2.Response, options={
+            "headers": {RAW_RESPONSE_HEADER: "stream"}} if stream else {})
+    template = _template(client, stream)
+    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"),
+                         allow_nan=False).encode()  # as the SDK's openapi_dumps
+    request = httpx2.Request("POST", template.url, headers=template.headers.copy(),
+                             content=content, extensions=dict(template.extensions))
+    try:
+        response = client._send_request(request, stream=stream)
+    except httpx2.TimeoutException as err:
+        raise openai.APITimeoutError(request=request) from err
+    except openai.OpenAIError:
+        raise
+    except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as err:
+        raise openai.APIConnectionError(request=request) from err
+    try:
+        response.raise_for_status()
+    except httpx2.HTTPStatusError as err:
+        if not err.response.is_closed:
+            err.response.read()
+        raise client._make_status_error_from_response(err.response) from None
+    return response
+
+
+def _plain(client: openai.OpenAI) -> bool:
+    return (type(client) is openai.OpenAI and client._provider_runtime is None
+            and client._workload_identity_auth is None and client._api_key_provider is None
+            and client.max_retries == 0)
+
+
+_templates: weakref.WeakKeyDictionary[openai.OpenAI, dict[bool, httpx2.Request]] = \
+    weakref.WeakKeyDictionary()
+_templates_lock = threading.Lock()
+
+
+def _template(client: openai.OpenAI, stream: bool) -> httpx2.Request:
+    """The request the SDK builds for a chat call of ``client`` (with an empty body, its
+    length header dropped), once per client and kind."""
+    with _templates_lock:
+        built = _templates.setdefault(client, {})
+        template = built.get(stream)
+        if template is None:
+            # as client.post builds them
+            options = FinalRequestOptions.construct(
+                method="post", url=CHAT_PATH, json_data={},
+                headers={RAW_RESPONSE_HEADER: "stream"}) if stream else \
+                FinalRequestOptions.construct(method="post", url=CHAT_PATH, json_data={})
+            options = client._prepare_options(model_copy(options))
+            template = client._build_request(options, retries_taken=0)
+            client._prepare_request(template)
+            del template.headers["content-length"]
+            built[stream] = template
+        return template
 
 
 def _azure_client(target: Target) -> openai.AzureOpenAI:
@@ -230,24 +334,53 @@ def _usage(usage: dict[str, Any]) -> Usage:
 
 
 def parse_completion(response: httpx2.Response, request: RedactedRequest) -> Completion:
-    """A chat completion's text, usage and finish reason, read from its JSON."""
+    """A chat completion's choices, usage and finish reasons, read from its JSON."""
     data = _json_object(response, response.content)
-    choices = _list(response, data.get("choices"))
-    choice = choices[0] if choices else {}
-    message = choice.get("message") if isinstance(choice, dict) else None
-    text = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(choice, dict) or not isinstance(text, str | None):
-        raise _bad_shape(response, data)
-    text = text or ""
+    choices = []
+    for choice in sorted(_list(response, data.get("choices")),
+                         key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0):
+        if not isinstance(choice, dict):
+            raise _bad_shape(response, data)
+        try:
+            blocks = render.choice_blocks(choice.get("message"))
+        except render.BadShape:
+            raise _bad_shape(response, data) from None
+        choices.append(Choice(blocks, render.finish_reason(choice.get("finish_reason")),
+                              choice.get("logprobs")))
+    if not choices:
+        choices.append(Choice((), "other"))
+    said = "".join(b.text if isinstance(b, Text) else b.arguments
+                   for c in choices for b in c.content if isinstance(b, Text | ToolCall))
     usage = _usage(data["usage"]) if isinstance(data.get("usage"), dict) \
-        else estimate_usage(request, text)
-    finish = FINISH_REASONS.get(choice.get("finish_reason") or "", "other")
-    return Completion(text, usage, finish, attempts=0)
+        else estimate_usage(request, said)
+    return Completion(tuple(choices), usage, attempts=0)
+
+
+def parse_embeddings(response: httpx2.Response, count: int) -> Embeddings:
+    """The vectors of an embeddings answer, in input order (by each item's ``index``)."""
+    data = _json_object(response, response.content)
+    items = _list(response, data.get("data"))
+    vectors: list[list[float] | str | None] = [None] * count
+    for position, item in enumerate(items):
+        index = item.get("index", position) if isinstance(item, dict) else None
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < count \
+                or not isinstance(vector, list | str) or vectors[index] is not None:
+            raise _bad_shape(response, data)
+        vectors[index] = vector
+    if any(v is None for v in vectors):
+        raise _bad_shape(response, data)
+    usage = data.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return Embeddings(tuple(v for v in vectors if v is not None),
+                      Usage(tokens if isinstance(tokens, int) else 0, 0), attempts=0)
 
 
 def estimate_usage(request: RedactedRequest, answer: str) -> Usage:
     """For servers that report no usage: about four characters a token."""
-    characters = sum(len(m.content) for m in request.messages)
+    characters = sum(len(text_of(m.content)) + sum(len(b.arguments) for b in m.blocks
+                                                    if isinstance(b, ToolCall))
+                     for m in request.messages)
     return Usage(characters // 4 + 1, len(answer) // 4 + 1)
 
 

@@ -1,9 +1,14 @@
 """Which adapter serves which provider, and the SDK clients they share.
 
-``adapter_for(provider)`` answers one adapter per name of ``PROVIDERS``. SDK clients are kept in
-a ``ClientCache`` keyed by ``client_key(target)`` (provider, endpoint, a SHA-256 fingerprint of
-the credential, never the credential, API version, region, timeout and egress policy), so a busy
-gateway reuses connection pools instead of building a client per call. Every client is built
+``adapter_for(provider)`` answers one adapter per name of ``PROVIDERS``;
+``embedding_adapter_for(provider)`` the adapter that embeds for it (the OpenAI-shaped providers
+only: Anthropic and Bedrock serve no embeddings through these APIs); ``token_counter()`` the
+Anthropic adapter, whose ``count_tokens`` answers ``/v1/messages/count_tokens``.
+
+SDK clients are kept in a ``ClientCache`` keyed by ``client_key(target)`` (provider, endpoint, a
+SHA-256 fingerprint of the credential, never the credential, API version, region, timeout and
+egress policy), so a busy gateway reuses connection pools instead of building a client per
+call. Every client is built
 through ``tenant_runtime.outbound`` (egress checked at connect time, redirects refused).
 """
 
@@ -16,7 +21,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar, cast
 
 from tenant_runtime.gateway.providers.anthropic import AnthropicAdapter
-from tenant_runtime.gateway.providers.base import PROVIDERS, Adapter, Target
+from tenant_runtime.gateway.providers.base import PROVIDERS, Adapter, EmbeddingAdapter, Target
 from tenant_runtime.gateway.providers.bedrock import BedrockAdapter
 from tenant_runtime.gateway.providers.openai_compat import OpenAICompatAdapter
 
@@ -94,6 +99,20 @@ def adapter_for(provider: str) -> Adapter:
     except KeyError:
         raise ValueError(f"Unknown provider {provider!r}; expected one of "
                          f"{', '.join(PROVIDERS)}.") from None
+
+
+def embedding_adapter_for(provider: str) -> EmbeddingAdapter:
+    adapter = adapter_for(provider)
+    if not isinstance(adapter, OpenAICompatAdapter):
+        raise ValueError(f"{provider} serves no embeddings; an embeddings route must be "
+                         "openai, azure-openai or on-prem.")
+    return adapter
+
+
+def token_counter() -> AnthropicAdapter:
+    adapter = _ADAPTERS["anthropic"]
+    assert isinstance(adapter, AnthropicAdapter)  # noqa: S101 - built just above
+    return adapter
 
 
 def close_clients() -> None:

@@ -98,10 +98,16 @@ def test_an_operator_asks_and_an_approver_decides_in_the_inbox(client, team):
     switch(client, "approver@example.com")
     nav = client.get("/approvals/nav", headers={"HX-Request": "true"})
     assert 'data-testid="approvals-count"' in nav.text and ">1<" in nav.text
-    assert f'href="/tenants/{team.tenant_id}/approvals"' in nav.text
+    assert 'href="/approvals"' in nav.text  # the global page, which names the tenant
+    across = client.get("/approvals").text
+    waiting = across.split('data-testid="across-waiting"', 1)[1].split("</table>", 1)[0]
+    assert f'href="/tenants/{team.tenant_id}/approvals"' in waiting
+    assert "deploy.production" in waiting and '{"service_id": 7}' in waiting
     inbox = client.get(f"/tenants/{team.tenant_id}/approvals", headers={"HX-Request": "true"})
     assert inbox.text.lstrip().startswith('<section class="card" id="inbox"')
     assert "deploy.production" in inbox.text and "operator@example.com" in inbox.text
+    payload = inbox.text.split('data-testid="inbox-payload">', 1)[1].split("</td>", 1)[0]
+    assert payload == '<code>{"service_id": 7}</code>'  # what the approver approves
     rid = request_path.rsplit("/", 1)[1]
     token = csrf_token(client, f"/tenants/{team.tenant_id}/approvals")
     no_reason = client.post(f"/tenants/{team.tenant_id}/approvals/{rid}/reject",

@@ -135,7 +135,7 @@ def test_an_admins_key_cannot_export_the_audit_log(services, db, database_url, p
                                    "role.")
     # the dashboard offers an Admin only what the Admin's role holds, and refuses the rest
     sign_in(client, admin)
-    page = client.get(f"/tenants/{tenant_id}").text
+    page = client.get(f"/tenants/{tenant_id}/settings").text
     offered = set(re.findall(r'name="scopes" value="([^"]+)"', page))
     assert offered == set(ALL) - {"audit:export"}
     token = csrf_token(client, f"/tenants/{tenant_id}")

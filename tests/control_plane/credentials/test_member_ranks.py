@@ -271,7 +271,7 @@ def test_outranking_is_read_from_the_matrix():
 
 def test_the_page_offers_an_admin_only_what_the_rule_allows(services, tenant, client):
     sign_in(client, _email("actor", "Admin"))
-    page = client.get(f"/tenants/{tenant}").text
+    page = client.get(f"/tenants/{tenant}/settings").text
     for role in ROLES:
         row = re.search(rf'<tr data-member="{re.escape(_email("target", role))}">(.*?)</tr>',
                         page, re.S).group(1)

@@ -4,7 +4,8 @@ llm_servers.py), and the official SDKs as clients."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -121,3 +122,14 @@ def calls(env: GatewayEnv):
 
     with env.ctx.session() as s:
         return list(s.scalars(select(GatewayCall).order_by(GatewayCall.id)))
+
+
+def eventually(check: Callable[[], bool], *, within: float, what: str) -> float:
+    """Poll ``check`` until it holds, for at most ``within`` seconds; the seconds it took. For
+    what a process learns by notification (its key cache), never a fixed sleep."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"{what}: not within {within} s")
+        time.sleep(0.005)
+    return time.monotonic() - started

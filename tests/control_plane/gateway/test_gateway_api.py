@@ -270,10 +270,11 @@ def test_malformed_requests_get_a_clear_4xx_in_each_apis_shape(gw):
         (json.dumps({"model": "gpt-4o-mini"}).encode(), 422, "Missing required parameter: "
                                                              "messages"),
         (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
-                     "tools": []}).encode(), 422, "Unrecognized request argument supplied: "
-                                                  "tools"),
+                     "audio": {}}).encode(), 422, "Unrecognized request argument supplied: "
+                                                  "audio"),
         (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 422, "messages"),
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 422,
+         "messages.0.content.0.image_url.url must be an https URL"),
         (json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
                      "max_tokens": -1}).encode(), 422, "max_tokens"),
         (b"x" * (5 * 1024 * 1024), 413, "4 MiB"),
@@ -286,7 +287,7 @@ def test_malformed_requests_get_a_clear_4xx_in_each_apis_shape(gw):
     with ant(gw, max_retries=0) as client, pytest.raises(
             anthropic.UnprocessableEntityError) as bad:
         client.messages.create(model="claude-haiku", max_tokens=10, messages=[],
-                               extra_body={"tools": []})
+                               extra_body={"mcp_servers": []})
     assert bad.value.body["type"] == "error"
     answer = httpx.post(f"{gw.url}/v1/messages", headers={**auth, "anthropic-version": "1"},
                         content=json.dumps({"model": "claude-haiku", "messages": [
@@ -390,7 +391,7 @@ def test_a_caller_hanging_up_mid_stream_settles_the_call_at_once(gw):
 
 
 def test_the_spend_cap_refuses_with_a_sentence_and_an_audit_event(gw):
-    set_settings(gw, monthly_cap_micros=100)
+    set_settings(gw, monthly_cap_micros=0)
     with oai(gw) as client, pytest.raises(openai.APIStatusError) as refused:
         chat(client, "gpt-4o-mini")
     assert refused.value.status_code == 402

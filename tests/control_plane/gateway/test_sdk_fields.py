@@ -27,7 +27,7 @@ def test_fields_that_carry_personal_data_are_accepted_and_not_forwarded(gw):
         answer = client.chat.completions.create(
             model="gpt-4o-mini", max_completion_tokens=50, temperature=0.2, top_p=0.9,
             stop=["zzz"], n=1, user=MARKER, safety_identifier=MARKER,
-            metadata={"ticket": MARKER},
+            metadata={"ticket": MARKER}, prompt_cache_key=MARKER, store=False,
             messages=[{"role": "developer", "content": "Be terse."},
                       {"role": "user", "content": "Hi there", "name": MARKER}])
         assert answer.choices[0].message.content == "You said: Hi there"
@@ -40,13 +40,23 @@ def test_fields_that_carry_personal_data_are_accepted_and_not_forwarded(gw):
     assert len(gw.llm.received) == 2
     for request in gw.llm.received:
         assert MARKER.encode() not in request.body and b"cache_control" not in request.body
-        assert not {"user", "safety_identifier", "metadata", "name"} & set(request.json())
+        assert not {"user", "safety_identifier", "metadata", "name", "prompt_cache_key",
+                    "store"} & set(request.json())
+
+
+def test_store_true_is_refused_with_a_sentence(gw):
+    with oai(gw) as client, pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.chat.completions.create(model="gpt-4o-mini", store=True,
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert refused.value.body["param"] == "store"
+    assert "does not ask providers to keep completions" in refused.value.message
+    assert gw.llm.received == []
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("seed", 7), ("tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("response_format", {"type": "json_object"}), ("prompt_cache_key", "k"),
-    ("store", True), ("presence_penalty", 0.5),
+    ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
+    ("prediction", {"type": "content", "content": "x"}), ("web_search_options", {}),
+    ("verbosity", "low"),
 ])
 def test_openai_fields_that_would_change_the_answer_are_refused_with_422(gw, field, value):
     with oai(gw) as client, pytest.raises(openai.UnprocessableEntityError) as refused:
@@ -60,8 +70,8 @@ def test_openai_fields_that_would_change_the_answer_are_refused_with_422(gw, fie
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("top_k", 5), ("tools", [{"name": "f", "input_schema": {"type": "object"}}]),
-    ("service_tier", "auto"),
+    ("mcp_servers", [{"type": "url", "url": "https://x.example", "name": "x"}]),
+    ("container", "c1"), ("service_tier", "auto"),
 ])
 def test_anthropic_fields_that_would_change_the_answer_are_refused_with_422(gw, field, value):
     with ant(gw) as client, pytest.raises(anthropic.UnprocessableEntityError) as refused:

@@ -14,11 +14,12 @@ from psycopg import sql
 from control_plane.embedded import EmbeddedPostgres
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.tenancy.servers import ensure_primary_server
-from tests.conftest import TENANT_ID_BASE, free_port, make_settings
+from tests.conftest import OUR_SPARES, TENANT_ID_BASE, drop_database, free_port, make_settings
 
 
 def drop_tenant_leftovers(server_url: str) -> None:
-    """Drop this run's tenant databases and roles (ids from TENANT_ID_BASE on), and spares."""
+    """Drop this run's tenant databases and roles (ids from TENANT_ID_BASE on), and its spares
+    (another test process's spares on the shared server are left alone)."""
     def ours(name: str) -> bool:
         digits = name.removeprefix("magistrate_t_").split("_")[0]
         return digits.isdigit() and TENANT_ID_BASE <= int(digits) < TENANT_ID_BASE + 100_000
@@ -26,9 +27,8 @@ def drop_tenant_leftovers(server_url: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname ~ "
                                     "'^magistrate_(t_[0-9]+|spare_.*)$'").fetchall():
-            if ours(name) or name.startswith("magistrate_spare_"):
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))
+            if ours(name) or name.startswith(tuple(OUR_SPARES)):
+                drop_database(conn, name)
         for (name,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname ~ "
                                     "'^magistrate_t_[0-9]+_(owner|app)$'").fetchall():
             if ours(name):

@@ -100,3 +100,49 @@ def test_verify_now_reports_ok_then_names_the_first_bad_row(client, services, db
     run_pending_jobs(services, database_url)
     failed = client.get(page + "/verification")
     assert "Verification failed at seq 12: content changed" in failed.text
+
+
+def test_oldest_first_pages_forward_and_the_csv_is_the_filtered_view(
+        client, services, db, database_url, primary_server, local_kek):
+    import csv
+    import io
+
+    from tenant_runtime.audit_views.service import CSV_HEADER
+
+    owner = make_user(db)
+    tenant_id = create_tenant(services, owner.email, "sorted")
+    run_pending_jobs(services, database_url)
+    with services.session_factory() as s:
+        ctx = services.tenant_connections.context(s, s.get(Tenant, tenant_id),
+                                                  Actor("system"))
+    with ctx.session() as s, s.begin():
+        for i in range(70):
+            audit.record(s, "test.even" if i % 2 == 0 else "test.odd",
+                         actor=Actor("user", "7", "ops@example.com"),
+                         details={"i": i, "note": "=1+1" if i == 0 else "plain"})
+    sign_in(client, owner.email)
+    url = f"/tenants/{tenant_id}/audit"
+    seen: list[int] = []
+    page = client.get(url, params={"sort": "oldest", "event_type": "test.even"})
+    newer_re = re.compile(r'href="(\?[^"]*after_seq=\d+)"')
+    while True:
+        seen += [int(x) for x in SEQ_RE.findall(page.text)]
+        newer = newer_re.search(page.text)
+        if not newer:
+            break
+        assert "Newer events" in page.text
+        page = client.get(url + newer.group(1).replace("&amp;", "&"),
+                          headers={"HX-Request": "true"})
+    assert seen == list(range(1, 71, 2))  # every even event once, oldest first
+    assert 'data-testid="audit-csv"' in client.get(url, params={"actor": "ops@example.com"}).text
+    assert client.get(url, params={"after_seq": "x"}).status_code == 422
+
+    download = client.get(url + "/timeline.csv", params={"event_type": "test.even",
+                                                         "sort": "oldest"})
+    assert download.status_code == 200 and download.headers["content-type"].startswith(
+        "text/csv")
+    table = list(csv.reader(io.StringIO(download.text)))
+    assert table[0] == list(CSV_HEADER)
+    assert [int(r[0]) for r in table[1:]] == list(range(1, 71, 2))
+    assert table[1][8].startswith("{")  # a JSON object, not a formula
+    assert client.get(url + "/timeline.csv", params={"sort": "x"}).status_code == 422

@@ -29,7 +29,7 @@ from tenant_runtime.audit_retention import prune
 from tenant_runtime.checkpoints import make_checkpoint
 from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent
-from tests.conftest import with_database
+from tests.conftest import drop_database, with_database
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import make_user
 
@@ -197,14 +197,17 @@ def test_every_database_of_the_server_is_closed_to_public_and_the_admin_still_co
         pg_server_url, database_url):
     probe = f"magistrate_probe_{secrets.token_hex(4)}"
     control = database_url.rsplit("/", 1)[1].split("?")[0]
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(probe)))
-        # an installation from before the fix: its control database and `postgres` open
-        for name in (control, "postgres", "template1"):
-            conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO PUBLIC").format(
-                sql.Identifier(name)))
     try:
-        lockdown = database.close_databases_to_public(pg_server_url)
+        # under the server's privileges lock, as close_databases_to_public takes it: other test
+        # processes sweep the same server, and must not close these between setup and sweep
+        with psycopg.connect(with_database(pg_server_url, "postgres"), autocommit=True) as conn, \
+                database.privileges_lock(conn):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(probe)))
+            # an installation from before the fix: its control database and `postgres` open
+            for name in (control, "postgres", "template1"):
+                conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO PUBLIC"
+                                     ).format(sql.Identifier(name)))
+            lockdown = database.close_to_public_under_lock(conn, pg_server_url)
         assert {probe, control, "postgres", "template1"} <= set(lockdown.closed)
         assert lockdown.left_open == () and lockdown.warning() is None
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
@@ -218,8 +221,7 @@ def test_every_database_of_the_server_is_closed_to_public_and_the_admin_still_co
         assert probe not in database.close_databases_to_public(pg_server_url).closed
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(probe)))
+            drop_database(conn, probe)
 
 
 def test_a_non_superuser_admin_keeps_connect_and_is_told_what_it_cannot_close(pg_server_url):
@@ -230,18 +232,22 @@ def test_a_non_superuser_admin_keeps_connect_and_is_told_what_it_cannot_close(pg
     role, own, foreign = (f"magistrate_probe_admin_{suffix}", f"magistrate_probe_ctl_{suffix}",
                           f"magistrate_probe_other_{suffix}")
     ident = sql.Identifier
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        password = secrets.token_hex(16)  # the embedded server asks for one; trust ignores it
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
-            ident(role), sql.Literal(password)))
-        # `postgres` is closed on a managed server: the operator grants CONNECT on it
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE postgres TO {}").format(ident(role)))
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident(own), ident(role)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident(foreign)))
+    password = secrets.token_hex(16)  # the embedded server asks for one; trust ignores it
     parts = urlsplit(with_database(pg_server_url, own))
     admin = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
     try:
-        lockdown = database.close_databases_to_public(admin)
+        # the setup and the sweep under the server's privileges lock (held by the superuser's
+        # session): another test process's sweep would otherwise close `foreign` in between
+        with psycopg.connect(with_database(pg_server_url, "postgres"), autocommit=True) as conn, \
+                database.privileges_lock(conn):
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
+                ident(role), sql.Literal(password)))
+            # `postgres` is closed on a managed server: the operator grants CONNECT on it
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE postgres TO {}").format(ident(role)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident(own), ident(role)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(ident(foreign)))
+            with psycopg.connect(with_database(admin, "postgres"), autocommit=True) as mine:
+                lockdown = database.close_to_public_under_lock(mine, admin)
         assert own in lockdown.closed and foreign in lockdown.left_open
         assert own not in lockdown.left_open
         warning = lockdown.warning()
@@ -256,8 +262,7 @@ def test_a_non_superuser_admin_keeps_connect_and_is_told_what_it_cannot_close(pg
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
             for name in (own, foreign):
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    ident(name)))
+                drop_database(conn, name)
             conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE postgres FROM {}").format(
                 ident(role)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident(role)))

@@ -122,7 +122,7 @@ def test_a_tenant_stuck_on_its_key_can_be_deleted(client, db, services, primary_
     sign_in(client, owner.email)
     deleted = post_form(client, f"/tenants/{tenant_id}/delete",
                         {"confirm_slug": "doomed", "reason": "its key is gone"},
-                        page=f"/tenants/{tenant_id}")
+                        page=f"/tenants/{tenant_id}", follow=True)  # Post/Redirect/Get
     assert deleted.status_code == 200 and "is being deleted" in deleted.text
     run_pending_jobs(services, database_url)
     with db() as s:

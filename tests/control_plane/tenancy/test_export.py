@@ -15,7 +15,7 @@ from html import unescape
 
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, update
 
 import workers.handlers.export  # noqa: F401 - registers the export job handler
 from control_plane.db import utcnow
@@ -30,6 +30,7 @@ from tenant_runtime.models import TenantBase
 from tests.conftest import TEST_SECRET_KEY
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import make_user, post_form, sign_in
+from tests.locks import wait_for_lock_waiter
 
 SECRET = "sk-live-0123456789abcdefSECRETVALUE"
 EMAIL = "billing.contact@acme.example"
@@ -108,7 +109,7 @@ def test_owner_exports_the_whole_tenant_database(app_client, services, db, datab
                                                  tenants, settings):
     client, acme = app_client, tenants["acme"]
     sign_in(client, tenants["acme_owner"].email)
-    tenant_page = client.get(f"/tenants/{acme}")
+    tenant_page = client.get(f"/tenants/{acme}/settings")  # the export is on the Settings tab
     assert f'action="/tenants/{acme}/exports"' in tenant_page.text
     assert f'hx-get="/tenants/{acme}/exports"' in tenant_page.text
 
@@ -205,21 +206,20 @@ def test_two_downloads_at_once_hand_the_export_out_once(app_client, services, db
         except export.ExportGone as exc:
             outcome["second"] = exc
 
-    with db() as s:
-        with s.begin():
-            first = take(s)  # holds the job's row lock until commit
-            racer = threading.Thread(target=second)
-            racer.start()
-            with db() as watcher:  # wait until the racer is blocked on that lock
-                for _ in range(600):  # up to 30 s on a busy machine
-                    waiting = watcher.scalar(select(func.count()).select_from(
-                        text("pg_stat_activity")).where(text("wait_event_type = 'Lock'")))
-                    if waiting:
-                        break
-                    time.sleep(0.05)
-            assert waiting
-        racer.join(10)
-    first.handle.close()
+    racer = threading.Thread(target=second)
+    try:
+        with db() as s:
+            with s.begin():
+                first = take(s)  # holds the job's row lock until commit
+                first.handle.close()
+                racer.start()
+                with db() as watcher:  # wait until the racer is blocked on that lock
+                    wait_for_lock_waiter(watcher)
+    finally:
+        if racer.ident is not None:
+            racer.join(30)
+        if isinstance(outcome.get("second"), export.ExportDownload):
+            outcome["second"].handle.close()  # type: ignore[attr-defined]
     assert isinstance(outcome["second"], export.ExportGone)
     assert len(audit_events(db, TenantEvents.EXPORT_DOWNLOADED)) == 1
 

@@ -19,12 +19,15 @@ SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            "key_ref": "k", "slug": "s", "code": "123456", "webhook_url": "",
            "retention_days": "396", "expires_in_days": "", "redaction_profile": "standard",
            "custom_detectors": "", "custom_terms": "", "custom_patterns": "",
+           "tool_rules": "", "image_policy": "default",
            "requests_per_minute": "600", "tokens_per_minute": "1000", "monthly_cap_usd": "5",
            "proposed": "p", "actual": "a", "agreed": "true", "ground_truth_score": "",
            "to_phase": "off", "tools": "read_task", "task_id": "",
            "model_name": "m", "provider_model": "m", "endpoint": "", "api_version": "",
            "region": "", "credential_id": "", "timeout_seconds": "60", "fallbacks": "",
-           "allowed": "true", "input_usd_per_mtok": "1", "output_usd_per_mtok": "1",
+           "allowed": "true", "required": "true", "input_usd_per_mtok": "1",
+           "sso_required": "false", "break_glass_email": "", "sso_provider": "",
+           "output_usd_per_mtok": "1",
            "action": "a", "payload": "", "comment": "", "description": "",
            "restricted": "true", "approver_role": "Approver", "expiry_hours": "24",
            "approvals_needed": "1", "execution_url": "", "email_approvers": "true",
@@ -37,11 +40,19 @@ SAMPLES = {"reason": "r", "email": "a@example.com", "role": "Owner",
            # personas and minimization settings ("name", "retention_days" are shared)
            "teams": "t", "all_teams": "false", "sources": "", "all_sources": "false",
            "user_id": "1", "k_anonymity": "3",
+           # MCP upstreams and tool decisions ("name" is shared)
+           "url": "http://127.0.0.1:9/mcp", "credential_kind": "none", "credential": "",
+           "header_name": "", "redaction": "internal", "new_tools": "denied",
+           "client_id": "", "token_endpoint": "", "auth_method": "client_secret_basic",
+           "private_key": "", "scope": "",
+           "policy": "denied", "action_class": "", "side_effecting": "",
            # signal sources and imports ("name", "team" are shared)
            "kind": "logs", "source_id": "", "file_format": "", "signals_file": "",
            "extraction": "off",
            # key rotation ("approval_id" is shared with deletion)
-           "reencrypt": "true", "scopes": "gateway"}
+           "reencrypt": "true", "scopes": "gateway",
+           # backups: restore as a new tenant, replace ("approval_id" is shared)
+           "backup_id": "b", "new_slug": "copy-of-b"}
 
 
 def tenant_routes(app) -> list[tuple[str, str, dict[str, str]]]:
@@ -100,7 +111,8 @@ def test_another_tenants_ids_answer_404_on_every_tenant_route(client, services, 
                                                   "route_id", "provider_model", "request_id",
                                                   "class_id", "task_id", "agent_id",
                                                   "persona_id", "source_id",
-                                                  "import_id")):
+                                                  "import_id", "upstream_id", "tool_id",
+                                                  "grant_id")):
             assert own.status_code != 404 or path.endswith("/delete"), (method, path)
     state, key_ref, members, _ = snapshot(db, b)
     assert (state, key_ref, members) == before[:3]

@@ -42,7 +42,7 @@ def test_an_owner_rotates_and_reencrypts_from_the_tenant_page(client, services, 
                                                                primary_server, local_kek):
     team = make_team(services, db, database_url)
     sign_in(client, team.users["owner"].email)
-    page = client.get(f"/tenants/{team.tenant_id}")
+    page = client.get(f"/tenants/{team.tenant_id}/settings")
     assert "Rotate the data key" in page.text
     queued = rotate(client, team.tenant_id, reencrypt=True)
     assert queued.status_code == 200

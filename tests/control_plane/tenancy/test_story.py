@@ -120,7 +120,7 @@ def test_the_owner_story(story, db, database_url, second_server):
         # delete south: its database on the second server is gone
         deleted = post_form(client, f"/tenants/{south}/delete",
                             {"confirm_slug": "south", "reason": "end of contract"},
-                            page=f"/tenants/{south}")
+                            page=f"/tenants/{south}", follow=True)  # Post/Redirect/Get
         assert deleted.status_code == 200
         run_pending_jobs(svc, database_url)
         assert client.get(f"/tenants/{south}").status_code == 404

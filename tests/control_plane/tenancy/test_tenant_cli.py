@@ -10,7 +10,7 @@ import sys
 import psycopg
 from sqlalchemy import select
 
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, drop_database
 from tests.control_plane.tenancy.helpers import tenant_state
 from tests.factories import make_user
 
@@ -75,7 +75,7 @@ def test_server_add_and_list(services, db, database_url, redis_url, primary_serv
                 (probe,)).fetchone()[0] == 0
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{probe}" WITH (FORCE)')
+            drop_database(conn, probe)
     assert "database server replica-two" in added.stdout
     listed = run("server", "list", env_extra=env)
     assert "primary" in listed.stdout and "replica-two" in listed.stdout

@@ -4,6 +4,7 @@ servers, lifecycle, sealed columns, deletion, and the JSON API."""
 from __future__ import annotations
 
 import re
+import secrets
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from tenant_runtime.context import Actor
 from tenant_runtime.credentials import service as credentials
 from tenant_runtime.exceptions import SealedValueRefused
 from tenant_runtime.models import CLASSIFICATIONS, TenantBase
+from tests.conftest import drop_database
 from tests.control_plane.tenancy.helpers import (
     create_tenant,
     run_pending_jobs,
@@ -111,8 +113,11 @@ def databases_that_open(url: str, names: list[str]) -> list[str]:
             psycopg.connect(base.rsplit("/", 1)[0] + f"/{name}"
                             + (f"?{query}" if query else ""), connect_timeout=5).close()
         except psycopg.OperationalError as exc:
+            # (an "invalid" database is what an interrupted DROP DATABASE of another process
+            # on the shared server leaves: nobody can connect to it)
             assert re.search(r"permission denied for database|not currently accepting "
-                             r"connections|does not exist", str(exc)), (name, str(exc))
+                             r"connections|does not exist|cannot connect to invalid database",
+                             str(exc)), (name, str(exc))
             continue
         opened.append(name)
     return opened
@@ -138,7 +143,7 @@ def test_roles_are_confined_to_their_own_database(services, two_tenants, databas
     with services.session_factory() as s:
         ta, tb = s.get(Tenant, a), s.get(Tenant, b)
     admin = services_admin(services)
-    database.refill_spares(admin, want=1)
+    database.refill_spares(admin, namespace=database.spare_namespace(database_url), want=1)
     with psycopg.connect(admin) as conn:
         names = [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")]
     control = database_url.rsplit("/", 1)[1].split("?")[0]
@@ -268,11 +273,13 @@ def test_suspended_tenant_refuses_its_pages_until_resumed(client, services, two_
     sign_in(client, owner.email)
     assert client.get(f"/tenants/{a}/credentials").status_code == 200
     suspended = post_form(client, f"/tenants/{a}/suspend", {"reason": "billing"},
-                          page=f"/tenants/{a}")
+                          page=f"/tenants/{a}", follow=True)  # Post/Redirect/Get
+    assert suspended.history[0].status_code == 303
     assert suspended.status_code == 200 and "suspended" in suspended.text
     refused = client.get(f"/tenants/{a}/credentials")
     assert refused.status_code == 403 and "This tenant is suspended" in refused.text
-    assert post_form(client, f"/tenants/{a}/resume", page=f"/tenants/{a}").status_code == 200
+    assert post_form(client, f"/tenants/{a}/resume", page=f"/tenants/{a}",
+                     follow=True).status_code == 200
     assert client.get(f"/tenants/{a}/credentials").status_code == 200
 
 
@@ -288,7 +295,7 @@ def test_delete_means_gone(client, services, db, database_url, two_tenants):
     assert wrong.status_code == 422 and "Type the tenant" in wrong.text
     done = post_form(client, f"/tenants/{a}/delete", {"confirm_slug": "alpha",
                                                       "reason": "customer left"},
-                     page=f"/tenants/{a}")
+                     page=f"/tenants/{a}", follow=True)
     assert done.status_code == 200 and "being deleted" in done.text
     assert client.get(f"/tenants/{a}").status_code == 404
     assert run_pending_jobs(services, database_url)[0]["outcome"] == "succeeded"
@@ -385,31 +392,44 @@ def test_api_keys_are_shown_once_and_refused_when_suspended_or_revoked(client, s
 def test_provisioning_takes_a_ready_spare_and_the_worker_refills(services, db, database_url,
                                                                   primary_server, local_kek,
                                                                   pg_server_url):
-    from control_plane.tenancy.database import SPARE_PREFIX, refill_spares
+    from control_plane.tenancy.database import SPARE_PREFIX, refill_spares, spare_namespace
     from workers.worker import refill_all_servers
 
-    def spares() -> list[str]:
+    namespace = spare_namespace(database_url)
+
+    def spares(prefix: str = SPARE_PREFIX + namespace) -> list[str]:
         with psycopg.connect(pg_server_url) as conn:
             return [r[0] for r in conn.execute(
                 "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-                (SPARE_PREFIX,)).fetchall()]
+                (prefix,)).fetchall()]
 
-    assert refill_spares(services_admin(services), want=1) == 1
-    (spare,) = spares()
-    owner = make_user(db)
-    tenant_id = create_tenant(services, owner.email, "quick")
-    assert run_pending_jobs(services, database_url)[0]["outcome"] == "succeeded"
-    assert spares() == []  # renamed into place
-    ctx = tenant_ctx(services, tenant_id)
-    with ctx.session() as s, s.begin():  # a working tenant database, owned by its roles
-        credentials.do_add_credential(s, ctx, name="k", provider="openai", secret=SECRET,
-                                      contact_email=None)
-    with psycopg.connect(services_admin(services)) as conn:
-        owner_of = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE "
-                                "datname = %s", (f"magistrate_t_{tenant_id}",)).fetchone()[0]
-        assert owner_of == f"magistrate_t_{tenant_id}_owner"
-        acl = conn.execute("SELECT datacl::text FROM pg_database WHERE datname = %s",
-                           (f"magistrate_t_{tenant_id}",)).fetchone()[0]
-        assert not re.search(r"(^|[{,])=", acl)
-    assert refill_all_servers() >= 2 and len(spares()) == 2  # the worker's periodic refill
-    assert spare not in spares()
+    # another installation on the same server (here: another test's control database) keeps
+    # its own spares, which this installation neither claims nor drops
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        foreign = f"{SPARE_PREFIX}{'0' * 8}_{'f' * 16}_{secrets.token_hex(4)}"
+        conn.execute(f'CREATE DATABASE "{foreign}"')
+    try:
+        assert refill_spares(services_admin(services), namespace=namespace, want=1) == 1
+        (spare,) = spares()
+        owner = make_user(db)
+        tenant_id = create_tenant(services, owner.email, "quick")
+        assert run_pending_jobs(services, database_url)[0]["outcome"] == "succeeded"
+        assert spares() == []  # renamed into place
+        ctx = tenant_ctx(services, tenant_id)
+        with ctx.session() as s, s.begin():  # a working tenant database, owned by its roles
+            credentials.do_add_credential(s, ctx, name="k", provider="openai", secret=SECRET,
+                                          contact_email=None)
+        with psycopg.connect(services_admin(services)) as conn:
+            owner_of = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE "
+                                    "datname = %s", (f"magistrate_t_{tenant_id}",)).fetchone()[0]
+            assert owner_of == f"magistrate_t_{tenant_id}_owner"
+            acl = conn.execute("SELECT datacl::text FROM pg_database WHERE datname = %s",
+                               (f"magistrate_t_{tenant_id}",)).fetchone()[0]
+            assert not re.search(r"(^|[{,])=", acl)
+        assert refill_all_servers() >= 2 and len(spares()) == 2  # the worker's periodic refill
+        assert spare not in spares()
+        assert spares(foreign) == [foreign]
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            for name in [foreign, *spares()]:
+                drop_database(conn, name)

@@ -12,8 +12,17 @@ import httpx2
 import openai
 import pytest
 
+from tenant_runtime.gateway.content import ToolCall
 from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
-from tenant_runtime.gateway.providers.base import Finished, ProviderError, Target, TextDelta, Usage
+from tenant_runtime.gateway.providers.base import (
+    Finished,
+    ProviderError,
+    Target,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from tenant_runtime.gateway.providers.openai_compat import OpenAICompatAdapter, sse_data
 from tenant_runtime.gateway.providers.registry import ClientCache
 from tenant_runtime.gateway.providers.retry import RetryPolicy
@@ -137,3 +146,101 @@ def test_an_error_inside_a_stream_fails_the_call():
 def test_server_sent_event_data():
     lines = ["data: a", "", "event: x", "data: b", "data: c", "", "", "data: d"]
     assert list(sse_data(lines)) == ["a", "b\nc", "d"]
+
+
+def test_tool_calls_are_read_from_an_answer_with_every_choice_and_its_logprobs():
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+    adapter = adapter_answering(json_answer({"choices": [
+        {"index": 1, "message": {"role": "assistant", "content": "second"},
+         "finish_reason": "content_filter"},
+        {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+         "finish_reason": "tool_calls", "logprobs": {"content": []}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4}}), [])
+
+    answer = adapter.complete(request(), TARGET)
+
+    first, second = answer.choices
+    assert first.content == (ToolCall("call_1", "lookup", '{"q": "x"}'),)
+    assert (first.finish_reason, first.logprobs) == ("tool_calls", {"content": []})
+    assert (second.text, second.finish_reason) == ("second", "other")
+
+
+def test_a_server_sending_a_whole_tool_call_in_one_chunk_is_followed():
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [  # vLLM-style: all at once
+            {"index": 3, "id": "call_9", "type": "function",
+             "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 5, "id": "call_10", "function": {"name": "other", "arguments": ""}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 5, "function": {"arguments": "{}"}}]}, "finish_reason": "tool_calls"}]},
+    ]
+    stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    adapter = adapter_answering(sse_answer(stream), [])
+
+    events = list(adapter.stream(request(), TARGET))
+
+    assert events[:-1] == [ToolCallStart(0, "call_9", "lookup"),
+                           ToolCallDelta(0, '{"q": "x"}'),
+                           ToolCallStart(1, "call_10", "other"), ToolCallDelta(1, "{}")]
+    assert events[-1].finish_reason == "tool_calls"
+    assert events[-1].usage.output_tokens > 0  # no usage sent: estimated from the arguments
+
+
+@pytest.mark.parametrize("delta", [
+    [{"index": 0, "function": {"arguments": "{}"}}],  # a call that never said its id and name
+    {"index": 0},
+    [{"index": 0, "id": "c", "function": {"name": "f", "arguments": {"q": 1}}}],
+])
+def test_a_tool_call_delta_of_another_shape_is_refused(delta):
+    chunk = {"choices": [{"index": 0, "delta": {"tool_calls": delta}}]}
+    seen: list[httpx2.Request] = []
+    adapter = adapter_answering(sse_answer(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"),
+                                seen)
+
+    with pytest.raises(ProviderError) as failed:
+        list(adapter.stream(request(), TARGET))
+
+    assert "did not have the expected shape" in failed.value.detail
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_sends_the_request_the_sdk_builds_with_its_own_body(stream: bool) -> None:
+    """The request built once per client and reused: the same URL, headers in the same order,
+    body and timeout as the SDK's own ``client.post`` sends, every time; its errors are the
+    SDK's."""
+    from tenant_runtime.gateway.providers.openai_compat import (
+        CHAT_PATH,
+        RAW_RESPONSE_HEADER,
+        send_chat,
+    )
+
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        status = 429 if b"refuse" in request.content else 200
+        return httpx2.Response(status, json={"error": {"message": "slow down", "type": "t",
+                                                       "code": "rate_limit"}})
+
+    client = openai.OpenAI(api_key="key", base_url="http://llm.internal/v1", max_retries=0,
+                           timeout=7, http_client=httpx2.Client(
+                               transport=httpx2.MockTransport(handler)))
+    options = {"headers": {RAW_RESPONSE_HEADER: "stream"}} if stream else {}
+    for text in ("hé \u2028 \"quoted\"", "second"):
+        body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+        client.post(CHAT_PATH, body=body, cast_to=httpx2.Response,
+                    options=options).close()  # type: ignore[arg-type]
+        send_chat(client, body, stream=stream).close()
+        sdk, ours = seen[-2], seen[-1]
+        assert (ours.method, str(ours.url), ours.headers.raw, ours.content, ours.extensions) \
+            == (sdk.method, str(sdk.url), sdk.headers.raw, sdk.content, sdk.extensions)
+    with pytest.raises(openai.RateLimitError) as ours_error:
+        send_chat(client, {"model": "refuse"}, stream=stream)
+    with pytest.raises(openai.RateLimitError) as sdk_error:
+        client.post(CHAT_PATH, body={"model": "refuse"}, cast_to=httpx2.Response,
+                    options=options)  # type: ignore[arg-type]
+    assert (ours_error.value.status_code, ours_error.value.code, str(ours_error.value)) == \
+        (sdk_error.value.status_code, sdk_error.value.code, str(sdk_error.value))

@@ -16,12 +16,12 @@ from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
 from tenant_runtime.gateway.providers.anthropic import AnthropicAdapter
 from tenant_runtime.gateway.providers.base import (
     PROVIDERS,
-    Completion,
     Finished,
     ProviderError,
     Target,
     TextDelta,
     Usage,
+    text_completion,
 )
 from tenant_runtime.gateway.providers.bedrock import BedrockAdapter
 from tenant_runtime.gateway.providers.openai_compat import OpenAICompatAdapter
@@ -104,7 +104,7 @@ def collect(events: Iterator) -> tuple[list[str], Finished]:
 def test_complete(server, adapters, provider):
     completion = adapters[provider].complete(request(), target_for(server, provider))
 
-    assert completion == Completion(ANSWER, USAGE, "stop", attempts=1)
+    assert completion == text_completion(ANSWER, USAGE, "stop", attempts=1)
     (sent,) = server.received
     assert PROMPT.encode() in sent.body
 

@@ -160,11 +160,12 @@ def test_the_sweep_removes_exactly_what_is_past_the_default_retention(services, 
     [event] = swept_events(ctx)
     assert event.details == {"cutoff": "2025-01-29T12:00:00Z", "retention_days": 396,
                              "observations": 2, "signals": 3, "signal_imports": 1,
-                             "more": False}
+                             "approval_arguments": 0, "more": False}
     assert event.actor_type == "system"
     lines = [r.getMessage() for r in caplog.records if r.name == "magistrate.minimization"]
     assert lines == [f"retention of tenant {tenants['alpha']} removed observations=2 signals=3 "
-                     "signal_imports=1 older than 2025-01-29T12:00:00Z (396 days)"]
+                     "signal_imports=1 approval_arguments=0 older than 2025-01-29T12:00:00Z "
+                     "(396 days)"]
 
     # a second run finds nothing: no event, no log line
     caplog.clear()

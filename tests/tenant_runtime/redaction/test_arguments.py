@@ -1,0 +1,30 @@
+"""A tool call's arguments are redacted at every depth with one placeholder book, and the
+result's placeholders are restored."""
+
+from __future__ import annotations
+
+from tenant_runtime.redaction import Profile
+from tenant_runtime.redaction.arguments import redact_arguments, restore_value
+
+
+def test_every_string_at_every_depth_is_redacted_and_restored():
+    arguments = {"to": "jane.doe@example.com", "count": 3, "flag": True,
+                 "nested": {"cc": ["jane.doe@example.com", "bob@example.org"],
+                            "note": "SSN 123-45-6789"}}
+    redacted, restorer, counts = redact_arguments(arguments, Profile.named("standard"))
+    text = repr(redacted)
+    for value in ("jane.doe@example.com", "bob@example.org", "123-45-6789"):
+        assert value not in text
+    assert redacted["to"] == redacted["nested"]["cc"][0] == "[EMAIL_1]"
+    assert redacted["count"] == 3 and redacted["flag"] is True
+    assert counts["EMAIL"] == 3
+    result = {"content": [{"type": "text", "text": f"sent to {redacted['to']}"}]}
+    assert restore_value(result, restorer) == {
+        "content": [{"type": "text", "text": "sent to jane.doe@example.com"}]}
+
+
+def test_a_literal_placeholder_in_the_arguments_is_never_handed_out():
+    redacted, restorer, _ = redact_arguments({"a": "[EMAIL_1]", "b": "x@example.com"},
+                                             Profile.named("standard"))
+    assert redacted["b"] == "[EMAIL_2]"
+    assert restore_value(redacted, restorer) == {"a": "[EMAIL_1]", "b": "x@example.com"}
