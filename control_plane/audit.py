@@ -39,6 +39,7 @@ class SsoEvents:
     PROVIDER_CREATED = "sso.provider_created"
     PROVIDER_DISABLED = "sso.provider_disabled"
     PROVIDER_ENABLED = "sso.provider_enabled"
+    PROVIDER_UPDATED = "sso.provider_updated"  # details: changed {field: {from, to}}, no secret
     POLICY_CHANGED = "sso.policy_changed"
     TENANT_POLICY_CHANGED = "sso.tenant_policy_changed"
     SIGN_IN = "sso.sign_in"

@@ -33,6 +33,9 @@ NOTICES: dict[str, str] = {
                     "with the identity provider, but for the break-glass Owner.",
     "sso-optional": "The single sign-on policy of this tenant was saved: single sign-on is "
                     "not required.",
+    "sso-provider-saved": "The identity provider was saved; the change applies from each "
+                          "person's next sign-in.",
+    "sso-provider-unchanged": "Nothing was changed: the form was the provider as it is.",
 }
 
 

@@ -8,6 +8,7 @@ transaction of its own, and the person sees a page with one sentence (403)."""
 from __future__ import annotations
 
 from pydantic import Field
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -19,7 +20,7 @@ from control_plane.auth.routes import (
     safe_next,
     set_session_cookie,
 )
-from control_plane.console.notices import done_url
+from control_plane.console.notices import done_url, notice_from
 from control_plane.exceptions import Conflict, InvalidInput, NotFound, RateLimited
 from control_plane.identity import service
 from control_plane.identity.oidc import OidcError
@@ -238,7 +239,25 @@ def _page(request: Request, *, status_code: int = 200, **extra: object) -> Respo
 
 
 def providers_page(request: Request) -> Response:
-    return _page(request)
+    return _page(request, notice=notice_from(request.query_params))
+
+
+def _typed(form: ProviderForm) -> dict[str, object]:
+    """What the person typed, to show again with a refusal (never the secret)."""
+    return form.model_dump(exclude={"csrf_token", "client_secret"})
+
+
+def _edit_of(s: Session, form: ProviderForm) -> service.ProviderEdit:
+    """The whole form as an edit: every field is set, and an empty secret keeps the old."""
+    return service.ProviderEdit(
+        name=form.name, discovery_url=form.discovery_url, client_id=form.client_id,
+        client_secret=form.client_secret,
+        allowed_domains=service.parse_domains(form.allowed_domains),
+        create_accounts=form.create_accounts, groups_claim=form.groups_claim,
+        group_roles=service.parse_group_roles(s, form.group_roles),
+        trust_idp_mfa=form.trust_idp_mfa,
+        mfa_amr_values=service.parse_mfa_values(form.mfa_amr_values, what="amr"),
+        mfa_acr_values=service.parse_mfa_values(form.mfa_acr_values, what="acr"))
 
 
 @form_endpoint(ProviderForm)
@@ -248,20 +267,64 @@ def create_provider(request: Request, form: ProviderForm) -> Response:
         with svc.session_factory() as s, s.begin():
             me = require_user(s, request)
             service.require_owner(me.user)
+            edit = _edit_of(s, form)
             provider = service.do_create_provider(
                 s, name=form.name, discovery_url=form.discovery_url, client_id=form.client_id,
-                client_secret=form.client_secret,
-                allowed_domains=service.parse_domains(form.allowed_domains),
+                client_secret=form.client_secret, allowed_domains=edit.allowed_domains or [],
                 create_accounts=form.create_accounts, groups_claim=form.groups_claim,
-                group_roles=service.parse_group_roles(s, form.group_roles),
-                trust_idp_mfa=form.trust_idp_mfa, oidc=svc.oidc, sealer=svc.sealer,
-                acting_user=me.user,
-                mfa_amr_values=service.parse_mfa_values(form.mfa_amr_values, what="amr"),
-                mfa_acr_values=service.parse_mfa_values(form.mfa_acr_values, what="acr"))
+                group_roles=edit.group_roles or [], trust_idp_mfa=form.trust_idp_mfa,
+                oidc=svc.oidc, sealer=svc.sealer, acting_user=me.user,
+                mfa_amr_values=edit.mfa_amr_values, mfa_acr_values=edit.mfa_acr_values)
             name = provider.name
     except (InvalidInput, Conflict) as exc:
-        return _page(request, status_code=exc.status_code, error=exc.message)
+        return _page(request, status_code=exc.status_code, error=exc.message,
+                     typed=_typed(form))
     return _page(request, status_code=201, notice=f"Provider {name} added.")
+
+
+def _edit_page(request: Request, provider_id: int, *, typed: dict[str, object] | None = None,
+               error: str | None = None, status_code: int = 200) -> Response:
+    with services(request).session_factory() as s, s.begin():
+        me = require_user(s, request)
+        provider = service.access_provider(s, provider_id, acting_user=me.user)
+        current = {"name": provider.name, "discovery_url": provider.discovery_url,
+                   "client_id": provider.client_id,
+                   "allowed_domains": ", ".join(provider.allowed_domains),
+                   "create_accounts": provider.create_accounts,
+                   "groups_claim": provider.groups_claim or "",
+                   "group_roles": service.format_group_roles(s, provider.group_roles),
+                   "trust_idp_mfa": provider.trust_idp_mfa,
+                   "mfa_amr_values": ", ".join(provider.mfa_amr_values),
+                   "mfa_acr_values": ", ".join(provider.mfa_acr_values)}
+        context = {"provider": provider, "values": typed or current, "error": error,
+                   "has_secret": provider.client_secret_sealed is not None,
+                   "callback_url": redirect_uri(request)}
+        return render(request, "identity/provider_edit.html", context,
+                      status_code=status_code)
+
+
+def provider_page(request: Request) -> Response:
+    return _edit_page(request, request.path_params["provider_id"])
+
+
+@form_endpoint(ProviderForm)
+def update_provider(request: Request, form: ProviderForm) -> Response:
+    """An Owner's change of a provider; a refusal is the edit page again, 422 (409 for a name
+    taken) with one sentence and what was typed."""
+    svc = services(request)
+    provider_id = request.path_params["provider_id"]
+    try:
+        with svc.session_factory() as s, s.begin():
+            me = require_user(s, request)
+            provider = service.access_provider(s, provider_id, acting_user=me.user)
+            changed = service.do_update_provider(s, provider, edit=_edit_of(s, form),
+                                                 oidc=svc.oidc, sealer=svc.sealer,
+                                                 acting_user=me.user)
+    except (InvalidInput, Conflict) as exc:
+        return _edit_page(request, provider_id, typed=_typed(form), error=exc.message,
+                          status_code=exc.status_code)
+    return RedirectResponse(done_url("/sso", "sso-provider-saved" if changed
+                                     else "sso-provider-unchanged"), 303)
 
 
 def _set_active(request: Request, active: bool) -> Response:
@@ -349,6 +412,8 @@ routes = [
     Route("/sso/backchannel-logout/{provider_id:int}", backchannel_logout, methods=["POST"]),
     Route("/sso", providers_page, methods=["GET"]),
     Route("/sso/providers", create_provider, methods=["POST"]),
+    Route("/sso/providers/{provider_id:int}", provider_page, methods=["GET"]),
+    Route("/sso/providers/{provider_id:int}", update_provider, methods=["POST"]),
     Route("/sso/providers/{provider_id:int}/disable", disable_provider, methods=["POST"]),
     Route("/sso/providers/{provider_id:int}/enable", enable_provider, methods=["POST"]),
     Route("/sso/policy", set_policy, methods=["POST"]),

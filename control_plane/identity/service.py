@@ -178,6 +178,44 @@ def parse_group_roles(s: Session, text: str) -> list[dict[str, Any]]:
     return mappings
 
 
+def format_group_roles(s: Session, mappings: list[dict[str, Any]]) -> str:
+    """A mapping as the lines ``parse_group_roles`` reads (a deleted tenant's line is kept
+    with its id, so saving the form unchanged refuses it rather than dropping it unseen)."""
+    slugs: dict[int, str] = {tenant_id: slug for tenant_id, slug in s.execute(
+        select(Tenant.id, Tenant.slug).where(
+            Tenant.id.in_({int(m["tenant_id"]) for m in mappings})))}
+    return "\n".join(f"{m['group']} = {slugs.get(int(m['tenant_id']), m['tenant_id'])} : "
+                     f"{m['role']}" for m in mappings)
+
+
+def _checked_name(s: Session, name: str) -> str:
+    name = name.strip().lower()
+    if not (2 <= len(name) <= 63) or not all(c in NAME_CHARS for c in name):
+        raise InvalidInput("A provider's name is 2 to 63 lowercase letters, digits and '-'.")
+    if s.scalars(select(IdentityProvider.id).where(IdentityProvider.name == name)).first():
+        raise Conflict(f"A provider named {name} already exists.")
+    return name
+
+
+def _checked_client_id(client_id: str) -> str:
+    if not client_id.strip():
+        raise InvalidInput("Enter the client id the provider gave this application.")
+    return client_id.strip()
+
+
+def _discovered_issuer(oidc: OidcClient, discovery_url: str) -> str:
+    try:
+        return oidc.fetch_issuer(discovery_url.strip())
+    except OidcError as exc:
+        raise InvalidInput(exc.message) from None
+
+
+def _sealed_secret(sealer: ControlSealer, secret: str, *, name: str) -> bytes:
+    """The client secret at rest, bound to the provider's name (the row key)."""
+    return sealer.seal(secret.encode(), table="identity_providers", column="client_secret",
+                       row_key=name)
+
+
 def do_create_provider(
     s: Session, *, name: str, discovery_url: str, client_id: str, client_secret: str,
     allowed_domains: list[str], create_accounts: bool, groups_claim: str | None,
@@ -188,17 +226,9 @@ def do_create_provider(
     """Add a provider; its discovery document is fetched now (through the egress policy) and
     names the issuer every token must carry."""
     require_owner(acting_user)
-    name = name.strip().lower()
-    if not (2 <= len(name) <= 63) or not all(c in NAME_CHARS for c in name):
-        raise InvalidInput("A provider's name is 2 to 63 lowercase letters, digits and '-'.")
-    if not client_id.strip():
-        raise InvalidInput("Enter the client id the provider gave this application.")
-    if s.scalars(select(IdentityProvider.id).where(IdentityProvider.name == name)).first():
-        raise Conflict(f"A provider named {name} already exists.")
-    try:
-        issuer = oidc.fetch_issuer(discovery_url.strip())
-    except OidcError as exc:
-        raise InvalidInput(exc.message) from None
+    name = _checked_name(s, name)
+    client_id = _checked_client_id(client_id)
+    issuer = _discovered_issuer(oidc, discovery_url)
     provider = IdentityProvider(
         name=name, discovery_url=discovery_url.strip(), issuer=issuer,
         client_id=client_id.strip(), allowed_domains=allowed_domains,
@@ -206,9 +236,7 @@ def do_create_provider(
         group_roles=group_roles, trust_idp_mfa=trust_idp_mfa, created_by=acting_user.id,
         mfa_amr_values=mfa_amr_values or [], mfa_acr_values=mfa_acr_values or [])
     if client_secret:
-        provider.client_secret_sealed = sealer.seal(client_secret.encode(),
-                                                    table="identity_providers",
-                                                    column="client_secret", row_key=name)
+        provider.client_secret_sealed = _sealed_secret(sealer, client_secret, name=name)
     s.add(provider)
     s.flush()
     audit.record(s, SsoEvents.PROVIDER_CREATED, actor=_actor(acting_user),
@@ -220,6 +248,85 @@ def do_create_provider(
                           "mfa_amr_values": mfa_amr_values or [],
                           "mfa_acr_values": mfa_acr_values or []})
     return provider
+
+
+@dataclass(frozen=True)
+class ProviderEdit:
+    """What an Owner changes of a provider: ``None`` keeps a field as it is, and so does an
+    empty ``client_secret`` (a secret is replaced, never shown back). ``groups_claim=""``
+    stops reading groups from the ID token."""
+
+    name: str | None = None
+    discovery_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    allowed_domains: list[str] | None = None
+    create_accounts: bool | None = None
+    groups_claim: str | None = None
+    group_roles: list[dict[str, Any]] | None = None
+    trust_idp_mfa: bool | None = None
+    mfa_amr_values: list[str] | None = None
+    mfa_acr_values: list[str] | None = None
+
+
+# the fields an edit sets as given (after their parse_* check), compared with the row's
+_PLAIN_FIELDS = ("allowed_domains", "create_accounts", "group_roles", "trust_idp_mfa",
+                 "mfa_amr_values", "mfa_acr_values")
+
+
+def do_update_provider(s: Session, provider: IdentityProvider, *, edit: ProviderEdit,
+                       oidc: OidcClient, sealer: ControlSealer, acting_user: User
+                       ) -> list[str]:
+    """Change a provider; answers the names of the fields that changed (none: nothing is
+    written). What changed is audited (``sso.provider_updated``: each field's old and new
+    value, and only ``"replaced"`` for the secret). Takes effect at the next sign-in.
+
+    The issuer cannot change: accounts are bound to (``iss``, ``sub``), and another issuer's
+    subjects are other people. A new discovery URL is fetched now and accepted only when it
+    names the same issuer (a provider's other address for the same document); another issuer
+    is another provider, added beside this one."""
+    require_owner(acting_user)
+    changed: dict[str, Any] = {}
+    old_name = provider.name
+    if edit.name is not None and edit.name.strip().lower() != provider.name:
+        changed["name"] = _checked_name(s, edit.name)
+    if edit.client_id is not None and edit.client_id.strip() != provider.client_id:
+        changed["client_id"] = _checked_client_id(edit.client_id)
+    if edit.groups_claim is not None and ((edit.groups_claim.strip() or None)
+                                          != provider.groups_claim):
+        changed["groups_claim"] = edit.groups_claim.strip() or None
+    for field in _PLAIN_FIELDS:
+        value = getattr(edit, field)
+        if value is not None and value != getattr(provider, field):
+            changed[field] = value
+    if (edit.discovery_url is not None
+            and edit.discovery_url.strip() != provider.discovery_url):
+        issuer = _discovered_issuer(oidc, edit.discovery_url)
+        if issuer != provider.issuer:
+            raise InvalidInput(
+                f"That discovery URL names the issuer {issuer[:200]}, not "
+                f"{provider.issuer[:200]}: the accounts bound to this provider are that "
+                "issuer's subjects. Add another provider for the new issuer.")
+        changed["discovery_url"] = edit.discovery_url.strip()
+    if not changed and not edit.client_secret:
+        return []
+    details: dict[str, Any] = {k: {"from": getattr(provider, k), "to": v}
+                               for k, v in changed.items()}
+    secret = edit.client_secret or None
+    if secret is None and "name" in changed and provider.client_secret_sealed is not None:
+        # the secret is bound to the name: a renamed provider's secret is sealed again
+        secret = provider_config(sealer, provider).client_secret
+    for key, value in changed.items():
+        setattr(provider, key, value)
+    if secret is not None:
+        provider.client_secret_sealed = _sealed_secret(sealer, secret, name=provider.name)
+    if edit.client_secret:
+        details["client_secret"] = "replaced"  # noqa: S105 - never the secret, only that it changed
+    audit.record(s, SsoEvents.PROVIDER_UPDATED, actor=_actor(acting_user),
+                 target_type="identity_provider", target_id=provider.id,
+                 details={"name": old_name, "changed": details})
+    oidc.forget(provider.id)
+    return sorted(details)
 
 
 def do_set_provider_active(s: Session, provider: IdentityProvider, *, active: bool,

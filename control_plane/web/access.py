@@ -100,6 +100,8 @@ DECISIONS: dict[str, str] = {
     "POST /sso/backchannel-logout/{provider_id:int}": PUBLIC,
     "GET /sso": INSTALLATION_OWNER,
     "POST /sso/providers": INSTALLATION_OWNER,
+    "GET /sso/providers/{provider_id:int}": INSTALLATION_OWNER,
+    "POST /sso/providers/{provider_id:int}": INSTALLATION_OWNER,
     "POST /sso/providers/{provider_id:int}/disable": INSTALLATION_OWNER,
     "POST /sso/providers/{provider_id:int}/enable": INSTALLATION_OWNER,
     "POST /sso/policy": INSTALLATION_OWNER,
