@@ -1,7 +1,9 @@
 """A small OpenID provider speaking the wire protocol, for the single sign-on tests.
 
-(``oidc-provider-mock`` from PyPI needs Python 3.12; the project supports 3.11, so this one is
-written here, on joserfc, the JOSE library Authlib is built on.)
+(Written here, on joserfc, the JOSE library Authlib is built on, because a test needs a provider
+that misbehaves on purpose: the faults below. The sign-in against a provider written by others,
+``oidc-provider-mock`` 0.3.4 from PyPI (0.4 needs Python 3.12), is
+tests/control_plane/identity/test_oidc_interop.py.)
 
 It serves discovery (``/.well-known/openid-configuration``), the key set (``/jwks``), the
 authorization endpoint (``/authorize``: it signs in ``next_claims`` at once, as a provider
