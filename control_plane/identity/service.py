@@ -16,8 +16,9 @@ A sign-in (``do_begin_sign_in`` → the provider → ``do_finish_sign_in``):
    unknown subject with an unknown e-mail gets an account without any tenant role when the
    provider creates accounts, else is refused;
 4. the group mapping is applied (``apply_group_roles``): memberships the mapping gave are
-   created, changed or removed to match the groups of this sign-in; memberships given by
-   hand are never touched;
+   created, changed or removed to match the groups of this sign-in (the ID token's groups
+   claim, else the groups the provider set over SCIM); memberships given by hand are never
+   touched;
 5. the session is the ordinary server-side session, marked with the provider, subject and
    ``sid`` for back-channel logout; it waits for TOTP when the account has TOTP and the
    provider's ``amr``/``acr`` is not trusted or does not show a second factor.
@@ -54,6 +55,8 @@ from control_plane.models import (
     ExternalIdentity,
     IdentityProvider,
     Membership,
+    ScimGroup,
+    ScimGroupMember,
     ScimUser,
     SsoAuthorization,
     SsoPolicy,
@@ -614,11 +617,14 @@ def _sign_in(s: Session, provider: IdentityProvider, identity: ExternalIdentity,
     if user is None or not user.is_active:
         raise SsoRefused("deactivated", "This account is deactivated.", provider_id=provider.id)
     identity.last_sign_in_at = utcnow()
-    changes = 0
-    if provider.groups_claim:  # else the groups come over SCIM, not in the ID token
+    # the groups of the ID token's claim, else those the provider gave over SCIM: applied at
+    # every sign-in, so a mapping changed since the last one takes effect now
+    if provider.groups_claim:
         groups = groups_of(provider, claims)
         identity.groups = groups
-        changes = apply_group_roles(s, provider, user, groups)
+    else:
+        groups = scim_groups_of(s, provider.id, user.id)
+    changes = apply_group_roles(s, provider, user, groups)
     idp_mfa = provider_did_mfa(provider, claims)
     # TOTP is still asked of an account that has it, unless the provider's word is taken;
     # a tenant requiring two-factor sign-in accepts the provider's (mfa_by_provider)
@@ -641,6 +647,14 @@ def provider_did_mfa(provider: IdentityProvider, claims: dict[str, Any]) -> bool
     (an ``amr`` or ``acr`` value the provider's configuration accepts)."""
     return provider.trust_idp_mfa and mfa_done(claims, amr_values=provider.mfa_amr_values,
                                                acr_values=provider.mfa_acr_values)
+
+
+def scim_groups_of(s: Session, provider_id: int, user_id: int) -> list[str]:
+    """The names of the groups ``provider_id`` put ``user_id`` in over SCIM."""
+    return list(s.scalars(select(ScimGroup.display_name)
+                          .join(ScimGroupMember, ScimGroupMember.group_id == ScimGroup.id)
+                          .where(ScimGroup.provider_id == provider_id,
+                                 ScimGroupMember.user_id == user_id)))
 
 
 def apply_group_roles(s: Session, provider: IdentityProvider, user: User,

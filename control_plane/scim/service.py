@@ -37,7 +37,7 @@ from control_plane.auth import passwords
 from control_plane.auth.credentials import presented_key
 from control_plane.db import utcnow
 from control_plane.exceptions import Conflict
-from control_plane.identity.service import apply_group_roles, require_owner
+from control_plane.identity.service import apply_group_roles, require_owner, scim_groups_of
 from control_plane.models import (
     IdentityProvider,
     ScimGroup,
@@ -428,10 +428,7 @@ def do_delete_user(s: Session, token: ScimToken, user: User, link: ScimUser) -> 
 
 
 def _groups_of(s: Session, token: ScimToken, user_id: int) -> list[str]:
-    return list(s.scalars(select(ScimGroup.display_name)
-                          .join(ScimGroupMember, ScimGroupMember.group_id == ScimGroup.id)
-                          .where(ScimGroup.provider_id == token.provider_id,
-                                 ScimGroupMember.user_id == user_id)))
+    return scim_groups_of(s, token.provider_id, user_id)
 
 
 def group_resource(s: Session, group: ScimGroup, base: str) -> dict[str, Any]:

@@ -210,3 +210,38 @@ def test_only_an_installation_owner_sees_or_changes_a_provider(client, db, op):
     with db() as s:
         assert s.get(IdentityProvider, provider_id).name == "corp"  # type: ignore[union-attr]
     assert events(db, "sso.provider_updated") == []
+
+
+def test_a_mapping_of_scim_groups_changed_applies_at_the_next_sign_in_too(client, db, op):
+    """Without a groups claim the SCIM groups decide; a changed mapping reaches the person
+    when they next sign in, not only at the provider's next group change."""
+    from control_plane.models import User
+    from control_plane.scim import service as scim
+
+    _tenant(db, "acme")
+    provider_id = add_provider(client, db, op, create_accounts="false",
+                               group_roles="ops = acme : Viewer")
+    with db() as s, s.begin():
+        owner = s.scalars(select(User).where(User.email == "root@magistrate.example")).one()
+        provider = s.get(IdentityProvider, provider_id)
+        assert provider is not None
+        _, secret = scim.do_create_token(s, provider, label="corp-scim", acting_user=owner)
+    bearer = {"Authorization": f"Bearer {secret}"}
+    user = client.post("/scim/v2/Users", headers=bearer, json={
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "alice@corp.example"})
+    assert user.status_code == 201
+    group = client.post("/scim/v2/Groups", headers=bearer, json={
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "ops",
+        "members": [{"value": user.json()["id"]}]})
+    assert group.status_code == 201
+    assert _roles(db, "alice@corp.example") == {"acme": "Viewer"}
+
+    _owner(client)
+    assert _save(client, provider_id, group_roles="ops = acme : Approver").status_code == 303
+    assert _roles(db, "alice@corp.example") == {"acme": "Viewer"}
+    client.cookies.clear()
+    assert sso(client, op, provider_id).status_code == 303  # ALICE: no groups claim read
+    assert _roles(db, "alice@corp.example") == {"acme": "Approver"}
+    changed = events(db, "sso.role_changed")
+    assert [(e.details["from"], e.details["to"]) for e in changed] == [("Viewer", "Approver")]
