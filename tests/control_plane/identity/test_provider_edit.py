@@ -245,3 +245,18 @@ def test_a_mapping_of_scim_groups_changed_applies_at_the_next_sign_in_too(client
     assert _roles(db, "alice@corp.example") == {"acme": "Approver"}
     changed = events(db, "sso.role_changed")
     assert [(e.details["from"], e.details["to"]) for e in changed] == [("Viewer", "Approver")]
+
+
+def test_a_refused_new_provider_keeps_what_was_typed_but_the_secret(client, db, op):
+    make_user(db, "root@magistrate.example")
+    _owner(client)
+    response = post_form(client, "/sso/providers",
+                         {"name": "corp", "discovery_url": op.discovery_url,
+                          "client_id": "typed-client", "client_secret": "typed-secret-9",
+                          "allowed_domains": "corp.example", "create_accounts": "true",
+                          "group_roles": "ops = nowhere : Admin"}, page="/sso")
+    assert response.status_code == 422 and "no tenant has the slug" in response.text
+    for kept in ('value="typed-client"', 'value="corp.example"', ">ops = nowhere : Admin<",
+                 'name="create_accounts" value="true" checked'):
+        assert kept in response.text, kept
+    assert "typed-secret-9" not in response.text
