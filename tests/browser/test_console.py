@@ -7,6 +7,7 @@ CSV downloads; and the documentation's screenshots (ops/console_screenshots.py).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from datetime import timedelta
@@ -15,10 +16,12 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import select
 
 from control_plane.db import utcnow
 from control_plane.models import Membership, Tenant, User
 from tenant_runtime.approvals import service
+from tenant_runtime.approvals.models import ApprovalRequest
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials.service import do_add_credential
 from tenant_runtime.gateway import admin, spend
@@ -261,26 +264,94 @@ def seed_console(services, team) -> None:
         service.decide(s, approver, decided[1], False, "Not during the freeze")
 
 
-def main_pages(page: Page, base: str, tid: int) -> list[str]:
-    page.goto(f"{base}/tenants/{tid}")
-    tab_paths = page.get_by_role("navigation", name=re.compile("Tenant")).get_by_role(
-        "link").evaluate_all("links => links.map(a => a.getAttribute('href'))")
-    return ["/", "/tenants", "/gateway", "/approvals", "/audit", "/jobs", "/users",
-            "/account", *tab_paths, f"/tenants/{tid}/gateway/calls",
-            f"/tenants/{tid}/approvals/history", f"/tenants/{tid}/approvals/classes",
-            f"/tenants/{tid}/tasks/settings", f"/tenants/{tid}/signals/clusters"]
+# GET routes that are no console page (the reason), besides the machines' addresses below
+NOT_PAGES = {
+    "/approvals/nav": "the navigation's live count, an htmx fragment",
+    "/tenants/{tenant_id:int}/audit/verification": "the Audit tab's polled htmx fragment",
+    "/tenants/switch": "a redirect to a tab of another tenant",
+    "/sign-in": "signing in: a signed-in browser is sent home",
+    "/sign-in/mfa": "the second step of a sign-in in progress",
+    "/sign-in/sso/{provider_id:int}": "a redirect to an identity provider",
+    "/sign-in/sso/callback": "an identity provider's answer",
+    "/sign-in/sso/link": "linking an SSO sign-in in progress",
+    "/oauth/authorize": "an MCP client's request, with its registration and PKCE challenge "
+                        "(tests/control_plane/mcp_oauth drive the consent page)",
+}
+# the machines' addresses: JSON APIs, SCIM, the gateway, MCP, metrics, probes and downloads
+MACHINE = re.compile(r"^/(api|scim|v1|mcp|\.well-known)/|^/(metrics|openapi\.json|healthz|"
+                     r"readyz)$|\.csv$|/download$|/audit/export$")
+
+
+def console_pages(services) -> list[str]:
+    """Every GET route of the app that a person opens as a page, with its path parameters
+    still in it: the app's own route table, so a new page is checked without being listed."""
+    from control_plane.web import access
+    from control_plane.web.app import build_app
+
+    paths = {key.split(" ", 1)[1] for route in build_app(services).routes
+             for key in access.route_keys(route) if key.startswith("GET ")}
+    return sorted(p for p in paths if not MACHINE.search(p) and p not in NOT_PAGES)
+
+
+def seed_fixtures(services, team) -> dict[str, int]:
+    """One of each thing a page is about (an agent, a task, a signal import, an export), and
+    the request waiting in the inbox: the values of the pages' path parameters."""
+    from control_plane.tenancy import service as tenancy
+    from control_plane.tenancy.export import do_request_export
+    from tenant_runtime.agents import service as agents
+    from tenant_runtime.minimization import consent
+    from tenant_runtime.personas.scope import EVERYTHING
+    from tenant_runtime.recommendations import service as tasks
+    from tenant_runtime.recommendations.schemas import TaskInput
+    from tenant_runtime.signals import service as signals
+
+    fixtures = Path(__file__).resolve().parents[1] / "tenant_runtime" / "signals" / "fixtures"
+    ctx = team.ctx("owner")
+    with ctx.session() as s, s.begin():
+        task = tasks.do_create_task(s, ctx, TaskInput.model_validate({
+            "title": "Refund order 7", "description": "Refund order 7 for a customer.",
+            "team": "Support", "tags": [], "signals": {}}))
+        agent = agents.create_placeholder(s, ctx, name="refund-bot", task_id=task.id)
+        source_id = signals.do_add_source(s, ctx, name="app-logs", kind="logs").id
+        consent.do_grant_source(s, source_id, acting_user=ctx.actor)
+        request_id = s.scalars(select(ApprovalRequest.id).where(
+            ApprovalRequest.state == "pending")).one()
+        ids = {"task_id": task.id, "agent_id": agent.id}
+    body = (fixtures / "logs.jsonl").read_bytes()
+    report = signals.run_import(ctx, EVERYTHING, source_id=source_id, stream=io.BytesIO(body),
+                                filename="logs.jsonl", bytes_total=len(body))
+    with services.session_factory() as s, s.begin():
+        owner = s.get(User, team.users["owner"].id)
+        access = tenancy.access_tenant(s, team.tenant_id, user=owner)
+        job = do_request_export(s, access, acting_user=owner)
+        ids["job_id"] = job.id
+    return {**ids, "import_id": report.import_id, "request_id": request_id,
+            "tenant_id": team.tenant_id}
+
+
+def fill_path(path: str, values: dict[str, int]) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        assert name in values, f"{path}: no fixture gives {{{name}}}; add one to seed_fixtures"
+        return str(values[name])
+
+    return re.sub(r"\{(\w+)(?::\w+)?\}", value, path)
 
 
 def test_every_page_fits_1366_px_and_passes_axe(browser: Browser, live_server, services, db,
                                                 database_url, tenancy_ready):
     team = make_team(services, db, database_url)
     seed_console(services, team)
+    values = seed_fixtures(services, team)
     errors: list[str] = []
     page = sign_in(browser, live_server, team.users["owner"].email, errors)
     violations: list[str] = []
-    for path in main_pages(page, live_server, team.tenant_id):
+    paths = [fill_path(p, values) for p in console_pages(services)]
+    assert len(paths) > 30 and f"/tenants/{team.tenant_id}/mcp" in paths
+    for path in paths:
         response = page.goto(f"{live_server}{path}")
         assert response is not None and response.status == 200, path
+        assert response.headers["content-type"].startswith("text/html"), path
         no_overflow(page)  # every <details> open: a long payload, an audit row
         violations += axe_serious(page)
     assert violations == []
