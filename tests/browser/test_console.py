@@ -453,3 +453,137 @@ def test_screenshots_of_the_main_pages(browser: Browser, live_server, services, 
         page.screenshot(path=str(target / name), full_page=True)
         assert (target / name).stat().st_size > 10_000, name
     assert errors == []
+
+
+def test_every_kind_of_confirmation_cancels_and_confirms(browser: Browser, live_server,
+                                                         services, db, database_url,
+                                                         tenancy_ready, llm):
+    """The three ways a confirming form is sent — a boosted tenant form (htmx:confirm), a form
+    of its own htmx (``hx-post``) and a plain form (held at submit) — each with a plain
+    ``data-confirm`` and, where the console has one, a typed ``data-confirm-phrase``: Cancel
+    leaves the server's state as it was, Confirm changes it."""
+    from control_plane.models import IdentityProvider, ScimToken, WebSession
+    from control_plane.scim.service import do_create_token
+    from tenant_runtime.models import GatewayRoute
+
+    team = make_team(services, db, database_url)
+    owner = team.users["owner"]
+    tid = team.tenant_id
+    ctx = owner_ctx(services, tid, owner.email)
+    with ctx.session() as s, s.begin():
+        credential = do_add_credential(s, ctx, name="openai", provider="openai",
+                                       secret=llm.api_key, contact_email=None)
+        for model in ("gpt-4o-mini", "claude-3-haiku"):
+            admin.add_route(s, ctx, admin.RouteInput(
+                model_name=model, provider="openai", provider_model=model,
+                endpoint=f"{llm.base_url}/v1", credential_id=credential.id, allowed=True))
+    with services.session_factory() as s, s.begin():
+        provider = IdentityProvider(name="entra", discovery_url="https://login.example/.well-"
+                                    "known/openid-configuration", issuer="https://login.example",
+                                    client_id="magistrate")
+        s.add(provider)
+        s.flush()
+        do_create_token(s, provider, label="entra-provisioning",
+                        acting_user=s.get(User, owner.id))
+
+    def route(model: str) -> GatewayRoute | None:
+        with ctx.session() as s:
+            return s.scalars(select(GatewayRoute).where(GatewayRoute.model_name == model)).first()
+
+    def user_active(email: str) -> bool:
+        with services.session_factory() as s:
+            return s.query(User).filter_by(email=email).one().is_active
+
+    def token_revoked() -> bool:
+        with services.session_factory() as s:
+            return s.scalars(select(ScimToken)).one().revoked_at is not None
+
+    def live_sessions() -> int:
+        with services.session_factory() as s:
+            return s.query(WebSession).filter_by(user_id=owner.id, revoked_at=None).count()
+
+    errors: list[str] = []
+    page = sign_in(browser, live_server, owner.email, errors)
+    dialog = page.get_by_test_id("confirm-dialog")
+
+    def ask(button, text: str) -> None:
+        button.click()
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text(text)
+
+    def cancel() -> None:
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
+
+    # a boosted tenant form, data-confirm: take a model off the allowlist
+    page.goto(f"{live_server}/tenants/{tid}/gateway")
+    row = page.get_by_test_id("routes").locator("tr", has_text="gpt-4o-mini")
+    ask(row.get_by_role("button", name="Disallow"), "Take gpt-4o-mini off the allowlist?")
+    cancel()
+    page.reload()  # the page is the server's answer: still allowed
+    assert route("gpt-4o-mini").allowed
+    expect(row.get_by_role("button", name="Disallow")).to_be_visible()
+    ask(row.get_by_role("button", name="Disallow"), "Take gpt-4o-mini off the allowlist?")
+    dialog.get_by_role("button", name="Disallow").click()
+    expect(row.get_by_role("button", name="Allow", exact=True)).to_be_visible()
+    assert not route("gpt-4o-mini").allowed
+    assert page.url == f"{live_server}/tenants/{tid}/gateway"  # not …/disallow: no re-post
+
+    # a boosted tenant form, data-confirm-phrase: delete a route, its name typed
+    row = page.get_by_test_id("routes").locator("tr", has_text="claude-3-haiku")
+    ask(row.get_by_role("button", name="Delete"), "Delete the route claude-3-haiku?")
+    go = dialog.get_by_role("button", name="Delete route")
+    dialog.get_by_label(re.compile("to confirm")).fill("claude-3")
+    expect(go).to_be_disabled()  # not the name
+    cancel()
+    page.reload()
+    assert route("claude-3-haiku") is not None
+    ask(row.get_by_role("button", name="Delete"), "Delete the route claude-3-haiku?")
+    dialog.get_by_label(re.compile("to confirm")).fill("claude-3-haiku")
+    go.click()
+    expect(page.get_by_test_id("routes").locator("tr", has_text="claude-3-haiku")) \
+        .to_have_count(0)
+    assert route("claude-3-haiku") is None
+
+    # a form of its own htmx (hx-post), data-confirm: deactivate a user
+    page.goto(f"{live_server}/users")
+    row = page.locator("tr", has_text="viewer@example.com")
+    ask(row.get_by_role("button", name="Deactivate"), "Deactivate viewer@example.com?")
+    cancel()
+    page.reload()
+    assert user_active("viewer@example.com")
+    ask(row.get_by_role("button", name="Deactivate"), "Deactivate viewer@example.com?")
+    dialog.get_by_role("button", name="Deactivate").click()
+    expect(row.get_by_role("button", name="Reactivate")).to_be_visible()
+    assert not user_active("viewer@example.com")
+
+    # a form of its own htmx (hx-post), data-confirm-phrase: revoke a SCIM token
+    page.goto(f"{live_server}/sso")
+    row = page.locator("tr", has_text="entra-provisioning")
+    ask(row.get_by_role("button", name="Revoke"), "Revoke the SCIM token entra-provisioning?")
+    go = dialog.get_by_role("button", name="Revoke")
+    expect(go).to_be_disabled()
+    cancel()
+    page.reload()
+    assert not token_revoked()
+    ask(row.get_by_role("button", name="Revoke"), "Revoke the SCIM token entra-provisioning?")
+    dialog.get_by_label(re.compile("to confirm")).fill("entra-provisioning")
+    go.click()
+    expect(row).to_contain_text("revoked")
+    assert token_revoked()
+
+    # a plain form (held at submit), data-confirm: sign out every session. The console has
+    # no plain form with a typed confirmation: every irreversible action is a tenant's or
+    # the SSO page's, both above.
+    page.goto(f"{live_server}/account")
+    before = live_sessions()
+    assert before >= 1
+    ask(page.get_by_role("button", name="Sign out everywhere"), "Sign out every session")
+    cancel()
+    page.reload()
+    assert page.url == f"{live_server}/account" and live_sessions() == before
+    ask(page.get_by_role("button", name="Sign out everywhere"), "Sign out every session")
+    dialog.get_by_role("button", name="Sign out everywhere").click()
+    page.wait_for_url(re.compile(r"/sign-in"))
+    assert live_sessions() == 0
+    assert errors == []
