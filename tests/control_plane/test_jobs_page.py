@@ -180,6 +180,7 @@ def test_jobs_sort_by_creation_duration_attempts_and_state(client, db):
     failed = client.get("/jobs?state=failed&sort=oldest")
     assert ordered(failed.text) == sorted([ids["failed"], ids["failed_b"]])
     assert 'href="/jobs?state=failed&amp;sort=attempts"' in failed.text
+    assert 'href="/jobs?state=failed"' in client.get("/jobs").text  # the default sort: unsaid
     refused = client.get("/jobs?sort=slowest")
     assert refused.status_code == 422
     assert "The sort must be one of newest, oldest, duration, attempts, state." in refused.text
