@@ -1,5 +1,6 @@
 """The gateway's recent calls for the console: every call (answered, failed, in flight) and
-every refusal (a model off the allowlist, the spend cap), newest first, with paging, filters,
+every refusal the gateway audits (a model off the allowlist, a forbidden tool, images the
+policy refuses, the spend cap: ``REFUSAL_KINDS``), newest first, with paging, filters,
 sorting and a CSV download. Reads ``gateway_calls`` and the refusal events of the audit chain;
 it never writes, and the gateway's own code is not involved."""
 
@@ -15,15 +16,15 @@ from sqlalchemy.orm import Session
 
 from tenant_runtime import tables
 from tenant_runtime.gateway.pricing import DEFAULT_PRICES
-from tenant_runtime.gateway.service import GatewayEvents
+from tenant_runtime.gateway.service import REFUSAL_KINDS
 from tenant_runtime.models import AuditEvent, GatewayCall, GatewayRoute
 
 PAGE_SIZE = 50
 STATUSES = ("ok", "error", "reserved", "refused")
 SORTS = {"newest": "at DESC", "oldest": "at ASC", "cost": "cost DESC",
          "latency": "latency DESC"}
-REFUSALS = {GatewayEvents.MODEL_REFUSED: "the model is not on the allowlist",
-            GatewayEvents.SPEND_CAP_REACHED: "the monthly spend cap is reached"}
+# every refusal the gateway audits, with what the table says of it (one list: the gateway's)
+REFUSALS = {kind.event: kind.reason for kind in REFUSAL_KINDS.values()}
 UNLISTED = "unlisted:"
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from control_plane.console.charts import SERIES_CSS, Series, bar_chart, cap_meter
 from control_plane.db import utcnow
 from control_plane.jobs import JobKinds
-from control_plane.models import ApiKey, Job, Tenant
+from control_plane.models import ApiKey, Job
 from control_plane.tenancy.service import TenantAccess
 from control_plane.web.services import Services
 from tenant_runtime import permissions
@@ -48,10 +48,8 @@ class Step:
 
 @dataclass
 class TenantOverview:
-    steps: list[Step]
-    snippet: str | None
-    model: str | None
     base_url: str
+    checklist: Checklist | None = None
     spent_micros: int = 0
     reserved_micros: int = 0
     cap_micros: int = 0
@@ -75,10 +73,6 @@ class TenantOverview:
     def cap_percent(self) -> int:
         return int(self.spent_micros * 100 / self.cap_micros) if self.cap_micros else 0
 
-    @property
-    def steps_done(self) -> int:
-        return sum(step.done for step in self.steps)
-
 
 def month_start(today: date) -> date:
     return today.replace(day=1)
@@ -94,10 +88,64 @@ def snippet_for(base_url: str, model: str) -> str:
             "print(answer.choices[0].message.content)\n")
 
 
-def _active_keys(s: Session, tenant: Tenant, now: datetime) -> int:
-    return int(s.scalar(select(func.count()).select_from(ApiKey).where(
-        ApiKey.tenant_id == tenant.id, ApiKey.revoked_at.is_(None),
-        (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now))) or 0)
+def active_keys(s: Session, tenant_ids: list[int], now: datetime) -> dict[int, int]:
+    """How many API keys each tenant has that are neither revoked nor expired."""
+    rows = s.execute(select(ApiKey.tenant_id, func.count()).where(
+        ApiKey.tenant_id.in_(tenant_ids), ApiKey.revoked_at.is_(None),
+        (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now)).group_by(ApiKey.tenant_id))
+    return {int(tenant_id): int(n) for tenant_id, n in rows}
+
+
+@dataclass(frozen=True)
+class Checklist:
+    """The getting-started checklist of one tenant, ticked off from real state."""
+    steps: list[Step]
+    model: str | None  # the first allowed model, for the snippet
+    snippet: str | None
+
+    @property
+    def steps_done(self) -> int:
+        return sum(step.done for step in self.steps)
+
+    @property
+    def next_step(self) -> Step | None:
+        return next((step for step in self.steps if not step.done), None)
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    """What the checklist reads from a tenant's database."""
+    routes: int = 0
+    allowed_model: str | None = None
+    answered_calls: int = 0
+
+
+def read_gateway_state(ts: Session) -> GatewayState:
+    routes = list(ts.scalars(select(GatewayRoute).order_by(GatewayRoute.id)))
+    calls = int(ts.scalar(select(func.count()).select_from(GatewayCall)
+                          .where(GatewayCall.status == "ok")) or 0)
+    allowed = [r.model_name for r in routes if r.allowed]
+    return GatewayState(len(routes), allowed[0] if allowed else None, calls)
+
+
+def checklist(tenant_id: int, role: str, state: GatewayState, keys: int, *,
+              base_url: str) -> Checklist:
+    """The four steps (route → allowed model → key → first call), each linking where the
+    member's role can do it (the Overview, where it cannot open the Gateway tab)."""
+    base = f"/tenants/{tenant_id}"
+    gateway = f"{base}/gateway" if permissions.allows(role, "gateway.view") else base
+    steps = [
+        Step("Add a provider route", state.routes > 0, gateway,
+             "Map a model name your programs use to a provider and its credential."),
+        Step("Allow a model", state.allowed_model is not None, gateway,
+             "Put at least one route on the allowlist."),
+        Step("Create an API key", keys > 0, f"{base}/settings",
+             "A key with the gateway scope, for your program."),
+        Step("Make a first call", state.answered_calls > 0, gateway,
+             "Run the snippet below with your key."),
+    ]
+    model = state.allowed_model
+    return Checklist(steps, model, snippet_for(base_url, model) if model else None)
 
 
 def daily_totals(ts: Session, since: datetime) -> list[tuple[date, int, int, int]]:
@@ -171,23 +219,19 @@ def tenant_overview(s: Session, svc: Services, access: TenantAccess, *,
                     base_url: str) -> TenantOverview:
     tenant, role = access.tenant, access.role
     now = utcnow()
-    base = f"/tenants/{tenant.id}"
-    keys = _active_keys(s, tenant, now)
+    keys = active_keys(s, [tenant.id], now).get(tenant.id, 0)
     last_verification = s.scalars(
         select(Job).where(Job.kind == JobKinds.VERIFY_AUDIT, Job.tenant_id == tenant.id)
         .order_by(Job.id.desc()).limit(1)).first()
     user_id = str(access.membership.user_id)
-    routes: list[GatewayRoute] = []
-    calls = 0
-    view = TenantOverview(steps=[], snippet=None, model=None, base_url=base_url,
+    state = GatewayState()
+    view = TenantOverview(base_url=base_url,
                           active_keys=keys, last_verification=last_verification,
                           pages=frozenset(page.path for page in permissions.pages_for(role)))
     try:
         with Session(svc.tenant_connections.engine(tenant), expire_on_commit=False) as ts, \
                 ts.begin():
-            routes = list(ts.scalars(select(GatewayRoute).order_by(GatewayRoute.id)))
-            calls = int(ts.scalar(select(func.count()).select_from(GatewayCall)
-                                  .where(GatewayCall.status == "ok")) or 0)
+            state = read_gateway_state(ts)
             settings = ts.scalars(select(GatewaySettings).limit(1)).first()
             view.spent_micros, view.reserved_micros = month_totals(ts, month_start(now.date()))
             view.cap_micros = settings.monthly_cap_micros if settings else 100 * MICROS
@@ -219,19 +263,5 @@ def tenant_overview(s: Session, svc: Services, access: TenantAccess, *,
     except (SQLAlchemyError, TenantError):
         view.unreadable = ("This tenant's database could not be read just now; its figures "
                            "are left out.")
-    allowed = [r for r in routes if r.allowed]
-    view.model = allowed[0].model_name if allowed else None
-    can_gateway = permissions.allows(role, "gateway.view")
-    view.steps = [
-        Step("Add a provider route", bool(routes), f"{base}/gateway" if can_gateway else base,
-             "Map a model name your programs use to a provider and its credential."),
-        Step("Allow a model", bool(allowed), f"{base}/gateway" if can_gateway else base,
-             "Put at least one route on the allowlist."),
-        Step("Create an API key", keys > 0, f"{base}/settings",
-             "A key with the gateway scope, for your program."),
-        Step("Make a first call", calls > 0, f"{base}/gateway" if can_gateway else base,
-             "Run the snippet below with your key."),
-    ]
-    if view.model:
-        view.snippet = snippet_for(base_url, view.model)
+    view.checklist = checklist(tenant.id, role, state, keys, base_url=base_url)
     return view

@@ -84,6 +84,7 @@ DECISIONS: dict[str, str] = {
     "GET /approvals": SIGNED_IN,
     "GET /audit": SIGNED_IN,
     "GET /jobs": SIGNED_IN,  # lists only the jobs of tenants one holds tenant.lifecycle in
+    "GET /jobs.csv": SIGNED_IN,  # the same jobs as the page
     "POST /jobs/{job_id:int}/retry": SIGNED_IN,  # likewise; another tenant's job is a 404
     # signing in and one's own account
     "GET /sign-in": PUBLIC,

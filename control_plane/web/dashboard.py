@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from control_plane.backups.status import backup_status
 from control_plane.console import across
+from control_plane.console.home import platform_home
 from control_plane.models import PlatformAuditEvent, Tenant, User
 from control_plane.tenancy.service import list_tenants
 from control_plane.web.deps import require_user
@@ -21,7 +22,8 @@ RECENT_EVENTS = 20
 
 
 def home(request: Request) -> Response:
-    with services(request).session_factory() as s, s.begin():
+    svc = services(request)
+    with svc.session_factory() as s, s.begin():
         me = require_user(s, request)
         context = {
             "user_count": s.scalar(select(func.count()).select_from(User)
@@ -34,6 +36,9 @@ def home(request: Request) -> Response:
                                      .order_by(PlatformAuditEvent.seq.desc())
                                      .limit(RECENT_EVENTS))) if me.user.is_owner else [],
             "backups": backup_status(s) if me.user.is_owner else [],
+            # checklists, spend and requests waiting, under each tab's own rule
+            "home": platform_home(s, me.user, svc.tenant_connections.engine,
+                                  base_url=svc.settings.public_url),
         }
     return render(request, "dashboard/home.html", context)
 

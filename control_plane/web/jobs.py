@@ -1,5 +1,6 @@
 """The jobs page: what the outbox holds — queued, running (with the lease holder and how long its
-lease has left), retried, failed with the reason — and a retry button for a failed job.
+lease has left), retried, failed with the reason — sorted by creation, duration, attempts or
+state, with its CSV download, and a retry button for a failed job.
 
 Installation Owners see every job; other members see the jobs of the tenants they hold
 ``tenant.lifecycle`` in (their tenants' Owners). Retrying is for the same people, and it is
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import case, func, select, true
 from sqlalchemy.orm import Session
@@ -34,16 +36,23 @@ PAGE_SIZE = 50
 STATES = ("pending", "dispatched", "running", "succeeded", "failed")
 SHOWN_STATES = ("queued", "retrying", "running", "failed", "succeeded")
 FILTERS = ("queued", "running", "failed", "succeeded", *STATES[:2])
+# newest and oldest by creation; the longest-running, the most attempted first; by shown state
+SORTS = ("newest", "oldest", "duration", "attempts", "state")
+CSV_HEADER = ("job", "kind", "tenant", "state", "created_utc", "finished_utc", "took_seconds",
+              "attempts", "max_attempts", "lease_owner", "progress", "reason")
 
 
 @dataclass(frozen=True)
 class JobFilter(tables.TableFilter):
     state: str = ""
+    sort: str = "newest"
     page: int = 1
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> JobFilter:
-        return cls(tables.choice(query, "state", FILTERS), tables.page_number(query))
+        return cls(tables.choice(query, "state", FILTERS),
+                   tables.choice(query, "sort", SORTS, default="newest", what="The sort"),
+                   tables.page_number(query))
 
 
 class JobEvents:
@@ -72,11 +81,15 @@ class JobRow:
     can_retry: bool
 
     @property
-    def elapsed(self) -> str:
-        """From creation to the end (to the last change, for a job not finished), as people
-        read it: ``45 s``, ``3 min 20 s``, ``2 h 5 min``."""
+    def seconds(self) -> int:
+        """From creation to the end (to the last change, for a job not finished)."""
         end = self.finished_at or self.updated_at
-        seconds = max(int((end - self.created_at).total_seconds()), 0)
+        return max(int((end - self.created_at).total_seconds()), 0)
+
+    @property
+    def elapsed(self) -> str:
+        """``seconds`` as people read it: ``45 s``, ``3 min 20 s``, ``2 h 5 min``."""
+        seconds = self.seconds
         if seconds < 60:
             return f"{seconds} s"
         if seconds < 3600:
@@ -116,8 +129,22 @@ def _visible(visible: list[int] | None) -> ColumnElement[bool]:
     return true() if visible is None else Job.tenant_id.in_(visible)
 
 
-def list_jobs(s: Session, user: User, f: JobFilter) -> tuple[list[JobRow], bool]:
-    """A page of the jobs ``user`` may see, newest first, and whether there is a next."""
+# the state a job is shown in (queued and retrying are both pending or dispatched)
+SHOWN = case((Job.state.in_(("pending", "dispatched")) & (Job.attempts > 0), "retrying"),
+             (Job.state.in_(("pending", "dispatched")), "queued"), else_=Job.state)
+ORDER: dict[str, list[ColumnElement[Any]]] = {
+    "newest": [Job.id.desc()],
+    "oldest": [Job.id.asc()],
+    "duration": [(func.coalesce(Job.finished_at, Job.updated_at) - Job.created_at).desc(),
+                 Job.id.desc()],
+    "attempts": [Job.attempts.desc(), Job.id.desc()],
+    "state": [case(*((SHOWN == name, i) for i, name in enumerate(SHOWN_STATES)),
+                   else_=len(SHOWN_STATES)), Job.id.desc()],
+}
+
+
+def _jobs(s: Session, user: User, f: JobFilter, *, limit: int, offset: int) -> list[JobRow]:
+    """The jobs ``user`` may see, filtered and sorted as ``f`` says."""
     query = (select(Job, Tenant.slug).outerjoin(Tenant, Tenant.id == Job.tenant_id)
              .where(_visible(_visible_tenants(s, user))))
     if f.state == "queued":
@@ -125,17 +152,29 @@ def list_jobs(s: Session, user: User, f: JobFilter) -> tuple[list[JobRow], bool]
     elif f.state:
         query = query.where(Job.state == f.state)
     now = utcnow()
-    rows = s.execute(query.order_by(Job.id.desc()).limit(PAGE_SIZE + 1)
-                     .offset((f.page - 1) * PAGE_SIZE)).all()
-    return [_row(job, slug, now) for job, slug in rows[:PAGE_SIZE]], len(rows) > PAGE_SIZE
+    rows = s.execute(query.order_by(*ORDER[f.sort]).limit(limit).offset(offset)).all()
+    return [_row(job, slug, now) for job, slug in rows]
+
+
+def list_jobs(s: Session, user: User, f: JobFilter) -> tuple[list[JobRow], bool]:
+    """A page of the jobs ``user`` may see, and whether there is a next."""
+    rows = _jobs(s, user, f, limit=PAGE_SIZE + 1, offset=(f.page - 1) * PAGE_SIZE)
+    return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+
+
+def jobs_csv(s: Session, user: User, f: JobFilter) -> str:
+    """The filtered, sorted view as CSV: every page, up to ``tables.CSV_MAX_ROWS`` rows."""
+    rows = _jobs(s, user, f, limit=tables.CSV_MAX_ROWS, offset=0)
+    return tables.csv_text(CSV_HEADER, ((
+        r.id, r.kind, r.tenant, r.state, r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        r.finished_at.strftime("%Y-%m-%d %H:%M:%S") if r.finished_at else None, r.seconds,
+        r.attempts, r.max_attempts, r.lease_owner, r.progress, r.last_error) for r in rows))
 
 
 def job_counts(s: Session, user: User) -> dict[str, int]:
     """How many jobs ``user`` may see are in each shown state (all of them, not one page)."""
-    shown = case((Job.state.in_(("pending", "dispatched")) & (Job.attempts > 0), "retrying"),
-                 (Job.state.in_(("pending", "dispatched")), "queued"), else_=Job.state)
-    query = (select(shown, func.count()).where(_visible(_visible_tenants(s, user)))
-             .group_by(shown))
+    query = (select(SHOWN, func.count()).where(_visible(_visible_tenants(s, user)))
+             .group_by(SHOWN))
     return {state: int(n) for state, n in s.execute(query)}
 
 
@@ -164,13 +203,24 @@ def _page(request: Request, *, status_code: int = 200, **extra: object) -> Respo
         jobs, has_next = list_jobs(s, me.user, f)
         counts = job_counts(s, me.user)
     context = {"jobs": jobs, "has_next": has_next, "counts": counts, "filter": f,
-               "state": f.state, "shown_states": SHOWN_STATES, **extra}
+               "state": f.state, "shown_states": SHOWN_STATES, "sorts": SORTS, **extra}
     return render(request, "jobs/jobs.html", context, status_code=status_code,
                   partial="jobs/_jobs.html")
 
 
 def jobs_page(request: Request) -> Response:
     return _page(request)
+
+
+def jobs_download(request: Request) -> Response:
+    """The CSV of the page's view: the same filter and sort, the same jobs (``list_jobs``'s
+    rule of who sees which)."""
+    f = JobFilter.parse(request.query_params)
+    with services(request).session_factory() as s, s.begin():
+        me = require_user(s, request)
+        body = jobs_csv(s, me.user, f)
+    return Response(body, media_type="text/csv; charset=utf-8",
+                    headers=tables.csv_headers("jobs.csv"))
 
 
 @form_endpoint(EmptyForm)
@@ -189,5 +239,6 @@ def retry_job(request: Request, form: EmptyForm) -> Response:
 
 routes = [
     Route("/jobs", jobs_page, methods=["GET"]),
+    Route("/jobs.csv", jobs_download, methods=["GET"]),
     Route("/jobs/{job_id:int}/retry", retry_job, methods=["POST"]),
 ]

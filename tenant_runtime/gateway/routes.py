@@ -127,6 +127,8 @@ def _page(request: Request, ctx: TenantContext, *, status_code: int = 200,
             "images_allowed": tools.images_allowed(settings.image_policy,
                                                    settings.redaction_profile),
             "role": ctx.actor.role, "dollars": lambda micros: f"${micros / 1e6:,.2f}",
+            # a page rendered by a POST names its own address, so a reload does not post
+            "page_url": f"/tenants/{ctx.tenant_id}/gateway" if request.method == "POST" else None,
             **extra}
     return render(request, "tenants/gateway.html",  # type: ignore[no-any-return]
                   context, status_code=status_code)

@@ -76,11 +76,6 @@ class GatewayEvents:
     PRICE_REMOVED = "gateway.price_removed"
 
 
-# a refusal's event, as the reason label of the refusals metric
-REFUSAL_REASONS = {GatewayEvents.MODEL_REFUSED: "model_not_allowed",
-                   GatewayEvents.TOOL_REFUSED: "tool_not_allowed",
-                   GatewayEvents.IMAGE_REFUSED: "images_not_allowed",
-                   GatewayEvents.SPEND_CAP_REACHED: "spend_cap"}
 # a provider's answer that the request itself is invalid: answered 422, the caller's to fix
 REFUSED_AS_INVALID = frozenset({400, 422})
 
@@ -98,6 +93,29 @@ class ToolRefused(TenantError):
 class ImagesRefused(TenantError):
     status_code = 403
     default_message = "The tenant's policy does not let images leave."
+
+
+@dataclass(frozen=True)
+class RefusalKind:
+    """A refusal the gateway audits: its event, its reason label on the refusals metric, and
+    what the console's table of calls says of it."""
+    event: str
+    metric_reason: str
+    reason: str
+
+
+# Every refusal the gateway audits (``_refused``), by the exception that refuses the call: the
+# one list the metric, the audit event and the console's table of calls read.
+REFUSAL_KINDS: dict[type[TenantError], RefusalKind] = {
+    ModelRefused: RefusalKind(GatewayEvents.MODEL_REFUSED, "model_not_allowed",
+                              "the model is not on the allowlist"),
+    ToolRefused: RefusalKind(GatewayEvents.TOOL_REFUSED, "tool_not_allowed",
+                             "a tool the tenant's tool rules forbid"),
+    ImagesRefused: RefusalKind(GatewayEvents.IMAGE_REFUSED, "images_not_allowed",
+                               "images or documents, which the tenant's policy refuses"),
+    spend.SpendCapReached: RefusalKind(GatewayEvents.SPEND_CAP_REACHED, "spend_cap",
+                                       "the monthly spend cap is reached"),
+}
 
 
 class ProvidersFailed(TenantError):
@@ -302,11 +320,9 @@ class Gateway:
                    for price in prices)
 
     def _refused(self, refusal: TenantError, model: str, endpoint_kind: str) -> None:
-        event = {ModelRefused: GatewayEvents.MODEL_REFUSED,
-                 ToolRefused: GatewayEvents.TOOL_REFUSED,
-                 ImagesRefused: GatewayEvents.IMAGE_REFUSED}.get(
-                     type(refusal), GatewayEvents.SPEND_CAP_REACHED)
-        metrics.refused(REFUSAL_REASONS[event])
+        kind = REFUSAL_KINDS[type(refusal)]
+        event = kind.event
+        metrics.refused(kind.metric_reason)
         with self.ctx.session() as s, s.begin():
             listed = config.route_for(s, model) is not None
             # a name that is no route of the tenant's could be anything a caller typed (an

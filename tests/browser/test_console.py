@@ -7,6 +7,7 @@ CSV downloads; and the documentation's screenshots (ops/console_screenshots.py).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from datetime import timedelta
@@ -15,10 +16,12 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import select
 
 from control_plane.db import utcnow
 from control_plane.models import Membership, Tenant, User
 from tenant_runtime.approvals import service
+from tenant_runtime.approvals.models import ApprovalRequest
 from tenant_runtime.context import Actor
 from tenant_runtime.credentials.service import do_add_credential
 from tenant_runtime.gateway import admin, spend
@@ -261,26 +264,94 @@ def seed_console(services, team) -> None:
         service.decide(s, approver, decided[1], False, "Not during the freeze")
 
 
-def main_pages(page: Page, base: str, tid: int) -> list[str]:
-    page.goto(f"{base}/tenants/{tid}")
-    tab_paths = page.get_by_role("navigation", name=re.compile("Tenant")).get_by_role(
-        "link").evaluate_all("links => links.map(a => a.getAttribute('href'))")
-    return ["/", "/tenants", "/gateway", "/approvals", "/audit", "/jobs", "/users",
-            "/account", *tab_paths, f"/tenants/{tid}/gateway/calls",
-            f"/tenants/{tid}/approvals/history", f"/tenants/{tid}/approvals/classes",
-            f"/tenants/{tid}/tasks/settings", f"/tenants/{tid}/signals/clusters"]
+# GET routes that are no console page (the reason), besides the machines' addresses below
+NOT_PAGES = {
+    "/approvals/nav": "the navigation's live count, an htmx fragment",
+    "/tenants/{tenant_id:int}/audit/verification": "the Audit tab's polled htmx fragment",
+    "/tenants/switch": "a redirect to a tab of another tenant",
+    "/sign-in": "signing in: a signed-in browser is sent home",
+    "/sign-in/mfa": "the second step of a sign-in in progress",
+    "/sign-in/sso/{provider_id:int}": "a redirect to an identity provider",
+    "/sign-in/sso/callback": "an identity provider's answer",
+    "/sign-in/sso/link": "linking an SSO sign-in in progress",
+    "/oauth/authorize": "an MCP client's request, with its registration and PKCE challenge "
+                        "(tests/control_plane/mcp_oauth drive the consent page)",
+}
+# the machines' addresses: JSON APIs, SCIM, the gateway, MCP, metrics, probes and downloads
+MACHINE = re.compile(r"^/(api|scim|v1|mcp|\.well-known)/|^/(metrics|openapi\.json|healthz|"
+                     r"readyz)$|\.csv$|/download$|/audit/export$")
+
+
+def console_pages(services) -> list[str]:
+    """Every GET route of the app that a person opens as a page, with its path parameters
+    still in it: the app's own route table, so a new page is checked without being listed."""
+    from control_plane.web import access
+    from control_plane.web.app import build_app
+
+    paths = {key.split(" ", 1)[1] for route in build_app(services).routes
+             for key in access.route_keys(route) if key.startswith("GET ")}
+    return sorted(p for p in paths if not MACHINE.search(p) and p not in NOT_PAGES)
+
+
+def seed_fixtures(services, team) -> dict[str, int]:
+    """One of each thing a page is about (an agent, a task, a signal import, an export), and
+    the request waiting in the inbox: the values of the pages' path parameters."""
+    from control_plane.tenancy import service as tenancy
+    from control_plane.tenancy.export import do_request_export
+    from tenant_runtime.agents import service as agents
+    from tenant_runtime.minimization import consent
+    from tenant_runtime.personas.scope import EVERYTHING
+    from tenant_runtime.recommendations import service as tasks
+    from tenant_runtime.recommendations.schemas import TaskInput
+    from tenant_runtime.signals import service as signals
+
+    fixtures = Path(__file__).resolve().parents[1] / "tenant_runtime" / "signals" / "fixtures"
+    ctx = team.ctx("owner")
+    with ctx.session() as s, s.begin():
+        task = tasks.do_create_task(s, ctx, TaskInput.model_validate({
+            "title": "Refund order 7", "description": "Refund order 7 for a customer.",
+            "team": "Support", "tags": [], "signals": {}}))
+        agent = agents.create_placeholder(s, ctx, name="refund-bot", task_id=task.id)
+        source_id = signals.do_add_source(s, ctx, name="app-logs", kind="logs").id
+        consent.do_grant_source(s, source_id, acting_user=ctx.actor)
+        request_id = s.scalars(select(ApprovalRequest.id).where(
+            ApprovalRequest.state == "pending")).one()
+        ids = {"task_id": task.id, "agent_id": agent.id}
+    body = (fixtures / "logs.jsonl").read_bytes()
+    report = signals.run_import(ctx, EVERYTHING, source_id=source_id, stream=io.BytesIO(body),
+                                filename="logs.jsonl", bytes_total=len(body))
+    with services.session_factory() as s, s.begin():
+        owner = s.get(User, team.users["owner"].id)
+        access = tenancy.access_tenant(s, team.tenant_id, user=owner)
+        job = do_request_export(s, access, acting_user=owner)
+        ids["job_id"] = job.id
+    return {**ids, "import_id": report.import_id, "request_id": request_id,
+            "tenant_id": team.tenant_id}
+
+
+def fill_path(path: str, values: dict[str, int]) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        assert name in values, f"{path}: no fixture gives {{{name}}}; add one to seed_fixtures"
+        return str(values[name])
+
+    return re.sub(r"\{(\w+)(?::\w+)?\}", value, path)
 
 
 def test_every_page_fits_1366_px_and_passes_axe(browser: Browser, live_server, services, db,
                                                 database_url, tenancy_ready):
     team = make_team(services, db, database_url)
     seed_console(services, team)
+    values = seed_fixtures(services, team)
     errors: list[str] = []
     page = sign_in(browser, live_server, team.users["owner"].email, errors)
     violations: list[str] = []
-    for path in main_pages(page, live_server, team.tenant_id):
+    paths = [fill_path(p, values) for p in console_pages(services)]
+    assert len(paths) > 30 and f"/tenants/{team.tenant_id}/mcp" in paths
+    for path in paths:
         response = page.goto(f"{live_server}{path}")
         assert response is not None and response.status == 200, path
+        assert response.headers["content-type"].startswith("text/html"), path
         no_overflow(page)  # every <details> open: a long payload, an audit row
         violations += axe_serious(page)
     assert violations == []
@@ -381,4 +452,138 @@ def test_screenshots_of_the_main_pages(browser: Browser, live_server, services, 
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(target / name), full_page=True)
         assert (target / name).stat().st_size > 10_000, name
+    assert errors == []
+
+
+def test_every_kind_of_confirmation_cancels_and_confirms(browser: Browser, live_server,
+                                                         services, db, database_url,
+                                                         tenancy_ready, llm):
+    """The three ways a confirming form is sent — a boosted tenant form (htmx:confirm), a form
+    of its own htmx (``hx-post``) and a plain form (held at submit) — each with a plain
+    ``data-confirm`` and, where the console has one, a typed ``data-confirm-phrase``: Cancel
+    leaves the server's state as it was, Confirm changes it."""
+    from control_plane.models import IdentityProvider, ScimToken, WebSession
+    from control_plane.scim.service import do_create_token
+    from tenant_runtime.models import GatewayRoute
+
+    team = make_team(services, db, database_url)
+    owner = team.users["owner"]
+    tid = team.tenant_id
+    ctx = owner_ctx(services, tid, owner.email)
+    with ctx.session() as s, s.begin():
+        credential = do_add_credential(s, ctx, name="openai", provider="openai",
+                                       secret=llm.api_key, contact_email=None)
+        for model in ("gpt-4o-mini", "claude-3-haiku"):
+            admin.add_route(s, ctx, admin.RouteInput(
+                model_name=model, provider="openai", provider_model=model,
+                endpoint=f"{llm.base_url}/v1", credential_id=credential.id, allowed=True))
+    with services.session_factory() as s, s.begin():
+        provider = IdentityProvider(name="entra", discovery_url="https://login.example/.well-"
+                                    "known/openid-configuration", issuer="https://login.example",
+                                    client_id="magistrate")
+        s.add(provider)
+        s.flush()
+        do_create_token(s, provider, label="entra-provisioning",
+                        acting_user=s.get(User, owner.id))
+
+    def route(model: str) -> GatewayRoute | None:
+        with ctx.session() as s:
+            return s.scalars(select(GatewayRoute).where(GatewayRoute.model_name == model)).first()
+
+    def user_active(email: str) -> bool:
+        with services.session_factory() as s:
+            return s.query(User).filter_by(email=email).one().is_active
+
+    def token_revoked() -> bool:
+        with services.session_factory() as s:
+            return s.scalars(select(ScimToken)).one().revoked_at is not None
+
+    def live_sessions() -> int:
+        with services.session_factory() as s:
+            return s.query(WebSession).filter_by(user_id=owner.id, revoked_at=None).count()
+
+    errors: list[str] = []
+    page = sign_in(browser, live_server, owner.email, errors)
+    dialog = page.get_by_test_id("confirm-dialog")
+
+    def ask(button, text: str) -> None:
+        button.click()
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text(text)
+
+    def cancel() -> None:
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
+
+    # a boosted tenant form, data-confirm: take a model off the allowlist
+    page.goto(f"{live_server}/tenants/{tid}/gateway")
+    row = page.get_by_test_id("routes").locator("tr", has_text="gpt-4o-mini")
+    ask(row.get_by_role("button", name="Disallow"), "Take gpt-4o-mini off the allowlist?")
+    cancel()
+    page.reload()  # the page is the server's answer: still allowed
+    assert route("gpt-4o-mini").allowed
+    expect(row.get_by_role("button", name="Disallow")).to_be_visible()
+    ask(row.get_by_role("button", name="Disallow"), "Take gpt-4o-mini off the allowlist?")
+    dialog.get_by_role("button", name="Disallow").click()
+    expect(row.get_by_role("button", name="Allow", exact=True)).to_be_visible()
+    assert not route("gpt-4o-mini").allowed
+    expect(page).to_have_url(f"{live_server}/tenants/{tid}/gateway")  # not …/disallow
+
+    # a boosted tenant form, data-confirm-phrase: delete a route, its name typed
+    row = page.get_by_test_id("routes").locator("tr", has_text="claude-3-haiku")
+    ask(row.get_by_role("button", name="Delete"), "Delete the route claude-3-haiku?")
+    go = dialog.get_by_role("button", name="Delete route")
+    dialog.get_by_label(re.compile("to confirm")).fill("claude-3")
+    expect(go).to_be_disabled()  # not the name
+    cancel()
+    page.reload()
+    assert route("claude-3-haiku") is not None
+    ask(row.get_by_role("button", name="Delete"), "Delete the route claude-3-haiku?")
+    dialog.get_by_label(re.compile("to confirm")).fill("claude-3-haiku")
+    go.click()
+    expect(page.get_by_test_id("routes").locator("tr", has_text="claude-3-haiku")) \
+        .to_have_count(0)
+    assert route("claude-3-haiku") is None
+
+    # a form of its own htmx (hx-post), data-confirm: deactivate a user
+    page.goto(f"{live_server}/users")
+    row = page.locator("tr", has_text="viewer@example.com")
+    ask(row.get_by_role("button", name="Deactivate"), "Deactivate viewer@example.com?")
+    cancel()
+    page.reload()
+    assert user_active("viewer@example.com")
+    ask(row.get_by_role("button", name="Deactivate"), "Deactivate viewer@example.com?")
+    dialog.get_by_role("button", name="Deactivate").click()
+    expect(row.get_by_role("button", name="Reactivate")).to_be_visible()
+    assert not user_active("viewer@example.com")
+
+    # a form of its own htmx (hx-post), data-confirm-phrase: revoke a SCIM token
+    page.goto(f"{live_server}/sso")
+    row = page.locator("tr", has_text="entra-provisioning")
+    ask(row.get_by_role("button", name="Revoke"), "Revoke the SCIM token entra-provisioning?")
+    go = dialog.get_by_role("button", name="Revoke")
+    expect(go).to_be_disabled()
+    cancel()
+    page.reload()
+    assert not token_revoked()
+    ask(row.get_by_role("button", name="Revoke"), "Revoke the SCIM token entra-provisioning?")
+    dialog.get_by_label(re.compile("to confirm")).fill("entra-provisioning")
+    go.click()
+    expect(row).to_contain_text("revoked")
+    assert token_revoked()
+
+    # a plain form (held at submit), data-confirm: sign out every session. The console has
+    # no plain form with a typed confirmation: every irreversible action is a tenant's or
+    # the SSO page's, both above.
+    page.goto(f"{live_server}/account")
+    before = live_sessions()
+    assert before >= 1
+    ask(page.get_by_role("button", name="Sign out everywhere"), "Sign out every session")
+    cancel()
+    page.reload()
+    assert page.url == f"{live_server}/account" and live_sessions() == before
+    ask(page.get_by_role("button", name="Sign out everywhere"), "Sign out every session")
+    dialog.get_by_role("button", name="Sign out everywhere").click()
+    page.wait_for_url(re.compile(r"/sign-in"))
+    assert live_sessions() == 0
     assert errors == []

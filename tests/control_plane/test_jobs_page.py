@@ -150,3 +150,81 @@ def test_jobs_come_in_pages_with_counts_over_all_and_finished_jobs_took_their_ti
     for bad in ("/jobs?page=0", "/jobs?state=exploded"):
         refused = client.get(bad)
         assert refused.status_code == 422, bad
+
+
+def ordered(html: str) -> list[int]:
+    return [int(job) for job, _, _ in ROW.findall(html)]
+
+
+def test_jobs_sort_by_creation_duration_attempts_and_state(client, db):
+    ids = seed(db)
+    with db() as s, s.begin():
+        long_ = enqueue_job(s, "export_tenant", {"tenant_id": ids["a"]},
+                            idempotency_key="jobs-page:long", tenant_id=ids["a"])
+        long_.state, long_.attempts = "succeeded", 1
+        long_.finished_at = long_.created_at + timedelta(hours=2)
+        ids["long"] = long_.id
+    make_user(db, "root@example.com")
+    sign_in(client, "root@example.com")
+    jobs = [v for k, v in ids.items() if k not in ("a", "b")]
+    assert ordered(client.get("/jobs").text) == sorted(jobs, reverse=True)
+    assert ordered(client.get("/jobs?sort=oldest").text) == sorted(jobs)
+    assert ordered(client.get("/jobs?sort=duration").text)[0] == ids["long"]
+    most = ordered(client.get("/jobs?sort=attempts").text)
+    assert most[:2] == sorted([ids["failed"], ids["failed_b"]], reverse=True)  # 5 attempts
+    assert most[2] == ids["retrying"]  # 2 attempts
+    by_state = client.get("/jobs?sort=state")
+    states = [state for _, state, _ in ROW.findall(by_state.text)]
+    assert states == ["queued", "retrying", "running", "failed", "failed", "succeeded"]
+    # the filter and pager keep the sort; the state links keep it too
+    failed = client.get("/jobs?state=failed&sort=oldest")
+    assert ordered(failed.text) == sorted([ids["failed"], ids["failed_b"]])
+    assert 'href="/jobs?state=failed&amp;sort=attempts"' in failed.text
+    assert 'href="/jobs?state=failed"' in client.get("/jobs").text  # the default sort: unsaid
+    refused = client.get("/jobs?sort=slowest")
+    assert refused.status_code == 422
+    assert "The sort must be one of newest, oldest, duration, attempts, state." in refused.text
+
+
+def test_the_jobs_csv_is_the_view_formula_safe_and_only_ones_own(client, db):
+    import csv
+    import io
+
+    ids = seed(db)
+    with db() as s, s.begin():
+        s.get(Job, ids["failed"]).last_error = "=cmd|' /C calc'!A0"
+    make_user(db, "root@example.com")
+    sign_in(client, "root@example.com")
+    page = client.get("/jobs?state=failed&sort=oldest")
+    link = re.search(r'href="(/jobs\.csv[^"]*)" data-testid="jobs-csv"', page.text).group(1)
+    assert link == "/jobs.csv?state=failed&amp;sort=oldest"
+    download = client.get(link.replace("&amp;", "&"))
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith("text/csv")
+    assert 'filename="jobs.csv"' in download.headers["content-disposition"]
+    table = list(csv.reader(io.StringIO(download.text)))
+    assert table[0][:4] == ["job", "kind", "tenant", "state"]
+    assert [int(r[0]) for r in table[1:]] == sorted([ids["failed"], ids["failed_b"]])
+    assert table[1][-1] == "'=cmd|' /C calc'!A0"  # not run as a formula
+    assert table[1][7] == "5" and table[1][2] == "jobs-a"
+    assert client.get("/jobs.csv?sort=bogus").status_code == 422
+    everything = list(csv.reader(io.StringIO(client.get("/jobs.csv").text)))
+    assert len(everything) == 1 + 5
+
+    # a tenant's Owner downloads their tenant's jobs only; a Viewer none
+    owner = make_user(db, "a-owner@example.com", is_owner=False)
+    viewer = make_user(db, "a-viewer@example.com", is_owner=False)
+    with db() as s, s.begin():
+        s.add_all([Membership(user_id=owner.id, tenant_id=ids["a"], role="Owner"),
+                   Membership(user_id=viewer.id, tenant_id=ids["a"], role="Viewer")])
+    client.cookies.clear()
+    sign_in(client, owner.email)
+    theirs = list(csv.reader(io.StringIO(client.get("/jobs.csv").text)))
+    assert {r[2] for r in theirs[1:]} == {"jobs-a"} and len(theirs) == 1 + 4
+    client.cookies.clear()
+    sign_in(client, viewer.email)
+    assert client.get("/jobs.csv").text.strip().splitlines() == [",".join(
+        ["job", "kind", "tenant", "state", "created_utc", "finished_utc", "took_seconds",
+         "attempts", "max_attempts", "lease_owner", "progress", "reason"])]
+    client.cookies.clear()
+    assert client.get("/jobs.csv", follow_redirects=False).status_code in (303, 401)

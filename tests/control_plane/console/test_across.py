@@ -9,13 +9,12 @@ import re
 from datetime import timedelta
 
 from control_plane.db import utcnow
-from control_plane.models import Tenant, User
-from control_plane.tenancy import service
+from control_plane.models import Tenant
 from tenant_runtime import audit
 from tenant_runtime.context import Actor
 from tenant_runtime.gateway import spend
 from tenant_runtime.models import GatewayCall
-from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
+from tests.control_plane.console.conftest import others_tenant
 from tests.factories import make_user, sign_in
 
 
@@ -46,13 +45,8 @@ def tenant_column(text: str, testid: str) -> list[str]:
 def test_global_pages_list_only_the_tenants_a_role_opens(client, db, services, database_url,
                                                        two_tenants):
     owner, a, b = two_tenants
-    other = make_user(db, "other@example.com")  # may create tenants
-    c = create_tenant(services, other.email, "charlie")
-    run_pending_jobs(services, database_url)
-    with services.session_factory() as s, s.begin():
-        me = s.get(User, other.id)
-        service.do_add_member(s, service.access_tenant(s, c, user=me), email=owner.email,
-                              role="Viewer", acting_user=me)
+    c, _ = others_tenant(services, db, database_url, "charlie", member=owner.email,
+                                role="Viewer")
     for tenant_id, model in ((a, "gpt-4o-mini"), (b, "claude-3-haiku"), (c, "mistral-small")):
         add_calls(services, tenant_id, model, 3)
 
@@ -88,7 +82,7 @@ def test_global_pages_list_only_the_tenants_a_role_opens(client, db, services, d
 
     # the other user sees their own tenant only: nothing of Alpha or Bravo
     client.cookies.clear()
-    sign_in(client, other.email)
+    sign_in(client, "other@example.com")
     audit_page = client.get("/audit").text
     assert f"test.{c}.marker" in audit_page
     assert f"test.{a}.marker" not in audit_page and "Alpha" not in audit_page

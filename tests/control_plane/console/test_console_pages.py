@@ -211,3 +211,24 @@ def test_an_owner_requires_two_factor_sign_in_and_sees_who_lacks_it(client, db, 
         assert other.get(f"/tenants/{a}/gateway").status_code == 403
     off = post_form(client, f"/tenants/{a}/security/mfa", page=f"/tenants/{a}/settings")
     assert off.headers["location"].endswith("done=mfa-optional")
+
+
+def test_the_console_docs_list_every_tab_in_order_with_its_permission():
+    from pathlib import Path
+
+    from control_plane.console.nav import SETTINGS_PATH, tab_paths
+    from control_plane.web.access import DECISIONS
+    from tenant_runtime import permissions
+
+    text = (Path(__file__).parents[3] / "docs" / "console.md").read_text()
+    rows = re.findall(r"^  \| ([^|]+?) \| `([a-z_.]+)` \| (.+?) \|$", text, re.M)
+    tabs = tab_paths("Owner", "active")
+    assert [label for label, _, _ in rows] == [label for label, _ in tabs]
+    pages = {page.path: page.permission for page in permissions.PAGES}
+    for (label, permission, shows), (_, path) in zip(rows, tabs, strict=True):
+        if path in pages:
+            assert permission == pages[path], label
+        else:  # Overview and Settings: the tenant page's own decision
+            route = "GET /tenants/{tenant_id:int}" + (SETTINGS_PATH if path else "")
+            assert permission == DECISIONS[route], label
+        assert len(shows) > 20, label  # says what the page shows
