@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -40,6 +41,20 @@ def is_htmx(request: Request) -> bool:
             and request.headers.get("hx-boosted") != "true")
 
 
+def page_sent_from(request: Request) -> str | None:
+    """The page a boosted form was sent from (htmx's ``HX-Current-URL``), as a path on this
+    site. A whole page rendered by a POST stands for that page: static/console.js puts it in
+    the address bar, so a reload shows the page instead of sending the form again. Pages that
+    stand for another address name it themselves (``page_url``)."""
+    sent_from = request.headers.get("hx-current-url")
+    if not sent_from or request.headers.get("hx-boosted") != "true":
+        return None
+    parts = urlsplit(sent_from)
+    if not parts.path.startswith("/") or parts.path.startswith("//"):
+        return None
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 def render(request: Request, template: str, context: dict[str, Any] | None = None, *,
            status_code: int = 200, partial: str | None = None,
            headers: dict[str, str] | None = None) -> HTMLResponse:
@@ -52,6 +67,8 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
         "request_id": getattr(request.state, "request_id", ""),
     }
     ctx.update(context or {})
+    if name == template and request.method != "GET" and "page_url" not in ctx:
+        ctx["page_url"] = page_sent_from(request)
     if name == template and "tenant_nav" not in ctx:
         from control_plane.console.nav import tenant_nav  # the console builds on this module
 

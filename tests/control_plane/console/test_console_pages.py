@@ -18,7 +18,7 @@ from tenant_runtime import audit
 from tenant_runtime.context import Actor
 from tenant_runtime.gateway.service import GatewayEvents
 from tenant_runtime.models import GatewayCall
-from tests.factories import make_user, post_form, sign_in
+from tests.factories import csrf_token, make_user, post_form, sign_in
 
 
 def tenant_ctx(services, tenant_id: int):
@@ -232,3 +232,31 @@ def test_the_console_docs_list_every_tab_in_order_with_its_permission():
             route = "GET /tenants/{tenant_id:int}" + (SETTINGS_PATH if path else "")
             assert permission == DECISIONS[route], label
         assert len(shows) > 20, label  # says what the page shows
+
+
+def test_a_page_a_boosted_form_renders_stands_for_the_page_it_was_sent_from(client,
+                                                                           two_tenants):
+    """Any page rendered by a POST (here the personas page, which names no address itself)
+    carries the address it was sent from, so a reload in the browser shows the page and does
+    not send the form again; a forged cross-site URL gives only its path."""
+    owner, a, _ = two_tenants
+    sign_in(client, owner.email)
+    token = csrf_token(client, f"/tenants/{a}/personas")
+    boosted = {"HX-Request": "true", "HX-Boosted": "true"}
+    everything = {"all_teams": "on", "all_sources": "on"}
+    for sent_from, expected in (
+            (f"http://testserver/tenants/{a}/personas?tab=x", f"/tenants/{a}/personas?tab=x"),
+            (f"https://elsewhere.example/tenants/{a}/personas", f"/tenants/{a}/personas")):
+        created = client.post(f"/tenants/{a}/personas",
+                              data={"csrf_token": token, "name": f"Reviewers {len(sent_from)}",
+                                    **everything},
+                              headers={**boosted, "HX-Current-URL": sent_from})
+        assert created.status_code == 201, created.text[:300]
+        assert f'data-url="{expected}"' in created.text
+    plain = client.post(f"/tenants/{a}/personas", data={"csrf_token": token, "name": "Plain",
+                                                       **everything})
+    assert plain.status_code == 201 and "magistrate-url" not in plain.text
+    odd = client.post(f"/tenants/{a}/personas",
+                      data={"csrf_token": token, "name": "Odd", **everything},
+                      headers={**boosted, "HX-Current-URL": "javascript:alert(1)"})
+    assert odd.status_code == 201 and "magistrate-url" not in odd.text
