@@ -8,7 +8,8 @@ one sentence at the first failure and dropping the new database when it exists:
     1. the backup record exists and still holds its wrapped key (a deleted tenant's are
        destroyed with it);
     2. the manifest is the one of this backup and its signature verifies against a checkpoint
-       key of the tenant's chain;
+       key of the tenant's chain, as the control plane recorded it (``signing_keys``: the
+       tenant's live database is not needed, it may be the thing lost);
     3. the encrypted object's size and SHA-256 match the manifest (before any decryption);
     4. the data key unwraps through the tenant's key-encryption key (revoked -> the
        key-unavailable sentence);
@@ -29,6 +30,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane import audit
@@ -46,7 +48,7 @@ from control_plane.backups.exceptions import (
 from control_plane.db import make_engine, make_session_factory
 from control_plane.keys.providers import KeyUnavailable
 from control_plane.keys.registry import provider_for
-from control_plane.models import Backup, Membership, Tenant, TenantTombstone, User
+from control_plane.models import Backup, BackupSigningKey, Membership, Tenant, TenantTombstone, User
 from control_plane.tenancy import database
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.provisioning import tenant_secrets
@@ -205,11 +207,30 @@ def read_source(s: Session, connections: TenantConnections, tenant: Tenant,
                 backup: Backup) -> RestoreSource:
     if backup.wrapped_key is None:
         raise BackupRefused(f"Backup {backup.id} was destroyed (its data key no longer exists).")
-    with connections.session_factory(tenant)() as ts:
-        known = {k.key_id: k.public_key for k in ts.scalars(select(CheckpointKey))}
+    known = signing_keys(s, connections, tenant)
     return RestoreSource(tenant.id, backup.id, backup.wrapped_key, backup.key_provider,
                          backup.key_ref, (backup.size_bytes, backup.sha256), known,
                          connections.sealer_for(s, tenant))
+
+
+def signing_keys(s: Session, connections: TenantConnections, tenant: Tenant) -> dict[str, str]:
+    """The public checkpoint keys a manifest of ``tenant`` may be signed with: those the
+    control plane recorded with its backups, trusted because the control plane holds them,
+    so a tenant whose live database is lost can still be restored. Only for a tenant none of
+    whose backups recorded them (backups made before migration 0016) are they read from the
+    live database."""
+    known = {k.key_id: k.public_key for k in s.scalars(
+        select(BackupSigningKey).where(BackupSigningKey.tenant_id == tenant.id))}
+    if known:
+        return known
+    try:
+        with connections.session_factory(tenant)() as ts:
+            return {k.key_id: k.public_key for k in ts.scalars(select(CheckpointKey))}
+    except (SQLAlchemyError, psycopg.Error):
+        raise BackupRefused(f"The control plane has no record of tenant {tenant.slug}'s "
+                            "checkpoint keys (its backups predate that record) and its live "
+                            "database cannot be read, so no manifest of it can be verified; "
+                            "nothing was restored.") from None
 
 
 def key_unavailable(exc: KeyUnavailable) -> BackupKeyUnavailable:

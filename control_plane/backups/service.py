@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import psycopg
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane import audit
@@ -32,7 +33,7 @@ from control_plane.backups.exceptions import BackupKeyUnavailable, BackupRefused
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.keys.providers import KeyProvider, KeyUnavailable
 from control_plane.keys.registry import new_data_key, provider_for
-from control_plane.models import Backup, Tenant, TenantKey
+from control_plane.models import Backup, BackupSigningKey, Tenant, TenantKey
 from control_plane.sealing import ControlSealer
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.database import libpq_url
@@ -208,6 +209,7 @@ def backup_tenant(session_factory: sessionmaker[Session], connections: TenantCon
                      destination=destination.uri, size_bytes=size, sha256=sha256,
                      key_provider=provider_name, key_ref=key_ref, wrapped_key=wrapped,
                      monthly=monthly))
+        record_signing_keys(s, tenant_id, public)
         audit.record(s, BackupEvents.CREATED, actor=actor, target_type="tenant",
                      target_id=tenant_id, details={
                          "backup_id": backup_id, "size": size, "sha256": sha256,
@@ -215,6 +217,16 @@ def backup_tenant(session_factory: sessionmaker[Session], connections: TenantCon
                          "key_provider": provider_name, "tenant_key_version": key_version})
     return BackupResult(backup_id, slug, size, sha256, destination.uri,
                         sum(state.row_counts.values()), head[0])
+
+
+def record_signing_keys(s: Session, tenant_id: int, public: Mapping[str, str]) -> None:
+    """Keep the public halves of the tenant's checkpoint keys in the control plane, in the
+    backup record's transaction: a restore verifies the manifest against them without the
+    tenant's live database. A key id recorded once keeps its first public key."""
+    if public:
+        s.execute(pg_insert(BackupSigningKey).values([
+            {"tenant_id": tenant_id, "key_id": key_id, "public_key": key}
+            for key_id, key in public.items()]).on_conflict_do_nothing())
 
 
 def _tenant_public_keys(ts: Session) -> dict[str, str]:
