@@ -15,8 +15,8 @@ one sentence at the first failure and dropping the new database when it exists:
        key-unavailable sentence);
     5. ``pg_restore`` (one transaction) of the decrypted stream, through a pipe;
     6. the restored chain verifies link by link and checkpoint by checkpoint, its head and last
-       checkpoint are the manifest's, every table has the manifest's row count, and the sealed
-       checkpoint private keys open with the tenant's data key (a sample of sealed values)."""
+       checkpoint are the manifest's, every table has the manifest's row count, and one value
+       of every sealed column that has one opens with the tenant's data key."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ from control_plane.models import Backup, BackupSigningKey, Membership, Tenant, T
 from control_plane.tenancy import database
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.provisioning import tenant_secrets
+from control_plane.tenancy.rotation import sealed_tables
 from tenant_runtime.audit_verify import verify_tenant_chain
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.models import AuditCheckpoint, AuditEvent, CheckpointKey
@@ -172,9 +173,30 @@ def check_restored(s: Session, tenant_id: int, doc: Mapping[str, object],
     if counts != wanted:
         diff = sorted(t for t in set(counts) | set(wanted) if counts.get(t) != wanted.get(t))
         raise RestoreCheckFailed(f"Row counts differ from the manifest in {', '.join(diff)}.")
-    for key in s.scalars(select(CheckpointKey)):
-        open_sealed(key.private_key_sealed, "checkpoint_keys", "private_key_sealed", key.id)
+    open_sealed_sample(s, open_sealed)
     return sum(counts.values())
+
+
+def open_sealed_sample(s: Session, open_sealed: SealedOpener) -> int:
+    """Open one value of every sealed column that has one (the first row by key), so a data
+    key that does not open a column's values is found whichever column it is; returns how
+    many were opened. RestoreCheckFailed names the first column whose value does not open."""
+    opened = 0
+    for st in sealed_tables():
+        for column in st.columns:
+            row = s.execute(select(st.key, column).where(column.is_not(None))
+                            .order_by(st.key).limit(1)).first()
+            if row is None:
+                continue
+            try:
+                open_sealed(row[1], st.table.name, column.name, row[0])
+            except TenantError as exc:
+                raise RestoreCheckFailed(
+                    f"A sealed value of the restored database does not open with the tenant's "
+                    f"data key ({st.table.name}.{column.name}, row {row[0]}: {exc.message})."
+                ) from None
+            opened += 1
+    return opened
 
 
 @dataclass(frozen=True)
