@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane import audit
 from control_plane.audit_checkpoints import make_platform_checkpoint, platform_signer
 from control_plane.backups import age, dump, manifest
-from control_plane.backups.destinations import Destination, scope_of
+from control_plane.backups.destinations import Destination, scope_of, sweep_before_backup
 from control_plane.backups.envelope import EnvelopeWriter
 from control_plane.backups.events import BackupEvents
 from control_plane.backups.exceptions import BackupKeyUnavailable, BackupRefused
@@ -165,6 +165,7 @@ def backup_tenant(session_factory: sessionmaker[Session], connections: TenantCon
     wrapped = _wrap(provider_for(connections.providers, provider_name), dek,
                     context=str(tenant_id), key_ref=key_ref, whose="Tenant")
     scope = scope_of(tenant_id)
+    swept = sweep_before_backup(destination, scope)
     with psycopg.connect(libpq_url(owner_url), connect_timeout=10) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         head_row = conn.execute("SELECT seq, chain_hash FROM audit_events ORDER BY seq DESC "
@@ -214,7 +215,8 @@ def backup_tenant(session_factory: sessionmaker[Session], connections: TenantCon
                      target_id=tenant_id, details={
                          "backup_id": backup_id, "size": size, "sha256": sha256,
                          "destination": destination.uri, "audit_seq": head[0],
-                         "key_provider": provider_name, "tenant_key_version": key_version})
+                         "key_provider": provider_name, "tenant_key_version": key_version,
+                         "unpublished_swept": swept})
     return BackupResult(backup_id, slug, size, sha256, destination.uri,
                         sum(state.row_counts.values()), head[0])
 
@@ -275,6 +277,7 @@ def backup_control(session_factory: sessionmaker[Session], control_url: str,
         key_doc = {"provider": key_provider, "key_ref": key_ref,
                    "context": PLATFORM_KEY_CONTEXT}
     scope = scope_of(None)
+    swept = sweep_before_backup(destination, scope)
     with psycopg.connect(libpq_url(control_url), connect_timeout=10) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         head_row = conn.execute("SELECT seq, chain_hash FROM platform_audit_head WHERE id = 1"
@@ -313,6 +316,6 @@ def backup_control(session_factory: sessionmaker[Session], control_url: str,
                      target_id=database, details={
                          "backup_id": backup_id, "size": size, "sha256": sha256,
                          "destination": destination.uri, "audit_seq": head[0],
-                         "key_provider": key_provider})
+                         "key_provider": key_provider, "unpublished_swept": swept})
     return BackupResult(backup_id, CONTROL_SLUG, size, sha256, destination.uri,
                         sum(state.row_counts.values()), head[0])
