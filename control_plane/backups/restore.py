@@ -21,6 +21,7 @@ one sentence at the first failure and dropping the new database when it exists:
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from tenant_runtime.audit_verify import verify_tenant_chain
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.models import AuditCheckpoint, AuditEvent, CheckpointKey
 from tenant_runtime.sealing import TenantSealer
+
+log = logging.getLogger("magistrate.backups")
 
 # opens one sealed value: (sealed, table, column, row key) -> plaintext
 SealedOpener = Callable[[bytes, str, str, int], bytes]
@@ -363,7 +366,9 @@ def drill_tenant(session_factory: sessionmaker[Session], connections: TenantConn
                  destination_for: Callable[[str], Destination], tenant_id: int, *,
                  actor: audit.Actor) -> DrillResult:
     """Restore the tenant's latest backup into a throwaway database, check it, drop it, and
-    record the result on the backup and as an audit event. A tenant without a backup fails."""
+    record the result on the backup and as an audit event. A tenant without a backup fails;
+    so does any error of the restore (a store or server that cannot be reached, too): every
+    failure is recorded as ``backup.drill_failed`` with its sentence."""
     with session_factory() as s:
         tenant = s.get(Tenant, tenant_id)
         if tenant is None:
@@ -386,6 +391,11 @@ def drill_tenant(session_factory: sessionmaker[Session], connections: TenantConn
             ok, reason = True, "restored, chain verified, row counts and sealed values checked"
         except BackupError as exc:
             ok, reason = False, exc.message
+        except Exception as exc:  # noqa: BLE001 - any failure is the drill's result, recorded
+            log.exception("the drill of backup %s of tenant %s could not run", backup_id, slug)
+            detail = " ".join(str(exc).split())[:300] or "no detail"
+            ok, reason = False, (f"The drill could not restore backup {backup_id} "
+                                 f"({type(exc).__name__}: {detail}).")
     seconds = time.monotonic() - started
     with session_factory() as s, s.begin():
         if backup_id is not None:
