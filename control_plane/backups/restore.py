@@ -15,8 +15,11 @@ one sentence at the first failure and dropping the new database when it exists:
        key-unavailable sentence);
     5. ``pg_restore`` (one transaction) of the decrypted stream, through a pipe;
     6. the restored chain verifies link by link and checkpoint by checkpoint, its head and last
-       checkpoint are the manifest's, every table has the manifest's row count, and one value
-       of every sealed column that has one opens with the tenant's data key."""
+       checkpoint are the manifest's, every table has the manifest's row count;
+    7. a backup of an older tenant schema (the manifest's ``schema_version``) is upgraded to
+       this code's head by the tenant migrations (a revision this code does not know, from a
+       newer version, is refused at step 2, before anything is decrypted);
+    8. one value of every sealed column that has one opens with the tenant's data key."""
 
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from control_plane.backups.exceptions import (
 from control_plane.db import make_engine, make_session_factory
 from control_plane.keys.providers import KeyUnavailable
 from control_plane.keys.registry import provider_for
+from control_plane.migrations import head_revision, known_revisions, upgrade_tenant
 from control_plane.models import Backup, BackupSigningKey, Membership, Tenant, TenantTombstone, User
 from control_plane.tenancy import database
 from control_plane.tenancy.connections import TenantConnections
@@ -72,6 +76,7 @@ class RestoreResult:
     rows: int
     audit_seq: int
     seconds: float
+    upgraded_from: str | None = None  # the backup's older tenant schema revision, if any
 
 
 def deleted_sentence(slug: str) -> str:
@@ -146,9 +151,24 @@ def _create(admin_url: str, name: str, owner: str, app: str) -> int:
         return dump.server_major(conn)
 
 
-def check_restored(s: Session, tenant_id: int, doc: Mapping[str, object],
-                   open_sealed: SealedOpener) -> int:
-    """The checks of step 6 on the restored database; returns the rows restored."""
+def schema_to_upgrade(doc: Mapping[str, object], backup_id: str) -> str | None:
+    """The backup's tenant schema revision when it is older than this code's (the restored
+    database is then upgraded before use), None when it is the current one; a revision this
+    code does not know (a newer version of Magistrate made the backup) is refused."""
+    revision = doc.get("schema_version")
+    if revision == head_revision("tenant"):
+        return None
+    if not isinstance(revision, str) or revision not in known_revisions("tenant"):
+        raise BackupRefused(f"Backup {backup_id} was made at tenant schema revision "
+                            f"{revision!r}, which this version of Magistrate does not know (a "
+                            "newer version made it); restore it with that version or a newer "
+                            "one. Nothing was restored.")
+    return revision
+
+
+def check_restored(s: Session, tenant_id: int, doc: Mapping[str, object]) -> int:
+    """The checks of step 6 on the restored database as it was backed up (before any schema
+    upgrade), but the sealed sample; returns the rows restored."""
     result = verify_tenant_chain(s, tenant_id)
     if not result.ok:
         raise RestoreCheckFailed(f"The restored audit chain does not verify ({result.problem}).")
@@ -176,7 +196,6 @@ def check_restored(s: Session, tenant_id: int, doc: Mapping[str, object],
     if counts != wanted:
         diff = sorted(t for t in set(counts) | set(wanted) if counts.get(t) != wanted.get(t))
         raise RestoreCheckFailed(f"Row counts differ from the manifest in {', '.join(diff)}.")
-    open_sealed_sample(s, open_sealed)
     return sum(counts.values())
 
 
@@ -276,6 +295,7 @@ def restore_checked(connections: TenantConnections, destination: Destination,
     if doc.get("tenant_id") != source.tenant_id or (found.size, found.sha256) != source.recorded:
         raise BackupUnreadable(f"The manifest of backup {backup_id} does not describe the "
                                "backup the platform recorded; nothing was restored.")
+    older_schema = schema_to_upgrade(doc, backup_id)
     with destination.open_object(scope, backup_id) as fh:
         size, digest = digest_of(fh)
         if (size, digest) != (found.size, found.sha256):
@@ -304,11 +324,15 @@ def restore_checked(connections: TenantConnections, destination: Destination,
                              pool_size=1)
         try:
             with make_session_factory(engine)() as rs:
+                rows = check_restored(rs, source.tenant_id, doc)
+            if older_schema is not None:
+                upgrade_restored(target)
+            with make_session_factory(engine)() as rs:
                 def open_sealed(sealed: bytes, table: str, column: str, row_key: int) -> bytes:
                     return source.sealer.open(sealed, table=table, column=column,
                                               row_key=row_key)
 
-                rows = check_restored(rs, source.tenant_id, doc, open_sealed)
+                open_sealed_sample(rs, open_sealed)
         finally:
             engine.dispose()
     except TenantError as exc:
@@ -322,6 +346,25 @@ def restore_checked(connections: TenantConnections, destination: Destination,
         drop_database(target.admin_url, target.name)
         raise
     return rows, doc
+
+
+def upgrade_restored(target: RestoreTarget) -> None:
+    """Bring a database restored from a backup of an older schema to this code's head: the
+    tenant migrations, run as the tenant's owner as for every tenant database, then the
+    provisioning grants again for the tables they made."""
+    url = database.url_for(target.admin_url, database=target.name, user=target.owner,
+                           password=target.owner_password)
+    try:
+        reached = upgrade_tenant(url)
+    except Exception as exc:  # noqa: BLE001 - a migration's failure becomes the refusal
+        raise RestoreCheckFailed(f"The restored database could not be upgraded to the current "
+                                 f"tenant schema ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]}).") from None
+    if reached != head_revision("tenant"):
+        raise RestoreCheckFailed(f"The restored database was upgraded to {reached}, not to the "
+                                 "current tenant schema.")
+    database.apply_privileges(target.admin_url, database=target.name, owner=target.owner,
+                              app=target.app)
 
 
 def restore_tenant(session_factory: sessionmaker[Session], connections: TenantConnections,
@@ -340,6 +383,8 @@ def restore_tenant(session_factory: sessionmaker[Session], connections: TenantCo
                                tenant.app_role, secrets.app_password)
     rows, doc = restore_checked(connections, destination, source, target)
     seconds = time.monotonic() - started
+    upgraded_from = (None if doc.get("schema_version") == head_revision("tenant")
+                     else str(doc.get("schema_version")))
     if drill:
         drop_database(target.admin_url, target.name)
     else:
@@ -347,9 +392,11 @@ def restore_tenant(session_factory: sessionmaker[Session], connections: TenantCo
             audit.record(s, BackupEvents.RESTORED, actor=actor, target_type="tenant",
                          target_id=source.tenant_id,
                          details={"backup_id": source.backup_id, "database": target.name,
-                                  "rows": rows})
+                                  "rows": rows, "schema_version": doc.get("schema_version"),
+                                  "upgraded_from": upgraded_from})
     head = doc["audit_head"]
-    return RestoreResult(source.backup_id, target.name, rows, int(head["seq"]), seconds)
+    return RestoreResult(source.backup_id, target.name, rows, int(head["seq"]), seconds,
+                         upgraded_from)
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,9 @@ def cmd_restore_tenant(args: argparse.Namespace) -> int:
           f"{done.database}: {done.rows} rows, audit chain verified to seq {done.audit_seq}, "
           f"row counts and sealed values checked ({done.seconds:.1f} s). The live database "
           "was not touched.")
+    if done.upgraded_from is not None:
+        print(f"the backup's tenant schema {done.upgraded_from} was older than this version's; "
+              "the restored database was upgraded by the tenant migrations")
     return 0
 
 
