@@ -77,7 +77,8 @@ def register(sub: Any) -> None:
     rt.add_argument("--replace", action="store_true",
                     help="replace the live database with the verified restore; needs an "
                          "approval through the tenant's tenant.restore gate (the first run "
-                         "opens the request)")
+                         "opens the request); a tenant whose database is missing is restored "
+                         "into its name without one")
     rt.add_argument("--approval", metavar="REQUEST_ID",
                     help="with --replace: the approved tenant.restore request's id")
     rt.add_argument("--yes", action="store_true",

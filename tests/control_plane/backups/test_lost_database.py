@@ -130,3 +130,27 @@ def test_a_manifest_signed_by_a_key_the_control_plane_never_recorded_is_refused(
     with pytest.raises(BackupUnreadable, match="not a checkpoint key of this chain"):
         restore_tenant(world.services.session_factory, world.services.tenant_connections,
                        world.destination, "acme", done.backup_id, actor=ACTOR)
+
+
+def test_the_command_restores_a_dropped_database_with_replace(world, pg_server_url,
+                                                              database_url, redis_url,
+                                                              settings):
+    from tests.conftest import TEST_SECRET_KEY
+    from tests.control_plane.backups.test_s3_and_cli import run
+
+    done = _backup(world)
+    at_backup = audit_rows(world.services, world.tenant_id)
+    _lose_database(world, pg_server_url)
+    env = {"MAGISTRATE_DATABASE_URL": database_url, "MAGISTRATE_REDIS_URL": redis_url,
+           "MAGISTRATE_SECRET_KEY": TEST_SECRET_KEY, "MAGISTRATE_HOME": str(settings.home),
+           "MAGISTRATE_ENV": "test"}
+    unconfirmed = run("restore", "tenant", "acme", "--backup", done.backup_id, "--replace",
+                      env=env)
+    assert unconfirmed.returncode == 1 and "not confirmed" in unconfirmed.stderr
+    restored = run("restore", "tenant", "acme", "--backup", done.backup_id, "--replace",
+                   "--yes", env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert "the database of tenant acme was missing" in restored.stdout
+    assert f"now runs as magistrate_t_{world.tenant_id}" in restored.stdout
+    world.services.tenant_connections.forget(world.tenant_id)
+    assert audit_rows(world.services, world.tenant_id)[:len(at_backup)] == at_backup
