@@ -58,6 +58,11 @@ def head_revision(tree: str = "control") -> str | None:
     return ScriptDirectory.from_config(_config(tree, "")).get_current_head()
 
 
+def known_revisions(tree: str = "control") -> set[str]:
+    """Every revision of the tree, head and history."""
+    return {r.revision for r in ScriptDirectory.from_config(_config(tree, "")).walk_revisions()}
+
+
 def current_revision(url: str) -> str | None:
     engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
     try:

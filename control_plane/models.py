@@ -375,6 +375,21 @@ class BackupReplacement(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
 
 
+class BackupSigningKey(Base):
+    """A tenant checkpoint key's public half, recorded when a backup signed by it is made
+    (control_plane/backups/service.py): a restore verifies the manifest against these, held by
+    the control plane, so it needs neither the backup's word nor the tenant's live database
+    (which may be the thing lost). Public keys only."""
+
+    __tablename__ = "backup_signing_keys"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=NOW)
+
+
 class IdentityProvider(Base):
     """An OpenID Connect provider Owners configured for single sign-on (control_plane/identity).
     The client secret is sealed (row key: ``name``). ``group_roles`` maps the values of

@@ -5,13 +5,15 @@ encrypted object, and ``<id>.manifest.json``, its signed manifest. Publishing is
 manifest comes last, so a backup killed at any moment has published nothing a restore would
 use: the object is written to a staging file (``.partial-<id>`` in the folder, or a local
 temporary file for S3) and renamed or uploaded only once complete, then the manifest. A
-leftover staging file or an object without its manifest is swept by ``sweep_unpublished``.
+leftover staging file, an object without its manifest or (S3) an unfinished multipart upload,
+older than a day, is swept by ``sweep_unpublished`` before each backup to that scope.
 
 S3 objects get the object-lock retention of ``MAGISTRATE_BACKUP_OBJECT_LOCK`` when set."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from control_plane.settings import Settings
+
+log = logging.getLogger("magistrate.backups")
 
 OBJECT_SUFFIX = ".mgbk"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -62,7 +66,10 @@ class Destination(Protocol):
 
     def delete(self, scope: str, backup_id: str) -> None: ...
 
-    def sweep_unpublished(self, scope: str) -> int: ...
+    def sweep_unpublished(self, scope: str, *, older_than: float = STALE_SECONDS) -> int:
+        """Delete what killed backups of ``scope`` left, older than ``older_than`` seconds (so
+        a backup another worker is writing now is never swept): staging files, objects without
+        their manifest, and (S3) unfinished multipart uploads. Returns how many went."""
 
 
 def _missing(backup_id: str, what: str) -> BackupUnreadable:
@@ -138,12 +145,12 @@ class LocalFolder:
                 raise BackupRefused(f"Backup {backup_id} could not be deleted from "
                                     f"{self.uri} ({exc.strerror}).") from None
 
-    def sweep_unpublished(self, scope: str) -> int:
+    def sweep_unpublished(self, scope: str, *, older_than: float = STALE_SECONDS) -> int:
         folder = self.root / scope
         if not folder.is_dir():
             return 0
         swept = 0
-        cutoff = time.time() - STALE_SECONDS
+        cutoff = time.time() - older_than
         for path in folder.iterdir():
             stale = path.name.startswith(PARTIAL_PREFIX) and path.stat().st_mtime < cutoff
             orphan = path.name.endswith(OBJECT_SUFFIX) and not path.with_name(
@@ -258,15 +265,50 @@ class S3Bucket:
             raise BackupRefused(f"Backup {backup_id} could not be deleted from {self.uri} "
                                 f"({exc}).") from None
 
-    def sweep_unpublished(self, scope: str) -> int:
+    def sweep_unpublished(self, scope: str, *, older_than: float = STALE_SECONDS) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         swept = 0
-        cutoff = time.time() - STALE_SECONDS
+        cutoff = time.time() - older_than
         if self.staging_root.is_dir():
             for path in self.staging_root.iterdir():
                 if path.name.startswith(PARTIAL_PREFIX) and path.stat().st_mtime < cutoff:
                     path.unlink(missing_ok=True)
                     swept += 1
+        client = self._client()
+        prefix = self._key(scope, "") + "/"
+        stale = datetime.fromtimestamp(cutoff, UTC)
+        try:
+            names: dict[str, datetime] = {}
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                         Prefix=prefix):
+                names.update({o["Key"]: o["LastModified"] for o in page.get("Contents", [])})
+            for key, modified in names.items():
+                if (key.endswith(OBJECT_SUFFIX) and modified < stale and
+                        key[:-len(OBJECT_SUFFIX)] + MANIFEST_SUFFIX not in names):
+                    self.delete(scope, key[len(prefix):-len(OBJECT_SUFFIX)])
+                    swept += 1
+            uploads = client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+            for upload in uploads.get("Uploads", []):
+                if upload["Initiated"] < stale:
+                    client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                  UploadId=upload["UploadId"])
+                    swept += 1
+        except (BotoCoreError, ClientError) as exc:
+            raise BackupRefused(f"Leftovers of killed backups in {self.uri} could not be "
+                                f"swept ({exc}).") from None
         return swept
+
+
+def sweep_before_backup(destination: Destination, scope: str) -> int:
+    """Sweep ``scope`` before a backup to ``destination`` (leftovers older than a day, so a
+    backup in flight elsewhere is left alone). A store that refuses (object lock) is logged
+    and the backup goes on: the sweep is tried again before the next one."""
+    try:
+        return destination.sweep_unpublished(scope)
+    except BackupRefused as exc:
+        log.warning("%s", exc.message)
+        return 0
 
 
 def configured(settings: Settings) -> tuple[str, Callable[[str], Destination]]:

@@ -22,7 +22,13 @@ approver of the tenant other than the requester decides it; the second run names
        (ops/BACKUPS.md), and the tenant's deletion drops it with the tenant;
     6. the restored chain gets a ``backup.restored_over`` event naming the backup, the approval,
        the retained database and the replaced chain's head (the link between the two chains),
-       and the platform chain a ``backup.replaced`` event."""
+       and the platform chain a ``backup.replaced`` event.
+
+A lost database: when the tenant's database no longer exists on its server (dropped, or the
+server rebuilt), there is nothing live to overwrite and no chain to record an approval in, so
+the gate does not apply: the backup is restored with every check (its manifest verified
+against the public keys the control plane recorded, not the lost database) and the verified
+database is renamed to the tenant's name. Both chains record it (``live_database_missing``)."""
 
 from __future__ import annotations
 
@@ -65,8 +71,8 @@ SWAP_ATTEMPTS = 5
 class ReplaceResult:
     backup_id: str
     database: str
-    retained: str
-    approval_id: str
+    retained: str | None  # None: the live database was missing, nothing was replaced
+    approval_id: str | None
     rows: int
     audit_seq: int
     replaced_head: tuple[int, str]
@@ -193,12 +199,79 @@ def check_approval(session_factory: sessionmaker[Session], connections: TenantCo
     return approval_id
 
 
+def live_database_missing(session_factory: sessionmaker[Session],
+                          connections: TenantConnections, slug: str, backup_id: str) -> bool:
+    """Whether tenant ``slug``'s database is gone from its server (dropped, or the server
+    rebuilt): then ``--replace`` has nothing live to overwrite and no chain to hold an
+    approval in (module docstring, "a lost database")."""
+    with session_factory() as s:
+        tenant, _ = find_backup(s, slug, backup_id)
+        if tenant.state not in REPLACEABLE_STATES:
+            raise BackupRefused(f"Tenant {tenant.slug} is {tenant.state}; only an active or "
+                                "suspended tenant's database can be replaced.")
+        admin_url, live = tenant_secrets(connections.sealer, tenant).admin_url, tenant.db_name
+    url = database.libpq_url(database.url_for(admin_url, database="postgres"))
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        return not database.database_exists(conn, live)
+
+
+def _replace_lost(session_factory: sessionmaker[Session], connections: TenantConnections,
+                  destination: Destination, slug: str, backup_id: str, *,
+                  actor: audit.Actor, started: float) -> ReplaceResult:
+    """The tenant's database is missing: the verified restore takes its name (a rename that
+    fails if a database of that name appeared meanwhile), with no approval to consume."""
+    with session_factory() as s:
+        tenant, backup = find_backup(s, slug, backup_id)
+        tenant_id, live, backup_id = tenant.id, tenant.db_name, backup.id
+        admin_url = tenant_secrets(connections.sealer, tenant).admin_url
+    restored = restore_tenant(session_factory, connections, destination, slug, backup_id,
+                              actor=actor)
+    url = database.libpq_url(database.url_for(admin_url, database="postgres"))
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(restored.database), sql.Identifier(live)))
+    except psycopg.errors.DuplicateDatabase:
+        drop_database(admin_url, restored.database)
+        raise BackupRefused(f"The database {live} of tenant {slug} appeared during the "
+                            "restore; nothing was replaced (run the restore again, which then "
+                            "needs an approval).") from None
+    except BaseException:
+        drop_database(admin_url, restored.database)
+        raise
+    connections.forget(tenant_id)
+    details = {"backup_id": backup_id, "approval_id": None, "retained_database": None,
+               "replaced_head": None, "live_database_missing": True, "rows": restored.rows}
+    seq = restored.audit_seq
+    with session_factory() as s:
+        tenant_row = s.get(Tenant, tenant_id)
+        if tenant_row is not None:
+            ctx = connections.context(s, tenant_row, TenantActor("system", None,
+                                                                 actor.name or "restore"))
+            with ctx.session() as ts, ts.begin():
+                seq = int(tenant_audit.record(ts, BackupEvents.RESTORED_OVER, actor=ctx.actor,
+                                              target_type="tenant", target_id=str(tenant_id),
+                                              details=details).seq)
+    with session_factory() as s, s.begin():
+        audit.record(s, BackupEvents.REPLACED, actor=actor, target_type="tenant",
+                     target_id=tenant_id, details={**details, "database": live})
+    return ReplaceResult(backup_id, live, None, None, restored.rows, seq, (0, "0" * 64),
+                         time.monotonic() - started)
+
+
 def replace_tenant(session_factory: sessionmaker[Session], connections: TenantConnections,
-                   destination: Destination, slug: str, backup_id: str, *, approval_id: str,
-                   actor: audit.Actor) -> ReplaceResult:
+                   destination: Destination, slug: str, backup_id: str, *,
+                   approval_id: str | None, actor: audit.Actor) -> ReplaceResult:
     """Restore ``backup_id`` over tenant ``slug``'s live database on the approval
-    ``approval_id`` (module docstring)."""
+    ``approval_id`` (module docstring); or, when that database is missing, into its name with
+    no approval (nothing live is overwritten, and the chain that would hold one is gone)."""
     started = time.monotonic()
+    if live_database_missing(session_factory, connections, slug, backup_id):
+        return _replace_lost(session_factory, connections, destination, slug, backup_id,
+                             actor=actor, started=started)
+    if not approval_id:
+        raise BackupRefused(f"Replacing the live database of tenant {slug} needs an approved "
+                            "tenant.restore request; nothing was restored.")
     approval_id = check_approval(session_factory, connections, slug, backup_id,
                                  approval_id=approval_id, actor=actor)
     s, tenant, backup_id, ctx = _context(session_factory, connections, slug, backup_id, actor)

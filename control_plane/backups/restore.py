@@ -8,18 +8,23 @@ one sentence at the first failure and dropping the new database when it exists:
     1. the backup record exists and still holds its wrapped key (a deleted tenant's are
        destroyed with it);
     2. the manifest is the one of this backup and its signature verifies against a checkpoint
-       key of the tenant's chain;
+       key of the tenant's chain, as the control plane recorded it (``signing_keys``: the
+       tenant's live database is not needed, it may be the thing lost);
     3. the encrypted object's size and SHA-256 match the manifest (before any decryption);
     4. the data key unwraps through the tenant's key-encryption key (revoked -> the
        key-unavailable sentence);
     5. ``pg_restore`` (one transaction) of the decrypted stream, through a pipe;
     6. the restored chain verifies link by link and checkpoint by checkpoint, its head and last
-       checkpoint are the manifest's, every table has the manifest's row count, and the sealed
-       checkpoint private keys open with the tenant's data key (a sample of sealed values)."""
+       checkpoint are the manifest's, every table has the manifest's row count;
+    7. a backup of an older tenant schema (the manifest's ``schema_version``) is upgraded to
+       this code's head by the tenant migrations (a revision this code does not know, from a
+       newer version, is refused at step 2, before anything is decrypted);
+    8. one value of every sealed column that has one opens with the tenant's data key."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane import audit
@@ -46,14 +52,18 @@ from control_plane.backups.exceptions import (
 from control_plane.db import make_engine, make_session_factory
 from control_plane.keys.providers import KeyUnavailable
 from control_plane.keys.registry import provider_for
-from control_plane.models import Backup, Membership, Tenant, TenantTombstone, User
+from control_plane.migrations import head_revision, known_revisions, upgrade_tenant
+from control_plane.models import Backup, BackupSigningKey, Membership, Tenant, TenantTombstone, User
 from control_plane.tenancy import database
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.provisioning import tenant_secrets
+from control_plane.tenancy.rotation import sealed_tables
 from tenant_runtime.audit_verify import verify_tenant_chain
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.models import AuditCheckpoint, AuditEvent, CheckpointKey
 from tenant_runtime.sealing import TenantSealer
+
+log = logging.getLogger("magistrate.backups")
 
 # opens one sealed value: (sealed, table, column, row key) -> plaintext
 SealedOpener = Callable[[bytes, str, str, int], bytes]
@@ -66,6 +76,7 @@ class RestoreResult:
     rows: int
     audit_seq: int
     seconds: float
+    upgraded_from: str | None = None  # the backup's older tenant schema revision, if any
 
 
 def deleted_sentence(slug: str) -> str:
@@ -140,9 +151,24 @@ def _create(admin_url: str, name: str, owner: str, app: str) -> int:
         return dump.server_major(conn)
 
 
-def check_restored(s: Session, tenant_id: int, doc: Mapping[str, object],
-                   open_sealed: SealedOpener) -> int:
-    """The checks of step 6 on the restored database; returns the rows restored."""
+def schema_to_upgrade(doc: Mapping[str, object], backup_id: str) -> str | None:
+    """The backup's tenant schema revision when it is older than this code's (the restored
+    database is then upgraded before use), None when it is the current one; a revision this
+    code does not know (a newer version of Magistrate made the backup) is refused."""
+    revision = doc.get("schema_version")
+    if revision == head_revision("tenant"):
+        return None
+    if not isinstance(revision, str) or revision not in known_revisions("tenant"):
+        raise BackupRefused(f"Backup {backup_id} was made at tenant schema revision "
+                            f"{revision!r}, which this version of Magistrate does not know (a "
+                            "newer version made it); restore it with that version or a newer "
+                            "one. Nothing was restored.")
+    return revision
+
+
+def check_restored(s: Session, tenant_id: int, doc: Mapping[str, object]) -> int:
+    """The checks of step 6 on the restored database as it was backed up (before any schema
+    upgrade), but the sealed sample; returns the rows restored."""
     result = verify_tenant_chain(s, tenant_id)
     if not result.ok:
         raise RestoreCheckFailed(f"The restored audit chain does not verify ({result.problem}).")
@@ -170,9 +196,29 @@ def check_restored(s: Session, tenant_id: int, doc: Mapping[str, object],
     if counts != wanted:
         diff = sorted(t for t in set(counts) | set(wanted) if counts.get(t) != wanted.get(t))
         raise RestoreCheckFailed(f"Row counts differ from the manifest in {', '.join(diff)}.")
-    for key in s.scalars(select(CheckpointKey)):
-        open_sealed(key.private_key_sealed, "checkpoint_keys", "private_key_sealed", key.id)
     return sum(counts.values())
+
+
+def open_sealed_sample(s: Session, open_sealed: SealedOpener) -> int:
+    """Open one value of every sealed column that has one (the first row by key), so a data
+    key that does not open a column's values is found whichever column it is; returns how
+    many were opened. RestoreCheckFailed names the first column whose value does not open."""
+    opened = 0
+    for st in sealed_tables():
+        for column in st.columns:
+            row = s.execute(select(st.key, column).where(column.is_not(None))
+                            .order_by(st.key).limit(1)).first()
+            if row is None:
+                continue
+            try:
+                open_sealed(row[1], st.table.name, column.name, row[0])
+            except TenantError as exc:
+                raise RestoreCheckFailed(
+                    f"A sealed value of the restored database does not open with the tenant's "
+                    f"data key ({st.table.name}.{column.name}, row {row[0]}: {exc.message})."
+                ) from None
+            opened += 1
+    return opened
 
 
 @dataclass(frozen=True)
@@ -205,11 +251,30 @@ def read_source(s: Session, connections: TenantConnections, tenant: Tenant,
                 backup: Backup) -> RestoreSource:
     if backup.wrapped_key is None:
         raise BackupRefused(f"Backup {backup.id} was destroyed (its data key no longer exists).")
-    with connections.session_factory(tenant)() as ts:
-        known = {k.key_id: k.public_key for k in ts.scalars(select(CheckpointKey))}
+    known = signing_keys(s, connections, tenant)
     return RestoreSource(tenant.id, backup.id, backup.wrapped_key, backup.key_provider,
                          backup.key_ref, (backup.size_bytes, backup.sha256), known,
                          connections.sealer_for(s, tenant))
+
+
+def signing_keys(s: Session, connections: TenantConnections, tenant: Tenant) -> dict[str, str]:
+    """The public checkpoint keys a manifest of ``tenant`` may be signed with: those the
+    control plane recorded with its backups, trusted because the control plane holds them,
+    so a tenant whose live database is lost can still be restored. Only for a tenant none of
+    whose backups recorded them (backups made before migration 0016) are they read from the
+    live database."""
+    known = {k.key_id: k.public_key for k in s.scalars(
+        select(BackupSigningKey).where(BackupSigningKey.tenant_id == tenant.id))}
+    if known:
+        return known
+    try:
+        with connections.session_factory(tenant)() as ts:
+            return {k.key_id: k.public_key for k in ts.scalars(select(CheckpointKey))}
+    except (SQLAlchemyError, psycopg.Error):
+        raise BackupRefused(f"The control plane has no record of tenant {tenant.slug}'s "
+                            "checkpoint keys (its backups predate that record) and its live "
+                            "database cannot be read, so no manifest of it can be verified; "
+                            "nothing was restored.") from None
 
 
 def key_unavailable(exc: KeyUnavailable) -> BackupKeyUnavailable:
@@ -230,6 +295,7 @@ def restore_checked(connections: TenantConnections, destination: Destination,
     if doc.get("tenant_id") != source.tenant_id or (found.size, found.sha256) != source.recorded:
         raise BackupUnreadable(f"The manifest of backup {backup_id} does not describe the "
                                "backup the platform recorded; nothing was restored.")
+    older_schema = schema_to_upgrade(doc, backup_id)
     with destination.open_object(scope, backup_id) as fh:
         size, digest = digest_of(fh)
         if (size, digest) != (found.size, found.sha256):
@@ -258,11 +324,15 @@ def restore_checked(connections: TenantConnections, destination: Destination,
                              pool_size=1)
         try:
             with make_session_factory(engine)() as rs:
+                rows = check_restored(rs, source.tenant_id, doc)
+            if older_schema is not None:
+                upgrade_restored(target)
+            with make_session_factory(engine)() as rs:
                 def open_sealed(sealed: bytes, table: str, column: str, row_key: int) -> bytes:
                     return source.sealer.open(sealed, table=table, column=column,
                                               row_key=row_key)
 
-                rows = check_restored(rs, source.tenant_id, doc, open_sealed)
+                open_sealed_sample(rs, open_sealed)
         finally:
             engine.dispose()
     except TenantError as exc:
@@ -276,6 +346,25 @@ def restore_checked(connections: TenantConnections, destination: Destination,
         drop_database(target.admin_url, target.name)
         raise
     return rows, doc
+
+
+def upgrade_restored(target: RestoreTarget) -> None:
+    """Bring a database restored from a backup of an older schema to this code's head: the
+    tenant migrations, run as the tenant's owner as for every tenant database, then the
+    provisioning grants again for the tables they made."""
+    url = database.url_for(target.admin_url, database=target.name, user=target.owner,
+                           password=target.owner_password)
+    try:
+        reached = upgrade_tenant(url)
+    except Exception as exc:  # noqa: BLE001 - a migration's failure becomes the refusal
+        raise RestoreCheckFailed(f"The restored database could not be upgraded to the current "
+                                 f"tenant schema ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]}).") from None
+    if reached != head_revision("tenant"):
+        raise RestoreCheckFailed(f"The restored database was upgraded to {reached}, not to the "
+                                 "current tenant schema.")
+    database.apply_privileges(target.admin_url, database=target.name, owner=target.owner,
+                              app=target.app)
 
 
 def restore_tenant(session_factory: sessionmaker[Session], connections: TenantConnections,
@@ -294,6 +383,8 @@ def restore_tenant(session_factory: sessionmaker[Session], connections: TenantCo
                                tenant.app_role, secrets.app_password)
     rows, doc = restore_checked(connections, destination, source, target)
     seconds = time.monotonic() - started
+    upgraded_from = (None if doc.get("schema_version") == head_revision("tenant")
+                     else str(doc.get("schema_version")))
     if drill:
         drop_database(target.admin_url, target.name)
     else:
@@ -301,9 +392,11 @@ def restore_tenant(session_factory: sessionmaker[Session], connections: TenantCo
             audit.record(s, BackupEvents.RESTORED, actor=actor, target_type="tenant",
                          target_id=source.tenant_id,
                          details={"backup_id": source.backup_id, "database": target.name,
-                                  "rows": rows})
+                                  "rows": rows, "schema_version": doc.get("schema_version"),
+                                  "upgraded_from": upgraded_from})
     head = doc["audit_head"]
-    return RestoreResult(source.backup_id, target.name, rows, int(head["seq"]), seconds)
+    return RestoreResult(source.backup_id, target.name, rows, int(head["seq"]), seconds,
+                         upgraded_from)
 
 
 @dataclass(frozen=True)
@@ -320,7 +413,9 @@ def drill_tenant(session_factory: sessionmaker[Session], connections: TenantConn
                  destination_for: Callable[[str], Destination], tenant_id: int, *,
                  actor: audit.Actor) -> DrillResult:
     """Restore the tenant's latest backup into a throwaway database, check it, drop it, and
-    record the result on the backup and as an audit event. A tenant without a backup fails."""
+    record the result on the backup and as an audit event. A tenant without a backup fails;
+    so does any error of the restore (a store or server that cannot be reached, too): every
+    failure is recorded as ``backup.drill_failed`` with its sentence."""
     with session_factory() as s:
         tenant = s.get(Tenant, tenant_id)
         if tenant is None:
@@ -343,6 +438,11 @@ def drill_tenant(session_factory: sessionmaker[Session], connections: TenantConn
             ok, reason = True, "restored, chain verified, row counts and sealed values checked"
         except BackupError as exc:
             ok, reason = False, exc.message
+        except Exception as exc:  # noqa: BLE001 - any failure is the drill's result, recorded
+            log.exception("the drill of backup %s of tenant %s could not run", backup_id, slug)
+            detail = " ".join(str(exc).split())[:300] or "no detail"
+            ok, reason = False, (f"The drill could not restore backup {backup_id} "
+                                 f"({type(exc).__name__}: {detail}).")
     seconds = time.monotonic() - started
     with session_factory() as s, s.begin():
         if backup_id is not None:

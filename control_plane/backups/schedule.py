@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.jobs import JobKinds, enqueue_job
-from control_plane.models import Backup, Tenant
+from control_plane.models import Backup, Job, Tenant
 
 DAY = 86_400
 CONTROL_SLOT = 1_800  # 00:30 UTC
@@ -36,6 +36,7 @@ def schedule_due(session_factory: sessionmaker[Session], now: datetime | None = 
     new = 0
     with session_factory() as s, s.begin():
         before = _count(s)
+        drill_due = _drill_due(s, midnight.replace(day=1))
         for tenant_id in s.scalars(select(Tenant.id).where(
                 Tenant.state.in_(("active", "suspended")))):
             if now < midnight + slot_of(tenant_id):
@@ -44,8 +45,7 @@ def schedule_due(session_factory: sessionmaker[Session], now: datetime | None = 
                         {"tenant_id": tenant_id, "monthly": midnight.day == 1},
                         idempotency_key=f"backup:{tenant_id}:{day}", tenant_id=tenant_id,
                         progress_total=3)
-            if midnight.day == 1 and s.scalars(select(Backup.id).where(
-                    Backup.tenant_id == tenant_id, Backup.created_at >= midnight)).first():
+            if tenant_id in drill_due:
                 enqueue_job(s, JobKinds.BACKUP_DRILL, {"tenant_id": tenant_id},
                             idempotency_key=f"drill:{tenant_id}:{month}", tenant_id=tenant_id,
                             progress_total=1)
@@ -56,10 +56,21 @@ def schedule_due(session_factory: sessionmaker[Session], now: datetime | None = 
     return new
 
 
+def _drill_due(s: Session, month_start: datetime) -> set[int]:
+    """The tenants whose drill of this month is due: none recorded yet, and this month's
+    backup either exists or failed (the drill then restores the latest good backup, and a
+    tenant with none fails its drill, audited, instead of going a month undrilled)."""
+    month = month_start.strftime("%Y-%m")
+    drilled = set(s.scalars(select(Job.tenant_id).where(
+        Job.kind == JobKinds.BACKUP_DRILL, Job.idempotency_key.like(f"drill:%:{month}"))))
+    backed_up = set(s.scalars(select(Backup.tenant_id).where(
+        Backup.tenant_id.is_not(None), Backup.created_at >= month_start)))
+    failed = set(s.scalars(select(Job.tenant_id).where(
+        Job.kind == JobKinds.BACKUP_TENANT, Job.state == "failed",
+        Job.idempotency_key.like(f"backup:%:{month}-%"))))
+    return {t for t in backed_up | failed if t is not None} - drilled
+
+
 def _count(s: Session) -> int:
-    from sqlalchemy import func
-
-    from control_plane.models import Job
-
     return int(s.scalar(select(func.count()).select_from(Job).where(Job.kind.in_((
         JobKinds.BACKUP_TENANT, JobKinds.BACKUP_DRILL, JobKinds.BACKUP_CONTROL)))) or 0)

@@ -20,19 +20,20 @@ from typing import IO, Any
 
 import psycopg
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane import audit
 from control_plane.audit_checkpoints import make_platform_checkpoint, platform_signer
 from control_plane.backups import age, dump, manifest
-from control_plane.backups.destinations import Destination, scope_of
+from control_plane.backups.destinations import Destination, scope_of, sweep_before_backup
 from control_plane.backups.envelope import EnvelopeWriter
 from control_plane.backups.events import BackupEvents
 from control_plane.backups.exceptions import BackupKeyUnavailable, BackupRefused
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.keys.providers import KeyProvider, KeyUnavailable
 from control_plane.keys.registry import new_data_key, provider_for
-from control_plane.models import Backup, Tenant, TenantKey
+from control_plane.models import Backup, BackupSigningKey, Tenant, TenantKey
 from control_plane.sealing import ControlSealer
 from control_plane.tenancy.connections import TenantConnections
 from control_plane.tenancy.database import libpq_url
@@ -164,6 +165,7 @@ def backup_tenant(session_factory: sessionmaker[Session], connections: TenantCon
     wrapped = _wrap(provider_for(connections.providers, provider_name), dek,
                     context=str(tenant_id), key_ref=key_ref, whose="Tenant")
     scope = scope_of(tenant_id)
+    swept = sweep_before_backup(destination, scope)
     with psycopg.connect(libpq_url(owner_url), connect_timeout=10) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         head_row = conn.execute("SELECT seq, chain_hash FROM audit_events ORDER BY seq DESC "
@@ -208,13 +210,25 @@ def backup_tenant(session_factory: sessionmaker[Session], connections: TenantCon
                      destination=destination.uri, size_bytes=size, sha256=sha256,
                      key_provider=provider_name, key_ref=key_ref, wrapped_key=wrapped,
                      monthly=monthly))
+        record_signing_keys(s, tenant_id, public)
         audit.record(s, BackupEvents.CREATED, actor=actor, target_type="tenant",
                      target_id=tenant_id, details={
                          "backup_id": backup_id, "size": size, "sha256": sha256,
                          "destination": destination.uri, "audit_seq": head[0],
-                         "key_provider": provider_name, "tenant_key_version": key_version})
+                         "key_provider": provider_name, "tenant_key_version": key_version,
+                         "unpublished_swept": swept})
     return BackupResult(backup_id, slug, size, sha256, destination.uri,
                         sum(state.row_counts.values()), head[0])
+
+
+def record_signing_keys(s: Session, tenant_id: int, public: Mapping[str, str]) -> None:
+    """Keep the public halves of the tenant's checkpoint keys in the control plane, in the
+    backup record's transaction: a restore verifies the manifest against them without the
+    tenant's live database. A key id recorded once keeps its first public key."""
+    if public:
+        s.execute(pg_insert(BackupSigningKey).values([
+            {"tenant_id": tenant_id, "key_id": key_id, "public_key": key}
+            for key_id, key in public.items()]).on_conflict_do_nothing())
 
 
 def _tenant_public_keys(ts: Session) -> dict[str, str]:
@@ -263,6 +277,7 @@ def backup_control(session_factory: sessionmaker[Session], control_url: str,
         key_doc = {"provider": key_provider, "key_ref": key_ref,
                    "context": PLATFORM_KEY_CONTEXT}
     scope = scope_of(None)
+    swept = sweep_before_backup(destination, scope)
     with psycopg.connect(libpq_url(control_url), connect_timeout=10) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         head_row = conn.execute("SELECT seq, chain_hash FROM platform_audit_head WHERE id = 1"
@@ -301,6 +316,6 @@ def backup_control(session_factory: sessionmaker[Session], control_url: str,
                      target_id=database, details={
                          "backup_id": backup_id, "size": size, "sha256": sha256,
                          "destination": destination.uri, "audit_seq": head[0],
-                         "key_provider": key_provider})
+                         "key_provider": key_provider, "unpublished_swept": swept})
     return BackupResult(backup_id, CONTROL_SLUG, size, sha256, destination.uri,
                         sum(state.row_counts.values()), head[0])

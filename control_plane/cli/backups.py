@@ -77,7 +77,8 @@ def register(sub: Any) -> None:
     rt.add_argument("--replace", action="store_true",
                     help="replace the live database with the verified restore; needs an "
                          "approval through the tenant's tenant.restore gate (the first run "
-                         "opens the request)")
+                         "opens the request); a tenant whose database is missing is restored "
+                         "into its name without one")
     rt.add_argument("--approval", metavar="REQUEST_ID",
                     help="with --replace: the approved tenant.restore request's id")
     rt.add_argument("--yes", action="store_true",
@@ -246,6 +247,9 @@ def cmd_restore_tenant(args: argparse.Namespace) -> int:
           f"{done.database}: {done.rows} rows, audit chain verified to seq {done.audit_seq}, "
           f"row counts and sealed values checked ({done.seconds:.1f} s). The live database "
           "was not touched.")
+    if done.upgraded_from is not None:
+        print(f"the backup's tenant schema {done.upgraded_from} was older than this version's; "
+              "the restored database was upgraded by the tenant migrations")
     return 0
 
 
@@ -304,7 +308,11 @@ def _confirmed(args: argparse.Namespace) -> bool:
 def _restore_replacing(args: argparse.Namespace) -> int:
     from control_plane.audit import Actor
     from control_plane.backups.exceptions import BackupError
-    from control_plane.backups.replace import replace_tenant, request_replace
+    from control_plane.backups.replace import (
+        live_database_missing,
+        replace_tenant,
+        request_replace,
+    )
     from control_plane.cli.support import CommandError, tenant_stack
     from tenant_runtime.approvals.gates import ApprovalPending
     from tenant_runtime.exceptions import TenantError
@@ -313,7 +321,12 @@ def _restore_replacing(args: argparse.Namespace) -> int:
         raise CommandError("--as and --replace cannot be combined")
     actor = Actor("system", None, "magistrate restore")
     with tenant_stack(args) as stack:
-        if not args.approval:
+        try:
+            lost = live_database_missing(stack.session_factory, stack.connections, args.slug,
+                                         args.backup)
+        except BackupError as exc:
+            raise CommandError(exc.message) from None
+        if not args.approval and not lost:
             user_id = (_requester_id(stack, args.requested_by) if args.requested_by
                        else None)
             try:
@@ -333,6 +346,12 @@ def _restore_replacing(args: argparse.Namespace) -> int:
                                   args.backup, approval_id=args.approval, actor=actor)
         except (BackupError, TenantError) as exc:
             raise CommandError(exc.message) from None
+    if done.retained is None:
+        print(f"the database of tenant {args.slug} was missing: backup {done.backup_id} was "
+              f"restored and verified ({done.rows} rows, manifest checked against the keys "
+              f"the control plane recorded) and now runs as {done.database} "
+              f"({done.seconds:.1f} s). No approval was needed: nothing live was replaced.")
+        return 0
     print(f"approval request {done.approval_id} used")
     print(f"tenant {args.slug} now runs on backup {done.backup_id}: {done.rows} rows restored "
           f"and verified, then swapped in as {done.database} ({done.seconds:.1f} s). The "

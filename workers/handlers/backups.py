@@ -129,5 +129,6 @@ def replace_tenant_job(run: JobRun) -> dict[str, Any]:
         except (MagistrateError, TenantError) as exc:
             raise JobFailed(exc.message) from None
     run.progress(2, 2, f"backup {backup_id} swapped in; the replaced database is retained as "
-                       f"{done.retained}")
+                       f"{done.retained}" if done.retained is not None else
+                       f"backup {backup_id} restored into the missing database {done.database}")
     return {"backup_id": backup_id, "retained": done.retained, "rows": done.rows}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from control_plane.audit import Actor
@@ -68,6 +69,22 @@ def drop_restored(server_url: str, tenant_ids: tuple[int, ...]) -> None:
             for (name,) in conn.execute("SELECT datname FROM pg_database WHERE starts_with("
                                         "datname, %s)", (f"magistrate_t_{tenant_id}_",)):
                 drop_database(conn, name)
+
+
+@pytest.fixture
+def s3(monkeypatch) -> Iterator[str]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        if server._server is not None:
+            server._server.server_close()
 
 
 @pytest.fixture

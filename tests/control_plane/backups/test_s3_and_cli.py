@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from control_plane.backups.destinations import destination_for
@@ -21,22 +19,6 @@ from control_plane.backups.service import backup_tenant
 from control_plane.models import Backup, PlatformAuditEvent
 from tests.conftest import TEST_SECRET_KEY, drop_database
 from tests.control_plane.backups.conftest import ACTOR
-
-
-@pytest.fixture
-def s3(monkeypatch) -> Iterator[str]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        if server._server is not None:
-            server._server.server_close()
 
 
 def test_s3_destination_with_object_lock(world, s3, settings):
