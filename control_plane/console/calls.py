@@ -1,7 +1,8 @@
 """The gateway's recent calls for the console: every call (answered, failed, in flight) and
-every refusal (a model off the allowlist, the spend cap), newest first, with paging, filters,
-sorting and a CSV download. Reads ``gateway_calls`` and the refusal events of the audit chain;
-it never writes, and the gateway's own code is not involved."""
+every refusal (a model off the allowlist, a forbidden tool, a refused image, the spend cap),
+newest first, with paging, filters, sorting and a CSV download. Reads ``gateway_calls`` and the
+refusal events of the audit chain; it never writes, and the gateway's own code is not
+involved."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ STATUSES = ("ok", "error", "reserved", "refused")
 SORTS = {"newest": "at DESC", "oldest": "at ASC", "cost": "cost DESC",
          "latency": "latency DESC"}
 REFUSALS = {GatewayEvents.MODEL_REFUSED: "the model is not on the allowlist",
+            GatewayEvents.TOOL_REFUSED: "a tool the tenant's tool rules forbid",
+            GatewayEvents.IMAGE_REFUSED: "images, which the tenant's image policy refuses",
             GatewayEvents.SPEND_CAP_REACHED: "the monthly spend cap is reached"}
 UNLISTED = "unlisted:"
 

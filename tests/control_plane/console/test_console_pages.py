@@ -211,3 +211,17 @@ def test_an_owner_requires_two_factor_sign_in_and_sees_who_lacks_it(client, db, 
         assert other.get(f"/tenants/{a}/gateway").status_code == 403
     off = post_form(client, f"/tenants/{a}/security/mfa", page=f"/tenants/{a}/settings")
     assert off.headers["location"].endswith("done=mfa-optional")
+
+
+def test_tool_and_image_refusals_are_listed_among_the_refusals(client, services, two_tenants):
+    owner, a, _ = two_tenants
+    ctx = tenant_ctx(services, a)
+    with ctx.session() as s, s.begin():
+        for event in (GatewayEvents.TOOL_REFUSED, GatewayEvents.IMAGE_REFUSED):
+            audit.record(s, event, actor=ctx.actor, target_type="model", target_id="gpt-4o-mini",
+                         details={"api_key_id": "k1", "endpoint": "openai"})
+    sign_in(client, owner.email)
+    refused = client.get(f"/tenants/{a}/gateway/calls?status=refused")
+    assert refused.text.count('<tr data-status="refused">') == 2
+    assert "a tool the tenant&#39;s tool rules forbid" in refused.text
+    assert "images, which the tenant&#39;s image policy refuses" in refused.text
