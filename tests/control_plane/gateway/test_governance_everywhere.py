@@ -136,7 +136,9 @@ def test_every_endpoint_refuses_what_governance_refuses_and_sends_nothing(gw, se
     endpoint = ENDPOINTS[path]
     with pytest.raises(_error(endpoint, 403), match="not on this tenant's allowlist"):
         endpoint.send(gw, "gpt-4.1", "plain", stream)
-    assert len(events(gw, "gateway.model_refused")) == 1
+    (model_refused,) = events(gw, "gateway.model_refused")
+    assert (model_refused.details["reason"], model_refused.details["scope_denial"]) == (
+        "model_not_allowed", True)
     if endpoint.chat:
         set_settings(gw, tool_rules=[{"tool": "delete_*", "models": []}],
                      image_policy="refuse")
@@ -144,9 +146,14 @@ def test_every_endpoint_refuses_what_governance_refuses_and_sends_nothing(gw, se
             endpoint.send(gw, endpoint.model, "tool", stream)
         refused = events(gw, "gateway.tool_refused")
         assert len(refused) == 1 and refused[0].details["tools"] == [FORBIDDEN]
+        # findable as a scope denial, like a model off the allowlist
+        assert (refused[0].details["reason"], refused[0].details["scope_denial"]) == (
+            "tool_not_allowed", True)
         with pytest.raises(_error(endpoint, 403), match="images"):
             endpoint.send(gw, endpoint.model, "image", stream)
-        assert len(events(gw, "gateway.image_refused")) == 1
+        (image_refused,) = events(gw, "gateway.image_refused")
+        assert (image_refused.details["reason"], image_refused.details["scope_denial"]) == (
+            "images_not_allowed", False)
     fresh_minute()
     set_settings(gw, requests_per_minute=1)
     # the minute's one request is used already
