@@ -1,19 +1,22 @@
 """The gateway's call path, inside one tenant (DESIGN.md, "Gateway"):
 
-    allowlist → redact → reserve spend → provider (retries inside the adapter; fallbacks in
-    order) → restore → settle spend → audit
+    admit (rate limit → allowlist → tool rules → image policy → redact → routes) → reserve
+    spend → provider (retries inside the adapter; fallbacks in order) → restore → settle spend
+    → audit
 
-``prepare`` does everything before the provider in one transaction that commits the
-reservation, so concurrent calls see it; ``complete`` and ``stream`` call the providers, and
-``_finish`` settles and records the one audit event of the call in a second transaction.
-Refusals (a model off the allowlist, the spend cap) are audited in their own transaction and
-raised as ``TenantError``s with a sentence for the caller. Prompt and answer text are never
-logged or audited: only counts. Neither is stored either, with one exception:
-``complete_once``, the platform's own calls for a job step, keeps the restored answer sealed
-under the tenant's key in the call's row, settled in the same transaction, so that a retried
-step is answered from it instead of paying the model twice; the step clears it
-(``release_answer``) in the transaction that records what it made of it, and answers nobody
-released are cleared after a day (``forget_kept_answers``)."""
+``admit`` is the one choke point every endpoint's request passes (``prepare``, ``embed`` and
+``count_tokens`` start with it). ``prepare`` does everything before the provider in one
+transaction that commits the reservation, so concurrent calls see it; ``complete`` and
+``stream`` call the providers, and ``_finish`` settles and records the one audit event of the
+call in a second transaction. Refusals (a model off the allowlist, a forbidden tool, a refused
+image, the spend cap) are audited in their own transaction and raised as ``TenantError``s
+with a sentence for the caller. Prompt and answer text are never logged or audited: only
+counts. Neither is stored either, with one exception: ``complete_once``, the platform's own
+calls for a job step, keeps the restored answer sealed under the tenant's key in the call's
+row, settled in the same transaction, so that a retried step is answered from it instead of
+paying the model twice; the step clears it (``release_answer``) in the transaction that
+records what it made of it, and answers nobody released are cleared after a day
+(``forget_kept_answers``)."""
 
 from __future__ import annotations
 
