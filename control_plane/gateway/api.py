@@ -55,10 +55,16 @@ from control_plane.web.errors import DATABASE_RETRY_AFTER_SECONDS, database_unav
 from control_plane.web.services import Services, services
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
-from tenant_runtime.gateway import config, pricing
+from tenant_runtime.gateway import config
 from tenant_runtime.gateway.messages import ChatRequest
 from tenant_runtime.gateway.providers.base import StreamEvent
-from tenant_runtime.gateway.service import CallResult, Gateway, ModelRefused, PreparedCall
+from tenant_runtime.gateway.service import (
+    CallResult,
+    Gateway,
+    ModelRefused,
+    PreparedCall,
+    RateLimit,
+)
 from tenant_runtime.observability import metrics
 from tenant_runtime.text import first_unstorable, refusal
 
@@ -196,13 +202,24 @@ def _json_body(request: Request, raw: bytes) -> Any:
     return body
 
 
-def _check_tokens(tokens: int, tokens_per_minute: int, what: str) -> None:
-    if tokens > tokens_per_minute:
-        metrics.refused("token_limit")
-        raise ApiError(400, f"This request may use up to {tokens:,} tokens ({what}), more "
-                            f"than the tenant's limit of {tokens_per_minute:,} tokens per "
-                            "minute; lower max_tokens or shorten the input.",
-                       param="max_tokens")
+def _rate_limit(request: Request, ctx: TenantContext) -> RateLimit:
+    """The tenant's rate limiter, as every endpoint hands it to the gateway, which calls it
+    from its one choke point (``Gateway.admit``) with the request's token bound: a request
+    that could never fit in a minute answers 400, one over the limits of this minute 429."""
+    limiter = _limiter(request)
+
+    def limit(*, tokens: int, what: str, requests_per_minute: int,
+              tokens_per_minute: int) -> None:
+        if tokens > tokens_per_minute:
+            metrics.refused("token_limit")
+            raise ApiError(400, f"This request may use up to {tokens:,} tokens ({what}), more "
+                                f"than the tenant's limit of {tokens_per_minute:,} tokens per "
+                                "minute; lower max_tokens or shorten the input.",
+                           param="max_tokens")
+        limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
+                      tokens_per_minute=tokens_per_minute)
+
+    return limit
 
 
 def _started(request: Request) -> float | None:
@@ -212,16 +229,9 @@ def _started(request: Request) -> float | None:
 
 def _prepare(request: Request, ctx: TenantContext, key_id: str, chat: ChatRequest,
              kind: str) -> tuple[Gateway, PreparedCall]:
-    limiter = _limiter(request)
-
-    def limit(requests_per_minute: int, tokens_per_minute: int) -> None:
-        tokens = pricing.request_token_bound(chat) + chat.max_tokens * chat.n
-        _check_tokens(tokens, tokens_per_minute, "prompt and max_tokens")
-        limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
-                      tokens_per_minute=tokens_per_minute)
-
     gateway = Gateway(ctx, api_key_id=key_id, started=_started(request))
-    return gateway, gateway.prepare(chat, endpoint_kind=kind, rate_limit=limit)
+    return gateway, gateway.prepare(chat, endpoint_kind=kind,
+                                    rate_limit=_rate_limit(request, ctx))
 
 
 class ClosingStream(StreamingResponse):
@@ -392,7 +402,8 @@ def count_tokens(request: Request) -> Response:
     try:
         ctx, key_id = _tenant(request)
         chat = anthropic_messages.parse_count(_json_body(request, request.state.body))
-        tokens = Gateway(ctx, api_key_id=key_id).count_tokens(chat, endpoint_kind="anthropic")
+        tokens = Gateway(ctx, api_key_id=key_id).count_tokens(
+            chat, endpoint_kind="anthropic", rate_limit=_rate_limit(request, ctx))
         return JSONResponse({"input_tokens": tokens},
                             headers={"x-request-id": request.state.request_id})
     except Exception as exc:  # noqa: BLE001 - every error in the API's own shape
@@ -403,16 +414,8 @@ def embeddings_endpoint_sync(request: Request) -> Response:
     try:
         ctx, key_id = _tenant(request)
         parsed = embeddings.parse(_json_body(request, request.state.body))
-        limiter = _limiter(request)
-
-        def limit(requests_per_minute: int, tokens_per_minute: int) -> None:
-            tokens = pricing.prompt_token_bound(parsed.inputs)
-            _check_tokens(tokens, tokens_per_minute, "input")
-            limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
-                          tokens_per_minute=tokens_per_minute)
-
         result = Gateway(ctx, api_key_id=key_id, started=_started(request)).embed(
-            parsed, endpoint_kind="openai", rate_limit=limit)
+            parsed, endpoint_kind="openai", rate_limit=_rate_limit(request, ctx))
         return JSONResponse(embeddings.answer(parsed, result),
                             headers={"x-request-id": request.state.request_id})
     except Exception as exc:  # noqa: BLE001

@@ -119,7 +119,7 @@ from ops.bench._stack import Stack, free_port, log, percentile, wait_for_quiet  
 from tenant_runtime.audit_export import export_lines  # noqa: E402
 from tenant_runtime.context import Actor  # noqa: E402
 from tenant_runtime.credentials.service import do_add_credential  # noqa: E402
-from tenant_runtime.gateway import admin, config, pricing, spend  # noqa: E402
+from tenant_runtime.gateway import admin, config, spend  # noqa: E402
 from tenant_runtime.gateway.egress import EgressPolicy  # noqa: E402
 from tenant_runtime.gateway.providers.base import Adapter  # noqa: E402
 from tenant_runtime.gateway.providers.registry import adapter_for  # noqa: E402
@@ -932,9 +932,9 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         chat, _ = openai_request(json.loads(raw))
         t2 = time.perf_counter()
 
-        def limit(requests_per_minute: int, tokens_per_minute: int) -> None:
-            limiter.check(ctx.tenant_id, tokens=pricing.request_token_bound(chat)
-                          + chat.max_tokens, requests_per_minute=requests_per_minute,
+        def limit(*, tokens: int, what: str, requests_per_minute: int,
+                  tokens_per_minute: int) -> None:
+            limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
                           tokens_per_minute=tokens_per_minute)
 
         gateway = Gateway(ctx, api_key_id=key_id, adapters=timed_adapters)

@@ -10,6 +10,8 @@ field and the provider.
     parallel_tool_calls yes                               yes (as disable_parallel_tool_use: no)
     images, URL         yes                               yes              no (bytes only)
     images, base64      yes                               yes              yes
+    image detail low,
+    high                yes                               no               no
     documents           no                                yes              no
     response_format     yes                               json_schema only no
     n > 1               yes (not streamed)                no               no
@@ -18,9 +20,13 @@ field and the provider.
     logprobs            yes                               no               no
     reasoning_effort    yes                               yes (effort)     no
     thinking            no                                yes              no
-    top_k               on-prem only                      no (the API      no
-                                                          version dropped
-                                                          sampling knobs)
+    temperature, top_p  yes                               no (API version  yes
+                                                          2026-10-21 answers
+                                                          400 to any value)
+    top_k               on-prem only                      no (likewise)    Anthropic models
+                                                                           only (as
+                                                                           additionalModel-
+                                                                           RequestFields)
     a turn other than
     system              optional                          required         required
     tool-call arguments
@@ -63,15 +69,25 @@ def _blocks(request: ChatRequest) -> set[type]:
     return kinds
 
 
-def _url_images(request: ChatRequest) -> bool:
+def _images(request: ChatRequest) -> list[Image]:
+    """The request's images, those inside tool results included."""
+    found: list[Image] = []
     for message in request.messages:
         for block in message.blocks:
             parts = block.content if hasattr(block, "content") else (block,)
-            for part in parts if isinstance(parts, tuple) else ():
-                if isinstance(part, Image) and part.source == "url" \
-                        and not part.data.startswith("data:"):
-                    return True
-    return False
+            found.extend(part for part in (parts if isinstance(parts, tuple) else ())
+                         if isinstance(part, Image))
+    return found
+
+
+def _url_images(request: ChatRequest) -> bool:
+    return any(image.source == "url" and not image.data.startswith("data:")
+               for image in _images(request))
+
+
+def _image_detail(request: ChatRequest) -> bool:
+    """Whether an image asks for a ``detail`` other than ``auto`` (OpenAI's alone)."""
+    return any(image.detail not in (None, "auto") for image in _images(request))
 
 
 def _not_objects(request: ChatRequest) -> bool:
@@ -88,9 +104,16 @@ def _not_objects(request: ChatRequest) -> bool:
     return False
 
 
-def unsupported(request: ChatRequest, provider: str) -> list[str]:
-    """The fields of ``request`` that ``provider`` cannot take, as the caller's API names them
-    (empty: the route can serve it)."""
+def bedrock_anthropic(model: str) -> bool:
+    """Whether a Bedrock model id (a foundation model, a cross-region inference profile such as
+    ``us.anthropic.claude-…``, or an ARN naming one) is one of Anthropic's models, which take
+    ``top_k`` among their additional request fields."""
+    return "anthropic.claude" in model
+
+
+def unsupported(request: ChatRequest, provider: str, model: str = "") -> list[str]:
+    """The fields of ``request`` that ``provider`` (serving its model id ``model``) cannot take,
+    as the caller's API names them (empty: the route can serve it)."""
     asked = set(request.sampling.asked())
     kinds = _blocks(request)
     out: list[str] = []
@@ -106,18 +129,24 @@ def unsupported(request: ChatRequest, provider: str) -> list[str]:
         return out
     if not any(m.role != "system" for m in request.messages):
         out.append(NEEDS_A_TURN)
+    if _image_detail(request):
+        out.append("image_url.detail (low or high; leave it out or send auto)")
     out.extend(name for name in OPENAI_ONLY_SAMPLING if name in asked)
-    if "top_k" in asked:
-        out.append("top_k")
     if request.n > 1:
         out.append("n")
     if ToolCall in kinds and _not_objects(request):
         out.append("tool_calls (arguments that are not a JSON object)")
     if provider == "anthropic":
+        out.extend(name for name, value in (("temperature", request.temperature),
+                                            ("top_p", request.top_p),
+                                            ("top_k", request.sampling.top_k))
+                   if value is not None)
         if request.output is not None and request.output.kind != "json_schema":
             out.append("response_format (json_object)")
         return out
     # bedrock
+    if "top_k" in asked and not bedrock_anthropic(model):
+        out.append("top_k (Bedrock takes it for Anthropic's models only)")
     for name in ("reasoning_effort", "thinking"):
         if name in asked:
             out.append(name)

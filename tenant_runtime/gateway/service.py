@@ -1,19 +1,22 @@
 """The gateway's call path, inside one tenant (DESIGN.md, "Gateway"):
 
-    allowlist → redact → reserve spend → provider (retries inside the adapter; fallbacks in
-    order) → restore → settle spend → audit
+    admit (rate limit → allowlist → tool rules → image policy → redact → routes) → reserve
+    spend → provider (retries inside the adapter; fallbacks in order) → restore → settle spend
+    → audit
 
-``prepare`` does everything before the provider in one transaction that commits the
-reservation, so concurrent calls see it; ``complete`` and ``stream`` call the providers, and
-``_finish`` settles and records the one audit event of the call in a second transaction.
-Refusals (a model off the allowlist, the spend cap) are audited in their own transaction and
-raised as ``TenantError``s with a sentence for the caller. Prompt and answer text are never
-logged or audited: only counts. Neither is stored either, with one exception:
-``complete_once``, the platform's own calls for a job step, keeps the restored answer sealed
-under the tenant's key in the call's row, settled in the same transaction, so that a retried
-step is answered from it instead of paying the model twice; the step clears it
-(``release_answer``) in the transaction that records what it made of it, and answers nobody
-released are cleared after a day (``forget_kept_answers``)."""
+``admit`` is the one choke point every endpoint's request passes (``prepare``, ``embed`` and
+``count_tokens`` start with it). ``prepare`` does everything before the provider in one
+transaction that commits the reservation, so concurrent calls see it; ``complete`` and
+``stream`` call the providers, and ``_finish`` settles and records the one audit event of the
+call in a second transaction. Refusals (a model off the allowlist, a forbidden tool, a refused
+image, the spend cap) are audited in their own transaction and raised as ``TenantError``s
+with a sentence for the caller. Prompt and answer text are never logged or audited: only
+counts. Neither is stored either, with one exception: ``complete_once``, the platform's own
+calls for a job step, keeps the restored answer sealed under the tenant's key in the call's
+row, settled in the same transaction, so that a retried step is answered from it instead of
+paying the model twice; the step clears it (``release_answer``) in the transaction that
+records what it made of it, and answers nobody released are cleared after a day
+(``forget_kept_answers``)."""
 
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -62,6 +66,11 @@ from tenant_runtime.redaction import (
 
 
 class GatewayEvents:
+    """The gateway's audit events. A refusal's event (``*_refused``, ``spend_cap_reached``)
+    carries ``reason`` (the label of the refusals metric, ``REFUSAL_KINDS``) and
+    ``scope_denial``: true for the model and tool refusals, which deny what the caller's key
+    may reach (as ``access.scope_denied`` does on the dashboard and API), false otherwise."""
+
     CALL = "gateway.call"
     MODEL_REFUSED = "gateway.model_refused"  # a scope denial
     TOOL_REFUSED = "gateway.tool_refused"  # a scope denial: a tool the tenant's rules forbid
@@ -102,20 +111,24 @@ class RefusalKind:
     event: str
     metric_reason: str
     reason: str
+    scope_denial: bool  # it denies what the caller's key may reach (GatewayEvents)
 
 
 # Every refusal the gateway audits (``_refused``), by the exception that refuses the call: the
 # one list the metric, the audit event and the console's table of calls read.
 REFUSAL_KINDS: dict[type[TenantError], RefusalKind] = {
     ModelRefused: RefusalKind(GatewayEvents.MODEL_REFUSED, "model_not_allowed",
-                              "the model is not on the allowlist"),
+                              "the model is not on the allowlist", True),
     ToolRefused: RefusalKind(GatewayEvents.TOOL_REFUSED, "tool_not_allowed",
-                             "a tool the tenant's tool rules forbid"),
+                             "a tool the tenant's tool rules forbid", True),
     ImagesRefused: RefusalKind(GatewayEvents.IMAGE_REFUSED, "images_not_allowed",
-                               "images or documents, which the tenant's policy refuses"),
+                               "images or documents, which the tenant's policy refuses",
+                               False),
     spend.SpendCapReached: RefusalKind(GatewayEvents.SPEND_CAP_REACHED, "spend_cap",
-                                       "the monthly spend cap is reached"),
+                                       "the monthly spend cap is reached", False),
 }
+# what ``Gateway.admit`` and the reservation refuse with, each audited as its own event
+AUDITED_REFUSALS = tuple(REFUSAL_KINDS)
 
 
 class ProvidersFailed(TenantError):
@@ -158,6 +171,49 @@ class PreparedCall:
     def chat(self) -> RedactedRequest:
         if not isinstance(self.redacted, RedactedRequest):
             raise TypeError("An embeddings call has no chat request.")
+        return self.redacted
+
+
+class RateLimit(Protocol):
+    """The edge's rate limiter, as ``Gateway.admit`` calls it: count one request of about
+    ``tokens`` tokens (``what`` says what they are, for the caller's sentence) against the
+    tenant's limits; raise to refuse."""
+
+    def __call__(self, *, tokens: int, what: str, requests_per_minute: int,
+                 tokens_per_minute: int) -> None: ...
+
+
+def rate_tokens(request: ChatRequest | EmbeddingRequest, *,
+                generates: bool = True) -> tuple[int, str]:
+    """What a request counts against the tenant's tokens per minute, and what they are: its
+    prompt's token bound, plus ``max_tokens`` for each answer when it generates any (a token
+    count generates nothing and counts as a request only)."""
+    if isinstance(request, EmbeddingRequest):
+        return pricing.prompt_token_bound(request.inputs), "input"
+    if not generates:
+        return 0, "nothing generated"
+    return (pricing.request_token_bound(request) + request.max_tokens * request.n,
+            "prompt and max_tokens")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request ``Gateway.admit`` let through: the configuration it was judged by, its
+    redacted form and placeholder map, and the routes that can take it, in order."""
+
+    cfg: config.GatewayConfig
+    redacted: RedactedRequest | RedactedEmbedding
+    restorer: Restorer = field(repr=False)
+    chain: list[config.RouteEntry] = field(repr=False)
+
+    @property
+    def prices(self) -> list[pricing.Price]:
+        return [entry.price for entry in self.chain]
+
+    @property
+    def chat(self) -> RedactedRequest:
+        if not isinstance(self.redacted, RedactedRequest):
+            raise TypeError("An embeddings request has no chat request.")
         return self.redacted
 
 
@@ -208,65 +264,95 @@ class Gateway:
     # -- before the provider -------------------------------------------------------------
 
     def prepare(self, request: ChatRequest, *, endpoint_kind: str,
-                rate_limit: Callable[[int, int], None] | None = None,
+                rate_limit: RateLimit | None = None,
                 idempotency_key: str | None = None) -> PreparedCall:
-        """Allowlist, redaction and the spend reservation, committed together. ``rate_limit``
-        is called with the tenant's requests and tokens per minute first, and raises to
-        refuse. ``idempotency_key``: see ``complete_once``."""
+        """The governance of ``admit`` and the spend reservation, committed together.
+        ``rate_limit``: see ``admit``; ``idempotency_key``: see ``complete_once``."""
         started = time.perf_counter() if self.started is None else self.started
         month = spend.month_of(self.clock())
-        problem = tool_history_problem(request.messages)
-        if problem is not None:
-            raise TenantInvalidInput(problem)
-        with self.ctx.session() as s, s.begin():
-            cfg = config.snapshot(s, self.ctx)
-            if rate_limit is not None:
-                rate_limit(cfg.requests_per_minute, cfg.tokens_per_minute)
-            refused_tools = tools.refused_tools(request, cfg.tool_rules)
-            if request.model not in cfg.allowed:
-                refusal: TenantError = ModelRefused(
-                    f"The model {shown(request.model)} is not on this tenant's allowlist; an "
-                    "Owner or Admin can allow it on the tenant's gateway page.")
-            elif refused_tools:
-                refusal = ToolRefused(
-                    f"This tenant's tool rules do not let programs offer "
-                    f"{_listed(refused_tools)} to {shown(request.model)}; remove "
-                    f"{'it' if len(refused_tools) == 1 else 'them'} from the request, or ask an "
-                    "Owner or Admin to change the rules on the tenant's gateway page.",
-                    details={"tools": sorted(set(refused_tools))[:20]})
-            elif not cfg.images_allowed and tools.count_images(request):
-                refusal = ImagesRefused(
-                    "This tenant's policy does not let images or documents leave (they cannot "
-                    "be scanned for personal data); send text only, or ask an Owner or Admin "
-                    "to allow images on the tenant's gateway page.")
-            else:
-                redacted, restorer = redact_request(request, cfg.profile)
-                chain = self._chain(cfg, request.model,
-                                    lambda provider: features.unsupported(request, provider))
-                prices = [entry.price for entry in chain]
-                reserved = self._worst_case(redacted, prices)
-                prepared = self._reserve(s, cfg, month, chain, reserved, redacted, restorer,
-                                         endpoint_kind=endpoint_kind, stream=request.stream,
-                                         started=started, idempotency_key=idempotency_key)
-                if prepared is not None:
-                    return prepared
-                refusal = spend.SpendCapReached(spend.reservation_message(
-                    s, month=month, cap_micros=cfg.monthly_cap_micros,
+        with self._audited_refusals(request.model, endpoint_kind), \
+                self.ctx.session() as s, s.begin():
+            admitted = self.admit(s, request, rate_limit=rate_limit)
+            redacted = admitted.chat
+            prices = admitted.prices
+            reserved = self._worst_case(redacted, prices)
+            prepared = self._reserve(s, admitted.cfg, month, admitted.chain, reserved, redacted,
+                                     admitted.restorer, endpoint_kind=endpoint_kind,
+                                     stream=request.stream, started=started,
+                                     idempotency_key=idempotency_key)
+            if prepared is None:
+                raise spend.SpendCapReached(spend.reservation_message(
+                    s, month=month, cap_micros=admitted.cfg.monthly_cap_micros,
                     reserved_micros=reserved,
                     prompt_tokens=pricing.request_token_bound(redacted), prices=prices,
                     answers=redacted.n))
-        self._refused(refusal, request.model, endpoint_kind)
-        raise refusal
+            return prepared
+
+    def admit(self, s: Session, request: ChatRequest | EmbeddingRequest, *,
+              rate_limit: RateLimit | None, generates: bool = True) -> Admitted:
+        """The one choke point every endpoint's request passes before anything of it leaves
+        (``prepare``, ``embed`` and ``count_tokens`` all start here), in this order: the
+        conversation's tool calls and results fit together; the rate limit (``rate_limit``,
+        called with the tenant's limits and the request's token bound: its prompt, plus
+        ``max_tokens`` for each answer when it ``generates``); the allowlist; the tool rules;
+        the image policy; redaction; the routes whose provider can take the request. A refusal
+        raises; wrapped in ``_audited_refusals``, it is audited once the transaction is gone."""
+        if isinstance(request, ChatRequest):
+            problem = tool_history_problem(request.messages)
+            if problem is not None:
+                raise TenantInvalidInput(problem)
+        cfg = config.snapshot(s, self.ctx)
+        if rate_limit is not None:
+            tokens, what = rate_tokens(request, generates=generates)
+            rate_limit(tokens=tokens, what=what, requests_per_minute=cfg.requests_per_minute,
+                       tokens_per_minute=cfg.tokens_per_minute)
+        if request.model not in cfg.allowed:
+            raise ModelRefused(
+                f"The model {shown(request.model)} is not on this tenant's allowlist; an "
+                "Owner or Admin can allow it on the tenant's gateway page.")
+        if isinstance(request, EmbeddingRequest):
+            chain = self._chain(cfg, request.model, lambda provider, _model: (
+                [] if provider in features.OPENAI_SHAPED else ["embeddings"]))
+            return Admitted(cfg, redact_embedding(request, cfg.profile), Restorer({}), chain)
+        refused_tools = tools.refused_tools(request, cfg.tool_rules)
+        if refused_tools:
+            raise ToolRefused(
+                f"This tenant's tool rules do not let programs offer "
+                f"{_listed(refused_tools)} to {shown(request.model)}; remove "
+                f"{'it' if len(refused_tools) == 1 else 'them'} from the request, or ask an "
+                "Owner or Admin to change the rules on the tenant's gateway page.",
+                details={"tools": sorted(set(refused_tools))[:20]})
+        if not cfg.images_allowed and tools.count_images(request):
+            raise ImagesRefused(
+                "This tenant's policy does not let images or documents leave (they cannot "
+                "be scanned for personal data); send text only, or ask an Owner or Admin "
+                "to allow images on the tenant's gateway page.")
+        redacted, restorer = redact_request(request, cfg.profile)
+        chain = self._chain(cfg, request.model,
+                            lambda provider, model: features.unsupported(request, provider,
+                                                                         model))
+        return Admitted(cfg, redacted, restorer, chain)
+
+    @contextmanager
+    def _audited_refusals(self, model: str, endpoint_kind: str) -> Iterator[None]:
+        """Audit a governance refusal raised inside (``AUDITED_REFUSALS``) in a transaction of
+        its own, after the one it came from is rolled back, and let it go on."""
+        try:
+            yield
+        except AUDITED_REFUSALS as refusal:
+            self._refused(refusal, model, endpoint_kind)
+            raise
 
     def _chain(self, cfg: config.GatewayConfig, model: str,
-               unsupported: Callable[[str], list[str]]) -> list[config.RouteEntry]:
+               unsupported: Callable[[str, str], list[str]]) -> list[config.RouteEntry]:
         """The routes a call of ``model`` may take, in order: those whose provider can take
-        the request (``unsupported`` lists what it cannot) and whose endpoint the egress
+        the request (``unsupported`` lists what a provider, serving a model id, cannot) and
+        whose endpoint the egress
         policy allows. None: 422 naming what no provider could take, or 502."""
         chain, egress_refusals = [], []
         untranslatable: dict[str, list[str]] = {}
         for entry in cfg.chains[model]:
-            missing = unsupported(entry.provider)
+            missing = unsupported(entry.provider, entry.target.model)
             if missing:
                 untranslatable.setdefault(entry.provider, missing)
                 continue
@@ -332,6 +418,8 @@ class Gateway:
             audit.record(s, event, actor=self.ctx.actor, target_type="model",
                          target_id=name[:64],
                          details={"api_key_id": self.api_key_id, "endpoint": endpoint_kind,
+                                  "reason": kind.metric_reason,
+                                  "scope_denial": kind.scope_denial,
                                   **(refusal.details or {})})
 
     # -- the provider ----------------------------------------------------------------------
@@ -482,36 +570,28 @@ class Gateway:
     # -- embeddings and token counts -------------------------------------------------------
 
     def embed(self, request: EmbeddingRequest, *, endpoint_kind: str,
-              rate_limit: Callable[[int, int], None] | None = None) -> EmbeddingResult:
-        """Allowlist, redaction, reservation (the input's token bound at the input price),
-        the OpenAI-shaped routes in order, settlement and the call's audit event."""
+              rate_limit: RateLimit | None = None) -> EmbeddingResult:
+        """``admit``, the reservation (the input's token bound at the input price), the
+        OpenAI-shaped routes in order, settlement and the call's audit event."""
         started = time.perf_counter() if self.started is None else self.started
         month = spend.month_of(self.clock())
-        with self.ctx.session() as s, s.begin():
-            cfg = config.snapshot(s, self.ctx)
-            if rate_limit is not None:
-                rate_limit(cfg.requests_per_minute, cfg.tokens_per_minute)
-            if request.model not in cfg.allowed:
-                refusal: TenantError = ModelRefused(
-                    f"The model {shown(request.model)} is not on this tenant's allowlist; an "
-                    "Owner or Admin can allow it on the tenant's gateway page.")
-            else:
-                redacted = redact_embedding(request, cfg.profile)
-                chain = self._chain(cfg, request.model, lambda provider: (
-                    [] if provider in features.OPENAI_SHAPED else ["embeddings"]))
-                prices = [entry.price for entry in chain]
-                tokens = pricing.prompt_token_bound(redacted.inputs)
-                reserved = max(price.cost_micros(tokens, 0) for price in prices)
-                call = self._reserve(s, cfg, month, chain, reserved, redacted, Restorer({}),
-                                     endpoint_kind="embeddings", stream=False,
-                                     started=started)
-                if call is not None:
-                    return self._embed(call, redacted)
-                refusal = spend.SpendCapReached(spend.reservation_message(
-                    s, month=month, cap_micros=cfg.monthly_cap_micros,
+        with self._audited_refusals(request.model, endpoint_kind), \
+                self.ctx.session() as s, s.begin():
+            admitted = self.admit(s, request, rate_limit=rate_limit)
+            redacted = admitted.redacted
+            if not isinstance(redacted, RedactedEmbedding):
+                raise TypeError("an embeddings request redacts to a RedactedEmbedding")
+            prices = admitted.prices
+            tokens = pricing.prompt_token_bound(redacted.inputs)
+            reserved = max(price.cost_micros(tokens, 0) for price in prices)
+            call = self._reserve(s, admitted.cfg, month, admitted.chain, reserved, redacted,
+                                 admitted.restorer, endpoint_kind="embeddings", stream=False,
+                                 started=started)
+            if call is None:
+                raise spend.SpendCapReached(spend.reservation_message(
+                    s, month=month, cap_micros=admitted.cfg.monthly_cap_micros,
                     reserved_micros=reserved, prompt_tokens=tokens, prices=prices, answers=1))
-        self._refused(refusal, request.model, endpoint_kind)
-        raise refusal
+        return self._embed(call, redacted)
 
     def _embed(self, call: PreparedCall, redacted: RedactedEmbedding) -> EmbeddingResult:
         failures: list[ProviderError] = []
@@ -538,26 +618,17 @@ class Gateway:
             return EmbeddingResult(answer.vectors, answer.usage, target.provider, cost)
         raise self._failed(call, failures)
 
-    def count_tokens(self, request: ChatRequest, *, endpoint_kind: str) -> int:
-        """The prompt's tokens: counted by the provider (redacted first) when the model's
-        first route that can take the request is an Anthropic one, else estimated here (about
-        four characters a token, images at their bound). No spend; audited as a call of
-        endpoint ``count_tokens``."""
-        problem = tool_history_problem(request.messages)
-        if problem is not None:
-            raise TenantInvalidInput(problem)
-        with self.ctx.session() as s:
-            cfg = config.snapshot(s, self.ctx)
-        if request.model not in cfg.allowed:
-            refusal = ModelRefused(
-                f"The model {shown(request.model)} is not on this tenant's allowlist; an "
-                "Owner or Admin can allow it on the tenant's gateway page.")
-            self._refused(refusal, request.model, endpoint_kind)
-            raise refusal
-        redacted, _ = redact_request(request, cfg.profile)
-        chain = self._chain(cfg, request.model,
-                            lambda provider: features.unsupported(request, provider))
-        entry = chain[0]
+    def count_tokens(self, request: ChatRequest, *, endpoint_kind: str,
+                     rate_limit: RateLimit | None = None) -> int:
+        """The prompt's tokens, after ``admit`` (a request a call would be refused is refused
+        here the same way; it counts as a request, and generates nothing): counted by the
+        provider (redacted first) when the model's first route that can take the request is
+        an Anthropic one, else estimated here (about four characters a token, images at their
+        bound). No spend; audited as a call of endpoint ``count_tokens``."""
+        with self._audited_refusals(request.model, endpoint_kind), \
+                self.ctx.session() as s, s.begin():
+            admitted = self.admit(s, request, rate_limit=rate_limit, generates=False)
+        redacted, entry = admitted.chat, admitted.chain[0]
         counted = "estimate"
         tokens = pricing.request_token_bound(redacted) // 4 + 1
         counter = getattr(self.adapters(entry.provider), "count_tokens", None)

@@ -2,11 +2,12 @@
 
 The request is rendered by render_anthropic.py (system prompts at the top, alternating turns,
 tool_use / tool_result / image / document / thinking blocks, tools, tool_choice,
-output_config, thinking) and the answer read back there. ``temperature`` and ``top_p`` are not
-sent: anthropic 2.x speaks API version 2026-10-21, which removed the sampling parameters (any
-value, even the default, is a 400), and the SDK no longer offers them. Stop reasons: end_turn and
-stop_sequence are "stop", max_tokens is "length", tool_use "tool_calls", anything else (refusal,
-pause_turn, ...) "other".
+output_config, thinking) and the answer read back there. ``temperature``, ``top_p`` and
+``top_k`` cannot be sent: anthropic 2.x speaks API version 2026-10-21, which removed the
+sampling parameters (any value, even the default, is a 400), and the SDK no longer offers them;
+features.py refuses a request that sets one for this provider (422 naming it), so none is
+dropped. Stop reasons: end_turn and stop_sequence are "stop", max_tokens is "length", tool_use
+"tool_calls", anything else (refusal, pause_turn, ...) "other".
 
 Streams: a text_delta is a ``TextDelta``; a tool_use block opens a ``ToolCallStart`` (numbered
 among the answer's tool calls from 0) whose input_json_delta fragments are ``ToolCallDelta``s (a
@@ -96,7 +97,7 @@ class AnthropicAdapter:
                 counting: bool = False) -> dict[str, Any]:
         try:
             return render.params(request, target.model, counting=counting)
-        except render.ArgumentsNotAnObject as exc:
+        except render.CannotSend as exc:
             raise ProviderError(self.provider, 0, str(exc), status=422) from None
 
     def _events(self, client: anthropic.Anthropic,

@@ -83,7 +83,7 @@ class BedrockAdapter:
     def _params(self, request: RedactedRequest, target: Target) -> dict[str, Any]:
         try:
             return render.params(request, target.model)
-        except (render.ArgumentsNotAnObject, render.BadImage) as exc:
+        except render.CannotSend as exc:
             raise ProviderError(self.provider, 0, str(exc), status=422) from None
 
     def _events(self, client: Any, params: dict[str, Any]) -> Iterator[StreamEvent]:

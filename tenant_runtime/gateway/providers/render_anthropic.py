@@ -11,8 +11,9 @@ Messages:
 - the API wants user and assistant turns to alternate: consecutive messages of one role are
   merged into one turn, and in a user turn the tool_result blocks come first, as the API
   requires (the rest of the turn after them, in order). A turn of one text is sent as a string.
-Tool arguments that are not a JSON object cannot be a tool_use ``input``: features.py refuses
-such a request for this provider before any call, and ``ArgumentsNotAnObject`` is the guard here.
+Tool arguments that are not a JSON object cannot be a tool_use ``input``, and the API takes no
+``temperature``, ``top_p`` or ``top_k``: features.py refuses such a request for this provider
+before any call, and ``CannotSend`` is the guard here.
 
 Parameters: tools (``input_schema``, ``strict``), tool_choice (auto, none, required → any, a
 named tool → tool) with ``disable_parallel_tool_use`` when parallel tool calls are off (on
@@ -49,7 +50,12 @@ EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "h
            "xhigh": "xhigh", "max": "max"}
 
 
-class ArgumentsNotAnObject(ValueError):
+class CannotSend(ValueError):
+    """The request holds something this provider cannot take. features.py refuses such a
+    request before any call; this is the renderer's guard, so nothing is ever dropped."""
+
+
+class ArgumentsNotAnObject(CannotSend):
     """A tool call's arguments are not a JSON object, which Anthropic and Bedrock cannot take."""
 
     def __init__(self, name: str) -> None:
@@ -84,6 +90,11 @@ def arguments_text(value: object) -> str:
 def params(request: RedactedRequest, model: str, *, counting: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``client.messages.create`` (``counting``: of ``count_tokens``,
     which takes no max_tokens nor stop sequences)."""
+    for name, value in (("temperature", request.temperature), ("top_p", request.top_p),
+                        ("top_k", request.sampling.top_k)):
+        if value is not None:  # API version 2026-10-21 answers 400 to any value
+            raise CannotSend(f"{name} cannot be sent: Anthropic's API takes no sampling "
+                             "parameters")
     system = "\n\n".join(m.text for m in request.messages if m.role == "system")
     out: dict[str, Any] = {"model": model, "messages": messages(request.messages)}
     if not counting:

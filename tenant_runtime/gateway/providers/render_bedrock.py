@@ -6,10 +6,13 @@ ones left out), ``image`` (``{format, source: {bytes}}``, the bytes decoded from
 data: URL; boto3 encodes them again for the wire), ``toolUse`` (``input`` = the arguments' JSON
 object) and ``toolResult`` (text and image content, ``status: error`` for an error result).
 Converse wants the turns to alternate: consecutive messages of one role are merged, tool results
-first in a user turn. Tools go to ``toolConfig.tools[].toolSpec`` (``inputSchema.json``,
-``strict``) with ``toolChoice`` auto / any (required) / tool. What Converse cannot take (URL
-images, documents, thinking, response_format, tool_choice none, parallel_tool_calls false, a
-history of tool calls without tool definitions) is refused before the call by features.py.
+first in a user turn. ``temperature``, ``top_p`` and ``stop`` go to ``inferenceConfig``;
+``top_k``, which Converse has no field for, to ``additionalModelRequestFields`` as Anthropic's
+models on Bedrock read it (features.py refuses it for other models). Tools go to
+``toolConfig.tools[].toolSpec`` (``inputSchema.json``, ``strict``) with ``toolChoice`` auto /
+any (required) / tool. What Converse cannot take (URL images, documents, thinking,
+response_format, tool_choice none, parallel_tool_calls false, a history of tool calls without
+tool definitions) is refused before the call by features.py.
 
 Answers: text and toolUse blocks in order (arguments: ``json.dumps(input,
 ensure_ascii=False)``); stop reasons end_turn and stop_sequence are "stop", max_tokens is
@@ -24,9 +27,11 @@ import binascii
 from typing import Any
 
 from tenant_runtime.gateway.content import AnswerBlock, Image, Text, ToolCall, ToolResult
+from tenant_runtime.gateway.features import bedrock_anthropic
 from tenant_runtime.gateway.messages import ChatMessage
 from tenant_runtime.gateway.providers.render_anthropic import (
     ArgumentsNotAnObject,
+    CannotSend,
     arguments_object,
     arguments_text,
     data_url,
@@ -38,10 +43,11 @@ FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "le
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
 
-__all__ = ["ArgumentsNotAnObject", "BadImage", "answer_blocks", "finish_reason", "params"]
+__all__ = ["ArgumentsNotAnObject", "BadImage", "CannotSend", "answer_blocks", "finish_reason",
+           "params"]
 
 
-class BadImage(ValueError):
+class BadImage(CannotSend):
     """An image Converse cannot take: not base64, or not png, jpeg, gif or webp."""
 
 
@@ -59,6 +65,11 @@ def params(request: RedactedRequest, model: str) -> dict[str, Any]:
         inference["stopSequences"] = list(request.stop)
     out: dict[str, Any] = {"modelId": model, "messages": messages(request.messages),
                            "inferenceConfig": inference}
+    if request.sampling.top_k is not None:
+        if not bedrock_anthropic(model):  # refused before the call by features.py
+            raise CannotSend("top_k cannot be sent: Bedrock takes it for Anthropic's models "
+                             "only")
+        out["additionalModelRequestFields"] = {"top_k": request.sampling.top_k}
     system = [{"text": m.text} for m in request.messages if m.role == "system"]
     if system:
         out["system"] = system

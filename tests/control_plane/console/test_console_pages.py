@@ -260,3 +260,17 @@ def test_a_page_a_boosted_form_renders_stands_for_the_page_it_was_sent_from(clie
                       data={"csrf_token": token, "name": "Odd", **everything},
                       headers={**boosted, "HX-Current-URL": "javascript:alert(1)"})
     assert odd.status_code == 201 and "magistrate-url" not in odd.text
+
+
+def test_tool_and_image_refusals_are_listed_among_the_refusals(client, services, two_tenants):
+    owner, a, _ = two_tenants
+    ctx = tenant_ctx(services, a)
+    with ctx.session() as s, s.begin():
+        for event in (GatewayEvents.TOOL_REFUSED, GatewayEvents.IMAGE_REFUSED):
+            audit.record(s, event, actor=ctx.actor, target_type="model", target_id="gpt-4o-mini",
+                         details={"api_key_id": "k1", "endpoint": "openai"})
+    sign_in(client, owner.email)
+    refused = client.get(f"/tenants/{a}/gateway/calls?status=refused")
+    assert refused.text.count('<tr data-status="refused">') == 2
+    assert "a tool the tenant&#39;s tool rules forbid" in refused.text
+    assert "images or documents, which the tenant&#39;s policy refuses" in refused.text

@@ -66,7 +66,14 @@ def _text_and_others(blocks: list[dict[str, Any]]) -> tuple[str, int]:
     return text, others
 
 
+# API version 2026-10-21 (anthropic 2.x) removed the sampling parameters: any value is a 400
+REMOVED_SAMPLING = ("temperature", "top_p", "top_k")
+
+
 def read(request: dict[str, Any], *, thinking: bool) -> Conversation:
+    for name in REMOVED_SAMPLING:
+        if name in request:
+            raise BadRequest(f"{name}: Extra inputs are not permitted")
     c = Conversation()
     system = request.get("system")
     if system:

@@ -89,6 +89,10 @@ def read(request: dict[str, Any]) -> Conversation:
         elif "tool" in choice:
             c.choice, c.forced_name = "tool", str((choice["tool"] or {}).get("name"))
     inference = request.get("inferenceConfig") or {}
+    extra = request.get("additionalModelRequestFields")
+    if extra is not None and (not isinstance(extra, dict) or set(extra) - {"top_k"}):
+        raise BadRequest("The model returned the following errors: additionalModelRequestFields "
+                         "holds a field this fake's models do not take")
     c.max_tokens = inference.get("maxTokens")
     c.stop = list(inference.get("stopSequences") or [])
     return c

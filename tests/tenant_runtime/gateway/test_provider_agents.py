@@ -126,9 +126,13 @@ def test_anthropic_renders_tools_calls_results_images_and_documents(server, adap
                    title="Itinerary")
     request = replace(request, messages=(
         *request.messages[:3],
-        ChatMessage("user", (Image("url", "https://example.com/a.png", detail="high"),)),
+        ChatMessage("user", (Image("url", "https://example.com/a.png", detail="auto"),)),
         ChatMessage("user", request.messages[3].content + (pdf,))))
-    assert unsupported(request, "anthropic") == []
+    assert unsupported(request, "anthropic") == []  # detail auto is the default: nothing lost
+    high = replace(request, messages=(
+        ChatMessage("user", (Image("url", "https://example.com/a.png", detail="high"),)),))
+    assert unsupported(high, "anthropic") == [
+        "image_url.detail (low or high; leave it out or send auto)"]
 
     adapters["anthropic"].complete(redacted(request), target_for(server, "anthropic"))
 

@@ -170,8 +170,7 @@ def test_on_prem_sends_max_tokens(server, adapters):
 def test_anthropic_puts_system_prompts_at_the_top(server, adapters):
     adapters["anthropic"].complete(
         redacted(("system", SYSTEM), ("user", PROMPT), ("assistant", "Noted."),
-                 ("system", "Answer in English."), ("user", "And Wednesday?"),
-                 temperature=0.3, top_p=0.5),
+                 ("system", "Answer in English."), ("user", "And Wednesday?")),
         target_for(server, "anthropic"))
 
     (sent,) = server.received
@@ -181,9 +180,17 @@ def test_anthropic_puts_system_prompts_at_the_top(server, adapters):
                                 {"role": "assistant", "content": "Noted."},
                                 {"role": "user", "content": "And Wednesday?"}]
     assert body["max_tokens"] == 100
-    # API version 2026-10-21 refuses sampling parameters, so they are not sent.
-    assert "temperature" not in body and "top_p" not in body
     assert sent.headers["anthropic-version"]
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p"])
+def test_anthropic_refuses_sampling_parameters_rather_than_drop_them(server, adapters, field):
+    # API version 2026-10-21 answers 400 to any of them: nothing is sent, nothing dropped
+    with pytest.raises(ProviderError, match=f"{field} cannot be sent") as caught:
+        adapters["anthropic"].complete(redacted(("user", PROMPT), **{field: 0.3}),
+                                       target_for(server, "anthropic"))
+    assert (caught.value.attempts, caught.value.status) == (0, 422)
+    assert server.received == []
 
 
 def test_bedrock_puts_system_prompts_in_the_system_list(server, adapters):
