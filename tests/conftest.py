@@ -9,12 +9,14 @@ migrated by the real Alembic tree, and every test starts from empty tables.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import secrets
 import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -152,6 +154,37 @@ def make_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """The root logger (its handlers and level) as it was before the block. The CLI run
+    in-process configures logging for its process: one handler on the standard error of that
+    moment, which under ``capsys`` is the test's capture, closed when the test ends. Left in
+    place, any later record (a thread still running, a fixture's teardown, the next test's
+    setup) fails with "--- Logging error --- ValueError: I/O operation on closed file"."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def run_cli(argv: list[str]) -> int:
+    """``magistrate ARGV`` in this process (its exit code); its logging set-up undone at once."""
+    from control_plane.cli import main
+
+    with root_logger_kept():
+        return main(argv)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Whatever a test configures, the next one starts with the root logger it had."""
+    with root_logger_kept():
+        yield
 
 
 @pytest.fixture
