@@ -45,6 +45,10 @@ class Worker(Generic[T]):
     def started(self) -> bool:
         return self._thread.ident is not None
 
+    @property
+    def finished(self) -> bool:
+        return self.started and not self._thread.is_alive()
+
     def join(self, seconds: float = JOIN_SECONDS) -> None:
         """Wait until it has ended; fail if it has not within ``seconds``. A worker never
         started has nothing to wait for."""

@@ -55,7 +55,7 @@ FIGURES: dict[str, Any] = {}
 
 @pytest.fixture
 def settings(live_port, tmp_path):  # noqa: F811 - what the gateway and the panel both need
-    return make_settings(public_url=f"http://127.0.0.1:{live_port}",
+    return make_settings(public_url=live_port.url,
                          allowed_hosts=("127.0.0.1",), home=tmp_path / "home",
                          gateway_private_networks=("127.0.0.0/8",))  # the fake providers
 
