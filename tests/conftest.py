@@ -36,8 +36,12 @@ from control_plane.web.services import Services
 
 TEST_SECRET_KEY = "test-secret-key-" + "k" * 40
 # Tenant ids (and so tenant database and role names) of this run start at a random base, so
-# two suites sharing one Postgres server (two developers, a helper and CI) never collide.
-TENANT_ID_BASE = secrets.randbelow(900_000) * 1000 + 100_000
+# two suites sharing one Postgres server (two developers, a helper and CI, the processes of one
+# pytest-xdist run) never collide. Each run owns the ids of its window and drops the leftovers
+# in it (tests/control_plane/tenancy/conftest.py): the bases are whole windows apart, so two
+# runs' windows are the same or disjoint, never overlapping (and below 2**31).
+TENANT_ID_WINDOW = 10_000
+TENANT_ID_BASE = (secrets.randbelow(210_000) + 10) * TENANT_ID_WINDOW
 RESET_SQL = """
 TRUNCATE users, backup_codes, tenants, memberships, web_sessions, api_keys, db_servers,
          identity_providers, external_identities, sso_authorizations, sso_policy,
@@ -210,6 +214,8 @@ def services(settings: Settings, database_url: str, redis_url: str,
         conn.exec_driver_sql(RESTART_TENANT_IDS)
     yield svc
     svc.close()
+    if svc.key_cache is not None:  # its listener thread ended too: none outlives the test
+        assert svc.key_cache.close(wait=30), "the key cache's listener still runs"
 
 
 @pytest.fixture
