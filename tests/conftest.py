@@ -15,7 +15,7 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -58,6 +58,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def refused_port() -> Iterator[Callable[[], int]]:
+    """Ports nothing listens on, for the test's length: each call binds one and keeps it bound,
+    never listening, so a connection is refused and no other test process (pytest-xdist runs
+    several) can start a server on it meanwhile, as it could on a port bound and released."""
+    held: list[socket.socket] = []
+
+    def take() -> int:
+        sock = socket.socket()
+        held.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+    yield take
+    for sock in held:
+        sock.close()
 
 
 def worker_redis_url(url: str) -> str:

@@ -11,12 +11,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from control_plane.web.app import build_app, build_services
-from tests.conftest import TEST_SECRET_KEY, free_port
+from tests.conftest import TEST_SECRET_KEY
 
 
 @pytest.fixture
-def unreachable(settings, redis_url) -> Iterator[TestClient]:
-    nobody = f"postgresql://postgres@127.0.0.1:{free_port()}/magistrate_control"
+def unreachable(settings, redis_url, refused_port) -> Iterator[TestClient]:
+    nobody = f"postgresql://postgres@127.0.0.1:{refused_port()}/magistrate_control"
     svc = build_services(settings, database_url=nobody, redis_url=redis_url,
                          secret_key=TEST_SECRET_KEY)
     try:
