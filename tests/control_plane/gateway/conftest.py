@@ -39,6 +39,9 @@ ROUTES = {
 # entries for, far beyond it, so that no entry ages out during a test: a refusal within the
 # bound is then a notification's doing, never the TTL's.
 NOTIFIED_WITHIN = 10.0
+# what the routes wait for the local LLM server: far more than a busy machine makes it take (a
+# test of timeouts sets a short one on its route, below the server's 3 s hang)
+ROUTE_TIMEOUT_SECONDS = 10.0
 KEY_CACHE_TTL_IN_TESTS = 600
 
 
@@ -116,7 +119,7 @@ def gw(services, db, database_url, primary_server, local_kek, llm,  # noqa: F811
                 model_name=name, provider=provider, provider_model=model, endpoint=endpoint,
                 api_version="2024-10-21" if provider == "azure-openai" else None,
                 region="us-east-1" if provider == "bedrock" else None,
-                credential_id=credentials[credential], timeout_seconds=1.5))
+                credential_id=credentials[credential], timeout_seconds=ROUTE_TIMEOUT_SECONDS))
             route_ids[name] = route.id
         blocked = admin.add_route(s, ctx, admin.RouteInput(
             model_name="gpt-4.1", provider="openai", provider_model="gpt-4.1",

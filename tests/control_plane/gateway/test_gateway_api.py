@@ -348,6 +348,7 @@ def test_a_timeout_is_retried_and_a_fallback_takes_over(gw):
     with gw.ctx.session() as s, s.begin():
         route = config.route_for(s, "gpt-4o-mini")
         route.fallbacks = ["claude-haiku"]
+        route.timeout_seconds = 1.5  # the server hangs for 3 s
         config.bump(s)
     gw.llm.fail_next("timeout", "reset", 500)  # all three attempts at openai fail
     with oai(gw) as client:
