@@ -7,6 +7,7 @@ TTL bounds an entry even when no notification comes."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -325,6 +326,15 @@ def test_the_triggers_notify_what_can_change_a_key_and_not_its_last_use(gw: Gate
                               "WHERE tenant_id = :tenant"), ids)
         with services.engine.begin() as conn:
             conn.exec_driver_sql("TRUNCATE web_sessions, backup_codes")  # not watched
-        payloads = [n.payload for n in listener.notifies(timeout=0.5)
-                    if not n.payload.startswith("alive:")]  # a web process's heartbeat
-    assert payloads == [f"key:{key_id}", f"tenant:{gw.tenant_id}", f"user:{gw.owner_id}"]
+        expected = [f"key:{key_id}", f"tenant:{gw.tenant_id}", f"user:{gw.owner_id}"]
+
+        def heard() -> list[str]:  # for half a second; not a web process's heartbeat
+            return [n.payload for n in listener.notifies(timeout=0.5)
+                    if not n.payload.startswith("alive:")]
+
+        payloads: list[str] = []
+        deadline = time.monotonic() + BOUND  # what a busy machine may take to deliver them
+        while len(payloads) < len(expected) and time.monotonic() < deadline:
+            payloads += heard()
+        payloads += heard()  # and nothing after them
+    assert payloads == expected
