@@ -9,12 +9,14 @@ migrated by the real Alembic tree, and every test starts from empty tables.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,8 +36,12 @@ from control_plane.web.services import Services
 
 TEST_SECRET_KEY = "test-secret-key-" + "k" * 40
 # Tenant ids (and so tenant database and role names) of this run start at a random base, so
-# two suites sharing one Postgres server (two developers, a helper and CI) never collide.
-TENANT_ID_BASE = secrets.randbelow(900_000) * 1000 + 100_000
+# two suites sharing one Postgres server (two developers, a helper and CI, the processes of one
+# pytest-xdist run) never collide. Each run owns the ids of its window and drops the leftovers
+# in it (tests/control_plane/tenancy/conftest.py): the bases are whole windows apart, so two
+# runs' windows are the same or disjoint, never overlapping (and below 2**31).
+TENANT_ID_WINDOW = 10_000
+TENANT_ID_BASE = (secrets.randbelow(210_000) + 10) * TENANT_ID_WINDOW
 RESET_SQL = """
 TRUNCATE users, backup_codes, tenants, memberships, web_sessions, api_keys, db_servers,
          identity_providers, external_identities, sso_authorizations, sso_policy,
@@ -52,6 +58,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def refused_port() -> Iterator[Callable[[], int]]:
+    """Ports nothing listens on, for the test's length: each call binds one and keeps it bound,
+    never listening, so a connection is refused and no other test process (pytest-xdist runs
+    several) can start a server on it meanwhile, as it could on a port bound and released."""
+    held: list[socket.socket] = []
+
+    def take() -> int:
+        sock = socket.socket()
+        held.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+    yield take
+    for sock in held:
+        sock.close()
 
 
 def worker_redis_url(url: str) -> str:
@@ -154,6 +178,37 @@ def make_settings(**overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+@contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """The root logger (its handlers and level) as it was before the block. The CLI run
+    in-process configures logging for its process: one handler on the standard error of that
+    moment, which under ``capsys`` is the test's capture, closed when the test ends. Left in
+    place, any later record (a thread still running, a fixture's teardown, the next test's
+    setup) fails with "--- Logging error --- ValueError: I/O operation on closed file"."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def run_cli(argv: list[str]) -> int:
+    """``magistrate ARGV`` in this process (its exit code); its logging set-up undone at once."""
+    from control_plane.cli import main
+
+    with root_logger_kept():
+        return main(argv)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Whatever a test configures, the next one starts with the root logger it had."""
+    with root_logger_kept():
+        yield
+
+
 @pytest.fixture
 def settings() -> Settings:
     return make_settings()
@@ -177,6 +232,8 @@ def services(settings: Settings, database_url: str, redis_url: str,
         conn.exec_driver_sql(RESTART_TENANT_IDS)
     yield svc
     svc.close()
+    if svc.key_cache is not None:  # its listener thread ended too: none outlives the test
+        assert svc.key_cache.close(wait=30), "the key cache's listener still runs"
 
 
 @pytest.fixture

@@ -48,6 +48,11 @@ CHANNEL = "magistrate_auth"
 HEARTBEAT_SECONDS = 1.0
 ALIVE_SECONDS = 3.0
 MAX_BACKOFF_SECONDS = 5.0
+# how often the listener looks whether it was closed, between notifications
+STOP_POLL_SECONDS = 0.1
+# how long closing waits for the listener to end (it wakes every STOP_POLL_SECONDS; longer only
+# while it is connecting to a database that does not answer)
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class KeyCache:
@@ -158,11 +163,19 @@ class KeyCache:
                                             daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop answering at once; the listener closes its connection when it next wakes
-        (within HEARTBEAT_SECONDS: not waited for, so closing an app never stalls)."""
+    def close(self, wait: float = CLOSE_WAIT_SECONDS) -> bool:
+        """Stop answering at once; the listener closes its connection and ends when it next
+        wakes (within STOP_POLL_SECONDS), waited for up to ``wait`` seconds, so that closing
+        an app never stalls on a database that does not answer. Whether it has ended: a
+        listener left running holds a connection and may still log."""
         self._stop.set()
         self._disconnected()
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return True
+        thread.join(wait)
+        return not thread.is_alive()
 
     def _listen(self) -> None:
         backoff = 0.1
@@ -192,9 +205,12 @@ class KeyCache:
         change committed before the heartbeat has been received (a connection that cannot
         hear its own heartbeat, e.g. through a transaction-pooling proxy, is never trusted)."""
         heartbeat = f"alive:{secrets.token_hex(8)}"
+        next_beat = 0.0
         while not self._stop.is_set():
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, heartbeat))
-            for note in conn.notifies(timeout=HEARTBEAT_SECONDS):
+            if time.monotonic() >= next_beat:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, heartbeat))
+                next_beat = time.monotonic() + HEARTBEAT_SECONDS
+            for note in conn.notifies(timeout=STOP_POLL_SECONDS):
                 if note.payload == heartbeat:
                     self._alive()
                 elif not note.payload.startswith("alive:"):  # another process's heartbeat

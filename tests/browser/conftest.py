@@ -18,9 +18,9 @@ from control_plane.keys.local import LocalKeyProvider
 from control_plane.settings import Settings
 from control_plane.tenancy.servers import ensure_primary_server
 from control_plane.web.services import Services
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
 from tests.control_plane.tenancy.conftest import drop_tenant_leftovers
-from tests.live_server import serve
+from tests.live_server import Port, serve
 
 CHROMIUM_CANDIDATE = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -48,20 +48,22 @@ def chromium_path() -> str:
 
 
 @pytest.fixture
-def live_port() -> int:
-    return free_port()
+def live_port() -> Iterator[Port]:
+    """The live server's port, held from now (its number goes into the settings)."""
+    with Port() as port:
+        yield port
 
 
 @pytest.fixture
-def settings(live_port: int, tmp_path: Path) -> Settings:
+def settings(live_port: Port, tmp_path: Path) -> Settings:
     """Overrides the suite's ``settings``: the app answers on the live server's address."""
-    return make_settings(public_url=f"http://127.0.0.1:{live_port}",
+    return make_settings(public_url=live_port.url,
                          allowed_hosts=("127.0.0.1",), home=tmp_path / "home",
                          gateway_private_networks=("127.0.0.0/8",))  # local receivers
 
 
 @pytest.fixture
-def live_server(chromium_path: str, services: Services, live_port: int) -> Iterator[str]:
+def live_server(chromium_path: str, services: Services, live_port: Port) -> Iterator[str]:
     """The real app under uvicorn in a background thread; yields its base URL."""
     with serve(services, live_port) as url:
         yield url

@@ -127,7 +127,8 @@ class WebProcess:
                 [sys.executable, "-m", "control_plane", "web", "--host", "127.0.0.1",
                  "--port", str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            self._wait_until_serving(timeout=60)
+            # its imports alone took 30 s on a machine this busy (load 10 on 2 cores)
+            self._wait_until_serving(timeout=180)
         except BaseException:
             self.__exit__()
             raise

@@ -19,8 +19,8 @@ ways (connection refused, a 429 asking for longer than we wait) never saying "do
 
 from __future__ import annotations
 
-import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -55,16 +55,9 @@ FIGURES: dict[str, Any] = {}
 
 @pytest.fixture
 def settings(live_port, tmp_path):  # noqa: F811 - what the gateway and the panel both need
-    return make_settings(public_url=f"http://127.0.0.1:{live_port}",
+    return make_settings(public_url=live_port.url,
                          allowed_hosts=("127.0.0.1",), home=tmp_path / "home",
                          gateway_private_networks=("127.0.0.0/8",))  # the fake providers
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def point_route(gateway: GatewayEnv, *, endpoint: str, fallbacks: list[str]) -> None:
@@ -105,8 +98,9 @@ def gateway_events(gateway: GatewayEnv) -> list[AuditEvent]:
                               .order_by(AuditEvent.seq)))
 
 
-def test_a_provider_refusing_connections_under_load(gw: GatewayEnv):  # noqa: F811
-    down = f"http://127.0.0.1:{closed_port()}/v1"
+def test_a_provider_refusing_connections_under_load(gw: GatewayEnv,  # noqa: F811
+                                                    refused_port: Callable[[], int]):
+    down = f"http://127.0.0.1:{refused_port()}/v1"
 
     # 1. the provider is down and the tenant has no fallback: a clean 502 each, named
     point_route(gw, endpoint=down, fallbacks=[])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import httpx2 as httpx
 import pytest
@@ -48,7 +49,7 @@ from tests.control_plane.tenancy.conftest import primary_server  # noqa: F401
 from tests.control_plane.tenancy.helpers import configure_worker
 from tests.factories import csrf_from, sign_in
 from tests.fakes.llm_servers import LLMServer
-from tests.live_server import serve
+from tests.live_server import Port, serve
 
 pytestmark = pytest.mark.chaos
 
@@ -57,13 +58,14 @@ VERIFICATIONS = 3
 
 
 @pytest.fixture
-def web_port() -> int:
-    return free_port()
+def web_port() -> Iterator[Port]:
+    with Port() as port:
+        yield port
 
 
 @pytest.fixture
 def settings(tmp_path, web_port):
-    return make_settings(home=tmp_path / "home", public_url=f"http://127.0.0.1:{web_port}",
+    return make_settings(home=tmp_path / "home", public_url=web_port.url,
                          allowed_hosts=("127.0.0.1",),
                          gateway_private_networks=("127.0.0.0/8",))  # the fake provider
 

@@ -101,11 +101,9 @@ def test_migrate_closes_the_control_database_and_postgres_to_public(cli_env, pg_
             assert public_privileges(conn, control) == public_privileges(conn, "postgres") == []
 
 
-def test_unreachable_database_is_a_clear_failure(tmp_path):
-    from tests.conftest import free_port
-
+def test_unreachable_database_is_a_clear_failure(tmp_path, refused_port):
     result = run("migrate", env_extra={
-        "MAGISTRATE_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/nothing",
+        "MAGISTRATE_DATABASE_URL": f"postgresql://x@127.0.0.1:{refused_port()}/nothing",
         "MAGISTRATE_HOME": str(tmp_path)})
     assert result.returncode == 1
     assert "magistrate: cannot reach the control-plane database" in result.stderr

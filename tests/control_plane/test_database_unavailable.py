@@ -11,18 +11,22 @@ import pytest
 from starlette.testclient import TestClient
 
 from control_plane.web.app import build_app, build_services
-from tests.conftest import TEST_SECRET_KEY, free_port
+from tests.conftest import TEST_SECRET_KEY
 
 
 @pytest.fixture
-def unreachable(settings, redis_url) -> Iterator[TestClient]:
-    nobody = f"postgresql://postgres@127.0.0.1:{free_port()}/magistrate_control"
+def unreachable(settings, redis_url, refused_port) -> Iterator[TestClient]:
+    nobody = f"postgresql://postgres@127.0.0.1:{refused_port()}/magistrate_control"
     svc = build_services(settings, database_url=nobody, redis_url=redis_url,
                          secret_key=TEST_SECRET_KEY)
-    with TestClient(build_app(svc), base_url="http://testserver",
-                    raise_server_exceptions=False) as client:
-        client.cookies.set(settings.session_cookie_name, svc.signer.sign_session("a-session"))
-        yield client
+    try:
+        with TestClient(build_app(svc), base_url="http://testserver",
+                        raise_server_exceptions=False) as client:
+            client.cookies.set(settings.session_cookie_name,
+                               svc.signer.sign_session("a-session"))
+            yield client
+    finally:
+        svc.close()
 
 
 def test_a_dashboard_page_is_a_503_page_to_retry(unreachable, caplog):

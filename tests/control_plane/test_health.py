@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from control_plane.web.app import build_app, build_services
-from tests.conftest import TEST_SECRET_KEY, free_port, make_settings
+from tests.conftest import TEST_SECRET_KEY, make_settings
 
 
 def test_alive_and_ready(client):
@@ -16,9 +16,9 @@ def test_alive_and_ready(client):
     assert ready.json() == {"status": "ready", "postgres": "ok", "redis": "ok"}
 
 
-def test_not_ready_names_what_is_missing(database_url, redis_url, services):
-    dead_pg = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+def test_not_ready_names_what_is_missing(database_url, redis_url, services, refused_port):
+    dead_pg = f"postgresql://postgres@127.0.0.1:{refused_port()}/nothing"
+    dead_redis = f"redis://127.0.0.1:{refused_port()}/0"
     for db_url, r_url, expected in ((database_url, dead_redis, {"redis": "unreachable",
                                                                  "postgres": "ok"}),
                                     (dead_pg, redis_url, {"postgres": "unreachable",

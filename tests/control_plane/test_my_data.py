@@ -24,7 +24,7 @@ from control_plane.users.my_data import AccountEvents, ExportLimiter, do_export_
 from tenant_runtime import audit as tenant_audit
 from tenant_runtime.context import Actor
 from tenant_runtime.personas.models import Persona, PersonaAssignment
-from tests.conftest import free_port, with_database
+from tests.conftest import with_database
 from tests.control_plane.tenancy.conftest import (  # noqa: F401 - fixtures
     local_kek,
     primary_server,
@@ -191,8 +191,10 @@ def test_a_window_that_has_moved_on_frees_a_slot(db, services, world):
             limiter.acquire(s, 7)
 
 
-def test_without_redis_the_audit_chain_counts_the_downloads(db, services, world, caplog):
-    dead = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+def test_without_redis_the_audit_chain_counts_the_downloads(db, services, world, caplog,
+                                                            refused_port):
+    dead = redis.Redis.from_url(f"redis://127.0.0.1:{refused_port()}/0",
+                                socket_connect_timeout=0.2)
     limiter = ExportLimiter(dead)
     for _ in range(3):
         with db() as s, s.begin():

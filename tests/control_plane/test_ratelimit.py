@@ -20,7 +20,7 @@ from control_plane.auth.ratelimit import BASE_DELAY, LoginRateLimiter, backoff_s
 from control_plane.exceptions import RateLimited
 from control_plane.models import PlatformAuditEvent
 from control_plane.web.app import build_app, build_services
-from tests.conftest import TEST_SECRET_KEY, free_port, make_settings
+from tests.conftest import TEST_SECRET_KEY, make_settings
 from tests.factories import csrf_token, enable_mfa, make_user, next_code, sign_in
 
 PROXY = "10.0.0.2"
@@ -201,9 +201,9 @@ def test_address_limit(database_url, redis_url, services, db):
 
 
 def test_fails_open_to_the_in_process_limiter_when_redis_is_unreachable(
-        database_url, services, db, caplog):
+        database_url, services, db, caplog, refused_port):
     user = make_user(db)
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    dead_redis = f"redis://127.0.0.1:{refused_port()}/0"
     svc = build_services(make_settings(), database_url=database_url, redis_url=dead_redis,
                          secret_key=TEST_SECRET_KEY)
     try:

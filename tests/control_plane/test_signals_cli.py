@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from control_plane.cli import main
 from control_plane.models import Tenant
 from tenant_runtime.context import Actor
 from tenant_runtime.minimization import consent
 from tenant_runtime.signals import service
 from tenant_runtime.signals.models import Signal, Source
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, run_cli
 from tests.control_plane.tenancy.conftest import (  # noqa: F401 - fixtures
     local_kek,
     primary_server,
@@ -50,15 +48,11 @@ def shell(services, db, database_url, redis_url, settings, primary_server,  # no
         granted = service.do_add_source(s, ctx, name="ops-logs", kind="logs").id
         consent.do_grant_source(s, granted, acting_user=OWNER)
         service.do_add_source(s, ctx, name="hr-jira", kind="jira")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield ctx
-    root.handlers[:] = handlers  # the CLI configures logging for its process
-    root.setLevel(level)
+    return ctx
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["signals", "import", *args])
+    code = run_cli(["signals", "import", *args])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -36,12 +36,18 @@ def start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
         if "Magistrate is running" in line:
             return process, lines
     process.kill()
+    process.communicate(timeout=60)  # reaped, its pipe closed: nothing of it outlives the test
     pytest.fail("magistrate up did not become ready:\n" + "\n".join(lines))
 
 
 def stop_up(process: subprocess.Popen[str]) -> list[str]:
     process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=90)
+    try:
+        out, _ = process.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate(timeout=60)
+        raise
     assert process.returncode == 0, out
     return out.splitlines()
 

@@ -16,6 +16,7 @@ from control_plane.db import utcnow
 from control_plane.jobs import enqueue_job
 from control_plane.models import Job
 from control_plane.settings import Settings, SettingsError
+from tests.threads import Worker
 from workers.runner import (
     JobRun,
     _fail,
@@ -166,29 +167,30 @@ def test_renewing_extends_the_lease(db):
 
 def test_the_heartbeat_keeps_a_short_lease_alive_and_stops_when_it_is_lost(db):
     job_id = new_job(db)
-    token, _, _ = claim(db, job_id, "host-a:1", lease_seconds=1)
+    token, _, _ = claim(db, job_id, "host-a:1", lease_seconds=2)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(db, job_id, token, stop, 0.2, 1),
-                            daemon=True)
+    # a beat every 0.2 s keeps a 2 s lease: a busy machine may delay a few beats, not ten
+    beat = Worker(lambda: _heartbeat(db, job_id, token, stop, 0.2, 2), name="heartbeat")
     beat.start()
     try:
-        time.sleep(2.5)  # more than twice the lease: only renewals keep it live
+        time.sleep(4.5)  # more than twice the lease: only renewals keep it live
         assert reap_expired_leases(db) == 0
         assert claim(db, job_id, "host-b:2", lease_seconds=1) is None
         assert job_row(db, job_id).lease_expires_at > utcnow()
     finally:
         stop.set()
-        beat.join(timeout=5)
+        beat.result()
 
     # once another worker holds the job, a late heartbeat of the first one gives up
     expire_lease(db, job_id)
     new, _, _ = claim(db, job_id, "host-b:2", lease_seconds=30)
     lost = threading.Event()
-    late = threading.Thread(target=_heartbeat, args=(db, job_id, token, lost, 0.05, 300),
-                            daemon=True)
+    late = Worker(lambda: _heartbeat(db, job_id, token, lost, 0.05, 300), name="late heartbeat")
     late.start()
-    late.join(timeout=5)
-    assert not late.is_alive()  # it returned by itself, without being stopped
+    try:
+        late.result()  # it returns by itself, without being stopped
+    finally:
+        lost.set()
     job = job_row(db, job_id)
     assert job.fencing_token == new and job.lease_owner == "host-b:2"
     assert job.lease_expires_at < utcnow() + timedelta(seconds=31)

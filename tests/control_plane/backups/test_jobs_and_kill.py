@@ -3,6 +3,7 @@ killed with SIGKILL in the middle: nothing is published, and the next run publis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,15 +74,18 @@ def test_a_killed_backup_publishes_nothing_and_the_next_run_publishes_once(
     process = subprocess.Popen([sys.executable, "-m", "control_plane", "backup", "tenant",
                                 "acme"], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    partial = []
-    while time.monotonic() < deadline and not partial:
-        partial = [p for p in folder.glob(".partial-*") if p.stat().st_size > 0] \
-            if folder.is_dir() else []
-        time.sleep(0.005)
-    assert partial, "the backup never started writing"
-    os.killpg(process.pid, signal.SIGKILL)  # the CLI and its pg_dump
-    process.wait()
+    try:
+        deadline = time.monotonic() + 60
+        partial = []
+        while time.monotonic() < deadline and not partial:
+            partial = [p for p in folder.glob(".partial-*") if p.stat().st_size > 0] \
+                if folder.is_dir() else []
+            time.sleep(0.005)
+        assert partial, "the backup never started writing"
+    finally:  # on every path: the CLI and its pg_dump, never left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(60)
     assert not list(folder.glob("*.mgbk")) and not list(folder.glob("*.manifest.json"))
     with world.services.session_factory() as s:
         assert s.scalars(select(Backup)).all() == []

@@ -14,11 +14,10 @@ import re
 import pytest
 from sqlalchemy import select, update
 
-from control_plane.cli import main
 from control_plane.models import Membership, User
 from tenant_runtime import permissions
 from tenant_runtime.permissions import ROLES
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, run_cli
 from tests.control_plane.credentials.helpers import message
 from tests.control_plane.tenancy.helpers import create_tenant
 from tests.factories import csrf_token, make_user, sign_in
@@ -121,7 +120,7 @@ class Surfaces:
     def cli(self, actor: str, target_email: str, new_role: str | None) -> tuple[str, str]:
         args = (["member", "remove"] if new_role is None else
                 ["member", "set-role", "--role", new_role])
-        code = main([*args, "--tenant", SLUG, "--email", target_email, "--as", actor])
+        code = run_cli([*args, "--tenant", SLUG, "--email", target_email, "--as", actor])
         err = self.capsys.readouterr().err
         return ("done" if code == 0 else "forbidden" if "outranks" in err or "may not" in err
                 or "Only an Owner or Admin" in err else f"exit {code}: {err}"), err
@@ -217,7 +216,7 @@ def test_the_last_owner_is_never_removed_demoted_or_deactivated(
     refused = client.post(f"/users/{owner_id}/deactivate", data={"csrf_token": token})
     assert refused.status_code == 409
     assert f"is the last Owner of {SLUG}" in html.unescape(message(refused))
-    assert main(["user", "deactivate", "--email", last, "--as", _email("actor", "Owner")]) == 1
+    assert run_cli(["user", "deactivate", "--email", last, "--as", _email("actor", "Owner")]) == 1
     assert f"is the last Owner of {SLUG}" in capsys.readouterr().err
     with services.session_factory() as s:
         assert s.scalars(select(User.is_active).where(User.email == last)).one()
@@ -246,7 +245,7 @@ def test_deactivation_is_an_installation_owners_act_on_every_surface(
             if (page.status_code == 200) != allowed:
                 problems.append(f"page: {actor} deactivating {target}: {page.status_code}")
             _reactivate(services, uid)
-            code = main(["user", "deactivate", "--email", email, "--as", actor])
+            code = run_cli(["user", "deactivate", "--email", email, "--as", actor])
             err = capsys.readouterr().err
             if (code == 0) != allowed or (not allowed and "Only an Owner" not in err):
                 problems.append(f"cli: {actor} deactivating {target}: {code} {err}")

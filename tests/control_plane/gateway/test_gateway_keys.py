@@ -5,6 +5,7 @@ cache's bound (the notification delay, milliseconds; test_key_cache.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import openai
@@ -14,12 +15,24 @@ from sqlalchemy import func, select, text, update
 from control_plane.models import ApiKey, User
 from control_plane.tenancy import api_keys, service
 from control_plane.web.app import build_services
-from tests.conftest import TEST_SECRET_KEY, free_port
-from tests.control_plane.gateway.conftest import GatewayEnv, calls, eventually, new_api_key
+from tests.conftest import TEST_SECRET_KEY
+from tests.control_plane.gateway.conftest import (
+    KEY_CACHE_TTL_IN_TESTS,
+    NOTIFIED_WITHIN,
+    GatewayEnv,
+    calls,
+    eventually,
+    new_api_key,
+)
 from tests.live_server import serve
 
 PROMPT = "Say hello to the team."
-BOUND = 1.0  # seconds: a change reaches every process's key cache within the notification delay
+BOUND = NOTIFIED_WITHIN  # a change reaches every process's key cache by notification
+
+
+@pytest.fixture
+def settings(settings):  # noqa: ANN001, ANN201 - both instances keep entries past any test
+    return dataclasses.replace(settings, gateway_key_cache_seconds=KEY_CACHE_TTL_IN_TESTS)
 
 
 @pytest.fixture
@@ -29,7 +42,7 @@ def second(gw, settings, database_url, redis_url) -> Iterator[str]:
     other = build_services(settings, database_url=database_url, redis_url=redis_url,
                            secret_key=TEST_SECRET_KEY)
     try:
-        with serve(other, free_port()) as url:
+        with serve(other) as url:
             yield url
     finally:
         other.tenant_connections.close()

@@ -7,9 +7,10 @@ TTL bounds an entry even when no notification comes."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx2 as httpx
 import psycopg
@@ -23,14 +24,25 @@ from control_plane.users.service import do_deactivate_user
 from control_plane.web.app import build_services
 from control_plane.web.services import Services
 from tests.chaos.infra import WebProcess, process_env
-from tests.conftest import TEST_SECRET_KEY, free_port
-from tests.control_plane.gateway.conftest import GatewayEnv, eventually, new_api_key
+from tests.conftest import TEST_SECRET_KEY, free_port, make_settings
+from tests.control_plane.gateway.conftest import (
+    KEY_CACHE_TTL_IN_TESTS,
+    NOTIFIED_WITHIN,
+    GatewayEnv,
+    eventually,
+    new_api_key,
+)
 from tests.factories import make_user
 from tests.live_server import serve
 
-# what the tests allow between a change's commit and its refusal in another process: the
-# notification delay is a few milliseconds (ops/BENCHMARKS.md); far below the 5 s TTL
-BOUND = 1.0
+BOUND, LONG_TTL = NOTIFIED_WITHIN, KEY_CACHE_TTL_IN_TESTS
+# the listener's start: a connection and its first heartbeat, on a busy machine
+LISTENS_WITHIN = 30
+
+
+@pytest.fixture
+def settings(settings):  # noqa: ANN001, ANN201 - the gateway's settings, with LONG_TTL
+    return dataclasses.replace(settings, gateway_key_cache_seconds=LONG_TTL)
 
 
 def status(url: str, key: str) -> int:
@@ -69,12 +81,14 @@ def other(gw, settings, database_url, redis_url, tmp_path, services) -> Iterator
     """A second ``magistrate web`` process on the same databases; its base URL, once its key
     cache listens (after its first gateway call) alongside this process's."""
     env = process_env(settings, database_url=database_url, redis_url=redis_url)
+    env["MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS"] = str(LONG_TTL)
     with WebProcess(env, free_port(), tmp_path / "other-web.log") as web:
         since = utcnow()
         status(gw.url, gw.key)
         status(web.url, gw.key)
-        eventually(lambda: services.key_cache.listening, within=10, what="this process listens")
-        eventually(lambda: listens_since(services, since), within=10,
+        eventually(lambda: services.key_cache.listening, within=LISTENS_WITHIN,
+                   what="this process listens")
+        eventually(lambda: listens_since(services, since), within=LISTENS_WITHIN,
                    what="the other process listens")
         yield web.url
 
@@ -103,9 +117,10 @@ def add_admin(services, gw: GatewayEnv, email: str) -> int:
 
 def test_a_held_key_is_checked_without_a_round_trip(gw: GatewayEnv, services):
     cache = services.key_cache
-    assert cache is not None and cache.ttl_seconds == 5
+    assert make_settings().gateway_key_cache_seconds == 5  # the default
+    assert cache is not None and cache.ttl_seconds == LONG_TTL
     status(gw.url, gw.key)  # starts the listener; until it listens every call reads the key
-    eventually(lambda: cache.listening, within=5, what="the key cache listens")
+    eventually(lambda: cache.listening, within=LISTENS_WITHIN, what="the key cache listens")
     with counted(services) as sent:
         assert status(gw.url, gw.key) == 200
     assert len(sent) == 1 and "FROM api_keys" in sent[0]  # read, kept (last_used_at is fresh)
@@ -126,19 +141,20 @@ def test_an_expiry_is_judged_against_the_clock_on_every_call_of_a_held_key(gw: G
     cache, without a round trip."""
     cache = services.key_cache
     status(gw.url, gw.key)
-    eventually(lambda: cache.listening, within=5, what="the key cache listens")
+    eventually(lambda: cache.listening, within=LISTENS_WITHIN, what="the key cache listens")
     with services.engine.begin() as conn:
         expires_at = conn.exec_driver_sql(
-            "UPDATE api_keys SET expires_at = now() + interval '1.5 seconds' "
+            "UPDATE api_keys SET expires_at = now() + interval '4 seconds' "
             "RETURNING expires_at").scalar_one()
     eventually(lambda: status(gw.url, gw.key) == 200 and api_keys.key_hash(gw.key) in cache,
                within=BOUND, what="the key is held with its new expiry")
     with counted(services) as sent:
-        took = eventually(lambda: status(gw.url, gw.key) == 401, within=3, what="the expiry")
-    assert 0.5 < took < 2.5  # the 1.5 s, give or take the calls' own time
+        eventually(lambda: status(gw.url, gw.key) == 401, within=BOUND, what="the expiry")
+        refused_by = utcnow()  # the refusal was judged before this moment
     assert sent == [] and api_keys.key_hash(gw.key) in cache  # judged on the held entry
-    with services.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT now() >= %(at)s", {"at": expires_at}).scalar()
+    # not before the expiry (this machine's clock is the database's); the calls of a busy
+    # machine may make it seen a few seconds after
+    assert expires_at <= refused_by < expires_at + timedelta(seconds=BOUND)
 
 
 def test_changes_through_the_app_reach_another_process_within_the_bound(
@@ -222,7 +238,7 @@ def test_a_lost_listener_bypasses_the_cache_and_a_new_one_starts_empty(gw: Gatew
     revocation no trigger reports (``session_replication_role = replica`` skips triggers)."""
     cache = services.key_cache
     status(gw.url, gw.key)
-    eventually(lambda: cache.listening, within=5, what="the key cache listens")
+    eventually(lambda: cache.listening, within=LISTENS_WITHIN, what="the key cache listens")
     held((gw.url,), [gw.key])
     assert len(cache) == 1
     pid = cache.listener_pid
@@ -233,32 +249,62 @@ def test_a_lost_listener_bypasses_the_cache_and_a_new_one_starts_empty(gw: Gatew
         conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
         conn.exec_driver_sql("UPDATE api_keys SET revoked_at = now()")
     assert status(gw.url, gw.key) == 401  # at once: not one call served from before the loss
-    eventually(lambda: cache.listening, within=5, what="the key cache listens again")
+    eventually(lambda: cache.listening, within=LISTENS_WITHIN,
+               what="the key cache listens again")
 
 
 def test_the_ttl_bounds_an_entry_that_no_notification_reaches(gw: GatewayEnv, settings,
                                                               database_url, redis_url):
     """The belt and braces: a change no trigger reports (replica mode) is still seen within
-    the TTL (1 s here); before it, the process answered from its cache."""
-    short = dataclasses.replace(settings, gateway_key_cache_seconds=1)
+    the TTL (2 s here); before it, the process answered from its cache."""
+    # 2 s: the check that the entry still answers after the change must come within it
+    short = dataclasses.replace(settings, gateway_key_cache_seconds=2)
     svc = build_services(short, database_url=database_url, redis_url=redis_url,
                          secret_key=TEST_SECRET_KEY)
     try:
-        with serve(svc, free_port()) as url:
+        with serve(svc) as url:
             status(url, gw.key)
             assert svc.key_cache is not None
-            eventually(lambda: svc.key_cache.listening, within=5, what="the cache listens")
+            eventually(lambda: svc.key_cache.listening, within=LISTENS_WITHIN,
+                       what="the cache listens")
             held((url,), [gw.key])
             with svc.engine.begin() as conn:
                 conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
                 conn.exec_driver_sql("UPDATE api_keys SET revoked_at = now()")
             assert status(url, gw.key) == 200  # held: nothing told this process
-            took = eventually(lambda: status(url, gw.key) == 401, within=1.5,
-                              what="the TTL")
-            assert took <= 1.05
+            # the TTL, plus a busy machine's calls; an entry the TTL did not bound would be
+            # served for the rest of the test
+            eventually(lambda: status(url, gw.key) == 401, within=2 + BOUND, what="the TTL")
     finally:
         svc.tenant_connections.close()
         svc.close()
+
+
+def test_closing_ends_the_listener_and_its_connection(gw: GatewayEnv, settings, database_url,
+                                                       redis_url, services):
+    """An app's close ends its key cache's listener thread and closes its connection, so
+    nothing of it runs (holds a connection, logs) after the app."""
+    svc = build_services(settings, database_url=database_url, redis_url=redis_url,
+                         secret_key=TEST_SECRET_KEY)
+    try:
+        cache = svc.key_cache
+        assert cache is not None
+        cache.start()
+        eventually(lambda: cache.listening, within=LISTENS_WITHIN, what="the cache listens")
+        pid = cache.listener_pid
+        assert cache.close(wait=30)  # the thread has ended
+        assert not cache.listening and cache.listener_pid is None
+        eventually(lambda: not backend_alive(services, pid), within=BOUND,
+                   what="the listener's backend is gone")
+    finally:
+        svc.tenant_connections.close()
+        svc.close()
+
+
+def backend_alive(services: Services, pid: int | None) -> bool:
+    with services.engine.connect() as conn:  # a transaction of its own: a fresh snapshot
+        return bool(conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE pid = %(pid)s", {"pid": pid}).scalar())
 
 
 def test_the_triggers_notify_what_can_change_a_key_and_not_its_last_use(gw: GatewayEnv,
@@ -280,6 +326,15 @@ def test_the_triggers_notify_what_can_change_a_key_and_not_its_last_use(gw: Gate
                               "WHERE tenant_id = :tenant"), ids)
         with services.engine.begin() as conn:
             conn.exec_driver_sql("TRUNCATE web_sessions, backup_codes")  # not watched
-        payloads = [n.payload for n in listener.notifies(timeout=0.5)
-                    if not n.payload.startswith("alive:")]  # a web process's heartbeat
-    assert payloads == [f"key:{key_id}", f"tenant:{gw.tenant_id}", f"user:{gw.owner_id}"]
+        expected = [f"key:{key_id}", f"tenant:{gw.tenant_id}", f"user:{gw.owner_id}"]
+
+        def heard() -> list[str]:  # for half a second; not a web process's heartbeat
+            return [n.payload for n in listener.notifies(timeout=0.5)
+                    if not n.payload.startswith("alive:")]
+
+        payloads: list[str] = []
+        deadline = time.monotonic() + BOUND  # what a busy machine may take to deliver them
+        while len(payloads) < len(expected) and time.monotonic() < deadline:
+            payloads += heard()
+        payloads += heard()  # and nothing after them
+    assert payloads == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -19,9 +20,9 @@ from sqlalchemy import select
 
 from control_plane.models import IdentityProvider, User
 from control_plane.scim import service as scim
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
 from tests.factories import make_user
-from tests.live_server import serve
+from tests.live_server import Port, serve
 
 REPORT = Path(__file__).resolve().parents[3] / "ops" / "SCIM_CONFORMANCE.md"
 FAILING = (Status.ERROR, Status.CRITICAL)
@@ -46,13 +47,15 @@ def key(result) -> tuple[str, str, str]:  # noqa: ANN001
 
 
 @pytest.fixture
-def live_port() -> int:
-    return free_port()
+def live_port() -> Iterator[Port]:
+    """The live server's port, held from now (its number goes into the settings)."""
+    with Port() as port:
+        yield port
 
 
 @pytest.fixture
-def settings(live_port: int):  # noqa: ANN201 - the app answers on the live server's address
-    return make_settings(public_url=f"http://127.0.0.1:{live_port}",
+def settings(live_port: Port):  # noqa: ANN201 - the app answers on the live server's address
+    return make_settings(public_url=live_port.url,
                          allowed_hosts=("127.0.0.1",))
 
 

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -145,14 +144,9 @@ def test_unknown_key_is_unavailable(provider: AwsKmsProvider, dek: bytes) -> Non
         provider.wrap(dek, tenant_id=TENANT_A, key_ref="11111111-2222-3333-4444-555555555555")
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_unreachable_endpoint_is_unavailable_quickly(fake_kms: FakeAwsKms, dek: bytes) -> None:
-    nowhere = AwsKmsProvider(endpoint_url=f"http://127.0.0.1:{_closed_port()}",
+def test_unreachable_endpoint_is_unavailable_quickly(fake_kms: FakeAwsKms, dek: bytes,
+                                                    refused_port: Callable[[], int]) -> None:
+    nowhere = AwsKmsProvider(endpoint_url=f"http://127.0.0.1:{refused_port()}",
                              session=fake_kms.session)
     started = time.monotonic()
 
@@ -193,10 +187,10 @@ def test_valid_references_are_accepted(provider: AwsKmsProvider, key_ref: str) -
 
 
 @pytest.mark.parametrize("key_ref", MALFORMED_REFERENCES)
-def test_malformed_references_are_rejected_before_any_call(fake_kms: FakeAwsKms, dek: bytes,
-                                                           key_ref: str) -> None:
+def test_malformed_references_are_rejected_before_any_call(
+        fake_kms: FakeAwsKms, dek: bytes, key_ref: str, refused_port: Callable[[], int]) -> None:
     # An endpoint with nothing behind it: reaching the network would give KeyUnavailable.
-    offline = AwsKmsProvider(endpoint_url=f"http://127.0.0.1:{_closed_port()}",
+    offline = AwsKmsProvider(endpoint_url=f"http://127.0.0.1:{refused_port()}",
                              session=fake_kms.session)
 
     with pytest.raises(KeyReferenceInvalid, match="alias name"):

@@ -4,9 +4,8 @@ Cloud KMS fake in tests/fakes/gcp_kms.py. Nothing of ours or of the SDK is patch
 from __future__ import annotations
 
 import os
-import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -40,12 +39,6 @@ def provider(fake: FakeGcpKms) -> Iterator[GcpKmsProvider]:
 @pytest.fixture
 def key_ref(fake: FakeGcpKms) -> str:
     return fake.create_key(key="tenant-keys")
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_crc32c_matches_the_castagnoli_check_value() -> None:
@@ -168,8 +161,9 @@ def test_persistently_damaged_responses_are_unavailable(fake: FakeGcpKms,
 
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
-def test_nothing_listening_is_unavailable_within_seconds(transport: str) -> None:
-    port = closed_port()
+def test_nothing_listening_is_unavailable_within_seconds(
+        transport: str, refused_port: Callable[[], int]) -> None:
+    port = refused_port()
     endpoint = f"http://127.0.0.1:{port}" if transport == "rest" else f"127.0.0.1:{port}"
     kms = make_provider(endpoint, transport)
     started = time.monotonic()

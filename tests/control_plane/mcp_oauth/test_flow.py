@@ -6,6 +6,7 @@ The refusals are driven by hand against the same live server."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from control_plane.mcp_oauth import service as oauth
 from control_plane.mcp_oauth.models import OAuthClient, OAuthGrant, OAuthToken
 from control_plane.models import PlatformAuditEvent
 from tenant_runtime.mcp.models import McpClient
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
 from tests.control_plane.approvals.helpers import Team, make_team
 from tests.control_plane.mcp_oauth.helpers import (
     REDIRECT_URI,
@@ -34,7 +35,8 @@ from tests.control_plane.mcp_oauth.helpers import (
     tokens_of,
 )
 from tests.factories import csrf_from
-from tests.tenant_runtime.mcp.helpers import mcp_client, run_server, serve_upstream, text_of
+from tests.live_server import Port, serve_app
+from tests.tenant_runtime.mcp.helpers import mcp_client, serve_upstream, text_of
 from tests.tenant_runtime.mcp.test_endpoint import decide
 from tests.tenant_runtime.mcp.test_endpoint import register as register_upstream
 
@@ -42,14 +44,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture
-def port() -> int:
-    return free_port()
+def port() -> Iterator[Port]:
+    with Port() as held:
+        yield held
 
 
 @pytest.fixture
 def settings(tmp_path, port):
     # the issuer and resources are this live server's address; the upstream is on loopback
-    return make_settings(home=tmp_path / "home", public_url=f"http://127.0.0.1:{port}",
+    return make_settings(home=tmp_path / "home", public_url=port.url,
                          gateway_private_networks=("127.0.0.0/8",))
 
 
@@ -57,12 +60,8 @@ def settings(tmp_path, port):
 def base(services, port):
     from control_plane.web.app import build_app
 
-    uv, thread = run_server(build_app(services), port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
+    with serve_app(build_app(services), port) as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,7 +14,14 @@ from psycopg import sql
 from control_plane.embedded import EmbeddedPostgres
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.tenancy.servers import ensure_primary_server
-from tests.conftest import OUR_SPARES, TENANT_ID_BASE, drop_database, free_port, make_settings
+from tests.conftest import (
+    OUR_SPARES,
+    TENANT_ID_BASE,
+    TENANT_ID_WINDOW,
+    drop_database,
+    free_port,
+    make_settings,
+)
 
 
 def drop_tenant_leftovers(server_url: str) -> None:
@@ -22,7 +29,7 @@ def drop_tenant_leftovers(server_url: str) -> None:
     (another test process's spares on the shared server are left alone)."""
     def ours(name: str) -> bool:
         digits = name.removeprefix("magistrate_t_").split("_")[0]
-        return digits.isdigit() and TENANT_ID_BASE <= int(digits) < TENANT_ID_BASE + 100_000
+        return digits.isdigit() and 0 <= int(digits) - TENANT_ID_BASE < TENANT_ID_WINDOW
 
     with psycopg.connect(server_url, autocommit=True) as conn:
         for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname ~ "

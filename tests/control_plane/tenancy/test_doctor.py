@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import TEST_SECRET_KEY, free_port
+from tests.conftest import TEST_SECRET_KEY
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import make_user
 
@@ -71,11 +71,12 @@ def test_doctor_sees_a_healthy_stack_then_a_revoked_key(services, db, database_u
     assert "the customer's KMS must let Magistrate use the key again" in revoked.stdout
 
 
-def test_doctor_names_unreachable_servers_and_bad_settings(tmp_path):
+def test_doctor_names_unreachable_servers_and_bad_settings(tmp_path, refused_port):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAGISTRATE_")}
     env.update(MAGISTRATE_HOME=str(tmp_path / "home"),
-               MAGISTRATE_DATABASE_URL=f"postgresql://u:hunter2-secret@127.0.0.1:{free_port()}/x",
-               MAGISTRATE_REDIS_URL=f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
+               MAGISTRATE_DATABASE_URL=f"postgresql://u:hunter2-secret@127.0.0.1:"
+                                       f"{refused_port()}/x",
+               MAGISTRATE_REDIS_URL=f"redis://:hunter2-secret@127.0.0.1:{refused_port()}/0")
     down = doctor(env)
     assert down.returncode == 1
     status = findings(down)

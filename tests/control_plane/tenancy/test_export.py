@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import re
-import threading
 import time
 import zipfile
 from datetime import timedelta
@@ -31,6 +30,7 @@ from tests.conftest import TEST_SECRET_KEY
 from tests.control_plane.tenancy.helpers import create_tenant, run_pending_jobs
 from tests.factories import make_user, post_form, sign_in
 from tests.locks import wait_for_lock_waiter
+from tests.threads import Worker
 
 SECRET = "sk-live-0123456789abcdefSECRETVALUE"
 EMAIL = "billing.contact@acme.example"
@@ -191,7 +191,6 @@ def test_two_downloads_at_once_hand_the_export_out_once(app_client, services, db
     sign_in(client, tenants["acme_owner"].email)
     job_id = exported(client, services, database_url, db, acme)
     out_dir = settings.home / "exports"
-    outcome: dict[str, object] = {}
 
     def take(s):
         user = s.get(User, tenants["acme_owner"].id)
@@ -199,14 +198,11 @@ def test_two_downloads_at_once_hand_the_export_out_once(app_client, services, db
         return export.do_take_download(s, access, job_id, nonce="n", acting_user=user,
                                        out_dir=out_dir)
 
-    def second() -> None:
-        try:
-            with db() as s, s.begin():
-                outcome["second"] = take(s)
-        except export.ExportGone as exc:
-            outcome["second"] = exc
+    def second() -> export.ExportDownload:
+        with db() as s, s.begin():
+            return take(s)
 
-    racer = threading.Thread(target=second)
+    racer = Worker(second, name="the second download")
     try:
         with db() as s:
             with s.begin():
@@ -216,11 +212,10 @@ def test_two_downloads_at_once_hand_the_export_out_once(app_client, services, db
                 with db() as watcher:  # wait until the racer is blocked on that lock
                     wait_for_lock_waiter(watcher)
     finally:
-        if racer.ident is not None:
-            racer.join(30)
-        if isinstance(outcome.get("second"), export.ExportDownload):
-            outcome["second"].handle.close()  # type: ignore[attr-defined]
-    assert isinstance(outcome["second"], export.ExportGone)
+        outcome = racer.outcome()  # joined (the lock is let go of) on every path
+        if isinstance(outcome, export.ExportDownload):
+            outcome.handle.close()
+    assert isinstance(outcome, export.ExportGone), outcome
     assert len(audit_events(db, TenantEvents.EXPORT_DOWNLOADED)) == 1
 
 

@@ -3,7 +3,6 @@ named approval by someone else, and the approval is consumed exactly once, also 
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,6 +25,7 @@ from tenant_runtime.approvals.models import ApprovalDecision, ApprovalOutbox, Ap
 from tenant_runtime.exceptions import TenantInvalidInput
 from tenant_runtime.models import AuditEvent
 from tests.control_plane.approvals.helpers import make_team
+from tests.threads import run_together
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -63,26 +63,6 @@ def events(team, kind):
 def request_row(team, request_id):
     with team.system().session() as s:
         return s.get(ApprovalRequest, request_id)
-
-
-def run_together(n, func):
-    """``func(i)`` in ``n`` threads released at once; returns what each returned or raised."""
-    barrier = threading.Barrier(n)
-    results: list[object] = [None] * n
-
-    def run(i):
-        barrier.wait()
-        try:
-            results[i] = func(i)
-        except Exception as exc:  # noqa: BLE001 - the outcome is the point
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    return results
 
 
 def test_a_restricted_request_waits_and_is_audited(team):

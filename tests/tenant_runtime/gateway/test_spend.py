@@ -276,12 +276,19 @@ def test_calls_at_the_edge_of_the_cap_from_two_processes_never_overspend(service
     workers = [processes.Process(target=calls_in_one_process,
                                  args=(url, cap, each, 50, 12, start, results))
                for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    got = [results.get(timeout=300) for _ in workers]
-    for worker in workers:
-        worker.join(60)
+    try:
+        for worker in workers:
+            worker.start()
+        got = [results.get(timeout=300) for _ in workers]
+    finally:  # on every path: no process of this test outlives it
+        for worker in workers:
+            if worker.pid is not None:
+                worker.join(60)
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join(10)
     assert all(isinstance(n, int) for n in got), got
+    assert all(worker.exitcode == 0 for worker in workers), [w.exitcode for w in workers]
     assert sum(got) == cap // each == 37
     with ctx.session() as s:
         allotted, _ = ledger(s, MONTH)

@@ -5,8 +5,6 @@ manager). Clients are the official SDK's ``streamable_http_client`` and ``Client
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +13,6 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
-import uvicorn
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
@@ -28,8 +25,8 @@ from tenant_runtime.agents.models import Agent
 from tenant_runtime.mcp import service
 from tenant_runtime.mcp.models import McpTool
 from tenant_runtime.models import AuditEvent
-from tests.conftest import free_port
 from tests.control_plane.approvals.helpers import Team
+from tests.live_server import Port, serve_app
 
 READ_ONLY = types.ToolAnnotations(read_only_hint=True)
 
@@ -61,36 +58,11 @@ class _Recorder:
         await self.app(scope, receive, send)
 
 
-def run_server(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False, ws="none", http="h11")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
-        time.sleep(0.02)
-    return server, thread
-
-
-@contextmanager
-def serving(app: Any, port: int) -> Iterator[None]:
-    """``app`` under uvicorn on 127.0.0.1:``port`` for the block's length."""
-    uv, thread = run_server(app, port)
-    try:
-        yield
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-
-
 @contextmanager
 def serve_upstream() -> Iterator[Upstream]:
     server = make_upstream()
-    port = free_port()
-    up = Upstream(server, f"http://127.0.0.1:{port}/mcp")
+    port = Port()
+    up = Upstream(server, f"{port.url}/mcp")
 
     @server.tool(annotations=READ_ONLY)
     def search(query: str) -> str:
@@ -149,16 +121,15 @@ def serve_upstream() -> Iterator[Upstream]:
     # SSE answers, so the progress of a call travels with it
     app = _Recorder(server.streamable_http_app(stateless_http=True, json_response=False),
                     up.headers)
-    with serving(app, port):
+    with serve_app(app, port):
         yield up
 
 
 @contextmanager
 def serve_magistrate(services: Services) -> Iterator[str]:
     """Magistrate under uvicorn, lifespan on (the MCP session manager runs in it)."""
-    port = free_port()
-    with serving(build_app(services), port):
-        yield f"http://127.0.0.1:{port}"
+    with serve_app(build_app(services)) as url:
+        yield url
 
 
 @asynccontextmanager

@@ -33,8 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import free_port
-from tests.tenant_runtime.mcp.helpers import READ_ONLY, Upstream, _Recorder, serving
+from tests.live_server import Port, serve_app
+from tests.tenant_runtime.mcp.helpers import READ_ONLY, Upstream, _Recorder
 
 CLIENT_ID = "magistrate-crm"
 CLIENT_SECRET = "s3cret-of-the-client"  # noqa: S105 - the test client's secret
@@ -140,16 +140,16 @@ class Verifier:
 
 @contextmanager
 def authorization_server() -> Iterator[AuthorizationServer]:
-    port = free_port()
-    authz = AuthorizationServer(url=f"http://127.0.0.1:{port}")
-    with serving(authz.app(), port):
+    port = Port()
+    authz = AuthorizationServer(url=port.url)
+    with serve_app(authz.app(), port):
         yield authz
 
 
 @contextmanager
 def protected_upstream(authz: AuthorizationServer) -> Iterator[tuple[Upstream, Verifier]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/mcp"
+    port = Port()
+    url = f"{port.url}/mcp"
     verifier = Verifier(authz)
     server = MCPServer("secured", token_verifier=verifier, auth=AuthSettings(
         issuer_url=authz.url, resource_server_url=url, validate_token_resource=True))
@@ -163,5 +163,5 @@ def protected_upstream(authz: AuthorizationServer) -> Iterator[tuple[Upstream, V
 
     app = _Recorder(server.streamable_http_app(stateless_http=True, json_response=True),
                     up.headers)
-    with serving(app, port):
+    with serve_app(app, port):
         yield up, verifier

@@ -12,8 +12,7 @@ from starlette.routing import Route
 
 from tenant_runtime import outbound
 from tenant_runtime.gateway.egress import EgressPolicy, EgressRefused, RedirectRefused
-from tests.conftest import free_port
-from tests.tenant_runtime.mcp.helpers import run_server
+from tests.live_server import serve_app
 
 LOOPBACK = EgressPolicy.parse(ambient_identity=False, private_networks=("127.0.0.0/8",))
 
@@ -30,12 +29,9 @@ def site():
         seen.append(request.url.path)
         return RedirectResponse("http://169.254.169.254/latest/meta-data/", 307)
 
-    port = free_port()
-    server, thread = run_server(Starlette(routes=[Route("/ok", ok, methods=["GET"]),
-                                            Route("/moved", moved, methods=["GET"])]), port)
-    yield f"http://127.0.0.1:{port}", seen
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(Starlette(routes=[Route("/ok", ok, methods=["GET"]),
+                                     Route("/moved", moved, methods=["GET"])])) as url:
+        yield url, seen
 
 
 def get(policy: EgressPolicy, url: str) -> httpx2.Response:

@@ -25,12 +25,11 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.conftest import free_port
+from tests.live_server import serve_app
 from tests.tenant_runtime.mcp.helpers import (
     endpoint,
     list_names,
     run,
-    run_server,
     serve_magistrate,
 )
 from tests.tenant_runtime.mcp.reference import make_reference
@@ -117,17 +116,15 @@ def test_the_conformance_suite_passes_its_server_scenarios_through_magistrate(
 
     node = node_or_skip()
     server = make_reference()
-    up_port = free_port()
-    # SSE answers, so the notifications of a call (its progress) travel with it
-    up, up_thread = run_server(server.streamable_http_app(stateless_http=True,
-                                                          json_response=False), up_port)
     key = team.api_key("conformance", who="owner", scopes=("mcp",))
-    try:
+    # SSE answers, so the notifications of a call (its progress) travel with it
+    with serve_app(server.streamable_http_app(stateless_http=True, json_response=False)
+                   ) as up_url:
         with serve_magistrate(services) as base:
             ctx = team.ctx("admin")
             with ctx.session() as s, s.begin():
                 service.do_add_upstream(s, ctx, service.UpstreamInput(
-                    name="ref", url=f"http://127.0.0.1:{up_port}/mcp", new_tools="allowed"))
+                    name="ref", url=f"{up_url}/mcp", new_tools="allowed"))
             run(list_names, endpoint(base, team), key)
             with ctx.session() as s, s.begin():
                 assert s.query(McpTool).count() >= 8
@@ -136,20 +133,12 @@ def test_the_conformance_suite_passes_its_server_scenarios_through_magistrate(
 
                 from tenant_runtime.agents.models import Agent
                 s.execute(update(Agent).values(phase="autonomous"))
-            hop_port = free_port()
-            hop, hop_thread = run_server(key_adding_hop(endpoint(base, team), key), hop_port)
-            try:
+            with serve_app(key_adding_hop(endpoint(base, team), key)) as hop_url:
                 done = subprocess.run(
                     [node, "--import", str(SUITE / "node20.mjs"),
                      str(SUITE / "node_modules" / ".bin" / "conformance"), "server",
-                     "--url", f"http://127.0.0.1:{hop_port}/mcp", "--verbose"],
+                     "--url", f"{hop_url}/mcp", "--verbose"],
                     cwd=tmp_path, capture_output=True, text=True, timeout=240)
-            finally:
-                hop.should_exit = True
-                hop_thread.join(timeout=10)
-    finally:
-        up.should_exit = True
-        up_thread.join(timeout=10)
     (tmp_path / "stdout.txt").write_text(done.stdout + done.stderr)
     results = scenario_results(done.stdout)
     summary = "\n".join(f"{'PASS' if ok else 'FAIL'} {name}" for name, ok in sorted(

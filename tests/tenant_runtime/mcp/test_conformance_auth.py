@@ -36,8 +36,9 @@ from starlette.routing import Route
 
 from tenant_runtime.agents.models import Agent
 from tenant_runtime.mcp import service
-from tests.conftest import free_port, make_settings
-from tests.tenant_runtime.mcp.helpers import endpoint, mcp_client, serving, text_of
+from tests.conftest import make_settings
+from tests.live_server import Port, serve_app
+from tests.tenant_runtime.mcp.helpers import endpoint, mcp_client, text_of
 from tests.tenant_runtime.mcp.test_conformance import SUITE, node_or_skip
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -134,14 +135,14 @@ def auth_scenarios(node: str, cwd: Any) -> list[str]:
 def test_the_conformance_suite_passes_its_client_credentials_scenarios_on_the_upstream_side(
         team, base, key, tmp_path):
     node = node_or_skip()
-    port = free_port()
+    port = Port()
     results: dict[str, bool] = {}
-    with serving(driver(team, base, key), port):
+    with serve_app(driver(team, base, key), port):
         for scenario in auth_scenarios(node, tmp_path):
             done = subprocess.run(
                 [node, "--import", str(SUITE / "node20.mjs"),
                  str(SUITE / "node_modules" / ".bin" / "conformance"), "client",
-                 "--scenario", scenario, "--command", COMMAND.format(port=port),
+                 "--scenario", scenario, "--command", COMMAND.format(port=port.number),
                  "--timeout", "60000"],
                 cwd=tmp_path, capture_output=True, text=True, timeout=180)
             (tmp_path / f"{scenario.replace('/', '_')}.txt").write_text(

@@ -89,15 +89,18 @@ def test_a_token_found_by_discovery_reaches_the_upstream_and_nothing_else_does(
 def test_an_expiring_token_is_fetched_again_before_it_lapses_and_a_refused_one_once(
         team, authz, secured, base, key):
     up, verifier = secured
-    authz.expires_in = 1  # fetched again 0.1 s before it lapses
+    # fetched again 0.3 s before it lapses. 3 s, not less: each run's requests must all be
+    # sent within the token's fresh 2.7 s, or one sent just before the refetch could reach the
+    # upstream after the lapse (a busy machine's run takes a second or two)
+    authz.expires_in = 3
     add(team, up.url, auth_method="client_secret_post")
     assert run(list_names, endpoint(base, team), key) == ["crm__lookup"]
-    time.sleep(1.0)
+    time.sleep(3.0)
     result = run(call, endpoint(base, team), key, "crm__lookup", {"customer": "a"})
     assert text_of(result) == "found a"
     assert len(authz.requests) == 2 and verifier.refused == []  # no stale token was sent
     authz.expires_in = 3600
-    time.sleep(1.0)
+    time.sleep(3.0)
     result = run(call, endpoint(base, team), key, "crm__lookup", {"customer": "b"})
     assert len(authz.requests) == 3 and verifier.refused == []
     authz.revoke_all()  # the upstream refuses the cached token: one new token, one retry

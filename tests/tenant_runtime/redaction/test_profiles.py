@@ -83,7 +83,8 @@ def test_a_catastrophic_pattern_times_out_quickly():
     started = time.perf_counter()
     with pytest.raises(RedactionTimeout, match=r"\(a\+\)\+\$") as caught:
         redact_text("a" * 5000 + "b", profile)
-    assert time.perf_counter() - started < 0.5
+    # the pattern's 50 ms budget, and a busy machine's scheduling; unbounded it runs for ages
+    assert time.perf_counter() - started < 2
     assert isinstance(caught.value, TenantInvalidInput) and caught.value.status_code == 422
 
 
