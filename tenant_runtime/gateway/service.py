@@ -5,7 +5,12 @@
 
 ``prepare`` does everything before the provider in one transaction that commits the
 reservation, so concurrent calls see it; ``complete`` and ``stream`` call the providers, and
-``_finish`` settles and records the one audit event of the call in a second transaction.
+``_finish`` settles and records the one audit event of the call in a second transaction
+(group-committed with other calls', settlement.py). Both run straight on psycopg connections
+of the tenant's pool (tenant_runtime/driver.py: no ORM session, no SQLAlchemy execution layer
+on the hot path); the first sends its ``BEGIN``, the reservation's savepoint and the
+configuration's version check in one round trip, and falls back to a session only to rebuild
+a configuration that changed (``config.snapshot``).
 Refusals (a model off the allowlist, the spend cap) are audited in their own transaction and
 raised as ``TenantError``s with a sentence for the caller. Prompt and answer text are never
 logged or audited: only counts. Neither is stored either, with one exception:
@@ -29,7 +34,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tenant_runtime import audit
+from tenant_runtime import audit, driver
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantError, TenantInvalidInput
 from tenant_runtime.gateway import config, features, pricing, settlement, spend, tools
@@ -162,6 +167,9 @@ class EmbeddingResult:
     cost_micros: int
 
 
+# tx 1's first round trip, after its BEGIN: the reservation's savepoint (``spend._take``), then
+# the configuration's version
+_OPENING = f"{spend.SAVEPOINT}; {config.VERSION}"
 KEPT_ANSWER = ("gateway_calls", "answer_sealed")  # the sealed answer's table and column
 KEEP_ANSWERS_FOR = timedelta(days=1)
 
@@ -200,45 +208,69 @@ class Gateway:
         problem = tool_history_problem(request.messages)
         if problem is not None:
             raise TenantInvalidInput(problem)
-        with self.ctx.session() as s, s.begin():
-            cfg = config.snapshot(s, self.ctx)
-            if rate_limit is not None:
-                rate_limit(cfg.requests_per_minute, cfg.tokens_per_minute)
-            refused_tools = tools.refused_tools(request, cfg.tool_rules)
-            if request.model not in cfg.allowed:
-                refusal: TenantError = ModelRefused(
-                    f"The model {shown(request.model)} is not on this tenant's allowlist; an "
-                    "Owner or Admin can allow it on the tenant's gateway page.")
-            elif refused_tools:
-                refusal = ToolRefused(
-                    f"This tenant's tool rules do not let programs offer "
-                    f"{_listed(refused_tools)} to {shown(request.model)}; remove "
-                    f"{'it' if len(refused_tools) == 1 else 'them'} from the request, or ask an "
-                    "Owner or Admin to change the rules on the tenant's gateway page.",
-                    details={"tools": sorted(set(refused_tools))[:20]})
-            elif not cfg.images_allowed and tools.count_images(request):
-                refusal = ImagesRefused(
-                    "This tenant's policy does not let images or documents leave (they cannot "
-                    "be scanned for personal data); send text only, or ask an Owner or Admin "
-                    "to allow images on the tenant's gateway page.")
-            else:
-                redacted, restorer = redact_request(request, cfg.profile)
-                chain = self._chain(cfg, request.model,
-                                    lambda provider: features.unsupported(request, provider))
-                prices = [entry.price for entry in chain]
-                reserved = self._worst_case(redacted, prices)
-                prepared = self._reserve(s, cfg, month, chain, reserved, redacted, restorer,
-                                         endpoint_kind=endpoint_kind, stream=request.stream,
-                                         started=started, idempotency_key=idempotency_key)
-                if prepared is not None:
-                    return prepared
-                refusal = spend.SpendCapReached(spend.reservation_message(
-                    s, month=month, cap_micros=cfg.monthly_cap_micros,
-                    reserved_micros=reserved,
-                    prompt_tokens=pricing.request_token_bound(redacted), prices=prices,
-                    answers=redacted.n))
-        self._refused(refusal, request.model, endpoint_kind)
-        raise refusal
+
+        def admit(on: driver.Connectable, cfg: config.GatewayConfig, *,
+                  savepoint_taken: bool) -> PreparedCall | TenantError:
+            return self._admit(on, cfg, request, month, rate_limit, endpoint_kind=endpoint_kind,
+                               started=started, idempotency_key=idempotency_key,
+                               savepoint_taken=savepoint_taken)
+
+        # tx 1 straight on the driver (tenant_runtime/driver.py): its first round trip begins
+        # it, takes the reservation's savepoint and reads the configuration's version
+        outcome: PreparedCall | TenantError | None = None
+        with driver.transaction(driver.engine_of(self.ctx.session_factory),
+                                opening=_OPENING) as (connection, rows):
+            cfg = config.cached(self.ctx, rows[0][0] if rows else None)
+            if cfg is not None:
+                outcome = admit(connection, cfg, savepoint_taken=True)
+        if outcome is None:  # the configuration changed: rebuilt in a session (once a change)
+            with self.ctx.session() as s, s.begin():
+                outcome = admit(s, config.snapshot(s, self.ctx), savepoint_taken=False)
+        if isinstance(outcome, PreparedCall):
+            return outcome
+        self._refused(outcome, request.model, endpoint_kind)
+        raise outcome
+
+    def _admit(self, on: driver.Connectable, cfg: config.GatewayConfig, request: ChatRequest,
+               month: date, rate_limit: Callable[[int, int], None] | None, *,
+               endpoint_kind: str, started: float, idempotency_key: str | None,
+               savepoint_taken: bool) -> PreparedCall | TenantError:
+        """``prepare``'s steps in its transaction: the call reserved, or the refusal to audit
+        (after the transaction) and raise."""
+        if rate_limit is not None:
+            rate_limit(cfg.requests_per_minute, cfg.tokens_per_minute)
+        refused_tools = tools.refused_tools(request, cfg.tool_rules)
+        if request.model not in cfg.allowed:
+            return ModelRefused(
+                f"The model {shown(request.model)} is not on this tenant's allowlist; an "
+                "Owner or Admin can allow it on the tenant's gateway page.")
+        if refused_tools:
+            return ToolRefused(
+                f"This tenant's tool rules do not let programs offer "
+                f"{_listed(refused_tools)} to {shown(request.model)}; remove "
+                f"{'it' if len(refused_tools) == 1 else 'them'} from the request, or ask an "
+                "Owner or Admin to change the rules on the tenant's gateway page.",
+                details={"tools": sorted(set(refused_tools))[:20]})
+        if not cfg.images_allowed and tools.count_images(request):
+            return ImagesRefused(
+                "This tenant's policy does not let images or documents leave (they cannot "
+                "be scanned for personal data); send text only, or ask an Owner or Admin "
+                "to allow images on the tenant's gateway page.")
+        redacted, restorer = redact_request(request, cfg.profile)
+        chain = self._chain(cfg, request.model,
+                            lambda provider: features.unsupported(request, provider))
+        prices = [entry.price for entry in chain]
+        reserved = self._worst_case(redacted, prices)
+        prepared = self._reserve(on, cfg, month, chain, reserved, redacted, restorer,
+                                 endpoint_kind=endpoint_kind, stream=request.stream,
+                                 started=started, idempotency_key=idempotency_key,
+                                 savepoint_taken=savepoint_taken)
+        if prepared is not None:
+            return prepared
+        return spend.SpendCapReached(spend.reservation_message(
+            on, month=month, cap_micros=cfg.monthly_cap_micros, reserved_micros=reserved,
+            prompt_tokens=pricing.request_token_bound(redacted), prices=prices,
+            answers=redacted.n))
 
     def _chain(self, cfg: config.GatewayConfig, model: str,
                unsupported: Callable[[str], list[str]]) -> list[config.RouteEntry]:
@@ -275,11 +307,12 @@ class Gateway:
                                   + " ".join(egress_refusals))
         return chain
 
-    def _reserve(self, s: Session, cfg: config.GatewayConfig, month: date,
+    def _reserve(self, s: driver.Connectable, cfg: config.GatewayConfig, month: date,
                  chain: list[config.RouteEntry], reserved: int,
                  redacted: RedactedRequest | RedactedEmbedding, restorer: Restorer, *,
                  endpoint_kind: str, stream: bool, started: float,
-                 idempotency_key: str | None = None) -> PreparedCall | None:
+                 idempotency_key: str | None = None,
+                 savepoint_taken: bool = False) -> PreparedCall | None:
         """Reserve the call's worst case and write its row; None when it does not fit."""
         first = chain[0].target
         call_id = spend.reserve_call(
@@ -287,7 +320,8 @@ class Gateway:
             call={"api_key_id": self.api_key_id, "model_name": redacted.model,
                   "provider": first.provider, "provider_model": first.model,
                   "endpoint_kind": endpoint_kind, "stream": stream,
-                  "redactions": dict(redacted.counts), "idempotency_key": idempotency_key})
+                  "redactions": dict(redacted.counts), "idempotency_key": idempotency_key},
+            savepoint_taken=savepoint_taken)
         if call_id is None:
             return None
         return PreparedCall(call_id, month, redacted.model, redacted, restorer,
