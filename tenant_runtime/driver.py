@@ -9,7 +9,10 @@ audit append) run here, on the psycopg connection itself:
 - ``run`` / ``one``: a statement on a session's connection, in the session's transaction (the
   session's other statements, before and after, see its effects), or on a psycopg connection;
 - ``transaction``: a transaction of its own on a connection of an engine's pool, with no
-  session at all (the settlement's group commit).
+  session at all (the settlement's group commit);
+- ``autocommit``: a connection of an engine's pool on which each statement is a transaction of
+  its own, with no ``BEGIN`` or ``COMMIT`` round trip (the spend reservation, which is one
+  statement).
 
 Errors are SQLAlchemy's, as through a session (``DBAPIError.instance``: an
 ``OperationalError``, an ``IntegrityError``, ...), so callers handle one kind; when the
@@ -80,41 +83,25 @@ def engine_of(session_factory: sessionmaker[Session]) -> Engine:
 
 
 @contextmanager
-def transaction(engine: Engine, opening: str = ""
-                ) -> Iterator[tuple[psycopg.Connection[Any], list[tuple[Any, ...]]]]:
-    """A transaction on a connection of ``engine``'s pool, committed when the block ends
-    (rolled back when it raises); no session. ``opening``: statements without parameters
-    sent in the same round trip as the ``BEGIN`` (the simple query protocol takes several);
-    the block gets the connection and the rows of the opening's last statement. So a
-    transaction that starts with a read costs one round trip fewer than through psycopg's own
-    ``BEGIN``, which goes alone: the connection runs in autocommit while the block runs, and
-    the ``BEGIN`` and ``COMMIT`` are sent here."""
+def _pooled(engine: Engine, *, autocommit: bool) -> Iterator[psycopg.Connection[Any]]:
     pooled = engine.raw_connection()
     connection: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
-        connection.autocommit = True  # the BEGIN and COMMIT below are the transaction
+        connection.autocommit = autocommit
         try:
-            begin = f"BEGIN; {opening}" if opening else "BEGIN"
-            with connection.cursor() as cursor:
+            yield connection
+            if not autocommit:
                 try:
-                    cursor.execute(begin, prepare=False)
+                    connection.commit()
                 except psycopg.Error as exc:
-                    raise _error(connection, begin, None, exc) from exc
-                while cursor.nextset():  # to the opening's last statement
-                    pass
-                rows = cursor.fetchall() if cursor.description is not None else []
-            yield connection, rows
-            try:
-                connection.commit()  # COMMIT: the transaction is open, autocommit or not
-            except psycopg.Error as exc:
-                raise _error(connection, "COMMIT", None, exc) from exc
+                    raise _error(connection, "COMMIT", None, exc) from exc
         except BaseException:
             if not connection.broken:
                 with suppress(psycopg.Error):
-                    connection.rollback()  # ROLLBACK, unless the transaction is over
+                    connection.rollback()  # ROLLBACK, when a transaction is open
             raise
     finally:
-        if not connection.broken and not connection.closed:
+        if autocommit and not connection.broken and not connection.closed:
             try:
                 connection.autocommit = False  # as the pool's other users expect it
             except psycopg.Error:
@@ -125,3 +112,27 @@ def transaction(engine: Engine, opening: str = ""
             # server probably restarted: they are all dead)
             engine.pool._invalidate(pooled)  # noqa: SLF001
         pooled.close()
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """A transaction on a connection of ``engine``'s pool, committed when the block ends
+    (rolled back when it raises); no session."""
+    with _pooled(engine, autocommit=False) as connection:
+        yield connection
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of ``engine``'s pool in autocommit while the block runs: each statement is
+    a transaction of its own, with no ``BEGIN`` or ``COMMIT`` round trip (``connection.
+    transaction()`` for a part that needs one); no session."""
+    with _pooled(engine, autocommit=True) as connection:
+        yield connection
+
+
+def each_statement_alone(on: Connectable) -> bool:
+    """Whether each statement on ``on`` is a transaction of its own: a psycopg connection in
+    autocommit with no transaction open (``autocommit``), not a session's."""
+    return (isinstance(on, psycopg.Connection) and on.autocommit
+            and on.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)

@@ -954,7 +954,9 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
 
     # Postgres round trips counted where psycopg sends them, so statements sent through
     # SQLAlchemy and those sent straight on the driver (tenant_runtime/driver.py) both count:
-    # each cursor's statement, and each BEGIN, COMMIT or ROLLBACK the connection sends itself
+    # each cursor's statement, and each BEGIN, COMMIT or ROLLBACK the connection sends itself;
+    # "transactions" are the BEGINs (a statement in autocommit is a transaction of its own,
+    # counted as a statement)
     counted: Counter[str] = Counter()
     real_execute = psycopg.Cursor.execute
     real_command = BaseConnection._exec_command

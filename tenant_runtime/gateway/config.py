@@ -132,8 +132,7 @@ def _build(s: Session, ctx: TenantContext, settings: GatewaySettings) -> Gateway
                          tools.images_allowed(settings.image_policy, settings.redaction_profile))
 
 
-# The configuration's version: one small read per call (the gateway sends it with its first
-# transaction's BEGIN, ``Gateway.prepare``)
+# The configuration's version: one small read per call (``Gateway.prepare``)
 VERSION = f"SELECT config_version FROM {SETTINGS_TABLE} WHERE id = 1"  # noqa: S608 - a constant
 
 

@@ -8,9 +8,10 @@ reservation, so concurrent calls see it; ``complete`` and ``stream`` call the pr
 ``_finish`` settles and records the one audit event of the call in a second transaction
 (group-committed with other calls', settlement.py). Both run straight on psycopg connections
 of the tenant's pool (tenant_runtime/driver.py: no ORM session, no SQLAlchemy execution layer
-on the hot path); the first sends its ``BEGIN``, the reservation's savepoint and the
-configuration's version check in one round trip, and falls back to a session only to rebuild
-a configuration that changed (``config.snapshot``).
+on the hot path). The first writes one statement, the reservation with the call's row, so it
+runs in autocommit: the configuration's version check and the reservation are each a
+transaction of their own, two round trips with no ``BEGIN`` or ``COMMIT``; a session is used
+only to rebuild a configuration that changed (``config.snapshot``).
 Refusals (a model off the allowlist, the spend cap) are audited in their own transaction and
 raised as ``TenantError``s with a sentence for the caller. Prompt and answer text are never
 logged or audited: only counts. Neither is stored either, with one exception:
@@ -167,9 +168,6 @@ class EmbeddingResult:
     cost_micros: int
 
 
-# tx 1's first round trip, after its BEGIN: the reservation's savepoint (``spend._take``), then
-# the configuration's version
-_OPENING = f"{spend.SAVEPOINT}; {config.VERSION}"
 KEPT_ANSWER = ("gateway_calls", "answer_sealed")  # the sealed answer's table and column
 KEEP_ANSWERS_FOR = timedelta(days=1)
 
@@ -200,7 +198,7 @@ class Gateway:
     def prepare(self, request: ChatRequest, *, endpoint_kind: str,
                 rate_limit: Callable[[int, int], None] | None = None,
                 idempotency_key: str | None = None) -> PreparedCall:
-        """Allowlist, redaction and the spend reservation, committed together. ``rate_limit``
+        """Allowlist, redaction and the spend reservation, committed. ``rate_limit``
         is called with the tenant's requests and tokens per minute first, and raises to
         refuse. ``idempotency_key``: see ``complete_once``."""
         started = time.perf_counter() if self.started is None else self.started
@@ -209,23 +207,23 @@ class Gateway:
         if problem is not None:
             raise TenantInvalidInput(problem)
 
-        def admit(on: driver.Connectable, cfg: config.GatewayConfig, *,
-                  savepoint_taken: bool) -> PreparedCall | TenantError:
+        def admit(on: driver.Connectable,
+                  cfg: config.GatewayConfig) -> PreparedCall | TenantError:
             return self._admit(on, cfg, request, month, rate_limit, endpoint_kind=endpoint_kind,
-                               started=started, idempotency_key=idempotency_key,
-                               savepoint_taken=savepoint_taken)
+                               started=started, idempotency_key=idempotency_key)
 
-        # tx 1 straight on the driver (tenant_runtime/driver.py): its first round trip begins
-        # it, takes the reservation's savepoint and reads the configuration's version
+        # straight on the driver, in autocommit (tenant_runtime/driver.py): the version check,
+        # then the reservation, each a transaction of its own (two round trips, no BEGIN or
+        # COMMIT); the reservation is one statement, and what it writes is all tx 1 writes
         outcome: PreparedCall | TenantError | None = None
-        with driver.transaction(driver.engine_of(self.ctx.session_factory),
-                                opening=_OPENING) as (connection, rows):
-            cfg = config.cached(self.ctx, rows[0][0] if rows else None)
+        with driver.autocommit(driver.engine_of(self.ctx.session_factory)) as connection:
+            row = driver.one(connection, config.VERSION)
+            cfg = config.cached(self.ctx, row[0] if row is not None else None)
             if cfg is not None:
-                outcome = admit(connection, cfg, savepoint_taken=True)
+                outcome = admit(connection, cfg)
         if outcome is None:  # the configuration changed: rebuilt in a session (once a change)
             with self.ctx.session() as s, s.begin():
-                outcome = admit(s, config.snapshot(s, self.ctx), savepoint_taken=False)
+                outcome = admit(s, config.snapshot(s, self.ctx))
         if isinstance(outcome, PreparedCall):
             return outcome
         self._refused(outcome, request.model, endpoint_kind)
@@ -233,8 +231,8 @@ class Gateway:
 
     def _admit(self, on: driver.Connectable, cfg: config.GatewayConfig, request: ChatRequest,
                month: date, rate_limit: Callable[[int, int], None] | None, *,
-               endpoint_kind: str, started: float, idempotency_key: str | None,
-               savepoint_taken: bool) -> PreparedCall | TenantError:
+               endpoint_kind: str, started: float,
+               idempotency_key: str | None) -> PreparedCall | TenantError:
         """``prepare``'s steps in its transaction: the call reserved, or the refusal to audit
         (after the transaction) and raise."""
         if rate_limit is not None:
@@ -263,8 +261,7 @@ class Gateway:
         reserved = self._worst_case(redacted, prices)
         prepared = self._reserve(on, cfg, month, chain, reserved, redacted, restorer,
                                  endpoint_kind=endpoint_kind, stream=request.stream,
-                                 started=started, idempotency_key=idempotency_key,
-                                 savepoint_taken=savepoint_taken)
+                                 started=started, idempotency_key=idempotency_key)
         if prepared is not None:
             return prepared
         return spend.SpendCapReached(spend.reservation_message(
@@ -311,8 +308,7 @@ class Gateway:
                  chain: list[config.RouteEntry], reserved: int,
                  redacted: RedactedRequest | RedactedEmbedding, restorer: Restorer, *,
                  endpoint_kind: str, stream: bool, started: float,
-                 idempotency_key: str | None = None,
-                 savepoint_taken: bool = False) -> PreparedCall | None:
+                 idempotency_key: str | None = None) -> PreparedCall | None:
         """Reserve the call's worst case and write its row; None when it does not fit."""
         first = chain[0].target
         call_id = spend.reserve_call(
@@ -320,8 +316,7 @@ class Gateway:
             call={"api_key_id": self.api_key_id, "model_name": redacted.model,
                   "provider": first.provider, "provider_model": first.model,
                   "endpoint_kind": endpoint_kind, "stream": stream,
-                  "redactions": dict(redacted.counts), "idempotency_key": idempotency_key},
-            savepoint_taken=savepoint_taken)
+                  "redactions": dict(redacted.counts), "idempotency_key": idempotency_key})
         if call_id is None:
             return None
         return PreparedCall(call_id, month, redacted.model, redacted, restorer,

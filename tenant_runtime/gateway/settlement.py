@@ -171,7 +171,7 @@ class TenantWriter:
         pending = list(batch)
         while pending:
             try:
-                with driver.transaction(self._engine) as (connection, _):
+                with driver.transaction(self._engine) as connection:
                     _apply(connection, pending)
             except _ItemFailed as failed:
                 pending.pop(failed.index).error = failed.cause

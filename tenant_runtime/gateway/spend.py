@@ -12,7 +12,8 @@ Summed over the shards: Σ (spent + reserved) ≤ cap, so no interleaving can ov
 
 Before a call, its worst case (the prompt estimate plus ``max_tokens`` at the dearest price
 among the call's targets) is reserved on a shard picked at random: one conditional UPDATE
-(after a savepoint, ``_take``), which waits only for calls on the same shard. When it does not
+(``_take``: on the gateway's path a transaction of its own; in a caller's transaction, after a
+savepoint), which waits only for calls on the same shard. When it does not
 fit, the shard is *refilled* under the month's lock: it is granted a chunk of what the month
 has not allotted yet; when the month has not enough left, every shard's slack (allotted − spent
 − reserved) goes back to the month first (all the shards locked in shard order), so the last
@@ -31,7 +32,9 @@ locks shards only after it (the refill, the reclaim, ``settle_abandoned``), seve
 shard order; every other transaction locks one shard and waits for nothing of the spend's
 after it. A reservation that did not fit may still hold its shard (an UPDATE locks a row
 another transaction changed meanwhile even when its condition then fails): it rolls back to a
-savepoint taken before it, which lets that lock go, before the refill waits for the month.
+savepoint taken before it, which lets that lock go, before the refill waits for the month;
+one that was a transaction of its own has let it go when it ended, and its refill runs in a
+new transaction.
 A transaction that holds a reservation and reserves again could wait for the month holding a
 shard: the gateway reserves once per transaction."""
 
@@ -43,12 +46,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenant_runtime.audit import CHAIN_LOCK
-from tenant_runtime.driver import Connectable, one, run
+from tenant_runtime.driver import Connectable, each_statement_alone, one, run
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.models import GatewayCall
 
@@ -150,26 +154,23 @@ _RESERVE_CALL = (  # constants only: the values are bound parameters
 
 
 def reserve_call(s: Connectable, *, month: date, amount_micros: int, cap_micros: int,
-                 call: dict[str, Any], savepoint_taken: bool = False) -> int | None:
+                 call: dict[str, Any]) -> int | None:
     """Reserve ``amount_micros`` of this month's cap and write the call's row (``call``: its
     api_key_id, model_name, provider, provider_model, endpoint_kind, stream, redactions and
     optionally idempotency_key), status ``reserved``; its id, or None when the reservation does
     not fit. Two statements (a savepoint, see ``_take``), except when the shard needs a refill
-    (``_refill``); one when ``savepoint_taken``: the caller took ``SAVEPOINT`` in this
-    transaction already, with nothing but reads after it (the gateway sends it with the
-    transaction's ``BEGIN``)."""
+    (``_refill``); one, its own transaction, on a connection in autocommit (the gateway's)."""
     params = {"idempotency_key": None, **call, "redactions": Jsonb(call["redactions"]),
               "amount": amount_micros, "month": month, "cap": cap_micros,
               "shard": pick_shard()}
-    row = _take(s, _RESERVE_CALL, params, savepoint_taken=savepoint_taken)
+    row = _take(s, _RESERVE_CALL, params)
     return None if row is None else int(row[0])
 
 
-SAVEPOINT = "SAVEPOINT spend_shard"
+_SAVEPOINT = "SAVEPOINT spend_shard"
 
 
-def _take(s: Connectable, statement: str, params: dict[str, Any], *,
-          savepoint_taken: bool = False) -> tuple[Any, ...] | None:
+def _take(s: Connectable, statement: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     """Run a reservation statement (``_FITS`` or one built on it); when it does not fit,
     refill its shard and run it again. The first try runs under a savepoint: an UPDATE whose
     row another transaction changed meanwhile locks the row even when its condition then
@@ -177,12 +178,24 @@ def _take(s: Connectable, statement: str, params: dict[str, Any], *,
     order in the module's docstring), so a failed try rolls back to the savepoint, which lets
     that lock go, before ``_refill``. (The savepoint is a round trip of its own: sent in one
     pipeline with the reservation, it measured slower here, as pipelines did before.)"""
-    if not savepoint_taken:
-        run(s, SAVEPOINT)
+    if isinstance(s, psycopg.Connection) and each_statement_alone(s):
+        # the first try is a transaction of its own: when it does not fit, it has ended and
+        # holds nothing, and the refill and the second try run in a transaction of their own
+        row = one(s, statement, params)
+        if row is not None:
+            return row
+        with s.transaction():
+            return _refilled(s, statement, params)
+    run(s, _SAVEPOINT)
     row = one(s, statement, params)
     if row is not None:
         return row
-    run(s, "ROLLBACK TO " + SAVEPOINT)
+    run(s, "ROLLBACK TO " + _SAVEPOINT)
+    return _refilled(s, statement, params)
+
+
+def _refilled(s: Connectable, statement: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """``_take``'s second try, after the refill of its shard (None: the month has no room)."""
     if not _refill(s, month=params["month"], shard=params["shard"],
                    amount_micros=params["amount"], cap_micros=params["cap"]):
         return None
