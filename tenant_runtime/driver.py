@@ -17,8 +17,9 @@ audit append) run here, on the psycopg connection itself:
 Errors are SQLAlchemy's, as through a session (``DBAPIError.instance``: an
 ``OperationalError``, an ``IntegrityError``, ...), so callers handle one kind; when the
 connection itself broke, the error says so (``connection_invalidated``: a database that is
-unreachable answers 503, ``control_plane/web/errors.py``) and ``transaction`` drops the
-connection, and those pooled before it, as SQLAlchemy does on a disconnect."""
+unreachable answers 503, ``control_plane/web/errors.py``) and ``transaction`` and
+``autocommit`` drop the connection, and those pooled before it, as SQLAlchemy does on a
+disconnect."""
 
 from __future__ import annotations
 
