@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
+from tenant_runtime import driver
 from tenant_runtime.context import Actor
 from tenant_runtime.models import AuditEvent
 from tenant_runtime.observability import metrics
@@ -121,15 +120,6 @@ def _content_around(event: AuditEvent) -> tuple[bytes, bytes]:
     return content[:at] + b'"occurred_at":"', content[at + len(_PLACEHOLDER) - 1:]
 
 
-def _execute(cursor: Any, statement: str, params: dict[str, Any] | None = None) -> None:
-    """Run a statement on the driver's cursor; its errors surface as SQLAlchemy's, as they
-    would through the session."""
-    try:
-        cursor.execute(statement, params)
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, params, exc, psycopg.Error) from exc
-
-
 @dataclass
 class Pending:
     """An event prepared for its append: all that does not depend on the chain's head."""
@@ -157,22 +147,32 @@ def prepare(event_type: str, *, actor: Actor, target_type: str | None = None,
 
 def append(session: Session, pending: Pending, *, chain_locked: bool = False) -> AuditEvent:
     """Append a prepared event in the session's transaction (``record``, whose rules hold)."""
-    event = pending.event
     session.flush()  # the caller's pending changes first, as autoflush did
-    driver: Any = session.connection(bind_arguments={"mapper": AuditEvent}).connection \
-        .driver_connection  # a psycopg connection, in the session's transaction
-    with driver.cursor() as cursor:
+    event = append_on(session, pending, chain_locked=chain_locked)
+    make_transient_to_detached(event)  # the row exists: the session holds it as loaded
+    session.add(event)
+    return event
+
+
+def append_on(on: driver.Connectable, pending: Pending, *,
+              chain_locked: bool = False) -> AuditEvent:
+    """``append`` on the psycopg connection of ``on`` (a session's, or one in a transaction of
+    its own: ``driver.transaction``), with no ORM bookkeeping; the event returned is in no
+    session."""
+    event = pending.event
+    with driver.connection_of(on).cursor() as cursor:
         if not chain_locked:
-            _execute(cursor, _LOCK)
+            driver.execute(cursor, _LOCK)
         event.occurred_at = datetime.now(UTC)  # under the lock: times follow seq
         moment = event.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode("ascii")
         params = {**pending.params, "occurred_at": event.occurred_at,
                   "before_seq": pending.before_time + moment + b'","seq":'}
-        _execute(cursor, _APPEND, params)
-        event.seq, event.prev_hash, event.chain_hash = cursor.fetchone()
+        driver.execute(cursor, _APPEND, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("The audit append returned no row.")
+    event.seq, event.prev_hash, event.chain_hash = row
     metrics.AUDIT_APPENDS.labels("tenant").inc()
-    make_transient_to_detached(event)  # the row exists: the session holds it as loaded
-    session.add(event)
     return event
 
 

@@ -121,7 +121,12 @@ def build_app(svc: Services) -> Starlette:
 
     app = Starlette(
         debug=False,  # never show tracebacks to users, whatever MAGISTRATE_DEBUG says
+        # the gateway's routes first: the router tries routes in order (a regular expression
+        # each), and the gateway's calls are the most frequent requests by far. No other
+        # route answers a gateway path and method (tests/control_plane/gateway/test_routing.py)
         routes=[
+            *gateway_api.routes,
+            *gateway_responses.routes,
             *dashboard.routes,
             *auth_routes.routes,
             *identity_routes.routes,
@@ -132,8 +137,6 @@ def build_app(svc: Services) -> Starlette:
             *member_api.routes,
             *export_routes.routes,
             *audit_routes.routes,
-            *gateway_api.routes,
-            *gateway_responses.routes,
             *agents_api.routes,
             *approvals_api.routes,
             *mcp_routes,

@@ -96,7 +96,8 @@ from typing import Any
 import httpx2
 import psycopg
 import redis
-from sqlalchemy import Engine, event, func, select
+from psycopg._connection_base import BaseConnection
+from sqlalchemy import event, func, select
 
 ROOT = Path(__file__).resolve().parents[2]
 # run as a script, Python puts ops/bench first on the path, where ops/bench/mcp.py would shadow
@@ -119,7 +120,7 @@ from ops.bench._stack import Stack, free_port, log, percentile, wait_for_quiet  
 from tenant_runtime.audit_export import export_lines  # noqa: E402
 from tenant_runtime.context import Actor  # noqa: E402
 from tenant_runtime.credentials.service import do_add_credential  # noqa: E402
-from tenant_runtime.gateway import admin, config, spend  # noqa: E402
+from tenant_runtime.gateway import admin, config  # noqa: E402
 from tenant_runtime.gateway.egress import EgressPolicy  # noqa: E402
 from tenant_runtime.gateway.providers.base import Adapter  # noqa: E402
 from tenant_runtime.gateway.providers.registry import adapter_for  # noqa: E402
@@ -951,14 +952,28 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         steps["restore_settle_audit_tx2"].append((t4 - t3) * 1000 - provider_ms[-1])
         steps["total"].append((t4 - t0) * 1000)
 
+    # Postgres round trips counted where psycopg sends them, so statements sent through
+    # SQLAlchemy and those sent straight on the driver (tenant_runtime/driver.py) both count:
+    # each cursor's statement, and each BEGIN, COMMIT or ROLLBACK the connection sends itself;
+    # "transactions" are the BEGINs (a statement in autocommit is a transaction of its own,
+    # counted as a statement)
     counted: Counter[str] = Counter()
+    real_execute = psycopg.Cursor.execute
+    real_command = BaseConnection._exec_command
 
-    def on_statement(*_: Any) -> None:
+    def begins(statement: Any) -> bool:  # a BEGIN, sent by psycopg or by our own code
+        text = statement if isinstance(statement, bytes) else str(statement).encode()
+        return text.lstrip().upper().startswith(b"BEGIN")
+
+    def counting_execute(cursor: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
         counted["statements"] += 1
+        counted["transactions"] += begins(statement)
+        return real_execute(cursor, statement, *args, **kwargs)
 
-    def on_begin(conn: Any) -> None:  # an autocommit connection sends no BEGIN or COMMIT
-        if not getattr(conn.connection.dbapi_connection, "autocommit", False):
-            counted["transactions"] += 1
+    def counting_command(connection: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        counted["commands"] += 1
+        counted["transactions"] += begins(command)
+        return real_command(connection, command, *args, **kwargs)
 
     def on_checkout(*_: Any) -> None:
         counted["checkouts"] += 1
@@ -969,8 +984,8 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         for name in steps:
             steps[name].clear()
         wait_for_quiet()
-        event.listen(Engine, "before_cursor_execute", on_statement)
-        event.listen(Engine, "begin", on_begin)
+        psycopg.Cursor.execute = counting_execute  # type: ignore[method-assign]
+        BaseConnection._exec_command = counting_command  # type: ignore[method-assign]
         control_engine = svc.session_factory.kw["bind"]  # type: ignore[attr-defined]
         hot_engine = getattr(svc, "hot_path_engine", None)
         if hot_engine is not None:
@@ -981,21 +996,16 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         for _ in range(calls):
             call()
         cpu_ms = (time.process_time() - cpu_started) * 1000 / calls
-        event.remove(Engine, "before_cursor_execute", on_statement)
-        event.remove(Engine, "begin", on_begin)
+        psycopg.Cursor.execute = real_execute  # type: ignore[method-assign]
+        BaseConnection._exec_command = real_command  # type: ignore[method-assign]
         event.remove(control_engine.pool, "checkout", on_checkout)
         per_call = {name: round(count / calls, 2) for name, count in counted.items()}
         pre_pings = per_call.get("checkouts", 0.0) if pings else 0.0
-        # psycopg sends BEGIN and COMMIT as round trips of their own
         per_call["pre_pings"] = pre_pings
-        # the audit append (and its lock, unless the settlement took it) go straight to the
-        # psycopg cursor (tenant_runtime/audit.py), which SQLAlchemy's events do not see
-        chained = hasattr(spend, "_SETTLE_CALL_LOCKING_CHAIN")
-        per_call["audit_driver_statements"] = 1.0 if chained else 2.0
-        per_call["statements"] = per_call.get("statements", 0) + per_call[
-            "audit_driver_statements"]
+        # psycopg sends BEGIN and COMMIT as round trips of their own; a pre-ping is a
+        # statement, counted among them
         per_call["postgres_round_trips"] = round(
-            per_call.get("statements", 0) + 2 * per_call.get("transactions", 0) + pre_pings, 2)
+            per_call.get("statements", 0) + per_call.get("commands", 0), 2)
         timed = {name: list(samples) for name, samples in steps.items()}
         if profile:  # a separate pass: the profiler's overhead stays out of the figures
             # CPU time, not wall-clock: waits on Postgres, Redis and the upstream count nothing

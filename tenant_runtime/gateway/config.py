@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import String, func, select, update
 from sqlalchemy.orm import Session
 
+from tenant_runtime import driver
 from tenant_runtime.context import TenantContext
 from tenant_runtime.credentials.service import reveal_secret
 from tenant_runtime.gateway import pricing, tools
@@ -131,18 +132,28 @@ def _build(s: Session, ctx: TenantContext, settings: GatewaySettings) -> Gateway
                          tools.images_allowed(settings.image_policy, settings.redaction_profile))
 
 
-_VERSION = f"SELECT config_version FROM {SETTINGS_TABLE} WHERE id = 1"  # noqa: S608 - a constant
+# The configuration's version: one small read per call (``Gateway.prepare``)
+VERSION = f"SELECT config_version FROM {SETTINGS_TABLE} WHERE id = 1"  # noqa: S608 - a constant
+
+
+def cached(ctx: TenantContext, version: str | None) -> GatewayConfig | None:
+    """This process's snapshot of the tenant's configuration when it is at ``version`` (read
+    in the caller's transaction), else None: ``snapshot`` rebuilds it."""
+    with _snapshots_lock:
+        found = _snapshots.get(ctx.tenant_id)
+    if found is None or found.version != version:
+        return None
+    ctx.sealer.ensure_available()  # it holds opened credentials: only while the key is
+    return found
 
 
 def snapshot(s: Session, ctx: TenantContext) -> GatewayConfig:
     """The tenant's configuration as of this transaction: one small query when nothing
     changed since this process last read it, a rebuild otherwise."""
-    version = s.connection().exec_driver_sql(_VERSION).scalar()
-    with _snapshots_lock:
-        cached = _snapshots.get(ctx.tenant_id)
-    if cached is not None and cached.version == version:
-        ctx.sealer.ensure_available()  # it holds opened credentials: only while the key is
-        return cached
+    row = driver.one(s, VERSION)
+    found = cached(ctx, row[0] if row is not None else None)
+    if found is not None:
+        return found
     fresh = _build(s, ctx, load_settings(s))
     with _snapshots_lock:
         if len(_snapshots) > 1000:

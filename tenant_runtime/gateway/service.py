@@ -5,17 +5,23 @@
     → audit
 
 ``admit`` is the one choke point every endpoint's request passes (``prepare``, ``embed`` and
-``count_tokens`` start with it). ``prepare`` does everything before the provider in one
-transaction that commits the reservation, so concurrent calls see it; ``complete`` and
-``stream`` call the providers, and ``_finish`` settles and records the one audit event of the
-call in a second transaction. Refusals (a model off the allowlist, a forbidden tool, a refused
-image, the spend cap) are audited in their own transaction and raised as ``TenantError``s
-with a sentence for the caller. Prompt and answer text are never logged or audited: only
-counts. Neither is stored either, with one exception: ``complete_once``, the platform's own
-calls for a job step, keeps the restored answer sealed under the tenant's key in the call's
-row, settled in the same transaction, so that a retried step is answered from it instead of
-paying the model twice; the step clears it (``release_answer``) in the transaction that
-records what it made of it, and answers nobody released are cleared after a day
+``count_tokens`` start with it); it decides on the tenant's configuration and reads nothing
+else. ``prepare`` does everything before the provider and commits the reservation, so
+concurrent calls see it; ``complete`` and ``stream`` call the providers, and ``_finish``
+settles and records the one audit event of the call in a second transaction (group-committed
+with other calls', settlement.py). Both run straight on psycopg connections of the tenant's
+pool (tenant_runtime/driver.py: no ORM session, no SQLAlchemy execution layer on the hot path).
+The first writes one statement, the reservation with the call's row, so it runs in autocommit:
+the configuration's version check and the reservation are each a transaction of their own, two
+round trips with no ``BEGIN`` or ``COMMIT``; a session is used only to rebuild a configuration
+that changed (``config.snapshot``). Refusals (a model off the allowlist, a forbidden tool, a
+refused image, the spend cap) are audited in their own transaction and raised as
+``TenantError``s with a sentence for the caller. Prompt and answer text are never logged or
+audited: only counts. Neither is stored either, with one exception: ``complete_once``, the
+platform's own calls for a job step, keeps the restored answer sealed under the tenant's key in
+the call's row, settled in the same transaction, so that a retried step is answered from it
+instead of paying the model twice; the step clears it (``release_answer``) in the transaction
+that records what it made of it, and answers nobody released are cleared after a day
 (``forget_kept_answers``)."""
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tenant_runtime import audit
+from tenant_runtime import audit, driver
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantError, TenantInvalidInput
 from tenant_runtime.gateway import config, features, pricing, settlement, spend, tools
@@ -270,25 +276,47 @@ class Gateway:
         ``rate_limit``: see ``admit``; ``idempotency_key``: see ``complete_once``."""
         started = time.perf_counter() if self.started is None else self.started
         month = spend.month_of(self.clock())
-        with self._audited_refusals(request.model, endpoint_kind), \
-                self.ctx.session() as s, s.begin():
-            admitted = self.admit(s, request, rate_limit=rate_limit)
-            redacted = admitted.chat
-            prices = admitted.prices
-            reserved = self._worst_case(redacted, prices)
-            prepared = self._reserve(s, admitted.cfg, month, admitted.chain, reserved, redacted,
-                                     admitted.restorer, endpoint_kind=endpoint_kind,
-                                     stream=request.stream, started=started,
-                                     idempotency_key=idempotency_key)
-            if prepared is None:
-                raise spend.SpendCapReached(spend.reservation_message(
-                    s, month=month, cap_micros=admitted.cfg.monthly_cap_micros,
-                    reserved_micros=reserved,
-                    prompt_tokens=pricing.request_token_bound(redacted), prices=prices,
-                    answers=redacted.n))
-            return prepared
+        with self._audited_refusals(request.model, endpoint_kind):
+            # straight on the driver, in autocommit (tenant_runtime/driver.py): the version
+            # check, then the reservation, each a transaction of its own (two round trips, no
+            # BEGIN or COMMIT); the reservation is one statement, and what it writes is all
+            # this step writes
+            with driver.autocommit(driver.engine_of(self.ctx.session_factory)) as connection:
+                row = driver.one(connection, config.VERSION)
+                cfg = config.cached(self.ctx, row[0] if row is not None else None)
+                if cfg is not None:
+                    return self._admit_and_reserve(
+                        connection, cfg, request, month, rate_limit,
+                        endpoint_kind=endpoint_kind, started=started,
+                        idempotency_key=idempotency_key)
+            # the configuration changed: rebuilt in a session (once a change and process)
+            with self.ctx.session() as s, s.begin():
+                return self._admit_and_reserve(
+                    s, config.snapshot(s, self.ctx), request, month, rate_limit,
+                    endpoint_kind=endpoint_kind, started=started,
+                    idempotency_key=idempotency_key)
 
-    def admit(self, s: Session, request: ChatRequest | EmbeddingRequest, *,
+    def _admit_and_reserve(self, on: driver.Connectable, cfg: config.GatewayConfig,
+                           request: ChatRequest, month: date, rate_limit: RateLimit | None, *,
+                           endpoint_kind: str, started: float,
+                           idempotency_key: str | None) -> PreparedCall:
+        """``prepare``'s steps on ``on``: ``admit``, then the worst case reserved, or the
+        spend cap's refusal raised."""
+        admitted = self.admit(cfg, request, rate_limit=rate_limit)
+        redacted, prices = admitted.chat, admitted.prices
+        reserved = self._worst_case(redacted, prices)
+        prepared = self._reserve(on, cfg, month, admitted.chain, reserved, redacted,
+                                 admitted.restorer, endpoint_kind=endpoint_kind,
+                                 stream=request.stream, started=started,
+                                 idempotency_key=idempotency_key)
+        if prepared is None:
+            raise spend.SpendCapReached(spend.reservation_message(
+                on, month=month, cap_micros=cfg.monthly_cap_micros, reserved_micros=reserved,
+                prompt_tokens=pricing.request_token_bound(redacted), prices=prices,
+                answers=redacted.n))
+        return prepared
+
+    def admit(self, cfg: config.GatewayConfig, request: ChatRequest | EmbeddingRequest, *,
               rate_limit: RateLimit | None, generates: bool = True) -> Admitted:
         """The one choke point every endpoint's request passes before anything of it leaves
         (``prepare``, ``embed`` and ``count_tokens`` all start here), in this order: the
@@ -301,7 +329,6 @@ class Gateway:
             problem = tool_history_problem(request.messages)
             if problem is not None:
                 raise TenantInvalidInput(problem)
-        cfg = config.snapshot(s, self.ctx)
         if rate_limit is not None:
             tokens, what = rate_tokens(request, generates=generates)
             rate_limit(tokens=tokens, what=what, requests_per_minute=cfg.requests_per_minute,
@@ -379,7 +406,7 @@ class Gateway:
                                   + " ".join(egress_refusals))
         return chain
 
-    def _reserve(self, s: Session, cfg: config.GatewayConfig, month: date,
+    def _reserve(self, s: driver.Connectable, cfg: config.GatewayConfig, month: date,
                  chain: list[config.RouteEntry], reserved: int,
                  redacted: RedactedRequest | RedactedEmbedding, restorer: Restorer, *,
                  endpoint_kind: str, stream: bool, started: float,
@@ -577,7 +604,7 @@ class Gateway:
         month = spend.month_of(self.clock())
         with self._audited_refusals(request.model, endpoint_kind), \
                 self.ctx.session() as s, s.begin():
-            admitted = self.admit(s, request, rate_limit=rate_limit)
+            admitted = self.admit(config.snapshot(s, self.ctx), request, rate_limit=rate_limit)
             redacted = admitted.redacted
             if not isinstance(redacted, RedactedEmbedding):
                 raise TypeError("an embeddings request redacts to a RedactedEmbedding")
@@ -627,7 +654,8 @@ class Gateway:
         bound). No spend; audited as a call of endpoint ``count_tokens``."""
         with self._audited_refusals(request.model, endpoint_kind), \
                 self.ctx.session() as s, s.begin():
-            admitted = self.admit(s, request, rate_limit=rate_limit, generates=False)
+            admitted = self.admit(config.snapshot(s, self.ctx), request, rate_limit=rate_limit,
+                                  generates=False)
         redacted, entry = admitted.chat, admitted.chain[0]
         counted = "estimate"
         tokens = pricing.request_token_bound(redacted) // 4 + 1

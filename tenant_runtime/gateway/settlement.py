@@ -21,6 +21,9 @@ again without that call, whose caller gets the error its own transaction would h
 the others still commit. A failed commit (the connection lost) fails the whole batch, as it
 would have failed each caller's own transaction.
 
+The transaction runs straight on a psycopg connection of the tenant's pool, with no session
+(``driver.transaction``): SQLAlchemy's layers cost more Python than its statements.
+
 Locks (spend.py's order, so no deadlock with another process's batch or the sweeper): a batch
 of more than one first locks its calls' rows in id order (``settle_abandoned`` skips locked
 rows, so it never waits for them), then shares their months' rows (``_SHARE_MONTHS``), then
@@ -36,10 +39,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import select, update
+import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
-from tenant_runtime import audit
+from tenant_runtime import audit, driver
 from tenant_runtime.gateway import spend
 from tenant_runtime.models import GatewayCall
 
@@ -78,7 +81,11 @@ _SHARE_MONTHS = ("SELECT 1 FROM gateway_spend_months WHERE month = ANY(%(months)
                  "ORDER BY month FOR KEY SHARE")
 
 
-def _settle(s: Session, item: Settlement, *, lock_chain: bool) -> bool:
+# The columns a settlement may set on its call's row (``Settlement.values``' keys).
+_CALL_COLUMNS = frozenset(GatewayCall.__table__.columns.keys())
+
+
+def _settle(s: psycopg.Connection[Any], item: Settlement, *, lock_chain: bool) -> bool:
     """``Gateway._finish``'s settlement of one call: True when it settled a reservation (and,
     with ``lock_chain``, took the chain lock in that statement)."""
     if spend.settle_call(s, call_id=item.call_id, month=item.month,
@@ -86,26 +93,29 @@ def _settle(s: Session, item: Settlement, *, lock_chain: bool) -> bool:
                          values=item.values, lock_chain=lock_chain):
         return True
     # the sweeper charged it in full meanwhile: correct to the real cost
-    charged = s.execute(select(GatewayCall.cost_micros, GatewayCall.shard).where(
-        GatewayCall.id == item.call_id).with_for_update()).first()
+    charged = driver.one(s, "SELECT cost_micros, shard FROM gateway_calls WHERE id = %(id)s "
+                            "FOR UPDATE", {"id": item.call_id})
     if charged is not None:
-        spend.settle(s, month=item.month, shard=charged.shard, reserved_micros=0,
-                     cost_micros=item.cost_micros - charged.cost_micros)
-        s.execute(update(GatewayCall).where(GatewayCall.id == item.call_id)
-                  .values(**item.values))
+        cost_micros, shard = charged
+        spend.settle(s, month=item.month, shard=shard, reserved_micros=0,
+                     cost_micros=item.cost_micros - cost_micros)
+        unknown = set(item.values) - _CALL_COLUMNS
+        if unknown:
+            raise ValueError(f"Not columns of gateway_calls: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = %({name})s" for name in item.values)
+        driver.run(s, f"UPDATE gateway_calls SET {assignments} WHERE id = %(call_id)s",  # noqa: S608 - column names checked above
+                   {**item.values, "call_id": item.call_id})
     return False
 
 
-def _apply(s: Session, items: list[Settlement]) -> None:
-    """Settle every item and append every event in the session's transaction; a failing item
-    raises ``_ItemFailed`` with its index."""
+def _apply(s: psycopg.Connection[Any], items: list[Settlement]) -> None:
+    """Settle every item and append every event in the connection's transaction; a failing
+    item raises ``_ItemFailed`` with its index."""
     order = list(range(len(items)))
     if len(items) > 1:
-        connection = s.connection()
-        shards = {int(row[0]): int(row[1]) for row in connection.exec_driver_sql(
-            _LOCK_CALLS, {"ids": [item.call_id for item in items]})}
-        connection.exec_driver_sql(_SHARE_MONTHS,
-                                   {"months": sorted({item.month for item in items})})
+        shards = {int(row[0]): int(row[1]) for row in driver.run(
+            s, _LOCK_CALLS, {"ids": [item.call_id for item in items]})}
+        driver.run(s, _SHARE_MONTHS, {"months": sorted({item.month for item in items})})
         order.sort(key=lambda k: (items[k].month, shards.get(items[k].call_id, -1),
                                   items[k].call_id))
     locked = False
@@ -117,7 +127,7 @@ def _apply(s: Session, items: list[Settlement]) -> None:
             raise _ItemFailed(k, exc) from exc
     for k, item in enumerate(items):  # arrival order; times follow seq (audit.append)
         try:
-            audit.append(s, item.event, chain_locked=locked)
+            audit.append_on(s, item.event, chain_locked=locked)
         except Exception as exc:
             raise _ItemFailed(k, exc) from exc
         locked = True
@@ -127,7 +137,7 @@ class TenantWriter:
     """The group commit of one tenant's settlements in this process."""
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
-        self._factory = session_factory
+        self._engine = driver.engine_of(session_factory)
         self._mutex = threading.Lock()
         self._queue: deque[Settlement] = deque()
         self._leading = False
@@ -161,8 +171,8 @@ class TenantWriter:
         pending = list(batch)
         while pending:
             try:
-                with self._factory() as s, s.begin():
-                    _apply(s, pending)
+                with driver.transaction(self._engine) as connection:
+                    _apply(connection, pending)
             except _ItemFailed as failed:
                 pending.pop(failed.index).error = failed.cause
                 continue

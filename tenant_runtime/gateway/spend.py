@@ -12,7 +12,8 @@ Summed over the shards: Σ (spent + reserved) ≤ cap, so no interleaving can ov
 
 Before a call, its worst case (the prompt estimate plus ``max_tokens`` at the dearest price
 among the call's targets) is reserved on a shard picked at random: one conditional UPDATE
-(after a savepoint, ``_take``), which waits only for calls on the same shard. When it does not
+(``_take``: on the gateway's path a transaction of its own; in a caller's transaction, after a
+savepoint), which waits only for calls on the same shard. When it does not
 fit, the shard is *refilled* under the month's lock: it is granted a chunk of what the month
 has not allotted yet; when the month has not enough left, every shard's slack (allotted − spent
 − reserved) goes back to the month first (all the shards locked in shard order), so the last
@@ -31,7 +32,9 @@ locks shards only after it (the refill, the reclaim, ``settle_abandoned``), seve
 shard order; every other transaction locks one shard and waits for nothing of the spend's
 after it. A reservation that did not fit may still hold its shard (an UPDATE locks a row
 another transaction changed meanwhile even when its condition then fails): it rolls back to a
-savepoint taken before it, which lets that lock go, before the refill waits for the month.
+savepoint taken before it, which lets that lock go, before the refill waits for the month;
+one that was a transaction of its own has let it go when it ended, and its refill runs in a
+new transaction.
 A transaction that holds a reservation and reserves again could wait for the month holding a
 shard: the gateway reserves once per transaction."""
 
@@ -43,11 +46,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenant_runtime.audit import CHAIN_LOCK
+from tenant_runtime.driver import Connectable, each_statement_alone, one, run
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.models import GatewayCall
 
@@ -75,7 +80,7 @@ def cap_message(cap_micros: int, month: date) -> str:
             "tenant's gateway page.")
 
 
-def reservation_message(s: Session, *, month: date, cap_micros: int, reserved_micros: int,
+def reservation_message(s: Connectable, *, month: date, cap_micros: int, reserved_micros: int,
                         prompt_tokens: int, prices: list[Any], answers: int) -> str:
     """Why a reservation did not fit: the cap itself is reached, or this call's worst case is
     more than what is left, and then which ``max_tokens`` would fit (``prices``: the call's
@@ -125,7 +130,7 @@ _FITS = ("UPDATE gateway_spend_shards SET reserved_micros = reserved_micros + %(
          "<= %(cap)s RETURNING month, shard")
 
 
-def reserve(s: Session, *, month: date, amount_micros: int, cap_micros: int,
+def reserve(s: Connectable, *, month: date, amount_micros: int, cap_micros: int,
             shard: int | None = None) -> SpendReservation | None:
     """Reserve ``amount_micros`` of this month's cap on ``shard`` (at random when None); None
     when it does not fit. Two statements, except when the shard needs a refill (``_refill``).
@@ -148,13 +153,13 @@ _RESERVE_CALL = (  # constants only: the values are bound parameters
     "%(idempotency_key)s FROM reserved RETURNING id")
 
 
-def reserve_call(s: Session, *, month: date, amount_micros: int, cap_micros: int,
+def reserve_call(s: Connectable, *, month: date, amount_micros: int, cap_micros: int,
                  call: dict[str, Any]) -> int | None:
     """Reserve ``amount_micros`` of this month's cap and write the call's row (``call``: its
     api_key_id, model_name, provider, provider_model, endpoint_kind, stream, redactions and
     optionally idempotency_key), status ``reserved``; its id, or None when the reservation does
     not fit. Two statements (a savepoint, see ``_take``), except when the shard needs a refill
-    (``_refill``)."""
+    (``_refill``); one, its own transaction, on a connection in autocommit (the gateway's)."""
     params = {"idempotency_key": None, **call, "redactions": Jsonb(call["redactions"]),
               "amount": amount_micros, "month": month, "cap": cap_micros,
               "shard": pick_shard()}
@@ -165,7 +170,7 @@ def reserve_call(s: Session, *, month: date, amount_micros: int, cap_micros: int
 _SAVEPOINT = "SAVEPOINT spend_shard"
 
 
-def _take(s: Session, statement: str, params: dict[str, Any]) -> Row[Any] | None:
+def _take(s: Connectable, statement: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     """Run a reservation statement (``_FITS`` or one built on it); when it does not fit,
     refill its shard and run it again. The first try runs under a savepoint: an UPDATE whose
     row another transaction changed meanwhile locks the row even when its condition then
@@ -173,35 +178,45 @@ def _take(s: Session, statement: str, params: dict[str, Any]) -> Row[Any] | None
     order in the module's docstring), so a failed try rolls back to the savepoint, which lets
     that lock go, before ``_refill``. (The savepoint is a round trip of its own: sent in one
     pipeline with the reservation, it measured slower here, as pipelines did before.)"""
-    connection = s.connection()
-    connection.exec_driver_sql(_SAVEPOINT)
-    row = connection.exec_driver_sql(statement, params).first()
+    if isinstance(s, psycopg.Connection) and each_statement_alone(s):
+        # the first try is a transaction of its own: when it does not fit, it has ended and
+        # holds nothing, and the refill and the second try run in a transaction of their own
+        row = one(s, statement, params)
+        if row is not None:
+            return row
+        with s.transaction():
+            return _refilled(s, statement, params)
+    run(s, _SAVEPOINT)
+    row = one(s, statement, params)
     if row is not None:
         return row
-    connection.exec_driver_sql("ROLLBACK TO " + _SAVEPOINT)
+    run(s, "ROLLBACK TO " + _SAVEPOINT)
+    return _refilled(s, statement, params)
+
+
+def _refilled(s: Connectable, statement: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """``_take``'s second try, after the refill of its shard (None: the month has no room)."""
     if not _refill(s, month=params["month"], shard=params["shard"],
                    amount_micros=params["amount"], cap_micros=params["cap"]):
         return None
     # the month's row and the shard are held, and the shard has room: it fits
-    return connection.exec_driver_sql(statement, params).first()
+    return one(s, statement, params)
 
 
-def _refill(s: Session, *, month: date, shard: int, amount_micros: int,
+def _refill(s: Connectable, *, month: date, shard: int, amount_micros: int,
             cap_micros: int) -> bool:
     """Under the month's lock, make room for ``amount_micros`` on ``shard``: grant it a chunk of
     what the month has not allotted, after moving every shard's slack back to the month when
     that is not enough. False, changing nothing but where the slack sits, when the month itself
     has no room: spent + reserved + the amount would pass the cap. Both locks are held until the
     transaction ends, so the caller's next reservation on the shard fits."""
-    connection = s.connection()
     key = {"month": month, "shard": shard}
     allotted = _lock_month(s, month)
-    connection.exec_driver_sql(
-        "INSERT INTO gateway_spend_shards (month, shard) VALUES (%(month)s, %(shard)s) "
-        "ON CONFLICT DO NOTHING", key)
-    slack = connection.exec_driver_sql(
-        "SELECT allotted_micros - spent_micros - reserved_micros FROM gateway_spend_shards "
-        "WHERE month = %(month)s AND shard = %(shard)s FOR UPDATE", key).scalar_one()
+    run(s, "INSERT INTO gateway_spend_shards (month, shard) VALUES (%(month)s, %(shard)s) "
+           "ON CONFLICT DO NOTHING", key)
+    slack = _number(s, "SELECT allotted_micros - spent_micros - reserved_micros "
+                       "FROM gateway_spend_shards WHERE month = %(month)s AND shard = %(shard)s "
+                       "FOR UPDATE", key)
     free = cap_micros - allotted
     if free < 0 or slack + free < amount_micros:
         free, slack = cap_micros - _reclaim(s, month), 0
@@ -209,31 +224,35 @@ def _refill(s: Session, *, month: date, shard: int, amount_micros: int,
             return False
     grant = min(free, max(amount_micros - slack, cap_micros // REFILL_SHARE))
     if grant > 0:
-        connection.exec_driver_sql(
-            "UPDATE gateway_spend_shards SET allotted_micros = allotted_micros + %(grant)s "
-            "WHERE month = %(month)s AND shard = %(shard)s", {**key, "grant": grant})
-        connection.exec_driver_sql(
-            "UPDATE gateway_spend_months SET allotted_micros = allotted_micros + %(grant)s "
-            "WHERE month = %(month)s", {**key, "grant": grant})
+        run(s, "UPDATE gateway_spend_shards SET allotted_micros = allotted_micros + %(grant)s "
+               "WHERE month = %(month)s AND shard = %(shard)s", {**key, "grant": grant})
+        run(s, "UPDATE gateway_spend_months SET allotted_micros = allotted_micros + %(grant)s "
+               "WHERE month = %(month)s", {**key, "grant": grant})
     return True
 
 
-def _lock_month(s: Session, month: date) -> int:
+def _number(s: Connectable, statement: str, params: dict[str, Any]) -> int:
+    """The one value of the one row a statement returns."""
+    row = one(s, statement, params)
+    if row is None:
+        raise RuntimeError("The spend statement returned no row.")
+    return int(row[0])
+
+
+def _lock_month(s: Connectable, month: date) -> int:
     """Lock the month's row, creating it for the month's first call (concurrent first calls
     race here: one creates it, the others wait for it); what it has allotted."""
-    connection = s.connection()
-    connection.exec_driver_sql("INSERT INTO gateway_spend_months (month) VALUES (%(month)s) "
-                               "ON CONFLICT DO NOTHING", {"month": month})
-    return int(connection.exec_driver_sql(
-        "SELECT allotted_micros FROM gateway_spend_months WHERE month = %(month)s FOR UPDATE",
-        {"month": month}).scalar_one())
+    run(s, "INSERT INTO gateway_spend_months (month) VALUES (%(month)s) ON CONFLICT DO NOTHING",
+        {"month": month})
+    return _number(s, "SELECT allotted_micros FROM gateway_spend_months WHERE month = %(month)s "
+                      "FOR UPDATE", {"month": month})
 
 
-def _reclaim(s: Session, month: date) -> int:
+def _reclaim(s: Connectable, month: date) -> int:
     """With the month's row locked: lock every shard in shard order and take back its slack
     (a shard whose settlements passed their reservations is allotted what it holds); what the
     month has allotted now, which is what its shards have spent and reserved."""
-    return int(s.connection().exec_driver_sql(
+    return _number(s, (
         "WITH locked AS (SELECT month, shard FROM gateway_spend_shards "
         "WHERE month = %(month)s ORDER BY shard FOR UPDATE), "
         "taken AS (UPDATE gateway_spend_shards t "
@@ -242,14 +261,14 @@ def _reclaim(s: Session, month: date) -> int:
         "RETURNING t.allotted_micros) "
         "UPDATE gateway_spend_months SET allotted_micros = "
         "(SELECT coalesce(sum(allotted_micros), 0) FROM taken) "
-        "WHERE month = %(month)s RETURNING allotted_micros", {"month": month}).scalar_one())
+        "WHERE month = %(month)s RETURNING allotted_micros"), {"month": month})
 
 
-def settle(s: Session, *, month: date, shard: int, reserved_micros: int,
+def settle(s: Connectable, *, month: date, shard: int, reserved_micros: int,
            cost_micros: int) -> None:
     """Release ``reserved_micros`` held on the shard and charge ``cost_micros`` there (it may
     be negative: a correction)."""
-    s.connection().exec_driver_sql(
+    run(s,
         "UPDATE gateway_spend_shards SET reserved_micros = reserved_micros - %(reserved)s, "
         "spent_micros = spent_micros + %(cost)s WHERE month = %(month)s AND shard = %(shard)s",
         {"reserved": reserved_micros, "cost": cost_micros, "month": month, "shard": shard})
@@ -277,7 +296,7 @@ _SETTLE_CALL_LOCKING_CHAIN = _SETTLE_CALL.removesuffix("RETURNING t.month") + (
 _SETTLE_DEFAULTS = {"provider": None, "provider_model": None, "answer_sealed": None}
 
 
-def settle_call(s: Session, *, call_id: int, month: date, reserved_micros: int,
+def settle_call(s: Connectable, *, call_id: int, month: date, reserved_micros: int,
                 cost_micros: int, values: dict[str, Any], lock_chain: bool = False) -> bool:
     """Record a reserved call's outcome and settle its reservation, in one statement; False
     when the call is no longer reserved (``settle_abandoned`` charged it meanwhile).
@@ -286,19 +305,18 @@ def settle_call(s: Session, *, call_id: int, month: date, reserved_micros: int,
     call keeps its answer. ``lock_chain``: when it settles, the same statement takes the audit
     chain's lock (``audit.record(..., chain_locked=True)`` then appends without taking it)."""
     statement = _SETTLE_CALL_LOCKING_CHAIN if lock_chain else _SETTLE_CALL
-    settled = s.connection().exec_driver_sql(statement, {
-        **_SETTLE_DEFAULTS, **values, "call_id": call_id, "reserved": reserved_micros,
-        "cost": cost_micros}).first()
-    return settled is not None
+    return one(s, statement, {**_SETTLE_DEFAULTS, **values, "call_id": call_id,
+                              "reserved": reserved_micros, "cost": cost_micros}) is not None
 
 
-def month_totals(s: Session, month: date) -> tuple[int, int]:
+def month_totals(s: Connectable, month: date) -> tuple[int, int]:
     """(spent, reserved) this month, in micro-dollars: the sums over the month's shards, read
     in one statement (one snapshot)."""
-    spent, reserved = s.connection().exec_driver_sql(
-        "SELECT coalesce(sum(spent_micros), 0), coalesce(sum(reserved_micros), 0) "
-        "FROM gateway_spend_shards WHERE month = %(month)s", {"month": month}).one()
-    return int(spent), int(reserved)
+    row = one(s, "SELECT coalesce(sum(spent_micros), 0), coalesce(sum(reserved_micros), 0) "
+                 "FROM gateway_spend_shards WHERE month = %(month)s", {"month": month})
+    if row is None:
+        raise RuntimeError("The spend totals returned no row.")
+    return int(row[0]), int(row[1])
 
 
 ABANDONED_AFTER = timedelta(hours=2)  # longer than any call: 3 attempts × 600 s × fallbacks
