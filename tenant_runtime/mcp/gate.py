@@ -216,15 +216,15 @@ def _approval(s: Any, ctx: TenantContext, plan: Plan, action: str, now: datetime
     return None
 
 
-def _outgoing(s: Any, ctx: TenantContext, upstream: McpUpstream, arguments: dict[str, Any]
-              ) -> tuple[dict[str, Any], Restorer | None, int]:
+def _outgoing(s: Any, ctx: TenantContext, upstream: McpUpstream, arguments: dict[str, Any],
+              after: Restorer | None = None) -> tuple[dict[str, Any], Restorer | None, int]:
     """The arguments as they leave for ``upstream``: redacted with the tenant's profile for an
     ``external`` one (with the restorer for its answer and the count of values replaced),
-    as they are otherwise."""
+    as they are otherwise. ``after``: the restorer of the call this value belongs to."""
     if upstream.redaction != "external":
-        return arguments, None, 0
+        return arguments, after, 0
     profile = config.profile_of(ctx, config.load_settings(s))
-    redacted, restorer, counts = redact_arguments(arguments, profile)
+    redacted, restorer, counts = redact_arguments(arguments, profile, after=after)
     return redacted, restorer, sum(counts.values())
 
 
@@ -327,13 +327,15 @@ def record_client_asked(ctx: TenantContext, plan: Plan, *, kind: str, outcome: s
 def outgoing(ctx: TenantContext, plan: Plan, value: dict[str, Any]) -> dict[str, Any]:
     """``value`` as it may leave for ``plan``'s upstream: what the agent's client answers an
     upstream's elicitation or sampling request passes the same redaction as the call's
-    arguments (``_outgoing``: for an ``external`` upstream only)."""
+    arguments (``_outgoing``: for an ``external`` upstream only), with placeholders of its
+    own, which the call's restorer then restores in the result as well."""
     with ctx.session() as s, s.begin():
         upstream = s.scalars(select(McpUpstream).where(McpUpstream.name == plan.upstream)
                              ).first()
         if upstream is None:
             return value
-        return _outgoing(s, ctx, upstream, value)[0]
+        redacted, plan.restorer, _ = _outgoing(s, ctx, upstream, value, after=plan.restorer)
+        return redacted
 
 
 # --- resources and prompts ----------------------------------------------------------------------

@@ -162,12 +162,12 @@ def serve_magistrate(services: Services) -> Iterator[str]:
 
 
 @contextmanager
-def serve_reference() -> Iterator[str]:
+def serve_reference(seen: list[str] | None = None) -> Iterator[str]:
     """The conformance suite's reference upstream (reference.py), stateful, under uvicorn."""
     from tests.tenant_runtime.mcp.reference import make_reference
 
     port = free_port()
-    with serving(make_reference().streamable_http_app(stateless_http=False,
+    with serving(make_reference(seen).streamable_http_app(stateless_http=False,
                                                       json_response=False), port):
         yield f"http://127.0.0.1:{port}/mcp"
 

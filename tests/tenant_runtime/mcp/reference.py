@@ -67,7 +67,8 @@ SEP1330 = {"type": "object", "properties": {
         {"const": "value3", "title": "Third Choice"}]}}}}
 
 
-def make_reference() -> MCPServer:
+def make_reference(seen: list[str] | None = None) -> MCPServer:
+    """``seen``: where the elicitation tool writes what it sent and what it got back."""
     server = MCPServer("reference")
     subscribers: dict[str, list[ServerSession]] = {}
 
@@ -115,6 +116,8 @@ def make_reference() -> MCPServer:
             "username": {"type": "string", "description": "User's response"},
             "email": {"type": "string", "description": "User's email address"}},
             "required": ["username", "email"]})
+        if seen is not None:
+            seen.extend([message, str(result.content)])
         return f"User response: action={result.action}, content={result.content}"
 
     @server.tool()

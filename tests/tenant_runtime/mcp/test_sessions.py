@@ -185,6 +185,40 @@ def test_an_upstreams_elicitation_reaches_a_client_that_declares_it_and_is_audit
     assert "jane" not in str(event)
 
 
+def test_an_external_upstream_asks_with_values_restored_and_gets_the_answer_redacted(
+        team, base, key):
+    seen: list[str] = []
+    with serve_reference(seen) as url:
+        ctx = team.ctx("admin")
+        with ctx.session() as s, s.begin():
+            service.do_add_upstream(s, ctx, service.UpstreamInput(
+                name="ref", url=url, new_tools="allowed", redaction="external"))
+        run(list_names, endpoint(base, team), key)
+        set_phase(team, "autonomous")
+        asked: list[str] = []
+
+        async def answer(context: Any, params: types.ElicitRequestParams
+                         ) -> types.ElicitResult:
+            asked.append(params.message)
+            return types.ElicitResult(action="accept", content={
+                "username": "bob", "email": "bob.roe@example.com"})
+
+        async def scenario() -> types.CallToolResult:
+            async with mcp_client(endpoint(base, team), key,
+                                  elicitation_callback=answer) as s:
+                return await s.call_tool("ref__test_elicitation",
+                                         {"message": "Write to jane.doe@example.com?"})
+
+        result = run(scenario)
+    # the person sees the value they know; the upstream saw placeholders, one per value
+    assert asked == ["Write to jane.doe@example.com?"]
+    assert seen == ["Write to [EMAIL_1]?", "{'username': 'bob', 'email': '[EMAIL_2]'}"]
+    # the upstream got the answer redacted, and echoed placeholders of its own, which the
+    # agent gets back restored: each to its own value
+    assert text_of(result) == ("User response: action=accept, content={'username': 'bob', "
+                               "'email': 'bob.roe@example.com'}")
+
+
 def test_an_upstreams_sampling_request_reaches_the_client_without_context(team, base, key,
                                                                           reference):
     asked: list[types.CreateMessageRequestParams] = []
