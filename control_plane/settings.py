@@ -303,6 +303,24 @@ SETTINGS: tuple[SettingDoc, ...] = (
         "Calls of one tool one MCP client (agent) may make per minute.",
     ),
     SettingDoc(
+        "MAGISTRATE_MCP_SESSIONS_PER_CLIENT",
+        "8",
+        "Open MCP sessions (`Mcp-Session-Id`) one client (an API key or OAuth grant) may hold "
+        "in one web process; one more is refused with 429 until one ends or expires.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_MCP_MAX_SESSIONS",
+        "2000",
+        "Open MCP sessions one web process holds for all clients together; one more is "
+        "refused with 503.",
+    ),
+    SettingDoc(
+        "MAGISTRATE_MCP_SESSION_IDLE_SECONDS",
+        "1800",
+        "Seconds an MCP session may stay idle (no request in flight, no open GET stream) "
+        "before it is ended; its id then answers 404 and the client initializes again.",
+    ),
+    SettingDoc(
         "MAGISTRATE_METRICS_TOKEN",
         "unset (`/metrics` answers 404)",
         "Bearer token a Prometheus scraper sends (`Authorization: Bearer …`) to read `/metrics`. "
@@ -472,6 +490,9 @@ class Settings:
     backup_age_recipients: tuple[str, ...] = ()
     mcp_calls_per_minute: int = 120
     mcp_tool_calls_per_minute: int = 60
+    mcp_sessions_per_client: int = 8
+    mcp_max_sessions: int = 2000
+    mcp_session_idle_seconds: int = 1800
     metrics_token: Secret | None = None
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
@@ -608,6 +629,12 @@ class Settings:
                                       get("MAGISTRATE_MCP_CALLS_PER_MINUTE", "120")),
             mcp_tool_calls_per_minute=_int("MAGISTRATE_MCP_TOOL_CALLS_PER_MINUTE",
                                            get("MAGISTRATE_MCP_TOOL_CALLS_PER_MINUTE", "60")),
+            mcp_sessions_per_client=_int("MAGISTRATE_MCP_SESSIONS_PER_CLIENT",
+                                         get("MAGISTRATE_MCP_SESSIONS_PER_CLIENT", "8")),
+            mcp_max_sessions=_int("MAGISTRATE_MCP_MAX_SESSIONS",
+                                  get("MAGISTRATE_MCP_MAX_SESSIONS", "2000")),
+            mcp_session_idle_seconds=_int("MAGISTRATE_MCP_SESSION_IDLE_SECONDS",
+                                          get("MAGISTRATE_MCP_SESSION_IDLE_SECONDS", "1800")),
             metrics_token=secret("MAGISTRATE_METRICS_TOKEN"),
             otlp_endpoint=_http_url("MAGISTRATE_OTLP_ENDPOINT",
                                     get("MAGISTRATE_OTLP_ENDPOINT", "")),

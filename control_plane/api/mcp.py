@@ -19,19 +19,39 @@ Before a byte reaches the SDK:
 - **Rate limits**: per agent and per agent and tool, per minute, in Redis
   (``MAGISTRATE_MCP_CALLS_PER_MINUTE``, ``MAGISTRATE_MCP_TOOL_CALLS_PER_MINUTE``); over a
   limit the call is answered with an error result and audited (gate.py).
+- **Sessions** (``Mcp-Session-Id``, the SDK's stateful session manager): a session belongs to
+  the principal that opened it (tenant and API key, or tenant and OAuth grant), handed to the
+  SDK as the request's authenticated user, so a request presenting another principal's
+  session id is answered 404 like an unknown one. Every request is still authenticated and
+  decided on its own: a revoked key or grant is refused at its next request, and when that
+  request carries the session's id and the very credential last used on it, the session
+  ends there (its GET stream and subscriptions with it). At most
+  ``MAGISTRATE_MCP_SESSIONS_PER_CLIENT`` sessions per principal (one more ends its idlest,
+  or is refused 429 when all are busy) and ``MAGISTRATE_MCP_MAX_SESSIONS`` per process (503
+  beyond); a session idle for
+  ``MAGISTRATE_MCP_SESSION_IDLE_SECONDS`` ends. Sessions live in the process that opened
+  them: several web processes need routing that keeps a session on its process (docs/mcp.md,
+  "Transport").
 
 The client's own credential is never passed on: the upstream gets the credential registered for
 it (tenant_runtime/mcp/service.upstream_credential)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import redis
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, AuthorizationContext
+from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types.version import SUPPORTED_PROTOCOL_VERSIONS
@@ -50,6 +70,7 @@ from control_plane.web.services import Services, services
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.mcp import gate
 from tenant_runtime.mcp.server import PRINCIPAL, Principal, build_server
+from tenant_runtime.mcp.sessions import SessionBook
 
 log = logging.getLogger("magistrate.mcp")
 PATH = "/mcp/{tenant_slug}"
@@ -106,7 +127,9 @@ def _error(request: Request, status: int, message: str) -> JSONResponse:
                         status_code=status, headers=headers)
 
 
-def _authenticate(request: Request, limiter: McpRateLimiter) -> Principal:
+def _authenticate(request: Request, limiter: McpRateLimiter) -> tuple[Principal, str]:
+    """The request's principal, and the key its sessions are bound to (``<tenant id>:
+    api_key:<id>`` or ``<tenant id>:oauth_grant:<id>``)."""
     svc = services(request)
     with svc.session_factory() as s, s.begin():
         caller = bearer.resolve(s, request, slug=request.path_params["tenant_slug"],
@@ -118,18 +141,101 @@ def _authenticate(request: Request, limiter: McpRateLimiter) -> Principal:
     def limit(agent_id: int, tool: str) -> str | None:
         return limiter.check(tenant_id, agent_id, tool)
 
-    return Principal(ctx, gate.Caller(caller.client_number, caller.client_name), limit)
+    return (Principal(ctx, gate.Caller(caller.client_number, caller.client_name), limit),
+            f"{tenant_id}:{caller.label}")
+
+
+class GovernedSessionManager(StreamableHTTPSessionManager):
+    """The SDK's stateful session manager, with sessions bounded per principal (the SDK
+    bounds them per process only) and each ending session's state (its subscriptions at the
+    upstreams) dropped from the book. It extends the manager's two bookkeeping steps,
+    admission and discard, and calls the SDK's own for the rest.
+
+    A principal at its limit that opens one more session ends its least recently active one
+    that has nothing in flight (many clients never send DELETE; the ended id answers 404 and
+    its client initializes again, as the transport specifies); when every one of them is
+    busy, the new one is refused (429 at the endpoint)."""
+
+    def __init__(self, book: SessionBook, *, per_client: int, max_sessions: int,
+                 idle_seconds: float) -> None:
+        super().__init__(build_server(book), stateless=False, json_response=False,
+                         session_idle_timeout=idle_seconds, max_sessions=max_sessions)
+        self.book, self.per_client = book, per_client
+        self.owners: dict[str, str] = {}  # session id -> principal
+        # session id -> SHA-256 of the credential last presented with it by its principal
+        self.credentials: dict[str, str] = {}
+
+    def note_credential(self, session_id: str, owner: str, digest: str) -> None:
+        if self.owners.get(session_id) == owner:
+            self.credentials[session_id] = digest
+
+    def end_refused(self, session_id: str, digest: str) -> None:
+        """A request with this session id was refused its credential (revoked, expired, its
+        human deactivated): when that is the very credential last used on the session, the
+        session ends here, with its GET stream and subscriptions. Any other credential
+        refused with the id ends nothing (it may not even know whose session it names)."""
+        transport = self._server_instances.get(session_id)
+        if (transport is None or transport.idle_scope is None
+                or not hmac.compare_digest(self.credentials.get(session_id, ""), digest)):
+            return
+        transport.idle_scope.cancel()  # the session's task ends it; _discard_session forgets
+
+    def held_by(self, owner: str) -> list[str]:
+        return [sid for sid, held in self.owners.items() if held == owner]
+
+    def room_for(self, owner: str) -> bool:
+        held = self.held_by(owner)
+        return len(held) < self.per_client or self._idlest(held) is not None
+
+    def _idlest(self, session_ids: list[str]) -> anyio.CancelScope | None:
+        """The idle scope of the least recently active of the sessions with no request in
+        flight (the SDK's transport keeps its deadline at infinity while one is)."""
+        scopes = [scope for sid in session_ids
+                  if (transport := self._server_instances.get(sid)) is not None
+                  and (scope := transport.idle_scope) is not None
+                  and not scope.cancel_called and scope.deadline != math.inf]
+        return min(scopes, key=lambda scope: scope.deadline, default=None)
+
+    def _admit_session(self, requestor: AuthorizationContext | None
+                       ) -> StreamableHTTPServerTransport | None:
+        owner = requestor["client_id"] if requestor is not None else ""
+        held = self.held_by(owner)
+        if len(held) >= self.per_client:
+            idlest = self._idlest(held)
+            if idlest is None:
+                return None
+            idlest.cancel()  # the session's task ends it, and _discard_session forgets it
+            for sid in held:
+                transport = self._server_instances.get(sid)
+                if transport is not None and transport.idle_scope is idlest:
+                    self.owners.pop(sid, None)
+        transport = super()._admit_session(requestor)
+        if transport is not None and transport.mcp_session_id is not None:
+            self.owners[transport.mcp_session_id] = owner
+        return transport
+
+    async def _discard_session(self, session_id: str,
+                               transport: StreamableHTTPServerTransport) -> None:
+        self.owners.pop(session_id, None)
+        self.credentials.pop(session_id, None)
+        self.book.forget(session_id)
+        await super()._discard_session(session_id, transport)
 
 
 class McpEndpoint:
     """The ASGI endpoint: Origin, key, tenant; then the SDK's session manager."""
 
     def __init__(self) -> None:
-        self.manager: StreamableHTTPSessionManager | None = None
+        self.manager: GovernedSessionManager | None = None
+        self.book = SessionBook()
         self.limiter: McpRateLimiter | None = None
 
-    def start(self, svc: Services) -> StreamableHTTPSessionManager:
-        self.manager = new_manager()
+    def start(self, svc: Services) -> GovernedSessionManager:
+        self.book = SessionBook()
+        self.manager = GovernedSessionManager(
+            self.book, per_client=svc.settings.mcp_sessions_per_client,
+            max_sessions=svc.settings.mcp_max_sessions,
+            idle_seconds=svc.settings.mcp_session_idle_seconds)
         self.limiter_of(svc)
         return self.manager
 
@@ -153,9 +259,16 @@ class McpEndpoint:
                                        "Origin (DNS rebinding protection).")(scope, receive, send)
             return
         limiter = self.limiter_of(services(request))
+        session_id = request.headers.get(MCP_SESSION_ID_HEADER)
+        presented = presented_key(request.headers.get("authorization"),
+                                  request.headers.get("x-api-key")) or ""
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        manager = self.manager
         try:
-            principal = await run_in_threadpool(_authenticate, request, limiter)
+            principal, owner = await run_in_threadpool(_authenticate, request, limiter)
         except (MagistrateError, TenantError) as exc:
+            if session_id and manager is not None and exc.status_code in (401, 403):
+                manager.end_refused(session_id, digest)
             await _error(request, exc.status_code, exc.message)(scope, receive, send)
             return
         except Exception as exc:
@@ -172,21 +285,30 @@ class McpEndpoint:
                                        "initialize negotiated).")(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL] = principal
-        manager = self.manager
+        # the SDK binds a session to the user that opened it and answers 404 to any other
+        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=owner,  # noqa: S106
+                                                      scopes=[]))  # the principal, no token
         if manager is not None and manager._task_group is not None:
+            if session_id:
+                manager.note_credential(session_id, owner, digest)
+            if request.method == "POST" and not session_id and not manager.room_for(owner):
+                await _error(request, 429, f"This client holds {manager.per_client} open MCP "
+                                           "sessions, each busy, the most it may; end one "
+                                           "(DELETE) or wait for one to finish."
+                             )(scope, receive, send)
+                return
             await manager.handle_request(scope, receive, send)
             return
-        # an app run without its lifespan (an embedding, a test client): the manager is
-        # stateless, so one for this request alone serves it the same
-        single = new_manager()
+        # an app run without its lifespan (an embedding, a test client): a stateless manager
+        # for this request alone serves it, without sessions
+        single = stateless_manager()
         async with single.run():
             await single.handle_request(scope, receive, send)
 
 
-def new_manager() -> StreamableHTTPSessionManager:
-    """Stateless: any web process answers any request, each authenticated on its own (no
-    ``Mcp-Session-Id``; docs/mcp.md, "Transport"). Answers are SSE streams of the request
-    they answer, so an upstream's progress notifications reach the agent as the call runs."""
+def stateless_manager() -> StreamableHTTPSessionManager:
+    """No ``Mcp-Session-Id``, for an app run without its lifespan: each request on its own,
+    answered on an SSE stream of its own; nothing reaches the client outside an answer."""
     return StreamableHTTPSessionManager(build_server(), stateless=True, json_response=False)
 
 
@@ -199,8 +321,10 @@ def endpoint_of(routes: list[Any]) -> McpEndpoint:
 
 @asynccontextmanager
 async def running(endpoint: McpEndpoint, svc: Services) -> AsyncIterator[None]:
-    """The session manager's lifetime, inside the app's lifespan."""
-    async with endpoint.start(svc).run():
+    """The session manager's lifetime (and its sessions' book's), inside the app's
+    lifespan."""
+    manager = endpoint.start(svc)
+    async with endpoint.book.running(), manager.run():
         yield
 
 

@@ -148,8 +148,11 @@ def _details(plan: Plan, latency_ms: int | None = None) -> dict[str, Any]:
 
 EVENTS = {"tool": service.McpEvents.TOOL_CALLED, "resource": service.McpEvents.RESOURCE_READ,
           "prompt": service.McpEvents.PROMPT_GOT,
-          "completion": service.McpEvents.COMPLETION_ASKED}
-NAMED = {"resource": "resource", "prompt": "prompt", "completion": "ref"}  # the name's key
+          "completion": service.McpEvents.COMPLETION_ASKED,
+          "subscription": service.McpEvents.RESOURCE_SUBSCRIBED}
+NAMED = {"resource": "resource", "prompt": "prompt", "completion": "ref",
+         "subscription": "resource"}  # the name's key
+ROW_KIND = {"subscription": "resource"}  # the history's kind: a subscription reads a resource
 
 
 def record(s: Any, ctx: TenantContext, plan: Plan, latency_ms: int | None = None) -> None:
@@ -160,7 +163,8 @@ def record(s: Any, ctx: TenantContext, plan: Plan, latency_ms: int | None = None
         details = {NAMED[plan.kind]: details.pop("tool"), **details}
     audit.record(s, EVENTS[plan.kind], actor=ctx.actor, target_type="agent",
                  target_id=plan.agent_id, details=details)
-    s.add(McpCall(agent_id=plan.agent_id, api_key_id=plan.api_key_id, kind=plan.kind,
+    s.add(McpCall(agent_id=plan.agent_id, api_key_id=plan.api_key_id,
+                  kind=ROW_KIND.get(plan.kind, plan.kind),
                   upstream=plan.upstream, name=(plan.tool or plan.public_name)[:2000],
                   outcome=plan.outcome, latency_ms=latency_ms, approval_id=plan.approval_id,
                   arguments_digest=plan.digest))
@@ -212,15 +216,15 @@ def _approval(s: Any, ctx: TenantContext, plan: Plan, action: str, now: datetime
     return None
 
 
-def _outgoing(s: Any, ctx: TenantContext, upstream: McpUpstream, arguments: dict[str, Any]
-              ) -> tuple[dict[str, Any], Restorer | None, int]:
+def _outgoing(s: Any, ctx: TenantContext, upstream: McpUpstream, arguments: dict[str, Any],
+              after: Restorer | None = None) -> tuple[dict[str, Any], Restorer | None, int]:
     """The arguments as they leave for ``upstream``: redacted with the tenant's profile for an
     ``external`` one (with the restorer for its answer and the count of values replaced),
-    as they are otherwise."""
+    as they are otherwise. ``after``: the restorer of the call this value belongs to."""
     if upstream.redaction != "external":
-        return arguments, None, 0
+        return arguments, after, 0
     profile = config.profile_of(ctx, config.load_settings(s))
-    redacted, restorer, counts = redact_arguments(arguments, profile)
+    redacted, restorer, counts = redact_arguments(arguments, profile, after=after)
     return redacted, restorer, sum(counts.values())
 
 
@@ -304,6 +308,36 @@ def record_call(ctx: TenantContext, plan: Plan, *, outcome: str, latency_ms: int
         record(s, ctx, plan, latency_ms)
 
 
+def record_client_asked(ctx: TenantContext, plan: Plan, *, kind: str, outcome: str,
+                        origin: str) -> None:
+    """The audit event of one request sent to the agent's client during ``plan``'s call
+    (relay.py): ``kind`` ``elicitation`` or ``sampling``, ``origin`` the upstream that asked
+    (``upstream``) or Magistrate telling of a pending approval (``approval``), ``outcome``
+    the client's answer (``accept``, ``decline``, ``cancel``, ``answered``) or why there was
+    none (``error``, ``timeout``). Never the message or the answer."""
+    pending = (plan.structured or {}).get("approval") or {}
+    with ctx.session() as s, s.begin():
+        audit.record(s, service.McpEvents.CLIENT_ASKED, actor=ctx.actor, target_type="agent",
+                     target_id=plan.agent_id,
+                     details={"kind": kind, "origin": origin, "outcome": outcome,
+                              "upstream": plan.upstream, "tool": plan.tool,
+                              "approval_id": plan.approval_id or pending.get("id")})
+
+
+def outgoing(ctx: TenantContext, plan: Plan, value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as it may leave for ``plan``'s upstream: what the agent's client answers an
+    upstream's elicitation or sampling request passes the same redaction as the call's
+    arguments (``_outgoing``: for an ``external`` upstream only), with placeholders of its
+    own, which the call's restorer then restores in the result as well."""
+    with ctx.session() as s, s.begin():
+        upstream = s.scalars(select(McpUpstream).where(McpUpstream.name == plan.upstream)
+                             ).first()
+        if upstream is None:
+            return value
+        redacted, plan.restorer, _ = _outgoing(s, ctx, upstream, value, after=plan.restorer)
+        return redacted
+
+
 # --- resources and prompts ----------------------------------------------------------------------
 
 RESOURCE_SCHEME = "magistrate"  # magistrate://<upstream>/<the upstream's own URI>
@@ -353,7 +387,8 @@ def plan_read(ctx: TenantContext, caller: Caller, kind: str, upstream_name: str,
     ``candidates``: for a bare URI or name, the upstreams found offering it (server.py); more
     than one is refused as ambiguous, naming them. ``record_as="completion"``: a completion
     of one of the prompt's (or resource template's) arguments, decided as a read of it and
-    recorded as a completion."""
+    recorded as a completion; ``record_as="subscription"``: a resource subscription, decided
+    as a read of the resource and recorded as ``mcp.resource_subscribed``."""
     plan = Plan(public_name=public_name, digest=arguments_digest(arguments),
                 api_key_id=caller.api_key_id, kind=record_as or kind)
     what = "resource" if kind == "resource" else "prompt"

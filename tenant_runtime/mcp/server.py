@@ -1,6 +1,6 @@
 """The MCP server behind a tenant's endpoint: the official SDK's low-level ``Server``, run by
-its Streamable HTTP session manager (stateless, SSE answers: any web process answers any
-request, and each request is authenticated on its own).
+its Streamable HTTP session manager (stateful: ``Mcp-Session-Id``, SSE answers; each request
+is still authenticated and decided on its own, control_plane/api/mcp.py).
 
 The control plane authenticates the request and puts a ``Principal`` (the tenant context of the
 calling key, the key, the rate limiter) in the ASGI scope's state under ``PRINCIPAL``; the
@@ -16,10 +16,17 @@ handlers read it from the HTTP request the SDK hands them. Database work runs in
 - ``resources/read`` and ``prompts/get``: a full URI or name (``magistrate://<upstream>/<uri>``,
   ``<upstream>__<name>``) names its upstream; a bare one is resolved by asking the upstreams'
   listings which of them offers it (``_resolved``), then gate.plan_read decides as for the
-  full name. Tools' bare names are resolved in gate.plan_call, from the catalogue."""
+  full name. Tools' bare names are resolved in gate.plan_call, from the catalogue.
+- During a forwarded call, the upstream's log notifications, elicitation and sampling requests
+  travel to the agent's client on the call's stream (relay.py); a call waiting for an approval
+  is also told through elicitation where the client declared it.
+- ``logging/setLevel`` keeps the level in the session (sessions.py) and passes it to each
+  upstream a call connects to; ``resources/subscribe`` is decided by gate.plan_read as a read
+  of the resource and held at its upstream for as long as the session (or ``unsubscribe``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,15 +38,16 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 from pydantic import BaseModel
 
 from tenant_runtime import outbound
 from tenant_runtime.context import TenantContext
-from tenant_runtime.mcp import gate, service, upstream
-from tenant_runtime.mcp.exceptions import UpstreamAuthFailed
+from tenant_runtime.mcp import gate, relay, service, upstream
+from tenant_runtime.mcp.exceptions import UpstreamAuthFailed, UpstreamUnreachable
 from tenant_runtime.mcp.models import McpTool, McpUpstream
 from tenant_runtime.mcp.oauth import UpstreamCredential
+from tenant_runtime.mcp.sessions import SESSION_HEADER, SessionBook, SessionState
 from tenant_runtime.redaction.arguments import restore_value
 
 log = logging.getLogger("magistrate.mcp")
@@ -60,6 +68,12 @@ def principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
     if not isinstance(found, Principal):  # the endpoint always sets it; never reached without
         raise RuntimeError("the MCP endpoint did not authenticate this request")
     return found
+
+
+def session_id_of(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The ``Mcp-Session-Id`` the request came with (none on a stateless request)."""
+    headers = getattr(ctx.request, "headers", None)
+    return headers.get(SESSION_HEADER) if headers is not None else None
 
 
 def _tool(row: McpTool, upstream_row: McpUpstream) -> types.Tool:
@@ -125,31 +139,41 @@ def _error(text: str, structured: dict[str, Any] | None = None) -> types.CallToo
                                 structured_content=structured, is_error=True)
 
 
-async def on_call_tool(ctx: ServerRequestContext[Any, Any],
-                       params: types.CallToolRequestParams) -> types.CallToolResult:
-    who = principal_of(ctx)
-    arguments = dict(params.arguments or {})
-    plan = await anyio.to_thread.run_sync(
-        lambda: gate.plan_call(who.ctx, who.caller, params.name, arguments, limit=who.limit))
-    if not plan.forward:
-        return _error(plan.refusal or "", plan.structured)
-    started = time.perf_counter()
-    outcome = gate.FORWARDED
-    try:
-        result = await upstream.call_tool(who.ctx.egress, plan.url, plan.credential,
-                                          str(plan.tool), plan.arguments,
-                                          progress=ctx.session.report_progress)
-    except Exception as exc:  # noqa: BLE001 - the agent gets a sentence, the log the kind
-        outcome = gate.UPSTREAM_NO_TOKEN if outbound.cause_of(exc, UpstreamAuthFailed) \
-            else gate.UPSTREAM_ERROR
-        result = _error(f"The upstream {plan.upstream} failed: {upstream.why(exc)}")
-    if plan.restorer is not None:
-        result = types.CallToolResult.model_validate(
-            restore_value(result.model_dump(by_alias=True, exclude_none=True), plan.restorer))
-    latency_ms = int((time.perf_counter() - started) * 1000)
-    await anyio.to_thread.run_sync(
-        lambda: gate.record_call(who.ctx, plan, outcome=outcome, latency_ms=latency_ms))
-    return result
+def call_handler(book: SessionBook | None) -> Callable[..., Awaitable[types.CallToolResult]]:
+    async def on_call_tool(ctx: ServerRequestContext[Any, Any],
+                           params: types.CallToolRequestParams) -> types.CallToolResult:
+        who = principal_of(ctx)
+        arguments = dict(params.arguments or {})
+        plan = await anyio.to_thread.run_sync(
+            lambda: gate.plan_call(who.ctx, who.caller, params.name, arguments,
+                                   limit=who.limit))
+        if not plan.forward:
+            await relay.tell_pending(ctx, who.ctx, plan)
+            return _error(plan.refusal or "", plan.structured)
+        session_id = session_id_of(ctx)
+        state: SessionState | None = book.states.get(session_id) \
+            if book is not None and session_id else None
+        started = time.perf_counter()
+        outcome = gate.FORWARDED
+        try:
+            result = await upstream.call_tool(who.ctx.egress, plan.url, plan.credential,
+                                              str(plan.tool), plan.arguments,
+                                              progress=ctx.session.report_progress,
+                                              relay=relay.for_call(ctx, who.ctx, plan, state))
+        except Exception as exc:  # noqa: BLE001 - the agent gets a sentence, the log the kind
+            outcome = gate.UPSTREAM_NO_TOKEN if outbound.cause_of(exc, UpstreamAuthFailed) \
+                else gate.UPSTREAM_ERROR
+            result = _error(f"The upstream {plan.upstream} failed: {upstream.why(exc)}")
+        if plan.restorer is not None:
+            result = types.CallToolResult.model_validate(
+                restore_value(result.model_dump(by_alias=True, exclude_none=True),
+                              plan.restorer))
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        await anyio.to_thread.run_sync(
+            lambda: gate.record_call(who.ctx, plan, outcome=outcome, latency_ms=latency_ms))
+        return result
+
+    return on_call_tool
 
 
 # --- resources and prompts ----------------------------------------------------------------------
@@ -330,14 +354,97 @@ async def on_completion(ctx: ServerRequestContext[Any, Any],
         plan.arguments["context"]))
 
 
-def build_server() -> Server[Any]:
-    return Server("magistrate", version="1",
-                  instructions="Tools, resources and prompts of this tenant's upstream MCP "
-                               "servers, governed by Magistrate: each call is checked, may need "
-                               "an approval, and is audited.",
-                  on_list_tools=on_list_tools, on_call_tool=on_call_tool,
-                  on_list_resources=on_list_resources,
-                  on_list_resource_templates=on_list_resource_templates,
-                  on_read_resource=on_read_resource,
-                  on_list_prompts=on_list_prompts, on_get_prompt=on_get_prompt,
-                  on_completion=on_completion)
+# --- the session's own: log level, resource subscriptions -----------------------------------------
+
+
+def _session_of(ctx: ServerRequestContext[Any, Any], book: SessionBook | None, what: str
+                ) -> tuple[SessionBook, str]:
+    session_id = session_id_of(ctx)
+    if book is None or not session_id:
+        raise MCPError(INVALID_REQUEST, f"{what} needs a session: send the Mcp-Session-Id "
+                                        "that initialize answered.")
+    return book, session_id
+
+
+def session_handlers(book: SessionBook | None) -> dict[str, Any]:
+    async def on_set_level(ctx: ServerRequestContext[Any, Any],
+                           params: types.SetLevelRequestParams) -> types.EmptyResult:
+        principal_of(ctx)
+        session_id = session_id_of(ctx)
+        if book is not None and session_id:
+            book.state(session_id).level = params.level
+        return types.EmptyResult()
+
+    async def on_subscribe(ctx: ServerRequestContext[Any, Any],
+                           params: types.SubscribeRequestParams) -> types.EmptyResult:
+        who = principal_of(ctx)
+        held, session_id = _session_of(ctx, book, "A resource subscription")
+        upstream_name, uri, public, candidates = await _resolved(
+            who.ctx, "resource", *gate.split_uri(params.uri), params.uri)
+        plan = await anyio.to_thread.run_sync(
+            lambda: gate.plan_read(who.ctx, who.caller, "resource", upstream_name, uri, public,
+                                   {"uri": uri}, limit=who.limit, candidates=candidates,
+                                   record_as="subscription"))
+        if not plan.forward:
+            raise _refused(plan)
+        agent_side = ctx.session  # its standalone stream carries the updates
+
+        async def updated() -> None:
+            try:
+                await agent_side.send_resource_updated(params.uri)
+            except Exception as exc:  # noqa: BLE001 - a gone client ends nothing else
+                log.info("MCP resource update not delivered: %s", type(exc).__name__)
+
+        watch = functools.partial(upstream.watch_resource, who.ctx.egress, plan.url,
+                                  plan.credential, uri, updated)
+        started = time.perf_counter()
+        try:
+            await held.subscribe(session_id, params.uri, watch)
+        except OverflowError as exc:
+            raise MCPError(INVALID_REQUEST, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the agent gets a sentence, the log the kind
+            await anyio.to_thread.run_sync(
+                lambda: gate.record_call(who.ctx, plan, outcome=gate.UPSTREAM_ERROR,
+                                         latency_ms=int((time.perf_counter() - started) * 1000)))
+            why = exc.message if isinstance(exc, MCPError | UpstreamUnreachable) \
+                else upstream.why(exc)
+            raise MCPError(INTERNAL_ERROR, f"The upstream {plan.upstream} did not take the "
+                                           f"subscription: {why}") from None
+        await anyio.to_thread.run_sync(
+            lambda: gate.record_call(who.ctx, plan, outcome=gate.FORWARDED,
+                                     latency_ms=int((time.perf_counter() - started) * 1000)))
+        return types.EmptyResult()
+
+    async def on_unsubscribe(ctx: ServerRequestContext[Any, Any],
+                             params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        principal_of(ctx)
+        held, session_id = _session_of(ctx, book, "Unsubscribing")
+        await held.unsubscribe(session_id, params.uri)
+        return types.EmptyResult()
+
+    return {"set_level": on_set_level, "subscribe": on_subscribe,
+            "unsubscribe": on_unsubscribe}
+
+
+def build_server(book: SessionBook | None = None) -> Server[Any]:
+    """The endpoint's server; ``book`` holds the sessions' own state (none: stateless, no
+    subscriptions)."""
+    handlers = session_handlers(book)
+    server: Server[Any] = Server(
+        "magistrate", version="1",
+        instructions="Tools, resources and prompts of this tenant's upstream MCP servers, "
+                     "governed by Magistrate: each call is checked, may need an approval, and "
+                     "is audited.",
+        on_list_tools=on_list_tools, on_call_tool=call_handler(book),
+        on_list_resources=on_list_resources,
+        on_list_resource_templates=on_list_resource_templates,
+        on_read_resource=on_read_resource,
+        on_subscribe_resource=handlers["subscribe"],
+        on_unsubscribe_resource=handlers["unsubscribe"],
+        on_list_prompts=on_list_prompts, on_get_prompt=on_get_prompt,
+        on_completion=on_completion)
+    # declares the logging capability; registered by method, as the SDK's constructor
+    # argument for it warns that the capability is deprecated in a later revision
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams,
+                               handlers["set_level"])
+    return server

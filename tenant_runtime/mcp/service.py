@@ -69,6 +69,8 @@ class McpEvents:
     RESOURCE_READ = "mcp.resource_read"
     PROMPT_GOT = "mcp.prompt_got"
     COMPLETION_ASKED = "mcp.completion_asked"
+    RESOURCE_SUBSCRIBED = "mcp.resource_subscribed"
+    CLIENT_ASKED = "mcp.client_asked"  # a server-to-client request sent to the agent's client
     CLIENT_CONNECTED = "mcp.client_connected"
 
 

@@ -6,12 +6,16 @@ OAuth client credentials whose token requests and discovery go through that same
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 import mcp_types as types
+from anyio.abc import TaskStatus
 from mcp import ClientSession
+from mcp.client.session import ElicitationFnT, LoggingFnT, MessageHandlerFnT, SamplingFnT
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 
@@ -24,14 +28,36 @@ from tenant_runtime.mcp.service import AnnouncedTool
 TIMEOUT = 30.0
 
 
+@dataclass(frozen=True)
+class Relay:
+    """What the agent's session lends one exchange with an upstream (relay.py): answers to the
+    upstream's server-to-client requests (each offered to the upstream only when the agent's
+    client declared it), a sink for its log notifications, and the log level the agent set."""
+
+    sampling: SamplingFnT | None = None
+    elicitation: ElicitationFnT | None = None
+    logging: LoggingFnT | None = None
+    log_level: types.LoggingLevel | None = None
+
+
+NO_RELAY = Relay()
+
+
 @asynccontextmanager
-async def connect(policy: EgressPolicy, url: str, credential: UpstreamCredential
+async def connect(policy: EgressPolicy, url: str, credential: UpstreamCredential,
+                  relay: Relay = NO_RELAY, message_handler: MessageHandlerFnT | None = None
                   ) -> AsyncIterator[ClientSession]:
     async with outbound.async_http_client(policy, headers=credential.headers,
                                           auth=credential.auth(), timeout=TIMEOUT) as http, \
             streamable_http_client(url, http_client=http) as (read, write), \
-            ClientSession(read, write) as session:
-        await session.initialize()
+            ClientSession(read, write, sampling_callback=relay.sampling,
+                          elicitation_callback=relay.elicitation,
+                          logging_callback=relay.logging,
+                          message_handler=message_handler) as session:
+        init = await session.initialize()
+        if relay.log_level is not None and init.capabilities.logging is not None:
+            await session.send_request(types.SetLevelRequest(
+                params=types.SetLevelRequestParams(level=relay.log_level)), types.EmptyResult)
         yield session
 
 
@@ -76,11 +102,12 @@ async def list_tools(policy: EgressPolicy, url: str,
 
 
 async def call_tool(policy: EgressPolicy, url: str, credential: UpstreamCredential, name: str,
-                    arguments: dict[str, Any], progress: ProgressFnT | None = None
-                    ) -> types.CallToolResult:
+                    arguments: dict[str, Any], progress: ProgressFnT | None = None,
+                    relay: Relay = NO_RELAY) -> types.CallToolResult:
     """One tool call; the upstream's progress notifications go to ``progress`` (relayed to the
-    agent when it asked for progress)."""
-    async with connect(policy, url, credential) as session:
+    agent when it asked for progress), its log notifications, sampling and elicitation
+    requests to ``relay``."""
+    async with connect(policy, url, credential, relay) as session:
         result = await session.call_tool(name, arguments, progress_callback=progress)
     if not isinstance(result, types.CallToolResult):
         raise UpstreamUnreachable("The upstream answered the tool call with something other "
@@ -161,3 +188,30 @@ async def get_prompt(policy: EgressPolicy, url: str, credential: UpstreamCredent
         raise UpstreamUnreachable("The upstream answered the prompt request with something "
                                   "other than a prompt.")
     return result
+
+
+async def watch_resource(policy: EgressPolicy, url: str, credential: UpstreamCredential,
+                         uri: str, updated: Callable[[], Awaitable[None]], stop: anyio.Event,
+                         *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Subscribe to one of the upstream's resources and call ``updated`` at each of its
+    ``notifications/resources/updated`` for it, until ``stop`` is set (then unsubscribe and
+    end the upstream session). Started with ``task_group.start``: the subscription's refusal
+    (the upstream's error, or its not offering subscriptions) is raised to the starter."""
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification) \
+                and str(message.params.uri) == uri:
+            await updated()
+
+    async with connect(policy, url, credential, message_handler=on_message) as session:
+        init = session.initialize_result
+        resources = init.capabilities.resources if init is not None else None
+        if resources is None or not resources.subscribe:
+            raise UpstreamUnreachable("The upstream does not offer resource subscriptions.")
+        # by the typed requests: the SDK's helpers warn that a later revision replaces them
+        await session.send_request(types.SubscribeRequest(
+            params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult)
+        task_status.started()
+        await stop.wait()
+        await session.send_request(types.UnsubscribeRequest(
+            params=types.UnsubscribeRequestParams(uri=uri)), types.EmptyResult)

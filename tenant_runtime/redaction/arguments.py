@@ -25,11 +25,14 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def redact_arguments(arguments: dict[str, Any], profile: Profile
+def redact_arguments(arguments: dict[str, Any], profile: Profile, *,
+                     after: Restorer | None = None
                      ) -> tuple[dict[str, Any], Restorer, dict[str, int]]:
     """The arguments with every string redacted, the ``Restorer`` for the result, and the
-    count of entities per type."""
-    book = PlaceholderBook(_strings(arguments))
+    count of entities per type. ``after``: the restorer of an earlier redaction in the same
+    exchange (a call's arguments, then what the agent's client answered during it): its
+    placeholders are not handed out again, and the restorer returned restores both."""
+    book = PlaceholderBook([*_strings(arguments), *(after.placeholders() if after else [])])
     counts: Counter[str] = Counter()
 
     def walk(value: Any) -> Any:
@@ -44,7 +47,8 @@ def redact_arguments(arguments: dict[str, Any], profile: Profile
         return value
 
     redacted = walk(arguments)
-    return redacted, Restorer(book.originals), dict(counts)
+    restorer = Restorer(book.originals)
+    return redacted, after.merged(restorer) if after else restorer, dict(counts)
 
 
 def restore_value(value: Any, restorer: Restorer) -> Any:

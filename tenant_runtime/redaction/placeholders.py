@@ -61,6 +61,15 @@ class Restorer:
     def __repr__(self) -> str:  # never the originals
         return f"<Restorer of {len(self._originals)} placeholders>"
 
+    def placeholders(self) -> list[str]:
+        """The placeholders it restores (a later book of the same exchange skips them)."""
+        return list(self._originals)
+
+    def merged(self, later: Restorer) -> Restorer:
+        """One restorer for both: ``later``'s book was made skipping this one's placeholders,
+        so none stands for two values."""
+        return Restorer({**self._originals, **later._originals})
+
     def _original(self, m: re.Match[str]) -> str:
         token = m.group()
         return self._originals.get(token, token)

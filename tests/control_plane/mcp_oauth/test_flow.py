@@ -279,6 +279,31 @@ def test_an_expired_access_token_is_refused(base, team, owner, db):
     assert "resource_metadata=" in answer.headers["www-authenticate"]
 
 
+def test_a_grants_session_answers_its_refreshed_token_and_no_api_key(base, team, owner):
+    flow, tokens = tokens_of(base, owner, resource(base, team))
+    opened = initialize(flow.resource, tokens["access_token"])
+    session_id = opened.headers["mcp-session-id"]
+    key = team.api_key("desk-agent", who="owner", scopes=("mcp",))
+
+    def listed(credential: str) -> httpx2.Response:
+        return httpx2.post(flow.resource, timeout=30, json={
+            "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}, headers={
+            "Accept": "application/json, text/event-stream", "Mcp-Session-Id": session_id,
+            "Authorization": f"Bearer {credential}"})
+
+    note = httpx2.post(flow.resource, timeout=30, json={
+        "jsonrpc": "2.0", "method": "notifications/initialized"}, headers={
+        "Accept": "application/json, text/event-stream", "Mcp-Session-Id": session_id,
+        "Authorization": f"Bearer {tokens['access_token']}"})
+    assert note.status_code == 202
+    # the same human's API key is another principal: the session does not exist for it
+    assert listed(key).status_code == 404
+    assert listed(tokens["access_token"]).status_code == 200
+    rotated = token(base, refresh_token=tokens["refresh_token"], grant_type="refresh_token",
+                    client_id=flow.client_id, resource=flow.resource)
+    assert listed(rotated.json()["access_token"]).status_code == 200  # the same grant
+
+
 # ------------------------------------------------------------------------------- refresh, revoke
 
 

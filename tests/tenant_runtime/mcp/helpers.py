@@ -132,14 +132,26 @@ def serve_magistrate(services: Services) -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def serve_reference(seen: list[str] | None = None) -> Iterator[str]:
+    """The conformance suite's reference upstream (reference.py), stateful, under uvicorn."""
+    from tests.tenant_runtime.mcp.reference import make_reference
+
+    with serve_app(make_reference(seen).streamable_http_app(stateless_http=False,
+                                                        json_response=False)) as url:
+        yield f"{url}/mcp"
+
+
 @asynccontextmanager
-async def mcp_client(url: str, key: str, *, headers: dict[str, str] | None = None
-                     ) -> AsyncIterator[ClientSession]:
-    """The official SDK client at Magistrate's endpoint, with an API key."""
+async def mcp_client(url: str, key: str, *, headers: dict[str, str] | None = None,
+                     **callbacks: Any) -> AsyncIterator[ClientSession]:
+    """The official SDK client at Magistrate's endpoint, with an API key; ``callbacks`` are
+    ClientSession's (``elicitation_callback``, ``sampling_callback``, ``logging_callback``,
+    ``message_handler``)."""
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}", **(headers or {})},
                                   timeout=30) as http, \
             streamable_http_client(url, http_client=http) as (read, write), \
-            ClientSession(read, write) as session:
+            ClientSession(read, write, **callbacks) as session:
         await session.initialize()
         yield session
 

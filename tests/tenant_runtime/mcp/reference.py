@@ -1,14 +1,26 @@
 """The reference upstream the conformance suite's server scenarios run through Magistrate
 against: a real MCP server built with the official SDK's ``MCPServer``, offering the tools,
 resources and prompts the scenarios name (``test_simple_text``, ``test://static-text``,
-``test_simple_prompt`` …), as the suite's "everything" server describes them."""
+``test_simple_prompt`` …), as the suite's "everything" server describes them. Served stateful
+(``Mcp-Session-Id``), so its elicitation and sampling requests can be answered and its
+resource updates reach a subscriber.
+
+Server-to-client traffic is sent through the session's typed requests and notifications
+(``send_request``, ``send_notification``), not the SDK's helpers that warn of the
+capabilities' deprecation in a later revision."""
 
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import mcp_types as types
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, Image, MCPServer
+from mcp.server.session import ServerSession
+from mcp.shared.message import ServerMessageMetadata
+
+WATCHED = "test://watched-resource"
 
 # a 1×1 PNG and a tiny WAV, the payloads of the image and audio scenarios
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQ"
@@ -16,8 +28,110 @@ PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4
 WAV = ("UklGRiQAAABXQVZFZm10IBAAAAABAAEAESsAACJWAAACABAAZGF0YQAAAAA=")
 
 
-def make_reference() -> MCPServer:
+async def _log(ctx: Context, text: str) -> None:
+    await ctx.request_context.session.send_notification(
+        types.LoggingMessageNotification(params=types.LoggingMessageNotificationParams(
+            level="info", data=text)), related_request_id=ctx.request_id)
+
+
+async def _ask(ctx: Context, request: Any, result_type: type[Any]) -> Any:
+    return await ctx.request_context.session.send_request(
+        request, result_type, metadata=ServerMessageMetadata(related_request_id=ctx.request_id))
+
+
+async def _elicit(ctx: Context, message: str, schema: dict[str, Any]) -> types.ElicitResult:
+    result: types.ElicitResult = await _ask(ctx, types.ElicitRequest(
+        params=types.ElicitRequestFormParams(message=message, requested_schema=schema)),
+        types.ElicitResult)
+    return result
+
+
+SEP1034 = {"type": "object", "properties": {
+    "name": {"type": "string", "description": "User name", "default": "John Doe"},
+    "age": {"type": "integer", "description": "User age", "default": 30},
+    "score": {"type": "number", "description": "User score", "default": 95.5},
+    "status": {"type": "string", "description": "User status",
+               "enum": ["active", "inactive", "pending"], "default": "active"},
+    "verified": {"type": "boolean", "description": "Verification status", "default": True}}}
+SEP1330 = {"type": "object", "properties": {
+    "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+    "titledSingle": {"type": "string", "oneOf": [
+        {"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second Option"},
+        {"const": "value3", "title": "Third Option"}]},
+    "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                   "enumNames": ["Option One", "Option Two", "Option Three"]},
+    "untitledMulti": {"type": "array",
+                      "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+    "titledMulti": {"type": "array", "items": {"anyOf": [
+        {"const": "value1", "title": "First Choice"}, {"const": "value2", "title": "Second Choice"},
+        {"const": "value3", "title": "Third Choice"}]}}}}
+
+
+def make_reference(seen: list[str] | None = None) -> MCPServer:
+    """``seen``: where the elicitation tool writes what it sent and what it got back."""
     server = MCPServer("reference")
+    subscribers: dict[str, list[ServerSession]] = {}
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+                        ) -> types.EmptyResult:
+        subscribers.setdefault(params.uri, []).append(ctx.session)
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[Any, Any],
+                          params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        subscribers.pop(params.uri, None)
+        return types.EmptyResult()
+
+    # MCPServer offers no decorator for subscriptions; its low-level server takes the methods
+    low = server._lowlevel_server
+    low.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+    low.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+
+    @server.resource(WATCHED, mime_type="text/plain")
+    def watched() -> str:
+        """A resource whose updates a subscriber is told of."""
+        return "watched content"
+
+    @server.tool()
+    async def test_update_watched() -> str:
+        """Tells the subscribers of test://watched-resource that it changed."""
+        for session in subscribers.get(WATCHED, []):
+            await session.send_resource_updated(WATCHED)
+        return f"told {len(subscribers.get(WATCHED, []))} subscribers"
+
+    @server.tool()
+    async def test_sampling(prompt: str, ctx: Context) -> str:
+        """Tests LLM sampling from the client."""
+        result = await _ask(ctx, types.CreateMessageRequest(params=types.CreateMessageRequestParams(
+            messages=[types.SamplingMessage(role="user", content=types.TextContent(
+                type="text", text=prompt))], max_tokens=100)), types.CreateMessageResult)
+        content = result.content
+        text = content.text if isinstance(content, types.TextContent) else str(content)
+        return f"LLM response: {text}"
+
+    @server.tool()
+    async def test_elicitation(message: str, ctx: Context) -> str:
+        """Tests asking the user for input (elicitation)."""
+        result = await _elicit(ctx, message, {"type": "object", "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"}},
+            "required": ["username", "email"]})
+        if seen is not None:
+            seen.extend([message, str(result.content)])
+        return f"User response: action={result.action}, content={result.content}"
+
+    @server.tool()
+    async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+        """Tests elicitation with default values (SEP-1034)."""
+        result = await _elicit(ctx, "Test client default value handling - please accept "
+                                    "with defaults", SEP1034)
+        return f"Elicitation completed: action={result.action}, content={result.content}"
+
+    @server.tool()
+    async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+        """Tests elicitation with enum schemas (SEP-1330)."""
+        result = await _elicit(ctx, "Test enum schemas", SEP1330)
+        return f"Elicitation completed: action={result.action}, content={result.content}"
 
     @server.tool()
     def test_simple_text() -> str:
@@ -55,7 +169,7 @@ def make_reference() -> MCPServer:
     async def test_tool_with_logging(ctx: Context) -> str:
         """Tests tool that emits log messages during execution."""
         for text in ("Tool execution started", "Tool processing data", "Tool execution completed"):
-            await ctx.info(text)
+            await _log(ctx, text)
         return "Tool with logging executed successfully"
 
     @server.tool()

@@ -4,8 +4,10 @@ reference upstream (tests/tenant_runtime/mcp/reference.py), everything of it all
 
 The suite's client sends no credential, so a one-line hop in front of Magistrate adds the
 tenant key's ``Authorization`` header (as a configured MCP client does) and passes everything
-else through untouched. The set of scenarios that pass is asserted exactly: a regression
-fails, and so does a fix that is not recorded here and in ops/MCP_CONFORMANCE.md, where every
+else through untouched, streaming answers as they come (a call's stream carries the
+upstream's elicitation request before the call's answer). The set of scenarios that pass is
+asserted exactly: a regression fails, and so does a fix that is not recorded here and in
+ops/MCP_CONFORMANCE.md, where every
 expected failure is explained.
 
 Node.js is Debian's (installed by .ci/run); without it the test is skipped, except in CI (or
@@ -23,7 +25,7 @@ from typing import Any
 import httpx2
 import pytest
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 
 from tests.live_server import serve_app
 from tests.tenant_runtime.mcp.helpers import (
@@ -41,20 +43,13 @@ HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding"}
 
 # scenario -> why it fails through Magistrate (ops/MCP_CONFORMANCE.md says the same)
 EXPECTED_FAILURES = {
-    "tools-call-with-logging": "an upstream's log notifications are not relayed (logging is "
-                               "not proxied)",
-    "tools-call-sampling": "no server-to-client requests (stateless)",
-    "tools-call-elicitation": "no server-to-client requests (stateless)",
-    "elicitation-sep1034-defaults": "no server-to-client requests (stateless)",
-    "elicitation-sep1330-enums": "no server-to-client requests (stateless)",
-    "resources-subscribe": "no subscriptions (stateless: nowhere to send updates)",
-    "resources-unsubscribe": "no subscriptions (stateless: nowhere to send updates)",
-    "logging-set-level": "logging is not proxied (each upstream's log level is its own)",
     "dns-rebinding-protection": "only the installation's public origin is served, not a "
                                 "localhost Origin",
 }
 # passes: the suite calls tools and prompts by their bare names and reads resources by their
-# bare URIs, which resolve to the one upstream (ref) that offers them
+# bare URIs, which resolve to the one upstream (ref) that offers them; with sessions, the
+# upstream's log notifications, elicitation and sampling requests reach the suite's client,
+# and subscriptions are held at the upstream
 EXPECTED_PASSES = {"server-initialize", "ping", "tools-list", "tools-call-simple-text",
                    "tools-call-image", "tools-call-audio", "tools-call-embedded-resource",
                    "tools-call-mixed-content", "tools-call-error", "tools-call-with-progress",
@@ -62,7 +57,10 @@ EXPECTED_PASSES = {"server-initialize", "ping", "tools-list", "tools-call-simple
                    "resources-read-binary", "resources-templates-read", "prompts-list",
                    "prompts-get-simple", "prompts-get-with-args",
                    "prompts-get-embedded-resource", "prompts-get-with-image",
-                   "completion-complete"}
+                   "completion-complete", "tools-call-with-logging", "tools-call-sampling",
+                   "tools-call-elicitation", "elicitation-sep1034-defaults",
+                   "elicitation-sep1330-enums", "resources-subscribe", "resources-unsubscribe",
+                   "logging-set-level"}
 
 
 def node_or_skip() -> str:
@@ -83,20 +81,34 @@ def node_or_skip() -> str:
 
 
 def key_adding_hop(target: str, key: str) -> Any:
-    """An ASGI app passing every request to ``target`` with the key's Authorization added."""
+    """An ASGI app passing every request to ``target`` with the key's Authorization added,
+    streaming the answer back as it comes; its client is closed at shutdown."""
     client = httpx2.AsyncClient(timeout=60)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await client.aclose()
+            await send({"type": "lifespan.shutdown.complete"})
             return
         request = Request(scope, receive)
         headers = {k: v for k, v in request.headers.items() if k not in HOP_HEADERS}
-        answer = await client.request(request.method, target, headers={
-            **headers, "authorization": f"Bearer {key}"}, content=await request.body())
+        answer = await client.send(client.build_request(
+            request.method, target, headers={**headers, "authorization": f"Bearer {key}"},
+            content=await request.body()), stream=True)
         out = {k: v for k, v in answer.headers.items()
                if k not in HOP_HEADERS and k != "content-encoding"}
-        await Response(answer.content, status_code=answer.status_code,
-                       headers=out)(scope, receive, send)
+
+        async def body() -> Any:
+            try:
+                async for chunk in answer.aiter_raw():
+                    yield chunk
+            finally:
+                await answer.aclose()
+
+        await StreamingResponse(body(), status_code=answer.status_code, headers=out)(
+            scope, receive, send)
 
     return app
 
@@ -117,8 +129,8 @@ def test_the_conformance_suite_passes_its_server_scenarios_through_magistrate(
     node = node_or_skip()
     server = make_reference()
     key = team.api_key("conformance", who="owner", scopes=("mcp",))
-    # SSE answers, so the notifications of a call (its progress) travel with it
-    with serve_app(server.streamable_http_app(stateless_http=True, json_response=False)
+    # stateful, SSE answers: a call's notifications and requests travel with it
+    with serve_app(server.streamable_http_app(stateless_http=False, json_response=False)
                    ) as up_url:
         with serve_magistrate(services) as base:
             ctx = team.ctx("admin")
@@ -127,7 +139,7 @@ def test_the_conformance_suite_passes_its_server_scenarios_through_magistrate(
                     name="ref", url=f"{up_url}/mcp", new_tools="allowed"))
             run(list_names, endpoint(base, team), key)
             with ctx.session() as s, s.begin():
-                assert s.query(McpTool).count() >= 8
+                assert s.query(McpTool).count() >= 13
             with team.system().session() as s, s.begin():
                 from sqlalchemy import update
 

@@ -22,6 +22,7 @@ from tenant_runtime.mcp import service
 from tenant_runtime.mcp.models import McpTool
 from tenant_runtime.models import AuditEvent
 from tests.control_plane.approvals.helpers import make_team
+from tests.control_plane.gateway.test_gateway_api import fresh_minute
 from tests.tenant_runtime.mcp.helpers import (
     call,
     calls_of,
@@ -280,6 +281,7 @@ def test_a_rate_limited_agent_is_refused_without_reaching_the_upstream(
         register(team, upstream)
         run(list_names, endpoint(base, team), key)
         decide(team, "search", "allowed")
+        fresh_minute(needed=45)  # the limit's window is the minute: three calls in one
         # the bare name and the full name count against one limit (tools' bare names)
         results = [run(call, endpoint(base, team), key, name, {"query": name})
                    for name in ("crm__search", "search", "crm__search")]

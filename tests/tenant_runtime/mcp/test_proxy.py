@@ -141,9 +141,13 @@ def test_an_unknown_protocol_version_is_answered_400(team, base, key):
     bad = httpx2.post(endpoint(base, team), json=body,
                       headers={**headers, "MCP-Protocol-Version": "1999-01-01"})
     assert bad.status_code == 400 and "2025-06-18" in bad.json()["error"]
-    good = httpx2.post(endpoint(base, team), json=body,
+    initialize = {"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "1"}}}
+    good = httpx2.post(endpoint(base, team), json=initialize,
                        headers={**headers, "MCP-Protocol-Version": "2025-06-18"})
     assert good.status_code == 200, good.text
+    assert good.headers["mcp-session-id"]
 
 
 def test_the_history_lists_calls_per_agent_a_page_at_a_time(services, team, synced, base,

@@ -28,3 +28,15 @@ def test_a_literal_placeholder_in_the_arguments_is_never_handed_out():
                                              Profile.named("standard"))
     assert redacted["b"] == "[EMAIL_2]"
     assert restore_value(redacted, restorer) == {"a": "[EMAIL_1]", "b": "x@example.com"}
+
+
+def test_a_later_redaction_of_the_same_exchange_hands_out_new_placeholders_and_restores_both():
+    profile = Profile.named("standard")
+    first, restorer, _ = redact_arguments({"to": "jane.doe@example.com"}, profile)
+    answer, both, _ = redact_arguments({"email": "bob@example.org",
+                                        "again": "jane.doe@example.com"}, profile,
+                                       after=restorer)
+    assert first == {"to": "[EMAIL_1]"}
+    assert answer == {"email": "[EMAIL_2]", "again": "[EMAIL_3]"}  # none stands for two
+    assert restore_value("[EMAIL_1] [EMAIL_2] [EMAIL_3]", both) == (
+        "jane.doe@example.com bob@example.org jane.doe@example.com")
