@@ -321,6 +321,14 @@ SETTINGS: tuple[SettingDoc, ...] = (
         "before it is ended; its id then answers 404 and the client initializes again.",
     ),
     SettingDoc(
+        "MAGISTRATE_MCP_SESSION_RECHECK_SECONDS",
+        "30",
+        "Seconds between re-checks of every live MCP session's credential (key or grant "
+        "revoked or expired, tenant suspended, creator no longer entitled); a session whose "
+        "credential no longer passes is ended with its GET stream and subscriptions, even "
+        "when its client sends nothing more.",
+    ),
+    SettingDoc(
         "MAGISTRATE_METRICS_TOKEN",
         "unset (`/metrics` answers 404)",
         "Bearer token a Prometheus scraper sends (`Authorization: Bearer …`) to read `/metrics`. "
@@ -493,6 +501,7 @@ class Settings:
     mcp_sessions_per_client: int = 8
     mcp_max_sessions: int = 2000
     mcp_session_idle_seconds: int = 1800
+    mcp_session_recheck_seconds: int = 30
     metrics_token: Secret | None = None
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
@@ -635,6 +644,9 @@ class Settings:
                                   get("MAGISTRATE_MCP_MAX_SESSIONS", "2000")),
             mcp_session_idle_seconds=_int("MAGISTRATE_MCP_SESSION_IDLE_SECONDS",
                                           get("MAGISTRATE_MCP_SESSION_IDLE_SECONDS", "1800")),
+            mcp_session_recheck_seconds=_int(
+                "MAGISTRATE_MCP_SESSION_RECHECK_SECONDS",
+                get("MAGISTRATE_MCP_SESSION_RECHECK_SECONDS", "30")),
             metrics_token=secret("MAGISTRATE_METRICS_TOKEN"),
             otlp_endpoint=_http_url("MAGISTRATE_OTLP_ENDPOINT",
                                     get("MAGISTRATE_OTLP_ENDPOINT", "")),

@@ -25,7 +25,10 @@ Before a byte reaches the SDK:
   session id is answered 404 like an unknown one. Every request is still authenticated and
   decided on its own: a revoked key or grant is refused at its next request, and when that
   request carries the session's id and the very credential last used on it, the session
-  ends there (its GET stream and subscriptions with it). At most
+  ends there (its GET stream and subscriptions with it). A client that sends nothing more
+  is reached too: every ``MAGISTRATE_MCP_SESSION_RECHECK_SECONDS`` each live session's last
+  credential is checked again by the same rule (``bearer.caller_of``), and a session whose
+  credential no longer passes ends the same way. At most
   ``MAGISTRATE_MCP_SESSIONS_PER_CLIENT`` sessions per principal (one more ends its idlest,
   or is refused 429 when all are busy) and ``MAGISTRATE_MCP_MAX_SESSIONS`` per process (503
   beyond); a session idle for
@@ -38,12 +41,13 @@ it (tenant_runtime/mcp/service.upstream_credential)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -65,6 +69,7 @@ from control_plane.auth.credentials import presented_key
 from control_plane.auth.ratelimit import LocalWindows
 from control_plane.exceptions import MagistrateError
 from control_plane.mcp_oauth import bearer
+from control_plane.web.access import key_rule_for
 from control_plane.web.errors import database_unavailable
 from control_plane.web.services import Services, services
 from tenant_runtime.exceptions import TenantError
@@ -74,6 +79,7 @@ from tenant_runtime.mcp.sessions import SessionBook
 
 log = logging.getLogger("magistrate.mcp")
 PATH = "/mcp/{tenant_slug}"
+SESSION_ROUTE = f"GET {PATH}"  # the key rule a session's re-check applies (its GET stream)
 WINDOW = 60
 
 
@@ -145,6 +151,33 @@ def _authenticate(request: Request, limiter: McpRateLimiter) -> tuple[Principal,
             f"{tenant_id}:{caller.label}")
 
 
+def _digest(credential: str) -> bytes:
+    return hashlib.sha256(credential.encode()).digest()
+
+
+def still_passes(svc: Services, credential: str, slug: str) -> bool:
+    """Whether a live session's credential still passes the endpoint's check
+    (``bearer.caller_of``, the one every request passes: key or grant not revoked, tenant
+    active, the human behind it still entitled). Its transaction is rolled back: a re-check
+    is not a use of the credential. An unreachable database keeps the session (every request
+    is still checked on its own)."""
+    try:
+        with svc.session_factory() as s:
+            try:
+                bearer.caller_of(s, credential, slug=slug,
+                                 origin=svc.settings.public_origin,
+                                 rule=lambda: key_rule_for(SESSION_ROUTE), token_expiry=False)
+            finally:
+                s.rollback()
+    except (MagistrateError, TenantError) as exc:
+        return exc.status_code not in (401, 403, 404)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            log.exception("MCP session re-check failed")
+        return True
+    return True
+
+
 class GovernedSessionManager(StreamableHTTPSessionManager):
     """The SDK's stateful session manager, with sessions bounded per principal (the SDK
     bounds them per process only) and each ending session's state (its subscriptions at the
@@ -162,23 +195,49 @@ class GovernedSessionManager(StreamableHTTPSessionManager):
                          session_idle_timeout=idle_seconds, max_sessions=max_sessions)
         self.book, self.per_client = book, per_client
         self.owners: dict[str, str] = {}  # session id -> principal
-        # session id -> SHA-256 of the credential last presented with it by its principal
-        self.credentials: dict[str, str] = {}
+        # session id -> the credential last presented with it by its principal, and the
+        # tenant slug it was presented at (what the periodic re-check checks again)
+        self.credentials: dict[str, tuple[str, str]] = {}
 
-    def note_credential(self, session_id: str, owner: str, digest: str) -> None:
+    def note_credential(self, session_id: str, owner: str, credential: str,
+                        slug: str) -> None:
         if self.owners.get(session_id) == owner:
-            self.credentials[session_id] = digest
+            self.credentials[session_id] = (credential, slug)
 
-    def end_refused(self, session_id: str, digest: str) -> None:
+    def end_refused(self, session_id: str, credential: str) -> None:
         """A request with this session id was refused its credential (revoked, expired, its
         human deactivated): when that is the very credential last used on the session, the
         session ends here, with its GET stream and subscriptions. Any other credential
         refused with the id ends nothing (it may not even know whose session it names)."""
+        held, _ = self.credentials.get(session_id, ("", ""))
+        if hmac.compare_digest(_digest(held), _digest(credential)):
+            self.end(session_id)
+
+    def end(self, session_id: str) -> None:
         transport = self._server_instances.get(session_id)
-        if (transport is None or transport.idle_scope is None
-                or not hmac.compare_digest(self.credentials.get(session_id, ""), digest)):
-            return
-        transport.idle_scope.cancel()  # the session's task ends it; _discard_session forgets
+        if transport is not None and transport.idle_scope is not None:
+            transport.idle_scope.cancel()  # the session's task ends it; _discard_session
+            # forgets it
+
+    async def recheck(self, passes: Callable[[str, str], bool]) -> list[str]:
+        """Check each live session's credential again (``passes``, in a worker thread) and
+        end the sessions whose credential no longer passes, open GET stream and
+        subscriptions with them; the ended ids."""
+        ended = []
+        for session_id, (credential, slug) in list(self.credentials.items()):
+            if not await anyio.to_thread.run_sync(passes, credential, slug):
+                self.end(session_id)
+                ended.append(session_id)
+        return ended
+
+    async def rechecking(self, every: float, passes: Callable[[str, str], bool]) -> None:
+        """``recheck`` every ``every`` seconds, for the manager's lifetime: revocation reaches
+        a session whose client sends nothing more (its GET stream stays open)."""
+        while True:
+            await anyio.sleep(every)
+            for session_id in await self.recheck(passes):
+                log.info("MCP session %s ended: its credential no longer passes",
+                         session_id[:12])
 
     def held_by(self, owner: str) -> list[str]:
         return [sid for sid, held in self.owners.items() if held == owner]
@@ -262,13 +321,12 @@ class McpEndpoint:
         session_id = request.headers.get(MCP_SESSION_ID_HEADER)
         presented = presented_key(request.headers.get("authorization"),
                                   request.headers.get("x-api-key")) or ""
-        digest = hashlib.sha256(presented.encode()).hexdigest()
         manager = self.manager
         try:
             principal, owner = await run_in_threadpool(_authenticate, request, limiter)
         except (MagistrateError, TenantError) as exc:
             if session_id and manager is not None and exc.status_code in (401, 403):
-                manager.end_refused(session_id, digest)
+                manager.end_refused(session_id, presented)
             await _error(request, exc.status_code, exc.message)(scope, receive, send)
             return
         except Exception as exc:
@@ -290,7 +348,8 @@ class McpEndpoint:
                                                       scopes=[]))  # the principal, no token
         if manager is not None and manager._task_group is not None:
             if session_id:
-                manager.note_credential(session_id, owner, digest)
+                manager.note_credential(session_id, owner, presented,
+                                        request.path_params["tenant_slug"])
             if request.method == "POST" and not session_id and not manager.room_for(owner):
                 await _error(request, 429, f"This client holds {manager.per_client} open MCP "
                                            "sessions, each busy, the most it may; end one "
@@ -324,8 +383,13 @@ async def running(endpoint: McpEndpoint, svc: Services) -> AsyncIterator[None]:
     """The session manager's lifetime (and its sessions' book's), inside the app's
     lifespan."""
     manager = endpoint.start(svc)
-    async with endpoint.book.running(), manager.run():
-        yield
+    async with endpoint.book.running(), manager.run(), anyio.create_task_group() as tasks:
+        tasks.start_soon(manager.rechecking, svc.settings.mcp_session_recheck_seconds,
+                         functools.partial(still_passes, svc))
+        try:
+            yield
+        finally:
+            tasks.cancel_scope.cancel()
 
 
 def make_routes() -> list[Route]:

@@ -16,6 +16,7 @@ number ``-grant_id``, bound when the grant was made)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,8 @@ from control_plane.db import utcnow
 from control_plane.exceptions import Forbidden, NotFound, NotSignedIn
 from control_plane.mcp_oauth.service import ACCESS_PREFIX, PERMISSION, digest, resource_of
 from control_plane.models import Tenant
-from control_plane.web.access import authenticate_key, key_actor
+from control_plane.tenancy.api_keys import KeyRule, authenticate_bearer
+from control_plane.web.access import key_actor, key_rule
 from tenant_runtime import permissions
 from tenant_runtime.context import Actor as TenantActor
 
@@ -59,7 +61,8 @@ def is_access_token(credential: str | None) -> bool:
     return bool(credential) and str(credential).startswith(ACCESS_PREFIX)
 
 
-def _grant_caller(s: Session, token: str, *, slug: str, origin: str) -> McpCaller:
+def _grant_caller(s: Session, token: str, *, slug: str, origin: str,
+                  token_expiry: bool = True) -> McpCaller:
     row: Any = s.connection().exec_driver_sql(_GRANT_OF_ACCESS, {"hash": digest(token)}).first()
     if row is None:
         raise NotSignedIn("This access token is not valid.")
@@ -68,7 +71,7 @@ def _grant_caller(s: Session, token: str, *, slug: str, origin: str) -> McpCalle
     now = utcnow()
     if revoked_at is not None:
         raise NotSignedIn("This access token's grant was revoked; connect the client again.")
-    if expires_at <= now:
+    if token_expiry and expires_at <= now:
         raise NotSignedIn("This access token has expired; use the refresh token for a new "
                           "one.")
     tenant = s.get(Tenant, tenant_id)
@@ -109,9 +112,21 @@ def resolve(s: Session, request: Request, *, slug: str, origin: str) -> McpCalle
         raise NotSignedIn("Connect with OAuth (the resource_metadata of the WWW-Authenticate "
                           "header leads there) or send a tenant API key with the mcp scope as "
                           "'Authorization: Bearer mg_…'.")
+    return caller_of(s, str(credential), slug=slug, origin=origin,
+                     rule=lambda: key_rule(request))
+
+
+def caller_of(s: Session, credential: str, *, slug: str, origin: str,
+              rule: Callable[[], KeyRule], token_expiry: bool = True) -> McpCaller:
+    """The caller behind ``credential`` (an access token or an API key checked against
+    ``rule``), or the refusal: what every request passes, and what the endpoint re-checks for
+    each live session (control_plane/api/mcp.py). ``token_expiry=False`` is that re-check's:
+    a session belongs to its grant, and an access token that expired in the meantime is
+    refreshed by the client at its next request, keeping the session."""
     if is_access_token(credential):
-        return _grant_caller(s, str(credential), slug=slug, origin=origin)
-    principal = authenticate_key(s, request)
+        return _grant_caller(s, credential, slug=slug, origin=origin,
+                             token_expiry=token_expiry)
+    principal = authenticate_bearer(s, None, credential, rule=rule())
     key = principal.api_key
     if principal.tenant.slug != slug:
         raise NotFound(WRONG_TENANT)

@@ -238,7 +238,9 @@ def authenticate_bearer(s: Session, authorization: str | None, x_api_key: str | 
                         *, rule: KeyRule) -> ApiPrincipal:
     """The API key, tenant and creator behind an ``Authorization: Bearer`` (or ``x-api-key``)
     header, if it passes ``check_key`` for ``rule``; or a clear refusal. Routes call it through
-    ``control_plane.web.access.authenticate_key``, which finds the route's rule."""
+    ``control_plane.web.access.authenticate_key``, which finds the route's rule (the MCP
+    endpoint through ``control_plane.mcp_oauth.bearer.caller_of``, with its route's rule, which
+    also re-checks its live sessions' keys)."""
     key = presented_key(authorization, x_api_key) or ""
     prefix = _prefix(key)
     found = s.execute(

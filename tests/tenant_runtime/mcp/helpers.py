@@ -144,12 +144,13 @@ def serve_reference(seen: list[str] | None = None) -> Iterator[str]:
 
 @asynccontextmanager
 async def mcp_client(url: str, key: str, *, headers: dict[str, str] | None = None,
+                     event_hooks: dict[str, list[Any]] | None = None,
                      **callbacks: Any) -> AsyncIterator[ClientSession]:
     """The official SDK client at Magistrate's endpoint, with an API key; ``callbacks`` are
     ClientSession's (``elicitation_callback``, ``sampling_callback``, ``logging_callback``,
-    ``message_handler``)."""
+    ``message_handler``), ``event_hooks`` its HTTP client's."""
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}", **(headers or {})},
-                                  timeout=30) as http, \
+                                  timeout=30, event_hooks=event_hooks) as http, \
             streamable_http_client(url, http_client=http) as (read, write), \
             ClientSession(read, write, **callbacks) as session:
         await session.initialize()

@@ -390,3 +390,47 @@ def test_a_revoked_key_refused_on_its_session_ends_the_session_and_its_subscript
     deadline = time.monotonic() + 60  # the subscription's end reaches the upstream
     while (answer := run(told)) != "told 0 subscribers":
         assert answer == "told 1 subscribers" and time.monotonic() < deadline
+
+
+def test_a_revoked_key_ends_a_silent_sessions_stream_and_subscriptions_within_the_recheck(
+        services, team, key, reference):
+    """The client sends nothing after its key is revoked: the periodic re-check of the
+    session's credential ends the session, closing its GET stream (the SDK client's reconnect
+    is refused 401) and ending its subscription at the upstream."""
+    services.settings = dataclasses.replace(services.settings, mcp_session_recheck_seconds=1)
+    other = team.api_key("other-agent", who="owner", scopes=("mcp",))
+    with serve_magistrate(services) as base:
+        url = endpoint(base, team)
+        run(list_names, url, other)  # its agent, made on its first request, ...
+        set_phase(team, "autonomous")  # ... may call the upstream's tools too
+        streams: list[int] = []  # the status of each GET (stream) the client opened
+
+        async def seen(response: httpx2.Response) -> None:
+            if response.request.method == "GET":
+                streams.append(response.status_code)
+
+        async def told() -> str:
+            async with mcp_client(url, other) as s:
+                return text_of(await s.call_tool("ref__test_update_watched", {}))
+
+        async def scenario() -> tuple[list[int], str]:
+            async with mcp_client(url, key, event_hooks={"response": [seen]}) as s:
+                await subscribe(s, "test://watched-resource")
+                with anyio.fail_after(60):
+                    while streams != [200]:  # the client's GET stream is open
+                        await anyio.sleep(0.05)
+                assert await told() == "told 1 subscribers"
+                revoke(services, team, "desk-agent")
+                # no request of this client from here on, yet within the bound the stream
+                # closes (its reconnect is refused) and the upstream loses the subscriber
+                with anyio.fail_after(60):
+                    while 401 not in streams:
+                        await anyio.sleep(0.05)
+                    while (answer := await told()) != "told 0 subscribers":
+                        assert answer == "told 1 subscribers"
+                return list(streams), answer
+
+        opened_streams, answer = run(scenario)
+    assert opened_streams[0] == 200 and 401 in opened_streams
+    assert answer == "told 0 subscribers"
+
