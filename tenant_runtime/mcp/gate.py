@@ -66,6 +66,7 @@ RATE_LIMITED = "rate_limited"
 UPSTREAM_ERROR = "upstream_error"
 UPSTREAM_NO_TOKEN = "upstream_no_token"  # noqa: S105 - an outcome: its authorization server gave none
 AMBIGUOUS = "ambiguous_name"
+CANCELLED = "cancelled"  # the client cancelled the call in flight (notifications/cancelled)
 
 
 @dataclass(frozen=True)

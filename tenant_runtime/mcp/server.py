@@ -160,6 +160,15 @@ def call_handler(book: SessionBook | None) -> Callable[..., Awaitable[types.Call
                                               str(plan.tool), plan.arguments,
                                               progress=ctx.session.report_progress,
                                               relay=relay.for_call(ctx, who.ctx, plan, state))
+        except anyio.get_cancelled_exc_class():
+            # the client's notifications/cancelled (or its session's end): the upstream call
+            # was abandoned with it (the SDK client tells the upstream); recorded as such
+            latency_ms = int((time.perf_counter() - started) * 1000)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    lambda: gate.record_call(who.ctx, plan, outcome=gate.CANCELLED,
+                                             latency_ms=latency_ms))
+            raise
         except Exception as exc:  # noqa: BLE001 - the agent gets a sentence, the log the kind
             outcome = gate.UPSTREAM_NO_TOKEN if outbound.cause_of(exc, UpstreamAuthFailed) \
                 else gate.UPSTREAM_ERROR

@@ -192,6 +192,25 @@ def rug_pull(up: Upstream, description: str) -> None:
     up.server.add_tool(search, name="search", annotations=None, description=description)
 
 
+def add_slow_tool(up: Upstream) -> None:
+    """The upstream offers ``slow_report`` too: it records its start, then runs until it is
+    cancelled (recorded as ``slow_report:cancelled``) or two minutes pass."""
+
+    async def slow_report(name: str) -> str:
+        up.calls.append(("slow_report", {"name": name}))
+        try:
+            with anyio.move_on_after(120):
+                await anyio.Event().wait()  # nothing sets it: only cancellation ends the wait
+        except anyio.get_cancelled_exc_class():
+            up.calls.append(("slow_report:cancelled", {"name": name}))
+            raise
+        up.calls.append(("slow_report:finished", {"name": name}))
+        return f"report {name}"
+
+    up.server.add_tool(slow_report, name="slow_report", annotations=READ_ONLY,
+                       description="Build a long report.")
+
+
 def set_phase(team: Team, phase: str) -> None:
     with team.system().session() as s, s.begin():
         s.execute(update(Agent).where(Agent.name.like("mcp: %")).values(phase=phase))

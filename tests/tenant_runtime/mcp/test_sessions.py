@@ -24,6 +24,8 @@ from control_plane.tenancy import service as tenancy
 from tenant_runtime.mcp import service
 from tenant_runtime.models import AuditEvent
 from tests.tenant_runtime.mcp.helpers import (
+    add_slow_tool,
+    calls_of,
     decide,
     endpoint,
     list_names,
@@ -434,3 +436,38 @@ def test_a_revoked_key_ends_a_silent_sessions_stream_and_subscriptions_within_th
     assert opened_streams[0] == 200 and 401 in opened_streams
     assert answer == "told 0 subscribers"
 
+
+# --- cancellation -----------------------------------------------------------------------------
+
+
+def test_a_cancelled_call_is_cancelled_at_the_upstream_and_recorded_so(team, synced, base,
+                                                                       key):
+    """The SDK client abandons an in-flight ``tools/call`` (its ``notifications/cancelled``):
+    the call Magistrate forwarded is cancelled at the upstream, and its audit event says
+    ``cancelled``."""
+    add_slow_tool(synced)
+    run(list_names, endpoint(base, team), key)  # the new tool joins the catalogue
+    decide(team, "slow_report", "allowed")
+
+    async def scenario() -> None:
+        async with mcp_client(endpoint(base, team), key) as s:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(s.call_tool, "crm__slow_report", {"name": "q3"})
+                with anyio.fail_after(60):
+                    while not synced.called("slow_report"):  # in flight at the upstream
+                        await anyio.sleep(0.05)
+                tasks.cancel_scope.cancel()  # the client sends notifications/cancelled
+            await s.send_ping()  # the session itself goes on
+
+    run(scenario)
+    deadline = time.monotonic() + 60
+    while not synced.called("slow_report:cancelled"):
+        assert time.monotonic() < deadline, synced.calls
+        time.sleep(0.05)
+    while not (recorded := calls_of(team)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert synced.called("slow_report:finished") == []
+    [event] = recorded
+    assert (event["tool"], event["outcome"]) == ("slow_report", "cancelled")
+    assert isinstance(event["latency_ms"], int)
