@@ -224,8 +224,11 @@ class GovernedSessionManager(StreamableHTTPSessionManager):
         end the sessions whose credential no longer passes, open GET stream and
         subscriptions with them; the ended ids."""
         ended = []
-        for session_id, (credential, slug) in list(self.credentials.items()):
-            if not await anyio.to_thread.run_sync(passes, credential, slug):
+        verdicts: dict[tuple[str, str], bool] = {}  # one check per credential and pass
+        for session_id, held in list(self.credentials.items()):
+            if held not in verdicts:
+                verdicts[held] = await anyio.to_thread.run_sync(passes, *held)
+            if not verdicts[held]:
                 self.end(session_id)
                 ended.append(session_id)
         return ended
