@@ -201,6 +201,13 @@ class Stack:
         self.pg.stop()
 
 
+def add_quiet_wait(parser: argparse.ArgumentParser) -> None:
+    """The ``--quiet-wait`` option every benchmark takes (``run_benchmark`` applies it)."""
+    parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT_SECONDS,
+                        help="longest wait, in seconds, for the machine to be quiet before "
+                             "each timed phase")
+
+
 def run_benchmark(run: Callable[[Stack, argparse.Namespace], dict[str, Any]],
                   args: argparse.Namespace) -> int:
     """A benchmark's main: a stack in a fresh temporary home, ``run``, the report printed as

@@ -2,9 +2,10 @@
 the same tenant database.
 
 Self-contained: starts its own embedded Postgres in a temporary folder (``Stack``), provisions
-one tenant, fills it with ``--mb`` MB of table data (default 1024: ids, text, JSON and 32-byte
-binary values like sealed columns, about as compressible as a tenant's data), then times, each
-``--runs`` times (the best run is reported):
+one tenant, and fills it with table data (ids, text, JSON and 32-byte binary values like sealed
+columns, about as compressible as a tenant's data) until the database itself
+(``pg_database_size``) reaches ``--mb`` MiB: the size is measured as it fills, not estimated
+from a row size. It then times four things:
 
 1. plain ``pg_dump --format=custom`` of the tenant database to a file (the same binary the
    backup uses);
@@ -15,9 +16,17 @@ binary values like sealed columns, about as compressible as a tenant's data), th
 4. ``restore_tenant(...)``: the whole restore (signature and digest check, unwrap, decrypt
    streamed into ``pg_restore``, grants, the chain verification, row counts, sealed values).
 
+Method: one untimed warm-up pass of all four first (the page cache and the tools' first start
+are then the same for both sides); then ``--runs`` timed runs, the order of plain and governed
+alternating from run to run (run 1 plain first, run 2 governed first, ...). Each timing records
+the load average and the machine's busy share just before it and the load average after it.
+The report gives every run, the median of each figure and the ratio of the medians.
+
 MB/s figures are of the database's size (``pg_database_size``). Prints one JSON object on
-stdout (progress on stderr) and removes everything it started.
-Run: ``.venv/bin/python ops/bench/backup.py [--mb N] [--runs N]``. See ops/BENCHMARKS.md.
+stdout (progress, and each run's figures as it ends, on stderr) and removes everything it
+started.
+Run: ``.venv/bin/python ops/bench/backup.py [--mb N] [--runs N] [--quiet-wait S]``. See
+ops/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -26,11 +35,11 @@ import argparse
 import json
 import os
 import platform
-import shutil
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,122 +62,207 @@ from control_plane.keys.registry import DataKeyCache  # noqa: E402
 from control_plane.models import Tenant  # noqa: E402
 from control_plane.tenancy import database  # noqa: E402
 from control_plane.tenancy.connections import TenantConnections  # noqa: E402
+from ops.bench import _stack  # noqa: E402
 from ops.bench._stack import Stack, log, wait_for_quiet  # noqa: E402
 
 TARGET_RATIO = 1.5  # backup within 1.5x of plain pg_dump's time
-ROW_BYTES = 420  # roughly, per filler row on disk
+FIRST_BATCH = 50_000  # filler rows in the first insert; later batches follow the measured size
+MAX_BATCH = 400_000
 ACTOR = Actor("system", None, "bench")
+FIGURES = ("pg_dump", "backup", "pg_restore", "restore")
+PAIRS = (("pg_dump", "backup"), ("pg_restore", "restore"))  # plain, governed
 
 
-def fill(url: str, mb: int) -> None:
-    rows = mb * 1024 * 1024 // ROW_BYTES
+def database_size(conn: psycopg.Connection[Any]) -> int:
+    return one(conn, "SELECT pg_database_size(current_database())")
+
+
+def one(conn: psycopg.Connection[Any], query: str, *params: object) -> int:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def fill(url: str, target_bytes: int) -> int:
+    """Insert filler rows until the database reaches ``target_bytes`` (as ``pg_database_size``
+    measures it); each batch is sized from the growth per row measured so far. Returns the
+    number of rows."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE bench_filler (id bigint PRIMARY KEY, label text, "
                      "details jsonb, sealed bytea)")
-        step = 200_000
-        for start in range(1, rows + 1, step):
-            end = min(rows, start + step - 1)
+        empty = size = database_size(conn)
+        rows, batch = 0, FIRST_BATCH
+        while size < target_bytes:
             conn.execute(
                 "INSERT INTO bench_filler SELECT g, 'item ' || g || ' ' || md5(g::text), "
                 "jsonb_build_object('n', g, 'kind', 'k' || (g %% 17), 'note', "
                 "repeat(md5((g * 7)::text), 3)), "
                 "decode(md5(g::text || 'a') || md5(g::text || 'b'), 'hex') "
-                "FROM generate_series(%s::bigint, %s::bigint) g", (start, end))
-            log(f"filled {end}/{rows} rows")
+                "FROM generate_series(%s::bigint, %s::bigint) g", (rows + 1, rows + batch))
+            rows += batch
+            size = database_size(conn)
+            per_row = max(1.0, (size - empty) / rows)
+            log(f"filled {rows} rows, {size / 2**20:.1f} of {target_bytes / 2**20:.0f} MiB "
+                f"({per_row:.0f} bytes per row)")
+            batch = max(1000, min(MAX_BATCH, int((target_bytes - size) / per_row)))
         conn.execute("VACUUM ANALYZE bench_filler")
+        return rows
 
 
-def timed(fn: Any) -> tuple[float, Any]:
-    wait_for_quiet()
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def timed(fn: Callable[[], Any]) -> tuple[dict[str, Any], Any]:
+    """Time ``fn`` after waiting for quiet; the load average before and after goes with it."""
+    busy = wait_for_quiet()
+    before = loadavg()
     started = time.perf_counter()
     result = fn()
-    return time.perf_counter() - started, result
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "cpu_busy_before": busy, "loadavg_before": before,
+            "loadavg_after": loadavg()}, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mb", type=int, default=1024, help="table data to back up (MB)")
-    parser.add_argument("--runs", type=int, default=1, help="timed runs of each (best kept)")
-    args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="magistrate-bench-backup-"))
-    stack = Stack(home)
+class Bench:
+    """The four things timed, on one tenant database; each call times one of them."""
+
+    def __init__(self, stack: Stack, connections: TenantConnections, tenant_id: int,
+                 owner_url: str, db_name: str, home: Path, major: int) -> None:
+        self.stack, self.connections, self.tenant_id = stack, connections, tenant_id
+        self.owner_url, self.db_name, self.admin = owner_url, db_name, stack.pg.url()
+        self.pg_dump, self.pg_restore = find_tool("pg_dump", major), find_tool("pg_restore", major)
+        self.plain_file = home / "plain.dump"
+        self.destination = LocalFolder(home / "backups")
+        self.dump_bytes = self.backup_bytes = 0
+        self.backup_id: str | None = None
+        self.restores = 0
+
+    def _drop(self, name: str) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def run(self, which: str, *, timing: bool = True) -> dict[str, Any]:
+        """Run ``which`` once (timed unless ``timing`` is false) and clean up after it."""
+        if which == "pg_dump":
+            fn: Callable[[], Any] = lambda: subprocess.run(  # noqa: E731, S603
+                [str(self.pg_dump), "--format=custom", "--no-owner", "--no-privileges",
+                 f"--file={self.plain_file}"], env=libpq_env(self.owner_url), check=True)
+        elif which == "backup":
+            fn = lambda: backup_tenant(  # noqa: E731
+                self.stack.session_factory, self.connections, self.destination,
+                self.tenant_id, actor=ACTOR)
+        elif which == "pg_restore":
+            self.restores += 1
+            name = f"{self.db_name}_plain{self.restores}"
+            with psycopg.connect(self.admin, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+                    sql.Identifier(name)))
+            restore_args = [str(self.pg_restore), "--no-owner", "--no-privileges",
+                            "--exit-on-error", "--single-transaction", f"--dbname={name}",
+                            str(self.plain_file)]
+            restore_env = libpq_env(database.url_for(self.admin, database=name))
+            fn = lambda: subprocess.run(restore_args, env=restore_env, check=True)  # noqa: E731, S603
+        else:
+            assert self.backup_id is not None, "a restore needs a backup first"
+            backup_id = self.backup_id
+            fn = lambda: restore_tenant(  # noqa: E731
+                self.stack.session_factory, self.connections, self.destination, "bench",
+                backup_id, actor=ACTOR)
+        log(f"{which}{'' if timing else ' (warm-up, not timed)'}")
+        if timing:
+            figure, result = timed(fn)
+        else:
+            started = time.perf_counter()
+            result = fn()
+            figure = {"seconds": round(time.perf_counter() - started, 2)}
+        if which == "pg_dump":
+            self.dump_bytes = self.plain_file.stat().st_size
+        elif which == "backup":
+            self.backup_bytes, self.backup_id = result.size, result.backup_id
+        elif which == "pg_restore":
+            self._drop(f"{self.db_name}_plain{self.restores}")
+        else:
+            self._drop(result.database)
+        return figure
+
+
+def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    stack.start()
+    tenant_id = stack.add_tenant("bench", "Bench")
+    connections = TenantConnections(sealer=stack.sealer, providers=stack.providers,
+                                    dek_cache=DataKeyCache())
     try:
-        stack.start()
-        tenant_id = stack.add_tenant("bench", "Bench")
-        connections = TenantConnections(sealer=stack.sealer, providers=stack.providers,
-                                        dek_cache=DataKeyCache())
         with stack.session_factory() as s:
             tenant = s.get(Tenant, tenant_id)
             assert tenant is not None
             owner_url = connections.owner_url(tenant)
             db_name = tenant.db_name
-        admin = stack.pg.url()
-        fill(owner_url, args.mb)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            size = int(conn.execute("SELECT pg_database_size(%s)", (db_name,)).fetchone()[0])
+        fill_started = time.perf_counter()
+        rows = fill(owner_url, args.mb * 2**20)
+        fill_seconds = time.perf_counter() - fill_started
+        with psycopg.connect(stack.pg.url(), autocommit=True) as conn:
+            size = one(conn, "SELECT pg_database_size(%s)", db_name)
             major = int(conn.info.server_version) // 10000
-        size_mb = size / 1024 / 1024
-        pg_dump, pg_restore = find_tool("pg_dump", major), find_tool("pg_restore", major)
-        plain_file = home / "plain.dump"
-        destination = LocalFolder(home / "backups")
-        figures: dict[str, list[float]] = {k: [] for k in (
-            "pg_dump", "backup", "pg_restore", "restore")}
-        dump_bytes = backup_bytes = 0
-        for run in range(args.runs):
-            log(f"run {run + 1}: pg_dump")
-            seconds, _ = timed(lambda: subprocess.run(  # noqa: S603
-                [str(pg_dump), "--format=custom", "--no-owner", "--no-privileges",
-                 f"--file={plain_file}"], env=libpq_env(owner_url), check=True))
-            figures["pg_dump"].append(seconds)
-            dump_bytes = plain_file.stat().st_size
-            log(f"run {run + 1}: backup")
-            seconds, done = timed(lambda: backup_tenant(
-                stack.session_factory, connections, destination, tenant_id, actor=ACTOR))
-            figures["backup"].append(seconds)
-            backup_bytes = done.size
-            name = f"{db_name}_plain{run}"
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-                    sql.Identifier(name)))
-            log(f"run {run + 1}: pg_restore")
-            restore_args = [str(pg_restore), "--no-owner", "--no-privileges",
-                            "--exit-on-error", "--single-transaction", f"--dbname={name}",
-                            str(plain_file)]
-            restore_env = libpq_env(database.url_for(admin, database=name))
-            seconds, _ = timed(lambda a=restore_args, e=restore_env: subprocess.run(  # noqa: S603
-                a, env=e, check=True))
-            figures["pg_restore"].append(seconds)
-            log(f"run {run + 1}: restore")
-            backup_id = done.backup_id
-            seconds, restored = timed(lambda b=backup_id: restore_tenant(
-                stack.session_factory, connections, destination, "bench", b, actor=ACTOR))
-            figures["restore"].append(seconds)
-            with psycopg.connect(admin, autocommit=True) as conn:
-                for drop in (name, restored.database):
-                    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                        sql.Identifier(drop)))
-        best = {k: min(v) for k, v in figures.items()}
-        result = {
+        size_mb = size / 2**20
+        bench = Bench(stack, connections, tenant_id, owner_url, db_name, stack.home, major)
+        # the warm-up: every tool once, untimed, so neither side pays for a cold cache
+        warmup = {which: bench.run(which, timing=False)["seconds"] for which in FIGURES}
+        runs: list[dict[str, Any]] = []
+        for number in range(1, args.runs + 1):
+            plain_first = number % 2 == 1
+            figures: dict[str, Any] = {}
+            for pair in PAIRS:
+                for which in pair if plain_first else reversed(pair):
+                    figures[which] = bench.run(which)
+            record = {"run": number, "order": "plain first" if plain_first else "governed first",
+                      **figures,
+                      "backup_vs_pg_dump": round(figures["backup"]["seconds"]
+                                                 / figures["pg_dump"]["seconds"], 2),
+                      "restore_vs_pg_restore": round(figures["restore"]["seconds"]
+                                                     / figures["pg_restore"]["seconds"], 2)}
+            runs.append(record)
+            log(f"run {number}: {json.dumps(record)}")
+        median = {k: statistics.median(r[k]["seconds"] for r in runs) for k in FIGURES}
+        best = {k: min(r[k]["seconds"] for r in runs) for k in FIGURES}
+        return {
             "benchmark": "backup",
             "database_mb": round(size_mb, 1),
-            "requested_table_mb": args.mb,
+            "requested_database_mb": args.mb,
+            "filler_rows": rows,
+            "fill_seconds": round(fill_seconds, 1),
             "runs": args.runs,
-            "dump_mb": round(dump_bytes / 1024 / 1024, 1),
-            "encrypted_backup_mb": round(backup_bytes / 1024 / 1024, 1),
-            "seconds": {k: round(v, 2) for k, v in best.items()},
-            "mb_per_s": {k: round(size_mb / v, 1) for k, v in best.items()},
-            "backup_vs_pg_dump": round(best["backup"] / best["pg_dump"], 2),
-            "restore_vs_pg_restore": round(best["restore"] / best["pg_restore"], 2),
+            "dump_mb": round(bench.dump_bytes / 2**20, 1),
+            "encrypted_backup_mb": round(bench.backup_bytes / 2**20, 1),
+            "warmup_seconds": warmup,
+            "each_run": runs,
+            "seconds": {k: round(v, 2) for k, v in median.items()},  # the medians
+            "best_seconds": {k: round(v, 2) for k, v in best.items()},
+            "mb_per_s": {k: round(size_mb / v, 1) for k, v in median.items()},
+            "backup_vs_pg_dump": round(median["backup"] / median["pg_dump"], 2),
+            "restore_vs_pg_restore": round(median["restore"] / median["pg_restore"], 2),
             "target": {"backup_vs_pg_dump_max": TARGET_RATIO},
-            "met": best["backup"] <= TARGET_RATIO * best["pg_dump"],
-            "pg_dump": str(pg_dump), "postgres": stack.server_version(),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "met": median["backup"] <= TARGET_RATIO * median["pg_dump"],
+            "quiet_wait_seconds": args.quiet_wait,
+            "pg_dump": str(bench.pg_dump), "postgres": stack.server_version(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "loadavg_at_end": loadavg()},
         }
-        connections.close()
-        print(json.dumps(result, indent=1))
     finally:
-        stack.close()
-        shutil.rmtree(home, ignore_errors=True)
+        connections.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=1024,
+                        help="size to fill the tenant database to (MiB, pg_database_size)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="timed runs of each, order alternating (median reported)")
+    _stack.add_quiet_wait(parser)
+    args = parser.parse_args()
+    if args.runs < 1 or args.mb < 1:
+        parser.error("--runs and --mb must be at least 1")
+    _stack.run_benchmark(run, args)
 
 
 if __name__ == "__main__":

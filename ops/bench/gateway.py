@@ -1193,9 +1193,7 @@ def main() -> int:
                         help="leave LiteLLM out even when it is installed")
     parser.add_argument("--upstream-latency-ms", type=float, default=0.0,
                         help="how long the upstream takes to answer each call (default 0)")
-    parser.add_argument("--quiet-wait", type=float, default=_stack.QUIET_WAIT_SECONDS,
-                        help="longest wait, in seconds, for the machine to be quiet before "
-                             "each timed phase")
+    _stack.add_quiet_wait(parser)
     parser.add_argument("--profile", action="store_true",
                         help="print a CPU-time cProfile of the in-process breakdown to stderr")
     args = parser.parse_args()

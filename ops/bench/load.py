@@ -509,9 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"tasks in the tenant (default {TASKS:,})")
     parser.add_argument("--web-workers", type=int, default=os.cpu_count() or 1,
                         help="`magistrate web --workers` (default: one per CPU)")
-    parser.add_argument("--quiet-wait", type=float, default=_stack.QUIET_WAIT_SECONDS,
-                        help="longest wait, in seconds, for the machine to be quiet before "
-                             "each timed phase")
+    _stack.add_quiet_wait(parser)
     args = parser.parse_args(argv)
     for name in ("clients", "requests", "gateway_requests", "solo_requests", "rounds",
                  "web_workers"):
