@@ -124,9 +124,12 @@ def answer_key(run_id: int, step: str) -> str:
 
 def _ask(gateway: Gateway, key: str, model: str, system: str, user: str,
          max_tokens: int) -> str:
+    # no sampling fields: a panel may mix providers, and some (Anthropic's current API) take
+    # none, which the gateway refuses rather than drop; votes are read as JSON, not compared
+    # as text, so the provider's default sampling serves
     return gateway.complete_once(ChatRequest(model=model, messages=(
-        ChatMessage("system", system), ChatMessage("user", user)), max_tokens=max_tokens,
-        temperature=0.0), key=key, endpoint_kind=ENDPOINT_KIND).text
+        ChatMessage("system", system), ChatMessage("user", user)), max_tokens=max_tokens),
+        key=key, endpoint_kind=ENDPOINT_KIND).text
 
 
 def _seal(ctx: TenantContext, value: str, table: str, column: str, row_key: int) -> bytes:

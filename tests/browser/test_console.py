@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from control_plane.db import utcnow
-from control_plane.models import Membership, Tenant, User
+from control_plane.models import IdentityProvider, Membership, Tenant, User
 from tenant_runtime.approvals import service
 from tenant_runtime.approvals.models import ApprovalRequest
 from tenant_runtime.context import Actor
@@ -325,6 +325,12 @@ def seed_fixtures(services, team) -> dict[str, int]:
         access = tenancy.access_tenant(s, team.tenant_id, user=owner)
         job = do_request_export(s, access, acting_user=owner)
         ids["job_id"] = job.id
+        provider = IdentityProvider(name="pages", discovery_url="https://login.example/.well-"
+                                    "known/openid-configuration", issuer="https://login.example",
+                                    client_id="magistrate")
+        s.add(provider)
+        s.flush()
+        ids["provider_id"] = provider.id
     return {**ids, "import_id": report.import_id, "request_id": request_id,
             "tenant_id": team.tenant_id}
 

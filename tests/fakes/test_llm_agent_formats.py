@@ -487,8 +487,17 @@ def test_anthropic_images_documents_structured_output_and_count_tokens(claude):
                {"type": "text", "text": PROMPT}]
     counted = claude.messages.count_tokens(model="m", messages=[{"role": "user",
                                                                  "content": content}])
-    message = claude.messages.create(model="m", max_tokens=100, extra_body={"top_k": 5},
+    message = claude.messages.create(model="m", max_tokens=100,
                                      messages=[{"role": "user", "content": content}])
+    # the API version the SDK speaks takes no sampling fields: the fake refuses them as it does
+    for field in ("temperature", "top_p", "top_k"):
+        try:
+            claude.messages.create(model="m", max_tokens=100, extra_body={field: 0.5},
+                                   messages=[{"role": "user", "content": PROMPT}])
+        except anthropic.BadRequestError as refused:
+            assert field in str(refused)
+        else:
+            raise AssertionError(f"the fake took {field}")
     structured = claude.messages.create(
         model="m", max_tokens=200, messages=[{"role": "user", "content": PROMPT}],
         output_config={"format": {"type": "json_schema", "schema": {
