@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, MetaData, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from tenant_runtime.loop_db import engine_options, use_loop_aware_connections
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -41,14 +43,17 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> Engine:
-    return create_engine(
+    """An engine whose connections wait on the event loop when the gateway's call path runs
+    there (tenant_runtime/loop_db.py), and block their thread everywhere else."""
+    return use_loop_aware_connections(create_engine(
         sqlalchemy_url(url),
+        **engine_options(),
         pool_size=pool_size,
         max_overflow=10,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "magistrate"},
-    )
+    ))
 
 
 def make_hot_path_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -59,15 +64,16 @@ def make_hot_path_engine(url: str, *, pool_size: int = 10) -> Engine:
     older than it), and the caller runs its read once more on a fresh connection
     (``control_plane.gateway.api._tenant``); only a database that is really unreachable answers
     503."""
-    return create_engine(
+    return use_loop_aware_connections(create_engine(
         sqlalchemy_url(url),
+        **engine_options(),
         pool_size=pool_size,
         max_overflow=10,
         pool_pre_ping=False,
         pool_recycle=1800,
         isolation_level="AUTOCOMMIT",
         connect_args={"connect_timeout": 5, "application_name": "magistrate"},
-    )
+    ))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

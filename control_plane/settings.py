@@ -481,6 +481,9 @@ class Settings:
     # the gateway's per-process cache of checked API keys (control_plane/tenancy/key_cache.py):
     # the hard bound on an entry's age; 0 turns the cache off (every call reads the key)
     gateway_key_cache_seconds: int = 5
+    # the gateway's call path on the web process's event loop (tenant_runtime/bridge.py); off:
+    # in the thread pool, as before
+    gateway_on_event_loop: bool = True
     gateway_ambient_identity: bool = False
     gateway_private_networks: tuple[str, ...] = ()
     smtp_host: str | None = None
@@ -614,6 +617,8 @@ class Settings:
             gateway_key_cache_seconds=_int(
                 "MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS",
                 get("MAGISTRATE_GATEWAY_KEY_CACHE_SECONDS", "5"), minimum=0),
+            gateway_on_event_loop=_bool("MAGISTRATE_GATEWAY_ON_EVENT_LOOP",
+                                        get("MAGISTRATE_GATEWAY_ON_EVENT_LOOP", "true")),
             gateway_ambient_identity=_bool("MAGISTRATE_GATEWAY_AMBIENT_IDENTITY",
                                            get("MAGISTRATE_GATEWAY_AMBIENT_IDENTITY", "false")),
             gateway_private_networks=_networks("MAGISTRATE_GATEWAY_PRIVATE_NETWORKS",

@@ -53,10 +53,12 @@ from control_plane.tenancy import api_keys
 from control_plane.web.access import key_rule
 from control_plane.web.errors import DATABASE_RETRY_AFTER_SECONDS, database_unavailable
 from control_plane.web.services import Services, services
+from tenant_runtime import bridge
 from tenant_runtime.context import Actor, TenantContext
 from tenant_runtime.exceptions import TenantError, TenantKeyUnavailable
 from tenant_runtime.gateway import config
 from tenant_runtime.gateway.messages import ChatRequest
+from tenant_runtime.gateway.providers import registry
 from tenant_runtime.gateway.providers.base import StreamEvent
 from tenant_runtime.gateway.service import (
     CallResult,
@@ -235,18 +237,22 @@ def _prepare(request: Request, ctx: TenantContext, key_id: str, chat: ChatReques
 
 
 class ClosingStream(StreamingResponse):
-    """A streaming response over a sync iterator, which one worker thread runs to its end (the
-    call's generator settles and audits the call as it ends), handing the pieces to the event
-    loop as they come: where Starlette would hop to a thread and back for every piece, pieces
-    that arrive together go out in one write. When the client hangs up, the thread stops
+    """A streaming response over a sync iterator, which one producer runs to its end (the
+    call's generator settles and audits the call as it ends): a greenlet on the event loop when
+    the call path runs there (``on_loop``), else a worker thread. It hands the pieces to the
+    response as they come: where Starlette would hop to a thread and back for every piece,
+    pieces that arrive together go out in one write. When the client hangs up, the thread stops
     after the piece in hand and closes the iterator (closing the provider's stream at once,
     not whenever the garbage collector runs), and the response waits for that. asyncio only,
     as uvicorn runs the app."""
 
-    def __init__(self, events: Iterator[str]) -> None:
+    def __init__(self, events: Iterator[str], *, on_loop: bool = False) -> None:
         super().__init__(self._pieces(), media_type="text/event-stream",
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self._events = events
+        # where the iterator runs: a worker thread, or the event loop (``bridge.run``: the
+        # call path's I/O awaits there, so no thread is needed)
+        self._run: Callable[..., Any] = bridge.run if on_loop else anyio.to_thread.run_sync
         self._stop = threading.Event()
         self._producer: asyncio.Future[None] | None = None
         self._raised = False  # the producer's outcome went through the response
@@ -282,7 +288,7 @@ class ClosingStream(StreamingResponse):
                 finally:
                     loop.call_soon_threadsafe(mark_finished)
 
-        self._producer = asyncio.ensure_future(anyio.to_thread.run_sync(produce))
+        self._producer = asyncio.ensure_future(self._run(produce))
         try:
             while True:
                 await wake.wait()
@@ -305,7 +311,7 @@ class ClosingStream(StreamingResponse):
             self._stop.set()
             with anyio.CancelScope(shield=True):
                 if self._producer is None:  # ended before the first piece was asked for
-                    await anyio.to_thread.run_sync(close, self._events)
+                    await self._run(close, self._events)
                 else:
                     await asyncio.wait([self._producer])
                     error = None if self._producer.cancelled() else self._producer.exception()
@@ -315,7 +321,7 @@ class ClosingStream(StreamingResponse):
 
 
 def _sse(events: Iterator[str]) -> StreamingResponse:
-    return ClosingStream(events)
+    return ClosingStream(events, on_loop=bridge.active())
 
 
 def _call(request: Request, kind: str,
@@ -424,7 +430,8 @@ def embeddings_endpoint_sync(request: Request) -> Response:
 
 async def _with_body(request: Request, endpoint: Callable[[Request], Response]) -> Response:
     """Read the body here (a plain ``def`` endpoint cannot), at most MAX_BODY bytes of it, then
-    run the endpoint in the thread pool like every other endpoint."""
+    run the endpoint: on the event loop when the app serves its calls there (``on_loop``),
+    else in the thread pool like every other endpoint."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -432,7 +439,27 @@ async def _with_body(request: Request, endpoint: Callable[[Request], Response]) 
             break
     request.state.body = bytes(body)
     request.state.gateway_started = time.perf_counter()  # the overhead metric starts here
+    if on_loop(request):
+        return await bridge.run(endpoint, request)
     return await run_in_threadpool(endpoint, request)
+
+
+async def close_loop_clients(app: Any) -> None:
+    """At the end of the app's lifespan: close the clients the call path made on this loop
+    (the rate limiter's Redis client; the providers' async SDK clients)."""
+    limiter: GatewayRateLimiter | None = getattr(app.state, "gateway_limiter", None)
+    if limiter is not None:
+        await limiter.aclose()
+    await registry.aclose_loop_clients()
+
+
+def on_loop(request: Request) -> bool:
+    """Whether this request's call path runs on the event loop (tenant_runtime/bridge.py): the
+    loop is the one the app's lifespan started on (``serve_calls_on``), where the loop's own
+    clients (Redis, the providers' async SDK clients) live and are closed at shutdown. An app
+    run without its lifespan, or with ``MAGISTRATE_GATEWAY_ON_EVENT_LOOP=false``, runs it in
+    the thread pool."""
+    return getattr(request.app.state, "call_path_loop", None) is asyncio.get_running_loop()
 
 
 async def chat_completions_endpoint(request: Request) -> Response:

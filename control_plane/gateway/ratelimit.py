@@ -1,21 +1,46 @@
 """Per-tenant gateway rate limits: requests and tokens per minute, in fixed one-minute windows
 in Redis. When Redis cannot be reached the limits fail open to an in-process limiter with the
 same rules (per process, so looser by the number of web processes) and a warning is logged once
-until Redis answers again: the gateway keeps serving, still limited."""
+until Redis answers again: the gateway keeps serving, still limited.
+
+On the event loop (the gateway's call path under ``tenant_runtime.bridge.run``) the counts go
+through ``redis.asyncio`` with the sync client's connection settings, one client per loop
+(``aclose`` closes the running loop's at shutdown), so a slow or missing Redis never blocks the
+loop; the rules and the fallback are the same code."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
 
 from control_plane.auth.ratelimit import LocalWindows
 from control_plane.exceptions import RateLimited
+from tenant_runtime import bridge
 from tenant_runtime.observability import metrics
 
 log = logging.getLogger("magistrate.gateway.ratelimit")
 WINDOW = 60
+
+
+# the connection settings the loop's async client takes from the sync one
+_SETTINGS = frozenset({"host", "port", "db", "username", "password", "path", "socket_timeout",
+                       "socket_connect_timeout", "socket_keepalive", "health_check_interval",
+                       "client_name", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
+                       "ssl_ca_certs", "ssl_check_hostname"})
+P = TypeVar("P", redis.client.Pipeline, redis.asyncio.client.Pipeline)
+
+
+def _filled(pipe: P, keys: list[tuple[str, int]]) -> P:
+    for key, amount in keys:
+        pipe.incrby(key, amount)
+        pipe.expire(key, WINDOW * 2)
+    return pipe
 
 
 class GatewayRateLimited(RateLimited):
@@ -29,15 +54,45 @@ class GatewayRateLimiter:
         self.client = client
         self.local = LocalWindows()
         self.degraded = False
+        self._loop_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, redis.asyncio.Redis] = weakref.WeakKeyDictionary()
+
+    def _loop_client(self) -> redis.asyncio.Redis:
+        """The running loop's async client, with the sync client's connection settings."""
+        loop = asyncio.get_running_loop()
+        client = self._loop_clients.get(loop)
+        if client is None:
+            pool = self.client.connection_pool
+            kwargs: dict[str, Any] = {name: value for name, value in
+                                      pool.connection_kwargs.items() if name in _SETTINGS}
+            if "path" in kwargs:  # a Unix socket (the embedded Redis)
+                kwargs["connection_class"] = redis.asyncio.UnixDomainSocketConnection
+            elif isinstance(pool.connection_class, type) and issubclass(
+                    pool.connection_class, redis.SSLConnection):
+                kwargs["connection_class"] = redis.asyncio.SSLConnection
+            client = self._loop_clients[loop] = redis.asyncio.Redis(
+                connection_pool=redis.asyncio.ConnectionPool(**kwargs))
+        return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's async client, if it made one."""
+        client = self._loop_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    async def _add_on_loop(self, keys: list[tuple[str, int]]) -> list[Any]:
+        return await _filled(self._loop_client().pipeline(transaction=False), keys).execute()
+
+    def _add(self, keys: list[tuple[str, int]]) -> list[Any]:
+        """INCRBY and EXPIRE each key; Redis's answers, in order."""
+        if bridge.active():
+            return bridge.wait(self._add_on_loop(keys))
+        return _filled(self.client.pipeline(transaction=False), keys).execute()
 
     def _counts(self, keys: list[tuple[str, int]]) -> list[int]:
         """Add each amount to its key's window and return the new totals."""
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for key, amount in keys:
-                pipe.incrby(key, amount)
-                pipe.expire(key, WINDOW * 2)
-            totals = pipe.execute()[::2]
+            totals = self._add(keys)[::2]
             if self.degraded:
                 log.warning("Redis answers again; gateway rate limits are shared again")
             self.degraded = False

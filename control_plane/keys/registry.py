@@ -15,6 +15,7 @@ from pathlib import Path
 
 from control_plane.keys.local import LocalKeyProvider
 from control_plane.keys.providers import KeyProvider, KeyUnavailable
+from tenant_runtime import bridge
 from tenant_runtime.observability import metrics
 
 DEK_BYTES = 32
@@ -123,7 +124,9 @@ class DataKeyCache:
                 return entry.key
             self._entries.pop((tenant_id, version), None)
         metrics.DATA_KEY_CACHE.labels("miss").inc()
-        key = unwrap()  # outside the lock: a slow KMS must not block other tenants
+        # outside the lock: a slow KMS must not block other tenants; off the event loop when
+        # the gateway's call path runs there (tenant_runtime/bridge.py)
+        key = bridge.off_loop(unwrap)
         if len(key) != DEK_BYTES:
             raise KeyUnavailable("cache", "the unwrapped data key has the wrong length")
         with self._lock:

@@ -42,7 +42,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
-from tenant_runtime import audit, driver
+from tenant_runtime import audit, bridge, driver
 from tenant_runtime.gateway import spend
 from tenant_runtime.models import GatewayCall
 
@@ -61,7 +61,8 @@ class Settlement:
     committed: bool = False
     error: BaseException | None = None
     lead: bool = False  # handed the lead by the writer before it
-    wake: threading.Event = field(default_factory=threading.Event, repr=False)
+    # a caller on the event loop waits without blocking it (tenant_runtime/bridge.py)
+    wake: bridge.Wake = field(default_factory=bridge.Wake, repr=False)
 
 
 class _ItemFailed(Exception):

@@ -117,3 +117,7 @@ def token_counter() -> AnthropicAdapter:
 
 def close_clients() -> None:
     CLIENTS.close()
+
+
+async def aclose_loop_clients() -> None:
+    """Close the async SDK clients made on the running event loop (TEMP until merge)."""
