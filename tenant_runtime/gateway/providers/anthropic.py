@@ -17,6 +17,10 @@ redacted_thinking block is one ``RedactedThinking``.
 
 ``count_tokens`` asks ``/v1/messages/count_tokens`` what the request's input costs, with the same
 retries and error classification as a call.
+
+``acomplete`` and ``astream`` are the same calls on the event loop, through
+``anthropic.AsyncAnthropic`` on ``outbound.async_http_client`` (one ``EventReader`` maps the
+events of both streams); async clients are cached per event loop (clients.py).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ content_filtered, ...) "other". Streams: contentBlockDelta text is a ``TextDelta
 contentBlockStart toolUse opens a ``ToolCallStart`` (numbered among the answer's tool calls from
 0) whose contentBlockDelta toolUse.input fragments are ``ToolCallDelta``s (a call without any has
 arguments ``{}``, sent as one delta when its block stops).
+
+boto3 is sync only: ``acomplete`` runs each attempt in a worker thread, ``astream`` the sync
+stream in one (``events_in_thread``), so the event loop never waits on botocore.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class BedrockAdapter:
         next event."""
         how = self._retried(request, target)
         params = self._params(request, target)
-        return retry.astream(*how, lambda: _in_thread(lambda: self._events(
+        return retry.astream(*how, lambda: events_in_thread(lambda: self._events(
             self._client(target), params)))
 
     def _retried(self, request: RedactedRequest, target: Target) -> retry.Plan:
@@ -167,7 +170,7 @@ class BedrockAdapter:
         return self._clients.get(target, build)
 
 
-async def _in_thread(open_events: Callable[[], Iterator[StreamEvent]]
+async def events_in_thread(open_events: Callable[[], Iterator[StreamEvent]]
                      ) -> AsyncIterator[StreamEvent]:
     """The events of ``open_events()``, iterated in a worker thread."""
     loop = asyncio.get_running_loop()

@@ -30,6 +30,12 @@ httpx2.Response)`` instead of ``client.chat.completions.create``, which would bu
 models of the request and of the answer (of every streamed chunk too), costing more CPU than the
 rest of a gateway call's path. The few fields read are checked here; an answer of another shape
 is refused like the SDK's own ``APIResponseValidationError``.
+
+``acomplete`` and ``astream`` are the same calls on the event loop, through ``openai.AsyncOpenAI``
+(``AsyncAzureOpenAI``) on ``outbound.async_http_client``: the same request template
+(``asend_chat``), the same answer parsing and the same chunk reader (``ChunkReader``). Azure's
+token provider is sync (azure-identity); the async client calls it in a worker thread, as a
+token refresh is a blocking HTTP call. Async clients are cached per event loop (clients.py).
 """
 
 from __future__ import annotations

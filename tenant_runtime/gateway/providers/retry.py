@@ -15,6 +15,10 @@ traceback, no prompt text and no credential.
 
 Streams are retried only until their first event: once text has been passed on to the caller,
 a failure raises ``ProviderError`` at once (a retry would repeat text the caller already has).
+
+``call`` and ``stream`` serve the sync calls, ``acall`` and ``astream`` the async ones, on the
+event loop (their waits are ``RetryPolicy.asleep``); both pairs take their decisions from one
+copy of the rules (``_failure``, ``_retrying_rules``, ``_final``, ``_broke_off``).
 """
 
 from __future__ import annotations

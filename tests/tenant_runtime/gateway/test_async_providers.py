@@ -16,7 +16,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
+from anyio.from_thread import start_blocking_portal
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from tenant_runtime.gateway.content import ToolCall
 from tenant_runtime.gateway.egress import EgressPolicy
@@ -31,7 +37,7 @@ from tenant_runtime.gateway.providers.base import (
     ToolCallStart,
     text_completion,
 )
-from tenant_runtime.gateway.providers.bedrock import BedrockAdapter
+from tenant_runtime.gateway.providers.bedrock import BedrockAdapter, events_in_thread
 from tenant_runtime.gateway.providers.clients import ClientCache, LoopClients
 from tenant_runtime.gateway.providers.openai_compat import OpenAICompatAdapter
 from tenant_runtime.gateway.providers.registry import adapter_for
@@ -381,3 +387,63 @@ def test_a_stream_closed_early_lets_the_next_call_through(server, provider):
     assert first == TextDelta(ANSWER[:3])
     assert replace(completion, attempts=1) == text_completion(ANSWER, USAGE, "stop", 1)
     assert len(server.received) == 2
+
+
+def test_each_request_of_a_test_client_on_its_own_loop_gets_a_client_closed_with_it(server):
+    run = build("async", "on-prem", server)
+    target = target_for(server, "on-prem")
+    made = []
+
+    async def endpoint(_request: Any) -> PlainTextResponse:
+        completion = await run.adapter.acomplete(request(), target)
+        made.append(run.adapter._async_client(target))
+        return PlainTextResponse(completion.text)
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    client = TestClient(app)  # not entered: each request runs on a new event loop
+    answers = [client.get("/").text for _ in range(2)]
+
+    assert answers == [ANSWER, ANSWER]
+    assert made[0] is not made[1] and all(c.is_closed() for c in made)
+    assert run.async_clients.loops() == 0
+
+
+def test_close_clients_closes_those_of_a_loop_running_in_another_thread(server):
+    run = build("async", "anthropic", server)
+    target = target_for(server, "anthropic")
+
+    async def call() -> Any:
+        await run.adapter.acomplete(request(), target)
+        return run.adapter._async_client(target)
+
+    with start_blocking_portal() as portal:
+        made = portal.call(call)
+        assert not made.is_closed()
+        run.async_clients.close()
+        assert made.is_closed()
+        assert portal.call(call) is not made  # the loop's next call builds another
+
+
+def test_a_bedrock_stream_closed_early_closes_the_sync_stream_in_its_thread():
+    release, closed = threading.Event(), threading.Event()
+
+    def events() -> Iterator[Any]:
+        try:
+            yield TextDelta("a")
+            yield TextDelta("b")
+            release.wait(10)
+            yield TextDelta("c")
+            yield Finished(USAGE, "stop", attempts=0)
+        finally:
+            closed.set()
+
+    async def two_then_close() -> list[Any]:
+        stream = events_in_thread(events)
+        two = [await anext(stream), await anext(stream)]
+        await stream.aclose()
+        release.set()
+        await anyio.to_thread.run_sync(closed.wait, 10)
+        return two
+
+    assert anyio.run(two_then_close) == [TextDelta("a"), TextDelta("b")]
+    assert closed.is_set()
