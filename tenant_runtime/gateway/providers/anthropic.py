@@ -18,7 +18,7 @@ redacted_thinking block is one ``RedactedThinking``.
 ``count_tokens`` asks ``/v1/messages/count_tokens`` what the request's input costs, with the same
 retries and error classification as a call.
 
-``acomplete`` and ``astream`` are the same calls on the event loop, through
+``acomplete``, ``astream`` and ``acount_tokens`` are the same calls on the event loop, through
 ``anthropic.AsyncAnthropic`` on ``outbound.async_http_client`` (one ``EventReader`` maps the
 events of both streams); async clients are cached per event loop (clients.py).
 """
@@ -80,6 +80,13 @@ class AnthropicAdapter:
         client = self._client(target)
         params = self._params(request, target, counting=True)
         counted, _ = retry.call(*how, lambda: client.messages.count_tokens(**params))
+        return int(counted.input_tokens)
+
+    async def acount_tokens(self, request: RedactedRequest, target: Target) -> int:
+        """``count_tokens`` on the event loop, through ``anthropic.AsyncAnthropic``."""
+        how, client = self._retried(request, target), self._async_client(target)
+        params = self._params(request, target, counting=True)
+        counted, _ = await retry.acall(*how, lambda: client.messages.count_tokens(**params))
         return int(counted.input_tokens)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:

@@ -31,11 +31,12 @@ models of the request and of the answer (of every streamed chunk too), costing m
 rest of a gateway call's path. The few fields read are checked here; an answer of another shape
 is refused like the SDK's own ``APIResponseValidationError``.
 
-``acomplete`` and ``astream`` are the same calls on the event loop, through ``openai.AsyncOpenAI``
-(``AsyncAzureOpenAI``) on ``outbound.async_http_client``: the same request template
-(``asend_chat``), the same answer parsing and the same chunk reader (``ChunkReader``). Azure's
-token provider is sync (azure-identity); the async client calls it in a worker thread, as a
-token refresh is a blocking HTTP call. Async clients are cached per event loop (clients.py).
+``acomplete``, ``astream`` and ``aembed`` are the same calls on the event loop, through
+``openai.AsyncOpenAI`` (``AsyncAzureOpenAI``) on ``outbound.async_http_client``: the same request
+template (``asend_chat``), the same answer parsing and the same chunk reader (``ChunkReader``).
+Azure's token provider is sync (azure-identity); the async client calls it in a worker thread,
+as a token refresh is a blocking HTTP call. Async clients are cached per event loop
+(clients.py).
 """
 
 from __future__ import annotations
@@ -126,28 +127,28 @@ class OpenAICompatAdapter:
         return retry.astream(*self._retried(request, target),
                              partial(self._aevents, self._async_client(target), request, target))
 
-    def _retried(self, request: RedactedRequest, target: Target) -> retry.Plan:
+    def _retried(self, request: RedactedRequest | RedactedEmbedding,
+                 target: Target) -> retry.Plan:
         return retry.plan(self.provider, self._policy, classify, request, target)
 
     def embed(self, request: RedactedEmbedding, target: Target) -> Embeddings:
         """Embedding vectors for ``request.inputs``, in order (same retries as ``complete``)."""
-        require_redacted(request)
-        if not isinstance(request, RedactedEmbedding):
-            raise TypeError("embed takes a RedactedEmbedding (tenant_runtime.redaction."
-                            "redact_embedding).")
-        client = self._client(target)
-        body: dict[str, Any] = {"model": target.model, "input": list(request.inputs)}
-        if request.dimensions is not None:
-            body["dimensions"] = request.dimensions
-        if request.encoding_format is not None:
-            body["encoding_format"] = request.encoding_format
+        body = _embedding_body(request, target)
+        how, client = self._retried(request, target), self._client(target)
+        answer, attempts = retry.call(*how, lambda: parse_embeddings(client.post(
+            EMBEDDINGS_PATH, body=body, cast_to=httpx2.Response), len(request.inputs)))
+        return replace(answer, attempts=attempts)
 
-        def post() -> Embeddings:
-            response = client.post(EMBEDDINGS_PATH, body=body, cast_to=httpx2.Response)
+    async def aembed(self, request: RedactedEmbedding, target: Target) -> Embeddings:
+        """``embed`` on the event loop, through ``openai.AsyncOpenAI``."""
+        body = _embedding_body(request, target)
+        how, client = self._retried(request, target), self._async_client(target)
+
+        async def post() -> Embeddings:
+            response = await client.post(EMBEDDINGS_PATH, body=body, cast_to=httpx2.Response)
             return parse_embeddings(response, len(request.inputs))
 
-        answer, attempts = retry.call(self.provider, self._policy,
-                                      partial(classify, target=target), post)
+        answer, attempts = await retry.acall(*how, post)
         return replace(answer, attempts=attempts)
 
     def _events(self, client: openai.OpenAI, request: RedactedRequest,
@@ -253,6 +254,19 @@ class ChunkReader:
     def finished(self, request: RedactedRequest) -> Finished:
         return Finished(self.usage or estimate_usage(request, "".join(self.said)),
                         render.finish_reason(self.finish), attempts=0)
+
+
+def _embedding_body(request: RedactedEmbedding, target: Target) -> dict[str, Any]:
+    require_redacted(request)
+    if not isinstance(request, RedactedEmbedding):
+        raise TypeError("embed takes a RedactedEmbedding (tenant_runtime.redaction."
+                        "redact_embedding).")
+    body: dict[str, Any] = {"model": target.model, "input": list(request.inputs)}
+    if request.dimensions is not None:
+        body["dimensions"] = request.dimensions
+    if request.encoding_format is not None:
+        body["encoding_format"] = request.encoding_format
+    return body
 
 
 def send_chat(client: openai.OpenAI, body: dict[str, Any], *, stream: bool) -> httpx2.Response:

@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 
 from tenant_runtime.gateway.content import ToolCall
 from tenant_runtime.gateway.egress import EgressPolicy
-from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
+from tenant_runtime.gateway.messages import ChatMessage, ChatRequest, EmbeddingRequest
 from tenant_runtime.gateway.providers.anthropic import AnthropicAdapter
 from tenant_runtime.gateway.providers.base import (
     PROVIDERS,
@@ -40,9 +40,14 @@ from tenant_runtime.gateway.providers.base import (
 from tenant_runtime.gateway.providers.bedrock import BedrockAdapter, events_in_thread
 from tenant_runtime.gateway.providers.clients import ClientCache, LoopClients
 from tenant_runtime.gateway.providers.openai_compat import OpenAICompatAdapter
-from tenant_runtime.gateway.providers.registry import adapter_for
+from tenant_runtime.gateway.providers.registry import (
+    adapter_for,
+    embedding_adapter_for,
+    token_counter,
+)
 from tenant_runtime.gateway.providers.retry import RetryPolicy
-from tests.fakes.llm import LLMServer, Reply
+from tenant_runtime.redaction import Profile, redact_embedding
+from tests.fakes.llm import LLMServer, Reply, vector
 from tests.fakes.llm import ToolCall as Scripted
 from tests.fakes.redirects import REFUSED_HOST, Redirector, Trap
 from tests.tenant_runtime.gateway.test_provider_agents import TIME, WEATHER, redacted
@@ -296,6 +301,9 @@ def test_the_registry_answers_adapters_with_both_kinds_of_calls():
         adapter = adapter_for(provider)
         assert callable(adapter.complete) and callable(adapter.stream)
         assert asyncio.iscoroutinefunction(adapter.acomplete) and callable(adapter.astream)
+    for provider in ("openai", "azure-openai", "on-prem"):
+        assert asyncio.iscoroutinefunction(embedding_adapter_for(provider).aembed)
+    assert asyncio.iscoroutinefunction(token_counter().acount_tokens)
 
 
 @pytest.fixture
@@ -447,3 +455,39 @@ def test_a_bedrock_stream_closed_early_closes_the_sync_stream_in_its_thread():
 
     assert anyio.run(two_then_close) == [TextDelta("a"), TextDelta("b")]
     assert closed.is_set()
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure-openai", "on-prem"])
+def test_embeddings_retried_and_refused_alike(provider):
+    embedding = redact_embedding(EmbeddingRequest("any", ("first text", "second, longer text"),
+                                                  dimensions=8), Profile.named("off"))
+
+    def scenario(run: Run) -> Any:
+        target = target_for(run.server, provider, model="text-embedding-3-small")
+        embed = run.adapter.embed if run.mode == "sync" else (
+            lambda *args: anyio.run(run.adapter.aembed, *args))
+        run.server.fail_next(503)
+        answer = embed(embedding, target)
+        run.server.fail_next(400)
+        with pytest.raises(ProviderError) as failed:
+            embed(embedding, target)
+        return answer, str(failed.value), run.server.received[0].json()
+
+    answer, sentence, sent = both(provider, scenario)
+
+    assert answer.vectors == (vector("first text", 8), vector("second, longer text", 8))
+    assert answer.attempts == 2
+    assert sentence.startswith(f"{provider} failed after 1 attempt: HTTP 400")
+    assert sent["input"] == ["first text", "second, longer text"] and sent["dimensions"] == 8
+
+
+def test_anthropic_token_counts_alike():
+    def scenario(run: Run) -> Any:
+        count = run.adapter.count_tokens if run.mode == "sync" else (
+            lambda *args: anyio.run(run.adapter.acount_tokens, *args))
+        run.server.fail_next(529)
+        return count(ask_weather(), target_for(run.server, "anthropic")), waits(run)
+
+    counted, sleeps = both("anthropic", scenario)
+
+    assert counted > 0 and sleeps == ["backoff"]
