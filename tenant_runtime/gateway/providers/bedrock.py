@@ -75,6 +75,7 @@ class BedrockAdapter:
         """``complete`` from the event loop: boto3 is sync, so each attempt runs in a worker
         thread (the client is found, or built, there too)."""
         how = self._retried(request, target)
+        self._credentials(target)  # a route that cannot work fails here, as ``complete`` does
         params = self._params(request, target)
 
         def converse() -> dict[str, Any]:
@@ -95,6 +96,7 @@ class BedrockAdapter:
         thread hop per event); closed early, the sync stream is closed by that thread at its
         next event."""
         how = self._retried(request, target)
+        self._credentials(target)
         params = self._params(request, target)
         return retry.astream(*how, lambda: events_in_thread(lambda: self._events(
             self._client(target), params)))
@@ -145,14 +147,19 @@ class BedrockAdapter:
             raise IncompleteAnswer("the answer stream ended without a messageStop event")
         yield Finished(_usage(usage), render.finish_reason(stop_reason), attempts=0)
 
+    def _credentials(self, target: Target) -> tuple[str | None, str | None, str | None]:
+        """The route's access key, secret key and session token (all None: boto3's chain)."""
+        if not target.api_key:
+            return None, None, None
+        access_key, _, rest = target.api_key.partition(":")
+        secret_key, _, session_token = rest.partition(":")
+        if not access_key or not secret_key:
+            raise ProviderError(self.provider, 0, "the route's credential must be "
+                                                  "ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+        return access_key, secret_key, session_token
+
     def _client(self, target: Target) -> Any:
-        access_key = secret_key = session_token = None
-        if target.api_key:
-            access_key, _, rest = target.api_key.partition(":")
-            secret_key, _, session_token = rest.partition(":")
-            if not access_key or not secret_key:
-                raise ProviderError(self.provider, 0, "the route's credential must be "
-                                                      "ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+        access_key, secret_key, session_token = self._credentials(target)
         region = target.region or DEFAULT_REGION
 
         def build() -> Any:

@@ -491,3 +491,29 @@ def test_anthropic_token_counts_alike():
     counted, sleeps = both("anthropic", scenario)
 
     assert counted > 0 and sleeps == ["backoff"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_routes_missing_what_they_need_and_unredacted_requests_are_refused_alike(provider):
+    missing = {"openai": {"api_key": None}, "anthropic": {"api_key": None},
+               "on-prem": {"endpoint": None}, "azure-openai": {"api_version": None},
+               "bedrock": {"api_key": "no-colon"}}[provider]
+    chat = ChatRequest(model="any", messages=(ChatMessage("user", "Hi"),), max_tokens=10)
+
+    def scenario(run: Run) -> Any:
+        # a stream is refused when it is asked for, before it is iterated, in both modes
+        stream = run.adapter.stream if run.mode == "sync" else run.adapter.astream
+        complete = run.adapter.complete if run.mode == "sync" else (
+            lambda *args: anyio.run(run.adapter.acomplete, *args))
+        refused = []
+        for call in (complete, stream):
+            with pytest.raises(ProviderError) as failed:
+                call(request(), target_for(run.server, provider, **missing))
+            with pytest.raises(TypeError, match="only a RedactedRequest") as wrong:
+                call(chat, target_for(run.server, provider))
+            refused.append((str(failed.value), failed.value.attempts, str(wrong.value)))
+        return refused
+
+    complete, stream = both(provider, scenario)
+
+    assert complete == stream and complete[1] == 0
