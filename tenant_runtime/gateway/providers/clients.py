@@ -8,7 +8,10 @@ egress policy). ``LoopClients`` keeps the async ones (``openai.AsyncOpenAI``,
 so each running loop has its own ``ClientCache`` and a client is never used on another loop. A
 loop's clients are closed on that loop when it shuts down (``asyncio.run`` and anyio cancel the
 tasks left: a sleeping task per loop closes them then), by ``aclose()`` on the loop, or from
-another thread by ``close()``; a loop found closed is forgotten."""
+another thread by ``close()``; a loop found closed is forgotten. asyncio loops only (uvicorn's,
+anyio's asyncio backend). As in the sync cache, a client evicted from a loop's LRU (more than
+``size`` routes on one loop) is not closed, as a call may still be using it: its connections
+close when it is collected."""
 
 from __future__ import annotations
 
