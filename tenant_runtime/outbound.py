@@ -8,9 +8,10 @@ is made here, so the egress policy (``tenant_runtime.gateway.egress``) holds at 
   and the environment's proxies are not used (a proxy would resolve the name itself, out of our
   sight); CA certificates are found as the SDKs find them (``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
 - **httpx2, async** (MCP upstreams, through the ``mcp`` SDK's client, which takes an
-  ``httpx2.AsyncClient``): ``async_http_client(policy)`` is the same rule on
-  ``CheckedAsyncBackend`` (the name is resolved and checked in a worker thread, so the event
-  loop never blocks on DNS) and ``CheckedAsyncTransport``.
+  ``httpx2.AsyncClient``; the async openai and anthropic SDK clients of the providers):
+  ``async_http_client(policy)`` is the same rule on ``CheckedAsyncBackend`` (the name is
+  resolved and checked in a worker thread, so the event loop never blocks on DNS) and
+  ``CheckedAsyncTransport``.
 - **botocore** (Bedrock): ``aws_client(session, service, policy, ...)`` builds the boto3 client
   and gives its endpoint an ``URLLib3Session`` whose urllib3 connection classes connect the same
   way and refuse redirects. botocore has no public hook for its connection classes, so the
@@ -120,7 +121,7 @@ def http_client(policy: EgressPolicy, *, timeout: float = 60.0,
     return client
 
 
-# -- httpx2, async (MCP upstreams) --------------------------------------------------------------
+# -- httpx2, async (MCP upstreams, async provider clients) -------------------------------------
 
 class CheckedAsyncBackend(httpcore2.AnyIOBackend):
     """httpcore2's anyio backend, connecting only to addresses the policy allows."""
@@ -168,13 +169,18 @@ class CheckedAsyncTransport(httpx2.AsyncHTTPTransport):
 
 def async_http_client(policy: EgressPolicy, *, headers: dict[str, str] | None = None,
                       auth: httpx2.Auth | None = None,
-                      timeout: float = 60.0) -> httpx2.AsyncClient:
+                      timeout: float | httpx2.Timeout = 60.0,
+                      limits: httpx2.Limits = LIMITS) -> httpx2.AsyncClient:
     """The one way to build an async httpx2 client for a tenant-chosen destination (an MCP
-    upstream). Use it as ``async with``: that closes its pool. ``auth``'s own requests (an
-    OAuth token endpoint, metadata discovery) go through the same checked transport."""
-    return httpx2.AsyncClient(transport=CheckedAsyncTransport(policy), headers=headers,
-                              auth=auth,
-                              timeout=httpx2.Timeout(timeout, read=max(timeout, 300.0)),
+    upstream, a provider's async SDK client). Close it on its event loop (``async with``, or
+    ``await client.aclose()``): that closes its pool. ``auth``'s own requests (an OAuth token
+    endpoint, metadata discovery) go through the same checked transport. A number ``timeout``
+    is an MCP upstream's (reads wait at least 300 s, for its long-lived event streams); pass an
+    ``httpx2.Timeout`` for anything else."""
+    if not isinstance(timeout, httpx2.Timeout):
+        timeout = httpx2.Timeout(timeout, read=max(timeout, 300.0))
+    return httpx2.AsyncClient(transport=CheckedAsyncTransport(policy, limits=limits),
+                              headers=headers, auth=auth, timeout=timeout,
                               follow_redirects=False, trust_env=False)
 
 

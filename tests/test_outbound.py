@@ -3,8 +3,9 @@
 back on. Checked on the syntax tree of every module of the three packages: a call that opens an
 HTTP connection or builds a client (urllib, http.client, httpx2, requests, urllib3, raw sockets,
 the openai and anthropic SDKs, boto3 and the cloud key SDKs) is allowed only in outbound.py,
-an SDK client only when its ``http_client=`` is ``outbound.http_client(...)``, and the few
-other places are listed below with the reason they are not a tenant's to aim.
+an SDK client only when its ``http_client=`` is ``outbound.http_client(...)`` (or
+``outbound.async_http_client(...)``), and the few other places are listed below with the
+reason they are not a tenant's to aim.
 
 ``ops/`` (benchmarks and smoke scripts run by an operator against their own machine) and
 ``tests/`` are not part of the running service and are not scanned."""
@@ -36,6 +37,7 @@ SENDERS = {
     "aiohttp.ClientSession", "OTLPSpanExporter",
 }
 # SDK clients that take an ``http_client``: allowed anywhere with http_client=outbound.http_client()
+# (or outbound.async_http_client())
 SDK_CLIENTS = {"openai.OpenAI", "openai.AzureOpenAI", "openai.AsyncOpenAI",
                "openai.AsyncAzureOpenAI", "anthropic.Anthropic", "anthropic.AsyncAnthropic",
                "anthropic.AnthropicBedrock", "anthropic.AnthropicVertex", "OpenAI", "AzureOpenAI",
@@ -45,9 +47,9 @@ ALLOWED = {
     # the choke point itself
     ("tenant_runtime/outbound.py", "httpx2.Client"): "the checked client",
     ("tenant_runtime/outbound.py", "httpcore2.ConnectionPool"): "the checked pool",
-    ("tenant_runtime/outbound.py", "httpx2.AsyncClient"): "the checked async client (MCP)",
+    ("tenant_runtime/outbound.py", "httpx2.AsyncClient"): "the checked async client",
     ("tenant_runtime/outbound.py", "httpcore2.AsyncConnectionPool"):
-        "the checked async pool (MCP)",
+        "the checked async pool",
     ("tenant_runtime/outbound.py", "urllib3.util.connection.create_connection"):
         "the checked botocore connection",
     ("tenant_runtime/outbound.py", "session.client"): "the checked boto3 client",
@@ -92,7 +94,8 @@ def is_boto_client(call: ast.Call, name: str) -> bool:
 
 
 def is_checked_client(node: ast.expr) -> bool:
-    return isinstance(node, ast.Call) and dotted(node.func) == "outbound.http_client"
+    return isinstance(node, ast.Call) and dotted(node.func) in ("outbound.http_client",
+                                                                "outbound.async_http_client")
 
 
 def uses_outbound_client(call: ast.Call, checked_dicts: set[str]) -> bool:
@@ -143,7 +146,8 @@ def test_every_outbound_client_is_built_by_the_egress_choke_point():
             else:
                 offending.append(f"{relative}:{line} {name}: {why}")
     assert not offending, ("Build outbound clients with tenant_runtime.outbound "
-                           "(http_client, aws_client):\n" + "\n".join(offending))
+                           "(http_client, async_http_client, aws_client):\n"
+                           + "\n".join(offending))
     assert used == set(ALLOWED), f"stale allowances: {set(ALLOWED) - used}"
 
 

@@ -17,13 +17,17 @@ redacted_thinking block is one ``RedactedThinking``.
 
 ``count_tokens`` asks ``/v1/messages/count_tokens`` what the request's input costs, with the same
 retries and error classification as a call.
+
+``acomplete``, ``astream`` and ``acount_tokens`` are the same calls on the event loop, through
+``anthropic.AsyncAnthropic`` on ``outbound.async_http_client`` (one ``EventReader`` maps the
+events of both streams); async clients are cached per event loop (clients.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anthropic
 import httpx2
@@ -44,12 +48,9 @@ from tenant_runtime.gateway.providers.base import (
     ToolCallDelta,
     ToolCallStart,
     Usage,
-    require_redacted,
 )
+from tenant_runtime.gateway.providers.clients import ClientCache, LoopClients
 from tenant_runtime.redaction import RedactedRequest
-
-if TYPE_CHECKING:
-    from tenant_runtime.gateway.providers.registry import ClientCache
 
 ANTHROPIC_ENDPOINT = "https://api.anthropic.com"
 # An error event inside a stream arrives on a 200 response; its type tells the status.
@@ -61,37 +62,53 @@ T = TypeVar("T")
 class AnthropicAdapter:
     provider = "anthropic"
 
-    def __init__(self, *, clients: ClientCache, policy: retry.RetryPolicy | None = None) -> None:
+    def __init__(self, *, clients: ClientCache, async_clients: LoopClients | None = None,
+                 policy: retry.RetryPolicy | None = None) -> None:
         self._clients = clients
+        self._async_clients = LoopClients() if async_clients is None else async_clients
         self._policy = policy or retry.RetryPolicy()
 
     def complete(self, request: RedactedRequest, target: Target) -> Completion:
-        require_redacted(request)
-        client = self._client(target)
-        params = self._params(request, target)
-        message, attempts = self._call(target, lambda: client.messages.create(**params))
-        usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
-        choice = Choice(render.answer_blocks(message.content),
-                        render.finish_reason(message.stop_reason))
-        return Completion((choice,), usage, attempts)
+        how = self._retried(request, target)
+        client, params = self._client(target), self._params(request, target)
+        message, attempts = retry.call(*how, lambda: client.messages.create(**params))
+        return _completion(message, attempts)
 
     def count_tokens(self, request: RedactedRequest, target: Target) -> int:
         """The input tokens ``request`` would cost on ``target``'s model."""
-        require_redacted(request)
+        how = self._retried(request, target)
         client = self._client(target)
         params = self._params(request, target, counting=True)
-        counted, _ = self._call(target, lambda: client.messages.count_tokens(**params))
+        counted, _ = retry.call(*how, lambda: client.messages.count_tokens(**params))
+        return int(counted.input_tokens)
+
+    async def acount_tokens(self, request: RedactedRequest, target: Target) -> int:
+        """``count_tokens`` on the event loop, through ``anthropic.AsyncAnthropic``."""
+        how, client = self._retried(request, target), self._async_client(target)
+        params = self._params(request, target, counting=True)
+        counted, _ = await retry.acall(*how, lambda: client.messages.count_tokens(**params))
         return int(counted.input_tokens)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
-        require_redacted(request)
-        client = self._client(target)
-        params = self._params(request, target)
-        return retry.stream(self.provider, self._policy, partial(classify, target=target),
-                            lambda: self._events(client, params))
+        how = self._retried(request, target)
+        return retry.stream(*how, partial(self._events, self._client(target),
+                                          self._params(request, target)))
 
-    def _call(self, target: Target, call: Callable[[], T]) -> tuple[T, int]:
-        return retry.call(self.provider, self._policy, partial(classify, target=target), call)
+    async def acomplete(self, request: RedactedRequest, target: Target) -> Completion:
+        """``complete`` on the event loop, through ``anthropic.AsyncAnthropic``."""
+        how = self._retried(request, target)
+        client, params = self._async_client(target), self._params(request, target)
+        message, attempts = await retry.acall(*how, lambda: client.messages.create(**params))
+        return _completion(message, attempts)
+
+    def astream(self, request: RedactedRequest, target: Target) -> AsyncIterator[StreamEvent]:
+        """``stream`` on the event loop, through ``anthropic.AsyncAnthropic``."""
+        how = self._retried(request, target)
+        return retry.astream(*how, partial(self._aevents, self._async_client(target),
+                                           self._params(request, target)))
+
+    def _retried(self, request: RedactedRequest, target: Target) -> retry.Plan:
+        return retry.plan(self.provider, self._policy, classify, request, target)
 
     def _params(self, request: RedactedRequest, target: Target, *,
                 counting: bool = False) -> dict[str, Any]:
@@ -102,59 +119,102 @@ class AnthropicAdapter:
 
     def _events(self, client: anthropic.Anthropic,
                 params: dict[str, Any]) -> Iterator[StreamEvent]:
-        events = client.messages.create(**params, stream=True)
-        input_tokens = output_tokens = 0
-        stop_reason: str | None = None
-        calls = 0
-        open_call: int | None = None  # the tool call of the open block, until a delta arrives
-        with events:
+        reader = EventReader()
+        with client.messages.create(**params, stream=True) as events:
             for event in events:
-                if event.type == "message_start":
-                    input_tokens = event.message.usage.input_tokens
-                    output_tokens = event.message.usage.output_tokens
-                elif event.type == "content_block_start":
-                    block = event.content_block
-                    if block.type == "tool_use":
-                        open_call = calls
-                        calls += 1
-                        yield ToolCallStart(open_call, block.id, block.name)
-                    elif block.type == "redacted_thinking":
-                        yield RedactedThinking(block.data)
-                    elif block.type == "text" and block.text:
-                        yield TextDelta(block.text)
-                    elif block.type == "thinking" and block.thinking:
-                        yield ThinkingDelta(block.thinking)
-                elif event.type == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta" and delta.text:
-                        yield TextDelta(delta.text)
-                    elif delta.type == "input_json_delta" and delta.partial_json:
-                        yield ToolCallDelta(calls - 1, delta.partial_json)
-                        open_call = None
-                    elif delta.type == "thinking_delta" and delta.thinking:
-                        yield ThinkingDelta(delta.thinking)
-                    elif delta.type == "signature_delta" and delta.signature:
-                        yield SignatureDelta(delta.signature)
-                elif event.type == "content_block_stop":
-                    if open_call is not None:  # a call without arguments: its input is {}
-                        yield ToolCallDelta(open_call, "{}")
-                    open_call = None
-                elif event.type == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
-                    output_tokens = event.usage.output_tokens  # cumulative
-                    if event.usage.input_tokens is not None:
-                        input_tokens = event.usage.input_tokens
-        yield Finished(Usage(input_tokens, output_tokens), render.finish_reason(stop_reason),
-                       attempts=0)
+                yield from reader.events(event)
+        yield reader.finished()
+
+    async def _aevents(self, client: anthropic.AsyncAnthropic,
+                       params: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+        reader = EventReader()
+        async with await client.messages.create(**params, stream=True) as events:
+            async for event in events:
+                for mapped in reader.events(event):
+                    yield mapped
+        yield reader.finished()
 
     def _client(self, target: Target) -> anthropic.Anthropic:
+        self._check(target)
+        return self._clients.get(target, lambda: anthropic.Anthropic(
+            **self._client_options(target),
+            http_client=outbound.http_client(target.egress, timeout=target.timeout_seconds)))
+
+    def _async_client(self, target: Target) -> anthropic.AsyncAnthropic:
+        self._check(target)
+        return self._async_clients.get(target, lambda: anthropic.AsyncAnthropic(
+            **self._client_options(target),
+            http_client=outbound.async_http_client(
+                target.egress, timeout=httpx2.Timeout(target.timeout_seconds))))
+
+    def _check(self, target: Target) -> None:
         if not target.api_key:
             raise ProviderError(self.provider, 0, "the route has no API key")
-        return self._clients.get(target, lambda: anthropic.Anthropic(
-            api_key=target.api_key, base_url=target.endpoint or ANTHROPIC_ENDPOINT,
-            max_retries=0, timeout=target.timeout_seconds,
-            http_client=outbound.http_client(target.egress, timeout=target.timeout_seconds),
-            open_telemetry=False))  # no spans that could carry request content
+
+    @staticmethod
+    def _client_options(target: Target) -> dict[str, Any]:
+        return {"api_key": target.api_key, "base_url": target.endpoint or ANTHROPIC_ENDPOINT,
+                "max_retries": 0, "timeout": target.timeout_seconds,
+                "open_telemetry": False}  # no spans that could carry request content
+
+
+def _completion(message: Any, attempts: int) -> Completion:
+    usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
+    choice = Choice(render.answer_blocks(message.content),
+                    render.finish_reason(message.stop_reason))
+    return Completion((choice,), usage, attempts)
+
+
+class EventReader:
+    """One streamed answer's events, mapped one at a time (for ``stream`` and ``astream``),
+    then ``finished`` with the usage and stop reason."""
+
+    def __init__(self) -> None:
+        self.input_tokens = self.output_tokens = 0
+        self.stop_reason: str | None = None
+        self.calls = 0
+        self.open_call: int | None = None  # the tool call of the open block, until a delta
+
+    def events(self, event: Any) -> Iterator[StreamEvent]:
+        if event.type == "message_start":
+            self.input_tokens = event.message.usage.input_tokens
+            self.output_tokens = event.message.usage.output_tokens
+        elif event.type == "content_block_start":
+            block = event.content_block
+            if block.type == "tool_use":
+                self.open_call = self.calls
+                self.calls += 1
+                yield ToolCallStart(self.open_call, block.id, block.name)
+            elif block.type == "redacted_thinking":
+                yield RedactedThinking(block.data)
+            elif block.type == "text" and block.text:
+                yield TextDelta(block.text)
+            elif block.type == "thinking" and block.thinking:
+                yield ThinkingDelta(block.thinking)
+        elif event.type == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta" and delta.text:
+                yield TextDelta(delta.text)
+            elif delta.type == "input_json_delta" and delta.partial_json:
+                yield ToolCallDelta(self.calls - 1, delta.partial_json)
+                self.open_call = None
+            elif delta.type == "thinking_delta" and delta.thinking:
+                yield ThinkingDelta(delta.thinking)
+            elif delta.type == "signature_delta" and delta.signature:
+                yield SignatureDelta(delta.signature)
+        elif event.type == "content_block_stop":
+            if self.open_call is not None:  # a call without arguments: its input is {}
+                yield ToolCallDelta(self.open_call, "{}")
+            self.open_call = None
+        elif event.type == "message_delta":
+            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            self.output_tokens = event.usage.output_tokens  # cumulative
+            if event.usage.input_tokens is not None:
+                self.input_tokens = event.usage.input_tokens
+
+    def finished(self) -> Finished:
+        return Finished(Usage(self.input_tokens, self.output_tokens),
+                        render.finish_reason(self.stop_reason), attempts=0)
 
 
 def classify(exc: BaseException, *, target: Target) -> retry.Failure | None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -128,6 +128,20 @@ class Adapter(Protocol):
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]: ...
 
 
+class AsyncAdapter(Protocol):
+    """The same calls on the event loop: the same answers, events, retries and errors."""
+
+    async def acomplete(self, request: RedactedRequest, target: Target) -> Completion: ...
+
+    def astream(self, request: RedactedRequest, target: Target) -> AsyncIterator[StreamEvent]:
+        """An async generator: closing it early closes the provider's stream."""
+        ...
+
+
+class ProviderAdapter(Adapter, AsyncAdapter, Protocol):
+    """What the registry answers for each provider: both."""
+
+
 def require_redacted(request: object) -> None:
     """Every adapter's first line: nothing but a ``RedactedRequest`` reaches a provider."""
     if not isinstance(request, RedactedRequest | RedactedEmbedding):
@@ -147,3 +161,5 @@ class Embeddings:
 
 class EmbeddingAdapter(Protocol):
     def embed(self, request: RedactedEmbedding, target: Target) -> Embeddings: ...
+
+    async def aembed(self, request: RedactedEmbedding, target: Target) -> Embeddings: ...

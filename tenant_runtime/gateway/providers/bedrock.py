@@ -14,14 +14,21 @@ content_filtered, ...) "other". Streams: contentBlockDelta text is a ``TextDelta
 contentBlockStart toolUse opens a ``ToolCallStart`` (numbered among the answer's tool calls from
 0) whose contentBlockDelta toolUse.input fragments are ``ToolCallDelta``s (a call without any has
 arguments ``{}``, sent as one delta when its block stops).
+
+boto3 is sync only: ``acomplete`` runs each attempt in a worker thread, ``astream`` the sync
+stream in one (``events_in_thread``), so the event loop never waits on botocore.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import anyio.to_thread
 import boto3
 import botocore.config
 import botocore.exceptions
@@ -41,12 +48,9 @@ from tenant_runtime.gateway.providers.base import (
     ToolCallDelta,
     ToolCallStart,
     Usage,
-    require_redacted,
 )
+from tenant_runtime.gateway.providers.clients import ClientCache
 from tenant_runtime.redaction import RedactedRequest
-
-if TYPE_CHECKING:
-    from tenant_runtime.gateway.providers.registry import ClientCache
 
 DEFAULT_REGION = "us-east-1"
 # Error codes whose status may be missing (exceptions inside an event stream).
@@ -62,23 +66,43 @@ class BedrockAdapter:
         self._policy = policy or retry.RetryPolicy()
 
     def complete(self, request: RedactedRequest, target: Target) -> Completion:
-        require_redacted(request)
-        client = self._client(target)
+        how = self._retried(request, target)
+        client, params = self._client(target), self._params(request, target)
+        response, attempts = retry.call(*how, lambda: _checked(client.converse(**params)))
+        return _completion(response, attempts)
+
+    async def acomplete(self, request: RedactedRequest, target: Target) -> Completion:
+        """``complete`` from the event loop: boto3 is sync, so each attempt runs in a worker
+        thread (the client is found, or built, there too)."""
+        how = self._retried(request, target)
+        self._credentials(target)  # a route that cannot work fails here, as ``complete`` does
         params = self._params(request, target)
-        response, attempts = retry.call(
-            self.provider, self._policy, partial(classify, target=target),
-            lambda: _checked(client.converse(**params)))
-        content = response.get("output", {}).get("message", {}).get("content", [])
-        choice = Choice(render.answer_blocks(content),
-                        render.finish_reason(response.get("stopReason")))
-        return Completion((choice,), _usage(response.get("usage")), attempts)
+
+        def converse() -> dict[str, Any]:
+            return _checked(self._client(target).converse(**params))
+
+        response, attempts = await retry.acall(*how, partial(anyio.to_thread.run_sync,
+                                                             converse))
+        return _completion(response, attempts)
 
     def stream(self, request: RedactedRequest, target: Target) -> Iterator[StreamEvent]:
-        require_redacted(request)
-        client = self._client(target)
+        how = self._retried(request, target)
+        return retry.stream(*how, partial(self._events, self._client(target),
+                                          self._params(request, target)))
+
+    def astream(self, request: RedactedRequest, target: Target) -> AsyncIterator[StreamEvent]:
+        """``stream`` from the event loop: the sync stream runs in a worker thread, which hands
+        its events to the loop as they come (the loop takes all that are ready at once, with no
+        thread hop per event); closed early, the sync stream is closed by that thread at its
+        next event."""
+        how = self._retried(request, target)
+        self._credentials(target)
         params = self._params(request, target)
-        return retry.stream(self.provider, self._policy, partial(classify, target=target),
-                            lambda: self._events(client, params))
+        return retry.astream(*how, lambda: events_in_thread(lambda: self._events(
+            self._client(target), params)))
+
+    def _retried(self, request: RedactedRequest, target: Target) -> retry.Plan:
+        return retry.plan(self.provider, self._policy, classify, request, target)
 
     def _params(self, request: RedactedRequest, target: Target) -> dict[str, Any]:
         try:
@@ -123,14 +147,19 @@ class BedrockAdapter:
             raise IncompleteAnswer("the answer stream ended without a messageStop event")
         yield Finished(_usage(usage), render.finish_reason(stop_reason), attempts=0)
 
+    def _credentials(self, target: Target) -> tuple[str | None, str | None, str | None]:
+        """The route's access key, secret key and session token (all None: boto3's chain)."""
+        if not target.api_key:
+            return None, None, None
+        access_key, _, rest = target.api_key.partition(":")
+        secret_key, _, session_token = rest.partition(":")
+        if not access_key or not secret_key:
+            raise ProviderError(self.provider, 0, "the route's credential must be "
+                                                  "ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+        return access_key, secret_key, session_token
+
     def _client(self, target: Target) -> Any:
-        access_key = secret_key = session_token = None
-        if target.api_key:
-            access_key, _, rest = target.api_key.partition(":")
-            secret_key, _, session_token = rest.partition(":")
-            if not access_key or not secret_key:
-                raise ProviderError(self.provider, 0, "the route's credential must be "
-                                                      "ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+        access_key, secret_key, session_token = self._credentials(target)
         region = target.region or DEFAULT_REGION
 
         def build() -> Any:
@@ -146,6 +175,63 @@ class BedrockAdapter:
                     read_timeout=target.timeout_seconds))
 
         return self._clients.get(target, build)
+
+
+async def events_in_thread(open_events: Callable[[], Iterator[StreamEvent]]
+                     ) -> AsyncIterator[StreamEvent]:
+    """The events of ``open_events()``, iterated in a worker thread."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[tuple[StreamEvent | None, BaseException | None]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def hand_over(item: tuple[StreamEvent | None, BaseException | None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(ready.put_nowait, item)
+
+    def pump() -> None:
+        try:
+            events = open_events()
+            try:
+                for event in events:
+                    hand_over((event, None))
+                    if stop.is_set():
+                        break
+            finally:
+                _close(events)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
+            hand_over((None, exc))
+        else:
+            hand_over((None, None))
+
+    worker = loop.create_task(anyio.to_thread.run_sync(pump))
+    _pumps.add(worker)
+    worker.add_done_callback(_pumps.discard)
+    try:
+        while True:
+            event, error = await ready.get()
+            if error is not None:
+                raise error
+            if event is None:
+                return
+            yield event
+    finally:
+        stop.set()
+
+
+_pumps: set[asyncio.Task[None]] = set()  # a task is only weakly held by its loop
+
+
+def _close(events: Iterator[StreamEvent]) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
+
+
+def _completion(response: dict[str, Any], attempts: int) -> Completion:
+    content = response.get("output", {}).get("message", {}).get("content", [])
+    choice = Choice(render.answer_blocks(content),
+                    render.finish_reason(response.get("stopReason")))
+    return Completion((choice,), _usage(response.get("usage")), attempts)
 
 
 class IncompleteAnswer(Exception):

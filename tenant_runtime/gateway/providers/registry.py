@@ -1,99 +1,42 @@
 """Which adapter serves which provider, and the SDK clients they share.
 
-``adapter_for(provider)`` answers one adapter per name of ``PROVIDERS``;
+``adapter_for(provider)`` answers one adapter per name of ``PROVIDERS``, with the sync calls
+(``complete``, ``stream``) and the async ones (``acomplete``, ``astream``);
 ``embedding_adapter_for(provider)`` the adapter that embeds for it (the OpenAI-shaped providers
 only: Anthropic and Bedrock serve no embeddings through these APIs); ``token_counter()`` the
 Anthropic adapter, whose ``count_tokens`` answers ``/v1/messages/count_tokens``.
 
-SDK clients are kept in a ``ClientCache`` keyed by ``client_key(target)`` (provider, endpoint, a
-SHA-256 fingerprint of the credential, never the credential, API version, region, timeout and
-egress policy), so a busy gateway reuses connection pools instead of building a client per
-call. Every client is built
-through ``tenant_runtime.outbound`` (egress checked at connect time, redirects refused).
+SDK clients are kept in ``CLIENTS`` (sync) and ``ASYNC_CLIENTS`` (async, one cache per event
+loop): see clients.py. Every client is built through ``tenant_runtime.outbound`` (egress checked
+at connect time, redirects refused).
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any, TypeVar, cast
-
 from tenant_runtime.gateway.providers.anthropic import AnthropicAdapter
-from tenant_runtime.gateway.providers.base import PROVIDERS, Adapter, EmbeddingAdapter, Target
+from tenant_runtime.gateway.providers.base import PROVIDERS, EmbeddingAdapter, ProviderAdapter
 from tenant_runtime.gateway.providers.bedrock import BedrockAdapter
+from tenant_runtime.gateway.providers.clients import ClientCache, LoopClients, client_key
 from tenant_runtime.gateway.providers.openai_compat import OpenAICompatAdapter
 
-C = TypeVar("C")
-
-
-def client_key(target: Target) -> tuple[Hashable, ...]:
-    fingerprint = (hashlib.sha256(target.api_key.encode()).hexdigest()
-                   if target.api_key is not None else None)
-    # A token provider is told apart by identity: the cached client holds a reference to it, so
-    # its id cannot be reused by another object while the entry lives.
-    token_provider = id(target.azure_ad_token_provider) if target.azure_ad_token_provider else None
-    return (target.provider, target.endpoint, fingerprint, target.api_version, target.region,
-            target.timeout_seconds, token_provider, target.egress)
-
-
-class ClientCache:
-    """A small, thread-safe LRU of SDK clients. An evicted client is not closed here (a call in
-    another thread may still be using it); the SDKs close their pools when it is collected."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._size = size
-        self._clients: OrderedDict[tuple[Hashable, ...], Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, target: Target, build: Callable[[], C]) -> C:
-        key = client_key(target)
-        with self._lock:
-            if key in self._clients:
-                self._clients.move_to_end(key)
-                return cast(C, self._clients[key])
-        client = build()  # outside the lock: building a boto3 client takes a while
-        with self._lock:
-            if key in self._clients:  # another thread built one meanwhile: keep the first
-                self._clients.move_to_end(key)
-                _close(client)
-                return cast(C, self._clients[key])
-            self._clients[key] = client
-            while len(self._clients) > self._size:
-                self._clients.popitem(last=False)
-            return client
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._clients)
-
-    def close(self) -> None:
-        """Close every cached client (at shutdown, and in tests)."""
-        with self._lock:
-            clients = list(self._clients.values())
-            self._clients.clear()
-        for client in clients:
-            _close(client)
-
-
-def _close(client: object) -> None:
-    close = getattr(client, "close", None)
-    if callable(close):
-        close()
+__all__ = ["ASYNC_CLIENTS", "CLIENTS", "ClientCache", "LoopClients",
+           "aclose_clients", "adapter_for", "client_key", "close_clients",
+           "embedding_adapter_for", "token_counter"]
 
 
 CLIENTS = ClientCache()
-_ADAPTERS: dict[str, Adapter] = {
-    "openai": OpenAICompatAdapter("openai", clients=CLIENTS),
-    "azure-openai": OpenAICompatAdapter("azure-openai", clients=CLIENTS),
-    "on-prem": OpenAICompatAdapter("on-prem", clients=CLIENTS),
-    "anthropic": AnthropicAdapter(clients=CLIENTS),
+ASYNC_CLIENTS = LoopClients()
+_ADAPTERS: dict[str, ProviderAdapter] = {
+    "openai": OpenAICompatAdapter("openai", clients=CLIENTS, async_clients=ASYNC_CLIENTS),
+    "azure-openai": OpenAICompatAdapter("azure-openai", clients=CLIENTS,
+                                        async_clients=ASYNC_CLIENTS),
+    "on-prem": OpenAICompatAdapter("on-prem", clients=CLIENTS, async_clients=ASYNC_CLIENTS),
+    "anthropic": AnthropicAdapter(clients=CLIENTS, async_clients=ASYNC_CLIENTS),
     "bedrock": BedrockAdapter(clients=CLIENTS),
 }
 
 
-def adapter_for(provider: str) -> Adapter:
+def adapter_for(provider: str) -> ProviderAdapter:
     try:
         return _ADAPTERS[provider]
     except KeyError:
@@ -116,6 +59,16 @@ def token_counter() -> AnthropicAdapter:
 
 
 def close_clients() -> None:
+    """Close the cached clients: every sync one, and the async ones of every loop that can be
+    reached from here (clients.py, ``LoopClients.close``)."""
+    CLIENTS.close()
+    ASYNC_CLIENTS.close()
+
+
+async def aclose_clients() -> None:
+    """Close the running loop's async clients (at the app's shutdown, on its loop) and every
+    sync one."""
+    await ASYNC_CLIENTS.aclose()
     CLIENTS.close()
 
 

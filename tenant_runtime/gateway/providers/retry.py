@@ -15,20 +15,27 @@ traceback, no prompt text and no credential.
 
 Streams are retried only until their first event: once text has been passed on to the caller,
 a failure raises ``ProviderError`` at once (a retry would repeat text the caller already has).
+
+``call`` and ``stream`` serve the sync calls, ``acall`` and ``astream`` the async ones, on the
+event loop (their waits are ``RetryPolicy.asleep``); both pairs take their decisions from one
+copy of the rules (``_failure``, ``_retrying_rules``, ``_final``, ``_broke_off``).
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from http import HTTPStatus
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import httpx2
 from tenacity import (
+    AsyncRetrying,
     RetryCallState,
     Retrying,
     retry_if_exception,
@@ -38,7 +45,13 @@ from tenacity import (
 
 from tenant_runtime import outbound
 from tenant_runtime.gateway.egress import RedirectRefused, shown_location
-from tenant_runtime.gateway.providers.base import Finished, ProviderError, StreamEvent
+from tenant_runtime.gateway.providers.base import (
+    Finished,
+    ProviderError,
+    StreamEvent,
+    Target,
+    require_redacted,
+)
 
 T = TypeVar("T")
 
@@ -63,6 +76,14 @@ class RetryPolicy:
     max_delay: float = 4.0
     max_retry_after: float = 20.0
     sleep: Callable[[float], None] = time.sleep
+
+    async def asleep(self, seconds: float) -> None:
+        """The async calls' wait: ``anyio.sleep``, or a policy's own ``sleep`` (a test's
+        recorder, which must not block: it is called on the event loop)."""
+        if self.sleep is time.sleep:
+            await anyio.sleep(seconds)
+        else:
+            self.sleep(seconds)
 
 
 # -- failures, in words ------------------------------------------------------------------------
@@ -167,7 +188,24 @@ def _clean(code: str | None) -> str:
     return text.split(":", 1)[0][:60]
 
 
+# -- what every adapter call starts with ---------------------------------------------------------
+
+Plan = tuple[str, RetryPolicy, Classifier]
+
+
+def plan(provider: str, policy: RetryPolicy, classify: Callable[..., Failure | None],
+         request: object, target: Target) -> Plan:
+    """Every adapter call's first step: nothing but a redacted request goes on (``TypeError``
+    otherwise); then the loops' first arguments: provider, policy and the adapter's
+    ``classify`` bound to ``target``."""
+    require_redacted(request)
+    return provider, policy, partial(classify, target=target)
+
+
 # -- the retry loops ---------------------------------------------------------------------------
+# ``call`` and ``acall``, ``stream`` and ``astream`` are one logic twice over (sync, and async on
+# the event loop); what they decide (which failure, whether to retry, how long to wait, the final
+# sentence) is written once below and only the calling and sleeping differ.
 
 class _AttemptFailed(Exception):
     def __init__(self, failure: Failure) -> None:
@@ -175,21 +213,15 @@ class _AttemptFailed(Exception):
         self.failure = failure
 
 
-def call(provider: str, policy: RetryPolicy, classify: Classifier,
-         fn: Callable[[], T]) -> tuple[T, int]:
-    """``fn()`` with retries; returns its result and the number of attempts it took."""
-    attempts = 0
+def _failure(exc: BaseException, classify: Classifier) -> _AttemptFailed | None:
+    """The failed attempt ``exc`` was, or None for an exception that is not a provider failure
+    (it propagates untouched)."""
+    failure = refused_failure(exc) or classify(exc)
+    return None if failure is None else _AttemptFailed(failure)
 
-    def attempt() -> T:
-        nonlocal attempts
-        attempts += 1
-        try:
-            return fn()
-        except Exception as exc:
-            failure = refused_failure(exc) or classify(exc)
-            if failure is None:
-                raise
-            raise _AttemptFailed(failure) from exc
+
+def _retrying_rules(policy: RetryPolicy) -> dict[str, Any]:
+    """tenacity's stop, wait and retry rules for ``policy`` (for Retrying and AsyncRetrying)."""
 
     def should_retry(exc: BaseException) -> bool:
         if not isinstance(exc, _AttemptFailed) or not exc.failure.retryable:
@@ -205,11 +237,49 @@ def call(provider: str, policy: RetryPolicy, classify: Classifier,
             return exc.failure.retry_after
         return float(backoff(state))
 
-    retrying = Retrying(stop=stop_after_attempt(policy.attempts), wait=wait,
-                        retry=retry_if_exception(should_retry), sleep=policy.sleep,
-                        reraise=True)
+    return {"stop": stop_after_attempt(policy.attempts), "wait": wait,
+            "retry": retry_if_exception(should_retry), "reraise": True}
+
+
+def call(provider: str, policy: RetryPolicy, classify: Classifier,
+         fn: Callable[[], T]) -> tuple[T, int]:
+    """``fn()`` with retries; returns its result and the number of attempts it took."""
+    attempts = 0
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        try:
+            return fn()
+        except Exception as exc:
+            if (failed := _failure(exc, classify)) is None:
+                raise
+            raise failed from exc
+
     try:
-        return retrying(attempt), attempts
+        return Retrying(sleep=policy.sleep, **_retrying_rules(policy))(attempt), attempts
+    except _AttemptFailed as failed:
+        raise _final(provider, attempts, failed.failure, policy) from None
+
+
+async def acall(provider: str, policy: RetryPolicy, classify: Classifier,
+                fn: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """``await fn()`` with the retries of ``call``; waits without blocking the event loop."""
+    attempts = 0
+
+    async def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        try:
+            return await fn()
+        except Exception as exc:
+            if (failed := _failure(exc, classify)) is None:
+                raise
+            raise failed from exc
+
+    retrying = AsyncRetrying(sleep=policy.asleep, **_retrying_rules(policy))
+    try:
+        return await retrying(attempt), attempts
     except _AttemptFailed as failed:
         raise _final(provider, attempts, failed.failure, policy) from None
 
@@ -221,6 +291,18 @@ def _final(provider: str, attempts: int, failure: Failure, policy: RetryPolicy) 
         detail += (f"; it asked to wait {after:g} s, longer than the {policy.max_retry_after:g} s"
                    " this gateway waits")
     return ProviderError(provider, attempts, detail, status=failure.status)
+
+
+def _broke_off(provider: str, attempts: int, classify: Classifier, exc: Exception) -> None:
+    """For a stream that failed with ``exc`` after its first event: raise its ProviderError
+    (return when ``exc`` is not a provider failure, for the caller to re-raise)."""
+    failure = _ended_early(classify)(exc)
+    if failure is not None:
+        raise ProviderError(
+            provider, attempts,
+            f"the answer stream broke off after it had started ({failure.detail}); not "
+            "retried, as part of the answer was already passed on",
+            status=failure.status) from None
 
 
 def stream(provider: str, policy: RetryPolicy, classify: Classifier,
@@ -243,22 +325,45 @@ def stream(provider: str, policy: RetryPolicy, classify: Classifier,
             try:
                 event = next(events)
             except Exception as exc:
-                failure = _ended_early(classify)(exc)
-                if failure is None:
-                    raise
-                raise ProviderError(
-                    provider, attempts,
-                    f"the answer stream broke off after it had started ({failure.detail}); not "
-                    "retried, as part of the answer was already passed on",
-                    status=failure.status) from None
+                _broke_off(provider, attempts, classify, exc)
+                raise
         yield replace(event, attempts=attempts)
     finally:
         _close(events)
 
 
+async def astream(provider: str, policy: RetryPolicy, classify: Classifier,
+                  open_events: Callable[[], AsyncIterator[StreamEvent]]
+                  ) -> AsyncIterator[StreamEvent]:
+    """``stream`` on the event loop: the events of ``open_events()``, retried until the first
+    one arrives. Closing this generator early closes the provider's stream."""
+
+    async def first_event() -> tuple[StreamEvent, AsyncIterator[StreamEvent]]:
+        events = open_events()
+        try:
+            return await anext(events), events
+        except BaseException:
+            await _aclose(events)
+            raise
+
+    (event, events), attempts = await acall(provider, policy, _ended_early(classify),
+                                            first_event)
+    try:
+        while not isinstance(event, Finished):
+            yield event
+            try:
+                event = await anext(events)
+            except Exception as exc:
+                _broke_off(provider, attempts, classify, exc)
+                raise
+        yield replace(event, attempts=attempts)
+    finally:
+        await _aclose(events)
+
+
 def _ended_early(classify: Classifier) -> Classifier:
     def classify_or_ended(exc: BaseException) -> Failure | None:
-        if isinstance(exc, StopIteration):
+        if isinstance(exc, StopIteration | StopAsyncIteration):
             return Failure("the provider ended the answer stream without finishing it",
                            retryable=True)
         return classify(exc)
@@ -269,3 +374,9 @@ def _close(events: Iterator[StreamEvent]) -> None:
     close = getattr(events, "close", None)
     if close is not None:
         close()
+
+
+async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
