@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
@@ -74,6 +74,23 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         else:
             result = child.switch(value)
     return result  # type: ignore[no-any-return]
+
+
+def iterate(items: AsyncIterator[T]) -> Iterator[T]:
+    """A sync iterator over ``items`` for code in ``run``: each item awaited on the loop.
+    Closing it (in ``run``) closes ``items``; closed elsewhere (collected), the loop's own
+    async-generator finalizer closes them."""
+    try:
+        while True:
+            try:
+                item = wait(anext(items))
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None and active():
+            wait(aclose())
 
 
 def off_loop(fn: Callable[..., T], *args: Any) -> T:

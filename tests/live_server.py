@@ -15,10 +15,12 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import uvicorn
 
+from control_plane.gateway import api as gateway_api
 from control_plane.web.app import build_app
 from control_plane.web.services import Services
 from tests.threads import Worker
@@ -85,7 +87,11 @@ def serve_app(app: Any, port: Port | None = None, *,
 
 @contextmanager
 def serve(services: Services, port: Port | None = None) -> Iterator[str]:
-    """The real app; yields its base URL. ``lifespan="off"``: the ``services`` fixture owns
+    """The real app; yields its base URL. Of the app's lifespan only the gateway's part runs
+    (its calls on the server's event loop, as in production): the ``services`` fixture owns
     (and closes) the engine and Redis client."""
-    with serve_app(build_app(services), port, lifespan="off") as url:
+    app = build_app(services)
+    app.router.lifespan_context = partial(
+        gateway_api.calls_on_this_loop, enabled=services.settings.gateway_on_event_loop)
+    with serve_app(app, port, lifespan="on") as url:
         yield url

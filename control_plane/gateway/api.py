@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -444,13 +445,21 @@ async def _with_body(request: Request, endpoint: Callable[[Request], Response]) 
     return await run_in_threadpool(endpoint, request)
 
 
-async def close_loop_clients(app: Any) -> None:
-    """At the end of the app's lifespan: close the clients the call path made on this loop
-    (the rate limiter's Redis client; the providers' async SDK clients)."""
-    limiter: GatewayRateLimiter | None = getattr(app.state, "gateway_limiter", None)
-    if limiter is not None:
-        await limiter.aclose()
-    await registry.aclose_loop_clients()
+@asynccontextmanager
+async def calls_on_this_loop(app: Any, *, enabled: bool) -> AsyncIterator[None]:
+    """For the app's lifespan: when ``enabled``, the gateway's calls run on the loop the app
+    started on (``on_loop``) until it stops; then the clients the call path made on this loop
+    are closed (the rate limiter's Redis client; the providers' async SDK clients)."""
+    if enabled:
+        app.state.call_path_loop = asyncio.get_running_loop()
+    try:
+        yield
+    finally:
+        app.state.call_path_loop = None
+        limiter: GatewayRateLimiter | None = getattr(app.state, "gateway_limiter", None)
+        if limiter is not None:
+            await limiter.aclose()
+        await registry.ASYNC_CLIENTS.aclose()
 
 
 def on_loop(request: Request) -> bool:

@@ -78,7 +78,7 @@ class GatewayRateLimiter:
         """Close the running loop's async client, if it made one."""
         client = self._loop_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)  # a pool we made
 
     async def _add_on_loop(self, keys: list[tuple[str, int]]) -> list[Any]:
         return await _filled(self._loop_client().pipeline(transaction=False), keys).execute()

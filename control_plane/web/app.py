@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -116,14 +115,9 @@ def build_app(svc: Services) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with mcp_api.running(mcp_api.endpoint_of(mcp_routes), svc):
-            if svc.settings.gateway_on_event_loop:  # the gateway's calls run on this loop
-                app.state.call_path_loop = asyncio.get_running_loop()
-            try:
-                yield
-            finally:
-                app.state.call_path_loop = None
-                await gateway_api.close_loop_clients(app)
+        async with mcp_api.running(mcp_api.endpoint_of(mcp_routes), svc), \
+                gateway_api.calls_on_this_loop(app, enabled=svc.settings.gateway_on_event_loop):
+            yield
         svc.close()
 
     app = Starlette(

@@ -1072,7 +1072,8 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 
         def up(workers: int) -> Endpoints:
             nonlocal gateway_process, peer
-            gateway_process = start_gateway(stack, gateway_port, workers)
+            gateway_process = start_gateway(stack, gateway_port, workers,
+                                            dict(args.gateway_env))
             litellm_port = free_port()
             peer = None if args.no_litellm else start_litellm(
                 stack.home, litellm_port, upstream, slow_upstream, workers)
@@ -1152,6 +1153,7 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "checks": checked,
         "breakdown_ms": parts,
         "setup": {"web_processes": args.web_workers, "clients": clients,
+                  "gateway_env": dict(args.gateway_env),
                   "upstream_latency_ms": args.upstream_latency_ms,
                   "client": f"httpx2 {httpx2.__version__}, one Client per thread",
                   "prompt_bytes": len(PROMPT.encode()),
@@ -1167,6 +1169,13 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                     "platform": platform.platform(),
                     "load_average_at_end": os.getloadavg()},
     }
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.startswith("MAGISTRATE_"):
+        raise argparse.ArgumentTypeError("give a setting as MAGISTRATE_NAME=VALUE")
+    return name, value
 
 
 def main() -> int:
@@ -1189,6 +1198,10 @@ def main() -> int:
                         help="requests of each open-loop phase (300 ms upstream)")
     parser.add_argument("--two-processes", action=argparse.BooleanOptionalAction,
                         default=True, help="also run 16 clients against 2 web processes")
+    parser.add_argument("--gateway-env", action="append", default=[], type=_setting,
+                        metavar="NAME=VALUE",
+                        help="a setting for the gateway's process (repeatable), e.g. "
+                             "MAGISTRATE_GATEWAY_ON_EVENT_LOOP=false for the thread pool")
     parser.add_argument("--no-litellm", action="store_true",
                         help="leave LiteLLM out even when it is installed")
     parser.add_argument("--upstream-latency-ms", type=float, default=0.0,

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tenant_runtime import audit, driver
+from tenant_runtime import audit, bridge, driver
 from tenant_runtime.context import TenantContext
 from tenant_runtime.exceptions import TenantError, TenantInvalidInput
 from tenant_runtime.gateway import config, features, pricing, settlement, spend, tools
@@ -253,6 +253,15 @@ def _listed(names: list[str]) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _on_loop_or_not(adapter: object, method: str, *args: Any) -> Any:
+    """An adapter's ``method``: its async twin (``a`` + method) awaited on the event loop when
+    the call path runs there (tenant_runtime/bridge.py), else the sync one."""
+    twin = getattr(adapter, "a" + method, None)
+    if twin is not None and bridge.active():
+        return bridge.wait(twin(*args))
+    return getattr(adapter, method)(*args)
 
 
 class Gateway:
@@ -487,7 +496,8 @@ class Gateway:
         for target, price in zip(call.targets, call.prices, strict=True):
             began = time.perf_counter()
             try:
-                answer = self.adapters(target.provider).complete(call.chat, target)
+                answer = _on_loop_or_not(self.adapters(target.provider), "complete",
+                                         call.chat, target)
             except ProviderError as exc:
                 call.provider_done(target, began, exc)
                 failures.append(exc)
@@ -556,7 +566,10 @@ class Gateway:
         """The adapter's events, the time spent waiting for each counted as the provider's."""
         began = time.perf_counter()
         error: BaseException | None = None
-        events = self.adapters(target.provider).stream(call.chat, target)
+        adapter = self.adapters(target.provider)
+        events = (bridge.iterate(adapter.astream(call.chat, target))
+                  if bridge.active() and hasattr(adapter, "astream")
+                  else adapter.stream(call.chat, target))
         try:
             while True:
                 tick = time.perf_counter()
@@ -626,7 +639,7 @@ class Gateway:
             adapter = self.adapters(target.provider)
             began = time.perf_counter()
             try:
-                answer = adapter.embed(redacted, target)  # type: ignore[attr-defined]
+                answer = _on_loop_or_not(adapter, "embed", redacted, target)
             except ProviderError as exc:
                 call.provider_done(target, began, exc)
                 failures.append(exc)
@@ -659,10 +672,12 @@ class Gateway:
         redacted, entry = admitted.chat, admitted.chain[0]
         counted = "estimate"
         tokens = pricing.request_token_bound(redacted) // 4 + 1
-        counter = getattr(self.adapters(entry.provider), "count_tokens", None)
+        adapter = self.adapters(entry.provider)
+        counter = getattr(adapter, "count_tokens", None)
         if entry.provider == "anthropic" and counter is not None:
             try:
-                tokens, counted = counter(redacted, entry.target), "provider"
+                tokens, counted = _on_loop_or_not(adapter, "count_tokens", redacted,
+                                                  entry.target), "provider"
             except ProviderError as exc:
                 failed = (TenantInvalidInput if exc.status in REFUSED_AS_INVALID
                           else ProvidersFailed)

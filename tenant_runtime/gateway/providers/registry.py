@@ -70,7 +70,3 @@ async def aclose_clients() -> None:
     sync one."""
     await ASYNC_CLIENTS.aclose()
     CLIENTS.close()
-
-
-async def aclose_loop_clients() -> None:
-    """Close the async SDK clients made on the running event loop (TEMP until merge)."""

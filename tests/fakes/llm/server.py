@@ -145,6 +145,7 @@ class LLMServer:
         self._received: list[ReceivedRequest] = []
         self._faults: deque[Fault] = deque()
         self._scripted: deque[Reply] = deque()
+        self._together: threading.Barrier | None = None
         self._serial = 0
         self.responses: dict[str, list[dict[str, Any]]] = {}  # stored Responses API turns
         self._stopping = threading.Event()
@@ -201,6 +202,14 @@ class LLMServer:
             self._faults.clear()
             self._scripted.clear()
 
+    def answer_together(self, count: int | None, *, seconds: float = 15.0) -> None:
+        """Hold each request until ``count`` requests are held, then answer them all (a
+        request not joined by the others within ``seconds`` is answered 503); None: answer
+        each at once again."""
+        with self._lock:
+            self._together = (None if count is None
+                              else threading.Barrier(count, timeout=seconds))
+
     def fail_next(self, *modes: Fault) -> None:
         with self._lock:
             self._faults.extend(modes)
@@ -242,6 +251,12 @@ class LLMServer:
         with self._lock:
             self._received.append(ReceivedRequest(method, target, headers, body))
             fault = self._faults.popleft() if self._faults else None
+            together = self._together
+        if together is not None:
+            try:
+                together.wait()
+            except threading.BrokenBarrierError:  # they never were: a 503 each
+                fault = fault or 503
         self.wait(self.latency_seconds)
         url = urlsplit(target)
         path = unquote(url.path)
