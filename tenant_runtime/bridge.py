@@ -119,6 +119,9 @@ class Wake:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def wait(self) -> None:
+        """Wait until set, even through a cancellation of the waiting task (raised once the
+        wake-up came): whoever waits here has a part to play when woken (the settlement's
+        group commit hands its lead to a woken caller)."""
         if not active():
             self._event.wait()
             return
@@ -128,7 +131,14 @@ class Wake:
                 return
             future: asyncio.Future[None] = loop.create_future()
             self._waiters.append((loop, future))
-        wait(future)
+        interrupted: BaseException | None = None
+        while not future.done():
+            try:
+                wait(asyncio.shield(future))
+            except asyncio.CancelledError as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
     def set(self) -> None:
         with self._lock:

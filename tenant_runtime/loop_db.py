@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -74,6 +75,11 @@ class LoopAwarePool(QueuePool):
                     f"reached, connection timed out, timeout {self._timeout:0.2f}",
                     code="3o7r")
             bridge.sleep(POLL_SECONDS)
+
+
+# SQLAlchemy keeps its own pools' loggers at WARNING (its "sqlalchemy" logger) unless told
+# otherwise; a pool class of ours logs under this module's name ("Pool recreating", ...): as quiet
+logging.getLogger(f"{__name__}.{LoopAwarePool.__name__}").setLevel(logging.WARNING)
 
 
 def engine_options() -> dict[str, Any]:

@@ -12,6 +12,9 @@ is made here, so the egress policy (``tenant_runtime.gateway.egress``) holds at 
   ``async_http_client(policy)`` is the same rule on ``CheckedAsyncBackend`` (the name is
   resolved and checked in a worker thread, so the event loop never blocks on DNS) and
   ``CheckedAsyncTransport``.
+- **asyncio and httptools** (the providers' async SDK clients on the gateway's hot path):
+  ``async_http_client(policy, lean=True)`` puts ``LeanAsyncTransport`` under the
+  ``httpx2.AsyncClient``: the same resolution, checks and redirect refusal, without httpcore2.
 - **botocore** (Bedrock): ``aws_client(session, service, policy, ...)`` builds the boto3 client
   and gives its endpoint an ``URLLib3Session`` whose urllib3 connection classes connect the same
   way and refuse redirects. botocore has no public hook for its connection classes, so the
@@ -34,9 +37,12 @@ whatever an SDK wrapped it in, for the adapters' error sentences.
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 import weakref
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
@@ -44,6 +50,7 @@ import botocore.awsrequest
 import botocore.config
 import botocore.httpsession
 import httpcore2
+import httptools
 import httpx2
 import urllib3.util.connection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
@@ -170,18 +177,263 @@ class CheckedAsyncTransport(httpx2.AsyncHTTPTransport):
 def async_http_client(policy: EgressPolicy, *, headers: dict[str, str] | None = None,
                       auth: httpx2.Auth | None = None,
                       timeout: float | httpx2.Timeout = 60.0,
-                      limits: httpx2.Limits = LIMITS) -> httpx2.AsyncClient:
+                      limits: httpx2.Limits = LIMITS, lean: bool = False) -> httpx2.AsyncClient:
     """The one way to build an async httpx2 client for a tenant-chosen destination (an MCP
     upstream, a provider's async SDK client). Close it on its event loop (``async with``, or
     ``await client.aclose()``): that closes its pool. ``auth``'s own requests (an OAuth token
     endpoint, metadata discovery) go through the same checked transport. A number ``timeout``
     is an MCP upstream's (reads wait at least 300 s, for its long-lived event streams); pass an
-    ``httpx2.Timeout`` for anything else."""
+    ``httpx2.Timeout`` for anything else. ``lean``: the providers' transport on the gateway's
+    hot path (``LeanAsyncTransport`` below: the same checks, a fraction of the CPU)."""
     if not isinstance(timeout, httpx2.Timeout):
         timeout = httpx2.Timeout(timeout, read=max(timeout, 300.0))
-    return httpx2.AsyncClient(transport=CheckedAsyncTransport(policy, limits=limits),
+    transport: httpx2.AsyncBaseTransport = (
+        LeanAsyncTransport(policy) if lean else CheckedAsyncTransport(policy, limits=limits))
+    return httpx2.AsyncClient(transport=transport,
                               headers=headers, auth=auth, timeout=timeout,
                               follow_redirects=False, trust_env=False)
+
+
+# -- the providers' lean async transport (asyncio, httptools) ------------------------------
+#
+# A lean HTTP/1.1 transport for the providers' async SDK clients on the gateway's hot path.
+#
+# The SDK stays the client (its request building, authentication, errors and retries decisions)
+# and ``httpx2.AsyncClient`` stays its HTTP client; only the transport under it is replaced:
+# httpcore2's connection pool over anyio streams and h11 cost about 0.45 ms of CPU more per
+# call than this (0.78 against 0.33 ms, the async OpenAI client to a local server; the sync
+# client 0.43 ms: ``ops/BENCHMARKS.md``). Here
+# one keep-alive connection per request in flight, an ``asyncio.Protocol`` whose bytes are parsed
+# by ``httptools`` (uvicorn's parser), and the body handed up as it arrives (streams included).
+#
+# The egress rule holds as for the other stacks of this module (DESIGN.md, invariant 10): the
+# host is resolved and every address checked (``egress.checked_addresses``) in a worker thread at
+# connect time, the socket opened to a checked address only, TLS verifying the host name; a
+# redirect answer raises ``RedirectRefused`` (nothing is sent to the next hop). Errors are
+# httpx2's (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``),
+# so the SDK turns them into its usual exceptions.
+#
+# A connection goes back to the pool only when its answer was read to the end and both sides
+# keep it alive; one the server closed while idle is dropped at checkout. HTTP/1.1 only, no
+# proxies (none are used towards providers), no request body streamed in pieces (the SDK sends
+# JSON bytes).
+
+MAX_IDLE_PER_ORIGIN = 100
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: its transport, and the answer being read on it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head: asyncio.Future[None] | None = None
+        self._pieces: deque[bytes] = deque()
+        self._ready = asyncio.Event()
+        self.complete = False
+        self.error: Exception | None = None
+        self.status = 0
+        self._keep_alive = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx2.RemoteProtocolError(f"the provider's answer is not HTTP: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.complete:
+            self._fail(httpx2.RemoteProtocolError(
+                "the provider closed the connection before the end of its answer"))
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self._keep_alive = self._parser.should_keep_alive()  # the parser knows it only here
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)
+        self._ready.set()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._ready.set()
+
+    # -- one exchange --------------------------------------------------------------------
+
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        self._ready.set()
+
+    def reusable(self) -> bool:
+        return (not self.lost and self.transport is not None
+                and not self.transport.is_closing())
+
+    async def exchange(self, request: bytes, read_timeout: float | None
+                       ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Send ``request``; the answer's status and headers once they arrived."""
+        assert self.transport is not None  # noqa: S101 - connected before use
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers, self._pieces, self.complete, self.error = [], deque(), False, None
+        self._keep_alive = False
+        self._head = asyncio.get_running_loop().create_future()
+        self._ready.clear()
+        self.transport.write(request)
+        try:
+            async with asyncio.timeout(read_timeout):
+                await self._head
+        except TimeoutError:
+            self.close()
+            raise httpx2.ReadTimeout("the provider did not answer in time") from None
+        return self.status, self._headers
+
+    async def body(self, read_timeout: float | None) -> AsyncIterator[bytes]:
+        while True:
+            while self._pieces:
+                yield self._pieces.popleft()
+            if self.complete:
+                return
+            if self.error is not None:
+                raise self.error
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await self._ready.wait()
+            except TimeoutError:
+                self.close()
+                raise httpx2.ReadTimeout("the provider stopped sending its answer") from None
+
+    def keep_alive(self) -> bool:
+        return self.complete and self.error is None and self._keep_alive
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _Body(httpx2.AsyncByteStream):
+    def __init__(self, transport: LeanAsyncTransport, origin: tuple[str, str, int],
+                 connection: _Connection, read_timeout: float | None) -> None:
+        self._transport, self._origin = transport, origin
+        self._connection, self._read_timeout = connection, read_timeout
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self._connection.body(self._read_timeout):
+            yield piece
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._transport.release(self._origin, self._connection)
+
+
+class LeanAsyncTransport(httpx2.AsyncBaseTransport):
+    """``httpx2``'s transport interface over ``_Connection``s, connecting only where
+    ``policy`` allows and refusing redirects."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self.policy = policy
+        self._ssl = httpx2.create_ssl_context()
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx2.UnsupportedProtocol(f"cannot send to {url.scheme!r} URLs")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        origin = (url.scheme, url.host, port)
+        timeouts = request.extensions.get("timeout", {})
+        content = await request.aread()
+        head = [f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1\r\n".encode()]
+        for name, value in request.headers.raw:
+            head.append(name + b": " + value + b"\r\n")
+        if "content-length" not in request.headers and "transfer-encoding" not in \
+                request.headers:
+            head.append(b"Content-Length: %d\r\n" % len(content))
+        head.append(b"\r\n")
+        message = b"".join(head) + content
+        connection = await self._checkout(origin, timeouts.get("connect"))
+        try:
+            status, headers = await connection.exchange(message, timeouts.get("read"))
+        except BaseException:
+            connection.close()
+            raise
+        response = httpx2.Response(
+            status, headers=headers,
+            stream=_Body(self, origin, connection, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1"}, request=request)
+        location = response.headers.get("location")
+        if status in REDIRECT_STATUSES and location is not None:
+            connection.close()
+            await response.aclose()
+            raise RedirectRefused(status, location)
+        return response
+
+    async def _checkout(self, origin: tuple[str, str, int],
+                        connect_timeout: float | None) -> _Connection:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if connection.reusable():
+                return connection
+            connection.close()
+        scheme, host, port = origin
+        try:
+            async with asyncio.timeout(connect_timeout):
+                addresses = await anyio.to_thread.run_sync(checked_addresses, self.policy,
+                                                           host)
+                return await self._connect(addresses, scheme, host, port)
+        except TimeoutError:
+            raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+
+    async def _connect(self, addresses: tuple[str, ...], scheme: str, host: str,
+                       port: int) -> _Connection:
+        loop = asyncio.get_running_loop()
+        last: OSError | None = None
+        for address in addresses:
+            try:
+                tls: dict[str, Any] = ({"ssl": self._ssl, "server_hostname": host}
+                                       if scheme == "https" else {})
+                _, connection = await loop.create_connection(_Connection, address, port, **tls)
+                return connection
+            except (OSError, ssl.SSLError) as exc:
+                last = exc
+        raise httpx2.ConnectError(f"could not connect to {host}:{port}: {last}")
+
+    def release(self, origin: tuple[str, str, int], connection: _Connection) -> None:
+        """A response's body is closed: keep its connection when it can serve another."""
+        idle = self._idle.setdefault(origin, [])
+        if (not self._closed and connection.keep_alive() and connection.reusable()
+                and len(idle) < MAX_IDLE_PER_ORIGIN):
+            idle.append(connection)
+        else:
+            connection.close()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
 
 
 # -- botocore (urllib3) --------------------------------------------------------------------------

@@ -53,6 +53,8 @@ ALLOWED = {
     ("tenant_runtime/outbound.py", "urllib3.util.connection.create_connection"):
         "the checked botocore connection",
     ("tenant_runtime/outbound.py", "session.client"): "the checked boto3 client",
+    ("tenant_runtime/outbound.py", "loop.create_connection"):
+        "the providers' lean transport, to a checked address",
     # not a tenant's to aim
     ("control_plane/embedded.py", "socket.socket"):
         "`magistrate up` probes its embedded servers' ports on this machine",

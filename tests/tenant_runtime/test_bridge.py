@@ -164,3 +164,27 @@ def test_wake_wakes_a_loop_waiter_from_a_thread_and_a_thread_from_the_loop() -> 
 def test_bridge_wait_outside_run_is_refused() -> None:
     with pytest.raises(RuntimeError, match="bridge.run"):
         bridge.wait(asyncio.sleep(0))
+
+
+def test_a_cancelled_wake_waiter_still_waits_for_its_wake_up_then_is_cancelled() -> None:
+    wake = bridge.Wake()
+    seen: list[str] = []
+
+    def waiter() -> None:
+        try:
+            wake.wait()
+        finally:
+            seen.append("woken" if wake.is_set() else "left early")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(bridge.run(waiter))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # still waiting: the wake-up has not come
+        wake.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen == ["woken"]

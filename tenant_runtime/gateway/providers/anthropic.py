@@ -145,7 +145,7 @@ class AnthropicAdapter:
         return self._async_clients.get(target, lambda: anthropic.AsyncAnthropic(
             **self._client_options(target),
             http_client=outbound.async_http_client(
-                target.egress, timeout=httpx2.Timeout(target.timeout_seconds))))
+                target.egress, timeout=httpx2.Timeout(target.timeout_seconds), lean=True)))
 
     def _check(self, target: Target) -> None:
         if not target.api_key:

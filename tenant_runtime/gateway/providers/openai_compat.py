@@ -406,13 +406,13 @@ def _build_client(target: Target, *, sync: bool) -> Any:
             return openai.AzureOpenAI(
                 **common, http_client=outbound.http_client(target.egress, timeout=timeout))
         return openai.AsyncAzureOpenAI(**common, http_client=outbound.async_http_client(
-            target.egress, timeout=httpx2.Timeout(timeout)))
+            target.egress, timeout=httpx2.Timeout(timeout), lean=True))
     common.update(api_key=target.api_key or NO_KEY, base_url=target.endpoint or OPENAI_ENDPOINT)
     if sync:
         return openai.OpenAI(
             **common, http_client=outbound.http_client(target.egress, timeout=timeout))
     return openai.AsyncOpenAI(**common, http_client=outbound.async_http_client(
-        target.egress, timeout=httpx2.Timeout(timeout)))
+        target.egress, timeout=httpx2.Timeout(timeout), lean=True))
 
 
 async def _token_in_thread(token: Callable[[], str]) -> str:
