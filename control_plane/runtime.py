@@ -91,3 +91,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel("DEBUG" if settings.debug else settings.log_level)
+    # the HTTP clients' own line per request ("HTTP Request: POST …", INFO): a second log line
+    # for every gateway call, saying less than the request log does; their warnings still show
+    for name in ("httpx2", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.DEBUG if settings.debug else logging.WARNING)

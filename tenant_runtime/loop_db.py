@@ -9,17 +9,25 @@
   pool drops it (the server rolls back what it had open).
 - ``LoopAwarePool``: SQLAlchemy's ``QueuePool``, whose checkout on the loop never waits on a
   thread condition for a connection another call on the same loop holds (that call could never
-  give it back): it polls, sleeping on the loop, until one is free or the pool's timeout; a new
-  connection is made in a worker thread (connecting blocks, and SQLAlchemy's first-connect
-  hooks hold a mutex while they query the new connection).
+  give it back): it waits on the loop to be woken by the next connection given back. It opens
+  connections up to the pool's size, and past it (overflow) only after a wait of
+  ``OVERFLOW_AFTER_SECONDS``: calls on one loop hold a connection only for their statements, so
+  one comes back within a millisecond, while an overflow connection, closed when given back,
+  would be opened again by the next call (a new Postgres connection costs milliseconds of CPU).
+  A new connection is made in a worker thread (connecting blocks, and SQLAlchemy's
+  first-connect hooks hold a mutex while they query the new connection).
 
 ``engine_options()`` are what every engine of Magistrate is built with (control_plane/db.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from typing import Any
 
 import psycopg
@@ -31,7 +39,10 @@ from sqlalchemy.util import queue as sqla_queue
 
 from tenant_runtime import bridge
 
-POLL_SECONDS = 0.002  # a checkout waiting on the loop for a connection looks this often
+POLL_SECONDS = 0.002
+# a checkout on the loop waits this long for a connection given back before it opens one past
+# the pool's size (an overflow connection is closed when given back: one per call, under load)
+OVERFLOW_AFTER_SECONDS = 0.05
 
 
 class LoopAwareConnection(psycopg.Connection[Any]):
@@ -53,28 +64,59 @@ class LoopAwareConnection(psycopg.Connection[Any]):
 
 
 class LoopAwarePool(QueuePool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._waiters_lock = threading.Lock()
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        super()._do_return_conn(record)
+        with self._waiters_lock:
+            waiter = self._waiters.popleft() if self._waiters else None
+        if waiter is not None:  # a checkout on a loop waits for one given back
+            loop, future = waiter
+            loop.call_soon_threadsafe(_resolve, future)
+
     def _do_get(self) -> ConnectionPoolEntry:
         if not bridge.active():
             return super()._do_get()
-        deadline = time.monotonic() + self._timeout
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
         while True:
+            future: asyncio.Future[None] = loop.create_future()
+            with self._waiters_lock:  # before looking: a connection given back meanwhile wakes it
+                self._waiters.append((loop, future))
             try:
-                return self._pool.get(False)
-            except sqla_queue.Empty:
-                pass
-            if self._inc_overflow():
-                try:  # in a worker thread: connecting blocks, and so may SQLAlchemy's
-                    # first-connect hooks (a mutex held while they query the new connection)
-                    return bridge.off_loop(self._create_connection)
-                except BaseException:
-                    self._dec_overflow()
-                    raise
-            if time.monotonic() >= deadline:
-                raise sqlalchemy.exc.TimeoutError(
-                    f"QueuePool limit of size {self.size()} overflow {self.overflow()} "
-                    f"reached, connection timed out, timeout {self._timeout:0.2f}",
-                    code="3o7r")
-            bridge.sleep(POLL_SECONDS)
+                try:
+                    return self._pool.get(False)
+                except sqla_queue.Empty:
+                    pass
+                waited = time.monotonic() - started
+                # the pool's own size first; beyond it (overflow) only when none came back for a
+                # while: a connection opened per call costs far more than a wait for one
+                if (self._overflow < 0 or waited >= OVERFLOW_AFTER_SECONDS) \
+                        and self._inc_overflow():
+                    try:  # in a worker thread: connecting blocks, and so may SQLAlchemy's
+                        # first-connect hooks (a mutex held while they query the new connection)
+                        return bridge.off_loop(self._create_connection)
+                    except BaseException:
+                        self._dec_overflow()
+                        raise
+                if waited >= self._timeout:
+                    raise sqlalchemy.exc.TimeoutError(
+                        f"QueuePool limit of size {self.size()} overflow {self.overflow()} "
+                        f"reached, connection timed out, timeout {self._timeout:0.2f}",
+                        code="3o7r")
+                with contextlib.suppress(TimeoutError):
+                    bridge.wait(asyncio.wait_for(asyncio.shield(future), POLL_SECONDS * 25))
+            finally:
+                with self._waiters_lock, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, future))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # SQLAlchemy keeps its own pools' loggers at WARNING (its "sqlalchemy" logger) unless told

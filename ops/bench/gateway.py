@@ -423,13 +423,18 @@ def gateway_env(stack: Stack, port: int) -> dict[str, str]:
     return env
 
 
+PROFILE_WEB: dict[str, str] = {}  # "path": where --profile-web writes the web process's profile
+
+
 def start_gateway(stack: Stack, port: int, workers: int = 1,
                   extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``magistrate web`` as production runs it (its request log goes to a file);
     ``extra_env`` adds settings for the process."""
     logfile = (stack.home / "gateway.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "control_plane", "web",
-                                "--workers", str(workers)],
+    profile = PROFILE_WEB.get("path")  # --profile-web: the process under cProfile
+    command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []),
+               "-m", "control_plane", "web", "--workers", str(workers)]
+    process = subprocess.Popen(command,
                                env={**gateway_env(stack, port), **(extra_env or {})}, cwd=ROOT,
                                stdout=logfile,
                                stderr=logfile)
@@ -1202,6 +1207,9 @@ def main() -> int:
                         metavar="NAME=VALUE",
                         help="a setting for the gateway's process (repeatable), e.g. "
                              "MAGISTRATE_GATEWAY_ON_EVENT_LOOP=false for the thread pool")
+    parser.add_argument("--profile-web", metavar="PATH",
+                        help="run the gateway's process under cProfile, its stats written to "
+                             "PATH when it stops (one process: --web-workers 1)")
     parser.add_argument("--no-litellm", action="store_true",
                         help="leave LiteLLM out even when it is installed")
     parser.add_argument("--upstream-latency-ms", type=float, default=0.0,
@@ -1210,6 +1218,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="print a CPU-time cProfile of the in-process breakdown to stderr")
     args = parser.parse_args()
+    if args.profile_web:
+        PROFILE_WEB["path"] = str(Path(args.profile_web).resolve())
     return _stack.run_benchmark(run, args)
 
 
