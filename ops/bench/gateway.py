@@ -43,6 +43,9 @@ Figures:
   the rate-limit counters are in Redis (no fail-open); the upstream received none of the raw
   PII strings through the gateway's key.
 - ``concurrency_1``: the same with one client (added latency without queueing).
+- ``first_token_1_client``: one client's streamed calls, back to back: the time from sending
+  to the first content piece (``first_token_ms``), directly, through the gateway and LiteLLM,
+  and ``gateway_added_ms`` (``--solo-requests`` calls after a warm-up of 5).
 - ``tools``: an agent's tool loop, non-streaming: three model calls over two tools
   (``lookup_customer``, ``send_email``) with a prompt of about 2 KB (``TOOL_PROMPT``). Call 1
   offers the tools and the upstream calls ``lookup_customer`` with ``{"query": <the user's
@@ -66,7 +69,11 @@ Target: added p99 ≤ 10 ms for non-streaming calls at concurrency 16 (``met``).
 Prints one JSON object on stdout (progress goes to stderr), and removes everything it started.
 Run: ``.venv/bin/python ops/bench/gateway.py`` (``--requests``, ``--tool-loops``, ``--rounds``
 for a quick run;
-``--profile`` prints a cProfile of the in-process call path to stderr).
+``--profile`` prints a cProfile of the in-process call path to stderr; ``--gateway-env
+MAGISTRATE_GATEWAY_ON_EVENT_LOOP=false`` runs the gateway's calls in its thread pool, for a
+comparison with the event loop. To see where the gateway's process spends its CPU under load,
+attach a sampling profiler to it (py-spy: ``py-spy record -p <pid> -f raw``), as
+ops/BENCHMARKS.md did: uvicorn ends on a signal, so a profiler inside the process never writes).
 """
 
 from __future__ import annotations
@@ -423,7 +430,7 @@ def gateway_env(stack: Stack, port: int) -> dict[str, str]:
     return env
 
 
-PROFILE_WEB: dict[str, str] = {}  # "path": where --profile-web writes the web process's profile
+WARM_UP_FIRST_TOKEN = 5  # streamed calls before the first-token samples
 
 
 def start_gateway(stack: Stack, port: int, workers: int = 1,
@@ -431,10 +438,8 @@ def start_gateway(stack: Stack, port: int, workers: int = 1,
     """``magistrate web`` as production runs it (its request log goes to a file);
     ``extra_env`` adds settings for the process."""
     logfile = (stack.home / "gateway.log").open("wb")
-    profile = PROFILE_WEB.get("path")  # --profile-web: the process under cProfile
-    command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []),
-               "-m", "control_plane", "web", "--workers", str(workers)]
-    process = subprocess.Popen(command,
+    process = subprocess.Popen([sys.executable, "-m", "control_plane", "web",
+                                "--workers", str(workers)],
                                env={**gateway_env(stack, port), **(extra_env or {})}, cwd=ROOT,
                                stdout=logfile,
                                stderr=logfile)
@@ -570,6 +575,63 @@ def open_loop(base_url: str, key: str, *, rate: float, requests: int,
     return {"latency_ms": distribution(latencies), "errors": len(errors),
             "error_examples": errors[:3], "offered_per_second": round(rate, 1),
             "achieved_per_second": round(len(latencies) / max(due[-1], 1e-9), 1)}
+
+
+def first_token_ms(client: httpx2.Client) -> tuple[float | None, str | None]:
+    """One streamed call: the ms from sending it to its first content piece, and what went
+    wrong (the answer is read to its end and checked)."""
+    started = time.perf_counter()
+    first: float | None = None
+    parts = []
+    with client.stream("POST", "/chat/completions", json=body(True)) as response:
+        if response.status_code != 200:
+            return None, f"{response.status_code}: {response.read()[:200]!r}"
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices") or ():
+                piece = choice.get("delta", {}).get("content") or ""
+                if piece and first is None:
+                    first = (time.perf_counter() - started) * 1000
+                parts.append(piece)
+    text = "".join(parts)
+    return first, None if text == EXPECTED else f"wrong answer: {text[:120]!r}"
+
+
+def measure_first_token(ends: Endpoints, requests: int) -> dict[str, Any]:
+    """Time to the first token of a streamed answer, one client, back to back: directly, then
+    through the gateway (and LiteLLM); added = percentile through − percentile direct."""
+    sides = [("direct", ends.direct, DIRECT_KEY), ("gateway", ends.gateway, ends.key)]
+    if ends.litellm is not None:
+        sides.append(("litellm", ends.litellm, LITELLM_MASTER_KEY))
+    out: dict[str, Any] = {}
+    for side, url, key in sides:
+        wait_for_quiet()
+        samples, errors = [], []
+        with httpx2.Client(base_url=url, timeout=60,
+                           headers={"Authorization": f"Bearer {key}"}) as client:
+            for n in range(requests + WARM_UP_FIRST_TOKEN):
+                ms, problem = first_token_ms(client)
+                if problem is not None:
+                    errors.append(problem)
+                elif ms is not None and n >= WARM_UP_FIRST_TOKEN:
+                    samples.append(ms)
+        if side == "gateway":
+            ends.gateway_calls += requests + WARM_UP_FIRST_TOKEN
+            ends.gateway_ok += requests + WARM_UP_FIRST_TOKEN - len(errors)
+            ends.errors.extend(f"first token: {e}" for e in errors)
+        out[side] = {"first_token_ms": distribution(samples), "errors": len(errors)}
+    direct = out["direct"]["first_token_ms"]
+    for side in ("gateway", "litellm"):
+        if side in out:
+            mine = out[side]["first_token_ms"]
+            out[f"{side}_added_ms"] = {q: round(mine[q] - direct[q], 2)
+                                       for q in ("p50", "p95", "p99")}
+    log(f"first token, 1 client: added p50 {out['gateway_added_ms']['p50']} p99 "
+        f"{out['gateway_added_ms']['p99']} ms (LiteLLM "
+        f"{out.get('litellm_added_ms', {}).get('p50')} / "
+        f"{out.get('litellm_added_ms', {}).get('p99')} ms)")
+    return out
 
 
 def measure_open_loop(ends: Endpoints, slow_direct: str, rate: float,
@@ -1111,6 +1173,7 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         tools_solo = measure(ends, workload="tools", clients=1,
                              requests=max(1, args.solo_requests // 3), rounds=1)
         tools_solo.pop("rounds")
+        first_token = measure_first_token(ends, args.solo_requests)
         saturation = chat[f"clients_{clients[0]}"]["per_second"]["gateway"]
         opened = measure_open_loop(ends, f"{slow_upstream}/v1", OPEN_LOOP_SHARE * saturation,
                                    args.open_requests)
@@ -1152,6 +1215,7 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                   "tools_offered": len(TOOLS), "concurrency_1": tools_solo},
         "concurrency_1": solo,
         "open_loop": opened,
+        "first_token_1_client": first_token,
         "two_processes": two,
         "errors": errors,
         "error_examples": ends.errors[:5],
@@ -1207,9 +1271,6 @@ def main() -> int:
                         metavar="NAME=VALUE",
                         help="a setting for the gateway's process (repeatable), e.g. "
                              "MAGISTRATE_GATEWAY_ON_EVENT_LOOP=false for the thread pool")
-    parser.add_argument("--profile-web", metavar="PATH",
-                        help="run the gateway's process under cProfile, its stats written to "
-                             "PATH when it stops (one process: --web-workers 1)")
     parser.add_argument("--no-litellm", action="store_true",
                         help="leave LiteLLM out even when it is installed")
     parser.add_argument("--upstream-latency-ms", type=float, default=0.0,
@@ -1218,8 +1279,6 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="print a CPU-time cProfile of the in-process breakdown to stderr")
     args = parser.parse_args()
-    if args.profile_web:
-        PROFILE_WEB["path"] = str(Path(args.profile_web).resolve())
     return _stack.run_benchmark(run, args)
 
 
