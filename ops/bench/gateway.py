@@ -577,6 +577,17 @@ def open_loop(base_url: str, key: str, *, rate: float, requests: int,
             "achieved_per_second": round(len(latencies) / max(due[-1], 1e-9), 1)}
 
 
+def add_over_direct(out: dict[str, Any], figure: str) -> None:
+    """``<side>_added_ms``: the gateway's (and LiteLLM's) percentiles of ``figure`` minus the
+    direct ones."""
+    direct = out["direct"][figure]
+    for side in ("gateway", "litellm"):
+        if side in out:
+            mine = out[side][figure]
+            out[f"{side}_added_ms"] = {q: round(mine[q] - direct[q], 2)
+                                       for q in ("p50", "p95", "p99")}
+
+
 def first_token_ms(client: httpx2.Client) -> tuple[float | None, str | None]:
     """One streamed call: the ms from sending it to its first content piece, and what went
     wrong (the answer is read to its end and checked)."""
@@ -621,12 +632,7 @@ def measure_first_token(ends: Endpoints, requests: int) -> dict[str, Any]:
             ends.gateway_ok += requests + WARM_UP_FIRST_TOKEN - len(errors)
             ends.errors.extend(f"first token: {e}" for e in errors)
         out[side] = {"first_token_ms": distribution(samples), "errors": len(errors)}
-    direct = out["direct"]["first_token_ms"]
-    for side in ("gateway", "litellm"):
-        if side in out:
-            mine = out[side]["first_token_ms"]
-            out[f"{side}_added_ms"] = {q: round(mine[q] - direct[q], 2)
-                                       for q in ("p50", "p95", "p99")}
+    add_over_direct(out, "first_token_ms")
     log(f"first token, 1 client: added p50 {out['gateway_added_ms']['p50']} p99 "
         f"{out['gateway_added_ms']['p99']} ms (LiteLLM "
         f"{out.get('litellm_added_ms', {}).get('p50')} / "
@@ -650,12 +656,7 @@ def measure_open_loop(ends: Endpoints, slow_direct: str, rate: float,
             ends.gateway_calls += requests
             ends.gateway_ok += out[side]["latency_ms"]["n"]
             ends.errors.extend(f"open loop: {e}" for e in out[side]["error_examples"])
-    direct = out["direct"]["latency_ms"]
-    for side in ("gateway", "litellm"):
-        if side in out:
-            mine = out[side]["latency_ms"]
-            out[f"{side}_added_ms"] = {q: round(mine[q] - direct[q], 2)
-                                       for q in ("p50", "p95", "p99")}
+    add_over_direct(out, "latency_ms")
     log(f"open loop at {rate:.0f}/s: added p99 gateway {out['gateway_added_ms']['p99']} ms")
     return out
 
