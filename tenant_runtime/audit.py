@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -87,22 +88,29 @@ def check_details(value: Any, path: str = "details") -> None:
 
 
 # The append, one statement run once the chain lock is held: it reads the head, takes the next
-# seq and computes ``chain_hash(canonical_content, prev_hash)`` in the database, from the
-# content's bytes before and after the seq (``_content_around``), which only the head decides.
-_APPEND = """
+# seq and the time (the database's clock, read under the lock: times follow seq) and computes
+# ``chain_hash(canonical_content, prev_hash)`` in the database, from the content's bytes before
+# the time and after the seq (``_content_around``) and the time and seq between them, written
+# as ``canonical_content`` writes them (``TIME_FORMAT``). It needs nothing the head decides
+# from the caller, so it can be sent without waiting for an earlier statement's answer (the
+# gateway's settlement sends the lock and its appends in one pipeline).
+_TIME_TEXT = "to_char(next.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+_APPEND = f"""
 WITH head AS (SELECT seq, chain_hash FROM audit_events ORDER BY seq DESC LIMIT 1),
      next AS (SELECT coalesce((SELECT seq FROM head), 0) + 1 AS seq,
-                     coalesce((SELECT chain_hash FROM head), %(genesis)s) AS prev)
+                     coalesce((SELECT chain_hash FROM head), %(genesis)s) AS prev,
+                     clock_timestamp() AS at)
 INSERT INTO audit_events (seq, occurred_at, actor_type, actor_id, actor_name, event_type,
                           target_type, target_id, details, prev_hash, chain_hash)
-SELECT next.seq, %(occurred_at)s, %(actor_type)s, %(actor_id)s, %(actor_name)s,
+SELECT next.seq, next.at, %(actor_type)s, %(actor_id)s, %(actor_name)s,
        %(event_type)s, %(target_type)s, %(target_id)s, %(details)s, next.prev,
-       encode(sha256(%(before_seq)s || convert_to(next.seq::text, 'UTF8') || %(after_seq)s
-                     || convert_to(next.prev, 'UTF8')), 'hex')
+       encode(sha256(%(before_time)s
+                     || convert_to({_TIME_TEXT} || '","seq":' || next.seq::text, 'UTF8')
+                     || %(after_seq)s || convert_to(next.prev, 'UTF8')), 'hex')
 FROM next
-RETURNING seq, prev_hash, chain_hash
-"""
-_LOCK = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"
+RETURNING seq, occurred_at, prev_hash, chain_hash
+"""  # noqa: S608 - constants only: the values are bound parameters
+LOCK = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"  # the chain lock, a statement of its own
 _PLACEHOLDER_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 _PLACEHOLDER = b'"occurred_at":"2000-01-01T00:00:00.000000Z","seq":0,'
 
@@ -124,7 +132,6 @@ def _content_around(event: AuditEvent) -> tuple[bytes, bytes]:
 class Pending:
     """An event prepared for its append: all that does not depend on the chain's head."""
     event: AuditEvent
-    before_time: bytes
     params: dict[str, Any]
 
 
@@ -138,8 +145,9 @@ def prepare(event_type: str, *, actor: Actor, target_type: str | None = None,
                        event_type=event_type, target_type=target_type,
                        target_id=None if target_id is None else str(target_id), details=details)
     before_time, after_seq = _content_around(event)
-    return Pending(event, before_time, {
-        "genesis": GENESIS_HASH, "actor_type": event.actor_type, "actor_id": event.actor_id,
+    return Pending(event, {
+        "genesis": GENESIS_HASH, "before_time": before_time, "actor_type": event.actor_type,
+        "actor_id": event.actor_id,
         "actor_name": event.actor_name, "event_type": event.event_type,
         "target_type": event.target_type, "target_id": event.target_id,
         "details": Jsonb(details), "after_seq": after_seq})
@@ -159,21 +167,33 @@ def append_on(on: driver.Connectable, pending: Pending, *,
     """``append`` on the psycopg connection of ``on`` (a session's, or one in a transaction of
     its own: ``driver.transaction``), with no ORM bookkeeping; the event returned is in no
     session."""
-    event = pending.event
     with driver.connection_of(on).cursor() as cursor:
         if not chain_locked:
-            driver.execute(cursor, _LOCK)
-        event.occurred_at = datetime.now(UTC)  # under the lock: times follow seq
-        moment = event.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode("ascii")
-        params = {**pending.params, "occurred_at": event.occurred_at,
-                  "before_seq": pending.before_time + moment + b'","seq":'}
-        driver.execute(cursor, _APPEND, params)
+            driver.execute(cursor, LOCK)
+        send_append(cursor, pending)
         row = cursor.fetchone()
     if row is None:
         raise RuntimeError("The audit append returned no row.")
-    event.seq, event.prev_hash, event.chain_hash = row
-    metrics.AUDIT_APPENDS.labels("tenant").inc()
+    return appended(pending, row)
+
+
+def send_append(cursor: psycopg.Cursor[Any], pending: Pending) -> None:
+    """Run the append of ``pending`` on ``cursor``, whose transaction holds the chain lock,
+    without reading its answer (in a pipeline, nothing is waited for): ``appended`` reads it,
+    or, once committed, ``count_appends`` counts it."""
+    driver.execute(cursor, _APPEND, pending.params)
+
+
+def appended(pending: Pending, row: tuple[Any, ...]) -> AuditEvent:
+    """The event of ``pending`` as its append's row (seq, time, hashes) wrote it."""
+    event = pending.event
+    event.seq, event.occurred_at, event.prev_hash, event.chain_hash = row
+    count_appends(1)
     return event
+
+
+def count_appends(appends: int) -> None:
+    metrics.AUDIT_APPENDS.labels("tenant").inc(appends)
 
 
 def record(session: Session, event_type: str, *, actor: Actor, target_type: str | None = None,

@@ -9,7 +9,8 @@ audit append) run here, on the psycopg connection itself:
 - ``run`` / ``one``: a statement on a session's connection, in the session's transaction (the
   session's other statements, before and after, see its effects), or on a psycopg connection;
 - ``transaction``: a transaction of its own on a connection of an engine's pool, with no
-  session at all (the settlement's group commit);
+  session at all; ``pipelined``: the same, its statements and its commit sent in one round
+  trip (the settlement's group commit);
 - ``autocommit``: a connection of an engine's pool on which each statement is a transaction of
   its own, with no ``BEGIN`` or ``COMMIT`` round trip (the spend reservation, which is one
   statement).
@@ -121,6 +122,21 @@ def transaction(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
     (rolled back when it raises); no session."""
     with _pooled(engine, autocommit=False) as connection:
         yield connection
+
+
+@contextmanager
+def pipelined(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """``transaction``, sent as one pipeline: the block's statements are sent without waiting
+    for their answers, then ``COMMIT``, and all of it costs one round trip. Nothing sent in
+    the block can be read until it ends (read a cursor's rows after the block); an error of any
+    statement rolls the whole transaction back, raised when the block ends."""
+    with _pooled(engine, autocommit=False) as connection:
+        try:
+            with connection.pipeline():
+                yield connection
+                connection.commit()  # queued behind the statements; waits for every answer
+        except psycopg.Error as exc:
+            raise _error(connection, "COMMIT", None, exc) from exc
 
 
 @contextmanager

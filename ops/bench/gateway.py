@@ -1024,24 +1024,33 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
     # SQLAlchemy and those sent straight on the driver (tenant_runtime/driver.py) both count:
     # each cursor's statement, and each BEGIN, COMMIT or ROLLBACK the connection sends itself;
     # "transactions" are the BEGINs (a statement in autocommit is a transaction of its own,
-    # counted as a statement)
+    # counted as a statement). A pipeline (driver.pipelined) sends its statements and commands
+    # without waiting and syncs once: they count as "pipelined", the pipeline as one round trip
     counted: Counter[str] = Counter()
     real_execute = psycopg.Cursor.execute
     real_command = BaseConnection._exec_command
+    real_pipeline = psycopg.Connection.pipeline
+
+    def in_pipeline(connection: Any) -> bool:
+        return bool(connection.pgconn.pipeline_status)
 
     def begins(statement: Any) -> bool:  # a BEGIN, sent by psycopg or by our own code
         text = statement if isinstance(statement, bytes) else str(statement).encode()
         return text.lstrip().upper().startswith(b"BEGIN")
 
     def counting_execute(cursor: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        counted["statements"] += 1
+        counted["pipelined" if in_pipeline(cursor.connection) else "statements"] += 1
         counted["transactions"] += begins(statement)
         return real_execute(cursor, statement, *args, **kwargs)
 
     def counting_command(connection: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        counted["commands"] += 1
+        counted["pipelined" if in_pipeline(connection) else "commands"] += 1
         counted["transactions"] += begins(command)
         return real_command(connection, command, *args, **kwargs)
+
+    def counting_pipeline(connection: Any) -> Any:
+        counted["pipelines"] += 1
+        return real_pipeline(connection)
 
     def on_checkout(*_: Any) -> None:
         counted["checkouts"] += 1
@@ -1054,6 +1063,7 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         wait_for_quiet()
         psycopg.Cursor.execute = counting_execute  # type: ignore[method-assign]
         BaseConnection._exec_command = counting_command  # type: ignore[method-assign]
+        psycopg.Connection.pipeline = counting_pipeline  # type: ignore[method-assign]
         control_engine = svc.session_factory.kw["bind"]  # type: ignore[attr-defined]
         hot_engine = getattr(svc, "hot_path_engine", None)
         if hot_engine is not None:
@@ -1066,14 +1076,16 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
         cpu_ms = (time.process_time() - cpu_started) * 1000 / calls
         psycopg.Cursor.execute = real_execute  # type: ignore[method-assign]
         BaseConnection._exec_command = real_command  # type: ignore[method-assign]
+        psycopg.Connection.pipeline = real_pipeline  # type: ignore[method-assign]
         event.remove(control_engine.pool, "checkout", on_checkout)
         per_call = {name: round(count / calls, 2) for name, count in counted.items()}
         pre_pings = per_call.get("checkouts", 0.0) if pings else 0.0
         per_call["pre_pings"] = pre_pings
         # psycopg sends BEGIN and COMMIT as round trips of their own; a pre-ping is a
-        # statement, counted among them
+        # statement, counted among them; a pipeline is one
         per_call["postgres_round_trips"] = round(
-            per_call.get("statements", 0) + per_call.get("commands", 0), 2)
+            per_call.get("statements", 0) + per_call.get("commands", 0)
+            + per_call.get("pipelines", 0), 2)
         timed = {name: list(samples) for name, samples in steps.items()}
         if profile:  # a separate pass: the profiler's overhead stays out of the figures
             # CPU time, not wall-clock: waits on Postgres, Redis and the upstream count nothing
@@ -1164,20 +1176,23 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         chat = {f"clients_{n}": measure(ends, workload="chat", clients=n,
                                         requests=args.requests, rounds=args.rounds)
                 for n in clients}
+        # a phase given 0 requests is left out (its figure is null)
         stream = measure(ends, workload="stream", clients=CLIENTS,
-                         requests=args.stream_requests, rounds=args.rounds)
+                         requests=args.stream_requests, rounds=args.rounds) \
+            if args.stream_requests else {}
         tools = measure(ends, workload="tools", clients=CLIENTS, requests=args.tool_loops,
-                        rounds=args.rounds)
+                        rounds=args.rounds) if args.tool_loops else {}
         solo = measure(ends, workload="chat", clients=1, requests=args.solo_requests,
                        rounds=1)
         solo.pop("rounds")
         tools_solo = measure(ends, workload="tools", clients=1,
-                             requests=max(1, args.solo_requests // 3), rounds=1)
-        tools_solo.pop("rounds")
+                             requests=max(1, args.solo_requests // 3), rounds=1) \
+            if args.tool_loops else {}
+        tools_solo.pop("rounds", None)
         first_token = measure_first_token(ends, args.solo_requests)
         saturation = chat[f"clients_{clients[0]}"]["per_second"]["gateway"]
         opened = measure_open_loop(ends, f"{slow_upstream}/v1", OPEN_LOOP_SHARE * saturation,
-                                   args.open_requests)
+                                   args.open_requests) if args.open_requests else None
         parts = breakdown(stack, gateway_port, key, args.breakdown_calls, args.profile)
         in_process = 20 + args.breakdown_calls * (2 if args.profile else 1)  # warm-up included
         ends.gateway_calls += in_process  # their audit events are counted by the checks too

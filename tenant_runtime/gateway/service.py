@@ -155,6 +155,7 @@ class PreparedCall:
     started: float
     idempotency_key: str | None = None  # set: the answer is kept, sealed, until released
     endpoint_kind: str = ""
+    shard: int = 0  # the spend shard it reserved on
     # time inside provider adapters, and each attempt, for the overhead metric and the trace
     provider_seconds: float = 0.0
     attempts: list[tracing.ProviderAttempt] = field(default_factory=list, repr=False)
@@ -422,8 +423,10 @@ class Gateway:
                  idempotency_key: str | None = None) -> PreparedCall | None:
         """Reserve the call's worst case and write its row; None when it does not fit."""
         first = chain[0].target
+        shard = spend.pick_shard()
         call_id = spend.reserve_call(
             s, month=month, amount_micros=reserved, cap_micros=cfg.monthly_cap_micros,
+            shard=shard,
             call={"api_key_id": self.api_key_id, "model_name": redacted.model,
                   "provider": first.provider, "provider_model": first.model,
                   "endpoint_kind": endpoint_kind, "stream": stream,
@@ -433,7 +436,7 @@ class Gateway:
         return PreparedCall(call_id, month, redacted.model, redacted, restorer,
                             [entry.target for entry in chain],
                             [entry.price for entry in chain], reserved, started,
-                            idempotency_key, endpoint_kind)
+                            idempotency_key, endpoint_kind, shard)
 
     @staticmethod
     def _worst_case(redacted: RedactedRequest, prices: list[pricing.Price]) -> int:
@@ -749,7 +752,7 @@ class Gateway:
         # process (settlement.py); returns once this call's event is durably committed
         settlement.writer_for(self.ctx.session_factory).submit(settlement.Settlement(
             call_id=call.call_id, month=call.month, reserved_micros=call.reserved_micros,
-            cost_micros=cost, values=values,
+            cost_micros=cost, values=values, shard=call.shard,
             event=audit.prepare(GatewayEvents.CALL, actor=self.ctx.actor, target_type="model",
                                 target_id=call.model_name[:64], details=details)))
         self._observe(call, target, outcome=outcome, usage=usage, cost=cost,

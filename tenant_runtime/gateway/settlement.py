@@ -16,19 +16,22 @@ the oldest queued caller, which writes everything queued meanwhile (at most ``MA
 while the old leader returns to its own request. A long-lived thread per tenant would cost a
 hop between threads on every call and a thread for every tenant a process ever served.
 
-Failure isolation: when a statement of one call fails, the transaction is rolled back and run
-again without that call, whose caller gets the error its own transaction would have raised;
-the others still commit. A failed commit (the connection lost) fails the whole batch, as it
-would have failed each caller's own transaction.
+One round trip: no statement of the transaction needs an earlier one's answer (the append
+reads the head and the time in the database), so the whole transaction, its commit included,
+is sent as one pipeline (``driver.pipelined``), straight on a psycopg connection of the
+tenant's pool, with no session: SQLAlchemy's layers cost more Python than its statements.
 
-The transaction runs straight on a psycopg connection of the tenant's pool, with no session
-(``driver.transaction``): SQLAlchemy's layers cost more Python than its statements.
+Failure isolation: when a statement of one call fails, nothing was committed; the batch is run
+again one statement at a time (``driver.transaction``), which finds the failing call, and then
+without it: its caller gets the error its own transaction would have raised, the others still
+commit. A failed commit (the connection lost) fails the whole batch, as it would have failed
+each caller's own transaction.
 
 Locks (spend.py's order, so no deadlock with another process's batch or the sweeper): a batch
 of more than one first locks its calls' rows in id order (``settle_abandoned`` skips locked
 rows, so it never waits for them), then shares their months' rows (``_SHARE_MONTHS``), then
-settles on the shards in (month, shard) order, then takes the chain lock. A batch of one is
-exactly the former transaction: its settlement takes the chain lock in the same statement."""
+settles on the shards in (month, shard) order, then takes the chain lock.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from datetime import date
 from typing import Any
 
 import psycopg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tenant_runtime import audit, bridge, driver
@@ -58,6 +62,7 @@ class Settlement:
     cost_micros: int
     values: dict[str, Any]
     event: audit.Pending
+    shard: int = 0  # the shard it reserved on: a batch settles in (month, shard) order
     committed: bool = False
     error: BaseException | None = None
     lead: bool = False  # handed the lead by the writer before it
@@ -86,52 +91,40 @@ _SHARE_MONTHS = ("SELECT 1 FROM gateway_spend_months WHERE month = ANY(%(months)
 _CALL_COLUMNS = frozenset(GatewayCall.__table__.columns.keys())
 
 
-def _settle(s: psycopg.Connection[Any], item: Settlement, *, lock_chain: bool) -> bool:
-    """``Gateway._finish``'s settlement of one call: True when it settled a reservation (and,
-    with ``lock_chain``, took the chain lock in that statement)."""
-    if spend.settle_call(s, call_id=item.call_id, month=item.month,
-                         reserved_micros=item.reserved_micros, cost_micros=item.cost_micros,
-                         values=item.values, lock_chain=lock_chain):
-        return True
-    # the sweeper charged it in full meanwhile: correct to the real cost
-    charged = driver.one(s, "SELECT cost_micros, shard FROM gateway_calls WHERE id = %(id)s "
-                            "FOR UPDATE", {"id": item.call_id})
-    if charged is not None:
-        cost_micros, shard = charged
-        spend.settle(s, month=item.month, shard=shard, reserved_micros=0,
-                     cost_micros=item.cost_micros - cost_micros)
-        unknown = set(item.values) - _CALL_COLUMNS
-        if unknown:
-            raise ValueError(f"Not columns of gateway_calls: {sorted(unknown)}")
-        assignments = ", ".join(f"{name} = %({name})s" for name in item.values)
-        driver.run(s, f"UPDATE gateway_calls SET {assignments} WHERE id = %(call_id)s",  # noqa: S608 - column names checked above
-                   {**item.values, "call_id": item.call_id})
-    return False
-
-
-def _apply(s: psycopg.Connection[Any], items: list[Settlement]) -> None:
-    """Settle every item and append every event in the connection's transaction; a failing
-    item raises ``_ItemFailed`` with its index."""
+def _send(s: psycopg.Connection[Any], items: list[Settlement], *, one_by_one: bool) -> None:
+    """Settle every item and append every event in the connection's transaction. No statement
+    waits for an earlier one's answer, so in a pipeline (``driver.pipelined``) they are all
+    sent at once, and an error shows later than the statement that made it; ``one_by_one``
+    (no pipeline): a failing statement raises ``_ItemFailed`` with its item's index."""
     order = list(range(len(items)))
-    if len(items) > 1:
-        shards = {int(row[0]): int(row[1]) for row in driver.run(
-            s, _LOCK_CALLS, {"ids": [item.call_id for item in items]})}
-        driver.run(s, _SHARE_MONTHS, {"months": sorted({item.month for item in items})})
-        order.sort(key=lambda k: (items[k].month, shards.get(items[k].call_id, -1),
-                                  items[k].call_id))
-    locked = False
-    for position, k in enumerate(order):
-        try:
-            # the last settlement takes the chain lock: every shard is held before it
-            locked = _settle(s, items[k], lock_chain=position == len(order) - 1)
-        except Exception as exc:
-            raise _ItemFailed(k, exc) from exc
-    for k, item in enumerate(items):  # arrival order; times follow seq (audit.append)
-        try:
-            audit.append_on(s, item.event, chain_locked=locked)
-        except Exception as exc:
-            raise _ItemFailed(k, exc) from exc
-        locked = True
+    with s.cursor() as cursor:
+        if len(items) > 1:
+            driver.execute(cursor, _LOCK_CALLS, {"ids": [item.call_id for item in items]})
+            driver.execute(cursor, _SHARE_MONTHS,
+                           {"months": sorted({item.month for item in items})})
+            order.sort(key=lambda k: (items[k].month, items[k].shard, items[k].call_id))
+        for k in order:
+            item = items[k]
+            params = spend.settle_params(call_id=item.call_id,
+                                         reserved_micros=item.reserved_micros,
+                                         cost_micros=item.cost_micros, values=item.values)
+            try:
+                for statement in spend.SETTLE_STATEMENTS:
+                    driver.execute(cursor, statement, params)
+            except Exception as exc:
+                if one_by_one:
+                    raise _ItemFailed(k, exc) from exc
+                raise
+        # every shard is held: the chain's lock, then the appends in arrival order (times
+        # follow seq)
+        driver.execute(cursor, audit.LOCK)
+        for k, item in enumerate(items):
+            try:
+                audit.send_append(cursor, item.event)
+            except Exception as exc:
+                if one_by_one:
+                    raise _ItemFailed(k, exc) from exc
+                raise
 
 
 class TenantWriter:
@@ -170,19 +163,31 @@ class TenantWriter:
 
     def _write(self, batch: list[Settlement]) -> None:
         pending = list(batch)
+        pipelined = True
         while pending:
             try:
-                with driver.transaction(self._engine) as connection:
-                    _apply(connection, pending)
+                with (driver.pipelined if pipelined else driver.transaction)(
+                        self._engine) as connection:
+                    _send(connection, pending, one_by_one=not pipelined)
             except _ItemFailed as failed:
                 pending.pop(failed.index).error = failed.cause
                 continue
-            except Exception as exc:  # the commit, the connection: each would have failed
+            except DBAPIError as exc:
+                if pipelined and not exc.connection_invalidated:
+                    # a statement failed, so nothing was committed: again, one statement at
+                    # a time, to find the failing call and commit the others without it
+                    pipelined = False
+                    continue
+                for item in pending:  # the commit, the connection: each would have failed
+                    item.error = exc
+                return
+            except Exception as exc:
                 for item in pending:
                     item.error = exc
                 return
             for item in pending:
                 item.committed = True
+            audit.count_appends(len(pending))
             with self._mutex:
                 self.commits += 1
                 self.settled += len(pending)

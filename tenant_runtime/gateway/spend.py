@@ -51,7 +51,6 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenant_runtime.audit import CHAIN_LOCK
 from tenant_runtime.driver import Connectable, each_statement_alone, one, run
 from tenant_runtime.exceptions import TenantError
 from tenant_runtime.models import GatewayCall
@@ -154,15 +153,16 @@ _RESERVE_CALL = (  # constants only: the values are bound parameters
 
 
 def reserve_call(s: Connectable, *, month: date, amount_micros: int, cap_micros: int,
-                 call: dict[str, Any]) -> int | None:
+                 call: dict[str, Any], shard: int | None = None) -> int | None:
     """Reserve ``amount_micros`` of this month's cap and write the call's row (``call``: its
     api_key_id, model_name, provider, provider_model, endpoint_kind, stream, redactions and
     optionally idempotency_key), status ``reserved``; its id, or None when the reservation does
     not fit. Two statements (a savepoint, see ``_take``), except when the shard needs a refill
-    (``_refill``); one, its own transaction, on a connection in autocommit (the gateway's)."""
+    (``_refill``); one, its own transaction, on a connection in autocommit (the gateway's).
+    ``shard``: the shard to reserve on (at random when None)."""
     params = {"idempotency_key": None, **call, "redactions": Jsonb(call["redactions"]),
               "amount": amount_micros, "month": month, "cap": cap_micros,
-              "shard": pick_shard()}
+              "shard": pick_shard() if shard is None else shard}
     row = _take(s, _RESERVE_CALL, params)
     return None if row is None else int(row[0])
 
@@ -274,39 +274,65 @@ def settle(s: Connectable, *, month: date, shard: int, reserved_micros: int,
         {"reserved": reserved_micros, "cost": cost_micros, "month": month, "shard": shard})
 
 
-# A reserved call's outcome and its settlement on the shard it reserved on, in one statement;
-# the provider columns keep their value when the call reached no provider (NULL given).
-_SETTLE_CALL = (
-    "WITH recorded AS (UPDATE gateway_calls SET status = %(status)s, "
-    "cost_micros = %(cost_micros)s, tokens_in = %(tokens_in)s, tokens_out = %(tokens_out)s, "
-    "latency_ms = %(latency_ms)s, attempts = %(attempts)s, error = %(error)s, "
-    "provider = coalesce(%(provider)s, provider), "
+# What a settlement records of a call's outcome; the provider columns keep their value when the
+# call reached no provider (NULL given).
+_OUTCOME = (
+    "status = %(status)s, cost_micros = %(cost_micros)s, tokens_in = %(tokens_in)s, "
+    "tokens_out = %(tokens_out)s, latency_ms = %(latency_ms)s, attempts = %(attempts)s, "
+    "error = %(error)s, provider = coalesce(%(provider)s, provider), "
     "provider_model = coalesce(%(provider_model)s, provider_model), "
-    "answer_sealed = %(answer_sealed)s "
+    "answer_sealed = %(answer_sealed)s")
+# A reserved call's outcome and its settlement on the shard it reserved on, in one statement.
+_SETTLE_CALL = (  # constants only: the values are bound parameters
+    "WITH recorded AS (UPDATE gateway_calls SET " + _OUTCOME + " "  # noqa: S608
     "WHERE id = %(call_id)s AND status = 'reserved' RETURNING month, shard) "
     "UPDATE gateway_spend_shards t SET reserved_micros = t.reserved_micros - %(reserved)s, "
     "spent_micros = t.spent_micros + %(cost)s FROM recorded "
     "WHERE t.month = recorded.month AND t.shard = recorded.shard RETURNING t.month")
-# The same, taking the audit chain's lock once the settlement is made (the function runs for
-# the row RETURNING returns): the caller's audit append needs no lock statement of its own, one
-# round trip fewer while both of the tenant's hot locks are held. The append is a later
-# statement, so it reads the head with a snapshot taken after the lock was granted.
-_SETTLE_CALL_LOCKING_CHAIN = _SETTLE_CALL.removesuffix("RETURNING t.month") + (
-    f"RETURNING t.month, pg_advisory_xact_lock({CHAIN_LOCK})")
+# The same for a call ``settle_abandoned`` charged in full meanwhile (its reservation is gone):
+# its outcome recorded, and its shard's spending corrected from the full charge to the real
+# cost. Run after ``_SETTLE_CALL`` in the same transaction, it changes nothing when that one
+# settled the call (no longer ``abandoned``), so both can be sent without waiting for the first
+# one's answer.
+_CORRECT_ABANDONED = (  # constants only: the values are bound parameters
+    "WITH charged AS (SELECT id, month, shard, cost_micros FROM gateway_calls "  # noqa: S608
+    "WHERE id = %(call_id)s AND status = 'abandoned' FOR UPDATE), "
+    "recorded AS (UPDATE gateway_calls c SET " + _OUTCOME + " FROM charged "
+    "WHERE c.id = charged.id RETURNING charged.month, charged.shard, "
+    "charged.cost_micros AS charged) "
+    "UPDATE gateway_spend_shards t SET spent_micros = t.spent_micros + %(cost)s - "
+    "recorded.charged FROM recorded "
+    "WHERE t.month = recorded.month AND t.shard = recorded.shard RETURNING t.month")
 _SETTLE_DEFAULTS = {"provider": None, "provider_model": None, "answer_sealed": None}
 
 
+def settle_params(*, call_id: int, reserved_micros: int, cost_micros: int,
+                  values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``SETTLE_STATEMENTS`` for one call (``settle_call``'s arguments)."""
+    return {**_SETTLE_DEFAULTS, **values, "call_id": call_id, "reserved": reserved_micros,
+            "cost": cost_micros}
+
+
+# A call's settlement, whatever happened to its reservation meanwhile: the statements to run,
+# in order, in one transaction (neither needs the other's answer).
+SETTLE_STATEMENTS = (_SETTLE_CALL, _CORRECT_ABANDONED)
+
+
 def settle_call(s: Connectable, *, call_id: int, month: date, reserved_micros: int,
-                cost_micros: int, values: dict[str, Any], lock_chain: bool = False) -> bool:
-    """Record a reserved call's outcome and settle its reservation, in one statement; False
-    when the call is no longer reserved (``settle_abandoned`` charged it meanwhile).
-    ``values``: status, cost_micros, tokens_in, tokens_out, latency_ms, attempts, error,
-    provider and provider_model when a provider was tried, and answer_sealed when a keyed
-    call keeps its answer. ``lock_chain``: when it settles, the same statement takes the audit
-    chain's lock (``audit.record(..., chain_locked=True)`` then appends without taking it)."""
-    statement = _SETTLE_CALL_LOCKING_CHAIN if lock_chain else _SETTLE_CALL
-    return one(s, statement, {**_SETTLE_DEFAULTS, **values, "call_id": call_id,
-                              "reserved": reserved_micros, "cost": cost_micros}) is not None
+                cost_micros: int, values: dict[str, Any]) -> bool:
+    """Record a reserved call's outcome and settle its reservation (``SETTLE_STATEMENTS``):
+    True when it settled the reservation, False when ``settle_abandoned`` had charged the call
+    in full meanwhile, which is then corrected to its real cost. ``values``: status,
+    cost_micros, tokens_in, tokens_out, latency_ms, attempts, error, provider and
+    provider_model when a provider was tried, and answer_sealed when a keyed call keeps its
+    answer. ``month``: the month it reserved in (its row knows it too)."""
+    del month  # the call's row says where its reservation is
+    params = settle_params(call_id=call_id, reserved_micros=reserved_micros,
+                           cost_micros=cost_micros, values=values)
+    settled = one(s, _SETTLE_CALL, params) is not None
+    if not settled:
+        one(s, _CORRECT_ABANDONED, params)
+    return settled
 
 
 def month_totals(s: Connectable, month: date) -> tuple[int, int]:
