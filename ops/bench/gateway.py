@@ -521,6 +521,77 @@ def stop(process: Any) -> None:
         process.join(timeout=30)
 
 
+class CpuQuota:
+    """Hold processes to a share of one core each (Linux cgroups: v1's ``cpu`` controller or
+    v2's ``cpu.max``; needs root), so that a scaling figure measures the gateway, not the
+    machine: on two cores that also run the load driver, the upstream and Postgres, one
+    unconstrained web process already takes most of a core, and a second has little left to
+    take. Held to the same share each, a second process can only add what the first carries
+    if nothing they share (a lock, a hot row, the database) is the ceiling."""
+
+    V1 = Path("/sys/fs/cgroup/cpu")
+    V2 = Path("/sys/fs/cgroup")
+    PERIOD_US = 100_000
+
+    def __init__(self, share: float) -> None:
+        self.share, self.groups = share, []  # type: list[Path]
+
+    def problem(self) -> str | None:
+        """Why processes cannot be held here, or None."""
+        probe = self._group("probe")
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as exc:
+            return f"no writable cgroup cpu controller ({exc.strerror}: {probe.parent})"
+        return None
+
+    def _group(self, name: str) -> Path:
+        base = self.V1 if (self.V1 / "cpu.cfs_quota_us").exists() else self.V2
+        return base / f"magistrate-bench-{os.getpid()}-{name}"
+
+    def hold(self, pid: int) -> None:
+        group = self._group(str(len(self.groups)))
+        group.mkdir()
+        self.groups.append(group)
+        quota = int(self.share * self.PERIOD_US)
+        if (group / "cpu.cfs_quota_us").exists():
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        (group / "cgroup.procs").write_text(str(pid))
+
+    def release(self) -> None:
+        for group in self.groups:
+            with contextlib.suppress(OSError):
+                for pid in (group / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        (group.parent / "cgroup.procs").write_text(pid)
+                group.rmdir()
+        self.groups.clear()
+
+
+def web_workers(pid: int, workers: int) -> list[int]:
+    """The processes of ``magistrate web --workers N`` that serve requests: itself for one,
+    else its spawned workers (uvicorn's supervisor only watches them)."""
+    if workers == 1:
+        return [pid]
+    deadline = time.monotonic() + 60
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+        if len(found) == workers or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def open_loop(base_url: str, key: str, *, rate: float, requests: int,
               threads: int = 96, seed: int = 19) -> dict[str, Any]:
     """Open loop: ``requests`` calls of the slow model arriving as a Poisson process of
@@ -1143,6 +1214,7 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     peer: subprocess.Popen[bytes] | None = None
     gateway_process: subprocess.Popen[bytes] | None = None
     two: dict[str, Any] | None = None
+    scaling: dict[str, Any] | None = None
     try:
         upstream_process = start_upstream(upstream_port, args.upstream_latency_ms / 1000)
         children.append(upstream_process)
@@ -1150,12 +1222,12 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         postmaster = int((stack.pg.pgdata / "postmaster.pid").read_text().split()[0])
         assert redis_server.process is not None and upstream_process.pid is not None
 
-        def up(workers: int) -> Endpoints:
+        def up(workers: int, with_peer: bool = True) -> Endpoints:
             nonlocal gateway_process, peer
             gateway_process = start_gateway(stack, gateway_port, workers,
                                             dict(args.gateway_env))
             litellm_port = free_port()
-            peer = None if args.no_litellm else start_litellm(
+            peer = None if args.no_litellm or not with_peer else start_litellm(
                 stack.home, litellm_port, upstream, slow_upstream, workers)
             pids = {"gateway": (gateway_process.pid, True),
                     "upstream": (upstream_process.pid or 0, False),
@@ -1213,6 +1285,37 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                     side: round(two["per_second"][side] / max(one[side], 1e-9), 2)
                     for side in ("gateway", "litellm")
                     if side in one and side in two["per_second"]}
+        if args.cpu_share:  # 1 and 2 processes, each held to the same share of a core
+            quota = CpuQuota(args.cpu_share)
+            problem = quota.problem()
+            scaling = {"cpu_share_per_process": args.cpu_share, "unavailable": problem}
+            if problem is not None:
+                log(f"scaling under a CPU quota left out: {problem}")
+            for workers in (1, 2) if problem is None else ():
+                stop(peer)
+                stop(gateway_process)
+                later = up(workers, with_peer=False)
+                later.gateway_calls, later.gateway_ok = ends.gateway_calls, ends.gateway_ok
+                later.errors = ends.errors
+                ends = later
+                assert gateway_process is not None
+                serving = web_workers(gateway_process.pid, workers)
+                if len(serving) != workers:
+                    raise RuntimeError(f"found {len(serving)} web workers, not {workers}")
+                try:
+                    for pid in serving:
+                        quota.hold(pid)
+                    scaling[f"processes_{workers}"] = measure(
+                        ends, workload="chat", clients=CLIENTS, requests=args.requests,
+                        rounds=args.rounds)
+                finally:
+                    quota.release()
+            if problem is None:
+                scaling["two_over_one"] = round(
+                    scaling["processes_2"]["per_second"]["gateway"]
+                    / max(scaling["processes_1"]["per_second"]["gateway"], 1e-9), 2)
+                log(f"scaling at {args.cpu_share} of a core each: 2 processes over 1 = "
+                    f"{scaling['two_over_one']}")
         checked = checks(stack, tenant_id, ends, upstream)
     finally:
         stop(peer)
@@ -1233,6 +1336,7 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "open_loop": opened,
         "first_token_1_client": first_token,
         "two_processes": two,
+        "scaling_under_cpu_quota": scaling,
         "errors": errors,
         "error_examples": ends.errors[:5],
         "checks": checked,
@@ -1283,6 +1387,10 @@ def main() -> int:
                         help="requests of each open-loop phase (300 ms upstream)")
     parser.add_argument("--two-processes", action=argparse.BooleanOptionalAction,
                         default=True, help="also run 16 clients against 2 web processes")
+    parser.add_argument("--cpu-share", type=float, default=0.0, metavar="FRACTION",
+                        help="also run 16 clients against 1, then 2 web processes each held "
+                             "to this share of one core (cgroups, as root): scaling that the "
+                             "machine's cores do not cap (0: left out)")
     parser.add_argument("--gateway-env", action="append", default=[], type=_setting,
                         metavar="NAME=VALUE",
                         help="a setting for the gateway's process (repeatable), e.g. "

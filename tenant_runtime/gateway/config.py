@@ -132,19 +132,26 @@ def _build(s: Session, ctx: TenantContext, settings: GatewaySettings) -> Gateway
                          tools.images_allowed(settings.image_policy, settings.redaction_profile))
 
 
-# The configuration's version: one small read per call (``Gateway.prepare``)
+# The configuration's version (the gateway reads it in its reservation's statement)
 VERSION = f"SELECT config_version FROM {SETTINGS_TABLE} WHERE id = 1"  # noqa: S608 - a constant
+
+
+def held(ctx: TenantContext) -> GatewayConfig | None:
+    """This process's snapshot of the tenant's configuration, at whatever version it was built
+    (None: none yet); its user checks the version (the gateway's reservation does, in its own
+    statement)."""
+    with _snapshots_lock:
+        found = _snapshots.get(ctx.tenant_id)
+    if found is not None:
+        ctx.sealer.ensure_available()  # it holds opened credentials: only while the key is
+    return found
 
 
 def cached(ctx: TenantContext, version: str | None) -> GatewayConfig | None:
     """This process's snapshot of the tenant's configuration when it is at ``version`` (read
     in the caller's transaction), else None: ``snapshot`` rebuilds it."""
-    with _snapshots_lock:
-        found = _snapshots.get(ctx.tenant_id)
-    if found is None or found.version != version:
-        return None
-    ctx.sealer.ensure_available()  # it holds opened credentials: only while the key is
-    return found
+    found = held(ctx)
+    return found if found is not None and found.version == version else None
 
 
 def snapshot(s: Session, ctx: TenantContext) -> GatewayConfig:

@@ -11,11 +11,14 @@ concurrent calls see it; ``complete`` and ``stream`` call the providers, and ``_
 settles and records the one audit event of the call in a second transaction (group-committed
 with other calls', settlement.py). Both run straight on psycopg connections of the tenant's
 pool (tenant_runtime/driver.py: no ORM session, no SQLAlchemy execution layer on the hot path).
-The first writes one statement, the reservation with the call's row, so it runs in autocommit:
-the configuration's version check and the reservation are each a transaction of their own, two
-round trips with no ``BEGIN`` or ``COMMIT``; a session is used only to rebuild a configuration
-that changed (``config.snapshot``). Refusals (a model off the allowlist, a forbidden tool, a
-refused image, the spend cap) are audited in their own transaction and raised as
+The first writes one statement, the reservation with the call's row, so it runs in autocommit,
+one round trip with no ``BEGIN`` or ``COMMIT``: the call is admitted under the snapshot of the
+configuration this process holds, and the reservation's statement itself checks that the
+configuration is still at that version (``spend.ConfigChanged`` when not: nothing reserved,
+the call admitted again under the new one, built in a session, ``config.snapshot``). The second
+is sent as one pipeline, its commit included (settlement.py): one round trip. Refusals (a
+model off the allowlist, a forbidden tool, a refused image, the spend cap) are audited in
+their own transaction and raised as
 ``TenantError``s with a sentence for the caller. Prompt and answer text are never logged or
 audited: only counts. Neither is stored either, with one exception: ``complete_once``, the
 platform's own calls for a job step, keeps the restored answer sealed under the tenant's key in
@@ -37,6 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tenant_runtime import audit, bridge, driver
@@ -256,6 +260,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _CountedOnce:
+    """A call's rate limit, counted once though the call is admitted again (a configuration
+    that changed under it): the first admission that passes it counts the call."""
+
+    def __init__(self, limit: RateLimit | None) -> None:
+        self.limit, self.passed = limit, False
+
+    def __call__(self, *, tokens: int, what: str, requests_per_minute: int,
+                 tokens_per_minute: int) -> None:
+        if self.limit is None or self.passed:
+            return
+        self.limit(tokens=tokens, what=what, requests_per_minute=requests_per_minute,
+                   tokens_per_minute=tokens_per_minute)
+        self.passed = True
+
+
 def _on_loop_or_not(adapter: object, method: str, *args: Any) -> Any:
     """An adapter's ``method``: its async twin (``a`` + method) awaited on the event loop when
     the call path runs there (tenant_runtime/bridge.py), else the sync one."""
@@ -286,39 +306,53 @@ class Gateway:
         ``rate_limit``: see ``admit``; ``idempotency_key``: see ``complete_once``."""
         started = time.perf_counter() if self.started is None else self.started
         month = spend.month_of(self.clock())
+        limit = _CountedOnce(rate_limit)
         with self._audited_refusals(request.model, endpoint_kind):
-            # straight on the driver, in autocommit (tenant_runtime/driver.py): the version
-            # check, then the reservation, each a transaction of its own (two round trips, no
-            # BEGIN or COMMIT); the reservation is one statement, and what it writes is all
-            # this step writes
+            # straight on the driver, in autocommit (tenant_runtime/driver.py), under the
+            # snapshot of the configuration this process holds: the reservation is one
+            # statement, a transaction of its own (no BEGIN or COMMIT), which checks that the
+            # configuration is still at the snapshot's version, and what it writes is all this
+            # step writes: one round trip
             with driver.autocommit(driver.engine_of(self.ctx.session_factory)) as connection:
-                row = driver.one(connection, config.VERSION)
-                cfg = config.cached(self.ctx, row[0] if row is not None else None)
+                cfg = config.held(self.ctx)
                 if cfg is not None:
-                    return self._admit_and_reserve(
-                        connection, cfg, request, month, rate_limit,
-                        endpoint_kind=endpoint_kind, started=started,
-                        idempotency_key=idempotency_key)
-            # the configuration changed: rebuilt in a session (once a change and process)
+                    try:
+                        return self._admit_and_reserve(
+                            connection, cfg, request, month, limit,
+                            endpoint_kind=endpoint_kind, started=started,
+                            idempotency_key=idempotency_key, at_version=True)
+                    except spend.ConfigChanged:
+                        pass  # nothing reserved: admitted again below, under the new version
+                    except DBAPIError:
+                        raise
+                    except Exception:
+                        # a refusal (or an error) decided under a snapshot that may be old
+                        # stands only when the snapshot is still the configuration
+                        row = driver.one(connection, config.VERSION)
+                        if row is not None and row[0] == cfg.version:
+                            raise
+            # the configuration changed (or none is held yet): rebuilt in a session, once a
+            # change and process, and the call admitted under it in the same transaction
             with self.ctx.session() as s, s.begin():
+                cfg = config.snapshot(s, self.ctx)
                 return self._admit_and_reserve(
-                    s, config.snapshot(s, self.ctx), request, month, rate_limit,
-                    endpoint_kind=endpoint_kind, started=started,
-                    idempotency_key=idempotency_key)
+                    s, cfg, request, month, limit, endpoint_kind=endpoint_kind,
+                    started=started, idempotency_key=idempotency_key)
 
     def _admit_and_reserve(self, on: driver.Connectable, cfg: config.GatewayConfig,
                            request: ChatRequest, month: date, rate_limit: RateLimit | None, *,
                            endpoint_kind: str, started: float,
-                           idempotency_key: str | None) -> PreparedCall:
+                           idempotency_key: str | None, at_version: bool = False
+                           ) -> PreparedCall:
         """``prepare``'s steps on ``on``: ``admit``, then the worst case reserved, or the
-        spend cap's refusal raised."""
+        spend cap's refusal raised (``at_version``: see ``_reserve``)."""
         admitted = self.admit(cfg, request, rate_limit=rate_limit)
         redacted, prices = admitted.chat, admitted.prices
         reserved = self._worst_case(redacted, prices)
         prepared = self._reserve(on, cfg, month, admitted.chain, reserved, redacted,
                                  admitted.restorer, endpoint_kind=endpoint_kind,
                                  stream=request.stream, started=started,
-                                 idempotency_key=idempotency_key)
+                                 idempotency_key=idempotency_key, at_version=at_version)
         if prepared is None:
             raise spend.SpendCapReached(spend.reservation_message(
                 on, month=month, cap_micros=cfg.monthly_cap_micros, reserved_micros=reserved,
@@ -420,13 +454,16 @@ class Gateway:
                  chain: list[config.RouteEntry], reserved: int,
                  redacted: RedactedRequest | RedactedEmbedding, restorer: Restorer, *,
                  endpoint_kind: str, stream: bool, started: float,
-                 idempotency_key: str | None = None) -> PreparedCall | None:
-        """Reserve the call's worst case and write its row; None when it does not fit."""
+                 idempotency_key: str | None = None,
+                 at_version: bool = False) -> PreparedCall | None:
+        """Reserve the call's worst case and write its row; None when it does not fit.
+        ``at_version``: only while the configuration is at ``cfg``'s version, else
+        ``spend.ConfigChanged`` is raised."""
         first = chain[0].target
         shard = spend.pick_shard()
         call_id = spend.reserve_call(
             s, month=month, amount_micros=reserved, cap_micros=cfg.monthly_cap_micros,
-            shard=shard,
+            shard=shard, config_version=cfg.version if at_version else None,
             call={"api_key_id": self.api_key_id, "model_name": redacted.model,
                   "provider": first.provider, "provider_model": first.model,
                   "endpoint_kind": endpoint_kind, "stream": stream,

@@ -150,21 +150,53 @@ _RESERVE_CALL = (  # constants only: the values are bound parameters
     "SELECT month, shard, %(api_key_id)s, %(model_name)s, %(provider)s, %(provider_model)s, "
     "%(endpoint_kind)s, %(stream)s, 'reserved', %(amount)s, %(redactions)s, "
     "%(idempotency_key)s FROM reserved RETURNING id")
+# The same, made only while the tenant's gateway configuration is at the version the call was
+# admitted under (``gateway_settings.config_version``): the version check folded into the
+# reservation, one round trip fewer. Always one row: the call's id (NULL when nothing was
+# reserved) and the configuration's version, read in the statement's snapshot.
+_RESERVE_CALL_AT_VERSION = (  # constants only: the values are bound parameters
+    "WITH settings AS (SELECT config_version FROM gateway_settings WHERE id = 1), "  # noqa: S608
+    "reserved AS (" + _FITS.replace(
+        " RETURNING", " AND (SELECT config_version FROM settings) = %(config_version)s "
+        "RETURNING") + "), "
+    "called AS (" + _RESERVE_CALL.removeprefix("WITH reserved AS (" + _FITS + ") ") + ") "
+    "SELECT (SELECT id FROM called), (SELECT config_version FROM settings)")
+
+
+class ConfigChanged(Exception):  # noqa: N818 - an outcome, not a failure
+    """The tenant's gateway configuration is no longer at the version a call was admitted
+    under: nothing was reserved; admit the call again under the new one."""
 
 
 def reserve_call(s: Connectable, *, month: date, amount_micros: int, cap_micros: int,
-                 call: dict[str, Any], shard: int | None = None) -> int | None:
+                 call: dict[str, Any], shard: int | None = None,
+                 config_version: str | None = None) -> int | None:
     """Reserve ``amount_micros`` of this month's cap and write the call's row (``call``: its
     api_key_id, model_name, provider, provider_model, endpoint_kind, stream, redactions and
     optionally idempotency_key), status ``reserved``; its id, or None when the reservation does
     not fit. Two statements (a savepoint, see ``_take``), except when the shard needs a refill
     (``_refill``); one, its own transaction, on a connection in autocommit (the gateway's).
-    ``shard``: the shard to reserve on (at random when None)."""
+    ``shard``: the shard to reserve on (at random when None). ``config_version``: reserve only
+    while the tenant's gateway configuration is at this version, else raise ``ConfigChanged``
+    (checked in the reservation's own statement)."""
     params = {"idempotency_key": None, **call, "redactions": Jsonb(call["redactions"]),
               "amount": amount_micros, "month": month, "cap": cap_micros,
               "shard": pick_shard() if shard is None else shard}
-    row = _take(s, _RESERVE_CALL, params)
+    if config_version is None:
+        row = _take(s, _RESERVE_CALL, params)
+    else:
+        row = _take(s, _RESERVE_CALL_AT_VERSION, {**params, "config_version": config_version})
     return None if row is None else int(row[0])
+
+
+def _try(s: Connectable, statement: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """One try of a reservation statement: its row, or None when it did not fit."""
+    row = one(s, statement, params)
+    if "config_version" not in params:
+        return row
+    if row is None or row[1] != params["config_version"]:  # _RESERVE_CALL_AT_VERSION's row
+        raise ConfigChanged
+    return None if row[0] is None else row
 
 
 _SAVEPOINT = "SAVEPOINT spend_shard"
@@ -181,13 +213,13 @@ def _take(s: Connectable, statement: str, params: dict[str, Any]) -> tuple[Any, 
     if isinstance(s, psycopg.Connection) and each_statement_alone(s):
         # the first try is a transaction of its own: when it does not fit, it has ended and
         # holds nothing, and the refill and the second try run in a transaction of their own
-        row = one(s, statement, params)
+        row = _try(s, statement, params)
         if row is not None:
             return row
         with s.transaction():
             return _refilled(s, statement, params)
     run(s, _SAVEPOINT)
-    row = one(s, statement, params)
+    row = _try(s, statement, params)
     if row is not None:
         return row
     run(s, "ROLLBACK TO " + _SAVEPOINT)
@@ -200,7 +232,7 @@ def _refilled(s: Connectable, statement: str, params: dict[str, Any]) -> tuple[A
                    amount_micros=params["amount"], cap_micros=params["cap"]):
         return None
     # the month's row and the shard are held, and the shard has room: it fits
-    return one(s, statement, params)
+    return _try(s, statement, params)
 
 
 def _refill(s: Connectable, *, month: date, shard: int, amount_micros: int,

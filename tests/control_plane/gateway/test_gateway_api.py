@@ -594,3 +594,56 @@ def test_a_route_whose_provider_redirects_answers_502_and_nothing_follows_it(gw)
     for row in rows:
         assert (f"the provider answered with a redirect to http://{REFUSED_HOST}:{trap.port}"
                 "/v1/chat/completions, which Magistrate does not follow") in row.error
+
+
+def _prepare(gw, model: str, rate_limit=None):
+    from tenant_runtime.gateway.messages import ChatMessage, ChatRequest
+    from tenant_runtime.gateway.service import Gateway
+
+    return Gateway(gw.ctx).prepare(ChatRequest(model, (ChatMessage("user", "hi"),), 50),
+                                   endpoint_kind="openai", rate_limit=rate_limit)
+
+
+def _allow(gw, model: str, allowed: bool) -> None:
+    with gw.ctx.session() as s, s.begin():
+        config.route_for(s, model).allowed = allowed
+        config.bump(s)
+
+
+def test_a_change_committed_while_a_call_is_admitted_is_the_one_its_reservation_sees(gw):
+    """The reservation's statement checks the configuration's version (one round trip for the
+    check and the reservation): a call admitted under the snapshot this process holds, whose
+    model is taken off the allowlist before its reservation, is refused and reserves nothing;
+    its rate limit counts it once though it was admitted twice."""
+    from tenant_runtime.gateway.service import ModelRefused
+
+    assert _prepare(gw, "gpt-4o-mini").reserved_micros > 0  # the snapshot is held
+    counted = []
+
+    def changing(allowed: bool):
+        def limit(**_: object) -> None:
+            counted.append(1)
+            if len(counted) == 1:  # in another transaction, after admission, before reserving
+                _allow(gw, "gpt-4o-mini", allowed)
+        return limit
+
+    before = len(calls(gw))
+    with pytest.raises(ModelRefused):
+        _prepare(gw, "gpt-4o-mini", rate_limit=changing(False))
+    assert len(calls(gw)) == before  # nothing reserved under the old configuration
+    assert counted == [1]
+    _allow(gw, "gpt-4o-mini", True)
+    counted.clear()  # a change that refuses nothing: reserved under the new version
+    assert _prepare(gw, "gpt-4o-mini", rate_limit=changing(True)).reserved_micros > 0
+    assert counted == [1] and len(calls(gw)) == before + 1
+
+
+def test_a_refusal_under_an_old_snapshot_is_checked_against_the_configuration(gw):
+    """A model allowed since this process built its snapshot (another process's change) is
+    not refused on the strength of the old one."""
+    assert _prepare(gw, "gpt-4o-mini").reserved_micros > 0  # the snapshot is held
+    with gw.ctx.session() as s, s.begin():  # as another process would: the version moves on
+        config.route_for(s, "gpt-4.1").allowed = True
+        config.bump(s)
+    assert config.held(gw.ctx) is not None and "gpt-4.1" not in config.held(gw.ctx).allowed
+    assert _prepare(gw, "gpt-4.1").model_name == "gpt-4.1"
