@@ -48,7 +48,7 @@ from starlette.routing import Route
 
 from control_plane.exceptions import MagistrateError, RateLimited
 from control_plane.gateway import anthropic_messages, embeddings, openai_chat
-from control_plane.gateway.ratelimit import GatewayRateLimiter
+from control_plane.gateway.ratelimit import Counted, GatewayRateLimiter, judge
 from control_plane.gateway.shapes import InvalidBody
 from control_plane.tenancy import api_keys
 from control_plane.web.access import key_rule
@@ -208,8 +208,11 @@ def _json_body(request: Request, raw: bytes) -> Any:
 def _rate_limit(request: Request, ctx: TenantContext) -> RateLimit:
     """The tenant's rate limiter, as every endpoint hands it to the gateway, which calls it
     from its one choke point (``Gateway.admit``) with the request's token bound: a request
-    that could never fit in a minute answers 400, one over the limits of this minute 429."""
+    that could never fit in a minute answers 400, one over the limits of this minute 429.
+    The request is counted once: admitted again (its configuration changed under it), it is
+    judged on the same counts against the limits given then."""
     limiter = _limiter(request)
+    counts: list[Counted] = []
 
     def limit(*, tokens: int, what: str, requests_per_minute: int,
               tokens_per_minute: int) -> None:
@@ -219,8 +222,10 @@ def _rate_limit(request: Request, ctx: TenantContext) -> RateLimit:
                                 f"than the tenant's limit of {tokens_per_minute:,} tokens per "
                                 "minute; lower max_tokens or shorten the input.",
                            param="max_tokens")
-        limiter.check(ctx.tenant_id, tokens=tokens, requests_per_minute=requests_per_minute,
-                      tokens_per_minute=tokens_per_minute)
+        if not counts:
+            counts.append(limiter.count(ctx.tenant_id, tokens=tokens))
+        judge(counts[0], requests_per_minute=requests_per_minute,
+              tokens_per_minute=tokens_per_minute)
 
     return limit
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -113,14 +114,33 @@ class GatewayRateLimiter:
               tokens_per_minute: int, now: float | None = None) -> None:
         """Count one request of about ``tokens`` tokens; raise GatewayRateLimited when the
         tenant is over either limit in this minute."""
+        judge(self.count(tenant_id, tokens=tokens, now=now),
+              requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute)
+
+    def count(self, tenant_id: int, *, tokens: int, now: float | None = None) -> Counted:
+        """Count one request of about ``tokens`` tokens in this minute's window: the window's
+        totals with it (``judge`` decides on them)."""
         moment = time.time() if now is None else now
         window = int(moment // WINDOW)
         retry_after = min(WINDOW, max(1, int((window + 1) * WINDOW - moment) + 1))
         base = f"magistrate:rl:gw:{tenant_id}:{window}"
         requests, used = self._counts([(f"{base}:req", 1), (f"{base}:tok", max(tokens, 1))])
-        if requests > requests_per_minute or used > tokens_per_minute:
-            metrics.refused("rate_limit")
-        if requests > requests_per_minute:
-            raise GatewayRateLimited(retry_after, "requests", requests_per_minute)
-        if used > tokens_per_minute:
-            raise GatewayRateLimited(retry_after, "tokens", tokens_per_minute)
+        return Counted(requests, used, retry_after)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A request counted in its minute: the window's requests and tokens with it."""
+    requests: int
+    tokens: int
+    retry_after: int
+
+
+def judge(counted: Counted, *, requests_per_minute: int, tokens_per_minute: int) -> None:
+    """Raise GatewayRateLimited when ``counted`` is over either limit."""
+    if counted.requests > requests_per_minute or counted.tokens > tokens_per_minute:
+        metrics.refused("rate_limit")
+    if counted.requests > requests_per_minute:
+        raise GatewayRateLimited(counted.retry_after, "requests", requests_per_minute)
+    if counted.tokens > tokens_per_minute:
+        raise GatewayRateLimited(counted.retry_after, "tokens", tokens_per_minute)

@@ -188,7 +188,9 @@ class PreparedCall:
 class RateLimit(Protocol):
     """The edge's rate limiter, as ``Gateway.admit`` calls it: count one request of about
     ``tokens`` tokens (``what`` says what they are, for the caller's sentence) against the
-    tenant's limits; raise to refuse."""
+    tenant's limits; raise to refuse. One per request: called again for it (admitted again
+    under a configuration that changed), it counts nothing more and judges the same counts
+    against the limits given."""
 
     def __call__(self, *, tokens: int, what: str, requests_per_minute: int,
                  tokens_per_minute: int) -> None: ...
@@ -260,22 +262,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _CountedOnce:
-    """A call's rate limit, counted once though the call is admitted again (a configuration
-    that changed under it): the first admission that passes it counts the call."""
-
-    def __init__(self, limit: RateLimit | None) -> None:
-        self.limit, self.passed = limit, False
-
-    def __call__(self, *, tokens: int, what: str, requests_per_minute: int,
-                 tokens_per_minute: int) -> None:
-        if self.limit is None or self.passed:
-            return
-        self.limit(tokens=tokens, what=what, requests_per_minute=requests_per_minute,
-                   tokens_per_minute=tokens_per_minute)
-        self.passed = True
-
-
 def _on_loop_or_not(adapter: object, method: str, *args: Any) -> Any:
     """An adapter's ``method``: its async twin (``a`` + method) awaited on the event loop when
     the call path runs there (tenant_runtime/bridge.py), else the sync one."""
@@ -306,7 +292,6 @@ class Gateway:
         ``rate_limit``: see ``admit``; ``idempotency_key``: see ``complete_once``."""
         started = time.perf_counter() if self.started is None else self.started
         month = spend.month_of(self.clock())
-        limit = _CountedOnce(rate_limit)
         with self._audited_refusals(request.model, endpoint_kind):
             # straight on the driver, in autocommit (tenant_runtime/driver.py), under the
             # snapshot of the configuration this process holds: the reservation is one
@@ -318,7 +303,7 @@ class Gateway:
                 if cfg is not None:
                     try:
                         return self._admit_and_reserve(
-                            connection, cfg, request, month, limit,
+                            connection, cfg, request, month, rate_limit,
                             endpoint_kind=endpoint_kind, started=started,
                             idempotency_key=idempotency_key, at_version=True)
                     except spend.ConfigChanged:
@@ -336,7 +321,7 @@ class Gateway:
             with self.ctx.session() as s, s.begin():
                 cfg = config.snapshot(s, self.ctx)
                 return self._admit_and_reserve(
-                    s, cfg, request, month, limit, endpoint_kind=endpoint_kind,
+                    s, cfg, request, month, rate_limit, endpoint_kind=endpoint_kind,
                     started=started, idempotency_key=idempotency_key)
 
     def _admit_and_reserve(self, on: driver.Connectable, cfg: config.GatewayConfig,
