@@ -52,6 +52,7 @@ from control_plane.web.errors import (
 )
 from control_plane.web.security import SecurityMiddleware
 from control_plane.web.services import Services, redis_client
+from control_plane.web.serving import freeze_startup_heap
 from control_plane.web.templating import STATIC_DIR, render
 from tenant_runtime.exceptions import TenantError
 
@@ -115,6 +116,7 @@ def build_app(svc: Services) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        freeze_startup_heap()  # what the process built to serve, out of the collector's way
         async with mcp_api.running(mcp_api.endpoint_of(mcp_routes), svc), \
                 gateway_api.calls_on_this_loop(app, enabled=svc.settings.gateway_on_event_loop):
             yield

@@ -62,7 +62,15 @@ Figures:
   redaction, reservation), the provider call (the SDK to the upstream), and tenant transaction
   2 (restore, settle, audit: ``complete`` minus the provider); redaction and the rate limiter
   alone for reference; ``cpu_ms_per_call_in_process``, this process's CPU per call (Postgres
-  not included). What the HTTP layer adds is ``concurrency_1`` minus their sum.
+  not included). What the HTTP layer adds is ``concurrency_1`` minus their sum. ``per_call``
+  counts Postgres round trips: each statement and command, except those sent in a pipeline
+  (``pipelined``), which count one for each pipeline (``pipelines``).
+- ``two_processes`` (``--two-processes``): 16 clients against ``magistrate web --workers 2``
+  (LiteLLM with two workers), and ``scaling_over_one_process``.
+- ``scaling_under_cpu_quota`` (``--cpu-share F``): 16 clients against one web process, then
+  two, each process held to the share F of one core (``CpuQuota``), and ``two_over_one``:
+  whether a second process adds what the first carries when the machine's cores are not the
+  ceiling (on two cores shared with the driver, the upstream and Postgres, they are).
 
 Target: added p99 ≤ 10 ms for non-streaming calls at concurrency 16 (``met``).
 
@@ -89,6 +97,7 @@ import multiprocessing
 import os
 import platform
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -426,7 +435,8 @@ def gateway_env(stack: Stack, port: int) -> dict[str, str]:
     env.update(MAGISTRATE_ENV="development", MAGISTRATE_HOME=str(stack.home),
                MAGISTRATE_DATABASE_URL=stack.pg.url(), MAGISTRATE_REDIS_URL=stack.redis.url(),
                MAGISTRATE_SECRET_KEY=stack.secret_key, MAGISTRATE_HOST="127.0.0.1",
-               MAGISTRATE_PORT=str(port), MAGISTRATE_GATEWAY_PRIVATE_NETWORKS=UPSTREAM_NETWORK)
+               MAGISTRATE_PORT=str(port), MAGISTRATE_GATEWAY_PRIVATE_NETWORKS=UPSTREAM_NETWORK,
+               MAGISTRATE_METRICS_TOKEN=METRICS_TOKEN)
     return env
 
 
@@ -722,13 +732,44 @@ def measure_open_loop(ends: Endpoints, slow_direct: str, rate: float,
                            "offered_share_of_saturation": OPEN_LOOP_SHARE}
     for side, url, key in sides:
         wait_for_quiet()
+        before = overhead_buckets(ends) if side == "gateway" else {}
         out[side] = open_loop(url, key, rate=rate, requests=requests)
         if side == "gateway":
+            out["gateway_overhead_ms"] = overhead_quantiles(before, overhead_buckets(ends))
             ends.gateway_calls += requests
             ends.gateway_ok += out[side]["latency_ms"]["n"]
             ends.errors.extend(f"open loop: {e}" for e in out[side]["error_examples"])
     add_over_direct(out, "latency_ms")
     log(f"open loop at {rate:.0f}/s: added p99 gateway {out['gateway_added_ms']['p99']} ms")
+    return out
+
+
+METRICS_TOKEN = "bench-metrics-token"  # noqa: S105 - the bench's own gateway, torn down after
+_BUCKET = re.compile(r'^magistrate_gateway_overhead_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} '
+                     r'([0-9.e+]+)$', re.MULTILINE)
+
+
+def overhead_buckets(ends: Endpoints) -> dict[float, float]:
+    """The gateway's own ``magistrate_gateway_overhead_seconds`` histogram (time in Magistrate,
+    less the provider), summed over endpoints: cumulative count by upper bound."""
+    text = httpx2.get(ends.gateway.removesuffix("/v1") + "/metrics", timeout=10,
+                      headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+    out: dict[float, float] = {}
+    for bound, count in _BUCKET.findall(text):
+        out[float(bound)] = out.get(float(bound), 0.0) + float(count)
+    return out
+
+
+def overhead_quantiles(before: dict[float, float], after: dict[float, float]
+                       ) -> dict[str, float | None]:
+    """p50, p95, p99 of the calls between two scrapes, in ms, each as the upper bound of its
+    histogram bucket (so at most that; None past the last finite bucket)."""
+    counts = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = counts[-1][1] if counts else 0.0
+    out: dict[str, float | None] = {"calls": total}
+    for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        bound = next((b for b, c in counts if total and c >= q * total), None)
+        out[name] = None if bound is None or bound == float("inf") else round(bound * 1000, 2)
     return out
 
 

@@ -293,46 +293,48 @@ class Gateway:
         started = time.perf_counter() if self.started is None else self.started
         month = spend.month_of(self.clock())
         with self._audited_refusals(request.model, endpoint_kind):
-            # straight on the driver, in autocommit (tenant_runtime/driver.py), under the
-            # snapshot of the configuration this process holds: the reservation is one
-            # statement, a transaction of its own (no BEGIN or COMMIT), which checks that the
-            # configuration is still at the snapshot's version, and what it writes is all this
-            # step writes: one round trip
-            with driver.autocommit(driver.engine_of(self.ctx.session_factory)) as connection:
-                cfg = config.held(self.ctx)
-                if cfg is not None:
-                    try:
-                        return self._admit_and_reserve(
-                            connection, cfg, request, month, rate_limit,
-                            endpoint_kind=endpoint_kind, started=started,
-                            idempotency_key=idempotency_key, at_version=True)
-                    except spend.ConfigChanged:
-                        pass  # nothing reserved: admitted again below, under the new version
-                    except DBAPIError:
-                        raise
-                    except Exception:
-                        # a refusal (or an error) decided under a snapshot that may be old
-                        # stands only when the snapshot is still the configuration
+            # admitted under the snapshot of the configuration this process holds, then
+            # reserved straight on the driver, in autocommit (tenant_runtime/driver.py): the
+            # reservation is one statement, a transaction of its own (no BEGIN or COMMIT),
+            # which checks that the configuration is still at the snapshot's version, and what
+            # it writes is all this step writes: one round trip. The connection is taken for
+            # that statement only, not while the call waits for its rate limit's count.
+            engine = driver.engine_of(self.ctx.session_factory)
+            cfg = config.held(self.ctx)
+            if cfg is not None:
+                try:
+                    admitted = self.admit(cfg, request, rate_limit=rate_limit)
+                    with driver.autocommit(engine) as connection:
+                        return self._reserve_admitted(
+                            connection, admitted, request, month, endpoint_kind=endpoint_kind,
+                            started=started, idempotency_key=idempotency_key, at_version=True)
+                except spend.ConfigChanged:
+                    pass  # nothing reserved: admitted again below, under the new version
+                except DBAPIError:
+                    raise
+                except Exception:
+                    # a refusal (or an error) decided under a snapshot that may be old
+                    # stands only when the snapshot is still the configuration
+                    with driver.autocommit(engine) as connection:
                         row = driver.one(connection, config.VERSION)
-                        if row is not None and row[0] == cfg.version:
-                            raise
+                    if row is not None and row[0] == cfg.version:
+                        raise
             # the configuration changed (or none is held yet): rebuilt in a session, once a
             # change and process, and the call admitted under it in the same transaction
             with self.ctx.session() as s, s.begin():
-                cfg = config.snapshot(s, self.ctx)
-                return self._admit_and_reserve(
-                    s, cfg, request, month, rate_limit, endpoint_kind=endpoint_kind,
-                    started=started, idempotency_key=idempotency_key)
+                admitted = self.admit(config.snapshot(s, self.ctx), request,
+                                      rate_limit=rate_limit)
+                return self._reserve_admitted(
+                    s, admitted, request, month, endpoint_kind=endpoint_kind, started=started,
+                    idempotency_key=idempotency_key)
 
-    def _admit_and_reserve(self, on: driver.Connectable, cfg: config.GatewayConfig,
-                           request: ChatRequest, month: date, rate_limit: RateLimit | None, *,
-                           endpoint_kind: str, started: float,
-                           idempotency_key: str | None, at_version: bool = False
-                           ) -> PreparedCall:
-        """``prepare``'s steps on ``on``: ``admit``, then the worst case reserved, or the
-        spend cap's refusal raised (``at_version``: see ``_reserve``)."""
-        admitted = self.admit(cfg, request, rate_limit=rate_limit)
-        redacted, prices = admitted.chat, admitted.prices
+    def _reserve_admitted(self, on: driver.Connectable, admitted: Admitted,
+                          request: ChatRequest, month: date, *, endpoint_kind: str,
+                          started: float, idempotency_key: str | None,
+                          at_version: bool = False) -> PreparedCall:
+        """``prepare``'s reservation on ``on`` of a call ``admit`` admitted: its worst case
+        reserved, or the spend cap's refusal raised (``at_version``: see ``_reserve``)."""
+        cfg, redacted, prices = admitted.cfg, admitted.chat, admitted.prices
         reserved = self._worst_case(redacted, prices)
         prepared = self._reserve(on, cfg, month, admitted.chain, reserved, redacted,
                                  admitted.restorer, endpoint_kind=endpoint_kind,
