@@ -2,7 +2,7 @@
 (e-mail to the members who may decide, the tenant's signed webhook) and the ``action.execute``
 webhooks that are due, retrying failures with backoff (tenant_runtime/approvals/notify.py).
 
-It runs in the scheduler thread of every worker; two workers on one tenant do not send a row
+It runs in the periodic process of every worker; two workers on one tenant do not send a row
 twice (rows are taken ``FOR UPDATE SKIP LOCKED``). Recipients are resolved here, at sending
 time, from the control plane's memberships: the tenant database holds no e-mail addresses."""
 

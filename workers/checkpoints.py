@@ -1,7 +1,7 @@
 """The periodic checkpoint task: every active tenant gets a signed checkpoint of its audit chain
 when one is due (tenant_runtime/checkpoints.py decides; most runs write nothing).
 
-It runs in the scheduler thread of every worker. Two workers on one tenant are safe: the
+It runs in the periodic process of every worker. Two workers on one tenant are safe: the
 tenant's checkpoint lock serializes them and the second finds nothing due. One failing tenant
 (a revoked customer key, a database that does not answer) is logged and skipped; the others go
 on, and the next run tries it again."""

@@ -1,11 +1,22 @@
-"""Periodic jobs: a small thread in each worker enqueues them on schedule.
+"""Periodic jobs and tasks: a small process beside each worker enqueues the jobs on schedule
+and runs the tasks.
 
 With several workers running, a Redis ``SET NX EX`` per period makes exactly one of them
-enqueue each run."""
+enqueue each run.
+
+A process, not a thread of the worker: the worker forks a work horse for every job, and a fork
+copies every lock as it is at that instant but only the forking thread. A horse forked while a
+periodic task held a lock (the data-key cache's, a key provider's, one inside an SDK) waited on
+it forever. The worker's process runs no thread of ours, so nothing it forks can inherit a
+held lock; the periodic process is forked once, at start, before anything runs in it."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +40,7 @@ class PeriodicJob:
 
 @dataclass(frozen=True)
 class PeriodicTask:
-    """Run in the scheduler thread of every worker (cheap, safe to run concurrently)."""
+    """Run in the periodic process of every worker (cheap, safe to run concurrently)."""
 
     name: str
     func: Callable[[], object]
@@ -47,10 +58,9 @@ def enqueue_if_due(connection: redis.Redis, job: PeriodicJob) -> bool:
     return True
 
 
-class PeriodicScheduler(threading.Thread):
+class PeriodicScheduler:
     def __init__(self, connection: redis.Redis, jobs: list[PeriodicJob],
                  tasks: list[PeriodicTask] | None = None, tick_seconds: float = 2.0) -> None:
-        super().__init__(name="magistrate-periodic", daemon=True)
         self.connection = connection
         self.jobs = jobs
         self.tasks = tasks or []
@@ -69,8 +79,9 @@ class PeriodicScheduler(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - the next period tries again
                 log.warning("periodic task %s failed: %s", task.name, type(exc).__name__)
 
-    def run(self) -> None:
-        while not self.stopped.is_set():
+    def run(self, *, parent: int | None = None) -> None:
+        """Tick until stopped, or (with ``parent``) until that process is gone."""
+        while not self.stopped.is_set() and (parent is None or os.getppid() == parent):
             self.run_tasks()
             for job in self.jobs:
                 try:
@@ -82,3 +93,45 @@ class PeriodicScheduler(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+PROCESS_NAME = "mag-periodic"  # what ps and top show (Linux keeps 15 bytes of it)
+
+
+def _name_process(name: str) -> None:
+    """Name this process for ps and top, where the kernel keeps a name (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass  # another system: the process keeps its parent's name
+
+
+def _serve(scheduler: PeriodicScheduler, parent: int) -> None:
+    _name_process(PROCESS_NAME)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    scheduler.run(parent=parent)
+
+
+class PeriodicProcess:
+    """``scheduler`` run in a process of its own, forked from the caller (see the module
+    docstring); it ends when stopped or when the caller's process is gone (``kill -9``)."""
+
+    def __init__(self, scheduler: PeriodicScheduler) -> None:
+        context = multiprocessing.get_context("fork")
+        self.process = context.Process(target=_serve, args=(scheduler, os.getpid()),
+                                       name="magistrate-periodic", daemon=True)
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the task in progress finish (up to ``timeout``), then end the process."""
+        if self.process.pid is None:
+            return
+        self.process.terminate()  # SIGTERM: it stops after the task in progress
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()

@@ -1,4 +1,4 @@
-"""``magistrate worker``: an RQ worker (JSON serializer) plus the periodic-job thread.
+"""``magistrate worker``: an RQ worker (JSON serializer) plus the periodic process.
 
 Warm shutdown. RQ's worker already treats the first SIGTERM (or Ctrl-C) as a warm shutdown: it
 takes no new job, waits for the work horse running the current one, then exits; a second
@@ -25,7 +25,7 @@ from sqlalchemy.orm import configure_mappers
 
 from control_plane.settings import Settings
 from workers import jobs, runtime
-from workers.periodic import PeriodicJob, PeriodicScheduler, PeriodicTask
+from workers.periodic import PeriodicJob, PeriodicProcess, PeriodicScheduler, PeriodicTask
 from workers.queues import QUEUE_NAMES, get_queue
 
 
@@ -148,12 +148,9 @@ class MagistrateWorker(Worker):
 
 
 def _prepare_for_fork() -> None:
-    """Do once, before the periodic thread starts, what each forked work horse would otherwise
-    do itself: import the handlers (and with them every model and SDK) and configure the ORM
-    mappers. Besides sparing every job those seconds, this keeps the horse from inheriting a
-    lock that the periodic thread held at the moment of the fork: SQLAlchemy configures the
-    mappers under a module-level lock on their first use, and a horse forked while the thread
-    held it waited on it forever."""
+    """Do once, before anything is forked, what each forked work horse would otherwise do
+    itself: import the handlers (and with them every model and SDK) and configure the ORM
+    mappers, sparing every job those seconds."""
     import workers.handlers  # noqa: F401 - registers the handlers
 
     configure_mappers()
@@ -166,14 +163,15 @@ def run_worker(settings: Settings, *, database_url: str, redis_url: str, secret_
     scheduler = PeriodicScheduler(connection, periodic_jobs(settings),
                                   periodic_tasks(connection, settings))
     _prepare_for_fork()
+    periodic = PeriodicProcess(scheduler)
     if burst:
         scheduler.run_tasks()  # send what waits in the outbox, then work through the queue
     else:
-        scheduler.start()
+        periodic.start()
     worker = MagistrateWorker([get_queue(connection, n) for n in QUEUE_NAMES],
                               connection=connection, serializer=JSONSerializer)
     worker.shutdown_grace_seconds = settings.job_shutdown_grace_seconds
     try:
         return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
     finally:
-        scheduler.stop()
+        periodic.stop()
