@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -52,7 +53,7 @@ from control_plane.web.errors import (
 )
 from control_plane.web.security import SecurityMiddleware
 from control_plane.web.services import Services, redis_client
-from control_plane.web.serving import freeze_startup_heap
+from control_plane.web.serving import freeze_startup_heap, watch_loop_lag
 from control_plane.web.templating import STATIC_DIR, render
 from tenant_runtime.exceptions import TenantError
 
@@ -117,9 +118,14 @@ def build_app(svc: Services) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         freeze_startup_heap()  # what the process built to serve, out of the collector's way
-        async with mcp_api.running(mcp_api.endpoint_of(mcp_routes), svc), \
-                gateway_api.calls_on_this_loop(app, enabled=svc.settings.gateway_on_event_loop):
-            yield
+        watching = asyncio.ensure_future(watch_loop_lag("web"))
+        try:
+            async with mcp_api.running(mcp_api.endpoint_of(mcp_routes), svc), \
+                    gateway_api.calls_on_this_loop(app,
+                                                   enabled=svc.settings.gateway_on_event_loop):
+                yield
+        finally:
+            watching.cancel()
         svc.close()
 
     app = Starlette(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 import socket
 
 import uvicorn
+
+from tenant_runtime.observability import metrics
+
+LOOP_LAG_INTERVAL = 0.05  # a timer every 50 ms: 20 wake-ups a second, some microseconds each
 
 
 def fast_server_options() -> dict[str, str]:
@@ -30,6 +35,20 @@ def freeze_startup_heap() -> None:
     after."""
     gc.collect()
     gc.freeze()
+
+
+async def watch_loop_lag(loop_name: str, interval: float = LOOP_LAG_INTERVAL) -> None:
+    """Until cancelled: sleep ``interval`` on the running loop and record how much later than
+    that the loop woke this task (``magistrate_event_loop_lag_seconds``). The gateway's calls
+    run on the web process's loop; each of their waits (Redis, Postgres, the provider, the
+    settlement's commit) ends in the loop's queue behind the work ready before it, so this lag
+    is what a call's overhead grows by, per wait, under load (ops/BENCHMARKS.md)."""
+    lag = metrics.EVENT_LOOP_LAG.labels(metrics.closed(loop_name, metrics.LOOPS))
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        lag.observe(max(loop.time() - due, 0.0))
 
 
 class TcpConfig(uvicorn.Config):

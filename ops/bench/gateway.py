@@ -732,38 +732,58 @@ def measure_open_loop(ends: Endpoints, slow_direct: str, rate: float,
                            "offered_share_of_saturation": OPEN_LOOP_SHARE}
     for side, url, key in sides:
         wait_for_quiet()
-        before = overhead_buckets(ends) if side == "gateway" else {}
+        before = histograms(ends) if side == "gateway" else {}
         out[side] = open_loop(url, key, rate=rate, requests=requests)
         if side == "gateway":
-            out["gateway_overhead_ms"] = overhead_quantiles(before, overhead_buckets(ends))
+            after = histograms(ends)
+            out["gateway_overhead_ms"] = overhead_quantiles(
+                before["magistrate_gateway_overhead_seconds"],
+                after["magistrate_gateway_overhead_seconds"])
+            # the web loop's timer, sampled every 50 ms: how long a wake-up waited in its queue
+            out["event_loop_lag_ms"] = overhead_quantiles(
+                before["magistrate_event_loop_lag_seconds"],
+                after["magistrate_event_loop_lag_seconds"])
             ends.gateway_calls += requests
             ends.gateway_ok += out[side]["latency_ms"]["n"]
             ends.errors.extend(f"open loop: {e}" for e in out[side]["error_examples"])
     add_over_direct(out, "latency_ms")
-    log(f"open loop at {rate:.0f}/s: added p99 gateway {out['gateway_added_ms']['p99']} ms")
+    log(f"open loop at {rate:.0f}/s: added p99 gateway {out['gateway_added_ms']['p99']} ms; "
+        f"the web loop's lag p50 / p99 at most {out['event_loop_lag_ms']['p50']} / "
+        f"{out['event_loop_lag_ms']['p99']} ms")
     return out
 
 
 METRICS_TOKEN = "bench-metrics-token"  # noqa: S105 - the bench's own gateway, torn down after
-_BUCKET = re.compile(r'^magistrate_gateway_overhead_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} '
-                     r'([0-9.e+]+)$', re.MULTILINE)
 
 
-def overhead_buckets(ends: Endpoints) -> dict[float, float]:
-    """The gateway's own ``magistrate_gateway_overhead_seconds`` histogram (time in Magistrate,
-    less the provider), summed over endpoints: cumulative count by upper bound."""
+def _bucket_pattern(metric: str) -> re.Pattern[str]:
+    return re.compile(rf'^{metric}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}} ([0-9.e+]+)$', re.M)
+
+
+_BUCKETS = {name: _bucket_pattern(name) for name in (
+    "magistrate_gateway_overhead_seconds", "magistrate_event_loop_lag_seconds")}
+
+
+def histograms(ends: Endpoints) -> dict[str, dict[float, float]]:
+    """The gateway's own histograms from its ``/metrics``: ``magistrate_gateway_overhead_
+    seconds`` (time in Magistrate, less the provider) summed over endpoints, and ``magistrate_
+    event_loop_lag_seconds`` (how late the web loop ran its timer) summed over processes; each
+    a cumulative count by upper bound."""
     text = httpx2.get(ends.gateway.removesuffix("/v1") + "/metrics", timeout=10,
                       headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
-    out: dict[float, float] = {}
-    for bound, count in _BUCKET.findall(text):
-        out[float(bound)] = out.get(float(bound), 0.0) + float(count)
+    out: dict[str, dict[float, float]] = {}
+    for name, pattern in _BUCKETS.items():
+        sums = out.setdefault(name, {})
+        for bound, count in pattern.findall(text):
+            sums[float(bound)] = sums.get(float(bound), 0.0) + float(count)
     return out
 
 
 def overhead_quantiles(before: dict[float, float], after: dict[float, float]
                        ) -> dict[str, float | None]:
-    """p50, p95, p99 of the calls between two scrapes, in ms, each as the upper bound of its
-    histogram bucket (so at most that; None past the last finite bucket)."""
+    """p50, p95, p99 of what was observed between two scrapes (``calls``: how many), in ms,
+    each as the upper bound of its histogram bucket (so at most that; None past the last
+    finite bucket)."""
     counts = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
     total = counts[-1][1] if counts else 0.0
     out: dict[str, float | None] = {"calls": total}
@@ -1306,8 +1326,10 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         saturation = chat[f"clients_{clients[0]}"]["per_second"]["gateway"]
         opened = measure_open_loop(ends, f"{slow_upstream}/v1", OPEN_LOOP_SHARE * saturation,
                                    args.open_requests) if args.open_requests else None
-        parts = breakdown(stack, gateway_port, key, args.breakdown_calls, args.profile)
-        in_process = 20 + args.breakdown_calls * (2 if args.profile else 1)  # warm-up included
+        parts = breakdown(stack, gateway_port, key, args.breakdown_calls, args.profile) \
+            if args.breakdown_calls else None
+        in_process = 20 + args.breakdown_calls * (2 if args.profile else 1) \
+            if args.breakdown_calls else 0  # warm-up included
         ends.gateway_calls += in_process  # their audit events are counted by the checks too
         ends.gateway_ok += in_process
         if args.two_processes:

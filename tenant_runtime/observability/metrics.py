@@ -47,6 +47,10 @@ KMS_PROVIDERS = frozenset({"local", "aws-kms", "azure-keyvault", "gcp-kms"})
 # Overhead is a few milliseconds: fine buckets there, coarse ones for a slow path.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015,
                     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# an event loop's lag: well under a millisecond when idle; tens of milliseconds when saturated
+LOOP_LAG_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 1.0)
+LOOPS = frozenset({"web"})
 PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0)
 
@@ -100,9 +104,14 @@ DATA_KEY_CACHE = Counter(
     "magistrate_data_key_cache", "Look-ups of unwrapped tenant data keys in memory (hit, miss).",
     ["result"])
 
+EVENT_LOOP_LAG = Histogram(
+    "magistrate_event_loop_lag_seconds", "How late a process's event loop ran a timer: what "
+    "every wake-up on that loop (a call's database answer, its provider's answer) waits for the "
+    "work queued before it.", ["loop"], buckets=LOOP_LAG_BUCKETS)
+
 ALL = (HTTP_REQUESTS, GATEWAY_CALLS, GATEWAY_OVERHEAD, GATEWAY_PROVIDER, GATEWAY_TOKENS,
        GATEWAY_COST, REDACTIONS, REFUSALS, RATE_LIMIT_FALLBACKS, LEASE_RECLAIMS, AUDIT_APPENDS,
-       CHECKPOINT_TIME, KMS_CALLS, DATA_KEY_CACHE)
+       CHECKPOINT_TIME, KMS_CALLS, DATA_KEY_CACHE, EVENT_LOOP_LAG)
 
 
 def gateway_call(*, tenant: str, provider: str | None, endpoint: str, outcome: str,
