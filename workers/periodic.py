@@ -66,6 +66,9 @@ class PeriodicScheduler:
         self.tasks = tasks or []
         self.tick = tick_seconds
         self.stopped = threading.Event()
+        # set by a signal handler, which must take no lock: the thread it interrupts may hold
+        # the very lock (the event's, inside its wait); the loop sees it within a tick
+        self.stop_requested = False
         self._last_run: dict[str, float] = {}
 
     def run_tasks(self) -> None:
@@ -81,7 +84,8 @@ class PeriodicScheduler:
 
     def run(self, *, parent: int | None = None) -> None:
         """Tick until stopped, or (with ``parent``) until that process is gone."""
-        while not self.stopped.is_set() and (parent is None or os.getppid() == parent):
+        while not self.stopped.is_set() and not self.stop_requested \
+                and (parent is None or os.getppid() == parent):
             self.run_tasks()
             for job in self.jobs:
                 try:
@@ -110,7 +114,7 @@ def _name_process(name: str) -> None:
 def _serve(scheduler: PeriodicScheduler, parent: int) -> None:
     _name_process(PROCESS_NAME)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    signal.signal(signal.SIGTERM, lambda *_: setattr(scheduler, "stop_requested", True))
     scheduler.run(parent=parent)
 
 
@@ -126,11 +130,13 @@ class PeriodicProcess:
     def start(self) -> None:
         self.process.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Let the task in progress finish (up to ``timeout``), then end the process."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the task in progress finish (up to ``timeout``), then end the process: the
+        worker's exit is not held up by a periodic task, each of which is safe to stop at any
+        point (its transaction rolls back; the next period does the work)."""
         if self.process.pid is None:
             return
-        self.process.terminate()  # SIGTERM: it stops after the task in progress
+        self.process.terminate()  # SIGTERM: it stops after the task in progress (or the tick)
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
