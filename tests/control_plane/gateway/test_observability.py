@@ -117,6 +117,7 @@ def vocabulary(app_routes) -> dict[str, set[str] | re.Pattern[str]]:
         "result": {"hit", "miss"},
         "state": set(OPEN_STATES),
         "queue": {"default"},
+        "loop": metrics.LOOPS | {metrics.OTHER},
         "le": re.compile(r"\+Inf|\d+(\.\d+)?(e[+-]?\d+)?"),
     }
 
