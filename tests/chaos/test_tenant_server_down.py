@@ -158,8 +158,14 @@ def run(home: Path, main: OwnedPostgres, second: OwnedPostgres, redis_server: Ow
         write_figures("tenant_server_down", figures)
         for name, seen in chains.items():
             assert seen["tenant_chain_ok"], (name, seen)
-            assert seen["gateway_call_events"] == seen["gateway_200_responses"], (name, seen)
-            assert seen["gateway_call_events_ok"] == seen["gateway_200_responses"], (name, seen)
+            # a call whose commit reached the disk as the server died, but whose answer from
+            # the server never came back, is committed and answered 503 (its outcome was
+            # unknown to the gateway): at most one per request in flight at the crash
+            in_doubt = sum(1 for o in outcomes[kind_of(name, "gateway")]
+                           if not o.ok and o.started <= stopping <= o.ended)
+            for figure in ("gateway_call_events", "gateway_call_events_ok"):
+                assert seen["gateway_200_responses"] <= seen[figure] \
+                    <= seen["gateway_200_responses"] + in_doubt, (name, in_doubt, seen)
         assert platform_problems == []
     finally:
         svc.close()
