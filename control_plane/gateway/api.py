@@ -208,14 +208,16 @@ def _json_body(request: Request, raw: bytes) -> Any:
 def _rate_limit(request: Request, ctx: TenantContext) -> RateLimit:
     """The tenant's rate limiter, as every endpoint hands it to the gateway, which calls it
     from its one choke point (``Gateway.admit``) with the request's token bound: a request
-    that could never fit in a minute answers 400, one over the limits of this minute 429.
-    The request is counted once: admitted again (its configuration changed under it), it is
-    judged on the same counts against the limits given then."""
+    that could never fit in a minute answers 400 at once; the request is counted (on the event
+    loop, the count is sent and its answer read while the gateway admits the request), and the
+    function returned judges the counts: over the limits of this minute, 429. The request is
+    counted once: admitted again (its configuration changed under it), it is judged on the
+    same counts against the limits given then."""
     limiter = _limiter(request)
-    counts: list[Counted] = []
+    counts: list[Callable[[], Counted]] = []
 
     def limit(*, tokens: int, what: str, requests_per_minute: int,
-              tokens_per_minute: int) -> None:
+              tokens_per_minute: int) -> Callable[[], None]:
         if tokens > tokens_per_minute:
             metrics.refused("token_limit")
             raise ApiError(400, f"This request may use up to {tokens:,} tokens ({what}), more "
@@ -223,9 +225,10 @@ def _rate_limit(request: Request, ctx: TenantContext) -> RateLimit:
                                 "minute; lower max_tokens or shorten the input.",
                            param="max_tokens")
         if not counts:
-            counts.append(limiter.count(ctx.tenant_id, tokens=tokens))
-        judge(counts[0], requests_per_minute=requests_per_minute,
-              tokens_per_minute=tokens_per_minute)
+            counts.append(limiter.begin(ctx.tenant_id, tokens=tokens))
+        counted = counts[0]
+        return lambda: judge(counted(), requests_per_minute=requests_per_minute,
+                             tokens_per_minute=tokens_per_minute)
 
     return limit
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,19 +82,67 @@ class GatewayRateLimiter:
         if client is not None:
             await client.aclose(close_connection_pool=True)  # a pool we made
 
-    async def _add_on_loop(self, keys: list[tuple[str, int]]) -> list[Any]:
-        return await _filled(self._loop_client().pipeline(transaction=False), keys).execute()
-
-    def _add(self, keys: list[tuple[str, int]]) -> list[Any]:
-        """INCRBY and EXPIRE each key; Redis's answers, in order."""
-        if bridge.active():
-            return bridge.wait(self._add_on_loop(keys))
-        return _filled(self.client.pipeline(transaction=False), keys).execute()
-
-    def _counts(self, keys: list[tuple[str, int]]) -> list[int]:
-        """Add each amount to its key's window and return the new totals."""
+    async def _add_on_loop(self, keys: list[tuple[str, int]],
+                           sent: asyncio.Future[None]) -> list[Any]:
+        """``_filled``'s commands, as one pipeline on a connection of the loop's client;
+        ``sent`` is resolved once they are written (the connection opened first if need be)."""
+        commands: list[tuple[Any, ...]] = []
+        for key, amount in keys:
+            commands += [("INCRBY", key, amount), ("EXPIRE", key, WINDOW * 2)]
+        pool = self._loop_client().connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            totals = self._add(keys)[::2]
+            await connection.send_packed_command(connection.pack_commands(commands))
+            if not sent.done():
+                sent.set_result(None)
+            return [await connection.read_response() for _ in commands]
+        except BaseException:
+            await connection.disconnect()  # answers may be left unread: not for another use
+            raise
+        finally:
+            await pool.release(connection)
+
+    def _begin(self, keys: list[tuple[str, int]]) -> Callable[[], list[Any]]:
+        """INCRBY and EXPIRE each key; a function that returns Redis's answers, in order. On the
+        event loop the commands are written now and their answers read when it is called, so
+        what the caller does meanwhile overlaps the round trip; elsewhere they are sent and
+        answered at once."""
+        if not bridge.active():
+            answers = _filled(self.client.pipeline(transaction=False), keys).execute()
+            return lambda: answers
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._add_on_loop(keys, sent))
+
+        def ended(done: asyncio.Future[list[Any]]) -> None:
+            if not sent.done():  # failed before it was written: the caller learns it below
+                sent.set_result(None)
+            if not done.cancelled():
+                done.exception()  # retrieved, even when the caller never asks (cancelled)
+
+        task.add_done_callback(ended)
+        bridge.wait(sent)
+        return lambda: bridge.wait(task)
+
+    def _counts(self, keys: list[tuple[str, int]]) -> Callable[[], list[int]]:
+        """Add each amount to its key's window (``_begin``); a function that returns the new
+        totals (the same ones each time it is called)."""
+        totals: list[int] = []
+
+        def counted() -> list[int]:
+            if not totals:
+                totals.extend(self._totals(keys, answers))
+            return totals
+
+        try:
+            answers = self._begin(keys)
+        except redis.RedisError as exc:
+            answers = _raising(exc)
+        return counted
+
+    def _totals(self, keys: list[tuple[str, int]], answers: Callable[[], list[Any]]
+                ) -> list[int]:
+        try:
+            totals = answers()[::2]
             if self.degraded:
                 log.warning("Redis answers again; gateway rate limits are shared again")
             self.degraded = False
@@ -120,12 +169,30 @@ class GatewayRateLimiter:
     def count(self, tenant_id: int, *, tokens: int, now: float | None = None) -> Counted:
         """Count one request of about ``tokens`` tokens in this minute's window: the window's
         totals with it (``judge`` decides on them)."""
+        return self.begin(tenant_id, tokens=tokens, now=now)()
+
+    def begin(self, tenant_id: int, *, tokens: int,
+              now: float | None = None) -> Callable[[], Counted]:
+        """``count``, begun: a function that returns its ``Counted``. On the event loop the
+        count is sent now and its answer awaited when the function is first called (the
+        gateway admits the request meanwhile: the Redis round trip overlaps that work)."""
         moment = time.time() if now is None else now
         window = int(moment // WINDOW)
         retry_after = min(WINDOW, max(1, int((window + 1) * WINDOW - moment) + 1))
         base = f"magistrate:rl:gw:{tenant_id}:{window}"
-        requests, used = self._counts([(f"{base}:req", 1), (f"{base}:tok", max(tokens, 1))])
-        return Counted(requests, used, retry_after)
+        totals = self._counts([(f"{base}:req", 1), (f"{base}:tok", max(tokens, 1))])
+
+        def counted() -> Counted:
+            requests, used = totals()
+            return Counted(requests, used, retry_after)
+
+        return counted
+
+
+def _raising(exc: BaseException) -> Callable[[], list[Any]]:
+    def answers() -> list[Any]:
+        raise exc
+    return answers
 
 
 @dataclass(frozen=True)

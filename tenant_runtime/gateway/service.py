@@ -188,12 +188,15 @@ class PreparedCall:
 class RateLimit(Protocol):
     """The edge's rate limiter, as ``Gateway.admit`` calls it: count one request of about
     ``tokens`` tokens (``what`` says what they are, for the caller's sentence) against the
-    tenant's limits; raise to refuse. One per request: called again for it (admitted again
-    under a configuration that changed), it counts nothing more and judges the same counts
-    against the limits given."""
+    tenant's limits, raising at once to refuse a request that could never fit, and return the
+    function that judges the count (raising to refuse), or None when it judged already. The
+    judgement is asked for once the rest of the admission has run (the count's round trip
+    overlaps it), and before any refusal of it: the rate limit's refusal comes first. One per
+    request: called again for it (admitted again under a configuration that changed), it
+    counts nothing more and judges the same counts against the limits given."""
 
     def __call__(self, *, tokens: int, what: str, requests_per_minute: int,
-                 tokens_per_minute: int) -> None: ...
+                 tokens_per_minute: int) -> Callable[[], None] | None: ...
 
 
 def rate_tokens(request: ChatRequest | EmbeddingRequest, *,
@@ -355,15 +358,33 @@ class Gateway:
         called with the tenant's limits and the request's token bound: its prompt, plus
         ``max_tokens`` for each answer when it ``generates``); the allowlist; the tool rules;
         the image policy; redaction; the routes whose provider can take the request. A refusal
-        raises; wrapped in ``_audited_refusals``, it is audited once the transaction is gone."""
+        raises; wrapped in ``_audited_refusals``, it is audited once the transaction is gone.
+        The rate limit's count is sent first and judged last (its round trip overlaps the
+        other steps), and its refusal wins over theirs: the order of refusals is as listed."""
         if isinstance(request, ChatRequest):
             problem = tool_history_problem(request.messages)
             if problem is not None:
                 raise TenantInvalidInput(problem)
+        judged: Callable[[], None] | None = None
         if rate_limit is not None:
             tokens, what = rate_tokens(request, generates=generates)
-            rate_limit(tokens=tokens, what=what, requests_per_minute=cfg.requests_per_minute,
-                       tokens_per_minute=cfg.tokens_per_minute)
+            judged = rate_limit(tokens=tokens, what=what,
+                                requests_per_minute=cfg.requests_per_minute,
+                                tokens_per_minute=cfg.tokens_per_minute)
+        try:
+            admitted = self._admit_counted(cfg, request)
+        except Exception:
+            if judged is not None:
+                judged()  # over the limit: that refusal comes first
+            raise
+        if judged is not None:
+            judged()
+        return admitted
+
+    def _admit_counted(self, cfg: config.GatewayConfig,
+                       request: ChatRequest | EmbeddingRequest) -> Admitted:
+        """``admit``'s steps after the rate limit's count: the allowlist, the tool rules, the
+        image policy, redaction, the routes."""
         if request.model not in cfg.allowed:
             raise ModelRefused(
                 f"The model {shown(request.model)} is not on this tenant's allowlist; an "

@@ -6,6 +6,9 @@ endpoints is checked against the app's routes, so a new endpoint must be added h
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +17,9 @@ import openai
 import pytest
 from starlette.routing import Route
 
-from control_plane.gateway.ratelimit import GatewayRateLimiter
+from control_plane.gateway.ratelimit import Counted, GatewayRateLimiter
 from control_plane.web.app import build_app
+from tenant_runtime import bridge
 from tests.control_plane.gateway.conftest import GatewayEnv
 from tests.control_plane.gateway.test_agent_traffic import PNG, events
 from tests.control_plane.gateway.test_gateway_api import ant, fresh_minute, oai, set_settings
@@ -161,6 +165,11 @@ def test_every_endpoint_refuses_what_governance_refuses_and_sends_nothing(gw, se
                                              tokens_per_minute=10**9)
     with pytest.raises(_error(endpoint, 429), match="limit of 1 requests per minute"):
         endpoint.send(gw, endpoint.model, "plain", stream)
+    # over the limit and off the allowlist: the rate limit's refusal comes first (its count is
+    # sent before the other steps run and judged after them), and no other refusal is audited
+    with pytest.raises(_error(endpoint, 429), match="limit of 1 requests per minute"):
+        endpoint.send(gw, "gpt-4.1", "plain", stream)
+    assert len(events(gw, "gateway.model_refused")) == 1
     assert gw.llm.received == []  # nothing of a refused request left
     set_settings(gw, requests_per_minute=600, image_policy="allow")
     endpoint.send(gw, endpoint.model, "image" if endpoint.chat else "plain", stream)
@@ -205,3 +214,34 @@ def test_token_limits_answer_429_and_an_impossible_request_400(gw, path):
         _limited_call(gw, path, 500)
     assert "more than the tenant's limit of 50 tokens per minute" in never.value.message
     assert len(gw.llm.received) == 1
+
+
+def test_on_the_event_loop_the_count_is_sent_before_it_is_judged(services):
+    """The rate limit's count leaves for Redis when it is begun, and its answer is read when
+    it is judged: the Redis round trip overlaps the admission's other steps. Here the loop is
+    held (a blocking wait) between the two, so the count can only have reached Redis if it was
+    sent before ``begin`` returned."""
+    limiter = GatewayRateLimiter(services.redis)
+    tenant_id, now = 900_000 + secrets.randbelow(99_999), time.time()
+    key = f"magistrate:rl:gw:{tenant_id}:{int(now // 60)}:req"
+    seen: list[int | None] = []
+
+    def admit() -> Counted:
+        counted = limiter.begin(tenant_id, tokens=5, now=now)
+        deadline = time.monotonic() + 5
+        while services.redis.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # blocks the loop: the count is not sent from here on
+        value = services.redis.get(key)
+        seen.append(None if value is None else int(value))
+        return counted()
+
+    async def on_the_loop() -> Counted:
+        try:
+            return await bridge.run(admit)
+        finally:
+            await limiter.aclose()
+
+    counted = asyncio.run(on_the_loop())
+    assert seen == [1]
+    assert (counted.requests, counted.tokens) == (1, 5)
+    assert limiter.degraded is False
