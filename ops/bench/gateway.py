@@ -20,6 +20,11 @@ in Redis, but never refusing: the bench measures the work, not refusals), and an
 prompt is about 1 KB with an e-mail address, a phone number and two person names, so
 redaction and restore do real work.
 
+The peer: LiteLLM's proxy, installed by the benchmark into a virtual environment of its own
+(``LITELLM_VENV``, default ``/tmp/litellm-venv``; ``litellm[proxy]`` with uv) unless it is
+there already, with the same models on the same upstreams, interleaved with the gateway in
+every phase (``--no-litellm`` leaves it out).
+
 Load: ``CLIENTS`` threads, each with its own ``httpx2.Client`` (keep-alive), each sending
 ``REQUESTS`` requests back to back after a warm-up, first to the upstream directly (the
 baseline: same client, same body, the upstream's URL and key), then through the gateway. Each
@@ -43,6 +48,10 @@ Figures:
   the rate-limit counters are in Redis (no fail-open); the upstream received none of the raw
   PII strings through the gateway's key.
 - ``concurrency_1``: the same with one client (added latency without queueing).
+- ``stage_mean_ms`` (each round of ``chat``, ``concurrency_1``, ``open_loop``): the web
+  process's own account of a call's time in Magistrate, from its ``/metrics``
+  (``magistrate_gateway_stage_seconds``): the mean ms of admission (key, parsing, the rate
+  limit's count, allowlist, redaction), reservation and settlement (with its audit commit).
 - ``first_token_1_client``: one client's streamed calls, back to back: the time from sending
   to the first content piece (``first_token_ms``), directly, through the gateway and LiteLLM,
   and ``gateway_added_ms`` (``--solo-requests`` calls after a warm-up of 5).
@@ -98,6 +107,7 @@ import os
 import platform
 import pstats
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,8 +169,9 @@ DIRECT_KEY = "sk-bench-direct-0123456789"
 GATEWAY_KEY = "sk-bench-gateway-0123456789"
 LITELLM_KEY = "sk-bench-litellm-0123456789"  # LiteLLM's key at the upstream
 LITELLM_MASTER_KEY = "sk-bench-litellm-master-0123456789"  # the clients' key at LiteLLM
-LITELLM = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv")  # noqa: S108 - a path
-               ) / "bin" / "litellm"
+LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv"))  # noqa: S108
+LITELLM = LITELLM_VENV / "bin" / "litellm"
+LITELLM_REQUIREMENT = "litellm[proxy]"  # the peer, installed by the benchmark (install_litellm)
 SLOW_MODEL = "bench-slow"  # a route to the upstream that takes OPEN_LOOP_LATENCY_MS to answer
 OPEN_LOOP_LATENCY_MS = 300.0
 OPEN_LOOP_SHARE = 0.5  # the open loop offers this share of the measured saturation rate
@@ -481,14 +492,40 @@ def wait_until(ready: Callable[[], bool], what: str, alive: Callable[[], bool],
     raise RuntimeError(f"{what} did not start")
 
 
+def install_litellm() -> str | None:
+    """LiteLLM's version in its own virtual environment (``LITELLM_VENV``, never one of our
+    dependencies), installed there first when it is not (``uv venv`` and ``uv pip install
+    'litellm[proxy]'``, with the uv on the PATH or the one ``make install`` put in
+    ``.tools``); None, said on stderr, when it cannot be installed (no index reachable)."""
+    python = LITELLM_VENV / "bin" / "python"
+    if not LITELLM.exists():
+        uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
+        log(f"installing LiteLLM's proxy into {LITELLM_VENV} (the peer; a minute or two)")
+        try:
+            if not python.exists():
+                subprocess.run([uv, "venv", "--quiet", "--python", sys.executable,
+                                str(LITELLM_VENV)], check=True, capture_output=True, timeout=300)
+            subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python),
+                            LITELLM_REQUIREMENT], check=True, capture_output=True, timeout=900)
+        except (OSError, subprocess.SubprocessError) as exc:
+            output = getattr(exc, "stderr", b"") or b""
+            log(f"LiteLLM could not be installed ({type(exc).__name__}: "
+                f"{output.decode(errors='replace')[-500:].strip()}): no side-by-side figures")
+            return None
+    try:
+        return subprocess.run([str(python), "-c", "import importlib.metadata as m; "
+                               "print(m.version('litellm'))"], check=True, capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        log(f"LiteLLM at {LITELLM} does not run: no side-by-side figures")
+        return None
+
+
 def start_litellm(home: Path, port: int, upstream: str, slow_upstream: str,
                   workers: int) -> subprocess.Popen[bytes] | None:
-    """LiteLLM's proxy (``litellm --config``, its own virtual environment: never one of our
-    dependencies) with the same two models on the same upstreams and no database; None when it
-    is not installed (``uv venv /tmp/litellm-venv && uv pip install --python /tmp/litellm-venv
-    'litellm[proxy]'``, or ``LITELLM_VENV``)."""
+    """LiteLLM's proxy (``litellm --config``, ``install_litellm``'s) with the same two models
+    on the same upstreams and no database; None when it is not installed."""
     if not LITELLM.exists():
-        log(f"LiteLLM is not installed at {LITELLM}: no side-by-side figures")
         return None
     config = home / "litellm.json"  # YAML is a superset of JSON
     config.write_text(json.dumps({"model_list": [
@@ -732,10 +769,12 @@ def measure_open_loop(ends: Endpoints, slow_direct: str, rate: float,
                            "offered_share_of_saturation": OPEN_LOOP_SHARE}
     for side, url, key in sides:
         wait_for_quiet()
-        before = histograms(ends) if side == "gateway" else {}
+        before_text = scrape(ends) if side == "gateway" else ""
         out[side] = open_loop(url, key, rate=rate, requests=requests)
         if side == "gateway":
-            after = histograms(ends)
+            after_text = scrape(ends)
+            before, after = histograms(ends, before_text), histograms(ends, after_text)
+            out["stage_mean_ms"] = stage_means(before_text, after_text)
             out["gateway_overhead_ms"] = overhead_quantiles(
                 before["magistrate_gateway_overhead_seconds"],
                 after["magistrate_gateway_overhead_seconds"])
@@ -764,13 +803,41 @@ _BUCKETS = {name: _bucket_pattern(name) for name in (
     "magistrate_gateway_overhead_seconds", "magistrate_event_loop_lag_seconds")}
 
 
-def histograms(ends: Endpoints) -> dict[str, dict[float, float]]:
-    """The gateway's own histograms from its ``/metrics``: ``magistrate_gateway_overhead_
-    seconds`` (time in Magistrate, less the provider) summed over endpoints, and ``magistrate_
-    event_loop_lag_seconds`` (how late the web loop ran its timer) summed over processes; each
-    a cumulative count by upper bound."""
-    text = httpx2.get(ends.gateway.removesuffix("/v1") + "/metrics", timeout=10,
+def scrape(ends: Endpoints) -> str:
+    """The gateway's ``/metrics``."""
+    return httpx2.get(ends.gateway.removesuffix("/v1") + "/metrics", timeout=10,
                       headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+
+
+_STAGE_SAMPLE = re.compile(r'^magistrate_gateway_stage_seconds_(sum|count)\{stage="(\w+)"\} '
+                           r'([0-9.e+]+)$', re.M)
+
+
+def stage_means(before: str, after: str) -> dict[str, float | None]:
+    """The mean ms of each step of a call's time in Magistrate (``magistrate_gateway_stage_
+    seconds``: admission, reservation, settlement) over the calls between two scrapes, and
+    ``calls``: how many the settlement counted."""
+    def totals(text: str) -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for kind, stage, value in _STAGE_SAMPLE.findall(text):
+            out[stage, kind] = out.get((stage, kind), 0.0) + float(value)
+        return out
+
+    old, new = totals(before), totals(after)
+    grew = {key: new[key] - old.get(key, 0.0) for key in new}
+    means: dict[str, float | None] = {"calls": grew.get(("settlement", "count"), 0.0)}
+    for stage in sorted({stage for stage, _ in grew}):
+        count = grew.get((stage, "count"), 0.0)
+        means[stage] = round(grew[stage, "sum"] * 1000 / count, 3) if count else None
+    return means
+
+
+def histograms(ends: Endpoints, text: str | None = None) -> dict[str, dict[float, float]]:
+    """The gateway's own histograms from its ``/metrics`` (``text``, else scraped now):
+    ``magistrate_gateway_overhead_seconds`` (time in Magistrate, less the provider) summed
+    over endpoints, and ``magistrate_event_loop_lag_seconds`` (how late the web loop ran its
+    timer) summed over processes; each a cumulative count by upper bound."""
+    text = scrape(ends) if text is None else text
     out: dict[str, dict[float, float]] = {}
     for name, pattern in _BUCKETS.items():
         sums = out.setdefault(name, {})
@@ -986,11 +1053,13 @@ def measure(ends: Endpoints, *, workload: str, clients: int, requests: int,
                                requests=WARM_UP, processes=ends.processes)
             busy[side] = wait_for_quiet()
             before = transaction_ids(ends.postgres_url) if side == "gateway" else 0
+            stages_before = scrape(ends) if side == "gateway" else ""
             run = run_clients(url, key, workload=workload, clients=clients, requests=requests,
                               processes=ends.processes)
             runs[side] = run
             if side == "gateway":
                 assigned = transaction_ids(ends.postgres_url) - before
+                stages = stage_means(stages_before, scrape(ends))
             for counted in (warm, run):
                 ends.errors.extend(f"{side}: {e}" for e in counted.errors)
                 if side == "gateway":
@@ -1014,6 +1083,8 @@ def measure(ends: Endpoints, *, workload: str, clients: int, requests: int,
             **({"loops_per_second": {s: round(runs[s].per_second / 3, 1) for s in runs}}
                if workload == "tools" else {}),
             "cpu_ms_per_request": cpu_per_request(runs["gateway"]),
+            # the web process's own account of where a call's time in Magistrate went
+            "stage_mean_ms": stages,
             # transaction ids assigned (a transaction that wrote, and each savepoint in it that
             # wrote) in every database, per gateway request
             "postgres_xids_per_request": round(
@@ -1262,6 +1333,7 @@ def breakdown(stack: Stack, gateway_port: int, key: str, calls: int,
 
 
 def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    litellm_version = None if args.no_litellm else install_litellm()
     log(f"starting Postgres on port {stack.pg.port} under {stack.home}")
     stack.start()
     redis_server = stack.start_redis()
@@ -1411,7 +1483,8 @@ def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                   "prompt_bytes": len(PROMPT.encode()),
                   "answer_chars": len(EXPECTED), "redaction_profile": "standard",
                   "upstream": "asyncio HTTP/1.1 server in its own process",
-                  "litellm": str(LITELLM) if ends.litellm else None},
+                  "litellm": f"LiteLLM {litellm_version} ({LITELLM_REQUIREMENT}, its own "
+                             f"virtual environment {LITELLM_VENV})" if ends.litellm else None},
         "targets": TARGETS,
         "met": {"chat_added_p99_ms": ok and chat[f"clients_{clients[0]}"]["added_ms"]["p99"]
                 <= TARGETS["chat_added_p99_ms"]},

@@ -163,6 +163,15 @@ class PreparedCall:
     # time inside provider adapters, and each attempt, for the overhead metric and the trace
     provider_seconds: float = 0.0
     attempts: list[tracing.ProviderAttempt] = field(default_factory=list, repr=False)
+    # seconds of each of its steps that wait on other processes (metrics.STAGES)
+    stages: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def admitted(self, admitted_at: float) -> PreparedCall:
+        """Count its admission (from ``started`` to ``admitted_at``) and its reservation (from
+        then until now), both ``perf_counter``."""
+        self.stages["admission"] = admitted_at - self.started
+        self.stages["reservation"] = time.perf_counter() - admitted_at
+        return self
 
     def provider_done(self, target: Target, began: float, error: BaseException | None = None
                       ) -> None:
@@ -307,10 +316,12 @@ class Gateway:
             if cfg is not None:
                 try:
                     admitted = self.admit(cfg, request, rate_limit=rate_limit)
+                    admitted_at = time.perf_counter()
                     with driver.autocommit(engine) as connection:
-                        return self._reserve_admitted(
+                        prepared = self._reserve_admitted(
                             connection, admitted, request, month, endpoint_kind=endpoint_kind,
                             started=started, idempotency_key=idempotency_key, at_version=True)
+                    return prepared.admitted(admitted_at)
                 except spend.ConfigChanged:
                     pass  # nothing reserved: admitted again below, under the new version
                 except DBAPIError:
@@ -327,9 +338,11 @@ class Gateway:
             with self.ctx.session() as s, s.begin():
                 admitted = self.admit(config.snapshot(s, self.ctx), request,
                                       rate_limit=rate_limit)
-                return self._reserve_admitted(
+                admitted_at = time.perf_counter()
+                prepared = self._reserve_admitted(
                     s, admitted, request, month, endpoint_kind=endpoint_kind, started=started,
                     idempotency_key=idempotency_key)
+            return prepared.admitted(admitted_at)
 
     def _reserve_admitted(self, on: driver.Connectable, admitted: Admitted,
                           request: ChatRequest, month: date, *, endpoint_kind: str,
@@ -666,6 +679,7 @@ class Gateway:
         with self._audited_refusals(request.model, endpoint_kind), \
                 self.ctx.session() as s, s.begin():
             admitted = self.admit(config.snapshot(s, self.ctx), request, rate_limit=rate_limit)
+            admitted_at = time.perf_counter()
             redacted = admitted.redacted
             if not isinstance(redacted, RedactedEmbedding):
                 raise TypeError("an embeddings request redacts to a RedactedEmbedding")
@@ -679,7 +693,7 @@ class Gateway:
                 raise spend.SpendCapReached(spend.reservation_message(
                     s, month=month, cap_micros=admitted.cfg.monthly_cap_micros,
                     reserved_micros=reserved, prompt_tokens=tokens, prices=prices, answers=1))
-        return self._embed(call, redacted)
+        return self._embed(call.admitted(admitted_at), redacted)
 
     def _embed(self, call: PreparedCall, redacted: RedactedEmbedding) -> EmbeddingResult:
         failures: list[ProviderError] = []
@@ -795,11 +809,13 @@ class Gateway:
                 table=table, column=column, row_key=call.call_id)
         # tx 2, group-committed with the tenant's other calls finishing meanwhile in this
         # process (settlement.py); returns once this call's event is durably committed
+        settling = time.perf_counter()
         settlement.writer_for(self.ctx.session_factory).submit(settlement.Settlement(
             call_id=call.call_id, month=call.month, reserved_micros=call.reserved_micros,
             cost_micros=cost, values=values, shard=call.shard,
             event=audit.prepare(GatewayEvents.CALL, actor=self.ctx.actor, target_type="model",
                                 target_id=call.model_name[:64], details=details)))
+        call.stages["settlement"] = time.perf_counter() - settling
         self._observe(call, target, outcome=outcome, usage=usage, cost=cost,
                       finish_reason=finish_reason or (kept.finish_reason if kept else None))
 
@@ -812,7 +828,7 @@ class Gateway:
             endpoint=call.endpoint_kind, outcome=outcome, input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens, cost_micros=cost,
             redactions=call.redacted.counts, overhead=overhead,
-            provider_seconds=call.provider_seconds)
+            provider_seconds=call.provider_seconds, stages=call.stages)
         if tracing.enabled():
             chat = isinstance(call.redacted, RedactedRequest)
             tracing.record_call(

@@ -70,6 +70,15 @@ GATEWAY_OVERHEAD = Histogram(
     "magistrate_gateway_overhead_seconds", "Time a gateway call spends in Magistrate, from the "
     "request body read to the call's audit event committed, less the time inside the provider "
     "adapter.", ["endpoint"], buckets=OVERHEAD_BUCKETS)
+# the steps of a call's time in Magistrate that wait on other processes, each measured whole
+STAGES = frozenset({"admission", "reservation", "settlement"})
+GATEWAY_STAGE = Histogram(
+    "magistrate_gateway_stage_seconds", "Time a gateway call spends in each step of its time in "
+    "Magistrate: admission (the request body read to the call admitted: the API key, parsing, "
+    "the rate limit's count, the allowlist, redaction), reservation (its spend reserved and its "
+    "row written), settlement (its spend settled and its audit event committed, group commit "
+    "included). The overhead, less these, is the rest: restoring the answer and rendering it.",
+    ["stage"], buckets=OVERHEAD_BUCKETS)
 GATEWAY_PROVIDER = Histogram(
     "magistrate_gateway_provider_seconds", "Time inside the provider adapter (retries and "
     "fallbacks included) of one gateway call.", ["provider"], buckets=PROVIDER_BUCKETS)
@@ -109,21 +118,24 @@ EVENT_LOOP_LAG = Histogram(
     "every wake-up on that loop (a call's database answer, its provider's answer) waits for the "
     "work queued before it.", ["loop"], buckets=LOOP_LAG_BUCKETS)
 
-ALL = (HTTP_REQUESTS, GATEWAY_CALLS, GATEWAY_OVERHEAD, GATEWAY_PROVIDER, GATEWAY_TOKENS,
-       GATEWAY_COST, REDACTIONS, REFUSALS, RATE_LIMIT_FALLBACKS, LEASE_RECLAIMS, AUDIT_APPENDS,
-       CHECKPOINT_TIME, KMS_CALLS, DATA_KEY_CACHE, EVENT_LOOP_LAG)
+ALL = (HTTP_REQUESTS, GATEWAY_CALLS, GATEWAY_OVERHEAD, GATEWAY_STAGE, GATEWAY_PROVIDER,
+       GATEWAY_TOKENS, GATEWAY_COST, REDACTIONS, REFUSALS, RATE_LIMIT_FALLBACKS, LEASE_RECLAIMS,
+       AUDIT_APPENDS, CHECKPOINT_TIME, KMS_CALLS, DATA_KEY_CACHE, EVENT_LOOP_LAG)
 
 
 def gateway_call(*, tenant: str, provider: str | None, endpoint: str, outcome: str,
                  input_tokens: int, output_tokens: int, cost_micros: int,
-                 redactions: Mapping[str, int], overhead: float, provider_seconds: float
-                 ) -> None:
-    """One finished gateway call (after its audit event committed)."""
+                 redactions: Mapping[str, int], overhead: float, provider_seconds: float,
+                 stages: Mapping[str, float] | None = None) -> None:
+    """One finished gateway call (after its audit event committed); ``stages``: the seconds
+    of each of its ``STAGES`` that it went through."""
     name = closed(provider, PROVIDERS)
     kind = closed(endpoint, ENDPOINT_KINDS)
     GATEWAY_CALLS.labels(name, kind, closed(outcome.replace(" ", "_"), OUTCOMES)).inc()
     GATEWAY_OVERHEAD.labels(kind).observe(max(overhead, 0.0))
     GATEWAY_PROVIDER.labels(name).observe(provider_seconds)
+    for stage, seconds in (stages or {}).items():
+        GATEWAY_STAGE.labels(closed(stage, STAGES)).observe(max(seconds, 0.0))
     if input_tokens:
         GATEWAY_TOKENS.labels(tenant, name, "input").inc(input_tokens)
     if output_tokens:

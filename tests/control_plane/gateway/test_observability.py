@@ -118,6 +118,7 @@ def vocabulary(app_routes) -> dict[str, set[str] | re.Pattern[str]]:
         "state": set(OPEN_STATES),
         "queue": {"default"},
         "loop": metrics.LOOPS | {metrics.OTHER},
+        "stage": metrics.STAGES | {metrics.OTHER},
         "le": re.compile(r"\+Inf|\d+(\.\d+)?(e[+-]?\d+)?"),
     }
 
@@ -202,6 +203,16 @@ def test_the_overhead_excludes_the_provider(gw):
                 - sample(before, "magistrate_gateway_provider_seconds_sum", provider="openai"))
     assert provider >= 3.0
     assert 0 < overhead < 1.5
+    # the overhead's steps: one observation each for the call, each a part of the overhead
+    stages = {stage: (sample(text, "magistrate_gateway_stage_seconds_sum", stage=stage)
+                      - sample(before, "magistrate_gateway_stage_seconds_sum", stage=stage),
+                      sample(text, "magistrate_gateway_stage_seconds_count", stage=stage)
+                      - sample(before, "magistrate_gateway_stage_seconds_count", stage=stage))
+              for stage in metrics.STAGES}
+    assert {stage: count for stage, (_, count) in stages.items()} == {
+        "admission": 1, "reservation": 1, "settlement": 1}
+    assert all(seconds > 0 for seconds, _ in stages.values())
+    assert sum(seconds for seconds, _ in stages.values()) <= overhead
 
 
 def test_a_scrape_needs_the_token(gw):
