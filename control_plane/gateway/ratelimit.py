@@ -45,6 +45,10 @@ def _filled(pipe: P, keys: list[tuple[str, int]]) -> P:
     return pipe
 
 
+# the counts under way on the event loops of this process (asyncio holds its tasks weakly)
+_COUNTING: set[asyncio.Future[list[Any]]] = set()
+
+
 class GatewayRateLimited(RateLimited):
     def __init__(self, retry_after: int, what: str, limit: int) -> None:
         super().__init__(retry_after, f"This tenant's gateway limit of {limit:,} {what} per "
@@ -112,8 +116,10 @@ class GatewayRateLimiter:
             return lambda: answers
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(self._add_on_loop(keys, sent))
+        _COUNTING.add(task)  # held until it ends, whether or not the caller still waits
 
         def ended(done: asyncio.Future[list[Any]]) -> None:
+            _COUNTING.discard(done)
             if not sent.done():  # failed before it was written: the caller learns it below
                 sent.set_result(None)
             if not done.cancelled():
@@ -121,7 +127,9 @@ class GatewayRateLimiter:
 
         task.add_done_callback(ended)
         bridge.wait(sent)
-        return lambda: bridge.wait(task)
+        # shielded: a caller cancelled (its client hung up) stops waiting, while the count
+        # still reads its answers and gives its connection back to the pool, still usable
+        return lambda: bridge.wait(asyncio.shield(task))
 
     def _counts(self, keys: list[tuple[str, int]]) -> Callable[[], list[int]]:
         """Add each amount to its key's window (``_begin``); a function that returns the new

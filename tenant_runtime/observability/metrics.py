@@ -77,7 +77,9 @@ GATEWAY_STAGE = Histogram(
     "Magistrate: admission (the request body read to the call admitted: the API key, parsing, "
     "the rate limit's count, the allowlist, redaction), reservation (its spend reserved and its "
     "row written), settlement (its spend settled and its audit event committed, group commit "
-    "included). The overhead, less these, is the rest: restoring the answer and rendering it.",
+    "included). The overhead, less these, is the rest: restoring the answer and rendering it. "
+    "A call admitted again because the tenant's configuration changed under it counts its "
+    "first, discarded try (and the new configuration's read) in its admission.",
     ["stage"], buckets=OVERHEAD_BUCKETS)
 GATEWAY_PROVIDER = Histogram(
     "magistrate_gateway_provider_seconds", "Time inside the provider adapter (retries and "

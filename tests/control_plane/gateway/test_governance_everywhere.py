@@ -165,8 +165,8 @@ def test_every_endpoint_refuses_what_governance_refuses_and_sends_nothing(gw, se
                                              tokens_per_minute=10**9)
     with pytest.raises(_error(endpoint, 429), match="limit of 1 requests per minute"):
         endpoint.send(gw, endpoint.model, "plain", stream)
-    # over the limit and off the allowlist: the rate limit's refusal comes first (its count is
-    # sent before the other steps run and judged after them), and no other refusal is audited
+    # over the limit and off the allowlist: the rate limit's refusal comes first, and no other
+    # refusal is audited
     with pytest.raises(_error(endpoint, 429), match="limit of 1 requests per minute"):
         endpoint.send(gw, "gpt-4.1", "plain", stream)
     assert len(events(gw, "gateway.model_refused")) == 1
@@ -217,10 +217,10 @@ def test_token_limits_answer_429_and_an_impossible_request_400(gw, path):
 
 
 def test_on_the_event_loop_the_count_is_sent_before_it_is_judged(services):
-    """The rate limit's count leaves for Redis when it is begun, and its answer is read when
-    it is judged: the Redis round trip overlaps the admission's other steps. Here the loop is
-    held (a blocking wait) between the two, so the count can only have reached Redis if it was
-    sent before ``begin`` returned."""
+    """The rate limit's count leaves for Redis when it is begun, and is awaited only when it
+    is judged: the Redis round trip overlaps the admission's other steps. Here the loop is held
+    (a blocking wait) between the two, so the count can only have reached Redis if it was
+    written before ``begin`` returned."""
     limiter = GatewayRateLimiter(services.redis)
     tenant_id, now = 900_000 + secrets.randbelow(99_999), time.time()
     key = f"magistrate:rl:gw:{tenant_id}:{int(now // 60)}:req"
